@@ -1,0 +1,256 @@
+//! A fast OpenAI-compatible upstream for Sluice's tests and benchmarks.
+//!
+//! `mock-upstream [ADDR]` (default 127.0.0.1:0) prints `listening on ADDR`.
+//! The request's `model` chooses the behaviour, so one server covers every case:
+//!
+//! - any name: a small chat completion (or SSE stream with `"stream": true`),
+//!   or an embedding for `/v1/embeddings`; the reply echoes the model name.
+//! - `status-NNN`: answers NNN with an OpenAI error body (and `retry-after: 7` on 429).
+//! - `slow-NNN`: waits NNN ms before the response head.
+//! - `drip-NNN`: streams a chunk every NNN ms, 200 chunks; a client that goes
+//!   away is counted in `cancelled`.
+//! - `reset`: starts a stream, then drops the connection mid-way.
+//!
+//! `GET /_stats` → `{"requests":N,"cancelled":N}`; `GET /_last` → the last
+//! request's headers and raw body, to check what the gateway forwarded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    cancelled: AtomicU64,
+    last: Mutex<Value>,
+}
+
+fn main() {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+        println!("listening on {}", listener.local_addr().expect("addr"));
+        let stats = Arc::new(Stats::default());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle(req, stats.clone()));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/_stats" => {
+            return Ok(json_resp(
+                200,
+                &json!({
+                    "requests": stats.requests.load(Ordering::SeqCst),
+                    "cancelled": stats.cancelled.load(Ordering::SeqCst),
+                }),
+            ));
+        }
+        "/_last" => {
+            let last = stats.last.lock().expect("lock").clone();
+            return Ok(json_resp(200, &last));
+        }
+        _ => {}
+    }
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(json_resp(400, &json!({"error": "body"}))),
+    };
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    *stats.last.lock().expect("lock") = json!({
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let model = parsed["model"].as_str().unwrap_or("").to_owned();
+    let stream = parsed["stream"].as_bool().unwrap_or(false);
+
+    if let Some(code) = model
+        .strip_prefix("status-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let mut r = json_resp(
+            code,
+            &json!({"error": {"message": format!("mock upstream says {code}"), "type": "mock_error", "code": "mock"}}),
+        );
+        if code == 429 {
+            r.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("7"));
+        }
+        return Ok(r);
+    }
+    if let Some(ms) = model
+        .strip_prefix("slow-")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path.ends_with("/embeddings") {
+        return Ok(json_resp(
+            200,
+            &json!({"object": "list", "model": model,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                "usage": {"prompt_tokens": 4, "total_tokens": 4}}),
+        ));
+    }
+    if let Some(ms) = model
+        .strip_prefix("drip-")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        return Ok(drip(model.clone(), Duration::from_millis(ms), stats));
+    }
+    if model == "reset" {
+        return Ok(reset_stream(model));
+    }
+    if stream {
+        let include_usage = parsed["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false);
+        let mut out = String::with_capacity(1024);
+        for (i, word) in ["Hello", " from", " the", " mock", " upstream"]
+            .iter()
+            .enumerate()
+        {
+            let delta = if i == 0 {
+                json!({"role": "assistant", "content": word})
+            } else {
+                json!({"content": word})
+            };
+            out.push_str(&sse(&chunk(&model, delta, None)));
+        }
+        out.push_str(&sse(&chunk(&model, json!({}), Some("stop"))));
+        if include_usage {
+            out.push_str(&sse(
+                &json!({"id": "chatcmpl-up", "object": "chat.completion.chunk",
+                "created": 1, "model": model, "choices": [],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}}),
+            ));
+        }
+        out.push_str("data: [DONE]\n\n");
+        let mut r = Response::new(full(out.into_bytes()));
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        return Ok(r);
+    }
+    Ok(json_resp(
+        200,
+        &json!({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream"},
+                "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+        }),
+    ))
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
+fn sse(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn full(b: Vec<u8>) -> Body {
+    Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed()
+}
+
+fn json_resp(status: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string().into_bytes()));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn event_stream(rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>) -> Response<Body> {
+    let stream = futures_stream(rx);
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// Streams 200 chunks at `every`; counts a cancel when the receiver is gone.
+fn drip(model: String, every: Duration, stats: Arc<Stats>) -> Response<Body> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..200 {
+            let ev = sse(&chunk(&model, json!({"content": format!(" t{i}")}), None));
+            if tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_err() {
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .await;
+    });
+    event_stream(rx)
+}
+
+/// Sends two chunks, then fails the body so hyper cuts the connection.
+fn reset_stream(model: String) -> Response<Body> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for i in 0..2 {
+            let ev = sse(&chunk(&model, json!({"content": format!(" r{i}")}), None));
+            let _ = tx.send(Ok(Frame::data(Bytes::from(ev)))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tx.send(Err(std::io::Error::other("injected reset"))).await;
+    });
+    event_stream(rx)
+}
+
+fn futures_stream(
+    mut rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

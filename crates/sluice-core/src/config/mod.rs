@@ -1,0 +1,196 @@
+//! Configuration: TOML text → [`raw`] schema → validated [`Config`] snapshot.
+//!
+//! There is no half-valid state: [`parse`] either returns a complete `Config`
+//! or every problem it found, each with file:line:col.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+pub use env::interpolate;
+
+const DEFAULT_TOML: &str = include_str!("default.toml");
+const DEFAULT_OPENAI_TOML: &str = include_str!("default-openai.toml");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send the request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI and every server that speaks its wire format (vLLM, Ollama, …).
+    OpenAi,
+    /// The built-in deterministic provider.
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: Arc<str>,
+    pub kind: ProviderKind,
+    /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub headers: Vec<(String, Secret)>,
+    pub connect_timeout: Duration,
+    /// Until the upstream's response head arrives.
+    pub timeout: Duration,
+    /// Longest silence allowed between two body chunks of a response.
+    pub idle_timeout: Duration,
+    pub max_idle_connections: usize,
+    pub mock: MockConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockConfig {
+    pub tokens_per_response: u32,
+    pub token_delay: Duration,
+    pub embedding_dims: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: Arc<str>,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// The model name sent upstream.
+    pub model: Arc<str>,
+    pub weight: u32,
+}
+
+/// One problem in a configuration file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses and validates `text`; `file` names it in errors; `env` resolves `${VAR}`.
+pub fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let (line, column) = line_col(text, offset);
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }])
+    })?;
+    validate::validate(raw, text, file, env)
+}
+
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read file: {e}"),
+        }])
+    })?;
+    parse(&text, &name, &|k| std::env::var(k).ok())
+}
+
+/// The embedded default: the mock provider, plus OpenAI when its key is set.
+pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    if env("OPENAI_API_KEY").is_some_and(|k| !k.is_empty()) {
+        let text = format!("{DEFAULT_TOML}\n{DEFAULT_OPENAI_TOML}");
+        parse(&text, "<embedded default>", env)
+    } else {
+        parse(DEFAULT_TOML, "<embedded default>", env)
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+use super::*;
+
+fn env(k: &str) -> Option<String> {
+    match k {
+        "UP_KEY" => Some("sk-secret-value".into()),
+        _ => None,
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, "t.toml", &env) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn embedded_default_is_valid_and_serves_mock() {
+    let c = embedded_default(&|_| None).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.server.max_body_bytes, 4 << 20);
+    assert!(c.models.iter().any(|m| &*m.name == "mock-1"));
+    assert!(c.providers.iter().all(|p| p.kind == ProviderKind::Mock));
+}
+
+#[test]
+fn embedded_default_adds_openai_when_key_set() {
+    let c = embedded_default(&|k| (k == "OPENAI_API_KEY").then(|| "sk-x".to_owned())).unwrap();
+    let openai = c.providers.iter().find(|p| &*p.name == "openai").unwrap();
+    assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-x");
+    assert!(c.models.iter().any(|m| &*m.name == "gpt-4o-mini"));
+}
+
+#[test]
+fn full_config_parses() {
+    let text = r#"
+[server]
+listen = "0.0.0.0:8000"
+max_body_bytes = 1024
+
+[[providers]]
+name = "primary"
+kind = "openai"
+base_url = "http://127.0.0.1:9900/v1/"
+api_key = "${UP_KEY}"
+headers = { "x-org" = "acme" }
+timeout_ms = 2500
+
+[[providers]]
+name = "backup"
+kind = "openai"
+base_url = "http://127.0.0.1:9901/v1"
+
+[[models]]
+name = "gpt-4o-mini"
+targets = [
+  { provider = "primary", model = "gpt-4o-mini-2024", weight = 3 },
+  { provider = "backup", weight = 1 },
+]
+"#;
+    let c = parse(text, "t.toml", &env).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8000");
+    assert_eq!(c.server.max_body_bytes, 1024);
+    let p = &c.providers[0];
+    assert_eq!(p.base_url, "http://127.0.0.1:9900/v1");
+    assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-secret-value");
+    assert_eq!(p.headers[0].0, "x-org");
+    assert_eq!(p.timeout, Duration::from_millis(2500));
+    let m = &c.models[0];
+    assert_eq!(m.targets.len(), 2);
+    assert_eq!(
+        (
+            m.targets[0].provider,
+            &*m.targets[0].model,
+            m.targets[0].weight
+        ),
+        (0, "gpt-4o-mini-2024", 3)
+    );
+    assert_eq!(
+        (
+            m.targets[1].provider,
+            &*m.targets[1].model,
+            m.targets[1].weight
+        ),
+        (1, "gpt-4o-mini", 1)
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_location() {
+    let text = r#"[server]
+listen = "nope"
+
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "ftp://x"
+api_key = "${MISSING_KEY}"
+
+[[providers]]
+name = "a"
+kind = "martian"
+
+[[models]]
+name = "m"
+targets = [{ provider = "ghost", weight = 0 }]
+
+[[models]]
+name = "empty"
+targets = []
+"#;
+    let errs = errors(text);
+    let expect = [
+        "t.toml:2:10: listen: 'nope' is not an IP:port address",
+        "t.toml:7:12: base_url must be an http:// or https:// URL with a host",
+        "t.toml:8:11: environment variable 'MISSING_KEY' is not set",
+        "t.toml:11:8: duplicate provider name 'a'",
+        "t.toml:12:8: unknown provider kind 'martian' (supported: openai, mock)",
+        "t.toml:16:25: target names unknown provider 'ghost'",
+        "t.toml:20:11: model 'empty' needs at least one target",
+    ];
+    assert_eq!(errs, expect);
+}
+
+#[test]
+fn syntax_and_unknown_keys_are_located() {
+    let errs = errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("t.toml:3:1: "), "{errs:?}");
+    assert!(errs[0].contains("lisen"), "{errs:?}");
+
+    let errs = errors("[[providers]]\nname = \"x\"\nkind = \n");
+    assert!(errs[0].starts_with("t.toml:3:"), "{errs:?}");
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    let text = "[[providers]]\nname = \"p\"\nkind = \"openai\"\napi_key = \"${UP_KEY}\"\nbase_url = \"${UP_KEY}\"\n";
+    let errs = errors(text).join("\n");
+    assert!(!errs.contains("sk-secret-value"), "{errs}");
+    let c = parse(
+        "[[providers]]\nname = \"p\"\nkind = \"openai\"\napi_key = \"${UP_KEY}\"\n",
+        "t.toml",
+        &env,
+    )
+    .unwrap();
+    assert!(!format!("{c:?}").contains("sk-secret-value"));
+}
+
+#[test]
+fn mock_options_rejected_elsewhere_and_zero_limits() {
+    let text = "[server]\nmax_body_bytes = 0\n[[providers]]\nname = \"p\"\nkind = \"openai\"\ntokens_per_response = 4\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains("max_body_bytes must be between"));
+    assert!(errs[1].contains("tokens_per_response applies only"));
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncdé f", 0), (1, 1));
+    assert_eq!(line_col("ab\ncdé f", 3), (2, 1));
+    assert_eq!(line_col("ab\ncdé f", 7), (2, 4));
+}
+
+#[test]
+fn example_configs_in_repo_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            parse(&text, &path.display().to_string(), &|k| {
+                k.ends_with("_KEY").then(|| "x".into())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no example configs found in {}", dir.display());
+}

@@ -1,0 +1,215 @@
+//! One error taxonomy for the whole gateway. Every kind maps to a status, an
+//! OpenAI error `type` and `code`, and a source tag (who is at fault) with no
+//! catch-all arm, so adding a kind forces a decision everywhere it matters.
+
+use std::borrow::Cow;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// Valid JSON, but a required field is missing or has the wrong type.
+    InvalidRequest,
+    /// The `model` names nothing this gateway serves.
+    ModelNotFound,
+    /// No route for this path.
+    RouteNotFound,
+    /// The path exists but not with this method.
+    MethodNotAllowed,
+    /// The body exceeds the configured limit.
+    PayloadTooLarge,
+    /// The content type is not JSON.
+    UnsupportedMediaType,
+    /// This model's provider cannot serve this operation (e.g. embeddings).
+    UnsupportedOperation,
+    /// The upstream could not be reached (refused, DNS, TLS, reset before a response).
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream answered with something we could not use.
+    UpstreamProtocol,
+    /// A bug or an impossible state in the gateway itself.
+    Internal,
+}
+
+/// Who caused an error: decides retries (later) and the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest => 400,
+            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::UnsupportedOperation => 400,
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamProtocol => 502,
+            ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The OpenAI error `type` field.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::ModelNotFound
+            | ErrorKind::RouteNotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::UnsupportedOperation => "invalid_request_error",
+            ErrorKind::UpstreamUnreachable
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamProtocol => "upstream_error",
+            ErrorKind::Internal => "server_error",
+        }
+    }
+
+    /// The OpenAI error `code` field; also the low-cardinality metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidJson => "invalid_json",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::RouteNotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::UnsupportedOperation => "unsupported_operation",
+            ErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+
+    pub fn source(self) -> Source {
+        match self {
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::ModelNotFound
+            | ErrorKind::RouteNotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::UnsupportedOperation => Source::Downstream,
+            ErrorKind::UpstreamUnreachable
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamProtocol => Source::Upstream,
+            ErrorKind::Internal => Source::Internal,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: Cow<'static, str>,
+    /// The request field at fault, when there is one (OpenAI `param`).
+    pub param: Option<&'static str>,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_openai_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.error_type(),
+                "param": self.param,
+                "code": self.kind.code(),
+            }
+        }))
+        .expect("a json! value always serializes")
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorKind; 12] = [
+        ErrorKind::InvalidJson,
+        ErrorKind::InvalidRequest,
+        ErrorKind::ModelNotFound,
+        ErrorKind::RouteNotFound,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::UnsupportedMediaType,
+        ErrorKind::UnsupportedOperation,
+        ErrorKind::UpstreamUnreachable,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamProtocol,
+        ErrorKind::Internal,
+    ];
+
+    #[test]
+    fn statuses_are_truthful() {
+        assert_eq!(ErrorKind::InvalidJson.status(), 400);
+        assert_eq!(ErrorKind::InvalidRequest.status(), 400);
+        assert_eq!(ErrorKind::ModelNotFound.status(), 404);
+        assert_eq!(ErrorKind::PayloadTooLarge.status(), 413);
+        assert_eq!(ErrorKind::UpstreamUnreachable.status(), 502);
+        assert_eq!(ErrorKind::UpstreamTimeout.status(), 504);
+        for k in ALL {
+            let s = k.status();
+            match k.source() {
+                Source::Downstream => assert!((400..500).contains(&s), "{k:?}"),
+                Source::Upstream | Source::Internal => assert!(s >= 500, "{k:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut codes: Vec<_> = ALL.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ALL.len());
+    }
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = GatewayError::new(ErrorKind::ModelNotFound, "model 'x' does not exist")
+            .with_param("model");
+        let v: serde_json::Value = serde_json::from_slice(&e.to_openai_json()).unwrap();
+        assert_eq!(v["error"]["message"], "model 'x' does not exist");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+    }
+}

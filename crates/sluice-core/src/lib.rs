@@ -1,0 +1,12 @@
+//! Sluice core: the ideas every other crate shares and none of them owns —
+//! configuration (raw schema → validated snapshot), the routing table, the
+//! error taxonomy, and the few request fields the gateway acts on.
+
+pub mod config;
+pub mod error;
+pub mod request;
+pub mod route;
+pub mod secret;
+
+pub use error::{ErrorKind, GatewayError};
+pub use secret::Secret;

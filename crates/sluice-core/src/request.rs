@@ -1,0 +1,220 @@
+//! The few request fields the gateway acts on, read without building a tree.
+//!
+//! On the same-format fast path the body is forwarded as bytes: we read
+//! `model`, `stream`, `stream_options.include_usage` and check the required
+//! fields are there, remember where `model` sits in the body, and splice a new
+//! name in place when the route maps it to a different upstream model.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// Which endpoint a body was sent to: decides which fields are required.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Chat,
+    Embeddings,
+}
+
+#[derive(Debug)]
+pub struct RequestPeek<'a> {
+    pub model: Cow<'a, str>,
+    /// Byte range of the `model` string token (quotes included) in the body.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    // Vec of a zero-sized type: counts elements without allocating.
+    messages: Option<Vec<IgnoredAny>>,
+    input: Option<IgnoredAny>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// Token usage as OpenAI reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        let msg = if first.is_none() {
+            "request body is empty; expected a JSON object"
+        } else {
+            "request body must be a JSON object"
+        };
+        return Err(GatewayError::new(ErrorKind::InvalidJson, msg));
+    }
+    let raw: Raw<'_> = serde_json::from_slice(body).map_err(json_error)?;
+
+    let model_raw = raw.model.ok_or_else(|| missing("model"))?;
+    let text = model_raw.get();
+    if !text.starts_with('"') {
+        return Err(
+            GatewayError::new(ErrorKind::InvalidRequest, "'model' must be a string")
+                .with_param("model"),
+        );
+    }
+    let model: Cow<'_, str> = serde_json::from_str(text).map_err(json_error)?;
+    if model.is_empty() {
+        return Err(
+            GatewayError::new(ErrorKind::InvalidRequest, "'model' must not be empty")
+                .with_param("model"),
+        );
+    }
+    // The raw value borrows from `body`, so its address lies inside it.
+    let start = text.as_ptr() as usize - body.as_ptr() as usize;
+    let model_span = start..start + text.len();
+
+    match op {
+        Operation::Chat => match raw.messages {
+            None => return Err(missing("messages")),
+            Some(m) if m.is_empty() => {
+                return Err(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    "'messages' must contain at least one message",
+                )
+                .with_param("messages"));
+            }
+            Some(_) => {}
+        },
+        Operation::Embeddings => {
+            if raw.input.is_none() {
+                return Err(missing("input"));
+            }
+        }
+    }
+
+    Ok(RequestPeek {
+        model,
+        model_span,
+        stream: raw.stream.unwrap_or(false),
+        include_usage: raw
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+    })
+}
+
+/// The body with the `model` token at `span` replaced by `new_model`.
+pub fn rewrite_model(body: &[u8], span: Range<usize>, new_model: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + new_model.len() + 2);
+    out.extend_from_slice(&body[..span.start]);
+    serde_json::to_writer(&mut out, new_model).expect("writing a str to a Vec cannot fail");
+    out.extend_from_slice(&body[span.end..]);
+    out
+}
+
+fn missing(field: &'static str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::InvalidRequest,
+        format!("missing required field '{field}'"),
+    )
+    .with_param(field)
+}
+
+fn json_error(e: serde_json::Error) -> GatewayError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            GatewayError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}"))
+        }
+        Category::Syntax | Category::Eof | Category::Io => GatewayError::new(
+            ErrorKind::InvalidJson,
+            // serde_json's message ends with "at line L column C".
+            format!("malformed JSON: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_and_span() {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}], "model" : "gpt-x","stream":true,"stream_options":{"include_usage":true},"tools":[]}"#;
+        let p = peek(body, Operation::Chat).unwrap();
+        assert_eq!(p.model, "gpt-x");
+        assert_eq!(&body[p.model_span.clone()], br#""gpt-x""#);
+        assert!(p.stream);
+        assert!(p.include_usage);
+    }
+
+    #[test]
+    fn rewrite_keeps_everything_else() {
+        let body =
+            br#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"logprobs":true}"#;
+        let p = peek(body, Operation::Chat).unwrap();
+        let out = rewrite_model(body, p.model_span, "real\"model");
+        assert_eq!(
+            out,
+            br#"{"model":"real\"model","messages":[{"role":"user","content":"hi"}],"logprobs":true}"#
+        );
+    }
+
+    #[test]
+    fn escaped_model_is_unescaped() {
+        let body = br#"{"model":"a\u0062c","messages":[1]}"#;
+        assert_eq!(peek(body, Operation::Chat).unwrap().model, "abc");
+    }
+
+    #[test]
+    fn malformed_json_names_line_and_column() {
+        let e = peek(b"{\n  \"model\": \"x\",\n  oops\n}", Operation::Chat).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidJson);
+        assert!(e.message.contains("line 3 column 3"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_and_wrong_fields() {
+        let e = peek(br#"{"messages":[{}]}"#, Operation::Chat).unwrap_err();
+        assert_eq!(
+            (e.kind, e.param),
+            (ErrorKind::InvalidRequest, Some("model"))
+        );
+        let e = peek(br#"{"model":"m"}"#, Operation::Chat).unwrap_err();
+        assert_eq!(e.param, Some("messages"));
+        let e = peek(br#"{"model":"m","messages":[]}"#, Operation::Chat).unwrap_err();
+        assert_eq!(e.param, Some("messages"));
+        let e = peek(br#"{"model":7,"messages":[{}]}"#, Operation::Chat).unwrap_err();
+        assert_eq!(e.param, Some("model"));
+        let e = peek(
+            br#"{"model":"m","messages":[{}],"stream":"yes"}"#,
+            Operation::Chat,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        let e = peek(br#"{"model":"m"}"#, Operation::Embeddings).unwrap_err();
+        assert_eq!(e.param, Some("input"));
+        assert!(peek(br#"{"model":"m","input":"x"}"#, Operation::Embeddings).is_ok());
+    }
+
+    #[test]
+    fn non_objects_are_rejected() {
+        for body in [&b""[..], b"   ", b"[]", b"\"x\"", b"null"] {
+            let e = peek(body, Operation::Chat).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidJson, "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Provider wire formats and the pooled upstream transport.
+//!
+//! One module per wire format. Translation and observation are plain functions
+//! over bytes and types; only [`transport`] does I/O.
+
+pub mod mock;
+pub mod openai;
+pub mod transport;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// Every response body the gateway hands to the server layer.
+pub type BoxBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// An error inside a response body stream (the upstream reset, went silent, …).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,103 @@
+//! The pooled upstream HTTP client, shared by every adapter.
+//!
+//! One client per provider: it keeps connections alive, negotiates HTTP/2 by
+//! ALPN where the upstream offers it (rustls, no OpenSSL), and carries the
+//! provider's own connect timeout. Plain `http://` upstreams (vLLM, Ollama on
+//! the next box) use HTTP/1.1 keep-alive.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sluice_core::config::ProviderConfig;
+use sluice_core::{ErrorKind, GatewayError};
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(p.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_native_roots() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA certificates; using the bundled web PKI roots");
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+        }
+    };
+    let https = builder
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(p.max_idle_connections)
+        // Big providers cap concurrent streams per HTTP/2 connection; keep
+        // the connection alive through quiet periods between streams.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_while_idle(true)
+        .build(https)
+}
+
+/// Sends `req`, waiting at most `timeout` for the response head.
+pub async fn send(
+    client: &UpstreamClient,
+    req: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<http::Response<Incoming>, GatewayError> {
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => Err(GatewayError::new(
+            ErrorKind::UpstreamTimeout,
+            format!("upstream did not respond within {} ms", timeout.as_millis()),
+        )),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    // The connector's timeout surfaces as a connect error whose source says so.
+    let text = error_chain(e);
+    if e.is_connect() && text.contains("timed out") {
+        GatewayError::new(
+            ErrorKind::UpstreamTimeout,
+            format!("upstream connect timed out: {text}"),
+        )
+    } else if e.is_connect() {
+        GatewayError::new(
+            ErrorKind::UpstreamUnreachable,
+            format!("upstream unreachable: {text}"),
+        )
+    } else {
+        GatewayError::new(
+            ErrorKind::UpstreamUnreachable,
+            format!("upstream connection failed: {text}"),
+        )
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}

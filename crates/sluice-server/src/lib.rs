@@ -1,0 +1,95 @@
+//! Sluice's server: listeners, routes, the proxy path, and metrics glue.
+
+pub mod app;
+pub mod listener;
+pub mod metrics;
+pub mod observe;
+pub mod proxy;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use sluice_core::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Binds both listeners, prints the ready line, and serves until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let api_listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let admin_listener = TcpListener::bind(config.server.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.server.admin_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let first_model = config
+        .models
+        .first()
+        .map(|m| m.name.to_string())
+        .unwrap_or_else(|| "MODEL".to_owned());
+    let server_cfg = config.server.clone();
+    let app = app::App::new(config);
+
+    let (tx, rx) = watch::channel(false);
+    let api = tokio::spawn(listener::serve(
+        api_listener,
+        routes::api(app.clone()),
+        server_cfg.clone(),
+        rx.clone(),
+    ));
+    let admin = tokio::spawn(listener::serve(
+        admin_listener,
+        routes::admin(app.clone()),
+        server_cfg,
+        rx,
+    ));
+    app.ready.store(true, Ordering::Release);
+    println!("{}", ready_line(api_addr, admin_addr, &first_model));
+    tracing::info!(%api_addr, %admin_addr, "sluice ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    app.ready.store(false, Ordering::Release);
+    let _ = tx.send(true);
+    let _ = tokio::join!(api, admin);
+    Ok(())
+}
+
+/// One line: where Sluice listens and a curl command that works as printed.
+pub fn ready_line(api: SocketAddr, admin: SocketAddr, model: &str) -> String {
+    let host = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), a.port())
+        } else {
+            a
+        }
+    };
+    let (api, admin) = (host(api), host(admin));
+    format!(
+        "sluice ready: api http://{api} admin http://{admin} | try: curl -s http://{api}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,132 @@
+//! The API and admin routers. Handlers are thin: the request path lives in
+//! [`crate::proxy`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use http::header::CONTENT_TYPE;
+use serde_json::json;
+use sluice_core::request::Operation;
+use sluice_core::{ErrorKind, GatewayError};
+
+use crate::app::App;
+use crate::observe::error_response;
+use crate::proxy;
+
+pub fn api(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+pub fn admin(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn chat(State(app): State<Arc<App>>, req: Request) -> Response {
+    proxy::handle(app, Operation::Chat, "/v1/chat/completions", req).await
+}
+
+async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
+    proxy::handle(app, Operation::Embeddings, "/v1/embeddings", req).await
+}
+
+fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {
+    json!({"id": name, "object": "model", "created": app.started_unix, "owned_by": owner})
+}
+
+async fn models(State(app): State<Arc<App>>) -> Response {
+    let snap = app.snapshot.load();
+    let data: Vec<_> = snap
+        .routes
+        .names
+        .iter()
+        .map(|name| model_json(&app, name, owner(&snap, name)))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let snap = app.snapshot.load();
+    if snap.routes.get(&id).is_some() {
+        axum::Json(model_json(&app, &id, owner(&snap, &id))).into_response()
+    } else {
+        error_response(
+            &GatewayError::new(
+                ErrorKind::ModelNotFound,
+                format!("The model '{id}' does not exist or is not served by this gateway"),
+            )
+            .with_param("model"),
+        )
+    }
+}
+
+/// The provider behind a model's first target, shown as `owned_by`.
+fn owner<'a>(snap: &'a crate::app::Snapshot, model: &str) -> &'a str {
+    snap.routes
+        .get(model)
+        .and_then(|r| r.targets.first())
+        .map_or("sluice", |t| &snap.config.providers[t.provider].name)
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::Acquire) {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "starting"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut r = Response::new(Body::from(app.metrics.encode()));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    r
+}
+
+async fn not_found(req: Request) -> Response {
+    error_response(&GatewayError::new(
+        ErrorKind::RouteNotFound,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error_response(&GatewayError::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    ))
+}

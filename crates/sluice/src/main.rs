@@ -1,0 +1,117 @@
+//! The `sluice` binary: command line and wiring only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_core::config;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A real-time AI agent gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the embedded default configuration unless --config is given).
+    Serve {
+        /// A TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override server.listen (the API listener), e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override server.admin_listen (metrics and admin API).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file; print every problem with file:line:col.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match config::load_file(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} providers, {} models)",
+                    file.display(),
+                    c.providers.len(),
+                    c.models.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} problem(s)", file.display(), errors.0.len());
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve {
+            config: path,
+            listen,
+            admin_listen,
+        } => {
+            init_logging();
+            let loaded = match &path {
+                Some(p) => config::load_file(p),
+                None => config::embedded_default(&|k| std::env::var(k).ok()),
+            };
+            let mut cfg = match loaded {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            if let Some(a) = listen {
+                cfg.server.listen = a;
+            }
+            if let Some(a) = admin_listen {
+                cfg.server.admin_listen = a;
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sluice: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(sluice_server::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the ready line). `SLUICE_LOG` (or
+/// `RUST_LOG`) sets the filter; `SLUICE_LOG_FORMAT=json` switches to JSON.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

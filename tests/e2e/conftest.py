@@ -1,0 +1,193 @@
+"""Fixtures that start the real binaries: `sluice` and the mock upstream.
+
+Every process is started on 127.0.0.1 port 0 and tells us its address on its
+first stdout line; every test checks at teardown that the gateway is still
+alive (no input may crash it).
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+PROFILE = os.environ.get("SLUICE_PROFILE", "debug")
+SLUICE = Path(os.environ.get("SLUICE_BIN", TARGET / PROFILE / "sluice"))
+MOCK_UPSTREAM = Path(os.environ.get("MOCK_UPSTREAM_BIN", TARGET / PROFILE / "mock-upstream"))
+
+
+def _read_first_line(proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"process exited before its ready line: {err}")
+    if time.monotonic() > deadline:
+        raise RuntimeError("process took too long to start")
+    return line.strip()
+
+
+class MockUpstream:
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [str(MOCK_UPSTREAM), "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = _read_first_line(self.proc)
+        assert line.startswith("listening on "), line
+        self.addr = line.removeprefix("listening on ")
+        self.url = f"http://{self.addr}"
+
+    def stats(self):
+        return httpx.get(f"{self.url}/_stats").json()
+
+    def last(self):
+        return httpx.get(f"{self.url}/_last").json()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Gateway:
+    def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=()):
+        args = [str(SLUICE), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+        if config_text is not None:
+            path = tmp_path / "sluice.toml"
+            path.write_text(config_text)
+            args += ["--config", str(path)]
+        args += list(extra_args)
+        full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        full_env.update(env or {})
+        self.stderr_path = (tmp_path or Path("/tmp")) / f"sluice-{os.getpid()}-{id(self)}.log"
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=full_env
+        )
+        self.ready_line = _read_first_line(self.proc)
+        assert self.ready_line.startswith("sluice ready: "), self.ready_line
+        words = self.ready_line.split()
+        self.url = words[words.index("api") + 1]
+        self.admin_url = words[words.index("admin") + 1]
+        self.base_url = f"{self.url}/v1"
+
+    def logs(self):
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def metrics_text(self):
+        r = httpx.get(f"{self.admin_url}/metrics")
+        assert r.status_code == 200
+        return r.text
+
+    def assert_alive(self):
+        assert self.proc.poll() is None, f"gateway died: {self.logs()}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self._stderr.close()
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    u = MockUpstream()
+    yield u
+    u.stop()
+
+
+@pytest.fixture(scope="session")
+def default_gateway(tmp_path_factory):
+    g = Gateway(tmp_path=tmp_path_factory.mktemp("default"))
+    yield g
+    g.assert_alive()
+    g.stop()
+
+
+def proxy_config(upstream_url, **server):
+    server_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in server.items())
+    return f"""
+[server]
+{server_lines}
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{upstream_url}/v1"
+api_key = "${{SLUICE_TEST_UPSTREAM_KEY}}"
+timeout_ms = 1000
+idle_timeout_ms = 400
+
+[[providers]]
+name = "dead"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+connect_timeout_ms = 500
+
+[[models]]
+name = "gpt-test"
+targets = [{{ provider = "up", model = "upstream-model" }}]
+
+[[models]]
+name = "text-embed"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "status-429"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "status-500"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "status-401"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "slow-3000"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "drip-50"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "drip-2000"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "reset"
+targets = [{{ provider = "up" }}]
+
+[[models]]
+name = "dead"
+targets = [{{ provider = "dead" }}]
+"""
+
+
+UPSTREAM_KEY = "sk-upstream-secret-4242"
+
+
+@pytest.fixture(scope="session")
+def proxy_gateway(upstream, tmp_path_factory):
+    g = Gateway(
+        proxy_config(upstream.url, max_body_bytes=65536),
+        tmp_path=tmp_path_factory.mktemp("proxy"),
+        env={"SLUICE_TEST_UPSTREAM_KEY": UPSTREAM_KEY},
+    )
+    yield g
+    g.assert_alive()
+    g.stop()

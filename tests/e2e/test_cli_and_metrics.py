@@ -1,0 +1,75 @@
+"""The command line (check-config) and the admin listener's metrics."""
+
+import subprocess
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, SLUICE
+
+
+def test_check_config_accepts_examples():
+    for path in sorted((ROOT / "examples").glob("*.toml")):
+        r = subprocess.run([str(SLUICE), "check-config", str(path)], capture_output=True, text=True,
+                           env={"OPENAI_API_KEY": "x", "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stderr
+        assert ": ok (" in r.stdout
+
+
+def test_check_config_reports_every_problem_located(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[server]\nlisten = "localhost"\n\n[[providers]]\nname = "p"\nkind = "openai"\n'
+        'api_key = "${SLUICE_SURELY_UNSET_VAR}"\n\n[[models]]\nname = "m"\n'
+        'targets = [{ provider = "ghost" }]\n'
+    )
+    r = subprocess.run([str(SLUICE), "check-config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert f"{bad}:2:10: listen: 'localhost' is not an IP:port address" in lines
+    assert f"{bad}:7:11: environment variable 'SLUICE_SURELY_UNSET_VAR' is not set" in lines
+    assert f"{bad}:11:25: target names unknown provider 'ghost'" in lines
+    assert lines[-1] == f"{bad}: 3 problem(s)"
+
+
+def test_serve_refuses_invalid_config(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nbogus = 1\n")
+    r = subprocess.run([str(SLUICE), "serve", "--config", str(bad)], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1
+    assert f"{bad}:2:1:" in r.stderr
+
+
+def samples(text):
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def value(text, name, **labels):
+    for s in samples(text).get(name, []):
+        if all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    return 0.0
+
+
+def test_metrics_parse_and_move(proxy_gateway):
+    labels = dict(route="/v1/chat/completions", model="gpt-test", provider="up", status="200")
+    before = proxy_gateway.metrics_text()
+    n0 = value(before, "sluice_requests_total", **labels)
+    t0 = value(before, "sluice_tokens_total", model="gpt-test", provider="up", kind="output")
+    for _ in range(3):
+        r = httpx.post(f"{proxy_gateway.base_url}/chat/completions",
+                       json={"model": "gpt-test", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200
+    r = httpx.post(f"{proxy_gateway.base_url}/chat/completions",
+                   json={"model": "status-500", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 500
+    after = proxy_gateway.metrics_text()
+    assert value(after, "sluice_requests_total", **labels) == n0 + 3
+    assert value(after, "sluice_request_duration_seconds_count", **labels) >= n0 + 3
+    assert value(after, "sluice_tokens_total", model="gpt-test", provider="up", kind="output") == t0 + 15
+    assert value(after, "sluice_requests_total", model="status-500", status="500") >= 1
+    assert "sluice_active_requests" in samples(after)

@@ -1,0 +1,91 @@
+"""Bad input: clear OpenAI-shaped errors with truthful statuses, never a crash."""
+
+import socket
+
+import httpx
+import pytest
+
+
+def post(g, body, path="/v1/chat/completions", **kw):
+    return httpx.post(f"{g.url}{path}", content=body, **kw)
+
+
+def assert_error(r, status, code):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "code"}
+    assert err["code"] == code
+    return err
+
+
+def test_malformed_json_names_line_and_column(proxy_gateway):
+    err = assert_error(post(proxy_gateway, '{\n "model": "gpt-test",\n oops\n}'), 400, "invalid_json")
+    assert "line 3 column 2" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ('{"messages":[{"role":"user","content":"x"}]}', "model"),
+        ('{"model":"gpt-test"}', "messages"),
+        ('{"model":"gpt-test","messages":[]}', "messages"),
+        ('{"model":5,"messages":[{"role":"user","content":"x"}]}', "model"),
+    ],
+)
+def test_missing_or_wrong_fields_are_400(proxy_gateway, body, param):
+    err = assert_error(post(proxy_gateway, body), 400, "invalid_request")
+    assert err["param"] == param
+
+
+def test_non_object_bodies_are_400(proxy_gateway):
+    for body in ["", "[]", "null", "\"x\"", "\x00\xff"]:
+        assert_error(post(proxy_gateway, body), 400, "invalid_json")
+
+
+def test_embeddings_need_input(proxy_gateway):
+    err = assert_error(post(proxy_gateway, '{"model":"text-embed"}', "/v1/embeddings"), 400, "invalid_request")
+    assert err["param"] == "input"
+
+
+def test_unknown_model_is_404(proxy_gateway):
+    err = assert_error(post(proxy_gateway, '{"model":"nope","messages":[{"role":"user","content":"x"}]}'), 404, "model_not_found")
+    assert "nope" in err["message"]
+
+
+def test_body_over_limit_is_413(proxy_gateway):
+    big = '{"model":"gpt-test","messages":[{"role":"user","content":"' + "x" * 70000 + '"}]}'
+    err = assert_error(post(proxy_gateway, big), 413, "request_too_large")
+    assert "65536" in err["message"]
+
+
+def test_chunked_body_over_limit_is_413(proxy_gateway):
+    def gen():
+        yield b'{"model":"gpt-test","messages":["'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"]}'
+
+    assert_error(post(proxy_gateway, gen()), 413, "request_too_large")
+
+
+def test_unknown_route_and_wrong_method(proxy_gateway):
+    assert_error(httpx.get(f"{proxy_gateway.url}/v2/nothing"), 404, "not_found")
+    assert_error(httpx.get(f"{proxy_gateway.url}/v1/chat/completions"), 405, "method_not_allowed")
+
+
+def test_oversized_headers_are_rejected(proxy_gateway):
+    r = httpx.get(f"{proxy_gateway.url}/healthz", headers={"x-big": "a" * 200_000})
+    assert r.status_code == 431
+
+
+def test_garbage_on_the_socket_does_not_hurt(proxy_gateway):
+    host, port = proxy_gateway.url.removeprefix("http://").split(":")
+    for payload in [b"\x16\x03\x01\x00\xff garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n"]:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            data = s.recv(4096)
+            assert data == b"" or data.startswith(b"HTTP/1.1 4"), data
+    proxy_gateway.assert_alive()
+    assert httpx.get(f"{proxy_gateway.url}/healthz").status_code == 200
