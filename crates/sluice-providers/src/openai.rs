@@ -90,7 +90,9 @@ impl UsageTail {
 
     /// The last non-null `usage` object seen, if any.
     pub fn usage(&self) -> Option<Usage> {
-        let finder = memchr::memmem::FinderRev::new(b"\"usage\"");
+        static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+        let finder = &*FINDER;
         let mut end = self.buf.len();
         while let Some(i) = finder.rfind(&self.buf[..end]) {
             if let Some(u) = parse_usage_at(&self.buf[i + 7..]) {

@@ -77,10 +77,15 @@ fn main() -> ExitCode {
             if let Some(a) = admin_listen {
                 cfg.server.admin_listen = a;
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // On one core a single-threaded scheduler does the same work with
+            // no cross-thread wakeups or work-stealing bookkeeping.
+            let one_core = std::thread::available_parallelism().map_or(false, |n| n.get() == 1);
+            let mut builder = if one_core {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("sluice: cannot start the runtime: {e}");

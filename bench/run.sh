@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Load benchmark: chat completions straight to a fast mock upstream, through
+# nginx (plain proxy_pass, the practical limit of a proxy here) and through
+# Sluice, in one run. Sluice and nginx get core 0; wrk and the mock get core 1.
+#
+#   bench/run.sh [DURATION_S=10] [CONNECTIONS=16]
+#
+# Prints added latency p50/p99 (vs direct), throughput ratios and Sluice's
+# peak RSS, and writes bench/results/latest.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DUR=${1:-10}
+CONNS=${2:-16}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null
+fi
+cargo build --release --locked --bin sluice --bin mock-upstream
+if [ "$(nproc)" -lt 2 ]; then echo "needs 2 cores" >&2; exit 1; fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+UP=$(free_port); GW=$(free_port); ADMIN=$(free_port); NG=$(free_port)
+
+taskset -c 1 "$TARGET/release/mock-upstream" "127.0.0.1:$UP" > "$WORK/mock.log" &
+PIDS+=($!)
+wait_port "$UP"
+
+cat > "$WORK/sluice.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW"
+admin_listen = "127.0.0.1:$ADMIN"
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "http://127.0.0.1:$UP/v1"
+api_key = "sk-bench"
+[[models]]
+name = "bench"
+targets = [{ provider = "up" }]
+TOML
+SLUICE_LOG=warn taskset -c 0 "$TARGET/release/sluice" serve --config "$WORK/sluice.toml" > "$WORK/sluice.out" 2> "$WORK/sluice.err" &
+SLUICE_PID=$!
+PIDS+=($SLUICE_PID)
+wait_port "$GW"
+
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 01;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-body;
+  proxy_temp_path $WORK/nginx-proxy;
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$WORK/nginx.conf" &
+PIDS+=($!)
+wait_port "$NG"
+
+NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n 1)
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+
+run() { # name url pid-whose-CPU-to-count connections
+  local before after out="$WORK/$1-c$4"
+  taskset -c 1 wrk -t1 -c"$4" -d2s -s bench/chat.lua "$2/v1/chat/completions" > /dev/null  # warm-up
+  before=$(cpu_ticks "$3")
+  taskset -c 1 wrk -t1 -c"$4" -d"${DUR}s" -s bench/chat.lua "$2/v1/chat/completions" | tail -n 1 > "$out.json"
+  after=$(cpu_ticks "$3")
+  echo "$((after - before))" > "$out.cpu"
+  echo "$1 c=$4: $(cat "$out.json")"
+}
+for c in "$CONNS" 1; do
+  run direct "http://127.0.0.1:$UP" "" "$c"
+  run nginx "http://127.0.0.1:$NG" "$NGINX_WORKER" "$c"
+  run sluice "http://127.0.0.1:$GW" "$SLUICE_PID" "$c"
+done
+
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SLUICE_PID/status")
+python3 - "$WORK" "$RSS_KB" "$DUR" "$CONNS" <<'PY'
+import json, sys, platform, datetime, os
+work, rss_kb, dur, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+hz = os.sysconf("SC_CLK_TCK")
+names = ("direct", "nginx", "sluice")
+out = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+    "duration_s": dur,
+    "sluice_peak_rss_mib": round(rss_kb / 1024, 1),
+}
+for c in (conns, 1):
+    r = {}
+    for n in names:
+        v = json.load(open(f"{work}/{n}-c{c}.json"))
+        v["rps"] = round(v["requests"] / (v["duration_us"] / 1e6))
+        ticks = int(open(f"{work}/{n}-c{c}.cpu").read())
+        v["cpu_us_per_request"] = round(ticks / hz * 1e6 / v["requests"], 1) if ticks else None
+        r[n] = v
+    s = {
+        "runs": r,
+        "sluice_vs_nginx_throughput": round(r["sluice"]["rps"] / r["nginx"]["rps"], 2),
+        "sluice_vs_direct_throughput": round(r["sluice"]["rps"] / r["direct"]["rps"], 2),
+        "sluice_vs_nginx_cpu_per_request": round(r["sluice"]["cpu_us_per_request"] / r["nginx"]["cpu_us_per_request"], 2),
+        "sluice_added_p50_us": r["sluice"]["p50_us"] - r["direct"]["p50_us"],
+        "sluice_added_p99_us": r["sluice"]["p99_us"] - r["direct"]["p99_us"],
+        "nginx_added_p50_us": r["nginx"]["p50_us"] - r["direct"]["p50_us"],
+        "nginx_added_p99_us": r["nginx"]["p99_us"] - r["direct"]["p99_us"],
+    }
+    out[f"c{c}"] = s
+    print(f"\n{c} connection(s):")
+    print(f"{'':8} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'errors':>7} {'proxy CPU µs/req':>17}")
+    for n, v in r.items():
+        cpu = v["cpu_us_per_request"]
+        cpu = f"{cpu:17.1f}" if cpu else f"{'-':>17}"
+        print(f"{n:8} {v['rps']:9d} {v['p50_us']:8d} {v['p99_us']:8d} {v['socket_errors'] + v['non2xx']:7d} {cpu}")
+    print(f"sluice: {s['sluice_vs_nginx_throughput']:.2f}x nginx throughput, {s['sluice_vs_direct_throughput']:.2f}x direct;"
+          f" CPU per request {s['sluice_vs_nginx_cpu_per_request']:.2f}x nginx's")
+    print(f"added latency vs direct: sluice p50 {s['sluice_added_p50_us']} µs, p99 {s['sluice_added_p99_us']} µs;"
+          f" nginx p50 {s['nginx_added_p50_us']} µs, p99 {s['nginx_added_p99_us']} µs")
+print(f"\nsluice peak RSS: {out['sluice_peak_rss_mib']} MiB")
+json.dump(out, open("bench/results/latest.json", "w"), indent=2)
+PY
