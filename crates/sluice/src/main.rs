@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             }
             // On one core a single-threaded scheduler does the same work with
             // no cross-thread wakeups or work-stealing bookkeeping.
-            let one_core = std::thread::available_parallelism().map_or(false, |n| n.get() == 1);
+            let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
             let mut builder = if one_core {
                 tokio::runtime::Builder::new_current_thread()
             } else {
