@@ -51,6 +51,10 @@ class MockUpstream:
     def last(self):
         return httpx.get(f"{self.url}/_last").json()
 
+    def control(self, **faults):
+        r = httpx.post(f"{self.url}/_control", json=faults)
+        assert r.status_code == 200
+
     def stop(self):
         self.proc.kill()
         self.proc.wait()

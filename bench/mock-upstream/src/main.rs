@@ -11,8 +11,13 @@
 //!   away is counted in `cancelled`.
 //! - `reset`: starts a stream, then drops the connection mid-way.
 //!
-//! `GET /_stats` → `{"requests":N,"cancelled":N}`; `GET /_last` → the last
-//! request's headers and raw body, to check what the gateway forwarded.
+//! `GET /_stats` → `{"requests":N,"cancelled":N,"failed":N}`; `GET /_last` → the
+//! last request's headers and raw body, to check what the gateway forwarded.
+//!
+//! `POST /_control` sets faults for every later request (fields optional):
+//! `{"fail_rate":0.3,"fail_next":2,"fail_status":503,"retry_after":"1",
+//!   "hang_ms":5000,"first_chunk_delay_ms":3000}` — fail a steady fraction of
+//! requests or the next N, answer after a delay, or hold a stream's first chunk.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,7 +40,53 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 struct Stats {
     requests: AtomicU64,
     cancelled: AtomicU64,
+    failed: AtomicU64,
     last: Mutex<Value>,
+    control: Mutex<Control>,
+}
+
+#[derive(Clone, Default)]
+struct Control {
+    fail_rate: f64,
+    fail_next: u64,
+    fail_status: u16,
+    retry_after: Option<String>,
+    hang_ms: u64,
+    first_chunk_delay_ms: u64,
+}
+
+impl Control {
+    fn update(&mut self, v: &Value) {
+        if let Some(x) = v["fail_rate"].as_f64() {
+            self.fail_rate = x;
+        }
+        if let Some(x) = v["fail_next"].as_u64() {
+            self.fail_next = x;
+        }
+        if let Some(x) = v["fail_status"].as_u64() {
+            self.fail_status = x as u16;
+        }
+        if let Some(x) = v.get("retry_after") {
+            self.retry_after = x.as_str().map(str::to_owned);
+        }
+        if let Some(x) = v["hang_ms"].as_u64() {
+            self.hang_ms = x;
+        }
+        if let Some(x) = v["first_chunk_delay_ms"].as_u64() {
+            self.first_chunk_delay_ms = x;
+        }
+    }
+
+    /// Whether request number `n` (0-based) fails: the next N, then a steady
+    /// fraction spread evenly (deterministic, no RNG).
+    fn should_fail(&mut self, n: u64) -> bool {
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            return true;
+        }
+        let r = self.fail_rate;
+        r > 0.0 && ((n + 1) as f64 * r).floor() > (n as f64 * r).floor()
+    }
 }
 
 fn main() {
@@ -75,8 +126,18 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
                 &json!({
                     "requests": stats.requests.load(Ordering::SeqCst),
                     "cancelled": stats.cancelled.load(Ordering::SeqCst),
+                    "failed": stats.failed.load(Ordering::SeqCst),
                 }),
             ));
+        }
+        "/_control" => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let v: Value = body
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            stats.control.lock().expect("lock").update(&v);
+            return Ok(json_resp(200, &json!({"ok": true})));
         }
         "/_last" => {
             let last = stats.last.lock().expect("lock").clone();
@@ -84,7 +145,12 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
         }
         _ => {}
     }
-    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let n = stats.requests.fetch_add(1, Ordering::SeqCst);
+    let (control, fail) = {
+        let mut c = stats.control.lock().expect("lock");
+        let fail = c.should_fail(n);
+        (c.clone(), fail)
+    };
     let headers: serde_json::Map<String, Value> = req
         .headers()
         .iter()
@@ -102,6 +168,28 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
     });
     let model = parsed["model"].as_str().unwrap_or("").to_owned();
     let stream = parsed["stream"].as_bool().unwrap_or(false);
+
+    if control.hang_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(control.hang_ms)).await;
+    }
+    if fail {
+        stats.failed.fetch_add(1, Ordering::SeqCst);
+        let code = if control.fail_status == 0 {
+            503
+        } else {
+            control.fail_status
+        };
+        let mut r = json_resp(
+            code,
+            &json!({"error": {"message": format!("injected failure {code}"), "type": "mock_error", "code": "injected"}}),
+        );
+        if let Some(ra) = &control.retry_after
+            && let Ok(v) = hyper::header::HeaderValue::from_str(ra)
+        {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return Ok(r);
+    }
 
     if let Some(code) = model
         .strip_prefix("status-")
@@ -165,6 +253,15 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
             ));
         }
         out.push_str("data: [DONE]\n\n");
+        if control.first_chunk_delay_ms > 0 {
+            let delay = Duration::from_millis(control.first_chunk_delay_ms);
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from(out)))).await;
+            });
+            return Ok(event_stream(rx));
+        }
         let mut r = Response::new(full(out.into_bytes()));
         r.headers_mut().insert(
             "content-type",

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The upstream answered with something we could not use.
     UpstreamProtocol,
+    /// Every target of the model (and its fallbacks) is unavailable:
+    /// breakers open, or cooling down after the provider asked us to wait.
+    NoHealthyTarget,
     /// A bug or an impossible state in the gateway itself.
     Internal,
 }
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedOperation => 400,
             ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::NoHealthyTarget => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -69,7 +73,8 @@ impl ErrorKind {
             | ErrorKind::UnsupportedOperation => "invalid_request_error",
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamProtocol => "upstream_error",
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::NoHealthyTarget => "upstream_error",
             ErrorKind::Internal => "server_error",
         }
     }
@@ -88,6 +93,7 @@ impl ErrorKind {
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::NoHealthyTarget => "no_healthy_target",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -104,7 +110,8 @@ impl ErrorKind {
             | ErrorKind::UnsupportedOperation => Source::Downstream,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamProtocol => Source::Upstream,
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::NoHealthyTarget => Source::Upstream,
             ErrorKind::Internal => Source::Internal,
         }
     }
@@ -162,7 +169,7 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 12] = [
+    const ALL: [ErrorKind; 13] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidRequest,
         ErrorKind::ModelNotFound,
@@ -174,6 +181,7 @@ mod tests {
         ErrorKind::UpstreamUnreachable,
         ErrorKind::UpstreamTimeout,
         ErrorKind::UpstreamProtocol,
+        ErrorKind::NoHealthyTarget,
         ErrorKind::Internal,
     ];
 

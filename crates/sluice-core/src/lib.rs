@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod request;
+pub mod resilience;
 pub mod route;
 pub mod secret;
 

@@ -51,20 +51,12 @@ pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
         .build(https)
 }
 
-/// Sends `req`, waiting at most `timeout` for the response head.
+/// Sends `req` and waits for the response head; the caller bounds the wait.
 pub async fn send(
     client: &UpstreamClient,
     req: http::Request<Full<Bytes>>,
-    timeout: Duration,
 ) -> Result<http::Response<Incoming>, GatewayError> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Err(_) => Err(GatewayError::new(
-            ErrorKind::UpstreamTimeout,
-            format!("upstream did not respond within {} ms", timeout.as_millis()),
-        )),
-        Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok(resp)) => Ok(resp),
-    }
+    client.request(req).await.map_err(|e| classify(&e))
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {

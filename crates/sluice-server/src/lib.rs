@@ -1,6 +1,7 @@
 //! Sluice's server: listeners, routes, the proxy path, and metrics glue.
 
 pub mod app;
+pub mod attempt;
 pub mod listener;
 pub mod metrics;
 pub mod observe;

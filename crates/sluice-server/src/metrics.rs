@@ -5,6 +5,7 @@
 //! string, and errors are labelled by their taxonomy code.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_core::request::Usage;
+use sluice_core::resilience::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -37,6 +39,20 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub model: Arc<str>,
+    pub provider: Arc<str>,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetGaugeLabels {
+    pub model: Arc<str>,
+    pub provider: Arc<str>,
+    pub upstream_model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub provider: Arc<str>,
     pub code: &'static str,
@@ -52,6 +68,10 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
     cancelled: Family<TargetLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    breaker_state: Family<TargetGaugeLabels, Gauge>,
+    effective_weight: Family<TargetGaugeLabels, Gauge<f64, AtomicU64>>,
+    outstanding: Family<TargetGaugeLabels, Gauge>,
     pub active_requests: Gauge,
 }
 
@@ -72,6 +92,30 @@ impl Metrics {
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let cancelled = Family::<TargetLabels, Counter>::default();
         let active_requests = Gauge::default();
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        let breaker_state = Family::<TargetGaugeLabels, Gauge>::default();
+        let effective_weight = Family::<TargetGaugeLabels, Gauge<f64, AtomicU64>>::default();
+        let outstanding = Family::<TargetGaugeLabels, Gauge>::default();
+        registry.register(
+            "upstream_attempts",
+            "Upstream attempts by outcome (success, failure, neutral = the client's own error)",
+            attempts.clone(),
+        );
+        registry.register(
+            "target_breaker_state",
+            "Circuit breaker state per target: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "target_effective_weight",
+            "Current adaptive routing weight per target",
+            effective_weight.clone(),
+        );
+        registry.register(
+            "target_outstanding_requests",
+            "Requests in flight per target",
+            outstanding.clone(),
+        );
         registry.register(
             "requests",
             "Requests served, by route, model, provider and status",
@@ -115,6 +159,10 @@ impl Metrics {
             tokens,
             upstream_errors,
             cancelled,
+            attempts,
+            breaker_state,
+            effective_weight,
+            outstanding,
             active_requests,
         }
     }
@@ -164,6 +212,41 @@ impl Metrics {
             provider: provider.clone(),
         };
         self.cancelled.get_or_create(&labels).inc();
+    }
+
+    pub fn record_attempt(&self, model: &Arc<str>, provider: &Arc<str>, outcome: Outcome) {
+        let labels = AttemptLabels {
+            model: model.clone(),
+            provider: provider.clone(),
+            outcome: match outcome {
+                Outcome::Success => "success",
+                Outcome::Failure => "failure",
+                Outcome::Neutral => "neutral",
+            },
+        };
+        self.attempts.get_or_create(&labels).inc();
+    }
+
+    /// Copies every target's live state into the gauges (before a scrape).
+    pub fn refresh_targets(&self, snap: &crate::app::Snapshot) {
+        for route in snap.routes.iter() {
+            for (t, state) in route.targets.iter().zip(&route.states) {
+                let labels = TargetGaugeLabels {
+                    model: route.name.clone(),
+                    provider: snap.config.providers[t.provider].name.clone(),
+                    upstream_model: t.model.clone(),
+                };
+                self.breaker_state
+                    .get_or_create(&labels)
+                    .set(state.breaker.state().as_gauge());
+                self.effective_weight
+                    .get_or_create(&labels)
+                    .set(state.effective_weight());
+                self.outstanding
+                    .get_or_create(&labels)
+                    .set(i64::from(state.outstanding()));
+            }
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).

@@ -18,6 +18,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use sluice_core::request::Usage;
+use sluice_core::resilience::{Outcome, now_nanos};
+use sluice_core::route::Admitted;
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::openai::UsageTail;
 use sluice_providers::{BodyError, BoxBody};
@@ -68,7 +70,7 @@ impl Recorder {
         self.usage = Some(usage);
     }
 
-    fn mark_first_byte(&mut self) {
+    pub fn mark_first_byte(&mut self) {
         if !self.first_byte_seen {
             self.first_byte_seen = true;
             if !self.provider.is_empty() {
@@ -131,34 +133,66 @@ pub fn error_response(e: &GatewayError) -> Response<Body> {
     r
 }
 
+/// How a passed-through body is watched.
+#[derive(Default)]
+pub struct Watch {
+    /// Read usage from the bytes (providers over the wire).
+    pub usage_tail: bool,
+    /// Longest silence allowed between frames.
+    pub idle: Option<Duration>,
+    /// The request's overall deadline.
+    pub deadline: Option<Instant>,
+    /// Failures become an SSE error event rather than a cut connection.
+    pub sse: bool,
+    /// A frame already read (peeked) from `inner`, to send first.
+    pub first: Option<Frame<Bytes>>,
+    /// The target serving it: released when the body ends; told of failures.
+    pub target: Option<Admitted>,
+}
+
 /// A response body passed through from a provider, observed on the way.
 pub struct ObservedBody {
     inner: BoxBody,
     rec: Option<Recorder>,
     tail: Option<UsageTail>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    timer: Option<Pin<Box<Sleep>>>,
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
     sse: bool,
+    first: Option<Frame<Bytes>>,
+    target: Option<Admitted>,
     done: bool,
 }
 
 impl ObservedBody {
-    /// `tail`: read usage from the bytes (providers over the wire); `idle`:
-    /// the longest silence allowed between frames; `sse`: failures become an
-    /// error event instead of a cut connection.
-    pub fn new(
-        inner: BoxBody,
-        rec: Recorder,
-        tail: bool,
-        idle: Option<Duration>,
-        sse: bool,
-    ) -> Self {
-        Self {
+    pub fn new(inner: BoxBody, rec: Recorder, w: Watch) -> Self {
+        let mut tail = w.usage_tail.then(UsageTail::default);
+        if let (Some(t), Some(data)) = (&mut tail, w.first.as_ref().and_then(Frame::data_ref)) {
+            t.observe(data);
+        }
+        let mut this = Self {
             inner,
             rec: Some(rec),
-            tail: tail.then(UsageTail::default),
-            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
-            sse,
+            tail,
+            timer: None,
+            idle: w.idle,
+            deadline: w.deadline,
+            sse: w.sse,
+            first: w.first,
+            target: w.target,
             done: false,
+        };
+        if let Some(at) = this.next_wake() {
+            this.timer = Some(Box::pin(tokio::time::sleep_until(at)));
+        }
+        this
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let idle = self.idle.map(|d| Instant::now() + d);
+        match (idle, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -169,6 +203,7 @@ impl ObservedBody {
             }
             rec.finish();
         }
+        self.target = None; // releases the in-flight slot
     }
 
     fn fail(&mut self, e: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -177,6 +212,9 @@ impl ObservedBody {
             rec.app
                 .metrics
                 .record_upstream_error(&rec.provider, e.kind.code());
+        }
+        if let Some(t) = &mut self.target {
+            t.record(Outcome::Failure, now_nanos());
         }
         self.settle();
         if self.sse {
@@ -189,12 +227,32 @@ impl ObservedBody {
             Poll::Ready(Some(Err(Box::new(e))))
         }
     }
+
+    fn on_frame(&mut self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            if let Some(rec) = &mut self.rec {
+                rec.mark_first_byte();
+            }
+            if let Some(t) = &mut self.tail {
+                t.observe(data);
+            }
+        }
+        if self.inner.is_end_stream() {
+            // A sized body may not be polled again once its last byte is out.
+            self.done = true;
+            self.settle();
+        } else if self.idle.is_some()
+            && let (Some(at), Some(timer)) = (self.next_wake(), &mut self.timer)
+        {
+            timer.as_mut().reset(at);
+        }
+    }
 }
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         // Fully sent but never polled to its end: still a completed response.
-        if self.rec.is_some() && self.inner.is_end_stream() {
+        if self.rec.is_some() && self.first.is_none() && self.inner.is_end_stream() {
             self.settle();
         }
     }
@@ -212,23 +270,13 @@ impl http_body::Body for ObservedBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if let Some(frame) = this.first.take() {
+            this.on_frame(&frame);
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Some(rec) = &mut this.rec {
-                        rec.mark_first_byte();
-                    }
-                    if let Some(t) = &mut this.tail {
-                        t.observe(data);
-                    }
-                }
-                if this.inner.is_end_stream() {
-                    // A sized body may not be polled again once its last byte is out.
-                    this.done = true;
-                    this.settle();
-                } else if let Some((d, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(Instant::now() + *d);
-                }
+                this.on_frame(&frame);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.fail(GatewayError::new(
@@ -241,14 +289,18 @@ impl http_body::Body for ObservedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some((d, sleep)) = &mut this.idle
-                    && sleep.as_mut().poll(cx).is_ready()
+                if let Some(timer) = &mut this.timer
+                    && timer.as_mut().poll(cx).is_ready()
                 {
-                    let ms = d.as_millis();
-                    return this.fail(GatewayError::new(
-                        ErrorKind::UpstreamTimeout,
-                        format!("upstream sent nothing for {ms} ms"),
-                    ));
+                    let now = Instant::now();
+                    let msg = match (this.deadline, this.idle) {
+                        (Some(d), _) if now >= d => "request deadline exceeded".to_owned(),
+                        (_, Some(idle)) => {
+                            format!("upstream sent nothing for {} ms", idle.as_millis())
+                        }
+                        _ => "request deadline exceeded".to_owned(),
+                    };
+                    return this.fail(GatewayError::new(ErrorKind::UpstreamTimeout, msg));
                 }
                 Poll::Pending
             }
@@ -261,9 +313,22 @@ impl http_body::Body for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         if self.done {
-            SizeHint::with_exact(0)
-        } else {
-            self.inner.size_hint()
+            return SizeHint::with_exact(0);
         }
+        let mut hint = self.inner.size_hint();
+        if let Some(n) = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map(Bytes::len)
+        {
+            let n = n as u64;
+            // Raise the upper bound first: set_lower refuses to pass it.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(hint.lower() + n);
+        }
+        hint
     }
 }

@@ -1,24 +1,27 @@
 //! The request path for chat completions and embeddings: read the body within
-//! its limit, peek the fields we act on, pick a target, and hand the request
-//! to the provider — as bytes on the same-format fast path.
+//! its limit, peek the fields we act on, find the model's route and deadline,
+//! then let [`crate::attempt`] find a target that answers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use http::header::{CONTENT_LENGTH, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use sluice_core::config::ProviderKind;
 use sluice_core::request::{self, Operation};
 use sluice_core::{ErrorKind, GatewayError};
-use sluice_providers::{mock, openai, transport};
+use tokio::time::Instant;
 
 use crate::app::App;
-use crate::observe::{ObservedBody, Recorder};
+use crate::attempt::{self, Call};
+use crate::observe::Recorder;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The client's own deadline for the whole request, in seconds (e.g. `2.5`).
+/// It can only narrow the route's timeout.
+static REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout");
 
 pub async fn handle(
     app: Arc<App>,
@@ -26,9 +29,10 @@ pub async fn handle(
     route: &'static str,
     req: Request<Body>,
 ) -> Response<Body> {
+    let started = Instant::now();
     let rec = Recorder::start(&app, route);
     let request_id = request_id(req.headers());
-    let mut resp = proxy(&app, op, req, rec, &request_id).await;
+    let mut resp = proxy(&app, op, req, rec, &request_id, started).await;
     resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
     resp
 }
@@ -39,10 +43,14 @@ async fn proxy(
     req: Request<Body>,
     mut rec: Recorder,
     request_id: &HeaderValue,
+    started: Instant,
 ) -> Response<Body> {
     let snap = app.snapshot.load_full();
-    let max = snap.config.server.max_body_bytes;
-    let body = match read_body(req, max).await {
+    let client_timeout = match client_timeout(req.headers()) {
+        Ok(t) => t,
+        Err(e) => return rec.reply_error(&e),
+    };
+    let body = match read_body(req, snap.config.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return rec.reply_error(&e),
     };
@@ -61,82 +69,18 @@ async fn proxy(
         .with_param("model");
         return rec.reply_error(&e);
     };
-    let target = route.pick();
-    let provider = &snap.config.providers[target.provider];
     rec.model = route.name.clone();
-    rec.provider = provider.name.clone();
-    let (stream, include_usage) = (peek.stream, peek.include_usage);
-
-    match provider.kind {
-        ProviderKind::OpenAi => {
-            let upstream_body = if *target.model == *peek.model {
-                body.clone()
-            } else {
-                Bytes::from(request::rewrite_model(
-                    &body,
-                    peek.model_span.clone(),
-                    &target.model,
-                ))
-            };
-            let client = snap.clients[target.provider]
-                .as_ref()
-                .expect("snapshot builds a client for every network provider");
-            let upstream_req =
-                match openai::build_request(provider, op, upstream_body, Some(request_id)) {
-                    Ok(r) => r,
-                    Err(e) => return rec.reply_error(&e),
-                };
-            let resp = match transport::send(client, upstream_req, provider.timeout).await {
-                Ok(r) => r,
-                Err(e) => return rec.reply_error(&e),
-            };
-            let (parts, incoming) = resp.into_parts();
-            rec.set_status(parts.status.as_u16());
-            let sse = is_event_stream(&parts.headers);
-            let observed = ObservedBody::new(
-                incoming.map_err(Into::into).boxed_unsync(),
-                rec,
-                true,
-                Some(provider.idle_timeout),
-                sse,
-            );
-            let mut out = Response::new(Body::new(observed));
-            *out.status_mut() = parts.status;
-            copy_response_headers(&parts.headers, out.headers_mut());
-            out
-        }
-        ProviderKind::Mock => {
-            let cfg = &provider.mock;
-            let result = match op {
-                Operation::Chat => match mock::chat_reply(cfg, &body) {
-                    Ok(reply) => {
-                        rec.set_usage(reply.usage);
-                        Ok(if stream {
-                            mock::chat_stream(cfg, &target.model, reply, include_usage)
-                        } else {
-                            mock::chat_response(cfg, &target.model, reply).await
-                        })
-                    }
-                    Err(e) => Err(e),
-                },
-                Operation::Embeddings => {
-                    mock::embeddings_response(cfg, &target.model, &body).map(|(r, usage)| {
-                        rec.set_usage(usage);
-                        r
-                    })
-                }
-            };
-            match result {
-                Ok(resp) => {
-                    rec.set_status(resp.status().as_u16());
-                    let (parts, body) = resp.into_parts();
-                    let observed = ObservedBody::new(body, rec, false, None, stream);
-                    Response::from_parts(parts, Body::new(observed))
-                }
-                Err(e) => rec.reply_error(&e),
-            }
-        }
-    }
+    let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
+    let call = Call {
+        snap: &snap,
+        op,
+        body: &body,
+        peek: &peek,
+        request_id,
+        deadline: started + budget,
+        budget,
+    };
+    attempt::run(&call, route, rec).await
 }
 
 /// Reads the whole request body, refusing more than `max` bytes.
@@ -174,33 +118,21 @@ async fn drain(body: Body, max: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(2), Limited::new(body, cap).collect()).await;
 }
 
-fn is_event_stream(h: &HeaderMap) -> bool {
-    h.get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-/// Relays the upstream's headers except hop-by-hop ones, the length (the body
-/// states its own) and cookies (the upstream's session is not the client's).
-fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    use http::header::{
-        CONNECTION, PROXY_AUTHENTICATE, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+fn client_timeout(h: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
+    let Some(v) = h.get(&REQUEST_TIMEOUT) else {
+        return Ok(None);
     };
-    for (name, value) in from {
-        let skip = name == CONNECTION
-            || name == CONTENT_LENGTH
-            || name == TRANSFER_ENCODING
-            || name == TE
-            || name == TRAILER
-            || name == UPGRADE
-            || name == PROXY_AUTHENTICATE
-            || name == SET_COOKIE
-            || name == "keep-alive"
-            || name == "proxy-connection";
-        if !skip {
-            to.append(name.clone(), value.clone());
-        }
-    }
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .map(|s| Some(Duration::from_secs_f64(s)))
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "x-request-timeout must be a number of seconds between 0 and 86400",
+            )
+        })
 }
 
 /// The client's `x-request-id` when it is sane, else a fresh one.

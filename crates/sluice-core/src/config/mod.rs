@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
 pub use env::interpolate;
@@ -25,6 +26,35 @@ pub struct Config {
     pub server: ServerConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+    pub routing: RoutingConfig,
+}
+
+/// How requests find a healthy target: retries, back-off, breakers, weights.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Upstream attempts per request, across targets and fallback models.
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// The longest `Retry-After` we wait out on the only target left; longer
+    /// ones send the provider's answer to the client instead.
+    pub max_retry_after: Duration,
+    /// Default total deadline per request (models may override).
+    pub timeout: Duration,
+    /// Default time-to-first-token limit for streamed requests.
+    pub ttft_timeout: Duration,
+    pub breaker: BreakerConfig,
+    pub weights: WeightConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Weighted random over effective weights.
+    Weighted,
+    /// Fewest requests in flight per unit of weight.
+    LeastOutstanding,
+    /// Lowest EWMA time to first byte (with a little exploration).
+    LowestLatency,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +116,13 @@ pub struct MockConfig {
 pub struct ModelConfig {
     pub name: Arc<str>,
     pub targets: Vec<TargetConfig>,
+    pub strategy: Strategy,
+    /// Models tried in order when every target of this one failed.
+    pub fallbacks: Vec<Arc<str>>,
+    /// Total deadline for a request to this model, retries included.
+    pub timeout: Duration,
+    pub ttft_timeout: Duration,
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,44 @@ pub struct RawConfig {
     pub providers: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     pub models: Vec<Spanned<RawModel>>,
+    #[serde(default)]
+    pub routing: RawRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub max_attempts: Option<Spanned<u64>>,
+    pub backoff_base_ms: Option<Spanned<u64>>,
+    pub backoff_max_ms: Option<Spanned<u64>>,
+    pub max_retry_after_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub ttft_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+    #[serde(default)]
+    pub weights: RawWeights,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub consecutive_failures: Option<Spanned<u64>>,
+    pub error_rate: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<u64>>,
+    pub window_ms: Option<Spanned<u64>>,
+    pub cooldown_ms: Option<Spanned<u64>>,
+    pub half_open_probes: Option<Spanned<u64>>,
+    pub success_threshold: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeights {
+    pub growth: Option<Spanned<f64>>,
+    pub trip_factor: Option<Spanned<f64>>,
+    pub floor: Option<Spanned<f64>>,
+    pub reset_after_successes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +90,12 @@ pub struct RawProvider {
 pub struct RawModel {
     pub name: Spanned<String>,
     pub targets: Spanned<Vec<Spanned<RawTarget>>>,
+    pub strategy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub ttft_timeout_ms: Option<Spanned<u64>>,
+    pub max_attempts: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -181,3 +181,45 @@ fn example_configs_in_repo_are_valid() {
     }
     assert!(seen > 0, "no example configs found in {}", dir.display());
 }
+
+#[test]
+fn routing_defaults_and_overrides() {
+    let c = parse(
+        "[routing]\nmax_attempts = 5\nbreaker = { cooldown_ms = 250 }\nweights = { growth = 1.1 }\n\
+         [[providers]]\nname = \"p\"\nkind = \"mock\"\n\
+         [[models]]\nname = \"a\"\nstrategy = \"least_outstanding\"\nfallbacks = [\"b\"]\nttft_timeout_ms = 900\ntargets = [{ provider = \"p\" }]\n\
+         [[models]]\nname = \"b\"\nmax_attempts = 1\ntargets = [{ provider = \"p\" }]\n",
+        "t.toml",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.routing.max_attempts, 5);
+    assert_eq!(c.routing.breaker.cooldown, Duration::from_millis(250));
+    assert_eq!(c.routing.breaker.consecutive_failures, 5, "default kept");
+    assert_eq!(c.routing.weights.growth, 1.1);
+    let (a, b) = (&c.models[0], &c.models[1]);
+    assert_eq!(a.strategy, Strategy::LeastOutstanding);
+    assert_eq!(&*a.fallbacks[0], "b");
+    assert_eq!(a.ttft_timeout, Duration::from_millis(900));
+    assert_eq!(a.max_attempts, 5);
+    assert_eq!(b.max_attempts, 1);
+    assert_eq!(b.timeout, c.routing.timeout);
+}
+
+#[test]
+fn routing_problems_are_located() {
+    let errs = errors(
+        "[routing]\nbreaker = { error_rate = 2.0 }\n\
+         [[providers]]\nname = \"p\"\nkind = \"mock\"\n\
+         [[models]]\nname = \"a\"\nstrategy = \"fastest\"\nfallbacks = [\"a\", \"zzz\"]\ntargets = [{ provider = \"p\" }]\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "t.toml:2:26: breaker.error_rate must be between 0.01 and 1",
+            "t.toml:8:12: unknown strategy 'fastest' (weighted, least_outstanding, lowest_latency)",
+            "t.toml:9:14: model 'a' cannot fall back to itself",
+            "t.toml:9:19: fallback names unknown model 'zzz'",
+        ]
+    );
+}

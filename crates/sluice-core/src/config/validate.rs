@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawProvider, RawServer};
+use super::raw::{RawConfig, RawProvider, RawRouting, RawServer};
 use super::{
     Config, ConfigError, ConfigErrors, MockConfig, ModelConfig, ProviderConfig, ProviderKind,
-    ServerConfig, TargetConfig, line_col,
+    RoutingConfig, ServerConfig, Strategy, TargetConfig, line_col,
 };
+use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
 const KNOWN_LATER: &[&str] = &["anthropic", "gemini", "local"];
@@ -49,6 +50,31 @@ impl Collector<'_> {
         }
     }
 
+    /// A number in `range`, or the default.
+    fn float(
+        &mut self,
+        v: Option<&Spanned<f64>>,
+        default: f64,
+        range: std::ops::RangeInclusive<f64>,
+        what: &str,
+    ) -> f64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            n
+        } else {
+            self.at(
+                v.span(),
+                format!(
+                    "{what} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
+    }
+
     /// A positive integer no larger than `max`, or the default.
     fn positive(&mut self, v: Option<&Spanned<u64>>, default: u64, max: u64, what: &str) -> u64 {
         let Some(v) = v else { return default };
@@ -74,6 +100,7 @@ pub(super) fn validate(
         errors: Vec::new(),
     };
     let server = server(&mut c, &raw.server);
+    let routing = routing(&mut c, &raw.routing);
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -107,6 +134,9 @@ pub(super) fn validate(
                 format!("model '{name}' needs at least one target"),
             );
         }
+        if m.targets.get_ref().len() > 64 {
+            c.at(m.targets.span(), "a model may have at most 64 targets");
+        }
         let mut targets = Vec::new();
         for t in m.targets.get_ref() {
             let t = t.get_ref();
@@ -137,9 +167,60 @@ pub(super) fn validate(
                 weight,
             });
         }
+        let strategy = match m.strategy.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "weighted")) => Strategy::Weighted,
+            Some((_, "least_outstanding")) => Strategy::LeastOutstanding,
+            Some((_, "lowest_latency")) => Strategy::LowestLatency,
+            Some((s, other)) => {
+                c.at(
+                    s.span(),
+                    format!(
+                        "unknown strategy '{other}' (weighted, least_outstanding, lowest_latency)"
+                    ),
+                );
+                Strategy::Weighted
+            }
+        };
+        let mut fallbacks = Vec::new();
+        for f in &m.fallbacks {
+            let fname = f.get_ref();
+            if fname == name {
+                c.at(
+                    f.span(),
+                    format!("model '{name}' cannot fall back to itself"),
+                );
+            } else if !raw
+                .models
+                .iter()
+                .any(|o| o.get_ref().name.get_ref() == fname)
+            {
+                c.at(f.span(), format!("fallback names unknown model '{fname}'"));
+            } else {
+                fallbacks.push(Arc::from(fname.as_str()));
+            }
+        }
+        let timeout = match &m.timeout_ms {
+            Some(_) => ms(c.positive(m.timeout_ms.as_ref(), 0, 3_600_000, "timeout_ms")),
+            None => routing.timeout,
+        };
+        let ttft_timeout = match &m.ttft_timeout_ms {
+            Some(_) => ms(c.positive(m.ttft_timeout_ms.as_ref(), 0, 3_600_000, "ttft_timeout_ms")),
+            None => routing.ttft_timeout,
+        };
+        let max_attempts = c.positive(
+            m.max_attempts.as_ref(),
+            u64::from(routing.max_attempts),
+            100,
+            "max_attempts",
+        ) as u32;
         models.push(ModelConfig {
             name: Arc::from(name.as_str()),
             targets,
+            strategy,
+            fallbacks,
+            timeout,
+            ttft_timeout,
+            max_attempts,
         });
     }
 
@@ -148,6 +229,7 @@ pub(super) fn validate(
             server,
             providers,
             models,
+            routing,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -183,6 +265,93 @@ fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             3_600_000,
             "shutdown_grace_ms",
         )),
+    }
+}
+
+fn routing(c: &mut Collector<'_>, r: &RawRouting) -> RoutingConfig {
+    let d = BreakerConfig::default();
+    let b = &r.breaker;
+    let breaker = BreakerConfig {
+        consecutive_failures: c.positive(
+            b.consecutive_failures.as_ref(),
+            u64::from(d.consecutive_failures),
+            1_000_000,
+            "breaker.consecutive_failures",
+        ) as u32,
+        error_rate: c.float(
+            b.error_rate.as_ref(),
+            d.error_rate,
+            0.01..=1.0,
+            "breaker.error_rate",
+        ),
+        min_requests: c.positive(
+            b.min_requests.as_ref(),
+            u64::from(d.min_requests),
+            1_000_000,
+            "breaker.min_requests",
+        ) as u32,
+        window: ms(c.positive(
+            b.window_ms.as_ref(),
+            d.window.as_millis() as u64,
+            3_600_000,
+            "breaker.window_ms",
+        )),
+        cooldown: ms(c.positive(
+            b.cooldown_ms.as_ref(),
+            d.cooldown.as_millis() as u64,
+            3_600_000,
+            "breaker.cooldown_ms",
+        )),
+        half_open_probes: c.positive(
+            b.half_open_probes.as_ref(),
+            u64::from(d.half_open_probes),
+            10_000,
+            "breaker.half_open_probes",
+        ) as u32,
+        success_threshold: c.positive(
+            b.success_threshold.as_ref(),
+            u64::from(d.success_threshold),
+            10_000,
+            "breaker.success_threshold",
+        ) as u32,
+    };
+    let dw = WeightConfig::default();
+    let w = &r.weights;
+    let weights = WeightConfig {
+        growth: c.float(w.growth.as_ref(), dw.growth, 1.0..=10.0, "weights.growth"),
+        trip_factor: c.float(
+            w.trip_factor.as_ref(),
+            dw.trip_factor,
+            0.0..=1.0,
+            "weights.trip_factor",
+        ),
+        floor: c.float(w.floor.as_ref(), dw.floor, 0.001..=1.0, "weights.floor"),
+        reset_after: c.positive(
+            w.reset_after_successes.as_ref(),
+            u64::from(dw.reset_after),
+            1_000_000,
+            "weights.reset_after_successes",
+        ) as u32,
+    };
+    RoutingConfig {
+        max_attempts: c.positive(r.max_attempts.as_ref(), 3, 100, "max_attempts") as u32,
+        backoff_base: ms(c.positive(r.backoff_base_ms.as_ref(), 25, 60_000, "backoff_base_ms")),
+        backoff_max: ms(c.positive(r.backoff_max_ms.as_ref(), 1_000, 600_000, "backoff_max_ms")),
+        max_retry_after: ms(c.positive(
+            r.max_retry_after_ms.as_ref(),
+            5_000,
+            3_600_000,
+            "max_retry_after_ms",
+        )),
+        timeout: ms(c.positive(r.timeout_ms.as_ref(), 600_000, 86_400_000, "timeout_ms")),
+        ttft_timeout: ms(c.positive(
+            r.ttft_timeout_ms.as_ref(),
+            60_000,
+            86_400_000,
+            "ttft_timeout_ms",
+        )),
+        breaker,
+        weights,
     }
 }
 

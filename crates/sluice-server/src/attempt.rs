@@ -1,0 +1,440 @@
+//! Finding a target that answers: pick, try, and on a retryable failure try
+//! another target (jittered back-off, honouring `Retry-After`), then the
+//! model's fallbacks — all inside the request's deadline, and never once a
+//! byte has gone to the client.
+//!
+//! "Peek before you commit": a 2xx is only passed on once its first body frame
+//! has arrived (within the time-to-first-token limit for streams), so an
+//! upstream that accepts and then fails or stalls can still be retried.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Frame;
+use sluice_core::config::ProviderKind;
+use sluice_core::request::{self, Operation, RequestPeek, Usage};
+use sluice_core::resilience::{Outcome, Transition, now_nanos};
+use sluice_core::route::{Admitted, ModelRoute, TargetSet, backoff};
+use sluice_core::{ErrorKind, GatewayError};
+use sluice_providers::{BoxBody, mock, openai, transport};
+use tokio::time::{Instant, timeout_at};
+
+use crate::app::Snapshot;
+use crate::observe::{ObservedBody, Recorder, Watch};
+
+/// Everything about one client request that every attempt needs.
+pub struct Call<'a> {
+    pub snap: &'a Snapshot,
+    pub op: Operation,
+    pub body: &'a Bytes,
+    pub peek: &'a RequestPeek<'a>,
+    pub request_id: &'a HeaderValue,
+    pub deadline: Instant,
+    pub budget: Duration,
+}
+
+enum Attempt {
+    /// This response goes to the client.
+    Commit {
+        head: http::response::Parts,
+        body: BoxBody,
+        first: Option<Frame<Bytes>>,
+        outcome: Outcome,
+        over_wire: bool,
+        /// Known without reading the body (in-process providers).
+        usage: Option<Usage>,
+    },
+    /// The client's own fault: answer now, try nothing else.
+    Reject(GatewayError),
+    /// A retryable failure (connect error, timeout, 5xx, 429).
+    Retry {
+        failure: Failure,
+        retry_after: Option<Duration>,
+    },
+}
+
+enum Failure {
+    Error(GatewayError),
+    /// The upstream's own error answer, kept to relay if nothing else works.
+    Upstream {
+        head: http::response::Parts,
+        body: Bytes,
+    },
+}
+
+/// Largest upstream error body kept for relaying.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Response<Body> {
+    let routing = &call.snap.config.routing;
+    let max_attempts = route.max_attempts;
+    let mut attempts = 0u32;
+    let mut last: Option<Failure> = None;
+    let chain = std::iter::once(route).chain(
+        route
+            .fallbacks
+            .iter()
+            .filter_map(|name| call.snap.routes.get(name)),
+    );
+
+    'models: for model in chain {
+        let mut tried = TargetSet::default();
+        // A target that asked us to come back later, and when.
+        let mut comeback: Option<(usize, Duration)> = None;
+        loop {
+            if attempts >= max_attempts {
+                break 'models;
+            }
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                last = Some(Failure::Error(deadline_error(call.budget)));
+                break 'models;
+            }
+            let Some(mut adm) = model.admit(now_nanos(), &mut tried) else {
+                match comeback.take() {
+                    Some((index, wait)) if wait <= routing.max_retry_after && wait < remaining => {
+                        tokio::time::sleep(wait).await;
+                        tried.remove(index);
+                        continue;
+                    }
+                    _ => break, // on to the next model in the chain
+                }
+            };
+            tried.insert(adm.index);
+            if attempts > 0 {
+                let pause = backoff(
+                    routing.backoff_base,
+                    routing.backoff_max,
+                    attempts - 1,
+                    now_nanos(),
+                )
+                .min(remaining);
+                tokio::time::sleep(pause).await;
+            }
+            attempts += 1;
+            let target = &model.targets[adm.index];
+            let provider = &call.snap.config.providers[target.provider];
+            rec.model = model.name.clone();
+            rec.provider = provider.name.clone();
+            let started = Instant::now();
+
+            match attempt(call, model, adm.index).await {
+                Attempt::Commit {
+                    head,
+                    body,
+                    first,
+                    outcome,
+                    over_wire,
+                    usage,
+                } => {
+                    note(&rec, &mut adm, outcome);
+                    if let Some(u) = usage {
+                        rec.set_usage(u);
+                    }
+                    if outcome == Outcome::Success {
+                        adm.state
+                            .observe_ttfb(started.elapsed().as_secs_f64() * 1e6);
+                    }
+                    rec.set_status(head.status.as_u16());
+                    let sse = call.peek.stream;
+                    let watch = Watch {
+                        usage_tail: over_wire,
+                        idle: over_wire.then_some(provider.idle_timeout),
+                        deadline: Some(call.deadline),
+                        sse,
+                        first,
+                        target: Some(adm),
+                    };
+                    let mut out = Response::new(Body::new(ObservedBody::new(body, rec, watch)));
+                    *out.status_mut() = head.status;
+                    copy_response_headers(&head.headers, out.headers_mut());
+                    if attempts > 1 {
+                        out.headers_mut()
+                            .insert("x-sluice-attempts", HeaderValue::from(attempts));
+                    }
+                    return out;
+                }
+                Attempt::Reject(e) => {
+                    note(&rec, &mut adm, Outcome::Neutral);
+                    return rec.reply_error(&e);
+                }
+                Attempt::Retry {
+                    failure,
+                    retry_after,
+                } => {
+                    note(&rec, &mut adm, Outcome::Failure);
+                    if let Failure::Error(e) = &failure {
+                        rec.app()
+                            .metrics
+                            .record_upstream_error(&provider.name, e.kind.code());
+                    }
+                    if let Some(wait) = retry_after {
+                        adm.state
+                            .cool_until(now_nanos().saturating_add(wait.as_nanos() as u64));
+                        comeback = Some((adm.index, wait));
+                    }
+                    tracing::debug!(
+                        model = %model.name, provider = %provider.name, attempt = attempts,
+                        "upstream attempt failed; trying another target"
+                    );
+                    last = Some(failure);
+                }
+            }
+        }
+    }
+
+    match last {
+        Some(Failure::Upstream { head, body }) => {
+            rec.set_status(head.status.as_u16());
+            rec.finish();
+            let mut out = Response::new(Body::from(body));
+            *out.status_mut() = head.status;
+            copy_response_headers(&head.headers, out.headers_mut());
+            out
+        }
+        Some(Failure::Error(e)) => rec.reply_error(&e),
+        None => {
+            rec.provider = rec.app().none_label.clone();
+            rec.reply_error(&GatewayError::new(
+                ErrorKind::NoHealthyTarget,
+                format!(
+                    "no healthy target for model '{}': every target is unavailable \
+                     (circuit open or cooling down after the provider asked to wait)",
+                    route.name
+                ),
+            ))
+        }
+    }
+}
+
+/// Records the outcome on the target and in the attempt metrics.
+fn note(rec: &Recorder, adm: &mut Admitted, outcome: Outcome) {
+    let transition = adm.record(outcome, now_nanos());
+    let m = &rec.app().metrics;
+    m.record_attempt(&rec.model, &rec.provider, outcome);
+    if transition == Transition::Tripped {
+        tracing::warn!(model = %rec.model, provider = %rec.provider, "circuit opened");
+    } else if transition == Transition::Closed {
+        tracing::info!(model = %rec.model, provider = %rec.provider, "circuit closed");
+    }
+}
+
+/// One try against one target.
+async fn attempt(call: &Call<'_>, model: &ModelRoute, index: usize) -> Attempt {
+    let target = &model.targets[index];
+    let provider = &call.snap.config.providers[target.provider];
+    match provider.kind {
+        ProviderKind::OpenAi => {
+            let body = if *target.model == *call.peek.model {
+                call.body.clone()
+            } else {
+                Bytes::from(request::rewrite_model(
+                    call.body,
+                    call.peek.model_span.clone(),
+                    &target.model,
+                ))
+            };
+            let client = call.snap.clients[target.provider]
+                .as_ref()
+                .expect("snapshot builds a client for every network provider");
+            let req = match openai::build_request(provider, call.op, body, Some(call.request_id)) {
+                Ok(r) => r,
+                Err(e) => return retry(e),
+            };
+            let started = Instant::now();
+            let head_deadline = (started + provider.timeout).min(call.deadline);
+            let resp = match timeout_at(head_deadline, transport::send(client, req)).await {
+                Err(_) if head_deadline >= call.deadline => {
+                    return retry(deadline_error(call.budget));
+                }
+                Err(_) => {
+                    return retry(GatewayError::new(
+                        ErrorKind::UpstreamTimeout,
+                        format!(
+                            "upstream did not respond within {} ms",
+                            provider.timeout.as_millis()
+                        ),
+                    ));
+                }
+                Ok(Err(e)) => return retry(e),
+                Ok(Ok(r)) => r,
+            };
+            let status = resp.status();
+            let (head, mut incoming) = resp.into_parts();
+            if status.is_success() {
+                let first_deadline = if call.peek.stream {
+                    (started + model.ttft_timeout).min(call.deadline)
+                } else {
+                    call.deadline
+                };
+                let first = match timeout_at(first_deadline, incoming.frame()).await {
+                    Err(_) if first_deadline >= call.deadline => {
+                        return retry(deadline_error(call.budget));
+                    }
+                    Err(_) => {
+                        return retry(GatewayError::new(
+                            ErrorKind::UpstreamTimeout,
+                            format!(
+                                "no first token within {} ms",
+                                model.ttft_timeout.as_millis()
+                            ),
+                        ));
+                    }
+                    Ok(Some(Err(e))) => {
+                        return retry(GatewayError::new(
+                            ErrorKind::UpstreamProtocol,
+                            format!("upstream failed before the first byte: {e}"),
+                        ));
+                    }
+                    Ok(Some(Ok(frame))) => Some(frame),
+                    Ok(None) => None,
+                };
+                Attempt::Commit {
+                    head,
+                    body: incoming.map_err(Into::into).boxed_unsync(),
+                    first,
+                    outcome: Outcome::Success,
+                    over_wire: true,
+                    usage: None,
+                }
+            } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                let retry_after = retry_after(&head.headers);
+                let body = timeout_at(
+                    call.deadline,
+                    Limited::new(incoming, ERROR_BODY_LIMIT).collect(),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+                Attempt::Retry {
+                    failure: Failure::Upstream { head, body },
+                    retry_after,
+                }
+            } else {
+                // The upstream refused the request itself (400, 401, 404, …):
+                // another target would say the same. Relay it as it comes.
+                Attempt::Commit {
+                    head,
+                    body: incoming.map_err(Into::into).boxed_unsync(),
+                    first: None,
+                    outcome: Outcome::Neutral,
+                    over_wire: true,
+                    usage: None,
+                }
+            }
+        }
+        ProviderKind::Mock => {
+            let cfg = &provider.mock;
+            let resp = match call.op {
+                Operation::Chat => match mock::chat_reply(cfg, call.body) {
+                    Ok(reply) => {
+                        let usage = reply.usage;
+                        let r = if call.peek.stream {
+                            mock::chat_stream(cfg, &target.model, reply, call.peek.include_usage)
+                        } else {
+                            mock::chat_response(cfg, &target.model, reply).await
+                        };
+                        Ok((r, usage))
+                    }
+                    Err(e) => Err(e),
+                },
+                Operation::Embeddings => mock::embeddings_response(cfg, &target.model, call.body),
+            };
+            match resp {
+                Ok((r, usage)) => {
+                    let (head, body) = r.into_parts();
+                    Attempt::Commit {
+                        head,
+                        body,
+                        first: None,
+                        outcome: Outcome::Success,
+                        over_wire: false,
+                        usage: Some(usage),
+                    }
+                }
+                Err(e) => Attempt::Reject(e),
+            }
+        }
+    }
+}
+
+fn retry(e: GatewayError) -> Attempt {
+    Attempt::Retry {
+        failure: Failure::Error(e),
+        retry_after: None,
+    }
+}
+
+fn deadline_error(budget: Duration) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamTimeout,
+        format!("request deadline of {} ms exceeded", budget.as_millis()),
+    )
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from model APIs and
+/// is treated as absent), or OpenAI's `retry-after-ms`.
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let num = |name: &str| {
+        h.get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 86_400_000.0)
+    };
+    num("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
+}
+
+/// Relays the upstream's headers except hop-by-hop ones, the length (the body
+/// states its own) and cookies (the upstream's session is not the client's).
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    use http::header::{
+        CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE,
+    };
+    for (name, value) in from {
+        let skip = name == CONNECTION
+            || name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == TE
+            || name == TRAILER
+            || name == UPGRADE
+            || name == PROXY_AUTHENTICATE
+            || name == SET_COOKIE
+            || name == "keep-alive"
+            || name == "proxy-connection";
+        if !skip {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}
