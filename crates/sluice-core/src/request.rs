@@ -75,7 +75,10 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
                 .with_param("model"),
         );
     }
-    let model: Cow<'_, str> = serde_json::from_str(text).map_err(json_error)?;
+    // Borrowed unless the name has escapes: no allocation on the common path.
+    #[derive(Deserialize)]
+    struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+    let Name(model) = serde_json::from_str(text).map_err(json_error)?;
     if model.is_empty() {
         return Err(
             GatewayError::new(ErrorKind::InvalidRequest, "'model' must not be empty")
@@ -177,6 +180,11 @@ mod tests {
     fn escaped_model_is_unescaped() {
         let body = br#"{"model":"a\u0062c","messages":[1]}"#;
         assert_eq!(peek(body, Operation::Chat).unwrap().model, "abc");
+        let plain = br#"{"model":"abc","messages":[1]}"#;
+        assert!(matches!(
+            peek(plain, Operation::Chat).unwrap().model,
+            Cow::Borrowed("abc")
+        ));
     }
 
     #[test]

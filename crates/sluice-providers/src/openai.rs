@@ -5,103 +5,150 @@
 //! as bytes, observed by [`UsageTail`] for token usage.
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+    USER_AGENT,
+};
+use http::{Method, Uri};
 use http_body_util::Full;
 use sluice_core::config::ProviderConfig;
 use sluice_core::request::{Operation, Usage};
 use sluice_core::{ErrorKind, GatewayError};
 
 const UA: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Builds the upstream request for `op` with `body` as it should be sent.
-pub fn build_request(
-    p: &ProviderConfig,
-    op: Operation,
-    body: Bytes,
-    request_id: Option<&HeaderValue>,
-) -> Result<http::Request<Full<Bytes>>, GatewayError> {
-    let path = match op {
-        Operation::Chat => "/chat/completions",
-        Operation::Embeddings => "/embeddings",
-    };
-    let mut b = http::Request::post(format!("{}{path}", p.base_url))
-        .header(CONTENT_TYPE, "application/json")
-        .header(ACCEPT, "application/json, text/event-stream")
-        .header(USER_AGENT, UA);
-    if let Some(key) = &p.api_key {
-        let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
-            GatewayError::new(
-                ErrorKind::Internal,
-                format!("provider '{}': api_key is not a valid header value", p.name),
-            )
-        })?;
-        v.set_sensitive(true);
-        b = b.header(AUTHORIZATION, v);
-    }
-    for (name, value) in &p.headers {
-        let (Ok(n), Ok(mut v)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.expose()),
-        ) else {
-            return Err(GatewayError::new(
-                ErrorKind::Internal,
-                format!("provider '{}': header '{name}' is not valid", p.name),
-            ));
-        };
-        v.set_sensitive(true);
-        b = b.header(n, v);
-    }
-    if let Some(id) = request_id {
-        b = b.header("x-request-id", id);
-    }
-    b.body(Full::new(body)).map_err(|e| {
-        GatewayError::new(
-            ErrorKind::Internal,
-            format!("provider '{}': cannot build request: {e}", p.name),
-        )
-    })
+/// A provider's request template, built once per configuration snapshot so a
+/// request only clones ready-made URIs and header values.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    chat: Uri,
+    embeddings: Uri,
+    headers: HeaderMap,
 }
 
-/// Keeps the last few KiB of a response to read its usage at the end.
+impl Endpoint {
+    pub fn new(p: &ProviderConfig) -> Result<Self, GatewayError> {
+        let invalid = |what: String| {
+            GatewayError::new(
+                ErrorKind::Internal,
+                format!("provider '{}': {what} is not valid", p.name),
+            )
+        };
+        let uri = |path: &str| {
+            Uri::try_from(format!("{}{path}", p.base_url)).map_err(|_| invalid("base_url".into()))
+        };
+        let mut headers = HeaderMap::with_capacity(5 + p.headers.len());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert(USER_AGENT, HeaderValue::from_static(UA));
+        if let Some(key) = &p.api_key {
+            let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                .map_err(|_| invalid("api_key".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        for (name, value) in &p.headers {
+            let n = HeaderName::try_from(name.as_str())
+                .map_err(|_| invalid(format!("header name '{name}'")))?;
+            let mut v = HeaderValue::try_from(value.expose())
+                .map_err(|_| invalid(format!("value of header '{name}'")))?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
+        }
+        Ok(Self {
+            chat: uri("/chat/completions")?,
+            embeddings: uri("/embeddings")?,
+            headers,
+        })
+    }
+
+    /// The upstream request for `op` with `body` as it should be sent.
+    pub fn request(
+        &self,
+        op: Operation,
+        body: Bytes,
+        request_id: Option<&HeaderValue>,
+    ) -> http::Request<Full<Bytes>> {
+        // Sized up front: the template, the length and the request id.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 2);
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Some(id) = request_id {
+            headers.insert(REQUEST_ID.clone(), id.clone());
+        }
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = match op {
+            Operation::Chat => self.chat.clone(),
+            Operation::Embeddings => self.embeddings.clone(),
+        };
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
+/// Keeps the end of a response to read its usage once it is complete.
 ///
 /// OpenAI-compatible servers put `usage` last: in the final object of a JSON
-/// response and in the last chunk before `[DONE]` of a stream. A bounded tail
-/// finds it in both without buffering the response.
+/// response and in the last chunk before `[DONE]` of a stream. The last frame
+/// is held by reference (no copy, so a one-frame response costs nothing);
+/// earlier bytes are copied into a bounded tail only when another frame
+/// follows, in case the usage object straddles frames.
 #[derive(Debug, Default)]
 pub struct UsageTail {
     buf: Vec<u8>,
+    last: Bytes,
 }
 
 const TAIL: usize = 16 * 1024;
 
 impl UsageTail {
-    pub fn observe(&mut self, chunk: &[u8]) {
-        if chunk.len() >= TAIL {
-            self.buf.clear();
-            self.buf.extend_from_slice(&chunk[chunk.len() - TAIL..]);
+    pub fn observe(&mut self, chunk: &Bytes) {
+        let prev = std::mem::replace(&mut self.last, chunk.clone());
+        if prev.is_empty() {
             return;
         }
-        if self.buf.len() + chunk.len() > 2 * TAIL {
-            let drop = self.buf.len() + chunk.len() - TAIL;
+        if prev.len() >= TAIL {
+            self.buf.clear();
+            self.buf.extend_from_slice(&prev[prev.len() - TAIL..]);
+            return;
+        }
+        if self.buf.len() + prev.len() > 2 * TAIL {
+            let drop = self.buf.len() + prev.len() - TAIL;
             self.buf.drain(..drop.min(self.buf.len()));
         }
-        self.buf.extend_from_slice(chunk);
+        self.buf.extend_from_slice(&prev);
     }
 
     /// The last non-null `usage` object seen, if any.
     pub fn usage(&self) -> Option<Usage> {
-        static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
-        let finder = &*FINDER;
-        let mut end = self.buf.len();
-        while let Some(i) = finder.rfind(&self.buf[..end]) {
-            if let Some(u) = parse_usage_at(&self.buf[i + 7..]) {
-                return Some(u);
-            }
-            end = i;
+        if self.buf.is_empty() {
+            return find_usage(&self.last);
         }
-        None
+        let mut joined = Vec::with_capacity(self.buf.len() + self.last.len());
+        joined.extend_from_slice(&self.buf);
+        joined.extend_from_slice(&self.last);
+        find_usage(&joined)
     }
+}
+
+fn find_usage(bytes: &[u8]) -> Option<Usage> {
+    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
+    let mut end = bytes.len();
+    while let Some(i) = FINDER.rfind(&bytes[..end]) {
+        if let Some(u) = parse_usage_at(&bytes[i + 7..]) {
+            return Some(u);
+        }
+        end = i;
+    }
+    None
 }
 
 fn parse_usage_at(after_key: &[u8]) -> Option<Usage> {
@@ -130,25 +177,31 @@ mod tests {
 
     #[test]
     fn request_has_auth_path_and_headers() {
-        let p = provider();
+        let e = Endpoint::new(&provider()).unwrap();
         let id = HeaderValue::from_static("req-1");
-        let r = build_request(&p, Operation::Chat, Bytes::from_static(b"{}"), Some(&id)).unwrap();
+        let r = e.request(Operation::Chat, Bytes::from_static(b"{}"), Some(&id));
+        assert_eq!(r.method(), Method::POST);
         assert_eq!(r.uri(), "http://h:1/v1/chat/completions");
         assert_eq!(r.headers()[AUTHORIZATION], "Bearer sk-1");
         assert!(r.headers()[AUTHORIZATION].is_sensitive());
         assert_eq!(r.headers()["x-org"], "o");
         assert_eq!(r.headers()["x-request-id"], "req-1");
-        let r = build_request(&p, Operation::Embeddings, Bytes::new(), None).unwrap();
+        assert_eq!(r.headers()[CONTENT_LENGTH], "2");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let r = e.request(Operation::Embeddings, Bytes::new(), None);
         assert_eq!(r.uri(), "http://h:1/v1/embeddings");
+        assert!(!r.headers().contains_key("x-request-id"));
     }
 
     #[test]
     fn usage_from_json_response() {
         let mut t = UsageTail::default();
-        t.observe(br#"{"id":"x","choices":[{"message":{"content":"the \"usage\" word"}}],"#);
-        t.observe(
+        t.observe(&Bytes::from_static(
+            br#"{"id":"x","choices":[{"message":{"content":"the \"usage\" word"}}],"#,
+        ));
+        t.observe(&Bytes::from_static(
             br#""usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}}"#,
-        );
+        ));
         assert_eq!(
             t.usage(),
             Some(Usage {
@@ -170,7 +223,7 @@ mod tests {
         for split in [1, 7, 50, stream.len()] {
             let mut t = UsageTail::default();
             for c in stream.chunks(split) {
-                t.observe(c);
+                t.observe(&Bytes::copy_from_slice(c));
             }
             assert_eq!(
                 t.usage().map(|u| u.completion_tokens),
@@ -181,15 +234,26 @@ mod tests {
     }
 
     #[test]
+    fn single_frame_is_not_copied() {
+        let mut t = UsageTail::default();
+        t.observe(&Bytes::from_static(
+            br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        ));
+        assert!(t.buf.is_empty());
+        assert_eq!(t.usage().map(|u| u.completion_tokens), Some(2));
+    }
+
+    #[test]
     fn tail_is_bounded() {
         let mut t = UsageTail::default();
-        let big = vec![b'x'; 1000];
+        let big = Bytes::from(vec![b'x'; 1000]);
         for _ in 0..1000 {
             t.observe(&big);
         }
         assert!(t.buf.len() <= 2 * TAIL);
         assert_eq!(t.usage(), None);
-        t.observe(&vec![b'y'; 100_000]);
+        t.observe(&Bytes::from(vec![b'y'; 100_000]));
+        t.observe(&big);
         assert!(t.buf.len() <= 2 * TAIL);
     }
 }

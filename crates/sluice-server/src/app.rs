@@ -6,8 +6,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use sluice_core::GatewayError;
 use sluice_core::config::{Config, ProviderKind};
 use sluice_core::route::RouteTable;
+use sluice_providers::openai::Endpoint;
 use sluice_providers::transport::{self, UpstreamClient};
 
 use crate::metrics::Metrics;
@@ -18,25 +20,34 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     /// Index-aligned with `config.providers`; `None` for in-process providers.
-    pub clients: Vec<Option<UpstreamClient>>,
+    pub upstreams: Vec<Option<Upstream>>,
+}
+
+/// A network provider's pooled client and request template.
+pub struct Upstream {
+    pub client: UpstreamClient,
+    pub endpoint: Endpoint,
 }
 
 impl Snapshot {
-    pub fn build(config: Config) -> Self {
+    pub fn build(config: Config) -> Result<Self, GatewayError> {
         let routes = RouteTable::new(&config);
-        let clients = config
+        let upstreams = config
             .providers
             .iter()
             .map(|p| match p.kind {
-                ProviderKind::OpenAi => Some(transport::client_for(p)),
-                ProviderKind::Mock => None,
+                ProviderKind::OpenAi => Ok(Some(Upstream {
+                    client: transport::client_for(p),
+                    endpoint: Endpoint::new(p)?,
+                })),
+                ProviderKind::Mock => Ok(None),
             })
-            .collect();
-        Self {
+            .collect::<Result<_, GatewayError>>()?;
+        Ok(Self {
             config,
             routes,
-            clients,
-        }
+            upstreams,
+        })
     }
 }
 
@@ -50,15 +61,15 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<Self> {
-        Arc::new(Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(config)),
+    pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
+        Ok(Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
             none_label: Arc::from(""),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        })
+        }))
     }
 }

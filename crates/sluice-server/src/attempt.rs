@@ -19,7 +19,7 @@ use sluice_core::request::{self, Operation, RequestPeek, Usage};
 use sluice_core::resilience::{Outcome, Transition, now_nanos};
 use sluice_core::route::{Admitted, ModelRoute, TargetSet, backoff};
 use sluice_core::{ErrorKind, GatewayError};
-use sluice_providers::{BoxBody, mock, openai, transport};
+use sluice_providers::{BoxBody, mock, transport};
 use tokio::time::{Instant, timeout_at};
 
 use crate::app::Snapshot;
@@ -237,16 +237,16 @@ async fn attempt(call: &Call<'_>, model: &ModelRoute, index: usize) -> Attempt {
                     &target.model,
                 ))
             };
-            let client = call.snap.clients[target.provider]
+            let upstream = call.snap.upstreams[target.provider]
                 .as_ref()
-                .expect("snapshot builds a client for every network provider");
-            let req = match openai::build_request(provider, call.op, body, Some(call.request_id)) {
-                Ok(r) => r,
-                Err(e) => return retry(e),
-            };
+                .expect("the snapshot builds an upstream for every network provider");
+            let req = upstream
+                .endpoint
+                .request(call.op, body, Some(call.request_id));
             let started = Instant::now();
             let head_deadline = (started + provider.timeout).min(call.deadline);
-            let resp = match timeout_at(head_deadline, transport::send(client, req)).await {
+            let resp = match timeout_at(head_deadline, transport::send(&upstream.client, req)).await
+            {
                 Err(_) if head_deadline >= call.deadline => {
                     return retry(deadline_error(call.budget));
                 }
@@ -401,6 +401,7 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
         CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
         UPGRADE,
     };
+    to.reserve(from.len());
     for (name, value) in from {
         let skip = name == CONNECTION
             || name == CONTENT_LENGTH

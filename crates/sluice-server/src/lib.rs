@@ -32,7 +32,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|m| m.name.to_string())
         .unwrap_or_else(|| "MODEL".to_owned());
     let server_cfg = config.server.clone();
-    let app = app::App::new(config);
+    let app = app::App::new(config)?;
 
     let (tx, rx) = watch::channel(false);
     let api = tokio::spawn(listener::serve(

@@ -26,8 +26,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         // hyper refuses buffers under 8 KiB; the head must fit in the buffer.
-        .max_buf_size(cfg.max_header_bytes.max(8192))
-        .max_headers(128);
+        // The header count stays at hyper's default (100): a larger cap moves
+        // hyper's per-request header arrays from the stack to the heap.
+        .max_buf_size(cfg.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -166,10 +166,7 @@ pub struct ObservedBody {
 
 impl ObservedBody {
     pub fn new(inner: BoxBody, rec: Recorder, w: Watch) -> Self {
-        let mut tail = w.usage_tail.then(UsageTail::default);
-        if let (Some(t), Some(data)) = (&mut tail, w.first.as_ref().and_then(Frame::data_ref)) {
-            t.observe(data);
-        }
+        let tail = w.usage_tail.then(UsageTail::default);
         let mut this = Self {
             inner,
             rec: Some(rec),

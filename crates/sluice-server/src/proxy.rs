@@ -151,7 +151,56 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = format!("req-{:012x}{:08x}", seed & 0xffff_ffff_ffff, n as u32);
-    HeaderValue::try_from(id).expect("hex is a valid header value")
+    // "req-" and 20 hex digits: 12 from the process seed, 8 from a counter.
+    let id = (u128::from(seed & 0xffff_ffff_ffff) << 32)
+        | u128::from(NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
+    let mut buf = *b"req-00000000000000000000";
+    for (i, b) in buf[4..].iter_mut().rev().enumerate() {
+        *b = b"0123456789abcdef"[((id >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_unique_hex() {
+        let h = HeaderMap::new();
+        let a = request_id(&h);
+        let b = request_id(&h);
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        assert_eq!(s.len(), 24);
+        assert!(s.starts_with("req-"));
+        assert!(s[4..].bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn client_request_id_is_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&h), "abc");
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"x".repeat(200)).unwrap(),
+        );
+        assert_ne!(request_id(&h), "x".repeat(200).as_str());
+    }
+
+    #[test]
+    fn client_timeout_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_timeout(&h).unwrap(), None);
+        h.insert("x-request-timeout", HeaderValue::from_static("2.5"));
+        assert_eq!(
+            client_timeout(&h).unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        for bad in ["0", "-1", "soon", "NaN", "1e9"] {
+            h.insert("x-request-timeout", HeaderValue::from_static(bad));
+            assert!(client_timeout(&h).is_err(), "{bad}");
+        }
+    }
 }
