@@ -28,8 +28,9 @@ def test_non_streaming_passthrough_rewrites_model_only(client, upstream):
         extra_body=extra,
         extra_headers={"x-request-id": "trace-abc"},
     )
-    assert r.choices[0].message.content == "Hello from the mock upstream"
-    assert r.usage.prompt_tokens == 11
+    # Tools were offered, so the mock upstream answers with a call to one.
+    assert r.choices[0].message.tool_calls[0].function.name == "f"
+    assert r.usage.prompt_tokens == 20
     last = upstream.last()
     assert last["path"] == "/v1/chat/completions"
     sent = json.loads(last["body"])
@@ -80,14 +81,20 @@ def test_upstream_429_relayed_with_retry_after(client):
     assert e.value.body["message"] == "mock upstream says 429"
 
 
-def test_upstream_5xx_and_401_relayed_faithfully(client):
+def test_upstream_5xx_relayed_faithfully(client):
     with pytest.raises(openai.InternalServerError) as e:
         client.chat.completions.create(model="status-500", messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 500
     assert e.value.body["code"] == "mock"
-    with pytest.raises(openai.AuthenticationError) as e:
+
+
+def test_upstream_401_is_an_upstream_auth_error_not_the_clients(client):
+    # The client's key is fine; the gateway's key for the provider is not.
+    with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model="status-401", messages=[{"role": "user", "content": "x"}])
-    assert e.value.status_code == 401
+    assert e.value.status_code == 502
+    assert e.value.body["code"] == "upstream_auth_error"
+    assert "rejected the gateway's credentials (401)" in e.value.body["message"]
 
 
 def test_unreachable_upstream_is_502(client):

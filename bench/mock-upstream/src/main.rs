@@ -190,7 +190,9 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
         }
         return Ok(r);
     }
-
+    if path.ends_with("/messages") {
+        return Ok(anthropic(&parsed, &headers, stream));
+    }
     if let Some(code) = model
         .strip_prefix("status-")
         .and_then(|c| c.parse::<u16>().ok())
@@ -210,6 +212,18 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
         .and_then(|c| c.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let wants_tool = parsed["tools"].as_array().is_some_and(|t| !t.is_empty())
+        && parsed["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "user");
+    if wants_tool {
+        let tool = parsed["tools"][0]["function"]["name"]
+            .as_str()
+            .unwrap_or("f")
+            .to_owned();
+        return Ok(openai_tool_call(&model, &tool, stream));
     }
     if path.ends_with("/embeddings") {
         return Ok(json_resp(
@@ -278,6 +292,171 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
             "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
         }),
     ))
+}
+
+/// A tool call in the OpenAI format, streamed in pieces or whole.
+fn openai_tool_call(model: &str, tool: &str, stream: bool) -> Response<Body> {
+    let call_id = "call_mock_1";
+    if !stream {
+        return json_resp(
+            200,
+            &json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": call_id, "type": "function", "function": {"name": tool, "arguments": "{\"city\":\"Paris\"}"}}]},
+                    "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}}),
+        );
+    }
+    let mut out = String::new();
+    out.push_str(&sse(&chunk(model, json!({"role": "assistant", "content": null,
+        "tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}]}), None)));
+    for piece in ["{\"city\":", "\"Paris\"}"] {
+        out.push_str(&sse(&chunk(
+            model,
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        )));
+    }
+    out.push_str(&sse(&chunk(model, json!({}), Some("tool_calls"))));
+    out.push_str(&sse(&json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}})));
+    out.push_str("data: [DONE]\n\n");
+    let mut r = Response::new(full(out.into_bytes()));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// The Anthropic Messages API: text, or a tool call when tools are offered
+/// and the last turn is the user's; streamed as Anthropic's documented events.
+fn anthropic(
+    req: &Value,
+    headers: &serde_json::Map<String, Value>,
+    stream: bool,
+) -> Response<Body> {
+    if !headers.contains_key("x-api-key") || !headers.contains_key("anthropic-version") {
+        return json_resp(
+            401,
+            &json!({"type": "error", "error": {"type": "authentication_error", "message": "missing x-api-key or anthropic-version"}}),
+        );
+    }
+    let model = req["model"].as_str().unwrap_or("").to_owned();
+    if let Some(code) = model
+        .strip_prefix("status-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let kind = if code == 429 {
+            "rate_limit_error"
+        } else {
+            "api_error"
+        };
+        let mut r = json_resp(
+            code,
+            &json!({"type": "error", "error": {"type": kind, "message": format!("mock anthropic says {code}")}}),
+        );
+        if code == 429 {
+            r.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("7"));
+        }
+        return r;
+    }
+    let tool = req["tools"]
+        .as_array()
+        .and_then(|t| t.first())
+        .and_then(|t| t["name"].as_str())
+        .map(str::to_owned);
+    let last_is_user = req["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "user")
+        && !req["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| {
+                m["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+            });
+    let tool = tool.filter(|_| last_is_user);
+    let usage = json!({"input_tokens": 13, "output_tokens": 7});
+    if !stream {
+        let (content, stop) = match &tool {
+            Some(name) => (
+                json!([{"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Paris"}}]),
+                "tool_use",
+            ),
+            None => (
+                json!([{"type": "text", "text": "Hello from the mock anthropic"}]),
+                "end_turn",
+            ),
+        };
+        return json_resp(
+            200,
+            &json!({"id": "msg_mock_1", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage}),
+        );
+    }
+    let mut out = String::new();
+    let mut ev = |name: &str, v: Value| out.push_str(&format!("event: {name}\ndata: {v}\n\n"));
+    ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock_1", "type": "message", "role": "assistant",
+        "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 13, "output_tokens": 1}}}),
+    );
+    ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    ev("ping", json!({"type": "ping"}));
+    let words: &[&str] = if tool.is_some() {
+        &["Let me", " check."]
+    } else {
+        &["Hello", " from the", " mock anthropic"]
+    };
+    for w in words {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        );
+    }
+    ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    );
+    let stop = if let Some(name) = &tool {
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}}),
+        );
+        for piece in ["{\"city\": ", "\"Paris\"}"] {
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            );
+        }
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        );
+        "tool_use"
+    } else {
+        "end_turn"
+    };
+    ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 7}}),
+    );
+    ev("message_stop", json!({"type": "message_stop"}));
+    let mut r = Response::new(full(out.into_bytes()));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
 }
 
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The upstream answered with something we could not use.
     UpstreamProtocol,
+    /// The upstream refused the gateway's own credentials (its 401/403):
+    /// the client's key is fine, ours is not, so this is not the client's 401.
+    UpstreamAuth,
     /// Every target of the model (and its fallbacks) is unavailable:
     /// breakers open, or cooling down after the provider asked us to wait.
     NoHealthyTarget,
@@ -53,7 +56,9 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::UnsupportedOperation => 400,
-            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamProtocol => 502,
+            ErrorKind::UpstreamUnreachable
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamAuth => 502,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::NoHealthyTarget => 503,
             ErrorKind::Internal => 500,
@@ -74,6 +79,7 @@ impl ErrorKind {
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamAuth
             | ErrorKind::NoHealthyTarget => "upstream_error",
             ErrorKind::Internal => "server_error",
         }
@@ -93,6 +99,7 @@ impl ErrorKind {
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::UpstreamAuth => "upstream_auth_error",
             ErrorKind::NoHealthyTarget => "no_healthy_target",
             ErrorKind::Internal => "internal_error",
         }
@@ -111,6 +118,7 @@ impl ErrorKind {
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamAuth
             | ErrorKind::NoHealthyTarget => Source::Upstream,
             ErrorKind::Internal => Source::Internal,
         }
@@ -143,6 +151,22 @@ impl GatewayError {
         self.kind.status()
     }
 
+    /// The Anthropic error body: `{"type":"error","error":{"type","message"}}`.
+    pub fn to_anthropic_json(&self) -> Vec<u8> {
+        let kind = match self.kind.status() {
+            400 | 405 | 415 => "invalid_request_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            503 => "overloaded_error",
+            _ => "api_error",
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "type": "error",
+            "error": {"type": kind, "message": self.message},
+        }))
+        .expect("a json! value always serializes")
+    }
+
     /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
     pub fn to_openai_json(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
@@ -169,7 +193,7 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 13] = [
+    const ALL: [ErrorKind; 14] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidRequest,
         ErrorKind::ModelNotFound,
@@ -181,6 +205,7 @@ mod tests {
         ErrorKind::UpstreamUnreachable,
         ErrorKind::UpstreamTimeout,
         ErrorKind::UpstreamProtocol,
+        ErrorKind::UpstreamAuth,
         ErrorKind::NoHealthyTarget,
         ErrorKind::Internal,
     ];

@@ -19,6 +19,8 @@ use crate::error::{ErrorKind, GatewayError};
 pub enum Operation {
     Chat,
     Embeddings,
+    /// Anthropic's `/v1/messages`.
+    Messages,
 }
 
 #[derive(Debug)]
@@ -37,6 +39,7 @@ struct Raw<'a> {
     // Vec of a zero-sized type: counts elements without allocating.
     messages: Option<Vec<IgnoredAny>>,
     input: Option<IgnoredAny>,
+    max_tokens: Option<IgnoredAny>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
 }
@@ -90,7 +93,7 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
     let model_span = start..start + text.len();
 
     match op {
-        Operation::Chat => match raw.messages {
+        Operation::Chat | Operation::Messages => match raw.messages {
             None => return Err(missing("messages")),
             Some(m) if m.is_empty() => {
                 return Err(GatewayError::new(
@@ -106,6 +109,9 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
                 return Err(missing("input"));
             }
         }
+    }
+    if op == Operation::Messages && raw.max_tokens.is_none() {
+        return Err(missing("max_tokens"));
     }
 
     Ok(RequestPeek {
@@ -126,6 +132,33 @@ pub fn rewrite_model(body: &[u8], span: Range<usize>, new_model: &str) -> Vec<u8
     serde_json::to_writer(&mut out, new_model).expect("writing a str to a Vec cannot fail");
     out.extend_from_slice(&body[span.end..]);
     out
+}
+
+/// The body with `stream_options.include_usage` set to true. Appends the
+/// field when the body has no `stream_options`; otherwise edits it as a tree
+/// (rare: the client set stream options but not this one).
+pub fn force_include_usage(body: &[u8]) -> bytes::Bytes {
+    let has_options = body.windows(16).any(|w| w == b"\"stream_options\"");
+    let end = body.iter().rposition(|b| !b.is_ascii_whitespace());
+    if !has_options && let Some(end) = end.filter(|&i| body[i] == b'}') {
+        let empty = body[..end].iter().rposition(|b| !b.is_ascii_whitespace()) == Some(0);
+        let mut out = Vec::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..end]);
+        if !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true}}");
+        return out.into();
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            serde_json::to_vec(&v)
+                .expect("a Value always serializes")
+                .into()
+        }
+        Err(_) => bytes::Bytes::copy_from_slice(body),
+    }
 }
 
 fn missing(field: &'static str) -> GatewayError {
@@ -173,6 +206,37 @@ mod tests {
         assert_eq!(
             out,
             br#"{"model":"real\"model","messages":[{"role":"user","content":"hi"}],"logprobs":true}"#
+        );
+    }
+
+    #[test]
+    fn include_usage_is_forced_without_losing_fields() {
+        let out = force_include_usage(br#"{"model":"m","stream":true}  "#);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        let out = force_include_usage(
+            br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&force_include_usage(b"{}")).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn messages_need_max_tokens() {
+        let e = peek(br#"{"model":"m","messages":[{}]}"#, Operation::Messages).unwrap_err();
+        assert_eq!(e.param, Some("max_tokens"));
+        assert!(
+            peek(
+                br#"{"model":"m","messages":[{}],"max_tokens":5}"#,
+                Operation::Messages
+            )
+            .is_ok()
         );
     }
 

@@ -3,8 +3,11 @@
 //! One module per wire format. Translation and observation are plain functions
 //! over bytes and types; only [`transport`] does I/O.
 
+pub mod anthropic;
 pub mod mock;
 pub mod openai;
+pub mod sse;
+pub mod translate;
 pub mod transport;
 
 use bytes::Bytes;

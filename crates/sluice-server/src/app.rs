@@ -9,8 +9,8 @@ use arc_swap::ArcSwap;
 use sluice_core::GatewayError;
 use sluice_core::config::{Config, ProviderKind};
 use sluice_core::route::RouteTable;
-use sluice_providers::openai::Endpoint;
 use sluice_providers::transport::{self, UpstreamClient};
+use sluice_providers::{anthropic, openai};
 
 use crate::metrics::Metrics;
 
@@ -29,18 +29,30 @@ pub struct Upstream {
     pub endpoint: Endpoint,
 }
 
+/// How requests to a provider are addressed, per wire format.
+pub enum Endpoint {
+    OpenAi(openai::Endpoint),
+    Anthropic(anthropic::Endpoint),
+}
+
 impl Snapshot {
     pub fn build(config: Config) -> Result<Self, GatewayError> {
         let routes = RouteTable::new(&config);
         let upstreams = config
             .providers
             .iter()
-            .map(|p| match p.kind {
-                ProviderKind::OpenAi => Ok(Some(Upstream {
+            .map(|p| {
+                let endpoint = match p.kind {
+                    ProviderKind::OpenAi | ProviderKind::Azure => {
+                        Endpoint::OpenAi(openai::Endpoint::new(p)?)
+                    }
+                    ProviderKind::Anthropic => Endpoint::Anthropic(anthropic::Endpoint::new(p)?),
+                    ProviderKind::Mock => return Ok(None),
+                };
+                Ok(Some(Upstream {
                     client: transport::client_for(p),
-                    endpoint: Endpoint::new(p)?,
-                })),
-                ProviderKind::Mock => Ok(None),
+                    endpoint,
+                }))
             })
             .collect::<Result<_, GatewayError>>()?;
         Ok(Self {

@@ -22,6 +22,7 @@ use sluice_core::resilience::{Outcome, now_nanos};
 use sluice_core::route::Admitted;
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::openai::UsageTail;
+use sluice_providers::translate::{UsageCell, Wire};
 use sluice_providers::{BodyError, BoxBody};
 use tokio::time::{Instant, Sleep};
 
@@ -40,6 +41,8 @@ pub struct Recorder {
     first_byte_seen: bool,
     usage: Option<Usage>,
     finished: bool,
+    /// The client's wire format, for error bodies.
+    pub wire: Wire,
 }
 
 impl Recorder {
@@ -55,6 +58,7 @@ impl Recorder {
             first_byte_seen: false,
             usage: None,
             finished: false,
+            wire: Wire::OpenAi,
         }
     }
 
@@ -97,8 +101,9 @@ impl Recorder {
                 .metrics
                 .record_upstream_error(&self.provider, e.kind.code());
         }
+        let wire = self.wire;
         self.finish();
-        error_response(e)
+        error_response(e, wire)
     }
 }
 
@@ -123,8 +128,12 @@ impl Drop for Recorder {
     }
 }
 
-pub fn error_response(e: &GatewayError) -> Response<Body> {
-    let mut r = Response::new(Body::from(e.to_openai_json()));
+pub fn error_response(e: &GatewayError, wire: Wire) -> Response<Body> {
+    let body = match wire {
+        Wire::OpenAi => e.to_openai_json(),
+        Wire::Anthropic => e.to_anthropic_json(),
+    };
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -134,7 +143,6 @@ pub fn error_response(e: &GatewayError) -> Response<Body> {
 }
 
 /// How a passed-through body is watched.
-#[derive(Default)]
 pub struct Watch {
     /// Read usage from the bytes (providers over the wire).
     pub usage_tail: bool,
@@ -144,6 +152,10 @@ pub struct Watch {
     pub deadline: Option<Instant>,
     /// Failures become an SSE error event rather than a cut connection.
     pub sse: bool,
+    /// The client's wire format, for that error event.
+    pub wire: Wire,
+    /// Where a translating body leaves the usage it read.
+    pub usage_cell: Option<Arc<UsageCell>>,
     /// A frame already read (peeked) from `inner`, to send first.
     pub first: Option<Frame<Bytes>>,
     /// The target serving it: released when the body ends; told of failures.
@@ -159,6 +171,8 @@ pub struct ObservedBody {
     idle: Option<Duration>,
     deadline: Option<Instant>,
     sse: bool,
+    wire: Wire,
+    usage_cell: Option<Arc<UsageCell>>,
     first: Option<Frame<Bytes>>,
     target: Option<Admitted>,
     done: bool,
@@ -175,6 +189,8 @@ impl ObservedBody {
             idle: w.idle,
             deadline: w.deadline,
             sse: w.sse,
+            wire: w.wire,
+            usage_cell: w.usage_cell,
             first: w.first,
             target: w.target,
             done: false,
@@ -195,7 +211,8 @@ impl ObservedBody {
 
     fn settle(&mut self) {
         if let Some(mut rec) = self.rec.take() {
-            if let Some(u) = self.tail.as_ref().and_then(UsageTail::usage) {
+            let found = self.tail.as_ref().and_then(UsageTail::usage);
+            if let Some(u) = found.or_else(|| self.usage_cell.as_ref().and_then(|c| c.get())) {
                 rec.set_usage(u);
             }
             rec.finish();
@@ -216,8 +233,16 @@ impl ObservedBody {
         self.settle();
         if self.sse {
             let mut event = Vec::with_capacity(160);
-            event.extend_from_slice(b"data: ");
-            event.extend_from_slice(&e.to_openai_json());
+            match self.wire {
+                Wire::OpenAi => {
+                    event.extend_from_slice(b"data: ");
+                    event.extend_from_slice(&e.to_openai_json());
+                }
+                Wire::Anthropic => {
+                    event.extend_from_slice(b"event: error\ndata: ");
+                    event.extend_from_slice(&e.to_anthropic_json());
+                }
+            }
             event.extend_from_slice(b"\n\n");
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
         } else {

@@ -14,6 +14,10 @@ use sluice_core::request::{self, Operation};
 use sluice_core::{ErrorKind, GatewayError};
 use tokio::time::Instant;
 
+use sluice_providers::anthropic::inbound;
+use sluice_providers::anthropic::types::MessagesRequest;
+use sluice_providers::translate::Wire;
+
 use crate::app::App;
 use crate::attempt::{self, Call};
 use crate::observe::Recorder;
@@ -46,6 +50,9 @@ async fn proxy(
     started: Instant,
 ) -> Response<Body> {
     let snap = app.snapshot.load_full();
+    if op == Operation::Messages {
+        rec.wire = Wire::Anthropic;
+    }
     let client_timeout = match client_timeout(req.headers()) {
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),
@@ -71,11 +78,46 @@ async fn proxy(
     };
     rec.model = route.name.clone();
     let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
+
+    // Anthropic clients: the request in the OpenAI shape for every target
+    // that is not Anthropic; their own body for those that are.
+    let canonical;
+    let canonical_peek;
+    let (op, body_ref, peek_ref, native) = if op == Operation::Messages {
+        let req: MessagesRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return rec.reply_error(&GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("invalid request: {e}"),
+                ));
+            }
+        };
+        canonical = Bytes::from(
+            serde_json::to_vec(&inbound::request(req)).expect("serializing to a Vec cannot fail"),
+        );
+        canonical_peek = match request::peek(&canonical, Operation::Chat) {
+            Ok(p) => p,
+            Err(e) => return rec.reply_error(&e),
+        };
+        (
+            Operation::Chat,
+            &canonical,
+            &canonical_peek,
+            Some((&body, peek.model_span.clone())),
+        )
+    } else {
+        (op, &body, &peek, None)
+    };
     let call = Call {
         snap: &snap,
         op,
-        body: &body,
-        peek: &peek,
+        client: rec.wire,
+        body: body_ref,
+        peek: peek_ref,
+        native,
+        client_model: &peek.model,
+        include_usage: peek.include_usage,
         request_id,
         deadline: started + budget,
         budget,

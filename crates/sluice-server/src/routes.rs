@@ -18,11 +18,13 @@ use sluice_core::{ErrorKind, GatewayError};
 use crate::app::App;
 use crate::observe::error_response;
 use crate::proxy;
+use sluice_providers::translate::Wire;
 
 pub fn api(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/healthz", get(healthz))
@@ -48,6 +50,19 @@ async fn chat(State(app): State<Arc<App>>, req: Request) -> Response {
 
 async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
     proxy::handle(app, Operation::Embeddings, "/v1/embeddings", req).await
+}
+
+async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
+    proxy::handle(app, Operation::Messages, "/v1/messages", req).await
+}
+
+/// Anthropic's paths answer errors in Anthropic's shape.
+fn wire_of(path: &str) -> Wire {
+    if path.starts_with("/v1/messages") {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    }
 }
 
 fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {
@@ -76,6 +91,7 @@ async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
                 format!("The model '{id}' does not exist or is not served by this gateway"),
             )
             .with_param("model"),
+            Wire::OpenAi,
         )
     }
 }
@@ -115,19 +131,25 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn not_found(req: Request) -> Response {
-    error_response(&GatewayError::new(
-        ErrorKind::RouteNotFound,
-        format!("no route for {} {}", req.method(), req.uri().path()),
-    ))
+    error_response(
+        &GatewayError::new(
+            ErrorKind::RouteNotFound,
+            format!("no route for {} {}", req.method(), req.uri().path()),
+        ),
+        wire_of(req.uri().path()),
+    )
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    error_response(&GatewayError::new(
-        ErrorKind::MethodNotAllowed,
-        format!(
-            "method {} is not allowed on {}",
-            req.method(),
-            req.uri().path()
+    error_response(
+        &GatewayError::new(
+            ErrorKind::MethodNotAllowed,
+            format!(
+                "method {} is not allowed on {}",
+                req.method(),
+                req.uri().path()
+            ),
         ),
-    ))
+        wire_of(req.uri().path()),
+    )
 }

@@ -73,25 +73,28 @@ pub struct ServerConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
-    /// OpenAI and every server that speaks its wire format (vLLM, Ollama, …).
+    /// OpenAI and every server that speaks its wire format (vLLM, Ollama,
+    /// Groq, Mistral, DeepSeek, Together, OpenRouter, …).
     OpenAi,
+    /// Azure OpenAI: the OpenAI format at a deployment URL, with an
+    /// `api-version` query and an `api-key` header.
+    Azure,
+    /// The Anthropic Messages API.
+    Anthropic,
     /// The built-in deterministic provider.
     Mock,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Mock => "mock",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub name: Arc<str>,
     pub kind: ProviderKind,
+    /// The `kind` as written (`groq`, `ollama`, …).
+    pub preset: &'static str,
+    /// Azure's `api-version` query parameter.
+    pub api_version: String,
+    /// Anthropic requires `max_tokens`; used when the client sent none.
+    pub default_max_tokens: u64,
     /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api_key: Option<Secret>,

@@ -79,6 +79,10 @@ pub struct RawProvider {
     pub timeout_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
     pub max_idle_connections: Option<Spanned<u64>>,
+    // azure only
+    pub api_version: Option<Spanned<String>>,
+    // anthropic only
+    pub default_max_tokens: Option<Spanned<u64>>,
     // mock provider only
     pub tokens_per_response: Option<Spanned<u64>>,
     pub token_delay_ms: Option<Spanned<u64>>,

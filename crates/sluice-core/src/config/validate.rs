@@ -16,7 +16,51 @@ use super::{
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
-const KNOWN_LATER: &[&str] = &["anthropic", "gemini", "local"];
+const KNOWN_LATER: &[&str] = &["gemini", "local"];
+
+/// Provider kinds: the wire format each speaks and its default base URL.
+/// The OpenAI-compatible family differs only in where it lives.
+const PRESETS: &[(&str, ProviderKind, &str)] = &[
+    ("openai", ProviderKind::OpenAi, "https://api.openai.com/v1"),
+    (
+        "anthropic",
+        ProviderKind::Anthropic,
+        "https://api.anthropic.com/v1",
+    ),
+    ("azure", ProviderKind::Azure, ""),
+    (
+        "groq",
+        ProviderKind::OpenAi,
+        "https://api.groq.com/openai/v1",
+    ),
+    ("mistral", ProviderKind::OpenAi, "https://api.mistral.ai/v1"),
+    (
+        "deepseek",
+        ProviderKind::OpenAi,
+        "https://api.deepseek.com/v1",
+    ),
+    (
+        "together",
+        ProviderKind::OpenAi,
+        "https://api.together.xyz/v1",
+    ),
+    (
+        "openrouter",
+        ProviderKind::OpenAi,
+        "https://openrouter.ai/api/v1",
+    ),
+    ("ollama", ProviderKind::OpenAi, "http://127.0.0.1:11434/v1"),
+    ("vllm", ProviderKind::OpenAi, "http://127.0.0.1:8000/v1"),
+    ("mock", ProviderKind::Mock, ""),
+];
+
+fn kinds() -> String {
+    PRESETS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 struct Collector<'a> {
     text: &'a str,
@@ -364,24 +408,36 @@ fn provider(
     if name.trim().is_empty() {
         c.at(p.name.span(), "provider name must not be empty");
     }
-    let kind = match p.kind.get_ref().as_str() {
-        "openai" => ProviderKind::OpenAi,
-        "mock" => ProviderKind::Mock,
-        other if KNOWN_LATER.contains(&other) => {
+    let kind_name = p.kind.get_ref().as_str();
+    let (kind, preset_url) = match PRESETS.iter().find(|(k, _, _)| *k == kind_name) {
+        Some((_, kind, url)) => (*kind, *url),
+        None if KNOWN_LATER.contains(&kind_name) => {
             c.at(
                 p.kind.span(),
-                format!("provider kind '{other}' is not supported yet (supported: openai, mock)"),
+                format!(
+                    "provider kind '{kind_name}' is not supported yet (supported: {})",
+                    kinds()
+                ),
             );
             return None;
         }
-        other => {
+        None => {
             c.at(
                 p.kind.span(),
-                format!("unknown provider kind '{other}' (supported: openai, mock)"),
+                format!(
+                    "unknown provider kind '{kind_name}' (supported: {})",
+                    kinds()
+                ),
             );
             return None;
         }
     };
+    if kind == ProviderKind::Azure && p.base_url.is_none() {
+        c.at(
+            p.kind.span(),
+            "kind = \"azure\" needs base_url: https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT",
+        );
+    }
 
     let interp =
         |c: &mut Collector<'_>, v: &Spanned<String>| match super::interpolate(v.get_ref(), env) {
@@ -408,8 +464,7 @@ fn provider(
             }
             None => String::new(),
         },
-        (None, ProviderKind::OpenAi) => "https://api.openai.com/v1".to_owned(),
-        (None, ProviderKind::Mock) => String::new(),
+        (None, _) => preset_url.to_owned(),
     };
     let api_key = p
         .api_key
@@ -428,6 +483,28 @@ fn provider(
             }
         })
         .collect();
+
+    if kind != ProviderKind::Azure
+        && let Some(v) = &p.api_version
+    {
+        c.at(v.span(), "api_version applies only to kind = \"azure\"");
+    }
+    if kind != ProviderKind::Anthropic
+        && let Some(v) = &p.default_max_tokens
+    {
+        c.at(
+            v.span(),
+            "default_max_tokens applies only to kind = \"anthropic\"",
+        );
+    }
+    if let Some(k) = &api_key
+        && !k.expose().bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        c.at(
+            p.api_key.as_ref().map_or(0..0, |v| v.span()),
+            "api_key must be printable ASCII (it goes into an HTTP header)",
+        );
+    }
 
     let mock_only = [
         ("tokens_per_response", p.tokens_per_response.as_ref()),
@@ -453,6 +530,20 @@ fn provider(
     Some(ProviderConfig {
         name: Arc::from(name.as_str()),
         kind,
+        preset: PRESETS
+            .iter()
+            .find(|(k, _, _)| *k == kind_name)
+            .map_or("openai", |(k, _, _)| *k),
+        api_version: p
+            .api_version
+            .as_ref()
+            .map_or_else(|| "2024-10-21".to_owned(), |v| v.get_ref().clone()),
+        default_max_tokens: c.positive(
+            p.default_max_tokens.as_ref(),
+            4096,
+            1_000_000,
+            "default_max_tokens",
+        ),
         base_url,
         api_key,
         headers,

@@ -2,7 +2,10 @@
 //!
 //! Same format in and out, so nothing is decoded here: the body goes upstream
 //! as bytes (with `model` rewritten by the caller when needed) and comes back
-//! as bytes, observed by [`UsageTail`] for token usage.
+//! as bytes, observed by [`UsageTail`] for token usage. [`types`] holds the
+//! typed shape that translation to and from other formats goes through.
+
+pub mod types;
 
 use bytes::Bytes;
 use http::header::{
@@ -11,11 +14,11 @@ use http::header::{
 };
 use http::{Method, Uri};
 use http_body_util::Full;
-use sluice_core::config::ProviderConfig;
+use sluice_core::config::{ProviderConfig, ProviderKind};
 use sluice_core::request::{Operation, Usage};
 use sluice_core::{ErrorKind, GatewayError};
 
-const UA: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
+pub const UA: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A provider's request template, built once per configuration snapshot so a
@@ -35,8 +38,14 @@ impl Endpoint {
                 format!("provider '{}': {what} is not valid", p.name),
             )
         };
+        // Azure addresses a deployment and versions its API in the query.
+        let query = match p.kind {
+            ProviderKind::Azure => format!("?api-version={}", p.api_version),
+            _ => String::new(),
+        };
         let uri = |path: &str| {
-            Uri::try_from(format!("{}{path}", p.base_url)).map_err(|_| invalid("base_url".into()))
+            Uri::try_from(format!("{}{path}{query}", p.base_url))
+                .map_err(|_| invalid("base_url".into()))
         };
         let mut headers = HeaderMap::with_capacity(5 + p.headers.len());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -46,10 +55,15 @@ impl Endpoint {
         );
         headers.insert(USER_AGENT, HeaderValue::from_static(UA));
         if let Some(key) = &p.api_key {
-            let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                .map_err(|_| invalid("api_key".into()))?;
+            let (name, value) = match p.kind {
+                ProviderKind::Azure => {
+                    (HeaderName::from_static("api-key"), key.expose().to_owned())
+                }
+                _ => (AUTHORIZATION, format!("Bearer {}", key.expose())),
+            };
+            let mut v = HeaderValue::try_from(value).map_err(|_| invalid("api_key".into()))?;
             v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+            headers.insert(name, v);
         }
         for (name, value) in &p.headers {
             let n = HeaderName::try_from(name.as_str())
@@ -85,7 +99,7 @@ impl Endpoint {
         let mut req = http::Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = match op {
-            Operation::Chat => self.chat.clone(),
+            Operation::Chat | Operation::Messages => self.chat.clone(),
             Operation::Embeddings => self.embeddings.clone(),
         };
         *req.headers_mut() = headers;
@@ -191,6 +205,24 @@ mod tests {
         let r = e.request(Operation::Embeddings, Bytes::new(), None);
         assert_eq!(r.uri(), "http://h:1/v1/embeddings");
         assert!(!r.headers().contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn azure_uses_api_key_header_and_version_query() {
+        let c = sluice_core::config::parse(
+            "[[providers]]\nname=\"az\"\nkind=\"azure\"\nbase_url=\"https://r.openai.azure.com/openai/deployments/d1\"\napi_key=\"k1\"\napi_version=\"2024-06-01\"\n",
+            "t",
+            &|_| None,
+        )
+        .unwrap();
+        let e = Endpoint::new(&c.providers[0]).unwrap();
+        let r = e.request(Operation::Chat, Bytes::new(), None);
+        assert_eq!(
+            r.uri(),
+            "https://r.openai.azure.com/openai/deployments/d1/chat/completions?api-version=2024-06-01"
+        );
+        assert_eq!(r.headers()["api-key"], "k1");
+        assert!(!r.headers().contains_key(AUTHORIZATION));
     }
 
     #[test]

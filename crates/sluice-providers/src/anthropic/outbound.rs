@@ -1,0 +1,363 @@
+//! OpenAI-format requests to an Anthropic target, and its answers back.
+//!
+//! Pure functions over wire types; the stream translator is a small state
+//! machine fed one Anthropic event at a time, emitting OpenAI chunks.
+
+use serde_json::{Map, Value, json};
+
+use super::types::{
+    Block, BlockDelta, ImageSource, Message, MessageContent, MessagesRequest, MessagesResponse,
+    Metadata, StreamEvent, Tool, ToolChoice, ToolResultContent,
+};
+use crate::openai::types::{
+    ChatRequest, ChatResponse, Choice, Chunk, ChunkChoice, Content, Delta, FunctionCall,
+    FunctionDelta, Message as OaMessage, ToolCall, ToolCallDelta, UsageOut,
+};
+
+/// The Anthropic request for an OpenAI chat request. `model` is the target's.
+pub fn request(req: ChatRequest, model: &str, default_max_tokens: u64) -> MessagesRequest {
+    let mut system = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    for m in req.messages {
+        match m.role.as_str() {
+            "system" | "developer" => {
+                if let Some(c) = m.content {
+                    system.push(c.text());
+                }
+            }
+            "tool" => push(
+                &mut messages,
+                "user",
+                vec![Block::ToolResult {
+                    tool_use_id: m.tool_call_id.unwrap_or_default(),
+                    content: m.content.map(|c| ToolResultContent::Text(c.text())),
+                    is_error: None,
+                }],
+            ),
+            "assistant" => {
+                let mut blocks = Vec::new();
+                if let Some(c) = m.content {
+                    let text = c.text();
+                    if !text.is_empty() {
+                        blocks.push(Block::text(text));
+                    }
+                }
+                for call in m.tool_calls.unwrap_or_default() {
+                    let input = serde_json::from_str(&call.function.arguments)
+                        .unwrap_or_else(|_| Value::Object(Map::new()));
+                    blocks.push(Block::ToolUse {
+                        id: call.id,
+                        name: call.function.name,
+                        input,
+                    });
+                }
+                push(&mut messages, "assistant", blocks);
+            }
+            _ => {
+                let blocks = match m.content {
+                    None => vec![],
+                    Some(Content::Text(t)) => vec![Block::text(t)],
+                    Some(Content::Parts(parts)) => parts
+                        .into_iter()
+                        .filter_map(|p| match (p.kind.as_str(), p.text, p.image_url) {
+                            ("text", Some(t), _) => Some(Block::text(t)),
+                            ("image_url", _, Some(img)) => Some(Block::Image {
+                                source: image_source(&img.url),
+                            }),
+                            _ => None,
+                        })
+                        .collect(),
+                };
+                push(&mut messages, "user", blocks);
+            }
+        }
+    }
+    let tool_choice = req.tool_choice.as_ref().and_then(|c| {
+        let mut choice = match c {
+            Value::String(s) if s == "auto" => tc("auto", None),
+            Value::String(s) if s == "required" => tc("any", None),
+            Value::String(s) if s == "none" => tc("none", None),
+            Value::Object(o) => {
+                let name = o.get("function")?.get("name")?.as_str()?;
+                tc("tool", Some(name.to_owned()))
+            }
+            _ => return None,
+        };
+        if req.parallel_tool_calls == Some(false) && choice.kind != "none" {
+            choice.disable_parallel_tool_use = Some(true);
+        }
+        Some(choice)
+    });
+    MessagesRequest {
+        model: model.to_owned(),
+        max_tokens: req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(default_max_tokens),
+        messages,
+        system: (!system.is_empty()).then(|| super::types::System::Text(system.join("\n\n"))),
+        stop_sequences: req.stop.map(|s| s.into_vec()),
+        // Anthropic's range is 0–1; OpenAI's is 0–2.
+        temperature: req.temperature.map(|t| t.clamp(0.0, 1.0)),
+        top_p: req.top_p,
+        top_k: None,
+        stream: req.stream,
+        tools: req.tools.map(|tools| {
+            tools
+                .into_iter()
+                .map(|t| Tool {
+                    name: t.function.name,
+                    description: t.function.description,
+                    input_schema: t
+                        .function
+                        .parameters
+                        .unwrap_or_else(|| json!({"type": "object"})),
+                })
+                .collect()
+        }),
+        tool_choice,
+        metadata: req.user.map(|u| Metadata { user_id: Some(u) }),
+        rest: Map::new(),
+    }
+}
+
+fn tc(kind: &str, name: Option<String>) -> ToolChoice {
+    ToolChoice {
+        kind: kind.to_owned(),
+        name,
+        disable_parallel_tool_use: None,
+    }
+}
+
+/// Appends blocks as a message of `role`, merging with the previous message
+/// of the same role (Anthropic wants user and assistant to alternate).
+fn push(messages: &mut Vec<Message>, role: &str, blocks: Vec<Block>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut()
+        && last.role == role
+        && let MessageContent::Blocks(existing) = &mut last.content
+    {
+        existing.extend(blocks);
+        return;
+    }
+    messages.push(Message {
+        role: role.to_owned(),
+        content: MessageContent::Blocks(blocks),
+    });
+}
+
+fn image_source(url: &str) -> ImageSource {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((meta, data)) = rest.split_once(',')
+        && let Some(media_type) = meta.strip_suffix(";base64")
+    {
+        return ImageSource::Base64 {
+            media_type: media_type.to_owned(),
+            data: data.to_owned(),
+        };
+    }
+    ImageSource::Url {
+        url: url.to_owned(),
+    }
+}
+
+pub fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
+    stop_reason.map(|r| {
+        match r {
+            "max_tokens" => "length",
+            "tool_use" => "tool_calls",
+            "refusal" => "content_filter",
+            _ => "stop", // end_turn, stop_sequence, pause_turn
+        }
+        .to_owned()
+    })
+}
+
+/// The OpenAI response for an Anthropic one.
+pub fn response(resp: MessagesResponse, created: u64) -> ChatResponse {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for b in resp.content {
+        match b {
+            Block::Text { text: t, .. } => text.push_str(&t),
+            Block::ToolUse { id, name, input } => calls.push(ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
+            }),
+            _ => {}
+        }
+    }
+    ChatResponse {
+        id: resp.id,
+        object: "chat.completion".into(),
+        created,
+        model: resp.model,
+        choices: vec![Choice {
+            index: 0,
+            message: OaMessage {
+                role: "assistant".into(),
+                content: (!text.is_empty() || calls.is_empty()).then_some(Content::Text(text)),
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                ..OaMessage::default()
+            },
+            finish_reason: finish_reason(resp.stop_reason.as_deref()),
+        }],
+        usage: Some(UsageOut::new(
+            resp.usage.prompt_tokens(),
+            resp.usage.output_tokens,
+        )),
+    }
+}
+
+/// Anthropic stream events → OpenAI chunks.
+#[derive(Debug, Default)]
+pub struct StreamToOpenAi {
+    id: String,
+    model: String,
+    created: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    /// (Anthropic block index, OpenAI tool-call index) of tool_use blocks.
+    tools: Vec<(u32, u32)>,
+    finish: Option<String>,
+}
+
+impl StreamToOpenAi {
+    pub fn new(created: u64) -> Self {
+        Self {
+            created,
+            ..Self::default()
+        }
+    }
+
+    /// (prompt, completion) tokens seen so far.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.input_tokens, self.output_tokens)
+    }
+
+    fn chunk(&self, delta: Delta, finish: Option<String>) -> Chunk {
+        Chunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish,
+            }],
+            usage: None,
+        }
+    }
+
+    /// Translates one event. `Err` carries an upstream error message.
+    pub fn event(&mut self, ev: StreamEvent, out: &mut Vec<Chunk>) -> Result<(), String> {
+        match ev {
+            StreamEvent::MessageStart { message } => {
+                self.id = message.id;
+                self.model = message.model;
+                self.input_tokens = message.usage.prompt_tokens();
+                self.output_tokens = message.usage.output_tokens;
+                out.push(self.chunk(
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                        tool_calls: None,
+                    },
+                    None,
+                ));
+            }
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block: Block::ToolUse { id, name, .. },
+            } => {
+                let tool_index = self.tools.len() as u32;
+                self.tools.push((index, tool_index));
+                out.push(self.chunk(
+                    Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: tool_index,
+                            id: Some(id),
+                            kind: Some("function".into()),
+                            function: Some(FunctionDelta {
+                                name: Some(name),
+                                arguments: Some(String::new()),
+                            }),
+                        }]),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            StreamEvent::ContentBlockStart {
+                content_block: Block::Text { text, .. },
+                ..
+            } if !text.is_empty() => out.push(self.chunk(
+                Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                },
+                None,
+            )),
+            StreamEvent::ContentBlockDelta { index, delta } => match delta {
+                BlockDelta::TextDelta { text } => out.push(self.chunk(
+                    Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    },
+                    None,
+                )),
+                BlockDelta::InputJsonDelta { partial_json } => {
+                    if let Some(&(_, tool_index)) = self.tools.iter().find(|(b, _)| *b == index) {
+                        out.push(self.chunk(
+                            Delta {
+                                tool_calls: Some(vec![ToolCallDelta {
+                                    index: tool_index,
+                                    function: Some(FunctionDelta {
+                                        name: None,
+                                        arguments: Some(partial_json),
+                                    }),
+                                    ..ToolCallDelta::default()
+                                }]),
+                                ..Delta::default()
+                            },
+                            None,
+                        ));
+                    }
+                }
+                _ => {} // thinking and signatures have no OpenAI chat equivalent
+            },
+            StreamEvent::MessageDelta { delta, usage } => {
+                if let Some(u) = usage {
+                    self.output_tokens = u.output_tokens;
+                    if u.prompt_tokens() > 0 {
+                        self.input_tokens = u.prompt_tokens();
+                    }
+                }
+                self.finish = finish_reason(delta.stop_reason.as_deref());
+            }
+            StreamEvent::MessageStop => {
+                let finish = self.finish.take().or_else(|| Some("stop".into()));
+                out.push(self.chunk(Delta::default(), finish));
+                let mut usage = self.chunk(Delta::default(), None);
+                usage.choices.clear();
+                usage.usage = Some(UsageOut::new(self.input_tokens, self.output_tokens));
+                out.push(usage);
+            }
+            StreamEvent::Error { error } => {
+                return Err(format!("{}: {}", error.kind, error.message));
+            }
+            StreamEvent::ContentBlockStart { .. }
+            | StreamEvent::ContentBlockStop { .. }
+            | StreamEvent::Ping
+            | StreamEvent::Unknown => {}
+        }
+        Ok(())
+    }
+}

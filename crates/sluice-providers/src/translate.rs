@@ -1,0 +1,361 @@
+//! Crossing wire formats on the response path.
+//!
+//! Streams go through an SSE decoder, an upstream-specific decoder to OpenAI
+//! chunks (the canonical shape), and a client-specific encoder. Same-format
+//! OpenAI streams take a cheaper filter that forwards event text verbatim and
+//! only parses the events that carry usage. JSON bodies are converted whole.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use sluice_core::request::Usage;
+
+use crate::anthropic::{inbound, outbound, types as at};
+use crate::openai::types as ot;
+use crate::sse::{self, Decoder, Event};
+use crate::{BodyError, BoxBody};
+
+/// A wire format, of a client or of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+/// Largest single SSE event accepted from an upstream.
+pub const MAX_EVENT: usize = 1 << 20;
+
+/// Token usage found by a translator, read when the response settles.
+#[derive(Debug, Default)]
+pub struct UsageCell(Mutex<Option<Usage>>);
+
+impl UsageCell {
+    pub fn set(&self, prompt: u64, completion: u64) {
+        *self.0.lock().expect("usage lock is never poisoned") = Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        });
+    }
+
+    pub fn get(&self) -> Option<Usage> {
+        *self.0.lock().expect("usage lock is never poisoned")
+    }
+}
+
+enum Decode {
+    OpenAi,
+    Anthropic(outbound::StreamToOpenAi),
+}
+
+enum Encode {
+    OpenAi { include_usage: bool },
+    Anthropic(inbound::StreamFromOpenAi),
+}
+
+enum Mode {
+    /// OpenAI in and out: event text passes verbatim; usage-only events are
+    /// dropped unless the client asked for them.
+    Filter {
+        include_usage: bool,
+    },
+    Translate(Box<(Decode, Encode)>),
+}
+
+/// A streamed response re-encoded for the client on the way through.
+pub struct StreamBody {
+    inner: BoxBody,
+    sse: Decoder,
+    mode: Mode,
+    usage: Arc<UsageCell>,
+    events: Vec<Event>,
+    upstream_done: bool,
+    ended: bool,
+    pending_error: Option<String>,
+}
+
+impl StreamBody {
+    /// `client_model` names the model in Anthropic events; `include_usage`
+    /// whether an OpenAI client asked for the usage chunk.
+    pub fn new(
+        inner: BoxBody,
+        upstream: Wire,
+        client: Wire,
+        client_model: &str,
+        include_usage: bool,
+        created: u64,
+        usage: Arc<UsageCell>,
+    ) -> Self {
+        let mode = match (upstream, client) {
+            (Wire::OpenAi, Wire::OpenAi) => Mode::Filter { include_usage },
+            (up, cl) => Mode::Translate(Box::new((
+                match up {
+                    Wire::OpenAi => Decode::OpenAi,
+                    Wire::Anthropic => Decode::Anthropic(outbound::StreamToOpenAi::new(created)),
+                },
+                match cl {
+                    Wire::OpenAi => Encode::OpenAi { include_usage },
+                    Wire::Anthropic => {
+                        Encode::Anthropic(inbound::StreamFromOpenAi::new(client_model))
+                    }
+                },
+            ))),
+        };
+        Self {
+            inner,
+            sse: Decoder::new(MAX_EVENT),
+            mode,
+            usage,
+            events: Vec::new(),
+            upstream_done: false,
+            ended: false,
+            pending_error: None,
+        }
+    }
+
+    /// Handles decoded events; `Err` is an upstream error reported in-stream.
+    fn handle(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        let mut chunks = Vec::new();
+        for ev in std::mem::take(&mut self.events) {
+            if self.upstream_done {
+                break;
+            }
+            match &mut self.mode {
+                Mode::Filter { include_usage } => {
+                    if ev.data == "[DONE]" {
+                        self.upstream_done = true;
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        continue;
+                    }
+                    if ev.data.contains("\"usage\"") {
+                        if let Ok(c) = serde_json::from_str::<UsageOnly>(&ev.data)
+                            && let Some(u) = c.usage
+                        {
+                            self.usage.set(u.prompt_tokens, u.completion_tokens);
+                            if c.choices.is_empty() && !*include_usage {
+                                continue;
+                            }
+                        }
+                    } else if ev.data.starts_with("{\"error\"") {
+                        return Err(upstream_error_message(&ev.data));
+                    }
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(ev.data.as_bytes());
+                    out.extend_from_slice(b"\n\n");
+                }
+                Mode::Translate(pair) => {
+                    match &mut pair.0 {
+                        Decode::OpenAi => {
+                            if ev.data == "[DONE]" {
+                                self.upstream_done = true;
+                                continue;
+                            }
+                            match serde_json::from_str::<ot::Chunk>(&ev.data) {
+                                Ok(c) => {
+                                    if let Some(u) = c.usage {
+                                        self.usage.set(u.prompt_tokens, u.completion_tokens);
+                                    }
+                                    chunks.push(c);
+                                }
+                                Err(_) if ev.data.contains("\"error\"") => {
+                                    return Err(upstream_error_message(&ev.data));
+                                }
+                                Err(_) => {} // not a chunk (comments, vendor extras)
+                            }
+                        }
+                        Decode::Anthropic(t) => {
+                            let Ok(event) = serde_json::from_str::<at::StreamEvent>(&ev.data)
+                            else {
+                                continue;
+                            };
+                            let stop = matches!(event, at::StreamEvent::MessageStop);
+                            t.event(event, &mut chunks)?;
+                            let (p, c) = t.usage();
+                            self.usage.set(p, c);
+                            if stop {
+                                self.upstream_done = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Mode::Translate(pair) = &mut self.mode {
+            for c in &chunks {
+                match &mut pair.1 {
+                    Encode::OpenAi { include_usage } => {
+                        if c.choices.is_empty() && c.usage.is_some() && !*include_usage {
+                            continue;
+                        }
+                        sse::push_data(out, c);
+                    }
+                    Encode::Anthropic(enc) => enc.chunk(c, out),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if let Mode::Translate(pair) = &mut self.mode {
+            match &mut pair.1 {
+                Encode::OpenAi { .. } => out.extend_from_slice(b"data: [DONE]\n\n"),
+                Encode::Anthropic(enc) => enc.finish(out),
+            }
+        } else if !self.upstream_done {
+            // The upstream ended without [DONE]: end the client's stream properly.
+            out.extend_from_slice(b"data: [DONE]\n\n");
+        }
+    }
+}
+
+/// The two fields the passthrough filter reads of a chunk.
+#[derive(serde::Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    choices: Vec<serde::de::IgnoredAny>,
+    usage: Option<ot::UsageOut>,
+}
+
+fn upstream_error_message(data: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .map_or_else(
+            || "upstream reported an error".to_owned(),
+            |m| format!("upstream error: {m}"),
+        )
+}
+
+#[derive(Debug)]
+struct StreamError(String);
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(msg) = this.pending_error.take() {
+                return Poll::Ready(Some(Err(Box::new(StreamError(msg)))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let mut out = Vec::new();
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = this.sse.feed(&data, &mut this.events) {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.sse.finish(&mut this.events);
+                    this.ended = true;
+                }
+            }
+            if let Err(msg) = this.handle(&mut out) {
+                this.ended = true;
+                if out.is_empty() {
+                    return Poll::Ready(Some(Err(Box::new(StreamError(msg)))));
+                }
+                // Deliver what came before the error; the error follows.
+                this.pending_error = Some(msg);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+            if this.ended {
+                this.finish(&mut out);
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.pending_error.is_none()
+    }
+}
+
+/// Converts a complete JSON response from `upstream`'s format to `client`'s.
+/// Returns the body and the usage it states.
+pub fn json_response(
+    upstream: Wire,
+    client: Wire,
+    body: &[u8],
+    client_model: &str,
+    created: u64,
+) -> Result<(Vec<u8>, Option<Usage>), String> {
+    let canonical: ot::ChatResponse = match upstream {
+        Wire::OpenAi => serde_json::from_slice(body).map_err(|e| e.to_string())?,
+        Wire::Anthropic => {
+            let r: at::MessagesResponse =
+                serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            outbound::response(r, created)
+        }
+    };
+    let usage = canonical.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    });
+    let out = match client {
+        Wire::OpenAi => serde_json::to_vec(&canonical),
+        Wire::Anthropic => serde_json::to_vec(&inbound::response(canonical, client_model)),
+    }
+    .expect("serializing to a Vec cannot fail");
+    Ok((out, usage))
+}
+
+/// The human message of an upstream error body, whatever its format.
+pub fn error_message(wire: Wire, body: &[u8]) -> String {
+    match wire {
+        Wire::OpenAi => serde_json::from_slice::<ot::ErrorBody>(body)
+            .map(|e| e.error.message)
+            .ok(),
+        Wire::Anthropic => serde_json::from_slice::<at::ErrorBody>(body)
+            .map(|e| e.error.message)
+            .ok(),
+    }
+    .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned())
+}
+
+/// An upstream error body re-stated in the client's format (status kept).
+pub fn error_body(upstream: Wire, client: Wire, status: u16, body: &[u8]) -> Option<Vec<u8>> {
+    if upstream == client {
+        return None;
+    }
+    let message = error_message(upstream, body);
+    Some(
+        match client {
+            Wire::Anthropic => serde_json::to_vec(&inbound::error_body(status, message)),
+            Wire::OpenAi => serde_json::to_vec(&serde_json::json!({
+                "error": {"message": message, "type": "upstream_error", "param": null,
+                          "code": format!("upstream_{status}")}
+            })),
+        }
+        .expect("serializing to a Vec cannot fail"),
+    )
+}
