@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod attempt;
+mod deliver;
 pub mod listener;
 pub mod metrics;
 pub mod observe;

@@ -1,0 +1,238 @@
+//! Handing a committed upstream response to the client in the client's wire
+//! format: straight through when formats match, re-encoded as it streams
+//! when they do not, converted whole for JSON bodies; and relaying an
+//! upstream's error restated the same way.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Response};
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody as FrameStream};
+use hyper::body::Frame;
+use sluice_core::request::Usage;
+use sluice_core::route::Admitted;
+use sluice_core::{ErrorKind, GatewayError};
+use sluice_providers::BoxBody;
+use sluice_providers::anthropic::types as at;
+use sluice_providers::translate::{self, StreamBody, UsageCell, Wire};
+use tokio::time::timeout_at;
+
+use crate::attempt::{Call, deadline_error};
+use crate::observe::{ObservedBody, Recorder, Watch};
+
+/// Largest non-streamed response converted between formats in memory.
+const CONVERT_LIMIT: usize = 32 << 20;
+
+/// Hands a committed response to the client in the client's format.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn deliver(
+    call: &Call<'_>,
+    head: http::response::Parts,
+    body: BoxBody,
+    first: Option<Frame<Bytes>>,
+    wire: Wire,
+    idle: Option<Duration>,
+    mut rec: Recorder,
+    adm: Admitted,
+) -> Response<Body> {
+    let status = head.status;
+    let mut headers = HeaderMap::new();
+    copy_response_headers(&head.headers, &mut headers);
+    let stream = call.peek.stream && status.is_success();
+    let same_format = wire == call.client;
+    let mut watch = Watch {
+        usage_tail: false,
+        idle,
+        deadline: Some(call.deadline),
+        sse: stream,
+        wire: call.client,
+        first: None,
+        target: Some(adm),
+        usage_cell: None,
+    };
+
+    let body: BoxBody = if stream {
+        if same_format && wire == Wire::OpenAi && call.include_usage {
+            // The pure passthrough: bytes as they come, usage read from the tail.
+            watch.usage_tail = true;
+            watch.first = first;
+            body
+        } else {
+            let cell = Arc::new(UsageCell::default());
+            watch.usage_cell = Some(cell.clone());
+            StreamBody::new(
+                prepend(first, body),
+                wire,
+                call.client,
+                call.client_model,
+                call.include_usage,
+                unix_now(),
+                cell,
+            )
+            .boxed_unsync()
+        }
+    } else if same_format && wire == Wire::OpenAi {
+        watch.usage_tail = true;
+        watch.first = first;
+        body
+    } else {
+        // A whole JSON body to convert (or an Anthropic body to read usage from).
+        let collected = timeout_at(
+            call.deadline,
+            collect_limited(prepend(first, body), CONVERT_LIMIT),
+        )
+        .await;
+        let bytes = match collected {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return rec.reply_error(&GatewayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("could not read the upstream response: {e}"),
+                ));
+            }
+            Err(_) => return rec.reply_error(&deadline_error(call.budget)),
+        };
+        let converted = if !status.is_success() {
+            Ok(
+                translate::error_body(wire, call.client, status.as_u16(), &bytes)
+                    .map(Bytes::from)
+                    .unwrap_or(bytes),
+            )
+        } else if same_format {
+            if let Ok(r) = serde_json::from_slice::<at::MessagesResponse>(&bytes) {
+                rec.set_usage(Usage {
+                    prompt_tokens: r.usage.prompt_tokens(),
+                    completion_tokens: r.usage.output_tokens,
+                });
+            }
+            Ok(bytes)
+        } else {
+            translate::json_response(wire, call.client, &bytes, call.client_model, unix_now()).map(
+                |(out, usage)| {
+                    if let Some(u) = usage {
+                        rec.set_usage(u);
+                    }
+                    Bytes::from(out)
+                },
+            )
+        };
+        match converted {
+            Ok(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
+            Err(e) => {
+                return rec.reply_error(&GatewayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("the upstream's response could not be read as {wire:?}: {e}"),
+                ));
+            }
+        }
+    };
+    let mut out = Response::new(Body::new(ObservedBody::new(body, rec, watch)));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// The last upstream error, restated in the client's format.
+pub(crate) fn relay_error(
+    call: &Call<'_>,
+    head: http::response::Parts,
+    body: Bytes,
+    wire: Wire,
+) -> Response<Body> {
+    let body = translate::error_body(wire, call.client, head.status.as_u16(), &body)
+        .map(Bytes::from)
+        .unwrap_or(body);
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = head.status;
+    copy_response_headers(&head.headers, out.headers_mut());
+    if wire != call.client {
+        out.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    out
+}
+
+fn prepend(first: Option<Frame<Bytes>>, rest: BoxBody) -> BoxBody {
+    match first {
+        None => rest,
+        Some(f) => {
+            let head = futures_util::stream::iter([Ok::<_, sluice_providers::BodyError>(f)]);
+            let stream = futures_util::StreamExt::chain(head, BodyStream::new(rest));
+            FrameStream::new(stream).boxed_unsync()
+        }
+    }
+}
+
+/// A whole body, refusing more than `limit` bytes.
+async fn collect_limited(mut body: BoxBody, limit: usize) -> Result<Bytes, String> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(format!("response larger than {limit} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+pub(crate) fn box_err(e: hyper::Error) -> sluice_providers::BodyError {
+    Box::new(e)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `said` with our key (and anything shaped like an API key) masked.
+pub(crate) fn redact_secrets(said: &str, key: Option<&str>) -> String {
+    let mut out = match key {
+        Some(k) if k.len() >= 4 => said.replace(k, "[redacted]"),
+        _ => said.to_owned(),
+    };
+    // Providers echo a masked key ("sk-abc***xyz"); mask those wholly too.
+    let words: Vec<String> = out
+        .split(' ')
+        .map(|w| {
+            if w.starts_with("sk-") || w.starts_with("sk_") || w.contains("***") {
+                "[redacted]".to_owned()
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect();
+    out = words.join(" ");
+    out
+}
+
+/// Relays the upstream's headers except hop-by-hop ones, the length (the body
+/// states its own) and cookies (the upstream's session is not the client's).
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    use http::header::{
+        CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE,
+    };
+    to.reserve(from.len());
+    for (name, value) in from {
+        let skip = name == CONNECTION
+            || name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == TE
+            || name == TRAILER
+            || name == UPGRADE
+            || name == PROXY_AUTHENTICATE
+            || name == SET_COOKIE
+            || name == "keep-alive"
+            || name == "proxy-connection";
+        if !skip {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
