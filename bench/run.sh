@@ -44,9 +44,20 @@ name = "up"
 kind = "openai"
 base_url = "http://127.0.0.1:$UP/v1"
 api_key = "sk-bench"
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "http://127.0.0.1:$UP/v1"
+api_key = "sk-bench"
 [[models]]
 name = "bench"
 targets = [{ provider = "up" }]
+[[models]]
+name = "stream-openai"
+targets = [{ provider = "up", model = "tokens-64" }]
+[[models]]
+name = "stream-anthropic"
+targets = [{ provider = "claude", model = "tokens-64" }]
 TOML
 SLUICE_LOG=warn taskset -c 0 "$TARGET/release/sluice" serve --config "$WORK/sluice.toml" > "$WORK/sluice.out" 2> "$WORK/sluice.err" &
 SLUICE_PID=$!
@@ -98,6 +109,22 @@ for c in "$CONNS" 1; do
   run sluice "http://127.0.0.1:$GW" "$SLUICE_PID" "$c"
 done
 
+# Streaming: CPU per streamed token through Sluice, plain OpenAI passthrough
+# (usage asked: bytes forwarded as they come), OpenAI with usage filtered
+# (usage not asked), and OpenAI client -> Anthropic upstream (translated).
+stream_run() { # name model usage
+  local before after out="$WORK/stream-$1"
+  MODEL=$2 USAGE=$3 taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s bench/stream.lua "http://127.0.0.1:$GW/v1/chat/completions" > /dev/null
+  before=$(cpu_ticks "$SLUICE_PID")
+  MODEL=$2 USAGE=$3 taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s bench/stream.lua "http://127.0.0.1:$GW/v1/chat/completions" | tail -n 1 > "$out.json"
+  after=$(cpu_ticks "$SLUICE_PID")
+  echo "$((after - before))" > "$out.cpu"
+  echo "stream $1: $(cat "$out.json")"
+}
+stream_run passthrough stream-openai 1
+stream_run filtered stream-openai 0
+stream_run anthropic stream-anthropic 0
+
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SLUICE_PID/status")
 python3 - "$WORK" "$RSS_KB" "$DUR" "$CONNS" <<'PY'
 import json, sys, platform, datetime, os
@@ -139,6 +166,25 @@ for c in (conns, 1):
           f" CPU per request {s['sluice_vs_nginx_cpu_per_request']:.2f}x nginx's")
     print(f"added latency vs direct: sluice p50 {s['sluice_added_p50_us']} µs, p99 {s['sluice_added_p99_us']} µs;"
           f" nginx p50 {s['nginx_added_p50_us']} µs, p99 {s['nginx_added_p99_us']} µs")
+TOKENS = 64
+st = {}
+for n in ("passthrough", "filtered", "anthropic"):
+    v = json.load(open(f"{work}/stream-{n}.json"))
+    ticks = int(open(f"{work}/stream-{n}.cpu").read())
+    v["cpu_ns_per_token"] = round(ticks / hz * 1e9 / (v["requests"] * TOKENS), 1)
+    v["rps"] = round(v["requests"] / (v["duration_us"] / 1e6))
+    st[n] = v
+out["stream"] = {
+    "tokens_per_response": TOKENS,
+    "runs": st,
+    "filtered_vs_passthrough_cpu_per_token": round(st["filtered"]["cpu_ns_per_token"] / st["passthrough"]["cpu_ns_per_token"], 2),
+    "anthropic_vs_passthrough_cpu_per_token": round(st["anthropic"]["cpu_ns_per_token"] / st["passthrough"]["cpu_ns_per_token"], 2),
+}
+print(f"\nstreaming ({TOKENS} tokens per response, {conns} connections):")
+for n, v in st.items():
+    print(f"  {n:12} {v['rps']:6d} streams/s  {v['cpu_ns_per_token']:8.1f} ns CPU/token  errors {v['socket_errors'] + v['non2xx']}")
+print(f"  CPU per token vs passthrough: filtered {out['stream']['filtered_vs_passthrough_cpu_per_token']}x, "
+      f"anthropic translation {out['stream']['anthropic_vs_passthrough_cpu_per_token']}x")
 print(f"\nsluice peak RSS: {out['sluice_peak_rss_mib']} MiB")
 json.dump(out, open("bench/results/latest.json", "w"), indent=2)
 PY

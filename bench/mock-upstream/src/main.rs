@@ -10,6 +10,7 @@
 //! - `drip-NNN`: streams a chunk every NNN ms, 200 chunks; a client that goes
 //!   away is counted in `cancelled`.
 //! - `reset`: starts a stream, then drops the connection mid-way.
+//! - `tokens-N`: a streamed answer of N tokens (OpenAI and Anthropic formats).
 //!
 //! `GET /_stats` → `{"requests":N,"cancelled":N,"failed":N}`; `GET /_last` → the
 //! last request's headers and raw body, to check what the gateway forwarded.
@@ -193,6 +194,17 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
     if path.ends_with("/messages") {
         return Ok(anthropic(&parsed, &headers, stream));
     }
+    if let Some((_, action)) = path.rsplit_once(':') {
+        let gemini_model = path
+            .rsplit_once("/models/")
+            .map_or("", |(_, m)| m.split(':').next().unwrap_or(""));
+        return Ok(gemini(
+            &parsed,
+            &headers,
+            gemini_model,
+            action == "streamGenerateContent",
+        ));
+    }
     if let Some(code) = model
         .strip_prefix("status-")
         .and_then(|c| c.parse::<u16>().ok())
@@ -247,7 +259,7 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
             .as_bool()
             .unwrap_or(false);
         let mut out = String::with_capacity(1024);
-        for (i, word) in ["Hello", " from", " the", " mock", " upstream"]
+        for (i, word) in words(&parsed, &["Hello", " from", " the", " mock", " upstream"])
             .iter()
             .enumerate()
         {
@@ -411,11 +423,12 @@ fn anthropic(
         json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
     );
     ev("ping", json!({"type": "ping"}));
-    let words: &[&str] = if tool.is_some() {
+    let default_words: &[&str] = if tool.is_some() {
         &["Let me", " check."]
     } else {
         &["Hello", " from the", " mock anthropic"]
     };
+    let words = words(req, default_words);
     for w in words {
         ev(
             "content_block_delta",
@@ -457,6 +470,91 @@ fn anthropic(
         hyper::header::HeaderValue::from_static("text/event-stream"),
     );
     r
+}
+
+/// Gemini's generateContent: text, or a function call when tools are offered
+/// and the last turn is the user's own words; streamed as SSE (`alt=sse`).
+fn gemini(
+    req: &Value,
+    headers: &serde_json::Map<String, Value>,
+    model: &str,
+    stream: bool,
+) -> Response<Body> {
+    if !headers.contains_key("x-goog-api-key") {
+        return json_resp(
+            403,
+            &json!({"error": {"code": 403, "message": "missing x-goog-api-key", "status": "PERMISSION_DENIED"}}),
+        );
+    }
+    if let Some(code) = model
+        .strip_prefix("status-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        return json_resp(
+            code,
+            &json!({"error": {"code": code, "message": format!("mock gemini says {code}"), "status": "RESOURCE_EXHAUSTED"}}),
+        );
+    }
+    let last = req["contents"].as_array().and_then(|c| c.last());
+    let user_words = last.is_some_and(|m| {
+        m["role"] == "user"
+            && m["parts"]
+                .as_array()
+                .is_some_and(|p| p.iter().all(|p| p.get("functionResponse").is_none()))
+    });
+    let tool = req["tools"][0]["functionDeclarations"][0]["name"]
+        .as_str()
+        .filter(|_| user_words);
+    let usage = json!({"promptTokenCount": 12, "candidatesTokenCount": 6, "totalTokenCount": 18});
+    let version = format!("{model}-001");
+    if !stream {
+        let parts = match tool {
+            Some(name) => json!([{"functionCall": {"name": name, "args": {"city": "Paris"}}}]),
+            None => json!([{"text": "Hello from the mock gemini"}]),
+        };
+        return json_resp(
+            200,
+            &json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage, "modelVersion": version, "responseId": "gem-1"}),
+        );
+    }
+    let mut out = String::new();
+    let pieces: Vec<Value> = match tool {
+        Some(name) => vec![json!({"functionCall": {"name": name, "args": {"city": "Paris"}}})],
+        None => ["Hello", " from the", " mock gemini"]
+            .iter()
+            .map(|t| json!({"text": t}))
+            .collect(),
+    };
+    let n = pieces.len();
+    for (i, part) in pieces.into_iter().enumerate() {
+        let mut ev = json!({"candidates": [{"content": {"role": "model", "parts": [part]}, "index": 0}], "modelVersion": version});
+        if i + 1 == n {
+            ev["candidates"][0]["finishReason"] = json!("STOP");
+            ev["usageMetadata"] = usage.clone();
+        }
+        out.push_str(&format!("data: {ev}\r\n\r\n"));
+    }
+    let mut r = Response::new(full(out.into_bytes()));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// The words of a streamed answer: the defaults, or N copies of " tok" for a
+/// model named `tokens-N` (benchmarks ask for a given length that way, since
+/// the model name survives every translation).
+fn words(req: &Value, default: &[&'static str]) -> Vec<&'static str> {
+    match req["model"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("tokens-"))
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        Some(n) if n > 0 => vec![" tok"; n.min(4096)],
+        _ => default.to_vec(),
+    }
 }
 
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {

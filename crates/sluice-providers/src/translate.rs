@@ -14,6 +14,7 @@ use http_body::{Body, Frame};
 use sluice_core::request::Usage;
 
 use crate::anthropic::{inbound, outbound, types as at};
+use crate::gemini::translate as gemini;
 use crate::openai::types as ot;
 use crate::sse::{self, Decoder, Event};
 use crate::{BodyError, BoxBody};
@@ -23,6 +24,8 @@ use crate::{BodyError, BoxBody};
 pub enum Wire {
     OpenAi,
     Anthropic,
+    /// Upstream only: Gemini's `generateContent`.
+    Gemini,
 }
 
 /// Largest single SSE event accepted from an upstream.
@@ -48,6 +51,7 @@ impl UsageCell {
 enum Decode {
     OpenAi,
     Anthropic(outbound::StreamToOpenAi),
+    Gemini(gemini::StreamToOpenAi),
 }
 
 enum Encode {
@@ -94,9 +98,12 @@ impl StreamBody {
                 match up {
                     Wire::OpenAi => Decode::OpenAi,
                     Wire::Anthropic => Decode::Anthropic(outbound::StreamToOpenAi::new(created)),
+                    Wire::Gemini => {
+                        Decode::Gemini(gemini::StreamToOpenAi::new(client_model, created))
+                    }
                 },
                 match cl {
-                    Wire::OpenAi => Encode::OpenAi { include_usage },
+                    Wire::OpenAi | Wire::Gemini => Encode::OpenAi { include_usage },
                     Wire::Anthropic => {
                         Encode::Anthropic(inbound::StreamFromOpenAi::new(client_model))
                     }
@@ -165,7 +172,25 @@ impl StreamBody {
                                 Err(_) => {} // not a chunk (comments, vendor extras)
                             }
                         }
+                        Decode::Gemini(t) => {
+                            if let Ok(resp) =
+                                serde_json::from_str::<gemini::GenerateResponse>(&ev.data)
+                            {
+                                t.event(resp, &mut chunks);
+                                if let Some((p, c)) = t.usage() {
+                                    self.usage.set(p, c);
+                                }
+                            } else if ev.data.contains("\"error\"") {
+                                return Err(upstream_error_message(&ev.data));
+                            }
+                        }
                         Decode::Anthropic(t) => {
+                            if matches!(pair.1, Encode::OpenAi { .. })
+                                && chunks.is_empty()
+                                && t.text_delta_fast(&ev.data, out)
+                            {
+                                continue;
+                            }
                             let Ok(event) = serde_json::from_str::<at::StreamEvent>(&ev.data)
                             else {
                                 continue;
@@ -181,6 +206,13 @@ impl StreamBody {
                     }
                 }
             }
+        }
+        if self.ended
+            && let Mode::Translate(pair) = &mut self.mode
+            && let Decode::Gemini(t) = &mut pair.0
+        {
+            // Gemini has no end marker: the stream's end is the message's end.
+            t.finish(&mut chunks);
         }
         if let Mode::Translate(pair) = &mut self.mode {
             for c in &chunks {
@@ -311,6 +343,11 @@ pub fn json_response(
 ) -> Result<(Vec<u8>, Option<Usage>), String> {
     let canonical: ot::ChatResponse = match upstream {
         Wire::OpenAi => serde_json::from_slice(body).map_err(|e| e.to_string())?,
+        Wire::Gemini => {
+            let r: gemini::GenerateResponse =
+                serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            gemini::response(r, client_model, created)
+        }
         Wire::Anthropic => {
             let r: at::MessagesResponse =
                 serde_json::from_slice(body).map_err(|e| e.to_string())?;
@@ -322,7 +359,7 @@ pub fn json_response(
         completion_tokens: u.completion_tokens,
     });
     let out = match client {
-        Wire::OpenAi => serde_json::to_vec(&canonical),
+        Wire::OpenAi | Wire::Gemini => serde_json::to_vec(&canonical),
         Wire::Anthropic => serde_json::to_vec(&inbound::response(canonical, client_model)),
     }
     .expect("serializing to a Vec cannot fail");
@@ -332,7 +369,8 @@ pub fn json_response(
 /// The human message of an upstream error body, whatever its format.
 pub fn error_message(wire: Wire, body: &[u8]) -> String {
     match wire {
-        Wire::OpenAi => serde_json::from_slice::<ot::ErrorBody>(body)
+        // Gemini's error body has the same `error.message`.
+        Wire::OpenAi | Wire::Gemini => serde_json::from_slice::<ot::ErrorBody>(body)
             .map(|e| e.error.message)
             .ok(),
         Wire::Anthropic => serde_json::from_slice::<at::ErrorBody>(body)
@@ -351,7 +389,7 @@ pub fn error_body(upstream: Wire, client: Wire, status: u16, body: &[u8]) -> Opt
     Some(
         match client {
             Wire::Anthropic => serde_json::to_vec(&inbound::error_body(status, message)),
-            Wire::OpenAi => serde_json::to_vec(&serde_json::json!({
+            Wire::OpenAi | Wire::Gemini => serde_json::to_vec(&serde_json::json!({
                 "error": {"message": message, "type": "upstream_error", "param": null,
                           "code": format!("upstream_{status}")}
             })),

@@ -10,7 +10,7 @@ use sluice_core::GatewayError;
 use sluice_core::config::{Config, ProviderKind};
 use sluice_core::route::RouteTable;
 use sluice_providers::transport::{self, UpstreamClient};
-use sluice_providers::{anthropic, openai};
+use sluice_providers::{anthropic, gemini, openai};
 
 use crate::metrics::Metrics;
 
@@ -33,6 +33,7 @@ pub struct Upstream {
 pub enum Endpoint {
     OpenAi(openai::Endpoint),
     Anthropic(anthropic::Endpoint),
+    Gemini(gemini::Endpoint),
 }
 
 impl Snapshot {
@@ -47,6 +48,7 @@ impl Snapshot {
                         Endpoint::OpenAi(openai::Endpoint::new(p)?)
                     }
                     ProviderKind::Anthropic => Endpoint::Anthropic(anthropic::Endpoint::new(p)?),
+                    ProviderKind::Gemini => Endpoint::Gemini(gemini::Endpoint::new(p)?),
                     ProviderKind::Mock => return Ok(None),
                 };
                 Ok(Some(Upstream {

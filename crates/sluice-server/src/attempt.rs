@@ -23,7 +23,7 @@ use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::anthropic::outbound;
 use sluice_providers::openai::types::ChatRequest;
 use sluice_providers::translate::{self, Wire};
-use sluice_providers::{BoxBody, mock, transport};
+use sluice_providers::{BoxBody, gemini, mock, transport};
 use tokio::time::{Instant, timeout_at};
 
 use crate::app::{Endpoint, Snapshot};
@@ -258,37 +258,36 @@ async fn attempt(call: &Call<'_>, model: &ModelRoute, index: usize) -> Attempt {
             )
         }
         Endpoint::Anthropic(e) => {
+            if call.op == Operation::Embeddings {
+                return no_embeddings(provider);
+            }
             let body = match &call.native {
                 Some((native, span)) => {
                     Bytes::from(request::rewrite_model(native, span.clone(), &target.model))
                 }
-                None => match serde_json::from_slice::<ChatRequest>(call.body) {
-                    Ok(req) => Bytes::from(
-                        serde_json::to_vec(&outbound::request(
-                            req,
-                            &target.model,
-                            provider.default_max_tokens,
-                        ))
-                        .expect("serializing to a Vec cannot fail"),
-                    ),
-                    Err(err) => {
-                        return Attempt::Reject(GatewayError::new(
-                            ErrorKind::InvalidRequest,
-                            format!("invalid request: {err}"),
-                        ));
-                    }
+                None => match canonical(call) {
+                    Ok(req) => json_bytes(&outbound::request(
+                        req,
+                        &target.model,
+                        provider.default_max_tokens,
+                    )),
+                    Err(e) => return Attempt::Reject(e),
                 },
             };
-            if call.op == Operation::Embeddings {
-                return Attempt::Reject(GatewayError::new(
-                    ErrorKind::UnsupportedOperation,
-                    format!(
-                        "provider '{}' (anthropic) has no embeddings API",
-                        provider.name
-                    ),
-                ));
-            }
             (e.request(body, Some(call.request_id)), Wire::Anthropic)
+        }
+        Endpoint::Gemini(e) => {
+            if call.op == Operation::Embeddings {
+                return no_embeddings(provider);
+            }
+            let body = match canonical(call) {
+                Ok(req) => json_bytes(&gemini::translate::request(req)),
+                Err(e) => return Attempt::Reject(e),
+            };
+            match e.request(&target.model, call.peek.stream, body, Some(call.request_id)) {
+                Ok(r) => (r, Wire::Gemini),
+                Err(e) => return Attempt::Reject(e),
+            }
         }
     };
     let started = Instant::now();
@@ -391,6 +390,26 @@ async fn attempt(call: &Call<'_>, model: &ModelRoute, index: usize) -> Attempt {
         failure: Failure::Upstream { head, body, wire },
         retry_after,
     }
+}
+
+/// The request in the typed OpenAI shape, for translation to another format.
+fn canonical(call: &Call<'_>) -> Result<ChatRequest, GatewayError> {
+    serde_json::from_slice(call.body)
+        .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}")))
+}
+
+fn json_bytes(v: &impl serde::Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("serializing to a Vec cannot fail"))
+}
+
+fn no_embeddings(provider: &sluice_core::config::ProviderConfig) -> Attempt {
+    Attempt::Reject(GatewayError::new(
+        ErrorKind::UnsupportedOperation,
+        format!(
+            "provider '{}' ({}) has no embeddings endpoint behind this gateway",
+            provider.name, provider.preset
+        ),
+    ))
 }
 
 /// The built-in mock: an OpenAI-format answer produced in process.

@@ -130,8 +130,8 @@ impl Drop for Recorder {
 
 pub fn error_response(e: &GatewayError, wire: Wire) -> Response<Body> {
     let body = match wire {
-        Wire::OpenAi => e.to_openai_json(),
         Wire::Anthropic => e.to_anthropic_json(),
+        Wire::OpenAi | Wire::Gemini => e.to_openai_json(),
     };
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -234,7 +234,7 @@ impl ObservedBody {
         if self.sse {
             let mut event = Vec::with_capacity(160);
             match self.wire {
-                Wire::OpenAi => {
+                Wire::OpenAi | Wire::Gemini => {
                     event.extend_from_slice(b"data: ");
                     event.extend_from_slice(&e.to_openai_json());
                 }

@@ -81,6 +81,8 @@ pub enum ProviderKind {
     Azure,
     /// The Anthropic Messages API.
     Anthropic,
+    /// Google Gemini's `generateContent`.
+    Gemini,
     /// The built-in deterministic provider.
     Mock,
 }

@@ -116,7 +116,7 @@ targets = []
         "t.toml:7:12: base_url must be an http:// or https:// URL with a host",
         "t.toml:8:11: environment variable 'MISSING_KEY' is not set",
         "t.toml:11:8: duplicate provider name 'a'",
-        "t.toml:12:8: unknown provider kind 'martian' (supported: openai, anthropic, azure, groq, mistral, deepseek, together, openrouter, ollama, vllm, mock)",
+        "t.toml:12:8: unknown provider kind 'martian' (supported: openai, anthropic, gemini, azure, groq, mistral, deepseek, together, openrouter, ollama, vllm, mock)",
         "t.toml:16:25: target names unknown provider 'ghost'",
         "t.toml:20:11: model 'empty' needs at least one target",
     ];

@@ -16,7 +16,7 @@ use super::{
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
-const KNOWN_LATER: &[&str] = &["gemini", "local"];
+const KNOWN_LATER: &[&str] = &["local"];
 
 /// Provider kinds: the wire format each speaks and its default base URL.
 /// The OpenAI-compatible family differs only in where it lives.
@@ -26,6 +26,11 @@ const PRESETS: &[(&str, ProviderKind, &str)] = &[
         "anthropic",
         ProviderKind::Anthropic,
         "https://api.anthropic.com/v1",
+    ),
+    (
+        "gemini",
+        ProviderKind::Gemini,
+        "https://generativelanguage.googleapis.com/v1beta",
     ),
     ("azure", ProviderKind::Azure, ""),
     (

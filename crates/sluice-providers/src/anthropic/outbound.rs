@@ -221,6 +221,9 @@ pub struct StreamToOpenAi {
     id: String,
     model: String,
     created: u64,
+    /// `data: {"id":…,"choices":[{"index":0,"delta":{"content":` — the part of
+    /// every text chunk that never changes, rendered once per stream.
+    text_prefix: Vec<u8>,
     input_tokens: u64,
     output_tokens: u64,
     /// (Anthropic block index, OpenAI tool-call index) of tool_use blocks.
@@ -256,6 +259,40 @@ impl StreamToOpenAi {
         }
     }
 
+    /// The hot path: a text delta written straight out as an OpenAI SSE
+    /// event, without building the event or the chunk as values. Returns
+    /// false when `data` is anything else (the caller takes the general path).
+    pub fn text_delta_fast(&mut self, data: &str, out: &mut Vec<u8>) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Ev<'a> {
+            #[serde(borrow)]
+            delta: D<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct D<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(borrow)]
+            text: Option<std::borrow::Cow<'a, str>>,
+        }
+        if self.text_prefix.is_empty() || !data.starts_with("{\"type\":\"content_block_delta\"") {
+            return false;
+        }
+        let Ok(ev) = serde_json::from_str::<Ev<'_>>(data) else {
+            return false;
+        };
+        let (kind, Some(text)) = (ev.delta.kind, ev.delta.text) else {
+            return false;
+        };
+        if kind != "text_delta" {
+            return false;
+        }
+        out.extend_from_slice(&self.text_prefix);
+        serde_json::to_writer(&mut *out, &text).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(b"},\"finish_reason\":null}]}\n\n");
+        true
+    }
+
     /// Translates one event. `Err` carries an upstream error message.
     pub fn event(&mut self, ev: StreamEvent, out: &mut Vec<Chunk>) -> Result<(), String> {
         match ev {
@@ -264,6 +301,21 @@ impl StreamToOpenAi {
                 self.model = message.model;
                 self.input_tokens = message.usage.prompt_tokens();
                 self.output_tokens = message.usage.output_tokens;
+                let probe = self.chunk(
+                    Delta {
+                        content: Some(String::new()),
+                        ..Delta::default()
+                    },
+                    None,
+                );
+                let mut rendered = b"data: ".to_vec();
+                serde_json::to_writer(&mut rendered, &probe).expect("writing to a Vec cannot fail");
+                // Cut at the content value: `…"delta":{"content":` + `""}…`.
+                let cut = memchr::memmem::rfind(&rendered, b"\"content\":\"\"")
+                    .expect("the probe chunk has an empty content")
+                    + b"\"content\":".len();
+                rendered.truncate(cut);
+                self.text_prefix = rendered;
                 out.push(self.chunk(
                     Delta {
                         role: Some("assistant".into()),

@@ -1,0 +1,16 @@
+-- wrk script: a streamed chat completion (64 tokens from the mock upstream).
+-- MODEL picks the route (an OpenAI-format or an Anthropic-format target);
+-- USAGE=1 asks for the usage chunk (the pure passthrough path).
+local model = os.getenv("MODEL") or "stream-openai"
+local usage = os.getenv("USAGE") == "1" and ',"stream_options":{"include_usage":true}' or ""
+wrk.method = "POST"
+wrk.body = '{"model":"' .. model .. '","stream":true' .. usage .. ',"messages":[{"role":"user","content":"Stream to the benchmark"}]}'
+wrk.headers["Content-Type"] = "application/json"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
