@@ -72,10 +72,11 @@ pub struct App {
     /// The metric label for requests that never reached a route.
     pub none_label: Arc<str>,
     pub started_unix: u64,
+    pub log_control: crate::LogControl,
 }
 
 impl App {
-    pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
+    pub fn new(config: Config, log_control: crate::LogControl) -> Result<Arc<Self>, GatewayError> {
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
             metrics: Metrics::new(),
@@ -84,6 +85,7 @@ impl App {
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            log_control,
         }))
     }
 }

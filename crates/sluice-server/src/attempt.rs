@@ -133,6 +133,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                 tokio::time::sleep(pause).await;
             }
             attempts += 1;
+            rec.attempts = attempts;
             let target = &model.targets[adm.index];
             let provider = &call.snap.config.providers[target.provider];
             rec.model = model.name.clone();

@@ -4,6 +4,7 @@ pub mod app;
 pub mod attempt;
 mod deliver;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod proxy;
@@ -17,8 +18,10 @@ use sluice_core::config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use logging::LogControl;
+
 /// Binds both listeners, prints the ready line, and serves until SIGINT/SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -33,7 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|m| m.name.to_string())
         .unwrap_or_else(|| "MODEL".to_owned());
     let server_cfg = config.server.clone();
-    let app = app::App::new(config)?;
+    let app = app::App::new(config, log_control)?;
 
     let (tx, rx) = watch::channel(false);
     let api = tokio::spawn(listener::serve(

@@ -17,6 +17,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
+use sluice_core::config::Sampling;
 use sluice_core::request::Usage;
 use sluice_core::resilience::{Outcome, now_nanos};
 use sluice_core::route::Admitted;
@@ -43,11 +44,18 @@ pub struct Recorder {
     finished: bool,
     /// The client's wire format, for error bodies.
     pub wire: Wire,
+    pub request_id: Option<http::HeaderValue>,
+    /// Upstream attempts made (for the access log).
+    pub attempts: u32,
+    sampling: Sampling,
+    access_log: bool,
 }
 
 impl Recorder {
     pub fn start(app: &Arc<App>, route: &'static str) -> Self {
         app.metrics.active_requests.inc();
+        let logging = &app.snapshot.load().config.logging;
+        let (sampling, access_log) = (logging.sampling_for(route), logging.access_log);
         Self {
             app: app.clone(),
             route,
@@ -59,6 +67,10 @@ impl Recorder {
             usage: None,
             finished: false,
             wire: Wire::OpenAi,
+            request_id: None,
+            attempts: 0,
+            sampling,
+            access_log,
         }
     }
 
@@ -118,13 +130,40 @@ impl Drop for Recorder {
         if let Some(u) = self.usage {
             m.record_usage(&self.model, &self.provider, u);
         }
+        let elapsed = self.start.elapsed();
         let labels = crate::metrics::RequestLabels {
             route: self.route,
             model: self.model.clone(),
             provider: self.provider.clone(),
             status: self.status,
         };
-        m.record_request(&labels, self.start.elapsed());
+        m.record_request(&labels, elapsed);
+        if self.access_log
+            && crate::logging::should_log(
+                self.sampling,
+                self.status,
+                elapsed,
+                crate::logging::draw(),
+            )
+        {
+            let (input, output) = self.usage.map_or((None, None), |u| {
+                (Some(u.prompt_tokens), Some(u.completion_tokens))
+            });
+            tracing::info!(
+                target: "sluice::access",
+                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                route = self.route,
+                model = &*self.model,
+                provider = &*self.provider,
+                status = self.status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                input_tokens = input,
+                output_tokens = output,
+                attempts = self.attempts,
+                cancelled = !self.finished,
+                "request"
+            );
+        }
     }
 }
 

@@ -34,8 +34,9 @@ pub async fn handle(
     req: Request<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let rec = Recorder::start(&app, route);
+    let mut rec = Recorder::start(&app, route);
     let request_id = request_id(req.headers());
+    rec.request_id = Some(request_id.clone());
     let mut resp = proxy(&app, op, req, rec, &request_id, started).await;
     resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
     resp

@@ -37,6 +37,7 @@ pub fn api(app: Arc<App>) -> Router {
 pub fn admin(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/log-level", get(log_level).put(set_log_level))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -104,6 +105,22 @@ fn owner<'a>(snap: &'a crate::app::Snapshot, model: &str) -> &'a str {
         .map_or("sluice", |t| &snap.config.providers[t.provider].name)
 }
 
+async fn log_level(State(app): State<Arc<App>>) -> Response {
+    axum::Json(json!({"level": app.log_control.current()})).into_response()
+}
+
+/// `PUT /log-level` with a filter directive as the body (`debug`,
+/// `info,sluice::access=warn`, …).
+async fn set_log_level(State(app): State<Arc<App>>, body: String) -> Response {
+    match app.log_control.set(body.trim()) {
+        Ok(()) => axum::Json(json!({"level": app.log_control.current()})).into_response(),
+        Err(e) => error_response(
+            &GatewayError::new(ErrorKind::InvalidRequest, format!("invalid log level: {e}")),
+            Wire::OpenAi,
+        ),
+    }
+}
+
 async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
@@ -112,6 +129,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.ready.load(Ordering::Acquire) {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {
+        // Health probes are logged only when they fail.
+        tracing::warn!(target: "sluice::access", route = "/readyz", status = 503, "not ready");
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "starting"})),

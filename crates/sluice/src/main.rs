@@ -59,7 +59,6 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
         } => {
-            init_logging();
             let loaded = match &path {
                 Some(p) => config::load_file(p),
                 None => config::embedded_default(&|k| std::env::var(k).ok()),
@@ -77,6 +76,13 @@ fn main() -> ExitCode {
             if let Some(a) = admin_listen {
                 cfg.server.admin_listen = a;
             }
+            let log_control = match init_logging(&cfg.logging) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             // On one core a single-threaded scheduler does the same work with
             // no cross-thread wakeups or work-stealing bookkeeping.
             let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
@@ -92,7 +98,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(sluice_server::run(cfg)) {
+            match runtime.block_on(sluice_server::run(cfg, log_control)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e:#}");
@@ -103,20 +109,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (stdout carries the ready line). `SLUICE_LOG` (or
-/// `RUST_LOG`) sets the filter; `SLUICE_LOG_FORMAT=json` switches to JSON.
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("SLUICE_LOG")
+/// Logs go to stderr (stdout carries the ready line). The level comes from
+/// the configuration, or `SLUICE_LOG` / `RUST_LOG` when set, and can be
+/// changed at run time through the admin API.
+fn init_logging(cfg: &config::LoggingConfig) -> Result<sluice_server::LogControl, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, reload};
+
+    let level = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
+        .unwrap_or_else(|_| cfg.level.clone());
+    let filter = EnvFilter::try_new(&level).map_err(|e| format!("log level '{level}': {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let tty = std::io::stderr().is_terminal();
+    let json = match cfg.format {
+        config::LogFormat::Json => true,
+        config::LogFormat::Pretty => false,
+        config::LogFormat::Auto => !tty,
+    };
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder.init();
-    }
+        tracing_subscriber::fmt::layer()
+            .with_ansi(tty)
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(sluice_server::LogControl::new(
+        level,
+        move |directive: &str| {
+            let f = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        },
+    ))
 }

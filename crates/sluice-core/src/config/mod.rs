@@ -27,6 +27,61 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub routing: RoutingConfig,
+    pub logging: LoggingConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON unless stderr is a terminal.
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// Which successful requests get an access-log line. Errors always do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Fraction of successful requests logged (0–1).
+    pub ratio: f64,
+    /// Requests slower than this are always logged.
+    pub slow: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    /// An `EnvFilter` directive, e.g. `info` or `sluice=debug,hyper=warn`.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+    pub sampling: Sampling,
+    /// Per-route overrides, by path (`/v1/embeddings`).
+    pub routes: Vec<(String, Sampling)>,
+}
+
+impl LoggingConfig {
+    pub fn sampling_for(&self, route: &str) -> Sampling {
+        self.routes
+            .iter()
+            .find(|(r, _)| r == route)
+            .map_or(self.sampling, |(_, s)| *s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// OpenTelemetry trace export; `None` endpoint = tracing off (and free).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub otlp_endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    pub headers: Vec<(String, Secret)>,
+    pub sampling_ratio: f64,
+    pub service_name: String,
 }
 
 /// How requests find a healthy target: retries, back-off, breakers, weights.

@@ -17,6 +17,40 @@ pub struct RawConfig {
     pub models: Vec<Spanned<RawModel>>,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access_log: Option<bool>,
+    pub sample_ratio: Option<Spanned<f64>>,
+    pub slow_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RawRouteLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLog {
+    pub sample_ratio: Option<Spanned<f64>>,
+    pub slow_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<Spanned<String>>,
+    pub otlp_protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, Spanned<String>>,
+    pub sampling_ratio: Option<Spanned<f64>>,
+    pub service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

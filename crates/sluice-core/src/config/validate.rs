@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawProvider, RawRouting, RawServer};
+use super::raw::{RawConfig, RawLogging, RawProvider, RawRouting, RawServer, RawTelemetry};
 use super::{
-    Config, ConfigError, ConfigErrors, MockConfig, ModelConfig, ProviderConfig, ProviderKind,
-    RoutingConfig, ServerConfig, Strategy, TargetConfig, line_col,
+    Config, ConfigError, ConfigErrors, LogFormat, LoggingConfig, MockConfig, ModelConfig,
+    OtlpProtocol, ProviderConfig, ProviderKind, RoutingConfig, Sampling, ServerConfig, Strategy,
+    TargetConfig, TelemetryConfig, line_col,
 };
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
@@ -150,6 +151,8 @@ pub(super) fn validate(
     };
     let server = server(&mut c, &raw.server);
     let routing = routing(&mut c, &raw.routing);
+    let logging = logging(&mut c, &raw.logging);
+    let telemetry = telemetry(&mut c, &raw.telemetry, env);
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -279,6 +282,8 @@ pub(super) fn validate(
             providers,
             models,
             routing,
+            logging,
+            telemetry,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -314,6 +319,122 @@ fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             3_600_000,
             "shutdown_grace_ms",
         )),
+    }
+}
+
+fn logging(c: &mut Collector<'_>, l: &RawLogging) -> LoggingConfig {
+    let format = match l.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "auto")) => LogFormat::Auto,
+        Some((_, "json")) => LogFormat::Json,
+        Some((_, "pretty")) => LogFormat::Pretty,
+        Some((f, other)) => {
+            c.at(
+                f.span(),
+                format!("unknown log format '{other}' (auto, json, pretty)"),
+            );
+            LogFormat::Auto
+        }
+    };
+    let sampling = Sampling {
+        ratio: c.float(l.sample_ratio.as_ref(), 1.0, 0.0..=1.0, "sample_ratio"),
+        slow: ms(c.positive(l.slow_ms.as_ref(), 5_000, 86_400_000, "slow_ms")),
+    };
+    let routes = l
+        .routes
+        .iter()
+        .map(|(route, r)| {
+            let s = Sampling {
+                ratio: c.float(
+                    r.sample_ratio.as_ref(),
+                    sampling.ratio,
+                    0.0..=1.0,
+                    "sample_ratio",
+                ),
+                slow: r.slow_ms.as_ref().map_or(sampling.slow, |v| {
+                    ms(c.positive(Some(v), 5_000, 86_400_000, "slow_ms"))
+                }),
+            };
+            (route.clone(), s)
+        })
+        .collect();
+    LoggingConfig {
+        level: l
+            .level
+            .as_ref()
+            .map_or_else(|| "info".to_owned(), |v| v.get_ref().clone()),
+        format,
+        access_log: l.access_log.unwrap_or(true),
+        sampling,
+        routes,
+    }
+}
+
+fn telemetry(
+    c: &mut Collector<'_>,
+    t: &RawTelemetry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> TelemetryConfig {
+    // The standard OTEL_* variables apply where the file is silent.
+    let endpoint = match &t.otlp_endpoint {
+        Some(v) => match super::interpolate(v.get_ref(), env) {
+            Ok(s) if s.is_empty() => None,
+            Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
+            Ok(_) => {
+                c.at(v.span(), "otlp_endpoint must be an http:// or https:// URL");
+                None
+            }
+            Err(e) => {
+                c.at(v.span(), e);
+                None
+            }
+        },
+        None => env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()),
+    };
+    let protocol_text = t
+        .otlp_protocol
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "grpc".to_owned());
+    let protocol = match protocol_text.as_str() {
+        "grpc" => OtlpProtocol::Grpc,
+        "http/protobuf" => OtlpProtocol::HttpProtobuf,
+        other => {
+            let span = t.otlp_protocol.as_ref().map_or(0..0, |p| p.span());
+            c.at(
+                span,
+                format!("unknown otlp_protocol '{other}' (grpc, http/protobuf)"),
+            );
+            OtlpProtocol::Grpc
+        }
+    };
+    let env_ratio = env("OTEL_TRACES_SAMPLER_ARG").and_then(|v| v.parse::<f64>().ok());
+    let sampling_ratio = match &t.sampling_ratio {
+        Some(_) => c.float(t.sampling_ratio.as_ref(), 1.0, 0.0..=1.0, "sampling_ratio"),
+        None => env_ratio.filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0),
+    };
+    let headers = t
+        .otlp_headers
+        .iter()
+        .filter_map(|(k, v)| match super::interpolate(v.get_ref(), env) {
+            Ok(s) => Some((k.clone(), Secret::new(s))),
+            Err(e) => {
+                c.at(v.span(), e);
+                None
+            }
+        })
+        .collect();
+    TelemetryConfig {
+        otlp_endpoint: endpoint,
+        protocol,
+        headers,
+        sampling_ratio,
+        service_name: t
+            .service_name
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .or_else(|| env("OTEL_SERVICE_NAME"))
+            .unwrap_or_else(|| "sluice".to_owned()),
     }
 }
 
