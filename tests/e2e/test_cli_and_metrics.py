@@ -73,3 +73,34 @@ def test_metrics_parse_and_move(proxy_gateway):
     assert value(after, "sluice_tokens_total", model="gpt-test", provider="up", kind="output") == t0 + 15
     assert value(after, "sluice_requests_total", model="status-500", status="500") >= 1
     assert "sluice_active_requests" in samples(after)
+
+
+def test_genai_runtime_and_process_metrics(proxy_gateway):
+    base = proxy_gateway.base_url
+    before = proxy_gateway.metrics_text()
+    genai = dict(gen_ai_operation_name="chat", gen_ai_request_model="gpt-test", gen_ai_provider_name="up")
+    n0 = value(before, "gen_ai_client_token_usage_count", gen_ai_token_type="output", **genai)
+    s0 = value(before, "gen_ai_server_time_to_first_token_seconds_count", **genai)
+    o0 = value(before, "sluice_gateway_overhead_seconds_count", **genai)
+    with httpx.stream("POST", f"{base}/chat/completions",
+                      json={"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        assert r.status_code == 200
+        r.read()
+    r = httpx.post(f"{base}/chat/completions", json={"model": "gpt-test", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+    after = proxy_gateway.metrics_text()
+    assert value(after, "gen_ai_client_token_usage_count", gen_ai_token_type="output", **genai) == n0 + 2
+    assert value(after, "gen_ai_client_token_usage_sum", gen_ai_token_type="input", **genai) > 0
+    assert value(after, "gen_ai_server_time_to_first_token_seconds_count", **genai) == s0 + 1
+    assert value(after, "gen_ai_server_time_per_output_token_seconds_count", **genai) >= 1
+    assert value(after, "gen_ai_client_operation_duration_seconds_count", **genai) >= 2
+    assert value(after, "gen_ai_server_request_duration_seconds_count", **genai) >= 2
+    assert value(after, "sluice_gateway_overhead_seconds_count", **genai) == o0 + 2
+    # Overhead excludes the upstream call: it is a small part of the total.
+    assert value(after, "sluice_gateway_overhead_seconds_sum", **genai) < value(
+        after, "gen_ai_server_request_duration_seconds_sum", **genai)
+    assert value(after, "sluice_active_streams") == 0
+    assert value(after, "process_resident_memory_bytes") > 1_000_000
+    assert value(after, "process_open_fds") > 0
+    assert value(after, "tokio_workers") >= 1
+    assert value(after, "tokio_alive_tasks") >= 1

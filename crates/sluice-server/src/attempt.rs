@@ -131,6 +131,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                 )
                 .min(remaining);
                 tokio::time::sleep(pause).await;
+                rec.excluded += pause;
             }
             attempts += 1;
             rec.attempts = attempts;
@@ -158,6 +159,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     if let Some(u) = usage {
                         rec.set_usage(u);
                     }
+                    rec.upstream_started = Some(started);
                     rec.set_status(head.status.as_u16());
                     let idle = over_wire.then_some(provider.idle_timeout);
                     let mut out = deliver(call, head, body, first, wire, idle, rec, adm).await;
@@ -175,6 +177,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     failure,
                     retry_after,
                 } => {
+                    rec.excluded += started.elapsed();
                     note(&rec, &mut adm, Outcome::Failure);
                     if let Failure::Error(e) = &failure {
                         rec.app()

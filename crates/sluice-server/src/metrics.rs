@@ -58,7 +58,54 @@ pub struct ErrorLabels {
     pub code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiLabels {
+    pub gen_ai_operation_name: &'static str,
+    pub gen_ai_request_model: Arc<str>,
+    pub gen_ai_provider_name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenTypeLabels {
+    pub gen_ai_operation_name: &'static str,
+    pub gen_ai_request_model: Arc<str>,
+    pub gen_ai_provider_name: Arc<str>,
+    pub gen_ai_token_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: u32,
+}
+
+/// What a finished request tells the GenAI metrics.
+pub struct GenAi<'a> {
+    pub route: &'static str,
+    pub model: &'a Arc<str>,
+    pub provider: &'a Arc<str>,
+    pub status: u16,
+    /// Arrival to last byte.
+    pub total: Duration,
+    /// The committed upstream attempt, start to end.
+    pub upstream: Option<Duration>,
+    /// Time spent in Sluice itself.
+    pub overhead: Option<Duration>,
+    /// Time to first token (streams).
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn token_histogram() -> Histogram {
+    // 1 … ~4M tokens, ×4.
+    Histogram::new(exponential_buckets(1.0, 4.0, 12))
+}
+
+fn fine_histogram() -> Histogram {
+    // 10 µs … ~5 s, doubling: for overhead and time per output token.
+    Histogram::new(exponential_buckets(0.00001, 2.0, 20))
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -72,7 +119,21 @@ pub struct Metrics {
     breaker_state: Family<TargetGaugeLabels, Gauge>,
     effective_weight: Family<TargetGaugeLabels, Gauge<f64, AtomicU64>>,
     outstanding: Family<TargetGaugeLabels, Gauge>,
+    token_usage: HistogramFamily<TokenTypeLabels>,
+    operation_duration: HistogramFamily<GenAiLabels>,
+    server_request_duration: HistogramFamily<GenAiLabels>,
+    time_to_first_token: HistogramFamily<GenAiLabels>,
+    time_per_output_token: HistogramFamily<GenAiLabels>,
+    overhead: HistogramFamily<GenAiLabels>,
     pub active_requests: Gauge,
+    pub active_streams: Gauge,
+    process_rss: Gauge,
+    process_cpu: Gauge<f64, AtomicU64>,
+    process_fds: Gauge,
+    tokio_workers: Gauge,
+    tokio_alive_tasks: Gauge,
+    tokio_queue_depth: Gauge,
+    tokio_busy: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -82,7 +143,9 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("sluice");
+        // GenAI semantic-convention metrics keep their own names; the rest
+        // live under `sluice_`.
+        let mut root = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration: HistogramFamily<RequestLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -96,6 +159,62 @@ impl Metrics {
         let breaker_state = Family::<TargetGaugeLabels, Gauge>::default();
         let effective_weight = Family::<TargetGaugeLabels, Gauge<f64, AtomicU64>>::default();
         let outstanding = Family::<TargetGaugeLabels, Gauge>::default();
+        let token_usage: HistogramFamily<TokenTypeLabels> =
+            Family::new_with_constructor(token_histogram);
+        let operation_duration: HistogramFamily<GenAiLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let server_request_duration: HistogramFamily<GenAiLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let time_to_first_token: HistogramFamily<GenAiLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let time_per_output_token: HistogramFamily<GenAiLabels> =
+            Family::new_with_constructor(fine_histogram);
+        let overhead: HistogramFamily<GenAiLabels> = Family::new_with_constructor(fine_histogram);
+        let active_streams = Gauge::default();
+        let process_rss = Gauge::default();
+        let process_cpu = Gauge::<f64, AtomicU64>::default();
+        let process_fds = Gauge::default();
+        let tokio_workers = Gauge::default();
+        let tokio_alive_tasks = Gauge::default();
+        let tokio_queue_depth = Gauge::default();
+        let tokio_busy = Family::<WorkerLabels, Gauge<f64, AtomicU64>>::default();
+        let genai = &mut root;
+        genai.register(
+            "gen_ai_client_token_usage",
+            "Tokens per request by type (input, output)",
+            token_usage.clone(),
+        );
+        genai.register(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of the upstream model call that answered",
+            operation_duration.clone(),
+        );
+        genai.register(
+            "gen_ai_server_request_duration_seconds",
+            "Duration of the whole request at the gateway",
+            server_request_duration.clone(),
+        );
+        genai.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to the first streamed token",
+            time_to_first_token.clone(),
+        );
+        genai.register(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first, for streams",
+            time_per_output_token.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("sluice");
+        registry.register(
+            "gateway_overhead_seconds",
+            "Time spent in Sluice itself: the request's duration less the upstream call, failed attempts, back-off and reading the client's body",
+            overhead.clone(),
+        );
+        registry.register(
+            "active_streams",
+            "Streamed responses in flight",
+            active_streams.clone(),
+        );
         registry.register(
             "upstream_attempts",
             "Upstream attempts by outcome (success, failure, neutral = the client's own error)",
@@ -151,8 +270,44 @@ impl Metrics {
             "Requests in flight, streams included",
             active_requests.clone(),
         );
+        // Process and runtime metrics keep their conventional unprefixed names.
+        root.register(
+            "process_resident_memory_bytes",
+            "Resident set size",
+            process_rss.clone(),
+        );
+        root.register(
+            "process_cpu_seconds",
+            "User and system CPU time consumed",
+            process_cpu.clone(),
+        );
+        root.register(
+            "process_open_fds",
+            "Open file descriptors",
+            process_fds.clone(),
+        );
+        root.register(
+            "tokio_workers",
+            "Runtime worker threads",
+            tokio_workers.clone(),
+        );
+        root.register(
+            "tokio_alive_tasks",
+            "Tasks alive in the runtime",
+            tokio_alive_tasks.clone(),
+        );
+        root.register(
+            "tokio_global_queue_depth",
+            "Tasks waiting in the runtime's global queue",
+            tokio_queue_depth.clone(),
+        );
+        root.register(
+            "tokio_worker_busy_seconds",
+            "Time each worker spent busy",
+            tokio_busy.clone(),
+        );
         Self {
-            registry,
+            registry: root,
             requests,
             duration,
             first_byte,
@@ -163,7 +318,21 @@ impl Metrics {
             breaker_state,
             effective_weight,
             outstanding,
+            token_usage,
+            operation_duration,
+            server_request_duration,
+            time_to_first_token,
+            time_per_output_token,
+            overhead,
             active_requests,
+            active_streams,
+            process_rss,
+            process_cpu,
+            process_fds,
+            tokio_workers,
+            tokio_alive_tasks,
+            tokio_queue_depth,
+            tokio_busy,
         }
     }
 
@@ -225,6 +394,88 @@ impl Metrics {
             },
         };
         self.attempts.get_or_create(&labels).inc();
+    }
+
+    pub fn record_genai(&self, g: &GenAi<'_>) {
+        let operation = match g.route {
+            "/v1/embeddings" => "embeddings",
+            _ => "chat",
+        };
+        let labels = GenAiLabels {
+            gen_ai_operation_name: operation,
+            gen_ai_request_model: g.model.clone(),
+            gen_ai_provider_name: g.provider.clone(),
+        };
+        self.server_request_duration
+            .get_or_create(&labels)
+            .observe(g.total.as_secs_f64());
+        if let Some(u) = g.upstream {
+            self.operation_duration
+                .get_or_create(&labels)
+                .observe(u.as_secs_f64());
+        }
+        if let Some(o) = g.overhead {
+            self.overhead
+                .get_or_create(&labels)
+                .observe(o.as_secs_f64());
+        }
+        if let Some(t) = g.ttft {
+            self.time_to_first_token
+                .get_or_create(&labels)
+                .observe(t.as_secs_f64());
+            if let Some(u) = g.usage
+                && u.completion_tokens > 1
+            {
+                let per =
+                    g.total.saturating_sub(t).as_secs_f64() / (u.completion_tokens - 1) as f64;
+                self.time_per_output_token
+                    .get_or_create(&labels)
+                    .observe(per);
+            }
+        }
+        if let Some(u) = g.usage
+            && g.status < 400
+        {
+            for (kind, n) in [("input", u.prompt_tokens), ("output", u.completion_tokens)] {
+                let l = TokenTypeLabels {
+                    gen_ai_operation_name: operation,
+                    gen_ai_request_model: g.model.clone(),
+                    gen_ai_provider_name: g.provider.clone(),
+                    gen_ai_token_type: kind,
+                };
+                self.token_usage.get_or_create(&l).observe(n as f64);
+            }
+        }
+    }
+
+    /// Process and runtime gauges, read at scrape time.
+    pub fn refresh_process(&self) {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            // Fields after the command name (which may hold spaces).
+            && let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r)
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = 100.0; // USER_HZ on Linux
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // utime and stime are fields 14 and 15 of stat (11 and 12 here).
+            self.process_cpu.set((num(11) + num(12)) / ticks);
+            // rss (field 24) is in pages.
+            self.process_rss.set((num(21) * 4096.0) as i64);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(dir.count() as i64);
+        }
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let m = h.metrics();
+            self.tokio_workers.set(m.num_workers() as i64);
+            self.tokio_alive_tasks.set(m.num_alive_tasks() as i64);
+            self.tokio_queue_depth.set(m.global_queue_depth() as i64);
+            for w in 0..m.num_workers() {
+                self.tokio_busy
+                    .get_or_create(&WorkerLabels { worker: w as u32 })
+                    .set(m.worker_total_busy_duration(w).as_secs_f64());
+            }
+        }
     }
 
     /// Copies every target's live state into the gauges (before a scrape).

@@ -40,6 +40,14 @@ pub struct Recorder {
     status: u16,
     start: Instant,
     first_byte_seen: bool,
+    first_byte_at: Option<Duration>,
+    /// The client asked for a stream.
+    pub streamed: bool,
+    /// When the committed upstream attempt started.
+    pub upstream_started: Option<Instant>,
+    /// Time spent outside the gateway's own work before the committed
+    /// attempt: reading the client's body, failed attempts, back-off waits.
+    pub excluded: Duration,
     usage: Option<Usage>,
     finished: bool,
     /// The client's wire format, for error bodies.
@@ -64,6 +72,10 @@ impl Recorder {
             status: STATUS_CLIENT_CLOSED,
             start: Instant::now(),
             first_byte_seen: false,
+            first_byte_at: None,
+            streamed: false,
+            upstream_started: None,
+            excluded: Duration::ZERO,
             usage: None,
             finished: false,
             wire: Wire::OpenAi,
@@ -89,6 +101,7 @@ impl Recorder {
     pub fn mark_first_byte(&mut self) {
         if !self.first_byte_seen {
             self.first_byte_seen = true;
+            self.first_byte_at = Some(self.start.elapsed());
             if !self.provider.is_empty() {
                 self.app.metrics.record_first_byte(
                     &self.model,
@@ -138,6 +151,20 @@ impl Drop for Recorder {
             status: self.status,
         };
         m.record_request(&labels, elapsed);
+        if !self.provider.is_empty() {
+            let upstream = self.upstream_started.map(|t| t.elapsed());
+            m.record_genai(&crate::metrics::GenAi {
+                route: self.route,
+                model: &self.model,
+                provider: &self.provider,
+                status: self.status,
+                total: elapsed,
+                upstream,
+                overhead: upstream.map(|u| elapsed.saturating_sub(u).saturating_sub(self.excluded)),
+                ttft: self.first_byte_at.filter(|_| self.streamed),
+                usage: self.usage,
+            });
+        }
         if self.access_log
             && crate::logging::should_log(
                 self.sampling,
@@ -214,12 +241,18 @@ pub struct ObservedBody {
     usage_cell: Option<Arc<UsageCell>>,
     first: Option<Frame<Bytes>>,
     target: Option<Admitted>,
+    /// Counted in the active-streams gauge until settled or dropped.
+    stream_counted: Option<Arc<App>>,
     done: bool,
 }
 
 impl ObservedBody {
     pub fn new(inner: BoxBody, rec: Recorder, w: Watch) -> Self {
         let tail = w.usage_tail.then(UsageTail::default);
+        let stream_counted = w.sse.then(|| {
+            rec.app.metrics.active_streams.inc();
+            rec.app.clone()
+        });
         let mut this = Self {
             inner,
             rec: Some(rec),
@@ -232,6 +265,7 @@ impl ObservedBody {
             usage_cell: w.usage_cell,
             first: w.first,
             target: w.target,
+            stream_counted,
             done: false,
         };
         if let Some(at) = this.next_wake() {
@@ -257,6 +291,9 @@ impl ObservedBody {
             rec.finish();
         }
         self.target = None; // releases the in-flight slot
+        if let Some(app) = self.stream_counted.take() {
+            app.metrics.active_streams.dec();
+        }
     }
 
     fn fail(&mut self, e: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -315,6 +352,9 @@ impl Drop for ObservedBody {
         // Fully sent but never polled to its end: still a completed response.
         if self.rec.is_some() && self.first.is_none() && self.inner.is_end_stream() {
             self.settle();
+        }
+        if let Some(app) = self.stream_counted.take() {
+            app.metrics.active_streams.dec();
         }
     }
 }

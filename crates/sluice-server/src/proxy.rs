@@ -62,10 +62,13 @@ async fn proxy(
         Ok(b) => b,
         Err(e) => return rec.reply_error(&e),
     };
+    // Reading the client's body is the client's time, not the gateway's.
+    rec.excluded = started.elapsed();
     let peek = match request::peek(&body, op) {
         Ok(p) => p,
         Err(e) => return rec.reply_error(&e),
     };
+    rec.streamed = peek.stream;
     let Some(route) = snap.routes.get(&peek.model) else {
         let e = GatewayError::new(
             ErrorKind::ModelNotFound,

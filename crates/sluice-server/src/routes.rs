@@ -141,6 +141,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.refresh_targets(&app.snapshot.load());
+    app.metrics.refresh_process();
     let mut r = Response::new(Body::from(app.metrics.encode()));
     r.headers_mut().insert(
         CONTENT_TYPE,
