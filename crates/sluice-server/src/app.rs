@@ -73,10 +73,16 @@ pub struct App {
     pub none_label: Arc<str>,
     pub started_unix: u64,
     pub log_control: crate::LogControl,
+    /// `None` when no OTLP endpoint is configured: no span is ever built.
+    pub tracing: Option<crate::telemetry::Tracing>,
 }
 
 impl App {
-    pub fn new(config: Config, log_control: crate::LogControl) -> Result<Arc<Self>, GatewayError> {
+    pub fn new(
+        config: Config,
+        log_control: crate::LogControl,
+        tracing: Option<crate::telemetry::Tracing>,
+    ) -> Result<Arc<Self>, GatewayError> {
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
             metrics: Metrics::new(),
@@ -86,6 +92,7 @@ impl App {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             log_control,
+            tracing,
         }))
     }
 }

@@ -140,8 +140,20 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             rec.model = model.name.clone();
             rec.provider = provider.name.clone();
             let started = Instant::now();
+            let mut span = match (&rec.app().tracing, &rec.span) {
+                (Some(t), Some(parent)) => Some(crate::telemetry::attempt_span(
+                    &t.tracer,
+                    opentelemetry::trace::Span::span_context(parent),
+                    crate::proxy::operation_name(call.op),
+                    provider,
+                    &target.model,
+                    attempts,
+                )),
+                _ => None,
+            };
+            let traceparent = span.as_ref().and_then(crate::telemetry::traceparent);
 
-            match attempt(call, model, adm.index).await {
+            match attempt(call, model, adm.index, traceparent).await {
                 Attempt::Commit {
                     head,
                     body,
@@ -161,6 +173,14 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     }
                     rec.upstream_started = Some(started);
                     rec.set_status(head.status.as_u16());
+                    if let Some(mut s) = span.take() {
+                        use opentelemetry::trace::Span as _;
+                        s.set_attribute(opentelemetry::KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(head.status.as_u16()),
+                        ));
+                        rec.attempt_span = Some(s);
+                    }
                     let idle = over_wire.then_some(provider.idle_timeout);
                     let mut out = deliver(call, head, body, first, wire, idle, rec, adm).await;
                     if attempts > 1 {
@@ -170,6 +190,10 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     return out;
                 }
                 Attempt::Reject(e) => {
+                    if let Some(mut s) = span.take() {
+                        crate::telemetry::fail(&mut s, e.kind.code(), e.message.to_string());
+                        opentelemetry::trace::Span::end(&mut s);
+                    }
                     note(&rec, &mut adm, Outcome::Neutral);
                     return rec.reply_error(&e);
                 }
@@ -178,6 +202,26 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     retry_after,
                 } => {
                     rec.excluded += started.elapsed();
+                    if let Some(mut s) = span.take() {
+                        let (kind, msg) = match &failure {
+                            Failure::Error(e) => (e.kind.code(), e.message.to_string()),
+                            Failure::Upstream { head, .. } => (
+                                "upstream_status",
+                                format!("status {}", head.status.as_u16()),
+                            ),
+                        };
+                        if let Failure::Upstream { head, .. } = &failure {
+                            opentelemetry::trace::Span::set_attribute(
+                                &mut s,
+                                opentelemetry::KeyValue::new(
+                                    "http.response.status_code",
+                                    i64::from(head.status.as_u16()),
+                                ),
+                            );
+                        }
+                        crate::telemetry::fail(&mut s, kind, msg);
+                        opentelemetry::trace::Span::end(&mut s);
+                    }
                     note(&rec, &mut adm, Outcome::Failure);
                     if let Failure::Error(e) = &failure {
                         rec.app()
@@ -233,7 +277,12 @@ fn note(rec: &Recorder, adm: &mut Admitted, outcome: Outcome) {
 }
 
 /// One try against one target.
-async fn attempt(call: &Call<'_>, model: &ModelRoute, index: usize) -> Attempt {
+async fn attempt(
+    call: &Call<'_>,
+    model: &ModelRoute,
+    index: usize,
+    traceparent: Option<HeaderValue>,
+) -> Attempt {
     let target = &model.targets[index];
     let provider = &call.snap.config.providers[target.provider];
     let Some(upstream) = call.snap.upstreams[target.provider].as_ref() else {
@@ -294,6 +343,11 @@ async fn attempt(call: &Call<'_>, model: &ModelRoute, index: usize) -> Attempt {
             }
         }
     };
+    let mut req = req;
+    if let Some(tp) = traceparent {
+        req.headers_mut()
+            .insert(http::HeaderName::from_static("traceparent"), tp);
+    }
     let started = Instant::now();
     let head_deadline = (started + provider.timeout).min(call.deadline);
     let resp = match timeout_at(head_deadline, transport::send(&upstream.client, req)).await {

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod observe;
 pub mod proxy;
 pub mod routes;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -36,7 +37,8 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
         .map(|m| m.name.to_string())
         .unwrap_or_else(|| "MODEL".to_owned());
     let server_cfg = config.server.clone();
-    let app = app::App::new(config, log_control)?;
+    let tracing_pipeline = telemetry::Tracing::init(&config.telemetry)?;
+    let app = app::App::new(config, log_control, tracing_pipeline)?;
 
     let (tx, rx) = watch::channel(false);
     let api = tokio::spawn(listener::serve(
@@ -60,6 +62,9 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     app.ready.store(false, Ordering::Release);
     let _ = tx.send(true);
     let _ = tokio::join!(api, admin);
+    if let Some(t) = &app.tracing {
+        t.shutdown();
+    }
     Ok(())
 }
 

@@ -17,6 +17,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::Span as _;
+use opentelemetry_sdk::trace::Span;
 use sluice_core::config::Sampling;
 use sluice_core::request::Usage;
 use sluice_core::resilience::{Outcome, now_nanos};
@@ -57,6 +60,10 @@ pub struct Recorder {
     pub attempts: u32,
     sampling: Sampling,
     access_log: bool,
+    /// The request's server span (tracing on only).
+    pub span: Option<Span>,
+    /// The client span of the attempt whose answer is being delivered.
+    pub attempt_span: Option<Span>,
 }
 
 impl Recorder {
@@ -83,6 +90,8 @@ impl Recorder {
             attempts: 0,
             sampling,
             access_log,
+            span: None,
+            attempt_span: None,
         }
     }
 
@@ -101,7 +110,15 @@ impl Recorder {
     pub fn mark_first_byte(&mut self) {
         if !self.first_byte_seen {
             self.first_byte_seen = true;
-            self.first_byte_at = Some(self.start.elapsed());
+            let at = self.start.elapsed();
+            self.first_byte_at = Some(at);
+            if let Some(span) = &mut self.span {
+                span.add_event("gen_ai.first_token", vec![]);
+                span.set_attribute(KeyValue::new(
+                    "gen_ai.server.time_to_first_token",
+                    at.as_secs_f64(),
+                ));
+            }
             if !self.provider.is_empty() {
                 self.app.metrics.record_first_byte(
                     &self.model,
@@ -165,6 +182,7 @@ impl Drop for Recorder {
                 usage: self.usage,
             });
         }
+        self.end_spans();
         if self.access_log
             && crate::logging::should_log(
                 self.sampling,
@@ -190,6 +208,47 @@ impl Drop for Recorder {
                 cancelled = !self.finished,
                 "request"
             );
+        }
+    }
+}
+
+impl Recorder {
+    /// Ends the attempt and server spans with what the request came to.
+    fn end_spans(&mut self) {
+        let usage = self.usage.map(|u| {
+            [
+                KeyValue::new("gen_ai.usage.input_tokens", u.prompt_tokens as i64),
+                KeyValue::new("gen_ai.usage.output_tokens", u.completion_tokens as i64),
+            ]
+        });
+        if let Some(mut span) = self.attempt_span.take() {
+            if let Some(u) = &usage {
+                span.set_attributes(u.clone());
+            }
+            if !self.finished {
+                span.set_attribute(KeyValue::new("sluice.cancelled", true));
+            }
+            span.end();
+        }
+        if let Some(mut span) = self.span.take() {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(self.status),
+            ));
+            span.set_attribute(KeyValue::new("sluice.attempts", i64::from(self.attempts)));
+            if !self.provider.is_empty() {
+                span.set_attribute(KeyValue::new("sluice.provider", self.provider.to_string()));
+            }
+            if let Some(u) = usage {
+                span.set_attributes(u);
+            }
+            if self.status >= 500 {
+                span.set_status(opentelemetry::trace::Status::error(format!(
+                    "status {}",
+                    self.status
+                )));
+            }
+            span.end();
         }
     }
 }

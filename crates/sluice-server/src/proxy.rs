@@ -18,9 +18,13 @@ use sluice_providers::anthropic::inbound;
 use sluice_providers::anthropic::types::MessagesRequest;
 use sluice_providers::translate::Wire;
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::Span as _;
+
 use crate::app::App;
 use crate::attempt::{self, Call};
 use crate::observe::Recorder;
+use crate::telemetry;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's own deadline for the whole request, in seconds (e.g. `2.5`).
@@ -37,6 +41,14 @@ pub async fn handle(
     let mut rec = Recorder::start(&app, route);
     let request_id = request_id(req.headers());
     rec.request_id = Some(request_id.clone());
+    if let Some(t) = &app.tracing {
+        let mut span = telemetry::server_span(&t.tracer, req.headers(), route);
+        span.set_attribute(KeyValue::new(
+            "sluice.request_id",
+            request_id.to_str().unwrap_or_default().to_owned(),
+        ));
+        rec.span = Some(span);
+    }
     let mut resp = proxy(&app, op, req, rec, &request_id, started).await;
     resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
     resp
@@ -81,6 +93,15 @@ async fn proxy(
         return rec.reply_error(&e);
     };
     rec.model = route.name.clone();
+    if let Some(span) = &mut rec.span {
+        let operation = operation_name(op);
+        span.update_name(format!("{operation} {}", peek.model));
+        span.set_attributes([
+            KeyValue::new("gen_ai.operation.name", operation),
+            KeyValue::new("gen_ai.request.model", peek.model.to_string()),
+            KeyValue::new("sluice.stream", peek.stream),
+        ]);
+    }
     let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
 
     // Anthropic clients: the request in the OpenAI shape for every target
@@ -127,6 +148,14 @@ async fn proxy(
         budget,
     };
     attempt::run(&call, route, rec).await
+}
+
+/// `gen_ai.operation.name` for an endpoint.
+pub fn operation_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Chat | Operation::Messages => "chat",
+        Operation::Embeddings => "embeddings",
+    }
 }
 
 /// Reads the whole request body, refusing more than `max` bytes.

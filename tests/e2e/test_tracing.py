@@ -1,0 +1,161 @@
+"""OpenTelemetry traces exported over OTLP to a real receiver started here."""
+
+import time
+
+import httpx
+import pytest
+
+from conftest import Gateway, MockUpstream
+from otlp_receiver import GrpcReceiver, HttpReceiver
+
+SERVER, CLIENT = 2, 3  # span kinds in the OTLP protobuf
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def config(ups, telemetry=""):
+    return f"""
+{telemetry}
+[routing]
+backoff_base_ms = 1
+backoff_max_ms = 2
+
+[[providers]]
+name = "first"
+kind = "openai"
+base_url = "{ups[0].url}/v1"
+
+[[providers]]
+name = "second"
+kind = "openai"
+base_url = "{ups[1].url}/v1"
+
+[[models]]
+name = "pair"
+strategy = "least_outstanding"
+targets = [{{ provider = "first", model = "m-first" }}, {{ provider = "second", model = "m-second" }}]
+"""
+
+
+@pytest.fixture
+def ups():
+    us = [MockUpstream(), MockUpstream()]
+    yield us
+    for u in us:
+        u.stop()
+
+
+def wait_for(receiver, prefix, n, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spans = receiver.by_name(prefix)
+        if len(spans) >= n:
+            return spans
+        time.sleep(0.05)
+    return receiver.by_name(prefix)
+
+
+def test_http_protobuf_spans_with_retry_and_traceparent(ups, tmp_path):
+    rx = HttpReceiver()
+    telemetry = f'[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\nservice_name = "sluice-test"'
+    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+    try:
+        # least_outstanding on an idle pair tries the first target first: it
+        # fails once, and the second answers.
+        ups[0].control(fail_next=1, fail_status=503)
+        r = httpx.post(
+            f"{g.base_url}/chat/completions",
+            json={"model": "pair", "messages": [{"role": "user", "content": "x"}]},
+            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-sluice-attempts"] == "2"
+        with httpx.stream("POST", f"{g.base_url}/chat/completions",
+                          json={"model": "pair", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as s:
+            s.read()
+    finally:
+        g.stop()  # flushes the batch
+    try:
+        servers = [s for s in rx.spans if s["kind"] == SERVER]
+        clients = [s for s in rx.spans if s["kind"] == CLIENT]
+        assert len(servers) == 2, rx.spans
+        first = next(s for s in servers if s["trace_id"] == TRACE_ID)
+        assert first["parent_span_id"] == PARENT_ID, "the client's traceparent is honoured"
+        assert first["name"] == "chat pair"
+        a = first["attributes"]
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.request.model"] == "pair"
+        assert a["http.response.status_code"] == 200
+        assert a["gen_ai.usage.input_tokens"] == 11 and a["gen_ai.usage.output_tokens"] == 5
+        assert a["sluice.attempts"] == 2
+        assert first["resource"]["service.name"] == "sluice-test"
+
+        attempts = [c for c in clients if c["trace_id"] == TRACE_ID]
+        assert len(attempts) == 2, "each attempt has its own client span"
+        assert all(c["parent_span_id"] == first["span_id"] for c in attempts)
+        failed = [c for c in attempts if c["attributes"].get("http.response.status_code") == 503]
+        ok = [c for c in attempts if c["attributes"].get("http.response.status_code") == 200]
+        assert len(failed) == 1 and len(ok) == 1
+        assert failed[0]["status_code"] == 2  # STATUS_CODE_ERROR
+        assert failed[0]["attributes"]["error.type"] == "upstream_status"
+        c = ok[0]["attributes"]
+        assert c["gen_ai.provider.name"] == "openai" and c["gen_ai.system"] == "openai"
+        assert c["gen_ai.request.model"] in ("m-first", "m-second")
+        assert c["gen_ai.usage.output_tokens"] == 5
+        assert ok[0]["name"] == f"chat {c['gen_ai.request.model']}"
+
+        # The upstream got a traceparent naming the attempt's own span.
+        answered = ups[0] if c["gen_ai.request.model"] == "m-first" else ups[1]
+        tp = answered.last()["headers"]["traceparent"]
+        assert tp.split("-")[1] == TRACE_ID
+        assert tp.split("-")[2] == ok[0]["span_id"]
+
+        streamed = next(s for s in servers if s["trace_id"] != TRACE_ID)
+        assert "gen_ai.first_token" in streamed["events"]
+        assert streamed["attributes"]["gen_ai.server.time_to_first_token"] > 0
+    finally:
+        rx.stop()
+
+
+def test_grpc_export_from_standard_env_vars(ups, tmp_path):
+    rx = GrpcReceiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_SERVICE_NAME": "sluice-grpc",
+        "OTEL_TRACES_SAMPLER_ARG": "1.0",
+    }
+    g = Gateway(config(ups), tmp_path=tmp_path, env=env)
+    try:
+        for _ in range(3):
+            r = httpx.post(f"{g.base_url}/chat/completions",
+                           json={"model": "pair", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200
+    finally:
+        g.stop()
+    try:
+        servers = wait_for(rx, "chat pair", 3)
+        assert len(servers) == 3
+        assert servers[0]["resource"]["service.name"] == "sluice-grpc"
+    finally:
+        rx.stop()
+
+
+def test_sampling_ratio_zero_exports_nothing_unless_the_parent_was_sampled(ups, tmp_path):
+    rx = HttpReceiver()
+    telemetry = f'[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\nsampling_ratio = 0.0'
+    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+    try:
+        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
+        for _ in range(5):
+            httpx.post(f"{g.base_url}/chat/completions", json=body)
+        httpx.post(f"{g.base_url}/chat/completions", json=body,
+                   headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    finally:
+        g.stop()
+    try:
+        servers = [s for s in rx.spans if s["kind"] == SERVER]
+        assert [s["trace_id"] for s in servers] == [TRACE_ID]
+    finally:
+        rx.stop()
