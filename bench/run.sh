@@ -126,6 +126,27 @@ stream_run filtered stream-openai 0
 stream_run anthropic stream-anthropic 0
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SLUICE_PID/status")
+
+# Tracing cost: the same load through Sluice exporting spans over OTLP/HTTP
+# to a sink, at sampling 1.0 (every request) and 0.1, against tracing off.
+kill "$SLUICE_PID"; wait "$SLUICE_PID" 2>/dev/null || true
+for ratio in 1.0 0.1; do
+  GW2=$(free_port); ADMIN2=$(free_port)
+  sed -e "s/127.0.0.1:$GW\"/127.0.0.1:$GW2\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMIN2\"/" "$WORK/sluice.toml" > "$WORK/traced.toml"
+  printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\notlp_protocol = "http/protobuf"\nsampling_ratio = %s\n' "$UP" "$ratio" >> "$WORK/traced.toml"
+  SLUICE_LOG=warn taskset -c 0 "$TARGET/release/sluice" serve --config "$WORK/traced.toml" > /dev/null 2> "$WORK/traced.err" &
+  TRACED_PID=$!
+  PIDS+=($TRACED_PID)
+  wait_port "$GW2"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s bench/chat.lua "http://127.0.0.1:$GW2/v1/chat/completions" > /dev/null
+  before=$(cpu_ticks "$TRACED_PID")
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s bench/chat.lua "http://127.0.0.1:$GW2/v1/chat/completions" | tail -n 1 > "$WORK/traced-$ratio.json"
+  after=$(cpu_ticks "$TRACED_PID")
+  echo "$((after - before))" > "$WORK/traced-$ratio.cpu"
+  echo "traced ratio=$ratio: $(cat "$WORK/traced-$ratio.json")"
+  kill "$TRACED_PID"; wait "$TRACED_PID" 2>/dev/null || true
+done
+
 python3 - "$WORK" "$RSS_KB" "$DUR" "$CONNS" <<'PY'
 import json, sys, platform, datetime, os
 work, rss_kb, dur, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -185,6 +206,18 @@ for n, v in st.items():
     print(f"  {n:12} {v['rps']:6d} streams/s  {v['cpu_ns_per_token']:8.1f} ns CPU/token  errors {v['socket_errors'] + v['non2xx']}")
 print(f"  CPU per token vs passthrough: filtered {out['stream']['filtered_vs_passthrough_cpu_per_token']}x, "
       f"anthropic translation {out['stream']['anthropic_vs_passthrough_cpu_per_token']}x")
+plain = out[f"c{conns}"]["runs"]["sluice"]
+out["tracing"] = {}
+print()
+for ratio in ("1.0", "0.1"):
+    t = json.load(open(f"{work}/traced-{ratio}.json"))
+    t["rps"] = round(t["requests"] / (t["duration_us"] / 1e6))
+    t["cpu_us_per_request"] = round(int(open(f"{work}/traced-{ratio}.cpu").read()) / hz * 1e6 / t["requests"], 1)
+    t["throughput_vs_untraced"] = round(t["rps"] / plain["rps"], 2)
+    t["cpu_per_request_vs_untraced"] = round(t["cpu_us_per_request"] / plain["cpu_us_per_request"], 2)
+    out["tracing"][ratio] = t
+    print(f"tracing on, sampling {ratio}: {t['rps']} req/s, {t['cpu_us_per_request']} µs CPU/req;"
+          f" {t['throughput_vs_untraced']}x the throughput, {t['cpu_per_request_vs_untraced']}x the CPU of tracing off")
 print(f"\nsluice peak RSS: {out['sluice_peak_rss_mib']} MiB")
 json.dump(out, open("bench/results/latest.json", "w"), indent=2)
 PY

@@ -131,6 +131,17 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
                 }),
             ));
         }
+        "/v1/traces" => {
+            // An OTLP/HTTP sink for benchmarks: accept and drop the spans (an
+            // empty protobuf message is a valid ExportTraceServiceResponse).
+            let _ = req.into_body().collect().await;
+            let mut r = Response::new(full(Vec::new()));
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/x-protobuf"),
+            );
+            return Ok(r);
+        }
         "/_control" => {
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
             let v: Value = body

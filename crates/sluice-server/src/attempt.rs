@@ -141,17 +141,23 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             rec.provider = provider.name.clone();
             let started = Instant::now();
             let mut span = match (&rec.app().tracing, &rec.span) {
-                (Some(t), Some(parent)) => Some(crate::telemetry::attempt_span(
+                (Some(t), Some(parent)) => crate::telemetry::attempt_span(
                     &t.tracer,
                     opentelemetry::trace::Span::span_context(parent),
                     crate::proxy::operation_name(call.op),
                     provider,
                     &target.model,
                     attempts,
-                )),
+                ),
                 _ => None,
             };
-            let traceparent = span.as_ref().and_then(crate::telemetry::traceparent);
+            // Upstream gets the attempt's context, or the request's when unsampled.
+            let traceparent = match (&span, &rec.span) {
+                (Some(s), _) | (None, Some(s)) => {
+                    crate::telemetry::traceparent(opentelemetry::trace::Span::span_context(s))
+                }
+                (None, None) => None,
+            };
 
             match attempt(call, model, adm.index, traceparent).await {
                 Attempt::Commit {

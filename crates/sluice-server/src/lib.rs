@@ -63,7 +63,7 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     let _ = tx.send(true);
     let _ = tokio::join!(api, admin);
     if let Some(t) = &app.tracing {
-        t.shutdown();
+        t.shutdown().await;
     }
     Ok(())
 }

@@ -112,7 +112,7 @@ impl Recorder {
             self.first_byte_seen = true;
             let at = self.start.elapsed();
             self.first_byte_at = Some(at);
-            if let Some(span) = &mut self.span {
+            if let Some(span) = self.span.as_mut().filter(|s| s.is_recording()) {
                 span.add_event("gen_ai.first_token", vec![]);
                 span.set_attribute(KeyValue::new(
                     "gen_ai.server.time_to_first_token",
@@ -230,14 +230,14 @@ impl Recorder {
             }
             span.end();
         }
-        if let Some(mut span) = self.span.take() {
+        if let Some(mut span) = self.span.take().filter(|s| s.is_recording()) {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(self.status),
             ));
             span.set_attribute(KeyValue::new("sluice.attempts", i64::from(self.attempts)));
             if !self.provider.is_empty() {
-                span.set_attribute(KeyValue::new("sluice.provider", self.provider.to_string()));
+                span.set_attribute(KeyValue::new("sluice.provider", self.provider.clone()));
             }
             if let Some(u) = usage {
                 span.set_attributes(u);

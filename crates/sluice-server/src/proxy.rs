@@ -43,10 +43,12 @@ pub async fn handle(
     rec.request_id = Some(request_id.clone());
     if let Some(t) = &app.tracing {
         let mut span = telemetry::server_span(&t.tracer, req.headers(), route);
-        span.set_attribute(KeyValue::new(
-            "sluice.request_id",
-            request_id.to_str().unwrap_or_default().to_owned(),
-        ));
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(
+                "sluice.request_id",
+                request_id.to_str().unwrap_or_default().to_owned(),
+            ));
+        }
         rec.span = Some(span);
     }
     let mut resp = proxy(&app, op, req, rec, &request_id, started).await;
@@ -93,12 +95,12 @@ async fn proxy(
         return rec.reply_error(&e);
     };
     rec.model = route.name.clone();
-    if let Some(span) = &mut rec.span {
+    if let Some(span) = rec.span.as_mut().filter(|s| s.is_recording()) {
         let operation = operation_name(op);
         span.update_name(format!("{operation} {}", peek.model));
         span.set_attributes([
             KeyValue::new("gen_ai.operation.name", operation),
-            KeyValue::new("gen_ai.request.model", peek.model.to_string()),
+            KeyValue::new("gen_ai.request.model", route.name.clone()),
             KeyValue::new("sluice.stream", peek.stream),
         ]);
     }

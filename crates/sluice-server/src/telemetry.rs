@@ -70,41 +70,29 @@ impl Tracing {
         let resource = Resource::builder()
             .with_service_name(cfg.service_name.clone())
             .build();
-        // Batch on the gateway's own runtime; on a current-thread runtime the
-        // processor gets a thread of its own so shutdown cannot deadlock.
-        let builder = SdkTracerProvider::builder()
-            .with_sampler(sampler)
-            .with_resource(resource);
-        let current_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        // Batch on the gateway's own runtime, as a task: spans reach it
+        // through a channel without waking another thread.
         use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-        let provider = if current_thread {
-            builder
-                .with_span_processor(
-                    BatchSpanProcessor::builder(
-                        exporter,
-                        opentelemetry_sdk::runtime::TokioCurrentThread,
-                    )
-                    .build(),
-                )
-                .build()
-        } else {
-            builder
-                .with_span_processor(
-                    BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
-                        .build(),
-                )
-                .build()
-        };
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build(),
+            )
+            .build();
         let tracer = provider.tracer("sluice");
         tracing::info!(%endpoint, protocol = ?cfg.protocol, ratio = cfg.sampling_ratio, "exporting traces over OTLP");
         Ok(Some(Self { tracer, provider }))
     }
 
-    /// Flushes what is batched; call once at shutdown.
-    pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!(error = %e, "trace exporter shutdown");
+    /// Flushes what is batched; call once at shutdown. The flush blocks, and
+    /// the batch task needs this runtime to run, so it waits on another thread.
+    pub async fn shutdown(&self) {
+        let provider = self.provider.clone();
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "trace exporter shutdown"),
+            Err(e) => tracing::warn!(error = %e, "trace exporter shutdown task"),
         }
     }
 }
@@ -136,26 +124,39 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The server span for a request, child of the client's `traceparent`.
 pub fn server_span(tracer: &SdkTracer, headers: &HeaderMap, route: &'static str) -> Span {
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    tracer
+    let parent = if headers.contains_key("traceparent") {
+        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+    } else {
+        Context::new()
+    };
+    let mut span = tracer
         .span_builder(route)
         .with_kind(SpanKind::Server)
-        .with_attributes([
+        .start_with_context(tracer, &parent);
+    // Attributes only for spans that will be exported (sampled).
+    if span.is_recording() {
+        span.set_attributes([
             KeyValue::new("http.request.method", "POST"),
             KeyValue::new("http.route", route),
-        ])
-        .start_with_context(tracer, &parent)
+        ]);
+    }
+    span
 }
 
-/// A client span for one upstream attempt, child of `parent`.
+/// A client span for one upstream attempt, child of `parent`; `None` when
+/// the parent is not sampled (its children would not be either, and the
+/// parent's context is what goes upstream).
 pub fn attempt_span(
     tracer: &SdkTracer,
     parent: &SpanContext,
     operation: &'static str,
     provider: &ProviderConfig,
-    model: &str,
+    model: &std::sync::Arc<str>,
     attempt: u32,
-) -> Span {
+) -> Option<Span> {
+    if !parent.is_sampled() {
+        return None;
+    }
     let cx = Context::new().with_remote_span_context(parent.clone());
     let system = genai_provider(provider.kind, provider.preset);
     tracer
@@ -165,16 +166,17 @@ pub fn attempt_span(
             KeyValue::new("gen_ai.operation.name", operation),
             KeyValue::new("gen_ai.provider.name", system),
             KeyValue::new("gen_ai.system", system),
-            KeyValue::new("gen_ai.request.model", model.to_owned()),
-            KeyValue::new("sluice.provider", provider.name.to_string()),
+            // Arc<str> values: no copy per span.
+            KeyValue::new("gen_ai.request.model", model.clone()),
+            KeyValue::new("sluice.provider", provider.name.clone()),
             KeyValue::new("sluice.attempt", i64::from(attempt)),
         ])
         .start_with_context(tracer, &cx)
+        .into()
 }
 
-/// The W3C `traceparent` for a span, to send upstream.
-pub fn traceparent(span: &Span) -> Option<HeaderValue> {
-    let sc = span.span_context();
+/// The W3C `traceparent` for a span context, to send upstream.
+pub fn traceparent(sc: &SpanContext) -> Option<HeaderValue> {
     if !sc.is_valid() {
         return None;
     }
