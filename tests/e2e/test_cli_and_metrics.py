@@ -1,6 +1,7 @@
 """The command line (check-config) and the admin listener's metrics."""
 
 import subprocess
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -104,3 +105,30 @@ def test_genai_runtime_and_process_metrics(proxy_gateway):
     assert value(after, "process_open_fds") > 0
     assert value(after, "tokio_workers") >= 1
     assert value(after, "tokio_alive_tasks") >= 1
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist(proxy_gateway):
+    import json
+    import re
+
+    dash = json.loads((ROOT / "deploy/grafana/sluice.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 16
+    # Make every series family appear: a request, a stream, an error.
+    base = proxy_gateway.base_url
+    with httpx.stream("POST", f"{base}/chat/completions",
+                      json={"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        r.read()
+    httpx.post(f"{base}/chat/completions", json={"model": "dead", "messages": [{"role": "user", "content": "x"}]})
+    with httpx.stream("POST", f"{base}/chat/completions",
+                      json={"model": "drip-50", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        next(r.iter_bytes())  # then hang up: a cancel
+    time.sleep(0.2)
+    exposed = {s.split("{")[0].split(" ")[0] for s in proxy_gateway.metrics_text().splitlines() if s and not s.startswith("#")}
+    functions = {"sum", "rate", "by", "le", "histogram_quantile", "model", "kind", "provider", "outcome", "code",
+                 "status", "gen_ai_request_model"}
+    for e in exprs:
+        for name in re.findall(r"[a-z_][a-z0-9_]*", e):
+            if name in functions or not ("_" in name):
+                continue
+            assert name in exposed, f"dashboard expression uses {name}, which /metrics does not expose: {e}"
