@@ -89,3 +89,37 @@ def test_garbage_on_the_socket_does_not_hurt(proxy_gateway):
             assert data == b"" or data.startswith(b"HTTP/1.1 4"), data
     proxy_gateway.assert_alive()
     assert httpx.get(f"{proxy_gateway.url}/healthz").status_code == 200
+
+
+def test_slow_header_client_is_cut_off(tmp_path):
+    import time
+
+    from conftest import Gateway
+
+    g = Gateway("[server]\nheader_read_timeout_ms = 500\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n"
+                "[[models]]\nname = \"mock-1\"\ntargets = [{ provider = \"m\" }]\n", tmp_path=tmp_path)
+    try:
+        host, port = g.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(0.1)
+            t = time.monotonic()
+            closed_after = None
+            # Trickle a header byte every 100 ms, never finishing the head.
+            while time.monotonic() - t < 3:
+                try:
+                    s.sendall(b"X")
+                    data = s.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    data = b""
+                if data == b"" or data.startswith(b"HTTP/1.1 408"):
+                    closed_after = time.monotonic() - t
+                    break
+        assert closed_after is not None, "the slow client was never cut off"
+        assert 0.3 < closed_after < 2.0, closed_after
+        g.assert_alive()
+        assert httpx.get(f"{g.url}/healthz").status_code == 200
+    finally:
+        g.stop()

@@ -8,6 +8,7 @@ pub mod gemini;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+pub mod template;
 pub mod translate;
 pub mod transport;
 

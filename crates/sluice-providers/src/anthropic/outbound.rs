@@ -10,8 +10,8 @@ use super::types::{
     Metadata, StreamEvent, Tool, ToolChoice, ToolResultContent,
 };
 use crate::openai::types::{
-    ChatRequest, ChatResponse, Choice, Chunk, ChunkChoice, Content, Delta, FunctionCall,
-    FunctionDelta, Message as OaMessage, ToolCall, ToolCallDelta, UsageOut,
+    ChatRequest, ChatResponse, Choice, Chunk, Content, Delta, FunctionCall, FunctionDelta,
+    Message as OaMessage, ToolCall, ToolCallDelta, UsageOut,
 };
 
 /// The Anthropic request for an OpenAI chat request. `model` is the target's.
@@ -245,18 +245,7 @@ impl StreamToOpenAi {
     }
 
     fn chunk(&self, delta: Delta, finish: Option<String>) -> Chunk {
-        Chunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish,
-            }],
-            usage: None,
-        }
+        Chunk::single(&self.id, self.created, &self.model, delta, finish)
     }
 
     /// The hot path: a text delta written straight out as an OpenAI SSE

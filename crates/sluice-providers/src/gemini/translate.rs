@@ -4,8 +4,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::openai::types::{
-    ChatRequest, ChatResponse, Choice, Chunk, ChunkChoice, Content, Delta, FunctionCall,
-    FunctionDelta, Message, ToolCall, ToolCallDelta, UsageOut,
+    ChatRequest, ChatResponse, Choice, Chunk, Content, Delta, FunctionCall, FunctionDelta, Message,
+    ToolCall, ToolCallDelta, UsageOut,
 };
 
 /// The Gemini request body for an OpenAI chat request.
@@ -302,18 +302,7 @@ impl StreamToOpenAi {
     }
 
     fn chunk(&self, delta: Delta, finish: Option<String>) -> Chunk {
-        Chunk {
-            id: "gemini".into(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish,
-            }],
-            usage: None,
-        }
+        Chunk::single("gemini", self.created, &self.model, delta, finish)
     }
 
     pub fn event(&mut self, resp: GenerateResponse, out: &mut Vec<Chunk>) {

@@ -8,18 +8,16 @@
 pub mod types;
 
 use bytes::Bytes;
-use http::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
-    USER_AGENT,
-};
-use http::{Method, Uri};
+use http::Uri;
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::Full;
+use sluice_core::GatewayError;
 use sluice_core::config::{ProviderConfig, ProviderKind};
 use sluice_core::request::{Operation, Usage};
-use sluice_core::{ErrorKind, GatewayError};
 
-pub const UA: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::template;
+
+pub use crate::template::UA;
 
 /// A provider's request template, built once per configuration snapshot so a
 /// request only clones ready-made URIs and header values.
@@ -32,12 +30,6 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(p: &ProviderConfig) -> Result<Self, GatewayError> {
-        let invalid = |what: String| {
-            GatewayError::new(
-                ErrorKind::Internal,
-                format!("provider '{}': {what} is not valid", p.name),
-            )
-        };
         // Azure addresses a deployment and versions its API in the query.
         let query = match p.kind {
             ProviderKind::Azure => format!("?api-version={}", p.api_version),
@@ -45,38 +37,16 @@ impl Endpoint {
         };
         let uri = |path: &str| {
             Uri::try_from(format!("{}{path}{query}", p.base_url))
-                .map_err(|_| invalid("base_url".into()))
+                .map_err(|_| template::invalid(p, "base_url"))
         };
-        let mut headers = HeaderMap::with_capacity(5 + p.headers.len());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        headers.insert(USER_AGENT, HeaderValue::from_static(UA));
-        if let Some(key) = &p.api_key {
-            let (name, value) = match p.kind {
-                ProviderKind::Azure => {
-                    (HeaderName::from_static("api-key"), key.expose().to_owned())
-                }
-                _ => (AUTHORIZATION, format!("Bearer {}", key.expose())),
-            };
-            let mut v = HeaderValue::try_from(value).map_err(|_| invalid("api_key".into()))?;
-            v.set_sensitive(true);
-            headers.insert(name, v);
-        }
-        for (name, value) in &p.headers {
-            let n = HeaderName::try_from(name.as_str())
-                .map_err(|_| invalid(format!("header name '{name}'")))?;
-            let mut v = HeaderValue::try_from(value.expose())
-                .map_err(|_| invalid(format!("value of header '{name}'")))?;
-            v.set_sensitive(true);
-            headers.insert(n, v);
-        }
+        let auth = p.api_key.as_ref().map(|key| match p.kind {
+            ProviderKind::Azure => (HeaderName::from_static("api-key"), key.expose().to_owned()),
+            _ => (AUTHORIZATION, format!("Bearer {}", key.expose())),
+        });
         Ok(Self {
             chat: uri("/chat/completions")?,
             embeddings: uri("/embeddings")?,
-            headers,
+            headers: template::headers(p, auth, &[])?,
         })
     }
 
@@ -87,23 +57,11 @@ impl Endpoint {
         body: Bytes,
         request_id: Option<&HeaderValue>,
     ) -> http::Request<Full<Bytes>> {
-        // Sized up front: the template, the length and the request id.
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 2);
-        for (k, v) in &self.headers {
-            headers.insert(k.clone(), v.clone());
-        }
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        if let Some(id) = request_id {
-            headers.insert(REQUEST_ID.clone(), id.clone());
-        }
-        let mut req = http::Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = match op {
+        let uri = match op {
             Operation::Chat | Operation::Messages => self.chat.clone(),
             Operation::Embeddings => self.embeddings.clone(),
         };
-        *req.headers_mut() = headers;
-        req
+        template::request(&self.headers, uri, body, request_id)
     }
 }
 
@@ -178,6 +136,8 @@ fn parse_usage_at(after_key: &[u8]) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
+    use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
     fn provider() -> ProviderConfig {
         let c = sluice_core::config::parse(

@@ -192,6 +192,30 @@ pub struct Chunk {
     pub usage: Option<UsageOut>,
 }
 
+impl Chunk {
+    /// A chunk with one choice carrying `delta` (and maybe a finish reason).
+    pub fn single(
+        id: &str,
+        created: u64,
+        model: &str,
+        delta: Delta,
+        finish_reason: Option<String>,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.to_owned(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }],
+            usage: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
     pub index: u32,
