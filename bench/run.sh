@@ -127,13 +127,16 @@ stream_run anthropic stream-anthropic 0
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SLUICE_PID/status")
 
-# Tracing cost: the same load through Sluice exporting spans over OTLP/HTTP
-# to a sink, at sampling 1.0 (every request) and 0.1, against tracing off.
+# Tracing cost: the same load through fresh Sluice processes, back to back:
+# tracing off, then exporting spans over OTLP/HTTP to a sink at sampling 1.0
+# (every request) and 0.1. Ratios are against the "off" run of this section.
 kill "$SLUICE_PID"; wait "$SLUICE_PID" 2>/dev/null || true
-for ratio in 1.0 0.1; do
+for ratio in off 1.0 0.1; do
   GW2=$(free_port); ADMIN2=$(free_port)
   sed -e "s/127.0.0.1:$GW\"/127.0.0.1:$GW2\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMIN2\"/" "$WORK/sluice.toml" > "$WORK/traced.toml"
-  printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\notlp_protocol = "http/protobuf"\nsampling_ratio = %s\n' "$UP" "$ratio" >> "$WORK/traced.toml"
+  if [ "$ratio" != off ]; then
+    printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\notlp_protocol = "http/protobuf"\nsampling_ratio = %s\n' "$UP" "$ratio" >> "$WORK/traced.toml"
+  fi
   SLUICE_LOG=warn taskset -c 0 "$TARGET/release/sluice" serve --config "$WORK/traced.toml" > /dev/null 2> "$WORK/traced.err" &
   TRACED_PID=$!
   PIDS+=($TRACED_PID)
@@ -206,9 +209,11 @@ for n, v in st.items():
     print(f"  {n:12} {v['rps']:6d} streams/s  {v['cpu_ns_per_token']:8.1f} ns CPU/token  errors {v['socket_errors'] + v['non2xx']}")
 print(f"  CPU per token vs passthrough: filtered {out['stream']['filtered_vs_passthrough_cpu_per_token']}x, "
       f"anthropic translation {out['stream']['anthropic_vs_passthrough_cpu_per_token']}x")
-plain = out[f"c{conns}"]["runs"]["sluice"]
-out["tracing"] = {}
-print()
+plain = json.load(open(f"{work}/traced-off.json"))
+plain["rps"] = round(plain["requests"] / (plain["duration_us"] / 1e6))
+plain["cpu_us_per_request"] = round(int(open(f"{work}/traced-off.cpu").read()) / hz * 1e6 / plain["requests"], 1)
+out["tracing"] = {"off": plain}
+print(f"\ntracing off (same section): {plain['rps']} req/s, {plain['cpu_us_per_request']} µs CPU/req")
 for ratio in ("1.0", "0.1"):
     t = json.load(open(f"{work}/traced-{ratio}.json"))
     t["rps"] = round(t["requests"] / (t["duration_us"] / 1e6))

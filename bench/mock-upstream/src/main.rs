@@ -299,7 +299,7 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
             });
             return Ok(event_stream(rx));
         }
-        let mut r = Response::new(full(out.into_bytes()));
+        let mut r = Response::new(framed(&out));
         r.headers_mut().insert(
             "content-type",
             hyper::header::HeaderValue::from_static("text/event-stream"),
@@ -475,7 +475,7 @@ fn anthropic(
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 7}}),
     );
     ev("message_stop", json!({"type": "message_stop"}));
-    let mut r = Response::new(full(out.into_bytes()));
+    let mut r = Response::new(framed(&out));
     r.headers_mut().insert(
         "content-type",
         hyper::header::HeaderValue::from_static("text/event-stream"),
@@ -575,6 +575,15 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
 
 fn sse(v: &Value) -> String {
     format!("data: {v}\n\n")
+}
+
+/// An SSE text sent one event per body frame, as model APIs stream.
+fn framed(text: &str) -> Body {
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = text
+        .split_inclusive("\n\n")
+        .map(|ev| Ok(Frame::data(Bytes::copy_from_slice(ev.as_bytes()))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
 }
 
 fn full(b: Vec<u8>) -> Body {

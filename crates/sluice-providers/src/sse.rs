@@ -13,11 +13,15 @@ pub struct Event {
     pub data: String,
 }
 
+/// Decodes events into a pool that keeps its strings between calls: after
+/// warm-up, decoding allocates nothing per event.
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
     max_event: usize,
-    current: Event,
+    /// Completed events are `pool[..ready]`; `pool[ready]` is being filled.
+    pool: Vec<Event>,
+    ready: usize,
     has_data: bool,
 }
 
@@ -37,42 +41,81 @@ impl Decoder {
         Self {
             buf: BytesMut::new(),
             max_event,
-            current: Event::default(),
+            pool: vec![Event::default()],
+            ready: 0,
             has_data: false,
         }
     }
 
-    /// Feeds bytes; pushes every event completed by them onto `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), TooLarge> {
-        self.buf.extend_from_slice(bytes);
-        while let Some(nl) = memchr::memchr(b'\n', &self.buf) {
-            let line = self.buf.split_to(nl + 1);
-            let mut line = &line[..nl];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            self.line(line, out);
+    /// Feeds bytes; the events they complete join [`events`](Self::events).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), TooLarge> {
+        // Parse complete lines straight from the input when nothing is
+        // pending (the common case: frames end on event boundaries); keep
+        // only an unfinished tail.
+        let mut input = bytes;
+        if !self.buf.is_empty() {
+            self.buf.extend_from_slice(bytes);
+            let pending = std::mem::take(&mut self.buf);
+            let consumed = self.lines(&pending);
+            self.buf = pending;
+            self.buf.advance(consumed);
+            input = &[];
         }
-        if self.buf.len() + self.current.data.len() > self.max_event {
+        let consumed = self.lines(input);
+        self.buf.extend_from_slice(&input[consumed..]);
+        if self.buf.len() + self.pool[self.ready].data.len() > self.max_event {
             self.buf.advance(self.buf.len());
             return Err(TooLarge(self.max_event));
         }
         Ok(())
     }
 
-    /// Flushes an event left without its closing blank line at end of stream.
-    pub fn finish(&mut self, out: &mut Vec<Event>) {
-        if !self.buf.is_empty() {
-            let rest = self.buf.split();
-            self.line(&rest, out);
+    /// Handles every complete line of `data`; returns the bytes consumed.
+    fn lines(&mut self, data: &[u8]) -> usize {
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &data[start..]) {
+            let mut line = &data[start..start + nl];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            self.line(line);
+            start += nl + 1;
         }
-        self.line(b"", out);
+        start
     }
 
-    fn line(&mut self, line: &[u8], out: &mut Vec<Event>) {
+    /// Flushes an event left without its closing blank line at end of stream.
+    pub fn finish(&mut self) {
+        if !self.buf.is_empty() {
+            let rest = self.buf.split();
+            self.line(&rest);
+        }
+        self.line(b"");
+    }
+
+    /// The events completed since the last [`clear`](Self::clear).
+    pub fn events(&self) -> &[Event] {
+        &self.pool[..self.ready]
+    }
+
+    /// Forgets the completed events, keeping their storage.
+    pub fn clear(&mut self) {
+        // The event in progress moves to the front; the rest are reused.
+        self.pool.swap(0, self.ready);
+        self.ready = 0;
+    }
+
+    fn line(&mut self, line: &[u8]) {
         if line.is_empty() {
-            if self.has_data || self.current.event.is_some() {
-                out.push(std::mem::take(&mut self.current));
+            let current = &self.pool[self.ready];
+            if self.has_data || current.event.is_some() {
+                self.ready += 1;
+                if self.pool.len() == self.ready {
+                    self.pool.push(Event::default());
+                }
+                let next = &mut self.pool[self.ready];
+                next.data.clear();
+                next.event = None;
                 self.has_data = false;
             }
             return;
@@ -88,15 +131,22 @@ impl Decoder {
             None => (line, &b""[..]),
         };
         let value = String::from_utf8_lossy(value);
+        let current = &mut self.pool[self.ready];
         match field {
             b"data" => {
                 if self.has_data {
-                    self.current.data.push('\n');
+                    current.data.push('\n');
                 }
-                self.current.data.push_str(&value);
+                current.data.push_str(&value);
                 self.has_data = true;
             }
-            b"event" => self.current.event = Some(value.into_owned()),
+            b"event" => match &mut current.event {
+                Some(e) => {
+                    e.clear();
+                    e.push_str(&value);
+                }
+                None => current.event = Some(value.into_owned()),
+            },
             _ => {} // id, retry: not used by model APIs
         }
     }
@@ -125,9 +175,12 @@ mod tests {
         let mut d = Decoder::new(1024);
         let mut out = vec![];
         for c in chunks {
-            d.feed(c, &mut out).unwrap();
+            d.feed(c).unwrap();
+            out.extend_from_slice(d.events());
+            d.clear();
         }
-        d.finish(&mut out);
+        d.finish();
+        out.extend_from_slice(d.events());
         out
     }
 
@@ -168,10 +221,40 @@ mod tests {
     #[test]
     fn oversized_event_is_refused() {
         let mut d = Decoder::new(16);
-        let mut out = vec![];
-        assert_eq!(d.feed(&[b'x'; 64], &mut out), Err(TooLarge(16)));
+        assert_eq!(d.feed(&[b'x'; 64]), Err(TooLarge(16)));
         let mut d = Decoder::new(16);
-        let r = (0..10).try_for_each(|_| d.feed(b"data: 0123456789\n", &mut out));
+        let r = (0..10).try_for_each(|_| d.feed(b"data: 0123456789\n"));
         assert_eq!(r, Err(TooLarge(16)));
+    }
+
+    #[test]
+    fn pool_is_reused_without_mixing_events() {
+        let mut d = Decoder::new(1024);
+        d.feed(b"event: a\ndata: first\n\ndata: sec").unwrap();
+        assert_eq!(
+            d.events(),
+            [Event {
+                event: Some("a".into()),
+                data: "first".into()
+            }]
+        );
+        d.clear();
+        d.feed(b"ond\n\n").unwrap();
+        assert_eq!(
+            d.events(),
+            [Event {
+                event: None,
+                data: "second".into()
+            }]
+        );
+        d.clear();
+        d.feed(b"data: x\n\n").unwrap();
+        assert_eq!(
+            d.events(),
+            [Event {
+                event: None,
+                data: "x".into()
+            }]
+        );
     }
 }

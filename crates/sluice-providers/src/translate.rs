@@ -16,7 +16,7 @@ use sluice_core::request::Usage;
 use crate::anthropic::{inbound, outbound, types as at};
 use crate::gemini::translate as gemini;
 use crate::openai::types as ot;
-use crate::sse::{self, Decoder, Event};
+use crate::sse::{self, Decoder};
 use crate::{BodyError, BoxBody};
 
 /// A wire format, of a client or of an upstream.
@@ -74,7 +74,6 @@ pub struct StreamBody {
     sse: Decoder,
     mode: Mode,
     usage: Arc<UsageCell>,
-    events: Vec<Event>,
     upstream_done: bool,
     ended: bool,
     pending_error: Option<String>,
@@ -115,7 +114,6 @@ impl StreamBody {
             sse: Decoder::new(MAX_EVENT),
             mode,
             usage,
-            events: Vec::new(),
             upstream_done: false,
             ended: false,
             pending_error: None,
@@ -125,7 +123,7 @@ impl StreamBody {
     /// Handles decoded events; `Err` is an upstream error reported in-stream.
     fn handle(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
         let mut chunks = Vec::new();
-        for ev in std::mem::take(&mut self.events) {
+        for ev in self.sse.events() {
             if self.upstream_done {
                 break;
             }
@@ -288,7 +286,8 @@ impl Body for StreamBody {
             if this.ended {
                 return Poll::Ready(None);
             }
-            let mut out = Vec::new();
+            // Room for a typical re-encoded event without regrowing.
+            let mut out = Vec::with_capacity(512);
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
@@ -299,17 +298,19 @@ impl Body for StreamBody {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    if let Err(e) = this.sse.feed(&data, &mut this.events) {
+                    if let Err(e) = this.sse.feed(&data) {
                         this.ended = true;
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }
                 }
                 Poll::Ready(None) => {
-                    this.sse.finish(&mut this.events);
+                    this.sse.finish();
                     this.ended = true;
                 }
             }
-            if let Err(msg) = this.handle(&mut out) {
+            let handled = this.handle(&mut out);
+            this.sse.clear();
+            if let Err(msg) = handled {
                 this.ended = true;
                 if out.is_empty() {
                     return Poll::Ready(Some(Err(Box::new(StreamError(msg)))));

@@ -254,6 +254,8 @@ impl StreamToOpenAi {
     pub fn text_delta_fast(&mut self, data: &str, out: &mut Vec<u8>) -> bool {
         #[derive(serde::Deserialize)]
         struct Ev<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
             #[serde(borrow)]
             delta: D<'a>,
         }
