@@ -266,12 +266,16 @@ impl StreamToOpenAi {
             #[serde(borrow)]
             text: Option<std::borrow::Cow<'a, str>>,
         }
-        if self.text_prefix.is_empty() || !data.starts_with("{\"type\":\"content_block_delta\"") {
+        // Key order is not fixed by the format: look for the delta kind.
+        if self.text_prefix.is_empty() || !data.contains("\"text_delta\"") {
             return false;
         }
         let Ok(ev) = serde_json::from_str::<Ev<'_>>(data) else {
             return false;
         };
+        if ev.kind != "content_block_delta" {
+            return false;
+        }
         let (kind, Some(text)) = (ev.delta.kind, ev.delta.text) else {
             return false;
         };
@@ -402,5 +406,56 @@ impl StreamToOpenAi {
             | StreamEvent::Unknown => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started() -> StreamToOpenAi {
+        let mut t = StreamToOpenAi::new(7);
+        let start: StreamEvent = serde_json::from_str(
+            r#"{"type":"message_start","message":{"id":"m1","type":"message","role":"assistant","content":[],"model":"c","stop_reason":null,"usage":{"input_tokens":1,"output_tokens":0}}}"#,
+        )
+        .unwrap();
+        t.event(start, &mut Vec::new()).unwrap();
+        t
+    }
+
+    #[test]
+    fn fast_text_path_matches_the_general_path_whatever_the_key_order() {
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hé \"x\""}}"#,
+            r#"{"delta":{"text":"hé \"x\"","type":"text_delta"},"index":0,"type":"content_block_delta"}"#,
+        ] {
+            let mut t = started();
+            let mut fast = Vec::new();
+            assert!(
+                t.text_delta_fast(data, &mut fast),
+                "fast path refused {data}"
+            );
+            let mut chunks = Vec::new();
+            t.event(serde_json::from_str(data).unwrap(), &mut chunks)
+                .unwrap();
+            let mut general = Vec::new();
+            crate::sse::push_data(&mut general, &chunks[0]);
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(general).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn fast_path_leaves_other_events_alone() {
+        let mut t = started();
+        let mut out = Vec::new();
+        assert!(!t.text_delta_fast(
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+            &mut out
+        ));
+        assert!(!t.text_delta_fast(r#"{"type":"ping"}"#, &mut out));
+        assert!(out.is_empty());
     }
 }
