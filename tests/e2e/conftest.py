@@ -61,8 +61,8 @@ class MockUpstream:
 
 
 class Gateway:
-    def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=()):
-        args = [str(SLUICE), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+    def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=(), listen="127.0.0.1:0"):
+        args = [str(SLUICE), "serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]
         if config_text is not None:
             path = tmp_path / "sluice.toml"
             path.write_text(config_text)

@@ -11,6 +11,10 @@ pub enum ErrorKind {
     InvalidJson,
     /// Valid JSON, but a required field is missing or has the wrong type.
     InvalidRequest,
+    /// No API key, an unknown one, or an expired one.
+    Unauthorized,
+    /// The key may not use this model.
+    Forbidden,
     /// The `model` names nothing this gateway serves.
     ModelNotFound,
     /// No route for this path.
@@ -51,6 +55,8 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidJson | ErrorKind::InvalidRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -76,6 +82,8 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::UnsupportedOperation => "invalid_request_error",
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -90,6 +98,8 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidJson => "invalid_json",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Unauthorized => "invalid_api_key",
+            ErrorKind::Forbidden => "model_not_allowed",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::RouteNotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -109,6 +119,8 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidJson
             | ErrorKind::InvalidRequest
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
@@ -155,6 +167,8 @@ impl GatewayError {
     pub fn to_anthropic_json(&self) -> Vec<u8> {
         let kind = match self.kind.status() {
             400 | 405 | 415 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",
             503 => "overloaded_error",
@@ -193,9 +207,11 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 14] = [
+    const ALL: [ErrorKind; 16] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
         ErrorKind::ModelNotFound,
         ErrorKind::RouteNotFound,
         ErrorKind::MethodNotAllowed,

@@ -2,6 +2,7 @@
 //! configuration (raw schema → validated snapshot), the routing table, the
 //! error taxonomy, and the few request fields the gateway acts on.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod request;

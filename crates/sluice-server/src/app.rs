@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use sluice_core::GatewayError;
+use sluice_core::auth::KeyTable;
 use sluice_core::config::{Config, ProviderKind};
 use sluice_core::route::RouteTable;
 use sluice_providers::transport::{self, UpstreamClient};
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
+    pub keys: KeyTable,
     /// Index-aligned with `config.providers`; `None` for in-process providers.
     pub upstreams: Vec<Option<Upstream>>,
 }
@@ -39,6 +41,7 @@ pub enum Endpoint {
 impl Snapshot {
     pub fn build(config: Config) -> Result<Self, GatewayError> {
         let routes = RouteTable::new(&config);
+        let keys = KeyTable::new(&config);
         let upstreams = config
             .providers
             .iter()
@@ -60,6 +63,7 @@ impl Snapshot {
         Ok(Self {
             config,
             routes,
+            keys,
             upstreams,
         })
     }
@@ -95,4 +99,29 @@ impl App {
             tracing,
         }))
     }
+}
+
+/// The caller's key, when keys are configured: `Ok(None)` on an open API.
+pub fn authenticate<'a>(
+    snap: &'a Snapshot,
+    headers: &http::HeaderMap,
+) -> Result<Option<&'a sluice_core::config::KeyConfig>, GatewayError> {
+    if snap.keys.is_open() {
+        return Ok(None);
+    }
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let token = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    snap.keys.check(token.map(str::trim), now_unix()).map(Some)
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -23,6 +23,22 @@ pub use logging::LogControl;
 
 /// Binds both listeners, prints the ready line, and serves until SIGINT/SIGTERM.
 pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> {
+    // An open API (no keys) is for a developer's own machine: refuse to
+    // expose one unless the configuration says so explicitly.
+    if config.keys.is_empty() {
+        if !config.server.listen.ip().is_loopback() && !config.allow_open_non_loopback {
+            anyhow::bail!(
+                "refusing to listen on {} with no [[keys]] configured: anyone who can reach it \
+                 could spend your provider keys. Add [[keys]], listen on loopback, or set \
+                 [auth] allow_open_non_loopback = true",
+                config.server.listen
+            );
+        }
+        tracing::warn!(
+            listen = %config.server.listen,
+            "no [[keys]] configured: the API is open to anyone who can reach it"
+        );
+    }
     let api_listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

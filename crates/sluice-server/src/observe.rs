@@ -56,6 +56,8 @@ pub struct Recorder {
     /// The client's wire format, for error bodies.
     pub wire: Wire,
     pub request_id: Option<http::HeaderValue>,
+    /// The virtual key's name, when keys are configured.
+    pub key: Option<Arc<str>>,
     /// Upstream attempts made (for the access log).
     pub attempts: u32,
     sampling: Sampling,
@@ -87,6 +89,7 @@ impl Recorder {
             finished: false,
             wire: Wire::OpenAi,
             request_id: None,
+            key: None,
             attempts: 0,
             sampling,
             access_log,
@@ -197,6 +200,7 @@ impl Drop for Recorder {
             tracing::info!(
                 target: "sluice::access",
                 request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                key = self.key.as_deref(),
                 route = self.route,
                 model = &*self.model,
                 provider = &*self.provider,

@@ -68,6 +68,11 @@ async fn proxy(
     if op == Operation::Messages {
         rec.wire = Wire::Anthropic;
     }
+    let key = match crate::app::authenticate(&snap, req.headers()) {
+        Ok(k) => k,
+        Err(e) => return rec.reply_error(&e),
+    };
+    rec.key = key.map(|k| k.name.clone());
     let client_timeout = match client_timeout(req.headers()) {
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),
@@ -95,6 +100,16 @@ async fn proxy(
         return rec.reply_error(&e);
     };
     rec.model = route.name.clone();
+    if let Some(k) = key
+        && !k.allows(&route.name)
+    {
+        let e = GatewayError::new(
+            ErrorKind::Forbidden,
+            format!("API key '{}' may not use model '{}'", k.name, route.name),
+        )
+        .with_param("model");
+        return rec.reply_error(&e);
+    }
     if let Some(span) = rec.span.as_mut().filter(|s| s.is_recording()) {
         let operation = operation_name(op);
         span.update_name(format!("{operation} {}", peek.model));

@@ -70,20 +70,34 @@ fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {
     json!({"id": name, "object": "model", "created": app.started_unix, "owned_by": owner})
 }
 
-async fn models(State(app): State<Arc<App>>) -> Response {
+async fn models(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Response {
     let snap = app.snapshot.load();
+    let key = match crate::app::authenticate(&snap, &headers) {
+        Ok(k) => k,
+        Err(e) => return error_response(&e, Wire::OpenAi),
+    };
+    // A key sees the models it may use.
     let data: Vec<_> = snap
         .routes
         .names
         .iter()
+        .filter(|name| key.is_none_or(|k| k.allows(name)))
         .map(|name| model_json(&app, name, owner(&snap, name)))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+async fn model(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: http::HeaderMap,
+) -> Response {
     let snap = app.snapshot.load();
-    if snap.routes.get(&id).is_some() {
+    let key = match crate::app::authenticate(&snap, &headers) {
+        Ok(k) => k,
+        Err(e) => return error_response(&e, Wire::OpenAi),
+    };
+    if snap.routes.get(&id).is_some() && key.is_none_or(|k| k.allows(&id)) {
         axum::Json(model_json(&app, &id, owner(&snap, &id))).into_response()
     } else {
         error_response(

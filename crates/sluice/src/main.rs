@@ -33,11 +33,31 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Print the SHA-256 to put in a [[keys]] entry for a client token.
+    HashKey {
+        /// The token clients will send (read from stdin when omitted).
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::HashKey { token } => {
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let mut t = String::new();
+                    if std::io::stdin().read_line(&mut t).is_err() {
+                        eprintln!("sluice: cannot read the token from stdin");
+                        return ExitCode::from(1);
+                    }
+                    t.trim_end_matches(['\n', '\r']).to_owned()
+                }
+            };
+            println!("{}", sluice_core::auth::token_hash_hex(&token));
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig { file } => match config::load_file(&file) {
             Ok(c) => {
                 println!(

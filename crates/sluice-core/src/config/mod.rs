@@ -5,6 +5,7 @@
 
 mod env;
 mod raw;
+pub mod time;
 mod validate;
 
 use std::fmt;
@@ -29,6 +30,22 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub logging: LoggingConfig,
     pub telemetry: TelemetryConfig,
+    /// Virtual keys; empty = the API is open (allowed on loopback only,
+    /// unless `allow_open_non_loopback`).
+    pub keys: Vec<KeyConfig>,
+    pub allow_open_non_loopback: bool,
+}
+
+/// A virtual key: clients send the token, the configuration holds its hash.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub name: Arc<str>,
+    pub sha256: [u8; 32],
+    /// `None` = every model.
+    pub models: Option<Vec<Arc<str>>>,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<u64>,
+    pub metadata: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,27 @@ pub struct RawConfig {
     pub logging: RawLogging,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub keys: Vec<Spanned<RawKey>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub allow_open_non_loopback: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub models: Option<Vec<Spanned<String>>>,
+    pub expires_at: Option<Spanned<String>>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

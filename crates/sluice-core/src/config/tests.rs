@@ -223,3 +223,20 @@ fn routing_problems_are_located() {
         ]
     );
 }
+
+#[test]
+fn key_problems_are_located() {
+    let errs = errors(
+        "[[providers]]\nname = \"p\"\nkind = \"mock\"\n[[models]]\nname = \"a\"\ntargets = [{ provider = \"p\" }]\n\
+         [[keys]]\nname = \"k\"\nsha256 = \"abc\"\n\
+         [[keys]]\nname = \"k2\"\nsha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nmodels = [\"zzz\"]\nexpires_at = \"tomorrow\"\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "t.toml:9:10: sha256 must be 64 hex digits (the SHA-256 of the token)",
+            "t.toml:13:11: key allows unknown model 'zzz'",
+            "t.toml:14:14: expires_at must be like 2027-01-31T00:00:00Z (UTC)",
+        ]
+    );
+}

@@ -10,9 +10,9 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawLogging, RawProvider, RawRouting, RawServer, RawTelemetry};
 use super::{
-    Config, ConfigError, ConfigErrors, LogFormat, LoggingConfig, MockConfig, ModelConfig,
-    OtlpProtocol, ProviderConfig, ProviderKind, RoutingConfig, Sampling, ServerConfig, Strategy,
-    TargetConfig, TelemetryConfig, line_col,
+    Config, ConfigError, ConfigErrors, KeyConfig, LogFormat, LoggingConfig, MockConfig,
+    ModelConfig, OtlpProtocol, ProviderConfig, ProviderKind, RoutingConfig, Sampling, ServerConfig,
+    Strategy, TargetConfig, TelemetryConfig, line_col,
 };
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
@@ -153,6 +153,7 @@ pub(super) fn validate(
     let routing = routing(&mut c, &raw.routing);
     let logging = logging(&mut c, &raw.logging);
     let telemetry = telemetry(&mut c, &raw.telemetry, env);
+    let keys = keys(&mut c, &raw);
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -284,6 +285,8 @@ pub(super) fn validate(
             routing,
             logging,
             telemetry,
+            keys,
+            allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -320,6 +323,88 @@ fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             "shutdown_grace_ms",
         )),
     }
+}
+
+fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
+    let mut out = Vec::with_capacity(raw.keys.len());
+    let mut names = HashSet::new();
+    for k in &raw.keys {
+        let k = k.get_ref();
+        if !names.insert(k.name.get_ref().as_str()) {
+            c.at(
+                k.name.span(),
+                format!("duplicate key name '{}'", k.name.get_ref()),
+            );
+        }
+        let Some(sha256) = hex32(k.sha256.get_ref()) else {
+            c.at(
+                k.sha256.span(),
+                "sha256 must be 64 hex digits (the SHA-256 of the token)",
+            );
+            continue;
+        };
+        if out.iter().any(|o: &KeyConfig| o.sha256 == sha256) {
+            c.at(k.sha256.span(), "two keys have the same sha256");
+        }
+        let models = k.models.as_ref().map(|ms| {
+            ms.iter()
+                .filter_map(|m| {
+                    if raw
+                        .models
+                        .iter()
+                        .any(|r| r.get_ref().name.get_ref() == m.get_ref())
+                    {
+                        Some(Arc::from(m.get_ref().as_str()))
+                    } else {
+                        c.at(
+                            m.span(),
+                            format!("key allows unknown model '{}'", m.get_ref()),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+        let expires_at = match &k.expires_at {
+            None => None,
+            Some(v) => match super::time::parse_rfc3339_utc(v.get_ref()) {
+                Some(t) => Some(t),
+                None => {
+                    c.at(
+                        v.span(),
+                        "expires_at must be like 2027-01-31T00:00:00Z (UTC)",
+                    );
+                    None
+                }
+            },
+        };
+        out.push(KeyConfig {
+            name: Arc::from(k.name.get_ref().as_str()),
+            sha256,
+            models,
+            expires_at,
+            metadata: k
+                .metadata
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
+        });
+    }
+    out
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
 }
 
 fn logging(c: &mut Collector<'_>, l: &RawLogging) -> LoggingConfig {

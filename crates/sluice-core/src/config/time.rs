@@ -1,0 +1,81 @@
+//! The one timestamp form the configuration accepts: RFC 3339 in UTC,
+//! `YYYY-MM-DDTHH:MM:SSZ`. Small enough not to need a date crate.
+
+/// Unix seconds for `YYYY-MM-DDTHH:MM:SSZ`, or `None` if malformed.
+pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if d == 0 || d > month_days[(mo - 1) as usize] {
+        return None;
+    }
+    let days_before_year: u64 = (1970..y)
+        .map(|yr| {
+            if (yr % 4 == 0 && yr % 100 != 0) || yr % 400 == 0 {
+                366
+            } else {
+                365
+            }
+        })
+        .sum();
+    let days_before_month: u64 = month_days[..(mo - 1) as usize].iter().sum();
+    let days = days_before_year + days_before_month + d - 1;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_instants() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_utc("2000-02-29T12:00:00Z"), Some(951_825_600));
+        assert_eq!(
+            parse_rfc3339_utc("2026-11-27T09:30:00Z"),
+            Some(1_795_771_800)
+        );
+    }
+
+    #[test]
+    fn malformed_is_none() {
+        for s in [
+            "2026-11-27",
+            "2026-13-01T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-11-27T09:30:00+01:00",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339_utc(s), None, "{s}");
+        }
+    }
+}
