@@ -44,6 +44,16 @@ name = "all"
 sha256 = "{key_hash('sk-all')}"
 
 [[keys]]
+name = "limited"
+sha256 = "{key_hash('sk-limited')}"
+rpm = 3
+
+[[keys]]
+name = "tokens"
+sha256 = "{key_hash('sk-tokens')}"
+tpm = 300
+
+[[keys]]
 name = "expired"
 sha256 = "{key_hash('sk-expired')}"
 expires_at = "2020-01-01T00:00:00Z"
@@ -121,3 +131,32 @@ def test_open_api_refuses_non_loopback_unless_allowed(tmp_path):
         assert "the API is open" in g.logs()
     finally:
         g.stop()
+
+
+def test_requests_per_minute_per_key(gw):
+    codes = []
+    for _ in range(4):
+        r = chat(gw, authorization="Bearer sk-limited")
+        codes.append(r.status_code)
+    assert codes == [200, 200, 200, 429], codes
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(r.headers["retry-after"]) >= 1
+    ok = chat(gw, authorization="Bearer sk-all")
+    assert ok.status_code == 200, "other keys are not affected"
+    with pytest.raises(openai.RateLimitError):
+        openai.OpenAI(base_url=gw.base_url, api_key="sk-limited", max_retries=0).chat.completions.create(
+            model="mock-1", messages=[{"role": "user", "content": "x"}])
+
+
+def test_tokens_per_minute_reserve_and_settle(gw):
+    body = {"model": "mock-1", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}]}
+    # Each request reserves ~125 of 300 tokens but uses ~7; settling gives the
+    # rest back, so ten in a row fit where three reservations alone would not.
+    for i in range(10):
+        r = httpx.post(f"{gw.base_url}/chat/completions", headers={"authorization": "Bearer sk-tokens"}, json=body)
+        assert r.status_code == 200, (i, r.text)
+        assert r.headers["x-ratelimit-limit-tokens"] == "300"
+    big = dict(body, max_tokens=1000)
+    r = httpx.post(f"{gw.base_url}/chat/completions", headers={"authorization": "Bearer sk-tokens"}, json=big)
+    assert r.status_code == 429
+    assert "tokens per minute" in r.json()["error"]["message"] or "tokens" in r.json()["error"]["message"]

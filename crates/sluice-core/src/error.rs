@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// The key may not use this model.
     Forbidden,
+    /// A key's or model's requests or tokens per minute are used up.
+    RateLimited,
     /// The `model` names nothing this gateway serves.
     ModelNotFound,
     /// No route for this path.
@@ -57,6 +59,7 @@ impl ErrorKind {
             ErrorKind::InvalidJson | ErrorKind::InvalidRequest => 400,
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
+            ErrorKind::RateLimited => 429,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -84,6 +87,7 @@ impl ErrorKind {
             | ErrorKind::UnsupportedOperation => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
+            ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -100,6 +104,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Unauthorized => "invalid_api_key",
             ErrorKind::Forbidden => "model_not_allowed",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::RouteNotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -121,6 +126,7 @@ impl ErrorKind {
             | ErrorKind::InvalidRequest
             | ErrorKind::Unauthorized
             | ErrorKind::Forbidden
+            | ErrorKind::RateLimited
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
@@ -169,6 +175,7 @@ impl GatewayError {
             400 | 405 | 415 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
+            429 => "rate_limit_error",
             404 => "not_found_error",
             413 => "request_too_large",
             503 => "overloaded_error",
@@ -207,11 +214,12 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 16] = [
+    const ALL: [ErrorKind; 17] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidRequest,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,
+        ErrorKind::RateLimited,
         ErrorKind::ModelNotFound,
         ErrorKind::RouteNotFound,
         ErrorKind::MethodNotAllowed,

@@ -30,6 +30,8 @@ pub struct RequestPeek<'a> {
     pub model_span: Range<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The completion budget asked for (`max_completion_tokens` or `max_tokens`).
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -39,7 +41,8 @@ struct Raw<'a> {
     // Vec of a zero-sized type: counts elements without allocating.
     messages: Option<Vec<IgnoredAny>>,
     input: Option<IgnoredAny>,
-    max_tokens: Option<IgnoredAny>,
+    max_tokens: Option<serde_json::Value>,
+    max_completion_tokens: Option<u64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
 }
@@ -114,7 +117,11 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
         return Err(missing("max_tokens"));
     }
 
+    let max_tokens = raw
+        .max_completion_tokens
+        .or_else(|| raw.max_tokens.as_ref().and_then(serde_json::Value::as_u64));
     Ok(RequestPeek {
+        max_tokens,
         model,
         model_span,
         stream: raw.stream.unwrap_or(false),

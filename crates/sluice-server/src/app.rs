@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use sluice_core::GatewayError;
 use sluice_core::auth::KeyTable;
 use sluice_core::config::{Config, ProviderKind};
+use sluice_core::limits::{Limiter, Limits};
 use sluice_core::route::RouteTable;
 use sluice_providers::transport::{self, UpstreamClient};
 use sluice_providers::{anthropic, gemini, openai};
@@ -79,6 +80,8 @@ pub struct App {
     pub log_control: crate::LogControl,
     /// `None` when no OTLP endpoint is configured: no span is ever built.
     pub tracing: Option<crate::telemetry::Tracing>,
+    /// Rate-limit buckets per key (`key:NAME`) and model (`model:NAME`).
+    pub limiter: Limiter,
 }
 
 impl App {
@@ -87,7 +90,30 @@ impl App {
         log_control: crate::LogControl,
         tracing: Option<crate::telemetry::Tracing>,
     ) -> Result<Arc<Self>, GatewayError> {
+        let now = now_secs();
+        let mut limiter = Limiter::default();
+        for k in config
+            .keys
+            .iter()
+            .filter(|k| k.rpm.is_some() || k.tpm.is_some())
+        {
+            limiter.subjects.insert(
+                format!("key:{}", k.name),
+                Arc::new(Limits::new(k.rpm, k.tpm, now)),
+            );
+        }
+        for m in config
+            .models
+            .iter()
+            .filter(|m| m.rpm.is_some() || m.tpm.is_some())
+        {
+            limiter.subjects.insert(
+                format!("model:{}", m.name),
+                Arc::new(Limits::new(m.rpm, m.tpm, now)),
+            );
+        }
         Ok(Arc::new(Self {
+            limiter,
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
@@ -124,4 +150,9 @@ pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Monotonic seconds, the clock the rate limiter runs on.
+pub fn now_secs() -> f64 {
+    sluice_core::resilience::now_nanos() as f64 / 1e9
 }

@@ -58,6 +58,8 @@ pub struct Recorder {
     pub request_id: Option<http::HeaderValue>,
     /// The virtual key's name, when keys are configured.
     pub key: Option<Arc<str>>,
+    /// Token reservations to settle against the real usage.
+    pub reservations: Vec<sluice_core::limits::Reservation>,
     /// Upstream attempts made (for the access log).
     pub attempts: u32,
     sampling: Sampling,
@@ -90,6 +92,7 @@ impl Recorder {
             wire: Wire::OpenAi,
             request_id: None,
             key: None,
+            reservations: Vec::new(),
             attempts: 0,
             sampling,
             access_log,
@@ -162,6 +165,16 @@ impl Drop for Recorder {
         }
         if let Some(u) = self.usage {
             m.record_usage(&self.model, &self.provider, u);
+        }
+        if !self.reservations.is_empty() {
+            // Unknown usage keeps the whole reservation charged.
+            let now = crate::app::now_secs();
+            for r in &self.reservations {
+                let used = self
+                    .usage
+                    .map_or(r.tokens, |u| (u.prompt_tokens + u.completion_tokens) as f64);
+                r.settle(used, now);
+            }
         }
         let elapsed = self.start.elapsed();
         let labels = crate::metrics::RequestLabels {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
+use sluice_core::limits;
 use sluice_core::request::{self, Operation};
 use sluice_core::{ErrorKind, GatewayError};
 use tokio::time::Instant;
@@ -51,8 +52,11 @@ pub async fn handle(
         }
         rec.span = Some(span);
     }
-    let mut resp = proxy(&app, op, req, rec, &request_id, started).await;
-    resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
+    let mut limits = RateInfo::default();
+    let mut resp = proxy(&app, op, req, rec, &request_id, started, &mut limits).await;
+    let h = resp.headers_mut();
+    h.insert(REQUEST_ID.clone(), request_id);
+    limits.write(h);
     resp
 }
 
@@ -63,6 +67,7 @@ async fn proxy(
     mut rec: Recorder,
     request_id: &HeaderValue,
     started: Instant,
+    limits: &mut RateInfo,
 ) -> Response<Body> {
     let snap = app.snapshot.load_full();
     if op == Operation::Messages {
@@ -109,6 +114,38 @@ async fn proxy(
         )
         .with_param("model");
         return rec.reply_error(&e);
+    }
+    // Rate limits: the key's, then the model's. Tokens are reserved from the
+    // prompt's size and max_tokens, and settled from real usage at the end.
+    let estimate = limits::estimate_tokens(body.len(), peek.max_tokens, 1024);
+    let now = crate::app::now_secs();
+    let subjects = [
+        key.map(|k| format!("key:{}", k.name)),
+        Some(format!("model:{}", route.name)),
+    ];
+    for subject in subjects.iter().flatten() {
+        let Some(l) = app.limiter.get(subject) else {
+            continue;
+        };
+        match l.admit(estimate, now) {
+            Ok((reservation, snapshot)) => {
+                rec.reservations.push(reservation);
+                if subject.starts_with("key:") {
+                    limits.snapshot = Some(snapshot);
+                }
+            }
+            Err(refusal) => {
+                limits.retry_after = Some(refusal.retry_after_secs);
+                let e = GatewayError::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "rate limit reached for {subject} ({} per minute); retry after {:.1} s",
+                        refusal.what, refusal.retry_after_secs
+                    ),
+                );
+                return rec.reply_error(&e);
+            }
+        }
     }
     if let Some(span) = rec.span.as_mut().filter(|s| s.is_recording()) {
         let operation = operation_name(op);
@@ -165,6 +202,37 @@ async fn proxy(
         budget,
     };
     attempt::run(&call, route, rec).await
+}
+
+/// Rate-limit state to report on the response.
+#[derive(Default)]
+struct RateInfo {
+    snapshot: Option<limits::Snapshot>,
+    retry_after: Option<f64>,
+}
+
+impl RateInfo {
+    fn write(&self, h: &mut HeaderMap) {
+        if let Some(s) = self.snapshot {
+            for (name, v) in [
+                ("x-ratelimit-limit-requests", s.requests.map(|r| r.0)),
+                ("x-ratelimit-remaining-requests", s.requests.map(|r| r.1)),
+                ("x-ratelimit-limit-tokens", s.tokens.map(|t| t.0)),
+                ("x-ratelimit-remaining-tokens", s.tokens.map(|t| t.1)),
+            ] {
+                if let Some(v) = v {
+                    h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+                }
+            }
+        }
+        if let Some(secs) = self.retry_after {
+            // Whole seconds, rounded up, so a client that waits is let in.
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(secs.ceil().max(1.0) as u64),
+            );
+        }
+    }
 }
 
 /// `gen_ai.operation.name` for an endpoint.

@@ -46,6 +46,9 @@ pub struct KeyConfig {
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<u64>,
     pub metadata: Vec<(String, String)>,
+    /// Requests and tokens per minute for this key.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +203,9 @@ pub struct ModelConfig {
     pub timeout: Duration,
     pub ttft_timeout: Duration,
     pub max_attempts: u32,
+    /// Requests and tokens per minute for this model, all keys together.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -42,6 +42,8 @@ pub struct RawKey {
     pub expires_at: Option<Spanned<String>>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    pub rpm: Option<Spanned<u64>>,
+    pub tpm: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,8 @@ pub struct RawModel {
     pub timeout_ms: Option<Spanned<u64>>,
     pub ttft_timeout_ms: Option<Spanned<u64>>,
     pub max_attempts: Option<Spanned<u64>>,
+    pub rpm: Option<Spanned<u64>>,
+    pub tpm: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

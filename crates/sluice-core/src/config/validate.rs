@@ -274,6 +274,14 @@ pub(super) fn validate(
             timeout,
             ttft_timeout,
             max_attempts,
+            rpm: m
+                .rpm
+                .as_ref()
+                .map(|v| c.positive(Some(v), 1, 100_000_000, "rpm")),
+            tpm: m
+                .tpm
+                .as_ref()
+                .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
         });
     }
 
@@ -388,6 +396,14 @@ fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
                 .iter()
                 .map(|(a, b)| (a.clone(), b.clone()))
                 .collect(),
+            rpm: k
+                .rpm
+                .as_ref()
+                .map(|v| c.positive(Some(v), 1, 100_000_000, "rpm")),
+            tpm: k
+                .tpm
+                .as_ref()
+                .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
         });
     }
     out
