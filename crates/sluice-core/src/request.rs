@@ -71,6 +71,17 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
         };
         return Err(GatewayError::new(ErrorKind::InvalidJson, msg));
     }
+    // JSON is UTF-8 (RFC 8259). serde skips the strings it ignores without
+    // checking them, so check once here rather than forward bad bytes.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(GatewayError::new(
+            ErrorKind::InvalidJson,
+            format!(
+                "request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        ));
+    }
     let raw: Raw<'_> = serde_json::from_slice(body).map_err(json_error)?;
 
     let model_raw = raw.model.ok_or_else(|| missing("model"))?;
@@ -290,10 +301,75 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_is_rejected() {
+        let e = peek(
+            b"{\"model\":\"m\",\"messages\":[\"\xff\"]}",
+            Operation::Chat,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidJson);
+        assert!(e.message.contains("byte 26"), "{}", e.message);
+    }
+
+    #[test]
     fn non_objects_are_rejected() {
         for body in [&b""[..], b"   ", b"[]", b"\"x\"", b"null"] {
             let e = peek(body, Operation::Chat).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidJson, "{body:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Random and mutated bodies never panic the peek, and whatever it
+    /// accepts has a model span that really holds a JSON string.
+    #[test]
+    fn peek_never_panics() {
+        let seeds: [&[u8]; 4] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+            br#"{"model":"a\u0062","input":["x"],"stream_options":{"include_usage":true}}"#,
+            br#"{"model":"m","max_tokens":5,"messages":[{}]}"#,
+            b"{}",
+        ];
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            state >> 33
+        };
+        for i in 0..20_000 {
+            let mut body = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 6) {
+                let pos = (next() as usize) % (body.len() + 1);
+                match next() % 3 {
+                    0 if pos < body.len() => body[pos] = next() as u8,
+                    1 => {
+                        let alphabet = b"{}[]\",:\\ \x00\xffu";
+                        body.insert(pos, alphabet[(next() as usize) % alphabet.len()]);
+                    }
+                    _ if pos < body.len() => {
+                        body.remove(pos);
+                    }
+                    _ => {}
+                }
+            }
+            for op in [Operation::Chat, Operation::Embeddings, Operation::Messages] {
+                if let Ok(p) = peek(&body, op) {
+                    let token = &body[p.model_span.clone()];
+                    assert!(token.starts_with(b"\"") && token.ends_with(b"\""));
+                    let rewritten = rewrite_model(&body, p.model_span.clone(), "x");
+                    assert!(
+                        serde_json::from_slice::<serde_json::Value>(&rewritten).is_ok(),
+                        "{:?} -> {:?}",
+                        String::from_utf8_lossy(&body),
+                        String::from_utf8_lossy(&rewritten)
+                    );
+                }
+            }
         }
     }
 }

@@ -258,3 +258,50 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Random bytes in random splits never panic the decoder, never let an
+    /// event grow past the limit, and the same bytes decode the same events
+    /// whatever the split.
+    #[test]
+    fn decoder_is_split_invariant_and_bounded() {
+        let mut state = 42u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize
+        };
+        let alphabet = b"data: event:\n\r\n:x{}\xff\xfe ";
+        for _ in 0..2_000 {
+            let len = next() % 300;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            let decode = |chunks: Vec<&[u8]>| {
+                let mut d = Decoder::new(256);
+                let mut out = Vec::new();
+                for c in chunks {
+                    if d.feed(c).is_err() {
+                        return None;
+                    }
+                    out.extend_from_slice(d.events());
+                    d.clear();
+                }
+                d.finish();
+                out.extend_from_slice(d.events());
+                Some(out)
+            };
+            let whole = decode(vec![&input]);
+            let split = next() % (len + 1);
+            let parts = decode(vec![&input[..split], &input[split..]]);
+            if let (Some(a), Some(b)) = (&whole, &parts) {
+                assert_eq!(a, b, "input {input:?} split at {split}");
+                assert!(a.iter().all(|e| e.data.len() <= 256));
+            }
+        }
+    }
+}
