@@ -22,6 +22,11 @@ targets = [{ provider = "mock" }]
 [[models]]
 name = "mock-2"
 targets = [{ provider = "mock" }]
+
+[[models]]
+name = "mock-3"
+targets = [{ provider = "mock" }]
+rpm = 2
 """
 
 
@@ -52,6 +57,10 @@ rpm = 3
 name = "tokens"
 sha256 = "{key_hash('sk-tokens')}"
 tpm = 300
+
+[[keys]]
+name = "second"
+sha256 = "{key_hash('sk-second')}"
 
 [[keys]]
 name = "expired"
@@ -97,7 +106,7 @@ def test_valid_key_and_model_allowlist(gw):
     assert e.value.body["code"] == "model_not_allowed"
     assert [m.id for m in ok.models.list()] == ["mock-1"]
     every = openai.OpenAI(base_url=gw.base_url, api_key="sk-all", max_retries=0)
-    assert [m.id for m in every.models.list()] == ["mock-1", "mock-2"]
+    assert [m.id for m in every.models.list()] == ["mock-1", "mock-2", "mock-3"]
 
 
 def test_anthropic_clients_use_x_api_key(gw):
@@ -160,3 +169,13 @@ def test_tokens_per_minute_reserve_and_settle(gw):
     r = httpx.post(f"{gw.base_url}/chat/completions", headers={"authorization": "Bearer sk-tokens"}, json=big)
     assert r.status_code == 429
     assert "tokens per minute" in r.json()["error"]["message"] or "tokens" in r.json()["error"]["message"]
+
+
+def test_model_limit_counts_every_key_together(gw):
+    codes = [chat(gw, "mock-3", authorization=f"Bearer {k}").status_code
+             for k in ("sk-all", "sk-second", "sk-all")]
+    assert codes == [200, 200, 429], codes
+    r = chat(gw, "mock-3", authorization="Bearer sk-second")
+    assert r.status_code == 429
+    assert "model 'mock-3'" in r.json()["error"]["message"]
+    assert chat(gw, "mock-2", authorization="Bearer sk-all").status_code == 200

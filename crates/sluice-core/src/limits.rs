@@ -153,13 +153,10 @@ impl Reservation {
 /// The limits of every key and model, kept across configuration reloads.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    pub subjects: HashMap<String, Arc<Limits>>,
-}
-
-impl Limiter {
-    pub fn get(&self, subject: &str) -> Option<&Arc<Limits>> {
-        self.subjects.get(subject)
-    }
+    /// By key name. Looked up with the name itself: no string is built per request.
+    pub keys: HashMap<Arc<str>, Arc<Limits>>,
+    /// By model name, all keys together.
+    pub models: HashMap<Arc<str>, Arc<Limits>>,
 }
 
 /// Tokens to reserve for a request: its prompt estimated at four bytes a

@@ -97,20 +97,18 @@ impl App {
             .iter()
             .filter(|k| k.rpm.is_some() || k.tpm.is_some())
         {
-            limiter.subjects.insert(
-                format!("key:{}", k.name),
-                Arc::new(Limits::new(k.rpm, k.tpm, now)),
-            );
+            limiter
+                .keys
+                .insert(k.name.clone(), Arc::new(Limits::new(k.rpm, k.tpm, now)));
         }
         for m in config
             .models
             .iter()
             .filter(|m| m.rpm.is_some() || m.tpm.is_some())
         {
-            limiter.subjects.insert(
-                format!("model:{}", m.name),
-                Arc::new(Limits::new(m.rpm, m.tpm, now)),
-            );
+            limiter
+                .models
+                .insert(m.name.clone(), Arc::new(Limits::new(m.rpm, m.tpm, now)));
         }
         Ok(Arc::new(Self {
             limiter,

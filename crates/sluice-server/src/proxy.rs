@@ -117,33 +117,35 @@ async fn proxy(
     }
     // Rate limits: the key's, then the model's. Tokens are reserved from the
     // prompt's size and max_tokens, and settled from real usage at the end.
-    let estimate = limits::estimate_tokens(body.len(), peek.max_tokens, 1024);
-    let now = crate::app::now_secs();
-    let subjects = [
-        key.map(|k| format!("key:{}", k.name)),
-        Some(format!("model:{}", route.name)),
-    ];
-    for subject in subjects.iter().flatten() {
-        let Some(l) = app.limiter.get(subject) else {
-            continue;
-        };
-        match l.admit(estimate, now) {
-            Ok((reservation, snapshot)) => {
-                rec.reservations.push(reservation);
-                if subject.starts_with("key:") {
-                    limits.snapshot = Some(snapshot);
+    let key_limits = key.and_then(|k| app.limiter.keys.get(&k.name));
+    let model_limits = app.limiter.models.get(&route.name);
+    if key_limits.is_some() || model_limits.is_some() {
+        let estimate = limits::estimate_tokens(body.len(), peek.max_tokens, 1024);
+        let now = crate::app::now_secs();
+        for (is_key, l) in [(true, key_limits), (false, model_limits)] {
+            let Some(l) = l else { continue };
+            match l.admit(estimate, now) {
+                Ok((reservation, snapshot)) => {
+                    rec.reservations.push(reservation);
+                    if is_key {
+                        limits.snapshot = Some(snapshot);
+                    }
                 }
-            }
-            Err(refusal) => {
-                limits.retry_after = Some(refusal.retry_after_secs);
-                let e = GatewayError::new(
-                    ErrorKind::RateLimited,
-                    format!(
-                        "rate limit reached for {subject} ({} per minute); retry after {:.1} s",
-                        refusal.what, refusal.retry_after_secs
-                    ),
-                );
-                return rec.reply_error(&e);
+                Err(refusal) => {
+                    limits.retry_after = Some(refusal.retry_after_secs);
+                    let subject = match (is_key, key) {
+                        (true, Some(k)) => format!("key '{}'", k.name),
+                        _ => format!("model '{}'", route.name),
+                    };
+                    let e = GatewayError::new(
+                        ErrorKind::RateLimited,
+                        format!(
+                            "rate limit reached for {subject} ({} per minute); retry after {:.1} s",
+                            refusal.what, refusal.retry_after_secs
+                        ),
+                    );
+                    return rec.reply_error(&e);
+                }
             }
         }
     }

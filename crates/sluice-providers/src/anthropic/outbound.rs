@@ -311,14 +311,7 @@ impl StreamToOpenAi {
                     + b"\"content\":".len();
                 rendered.truncate(cut);
                 self.text_prefix = rendered;
-                out.push(self.chunk(
-                    Delta {
-                        role: Some("assistant".into()),
-                        content: Some(String::new()),
-                        tool_calls: None,
-                    },
-                    None,
-                ));
+                out.push(self.chunk(Delta::role_start(), None));
             }
             StreamEvent::ContentBlockStart {
                 index,

@@ -311,14 +311,7 @@ impl StreamToOpenAi {
         }
         if !self.started {
             self.started = true;
-            out.push(self.chunk(
-                Delta {
-                    role: Some("assistant".into()),
-                    content: Some(String::new()),
-                    tool_calls: None,
-                },
-                None,
-            ));
+            out.push(self.chunk(Delta::role_start(), None));
         }
         if let Some(u) = resp.usage_metadata {
             self.usage = Some(u);

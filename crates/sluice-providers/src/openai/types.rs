@@ -233,6 +233,17 @@ pub struct Delta {
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
+impl Delta {
+    /// The first delta of a stream: the role, with empty content.
+    pub fn role_start() -> Self {
+        Self {
+            role: Some("assistant".into()),
+            content: Some(String::new()),
+            tool_calls: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallDelta {
     pub index: u32,
