@@ -10,10 +10,15 @@ log() { printf '\n== %s\n' "$*"; }
 # Debian packages the tests need (none are required by the unit tests).
 need_pkgs=()
 command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
+# A real Redis for the shared rate-limit and audit-stream tests (each test
+# starts its own on a free loopback port).
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 fi
 
 # A Python venv with the official SDK clients, reinstalled when requirements change.

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Forbidden,
     /// A key's or model's requests or tokens per minute are used up.
     RateLimited,
+    /// Too many streams open at once for a key.
+    ConcurrencyLimited,
     /// The `model` names nothing this gateway serves.
     ModelNotFound,
     /// No route for this path.
@@ -59,7 +61,7 @@ impl ErrorKind {
             ErrorKind::InvalidJson | ErrorKind::InvalidRequest => 400,
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => 429,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -87,7 +89,7 @@ impl ErrorKind {
             | ErrorKind::UnsupportedOperation => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
-            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => "rate_limit_error",
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -105,6 +107,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "invalid_api_key",
             ErrorKind::Forbidden => "model_not_allowed",
             ErrorKind::RateLimited => "rate_limit_exceeded",
+            ErrorKind::ConcurrencyLimited => "concurrency_limit_exceeded",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::RouteNotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -127,6 +130,7 @@ impl ErrorKind {
             | ErrorKind::Unauthorized
             | ErrorKind::Forbidden
             | ErrorKind::RateLimited
+            | ErrorKind::ConcurrencyLimited
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
@@ -214,7 +218,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 17] = [
+    const ALL: [ErrorKind; 18] = [
+        ErrorKind::ConcurrencyLimited,
         ErrorKind::InvalidJson,
         ErrorKind::InvalidRequest,
         ErrorKind::Unauthorized,

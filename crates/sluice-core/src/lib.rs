@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod pii;
 pub mod request;
 pub mod resilience;
 pub mod route;

@@ -7,6 +7,7 @@
 //! (seconds as f64 on a monotonic clock) so tests turn the clock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One bucket: `capacity` units, refilled at `capacity / 60` per second.
@@ -63,6 +64,8 @@ impl Bucket {
 /// The requests and tokens buckets of one subject (a key or a model).
 #[derive(Debug)]
 pub struct Limits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
     pub requests: Option<Mutex<Bucket>>,
     pub tokens: Option<Mutex<Bucket>>,
 }
@@ -95,6 +98,8 @@ pub struct Snapshot {
 impl Limits {
     pub fn new(rpm: Option<u64>, tpm: Option<u64>, now: f64) -> Self {
         Self {
+            rpm,
+            tpm,
             requests: rpm.map(|n| Mutex::new(Bucket::per_minute(n, now))),
             tokens: tpm.map(|n| Mutex::new(Bucket::per_minute(n, now))),
         }
@@ -157,6 +162,51 @@ pub struct Limiter {
     pub keys: HashMap<Arc<str>, Arc<Limits>>,
     /// By model name, all keys together.
     pub models: HashMap<Arc<str>, Arc<Limits>>,
+    /// Open streams allowed per key name.
+    pub streams: HashMap<Arc<str>, Arc<StreamGate>>,
+}
+
+/// At most `max` streamed responses open at once.
+#[derive(Debug)]
+pub struct StreamGate {
+    max: u32,
+    open: AtomicU32,
+}
+
+/// One open stream; closing it (drop) makes room for the next.
+#[derive(Debug)]
+pub struct StreamPermit(Arc<StreamGate>);
+
+impl StreamGate {
+    pub fn new(max: u32) -> Self {
+        Self {
+            max,
+            open: AtomicU32::new(0),
+        }
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    pub fn try_open(self: &Arc<Self>) -> Option<StreamPermit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamPermit(self.clone()))
+    }
+
+    pub fn open(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Tokens to reserve for a request: its prompt estimated at four bytes a
@@ -208,6 +258,31 @@ mod tests {
         assert_eq!(snap.tokens, Some((100, 60)));
         r2.settle(200.0, 0.0); // used far more than reserved
         assert!(l.admit(1.0, 0.0).is_err());
+    }
+
+    #[test]
+    fn stream_gate_bounds_open_streams_across_threads() {
+        let gate = Arc::new(StreamGate::new(3));
+        let held: Vec<_> = (0..3).map(|_| gate.try_open().unwrap()).collect();
+        assert!(gate.try_open().is_none());
+        drop(held);
+        assert_eq!(gate.open(), 0);
+        let peak = Arc::new(AtomicU32::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (gate, peak) = (gate.clone(), peak.clone());
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Some(p) = gate.try_open() {
+                            peak.fetch_max(gate.open(), Ordering::AcqRel);
+                            drop(p);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.load(Ordering::Acquire) <= 3);
+        assert_eq!(gate.open(), 0);
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct App {
     pub tracing: Option<crate::telemetry::Tracing>,
     /// Rate-limit buckets per key (`key:NAME`) and model (`model:NAME`).
     pub limiter: Limiter,
+    /// Set when limits are shared through Redis.
+    pub shared_limiter: Option<Arc<crate::shared_limits::SharedLimiter>>,
+    /// `None` when no `[audit]` is configured.
+    pub audit: Option<crate::audit::Auditor>,
 }
 
 impl App {
@@ -89,8 +93,24 @@ impl App {
         config: Config,
         log_control: crate::LogControl,
         tracing: Option<crate::telemetry::Tracing>,
-    ) -> Result<Arc<Self>, GatewayError> {
+    ) -> anyhow::Result<Arc<Self>> {
         let now = now_secs();
+        let metrics = Metrics::new();
+        let audit = match &config.audit {
+            Some(a) => Some(crate::audit::Auditor::start(
+                a,
+                config.redis.as_ref(),
+                config.redaction.redactor.clone(),
+                crate::audit::Counts(metrics.audit_events.clone()),
+            )?),
+            None => None,
+        };
+        let shared_limiter = match (&config.redis, config.limits.backend) {
+            (Some(r), sluice_core::config::LimitsBackend::Redis) => Some(Arc::new(
+                crate::shared_limits::SharedLimiter::new(crate::redis_conn::connect(r)?, r.timeout),
+            )),
+            _ => None,
+        };
         let mut limiter = Limiter::default();
         for k in config
             .keys
@@ -100,6 +120,14 @@ impl App {
             limiter
                 .keys
                 .insert(k.name.clone(), Arc::new(Limits::new(k.rpm, k.tpm, now)));
+        }
+        for k in &config.keys {
+            if let Some(n) = k.max_streams {
+                limiter.streams.insert(
+                    k.name.clone(),
+                    Arc::new(sluice_core::limits::StreamGate::new(n)),
+                );
+            }
         }
         for m in config
             .models
@@ -112,8 +140,10 @@ impl App {
         }
         Ok(Arc::new(Self {
             limiter,
+            audit,
+            shared_limiter,
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
-            metrics: Metrics::new(),
+            metrics,
             ready: AtomicBool::new(false),
             none_label: Arc::from(""),
             started_unix: SystemTime::now()

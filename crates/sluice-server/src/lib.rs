@@ -2,13 +2,16 @@
 
 pub mod app;
 pub mod attempt;
+pub mod audit;
 mod deliver;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod proxy;
+pub mod redis_conn;
 pub mod routes;
+pub mod shared_limits;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -78,6 +81,9 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     app.ready.store(false, Ordering::Release);
     let _ = tx.send(true);
     let _ = tokio::join!(api, admin);
+    if let Some(a) = &app.audit {
+        a.flush(std::time::Duration::from_secs(5)).await;
+    }
     if let Some(t) = &app.tracing {
         t.shutdown().await;
     }

@@ -74,6 +74,11 @@ pub struct TokenTypeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
     pub worker: u32,
 }
@@ -127,6 +132,13 @@ pub struct Metrics {
     overhead: HistogramFamily<GenAiLabels>,
     pub active_requests: Gauge,
     pub active_streams: Gauge,
+    /// Audit events by outcome (written, buffered, lost).
+    pub audit_events: Family<OutcomeLabels, Counter>,
+    /// Rate-limit decisions the shared (Redis) backend could not make, by
+    /// what happened instead (local, refused).
+    pub limit_backend_errors: Family<OutcomeLabels, Counter>,
+    /// Requests refused by a rate or concurrency limit, by limit.
+    pub limited: Family<OutcomeLabels, Counter>,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
     process_fds: Gauge,
@@ -171,6 +183,9 @@ impl Metrics {
             Family::new_with_constructor(fine_histogram);
         let overhead: HistogramFamily<GenAiLabels> = Family::new_with_constructor(fine_histogram);
         let active_streams = Gauge::default();
+        let audit_events = Family::<OutcomeLabels, Counter>::default();
+        let limit_backend_errors = Family::<OutcomeLabels, Counter>::default();
+        let limited = Family::<OutcomeLabels, Counter>::default();
         let process_rss = Gauge::default();
         let process_cpu = Gauge::<f64, AtomicU64>::default();
         let process_fds = Gauge::default();
@@ -214,6 +229,21 @@ impl Metrics {
             "active_streams",
             "Streamed responses in flight",
             active_streams.clone(),
+        );
+        registry.register(
+            "audit_events",
+            "Audit events by outcome: written to the sink, buffered on disk while it is down, lost",
+            audit_events.clone(),
+        );
+        registry.register(
+            "rate_limit_backend_errors",
+            "Rate-limit checks the shared Redis backend could not answer, by what was done instead",
+            limit_backend_errors.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a limit (requests, tokens, streams)",
+            limited.clone(),
         );
         registry.register(
             "upstream_attempts",
@@ -326,6 +356,9 @@ impl Metrics {
             overhead,
             active_requests,
             active_streams,
+            audit_events,
+            limit_backend_errors,
+            limited,
             process_rss,
             process_cpu,
             process_fds,

@@ -68,6 +68,15 @@ pub struct Recorder {
     pub span: Option<Span>,
     /// The client span of the attempt whose answer is being delivered.
     pub attempt_span: Option<Span>,
+    /// The request's recorded fields, already encrypted or redacted
+    /// (audit on only).
+    pub audit_fields: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The gateway's error code, when it answered with one.
+    error_code: Option<&'static str>,
+    /// Tokens reserved in the shared (Redis) limiter, to settle.
+    pub shared_reservation: Option<crate::shared_limits::SharedReservation>,
+    /// Held while a streamed response is open (per-key stream limit).
+    pub stream_permit: Option<sluice_core::limits::StreamPermit>,
 }
 
 impl Recorder {
@@ -98,6 +107,10 @@ impl Recorder {
             access_log,
             span: None,
             attempt_span: None,
+            audit_fields: None,
+            error_code: None,
+            stream_permit: None,
+            shared_reservation: None,
         }
     }
 
@@ -144,6 +157,7 @@ impl Recorder {
     /// Counts `e` as the answer and renders it as the OpenAI error body.
     pub fn reply_error(mut self, e: &GatewayError) -> Response<Body> {
         self.status = e.status();
+        self.error_code = Some(e.kind.code());
         if e.kind.source() == sluice_core::error::Source::Upstream {
             self.app
                 .metrics
@@ -176,6 +190,12 @@ impl Drop for Recorder {
                 r.settle(used, now);
             }
         }
+        if let Some(r) = self.shared_reservation.take() {
+            r.settle(
+                self.usage
+                    .map(|u| (u.prompt_tokens + u.completion_tokens) as f64),
+            );
+        }
         let elapsed = self.start.elapsed();
         let labels = crate::metrics::RequestLabels {
             route: self.route,
@@ -199,6 +219,9 @@ impl Drop for Recorder {
             });
         }
         self.end_spans();
+        if self.app.audit.is_some() {
+            self.audit(elapsed);
+        }
         if self.access_log
             && crate::logging::should_log(
                 self.sampling,
@@ -230,6 +253,56 @@ impl Drop for Recorder {
 }
 
 impl Recorder {
+    /// Hands the request's audit event to the writer.
+    fn audit(&mut self, elapsed: Duration) {
+        let Some(auditor) = &self.app.audit else {
+            return;
+        };
+        let mut e = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            e.insert(k.to_owned(), v);
+        };
+        put(
+            "ts",
+            crate::audit::rfc3339_millis(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            )
+            .into(),
+        );
+        if let Some(id) = self.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+            put("request_id", id.into());
+        }
+        put("key", self.key.as_deref().into());
+        put("route", self.route.into());
+        put(
+            "model",
+            (!self.model.is_empty()).then(|| &*self.model).into(),
+        );
+        put(
+            "provider",
+            (!self.provider.is_empty()).then(|| &*self.provider).into(),
+        );
+        put("status", self.status.into());
+        put("latency_ms", (elapsed.as_secs_f64() * 1000.0).into());
+        put("stream", self.streamed.into());
+        put("attempts", self.attempts.into());
+        put("cancelled", (!self.finished).into());
+        put("input_tokens", self.usage.map(|u| u.prompt_tokens).into());
+        put(
+            "output_tokens",
+            self.usage.map(|u| u.completion_tokens).into(),
+        );
+        if let Some(code) = self.error_code {
+            put("error", code.into());
+        }
+        if let Some(f) = self.audit_fields.take() {
+            put("fields", serde_json::Value::Object(f));
+        }
+        auditor.record(&serde_json::Value::Object(e));
+    }
+
     /// Ends the attempt and server spans with what the request came to.
     fn end_spans(&mut self) {
         let usage = self.usage.map(|u| {

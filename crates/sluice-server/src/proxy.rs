@@ -88,6 +88,16 @@ async fn proxy(
     };
     // Reading the client's body is the client's time, not the gateway's.
     rec.excluded = started.elapsed();
+    if let Some(a) = app.audit.as_ref().filter(|a| a.wants_fields()) {
+        rec.audit_fields = a.fields_of(&body);
+    }
+    // Prompts redacted before they go anywhere, when configured (the body
+    // is checked first, for the precise error a malformed one deserves).
+    let body = match redact_prompt(&snap, &body, op) {
+        Ok(Some(b)) => b,
+        Ok(None) => body,
+        Err(e) => return rec.reply_error(&e),
+    };
     let peek = match request::peek(&body, op) {
         Ok(p) => p,
         Err(e) => return rec.reply_error(&e),
@@ -115,37 +125,39 @@ async fn proxy(
         .with_param("model");
         return rec.reply_error(&e);
     }
-    // Rate limits: the key's, then the model's. Tokens are reserved from the
-    // prompt's size and max_tokens, and settled from real usage at the end.
-    let key_limits = key.and_then(|k| app.limiter.keys.get(&k.name));
-    let model_limits = app.limiter.models.get(&route.name);
-    if key_limits.is_some() || model_limits.is_some() {
-        let estimate = limits::estimate_tokens(body.len(), peek.max_tokens, 1024);
-        let now = crate::app::now_secs();
-        for (is_key, l) in [(true, key_limits), (false, model_limits)] {
-            let Some(l) = l else { continue };
-            match l.admit(estimate, now) {
-                Ok((reservation, snapshot)) => {
-                    rec.reservations.push(reservation);
-                    if is_key {
-                        limits.snapshot = Some(snapshot);
-                    }
-                }
-                Err(refusal) => {
-                    limits.retry_after = Some(refusal.retry_after_secs);
-                    let subject = match (is_key, key) {
-                        (true, Some(k)) => format!("key '{}'", k.name),
-                        _ => format!("model '{}'", route.name),
-                    };
-                    let e = GatewayError::new(
-                        ErrorKind::RateLimited,
-                        format!(
-                            "rate limit reached for {subject} ({} per minute); retry after {:.1} s",
-                            refusal.what, refusal.retry_after_secs
-                        ),
-                    );
-                    return rec.reply_error(&e);
-                }
+    if let Err(e) = rate_limit(
+        app,
+        key,
+        &route.name,
+        &body,
+        peek.max_tokens,
+        &mut rec,
+        limits,
+    )
+    .await
+    {
+        return rec.reply_error(&e);
+    }
+    if peek.stream
+        && let Some(k) = key
+        && let Some(gate) = app.limiter.streams.get(&k.name)
+    {
+        match gate.try_open() {
+            Some(p) => rec.stream_permit = Some(p),
+            None => {
+                app.metrics
+                    .limited
+                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "streams" })
+                    .inc();
+                let e = GatewayError::new(
+                    ErrorKind::ConcurrencyLimited,
+                    format!(
+                        "key '{}' already has {} streams open, its limit; retry when one ends",
+                        k.name,
+                        gate.max()
+                    ),
+                );
+                return rec.reply_error(&e);
             }
         }
     }
@@ -204,6 +216,141 @@ async fn proxy(
         budget,
     };
     attempt::run(&call, route, rec).await
+}
+
+/// The body with PII redacted from its prompt text, when prompt redaction
+/// is on and there was something to redact.
+fn redact_prompt(
+    snap: &crate::app::Snapshot,
+    body: &Bytes,
+    op: Operation,
+) -> Result<Option<Bytes>, GatewayError> {
+    let r = &snap.config.redaction;
+    let Some(redactor) = r.redactor.as_ref().filter(|_| r.prompts) else {
+        return Ok(None);
+    };
+    request::peek(body, op)?;
+    let mut v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::new(ErrorKind::InvalidJson, format!("invalid JSON: {e}")))?;
+    if !sluice_core::pii::redact_request(&mut v, redactor) {
+        return Ok(None);
+    }
+    Ok(Some(Bytes::from(
+        serde_json::to_vec(&v).expect("serializing to a Vec cannot fail"),
+    )))
+}
+
+/// Rate limits: the key's, then the model's. Tokens are reserved from the
+/// prompt's size and max_tokens, and settled from real usage at the end.
+/// Shared (Redis) when configured; local when not, or when Redis cannot
+/// answer and `fail_open` allows.
+async fn rate_limit(
+    app: &Arc<App>,
+    key: Option<&sluice_core::config::KeyConfig>,
+    model: &Arc<str>,
+    body: &[u8],
+    max_tokens: Option<u64>,
+    rec: &mut Recorder,
+    info: &mut RateInfo,
+) -> Result<(), GatewayError> {
+    let key_limits = key.and_then(|k| app.limiter.keys.get(&k.name));
+    let model_limits = app.limiter.models.get(model);
+    if key_limits.is_none() && model_limits.is_none() {
+        return Ok(());
+    }
+    let estimate = limits::estimate_tokens(body.len(), max_tokens, 1024);
+    let subject = |is_key: bool| match (is_key, key) {
+        (true, Some(k)) => format!("key '{}'", k.name),
+        _ => format!("model '{model}'"),
+    };
+    let refused = |info: &mut RateInfo, refusal: limits::Refusal, is_key: bool| {
+        app.metrics
+            .limited
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: refusal.what,
+            })
+            .inc();
+        info.retry_after = Some(refusal.retry_after_secs);
+        GatewayError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "rate limit reached for {} ({} per minute); retry after {:.1} s",
+                subject(is_key),
+                refusal.what,
+                refusal.retry_after_secs
+            ),
+        )
+    };
+    if let Some(shared) = &app.shared_limiter {
+        let mut buckets = Vec::with_capacity(4);
+        let subjects = [
+            (true, "key", key.map(|k| &k.name), key_limits),
+            (false, "model", Some(model), model_limits),
+        ];
+        for (is_key, kind, name, l) in subjects {
+            let (Some(name), Some(l)) = (name, l) else {
+                continue;
+            };
+            for (what, cap, amount) in [("requests", l.rpm, 1.0), ("tokens", l.tpm, estimate)] {
+                if let Some(cap) = cap {
+                    buckets.push(crate::shared_limits::Bucket {
+                        key: crate::shared_limits::SharedLimiter::bucket_key(kind, name, what),
+                        capacity: cap,
+                        amount,
+                        what,
+                        report: is_key,
+                    });
+                }
+            }
+        }
+        match shared.admit(&buckets).await {
+            Ok((snapshot, reservation)) => {
+                if key_limits.is_some() {
+                    info.snapshot = Some(snapshot);
+                }
+                rec.shared_reservation = Some(reservation);
+                return Ok(());
+            }
+            Err(Some(refusal)) => {
+                let is_key = buckets
+                    .iter()
+                    .find(|b| b.what == refusal.what)
+                    .is_some_and(|b| b.report);
+                return Err(refused(info, refusal, is_key));
+            }
+            Err(None) if app.snapshot.load().config.limits.fail_open => {
+                app.metrics
+                    .limit_backend_errors
+                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "local" })
+                    .inc();
+                // Counted by this replica alone until Redis is back.
+            }
+            Err(None) => {
+                app.metrics
+                    .limit_backend_errors
+                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "refused" })
+                    .inc();
+                return Err(GatewayError::new(
+                    ErrorKind::NoHealthyTarget,
+                    "the shared rate limiter (redis) is unavailable and limits.fail_open is false",
+                ));
+            }
+        }
+    }
+    let now = crate::app::now_secs();
+    for (is_key, l) in [(true, key_limits), (false, model_limits)] {
+        let Some(l) = l else { continue };
+        match l.admit(estimate, now) {
+            Ok((reservation, snapshot)) => {
+                rec.reservations.push(reservation);
+                if is_key {
+                    info.snapshot = Some(snapshot);
+                }
+            }
+            Err(refusal) => return Err(refused(info, refusal, is_key)),
+        }
+    }
+    Ok(())
 }
 
 /// Rate-limit state to report on the response.

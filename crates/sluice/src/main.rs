@@ -33,6 +33,11 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the SHA-256 to put in a [[keys]] entry for a client token.
     HashKey {
         /// The token clients will send (read from stdin when omitted).
@@ -40,9 +45,91 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Restore the SM4-GCM encrypted fields of audit events (JSONL in, JSONL out).
+    Decrypt {
+        /// An audit file (stdin when omitted).
+        file: Option<PathBuf>,
+        /// Environment variables holding keys (32 hex digits); several for rotated keys.
+        #[arg(long = "key-env", default_value = "SLUICE_AUDIT_KEY")]
+        key_env: Vec<String>,
+        /// Files holding keys (32 hex digits); several for rotated keys.
+        #[arg(long = "key-file")]
+        key_file: Vec<PathBuf>,
+        /// The key id of a single key, when the configuration set `key_id`.
+        #[arg(long = "key-id")]
+        key_id: Option<String>,
+    },
+}
+
+fn audit_decrypt(
+    file: Option<PathBuf>,
+    key_env: Vec<String>,
+    key_file: Vec<PathBuf>,
+    key_id: Option<String>,
+) -> Result<(), String> {
+    use sluice_server::audit::{self, cipher::FieldCipher};
+    use std::io::{BufRead, Write};
+    let mut hexes = Vec::new();
+    for name in &key_env {
+        if let Ok(v) = std::env::var(name) {
+            hexes.push((name.clone(), v));
+        }
+    }
+    for f in &key_file {
+        let v = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        hexes.push((f.display().to_string(), v));
+    }
+    if hexes.is_empty() {
+        return Err(format!(
+            "no key: set {} or pass --key-file",
+            key_env.join(" or ")
+        ));
+    }
+    let keys = hexes
+        .iter()
+        .map(|(src, hex)| {
+            FieldCipher::from_hex(hex, key_id.as_deref()).map_err(|e| format!("{src}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let input: Box<dyn BufRead> = match &file {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (n, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let plain =
+            audit::decrypt_line(&line, &keys).map_err(|e| format!("line {}: {e}", n + 1))?;
+        writeln!(out, "{plain}").map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Audit {
+            command:
+                AuditCommand::Decrypt {
+                    file,
+                    key_env,
+                    key_file,
+                    key_id,
+                },
+        } => match audit_decrypt(file, key_env, key_file, key_id) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice audit decrypt: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::HashKey { token } => {
             let token = match token {
                 Some(t) => t,

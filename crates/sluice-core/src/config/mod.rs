@@ -5,6 +5,7 @@
 
 mod env;
 mod raw;
+mod security;
 pub mod time;
 mod validate;
 
@@ -18,6 +19,10 @@ use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
 pub use env::interpolate;
+pub use security::{
+    AuditConfig, AuditSinkKind, LimitsBackend, LimitsConfig, RedactionConfig, RedisConfig,
+    parse_key_hex,
+};
 
 const DEFAULT_TOML: &str = include_str!("default.toml");
 const DEFAULT_OPENAI_TOML: &str = include_str!("default-openai.toml");
@@ -34,6 +39,11 @@ pub struct Config {
     /// unless `allow_open_non_loopback`).
     pub keys: Vec<KeyConfig>,
     pub allow_open_non_loopback: bool,
+    pub redis: Option<RedisConfig>,
+    pub limits: LimitsConfig,
+    pub redaction: RedactionConfig,
+    /// `None` = no audit trail.
+    pub audit: Option<AuditConfig>,
 }
 
 /// A virtual key: clients send the token, the configuration holds its hash.
@@ -49,6 +59,8 @@ pub struct KeyConfig {
     /// Requests and tokens per minute for this key.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Streamed responses this key may have open at once.
+    pub max_streams: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

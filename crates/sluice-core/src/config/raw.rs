@@ -25,6 +25,65 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub keys: Vec<Spanned<RawKey>>,
+    #[serde(default)]
+    pub redis: RawRedis,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub redaction: RawRedaction,
+    pub audit: Option<Spanned<RawAudit>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<Spanned<String>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub backend: Option<Spanned<String>>,
+    pub fail_open: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedaction {
+    pub enabled: Option<bool>,
+    pub kinds: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub custom: Vec<Spanned<RawPattern>>,
+    pub prompts: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPattern {
+    pub name: Spanned<String>,
+    pub pattern: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub sink: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub max_file_bytes: Option<Spanned<u64>>,
+    pub max_files: Option<Spanned<u64>>,
+    pub stream: Option<Spanned<String>>,
+    pub stream_maxlen: Option<Spanned<u64>>,
+    pub buffer_path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fields: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub encrypt_fields: Vec<Spanned<String>>,
+    pub key_env: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub key_id: Option<Spanned<String>>,
+    pub queue_capacity: Option<Spanned<u64>>,
+    pub retry_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +103,7 @@ pub struct RawKey {
     pub metadata: BTreeMap<String, String>,
     pub rpm: Option<Spanned<u64>>,
     pub tpm: Option<Spanned<u64>>,
+    pub max_streams: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -240,3 +240,100 @@ fn key_problems_are_located() {
         ]
     );
 }
+
+#[test]
+fn security_tables_parse() {
+    let text = r#"
+[redis]
+url = "redis://:${UP_KEY}@127.0.0.1:6379/0"
+
+[redaction]
+kinds = ["email", "card"]
+custom = [{ name = "mrn", pattern = "MRN-[0-9]+" }]
+prompts = true
+
+[audit]
+sink = "redis"
+fields = ["metadata.team"]
+encrypt_fields = ["user"]
+key_env = "AUDIT_KEY"
+"#;
+    let env = |k: &str| match k {
+        "UP_KEY" => Some("pw".into()),
+        "AUDIT_KEY" => Some("000102030405060708090a0b0c0d0e0f".into()),
+        _ => None,
+    };
+    let c = parse(text, "t.toml", &env).unwrap();
+    assert_eq!(
+        c.redis.as_ref().unwrap().url.expose(),
+        "redis://:pw@127.0.0.1:6379/0"
+    );
+    assert!(
+        !format!("{:?}", c.redis).contains("pw@"),
+        "the URL is secret"
+    );
+    assert_eq!(
+        c.limits.backend,
+        LimitsBackend::Redis,
+        "shared when redis is set"
+    );
+    assert!(c.limits.fail_open);
+    let r = c.redaction.redactor.as_ref().unwrap();
+    assert_eq!(
+        r.redact("a@b.io MRN-1 +44 20 7946 0958"),
+        "[EMAIL] [MRN] +44 20 7946 0958"
+    );
+    assert!(c.redaction.prompts);
+    let a = c.audit.unwrap();
+    assert_eq!(a.sink, AuditSinkKind::Redis);
+    assert_eq!(a.fields, ["metadata.team", "user"]);
+    assert!(a.key.is_some());
+    assert_eq!(a.buffer_path.to_str(), Some("audit.jsonl.buffer"));
+    // No [audit]: none; no [redis]: local limits.
+    let c = parse("", "t.toml", &env).unwrap();
+    assert!(c.audit.is_none());
+    assert_eq!(c.limits.backend, LimitsBackend::Local);
+    assert!(c.redaction.redactor.is_some(), "redaction is on by default");
+}
+
+#[test]
+fn security_problems_are_located() {
+    let errs = errors(
+        r#"
+[limits]
+backend = "redis"
+
+[redaction]
+kinds = ["email", "ssn"]
+custom = [{ name = "bad", pattern = "(" }, { name = "no spaces", pattern = "x" }]
+
+[audit]
+sink = "redis"
+fields = ["a..b"]
+encrypt_fields = ["user"]
+key_env = "MISSING"
+"#,
+    );
+    let joined = errs.join("\n");
+    for (line, needle) in [
+        (3, "needs [redis] url"),
+        (6, "unknown PII kind 'ssn'"),
+        (7, "pattern 'bad' does not compile"),
+        (7, "letters, digits and _"),
+        (10, "needs [redis] url"),
+        (11, "dot path"),
+        (13, "set MISSING to 32 hex digits"),
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("t.toml:{line}:")) && e.contains(needle)),
+            "{needle} at line {line} in:\n{joined}"
+        );
+    }
+    let short = r#"
+[audit]
+encrypt_fields = ["user"]
+key_env = "UP_KEY"
+"#;
+    assert!(errors(short).iter().any(|e| e.contains("32 hex digits")));
+}

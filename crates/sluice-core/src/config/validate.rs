@@ -68,14 +68,30 @@ fn kinds() -> String {
         .join(", ")
 }
 
-struct Collector<'a> {
+pub(super) struct Collector<'a> {
     text: &'a str,
     file: &'a str,
     errors: Vec<ConfigError>,
 }
 
 impl Collector<'_> {
-    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+    /// A string with `${VAR}` references resolved, or `None` after
+    /// recording why not.
+    pub(super) fn interpolated(
+        &mut self,
+        v: &Spanned<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        match super::interpolate(v.get_ref(), env) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.at(v.span(), e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
@@ -126,7 +142,13 @@ impl Collector<'_> {
     }
 
     /// A positive integer no larger than `max`, or the default.
-    fn positive(&mut self, v: Option<&Spanned<u64>>, default: u64, max: u64, what: &str) -> u64 {
+    pub(super) fn positive(
+        &mut self,
+        v: Option<&Spanned<u64>>,
+        default: u64,
+        max: u64,
+        what: &str,
+    ) -> u64 {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if n == 0 || n > max {
@@ -154,6 +176,10 @@ pub(super) fn validate(
     let logging = logging(&mut c, &raw.logging);
     let telemetry = telemetry(&mut c, &raw.telemetry, env);
     let keys = keys(&mut c, &raw);
+    let redis = super::security::redis(&mut c, &raw.redis, env);
+    let limits = super::security::limits(&mut c, &raw.limits, redis.is_some());
+    let redaction = super::security::redaction(&mut c, &raw.redaction);
+    let audit = super::security::audit(&mut c, &raw, redis.is_some(), env);
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -294,6 +320,10 @@ pub(super) fn validate(
             logging,
             telemetry,
             keys,
+            redis,
+            limits,
+            redaction,
+            audit,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
         })
     } else {
@@ -344,7 +374,7 @@ fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
                 format!("duplicate key name '{}'", k.name.get_ref()),
             );
         }
-        let Some(sha256) = hex32(k.sha256.get_ref()) else {
+        let Some(sha256) = hex_bytes::<32>(k.sha256.get_ref()) else {
             c.at(
                 k.sha256.span(),
                 "sha256 must be 64 hex digits (the SHA-256 of the token)",
@@ -404,17 +434,22 @@ fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
                 .tpm
                 .as_ref()
                 .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
+            max_streams: k
+                .max_streams
+                .as_ref()
+                .map(|v| c.positive(Some(v), 1, 1_000_000, "max_streams") as u32),
         });
     }
     out
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
+/// `N` bytes written as `2N` hex digits (surrounding space ignored).
+pub fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.trim();
-    if s.len() != 64 {
+    if s.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
         let hi = (chunk[0] as char).to_digit(16)?;
         let lo = (chunk[1] as char).to_digit(16)?;

@@ -1,0 +1,216 @@
+//! The audit trail: one JSON event per request.
+//!
+//! Chosen request fields are recorded; the configured identifier fields are
+//! SM4-GCM encrypted ([`cipher`]) and the others PII-redacted before the
+//! event leaves the request. Events go through a bounded queue to a writer
+//! task ([`sink`]) that appends them to a rotated JSONL file or a Redis
+//! stream. While the sink is down, events wait in a file on disk and are
+//! replayed, oldest first, when it is back — at least once, never lost; a
+//! full queue spills to the same file instead of growing memory.
+
+pub mod cipher;
+mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sluice_core::config::{AuditConfig, RedisConfig};
+use sluice_core::pii::Redactor;
+use tokio::sync::{mpsc, oneshot};
+
+use self::cipher::FieldCipher;
+use self::sink::{Msg, Spill};
+
+pub use sink::{Counts, Outcome};
+
+/// One recorded field: its path, split, and whether it is encrypted.
+struct Field {
+    path: String,
+    parts: Vec<String>,
+    encrypt: bool,
+}
+
+pub struct Auditor {
+    tx: mpsc::Sender<Msg>,
+    spill: Arc<Spill>,
+    cipher: Option<FieldCipher>,
+    fields: Vec<Field>,
+    redactor: Option<Arc<Redactor>>,
+    counts: sink::Counts,
+}
+
+impl Auditor {
+    /// Starts the writer task. Events buffered by an earlier run are
+    /// replayed first.
+    pub fn start(
+        cfg: &AuditConfig,
+        redis: Option<&RedisConfig>,
+        redactor: Option<Arc<Redactor>>,
+        counts: sink::Counts,
+    ) -> anyhow::Result<Self> {
+        let cipher = match &cfg.key {
+            Some(k) => Some(
+                FieldCipher::from_hex(k.expose(), cfg.key_id.as_deref())
+                    .map_err(|e| anyhow::anyhow!("[audit] key: {e}"))?,
+            ),
+            None => None,
+        };
+        let spill = Arc::new(Spill::new(cfg.buffer_path.clone()));
+        let sink = sink::Sink::new(cfg, redis)?;
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        tokio::spawn(sink::run(
+            rx,
+            sink,
+            spill.clone(),
+            cfg.retry,
+            counts.clone(),
+        ));
+        let fields = cfg
+            .fields
+            .iter()
+            .map(|f| Field {
+                path: f.clone(),
+                parts: f.split('.').map(str::to_owned).collect(),
+                encrypt: cfg.encrypt_fields.contains(f),
+            })
+            .collect();
+        Ok(Self {
+            tx,
+            spill,
+            cipher,
+            fields,
+            redactor,
+            counts,
+        })
+    }
+
+    /// Whether any request field is recorded (then the body is looked at).
+    pub fn wants_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    /// The recorded fields of a JSON request body: encrypted or redacted.
+    /// Fields the request does not have are left out.
+    pub fn fields_of(&self, body: &[u8]) -> Option<Map<String, Value>> {
+        if self.fields.is_empty() {
+            return None;
+        }
+        let root: Value = serde_json::from_slice(body).ok()?;
+        let mut out = Map::new();
+        for f in &self.fields {
+            let Some(v) = f.parts.iter().try_fold(&root, |v, p| v.get(p)) else {
+                continue;
+            };
+            let recorded = match (&self.cipher, f.encrypt) {
+                (Some(c), true) => c.encrypt(&f.path, v),
+                _ => self.redacted(v),
+            };
+            out.insert(f.path.clone(), recorded);
+        }
+        Some(out)
+    }
+
+    /// `v` with PII redacted from every string in it.
+    fn redacted(&self, v: &Value) -> Value {
+        let Some(r) = &self.redactor else {
+            return v.clone();
+        };
+        match v {
+            Value::String(s) => Value::String(r.redact(s).into_owned()),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.redacted(x)).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| (k.clone(), self.redacted(x)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// Hands one event to the writer; never waits. A full queue spills to
+    /// the disk buffer instead.
+    pub fn record(&self, event: &Value) {
+        let line = event.to_string();
+        match self.tx.try_send(Msg::Event(line)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Msg::Event(line)))
+            | Err(mpsc::error::TrySendError::Closed(Msg::Event(line))) => {
+                match self.spill.append(std::slice::from_ref(&line)) {
+                    Ok(()) => self.counts.add(Outcome::Buffered, 1),
+                    Err(e) => {
+                        self.counts.add(Outcome::Lost, 1);
+                        tracing::error!(error = %e, "audit queue full and the disk buffer failed: event lost");
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Waits (up to `max`) until every event handed over so far is written
+    /// to the sink or the disk buffer. Called at shutdown.
+    pub async fn flush(&self, max: Duration) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+            let _ = tokio::time::timeout(max, done).await;
+        }
+    }
+}
+
+/// One audit line with every encrypted field restored, using whichever of
+/// `keys` has the field's key id.
+pub fn decrypt_line(line: &str, keys: &[FieldCipher]) -> Result<String, String> {
+    let mut event: Value =
+        serde_json::from_str(line).map_err(|e| format!("not an audit event: {e}"))?;
+    if let Some(Value::Object(fields)) = event.get_mut("fields") {
+        for (name, v) in fields.iter_mut() {
+            if v.get("enc").is_none() {
+                continue;
+            }
+            let kid = v.get("kid").and_then(Value::as_str).unwrap_or_default();
+            let c = keys
+                .iter()
+                .find(|c| c.kid() == kid)
+                .ok_or_else(|| format!("field '{name}': no key with id '{kid}' was given"))?;
+            *v = c.decrypt(name, v)?;
+        }
+    }
+    Ok(event.to_string())
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_millis(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        let t = sluice_core::config::time::parse_rfc3339_utc("2026-11-27T10:30:59Z").unwrap();
+        assert_eq!(rfc3339_millis(t * 1000 + 7), "2026-11-27T10:30:59.007Z");
+    }
+}

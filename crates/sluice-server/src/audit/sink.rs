@@ -1,0 +1,432 @@
+//! The audit writer task, its sinks, and the disk buffer behind them.
+
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use redis::aio::ConnectionManager;
+use sluice_core::config::{AuditConfig, AuditSinkKind, RedisConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::OutcomeLabels;
+
+pub enum Msg {
+    Event(String),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Written to the sink.
+    Written,
+    /// Put in the disk buffer (sink down, or queue full).
+    Buffered,
+    /// Could not be written anywhere.
+    Lost,
+}
+
+/// `sluice_audit_events_total{outcome}`.
+#[derive(Clone, Default)]
+pub struct Counts(pub Family<OutcomeLabels, Counter>);
+
+impl Counts {
+    pub fn add(&self, o: Outcome, n: u64) {
+        let outcome = match o {
+            Outcome::Written => "written",
+            Outcome::Buffered => "buffered",
+            Outcome::Lost => "lost",
+        };
+        self.0.get_or_create(&OutcomeLabels { outcome }).inc_by(n);
+    }
+}
+
+/// Events per write to the sink.
+const BATCH: usize = 512;
+
+pub enum Sink {
+    File {
+        path: PathBuf,
+        file: Option<tokio::fs::File>,
+        size: u64,
+        max_bytes: u64,
+        max_files: u32,
+    },
+    Redis {
+        conn: ConnectionManager,
+        stream: String,
+        maxlen: Option<u64>,
+        timeout: Duration,
+    },
+}
+
+impl Sink {
+    pub fn new(cfg: &AuditConfig, redis: Option<&RedisConfig>) -> anyhow::Result<Self> {
+        Ok(match cfg.sink {
+            AuditSinkKind::File => Sink::File {
+                path: cfg.path.clone(),
+                file: None,
+                size: 0,
+                max_bytes: cfg.max_file_bytes,
+                max_files: cfg.max_files,
+            },
+            AuditSinkKind::Redis => {
+                let r =
+                    redis.ok_or_else(|| anyhow::anyhow!("[audit] sink = redis needs [redis]"))?;
+                Sink::Redis {
+                    conn: crate::redis_conn::connect(r)?,
+                    stream: cfg.stream.clone(),
+                    maxlen: cfg.stream_maxlen,
+                    timeout: r.timeout,
+                }
+            }
+        })
+    }
+
+    /// Writes every line or fails as a whole (a retry may then write some
+    /// twice: delivery is at least once).
+    async fn write(&mut self, lines: &[String]) -> io::Result<()> {
+        match self {
+            Sink::File {
+                path,
+                file,
+                size,
+                max_bytes,
+                max_files,
+            } => {
+                let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+                if *size > 0 && *size + bytes as u64 > *max_bytes {
+                    *file = None;
+                    rotate(path, *max_files).await?;
+                    *size = 0;
+                }
+                if file.is_none() {
+                    let f = tokio::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&*path)
+                        .await?;
+                    *size = f.metadata().await?.len();
+                    *file = Some(f);
+                }
+                let mut buf = Vec::with_capacity(bytes);
+                for l in lines {
+                    buf.extend_from_slice(l.as_bytes());
+                    buf.push(b'\n');
+                }
+                let f = file.as_mut().expect("opened above");
+                let r = async {
+                    f.write_all(&buf).await?;
+                    f.flush().await
+                }
+                .await;
+                if r.is_err() {
+                    // Reopen next time (the file may have been removed).
+                    *file = None;
+                } else {
+                    *size += bytes as u64;
+                }
+                r
+            }
+            Sink::Redis {
+                conn,
+                stream,
+                maxlen,
+                timeout,
+            } => {
+                let mut pipe = redis::pipe();
+                for l in lines {
+                    let cmd = pipe.cmd("XADD").arg(&*stream);
+                    if let Some(n) = maxlen {
+                        cmd.arg("MAXLEN").arg("~").arg(*n);
+                    }
+                    cmd.arg("*").arg("event").arg(l.as_str()).ignore();
+                }
+                match tokio::time::timeout(*timeout * 2, pipe.query_async::<()>(conn)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(io::Error::other(e)),
+                    Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "redis timed out")),
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Sink::File { path, .. } => format!("file {}", path.display()),
+            Sink::Redis { stream, .. } => format!("redis stream {stream}"),
+        }
+    }
+}
+
+/// `path` → `path.1` → `path.2` …, dropping the oldest past `keep`.
+async fn rotate(path: &Path, keep: u32) -> io::Result<()> {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    let _ = tokio::fs::remove_file(numbered(keep)).await;
+    for n in (1..keep).rev() {
+        let _ = tokio::fs::rename(numbered(n), numbered(n + 1)).await;
+    }
+    match tokio::fs::rename(path, numbered(1)).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The disk buffer: a JSONL file events are appended to while the sink is
+/// down. Replay renames it aside first, so appends never race a replay.
+pub struct Spill {
+    path: PathBuf,
+    replaying: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Spill {
+    pub fn new(path: PathBuf) -> Self {
+        let mut replaying = path.as_os_str().to_owned();
+        replaying.push(".replaying");
+        Self {
+            path,
+            replaying: PathBuf::from(replaying),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Appends and syncs: once this returns, the events survive a crash.
+    pub fn append(&self, lines: &[String]) -> io::Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let mut buf = Vec::new();
+        for l in lines {
+            buf.extend_from_slice(l.as_bytes());
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+
+    fn non_empty(p: &Path) -> bool {
+        std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
+    }
+
+    pub fn has_data(&self) -> bool {
+        Self::non_empty(&self.replaying) || Self::non_empty(&self.path)
+    }
+
+    /// The file to replay next: one left from an earlier replay, else the
+    /// buffer moved aside.
+    fn take(&self) -> io::Result<Option<PathBuf>> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if Self::non_empty(&self.replaying) {
+            return Ok(Some(self.replaying.clone()));
+        }
+        if Self::non_empty(&self.path) {
+            std::fs::rename(&self.path, &self.replaying)?;
+            return Ok(Some(self.replaying.clone()));
+        }
+        Ok(None)
+    }
+}
+
+/// Replays the disk buffer into the sink. True when it is empty now.
+async fn replay(sink: &mut Sink, spill: &Spill, counts: &Counts) -> bool {
+    loop {
+        let file = match spill.take() {
+            Ok(Some(f)) => f,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit buffer cannot be read");
+                return false;
+            }
+        };
+        let lines: Vec<String> = match std::fs::File::open(&file) {
+            Ok(f) => io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| !l.is_empty())
+                .collect(),
+            Err(_) => return false,
+        };
+        for chunk in lines.chunks(BATCH) {
+            if sink.write(chunk).await.is_err() {
+                return false;
+            }
+        }
+        counts.add(Outcome::Written, lines.len() as u64);
+        tracing::info!(events = lines.len(), sink = %sink.describe(), "audit buffer replayed");
+        if let Err(e) = std::fs::remove_file(&file) {
+            tracing::warn!(error = %e, "audit buffer replayed but not removed: events may repeat");
+            return false;
+        }
+    }
+}
+
+/// The writer: batches events, writes them, and while the sink is down
+/// buffers them on disk and retries every `retry`.
+pub async fn run(
+    mut rx: mpsc::Receiver<Msg>,
+    mut sink: Sink,
+    spill: Arc<Spill>,
+    retry: Duration,
+    counts: Counts,
+) {
+    let mut pending = spill.has_data();
+    // Events neither the sink nor the disk buffer took: kept and retried.
+    let mut held: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(retry);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<String> = Vec::with_capacity(BATCH);
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let mut closed = false;
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => closed = true,
+                Some(m) => {
+                    let mut next = Some(m);
+                    while let Some(m) = next.take() {
+                        match m {
+                            Msg::Event(l) => batch.push(l),
+                            Msg::Flush(a) => acks.push(a),
+                        }
+                        if batch.len() < BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                }
+            },
+            _ = tick.tick(), if pending || !held.is_empty() => {}
+        }
+        if !held.is_empty() {
+            let mut h = std::mem::take(&mut held);
+            h.append(&mut batch);
+            batch = h;
+        }
+        if pending {
+            pending = !replay(&mut sink, &spill, &counts).await;
+        }
+        if !batch.is_empty() {
+            let written = !pending && sink.write(&batch).await.is_ok();
+            if written {
+                counts.add(Outcome::Written, batch.len() as u64);
+            } else {
+                if !pending {
+                    tracing::warn!(sink = %sink.describe(), "audit sink unavailable: buffering events on disk");
+                }
+                pending = true;
+                match spill.append(&batch) {
+                    Ok(()) => counts.add(Outcome::Buffered, batch.len() as u64),
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit disk buffer failed: holding events in memory");
+                        held = std::mem::take(&mut batch);
+                        if held.len() > 1 << 20 {
+                            let n = held.len() - (1 << 20);
+                            held.drain(..n);
+                            counts.add(Outcome::Lost, n as u64);
+                        }
+                    }
+                }
+            }
+            batch.clear();
+        }
+        for a in acks.drain(..) {
+            let _ = a.send(());
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-audit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn file_sink(path: &Path, max_bytes: u64) -> Sink {
+        Sink::File {
+            path: path.to_owned(),
+            file: None,
+            size: 0,
+            max_bytes,
+            max_files: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn file_rotates_and_keeps_max_files() {
+        let d = tmp("rotate");
+        let p = d.join("a.jsonl");
+        let mut s = file_sink(&p, 100);
+        for i in 0..20 {
+            s.write(&[format!("{{\"i\":{i},\"pad\":\"0123456789\"}}")])
+                .await
+                .unwrap();
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        assert!(read(&p).len() <= 100);
+        assert!(!read(&d.join("a.jsonl.1")).is_empty());
+        assert!(!read(&d.join("a.jsonl.2")).is_empty());
+        assert!(!d.join("a.jsonl.3").exists(), "only max_files kept");
+        assert!(read(&p).contains("\"i\":19"));
+    }
+
+    #[tokio::test]
+    async fn outage_buffers_then_replays_in_order() {
+        let d = tmp("outage");
+        let p = d.join("sub/a.jsonl"); // the directory is missing: the sink fails
+        let spill = Arc::new(Spill::new(d.join("buf.jsonl")));
+        let (tx, rx) = mpsc::channel(4);
+        let counts = Counts::default();
+        let task = tokio::spawn(run(
+            rx,
+            file_sink(&p, 1 << 20),
+            spill.clone(),
+            Duration::from_millis(20),
+            counts.clone(),
+        ));
+        for i in 0..10 {
+            tx.send(Msg::Event(format!("{{\"i\":{i}}}"))).await.unwrap();
+        }
+        let (a, done) = oneshot::channel();
+        tx.send(Msg::Flush(a)).await.unwrap();
+        done.await.unwrap();
+        assert!(spill.has_data());
+        std::fs::create_dir_all(d.join("sub")).unwrap(); // the sink is back
+        for _ in 0..100 {
+            if !spill.has_data() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tx.send(Msg::Event("{\"i\":10}".into())).await.unwrap();
+        let (a, done) = oneshot::channel();
+        tx.send(Msg::Flush(a)).await.unwrap();
+        done.await.unwrap();
+        let got: Vec<String> = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let want: Vec<String> = (0..11).map(|i| format!("{{\"i\":{i}}}")).collect();
+        assert_eq!(got, want);
+        assert!(!spill.has_data());
+        drop(tx);
+        task.await.unwrap();
+    }
+}

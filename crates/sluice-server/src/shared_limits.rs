@@ -1,0 +1,182 @@
+//! Rate limits shared by every replica: the same token buckets as the local
+//! limiter, kept in Redis and updated by one Lua script per request, so a
+//! check-and-take is atomic however many replicas ask at once. Time is the
+//! Redis server's (`TIME`), so replicas' clocks do not matter.
+//!
+//! A request's buckets (its key's and its model's, requests and tokens) go
+//! in one script call: one round trip, all taken or none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use sluice_core::limits::{Refusal, Snapshot};
+
+/// One script for both directions. KEYS: the buckets; ARGV: pairs of
+/// (capacity per minute, amount), then the mode. `take`: takes every
+/// bucket's amount or none, and returns {refused bucket (1-based, 0 =
+/// admitted), milliseconds to wait, remaining per bucket…}. `adjust`: adds
+/// the amounts back (negative = charges), returns {0, 0}.
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local take = ARGV[#ARGV] == 'take'
+local levels = {}
+for i, key in ipairs(KEYS) do
+  local cap = tonumber(ARGV[2 * i - 1])
+  local n = tonumber(ARGV[2 * i])
+  local b = redis.call('HMGET', key, 'l', 'u')
+  local level = tonumber(b[1]) or cap
+  local upd = tonumber(b[2]) or now
+  level = math.min(cap, level + math.max(0, now - upd) * cap / 60)
+  if take then
+    if level < n then
+      return {i, math.ceil((n - level) * 60000 / cap)}
+    end
+    levels[i] = level - n
+  else
+    levels[i] = math.min(cap, level + n)
+  end
+end
+local out = {0, 0}
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, 'l', tostring(levels[i]), 'u', tostring(now))
+  redis.call('PEXPIRE', key, 120000)
+  if take then
+    out[#out + 1] = math.floor(math.max(0, levels[i]))
+  end
+end
+return out
+";
+
+pub struct SharedLimiter {
+    conn: ConnectionManager,
+    script: Script,
+    timeout: Duration,
+}
+
+/// One bucket of a request: its Redis key, capacity, and what it takes.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub key: String,
+    pub capacity: u64,
+    pub amount: f64,
+    /// `requests` or `tokens`.
+    pub what: &'static str,
+    /// Reported in the response's `x-ratelimit-*` headers (the key's own).
+    pub report: bool,
+}
+
+/// Tokens to settle when the request ends.
+pub struct SharedReservation {
+    pub limiter: Arc<SharedLimiter>,
+    /// (bucket key, capacity, tokens reserved)
+    pub tokens: Vec<(String, u64, f64)>,
+}
+
+impl SharedLimiter {
+    pub fn new(conn: ConnectionManager, timeout: Duration) -> Self {
+        Self {
+            conn,
+            script: Script::new(SCRIPT),
+            timeout,
+        }
+    }
+
+    /// Redis key of a subject's bucket.
+    pub fn bucket_key(kind: &str, name: &str, what: &str) -> String {
+        format!("sluice:rl:{kind}:{name}:{what}")
+    }
+
+    /// Takes every bucket or none. `Err(None)`: Redis could not answer.
+    pub async fn admit(
+        self: &Arc<Self>,
+        buckets: &[Bucket],
+    ) -> Result<(Snapshot, SharedReservation), Option<Refusal>> {
+        let mut inv = self.script.prepare_invoke();
+        for b in buckets {
+            inv.key(&b.key).arg(b.capacity).arg(b.amount);
+        }
+        inv.arg("take");
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> =
+            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "shared rate limit: redis error");
+                    return Err(None);
+                }
+                Err(_) => {
+                    tracing::warn!("shared rate limit: redis timed out");
+                    return Err(None);
+                }
+            };
+        let refused = reply.first().copied().unwrap_or(-1);
+        if refused > 0 {
+            let b = &buckets[(refused - 1) as usize];
+            return Err(Some(Refusal {
+                retry_after_secs: reply.get(1).copied().unwrap_or(1000) as f64 / 1000.0,
+                what: b.what,
+            }));
+        }
+        if refused < 0 || reply.len() != 2 + buckets.len() {
+            return Err(None);
+        }
+        let mut snap = Snapshot::default();
+        for (b, rem) in buckets.iter().zip(&reply[2..]) {
+            if b.report {
+                let v = Some((b.capacity, (*rem).max(0) as u64));
+                match b.what {
+                    "requests" => snap.requests = v,
+                    _ => snap.tokens = v,
+                }
+            }
+        }
+        let tokens = buckets
+            .iter()
+            .filter(|b| b.what == "tokens")
+            .map(|b| (b.key.clone(), b.capacity, b.amount))
+            .collect();
+        Ok((
+            snap,
+            SharedReservation {
+                limiter: self.clone(),
+                tokens,
+            },
+        ))
+    }
+}
+
+impl SharedReservation {
+    /// Settles against the tokens really used, in the background.
+    pub fn settle(self, used: Option<f64>) {
+        if self.tokens.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let mut inv = self.limiter.script.prepare_invoke();
+            let mut any = false;
+            for (key, cap, reserved) in &self.tokens {
+                let give_back = used.map_or(0.0, |u| reserved - u);
+                if give_back != 0.0 {
+                    inv.key(key).arg(*cap).arg(give_back);
+                    any = true;
+                }
+            }
+            if any {
+                inv.arg("adjust");
+                let mut conn = self.limiter.conn.clone();
+                let r =
+                    tokio::time::timeout(self.limiter.timeout, inv.invoke_async::<i64>(&mut conn))
+                        .await;
+                if !matches!(r, Ok(Ok(_))) {
+                    tracing::debug!("shared rate limit: settlement not recorded");
+                }
+            }
+        });
+    }
+}

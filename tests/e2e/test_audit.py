@@ -1,0 +1,195 @@
+"""Audit trail: one event per request, identifiers SM4-GCM encrypted, other
+fields PII-redacted, file and Redis Streams sinks, no event lost in an outage;
+and prompt redaction before the upstream."""
+
+import json
+import os
+import subprocess
+import time
+
+import httpx
+import openai
+
+from conftest import SLUICE, Gateway
+
+AUDIT_KEY = "00112233445566778899aabbccddeeff"
+
+MOCK = """
+[[providers]]
+name = "mock"
+kind = "mock"
+tokens_per_response = 3
+
+[[models]]
+name = "mock-1"
+targets = [{ provider = "mock" }]
+"""
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_events(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def test_file_audit_encrypts_identifiers_and_decrypts_exactly(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    cfg = MOCK + f"""
+[audit]
+path = "{audit}"
+fields = ["metadata.note", "metadata.team"]
+encrypt_fields = ["user", "metadata.patient_id"]
+"""
+    g = Gateway(cfg, tmp_path=tmp_path, env={"SLUICE_AUDIT_KEY": AUDIT_KEY})
+    try:
+        client = openai.OpenAI(base_url=g.base_url, api_key="unused")
+        r = client.chat.completions.create(
+            model="mock-1",
+            messages=[{"role": "user", "content": "hi"}],
+            user="alice@example.com",
+            extra_body={"metadata": {"patient_id": 12345, "team": "cardio",
+                                     "note": "call +44 20 7946 0958 or bob@example.org"}},
+            extra_headers={"x-request-id": "audit-1"},
+        )
+        assert r.choices[0].message.content
+        httpx.post(f"{g.base_url}/chat/completions",
+                   json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+                   headers={"x-request-id": "audit-2"})
+        events = wait_for(lambda: len(read_events(audit)) >= 2 and read_events(audit), what="2 events")
+    finally:
+        g.stop()
+    raw = audit.read_text()
+    # No identifier or PII in the clear, anywhere in the file.
+    for secret in ["alice@example.com", "12345", "7946", "bob@example.org"]:
+        assert secret not in raw, secret
+    ok, missing = {e["request_id"]: e for e in events}["audit-1"], {e["request_id"]: e for e in events}["audit-2"]
+    assert ok["status"] == 200 and ok["model"] == "mock-1" and ok["provider"] == "mock"
+    assert ok["input_tokens"] > 0 and ok["output_tokens"] == 3
+    assert ok["route"] == "/v1/chat/completions" and ok["latency_ms"] > 0
+    f = ok["fields"]
+    for name in ["user", "metadata.patient_id"]:
+        assert f[name]["enc"] == "SM4-GCM" and f[name]["kid"] and f[name]["nonce"] and f[name]["ct"]
+    assert f["user"]["nonce"] != f["metadata.patient_id"]["nonce"]
+    assert f["metadata.team"] == "cardio"
+    assert f["metadata.note"] == "call [PHONE] or [EMAIL]"
+    assert missing["status"] == 404 and missing["error"] == "model_not_found"
+
+    # Someone holding the key gets the original values back, types included.
+    out = subprocess.run([str(SLUICE), "audit", "decrypt", str(audit)], capture_output=True,
+                         text=True, env={**os.environ, "SLUICE_AUDIT_KEY": AUDIT_KEY})
+    assert out.returncode == 0, out.stderr
+    restored = {e["request_id"]: e for e in map(json.loads, out.stdout.splitlines())}
+    assert restored["audit-1"]["fields"]["user"] == "alice@example.com"
+    assert restored["audit-1"]["fields"]["metadata.patient_id"] == 12345
+    assert restored["audit-1"]["fields"]["metadata.note"] == "call [PHONE] or [EMAIL]"
+
+    # The wrong key does not.
+    bad = subprocess.run([str(SLUICE), "audit", "decrypt", str(audit)], capture_output=True,
+                         text=True, env={**os.environ, "SLUICE_AUDIT_KEY": "ff" * 16})
+    assert bad.returncode != 0
+    assert "no key with id" in bad.stderr
+
+
+def test_encrypt_fields_without_a_key_is_a_config_error(tmp_path):
+    p = tmp_path / "a.toml"
+    text = MOCK + '[audit]\nencrypt_fields = ["user"]\nkey_env = "NO_SUCH_KEY_VAR"\n'
+    p.write_text(text)
+    line = text.splitlines().index('key_env = "NO_SUCH_KEY_VAR"') + 1
+    r = subprocess.run([str(SLUICE), "check-config", str(p)], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "NO_SUCH_KEY_VAR"})
+    assert r.returncode == 1
+    assert "NO_SUCH_KEY_VAR" in r.stderr and f":{line}:" in r.stderr
+
+
+def test_redis_stream_sink_outage_loses_no_event(tmp_path, redis_server):
+    cfg = MOCK + f"""
+[redis]
+url = "{redis_server.url}"
+timeout_ms = 300
+
+[audit]
+sink = "redis"
+stream = "audit-test"
+buffer_path = "{tmp_path / 'audit-buffer.jsonl'}"
+retry_ms = 200
+encrypt_fields = ["user"]
+"""
+    g = Gateway(cfg, tmp_path=tmp_path, env={"SLUICE_AUDIT_KEY": AUDIT_KEY})
+    sent = []
+
+    def send(n, prefix):
+        for i in range(n):
+            rid = f"{prefix}-{i}"
+            r = httpx.post(f"{g.base_url}/chat/completions", headers={"x-request-id": rid},
+                           json={"model": "mock-1", "user": f"u{i}",
+                                 "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200, r.text  # the audit sink never fails a request
+            sent.append(rid)
+
+    try:
+        send(10, "before")
+        wait_for(lambda: redis_server.client.xlen("audit-test") == 10, what="10 events in the stream")
+        redis_server.stop()
+        send(25, "during")
+        wait_for(lambda: 'outcome="buffered"' in g.metrics_text(), what="buffered events")
+        redis_server.start()  # empty: no persistence
+        wait_for(lambda: redis_server.client.xlen("audit-test") == 25, timeout=15,
+                 what="the buffer replayed")
+        send(5, "after")
+        wait_for(lambda: redis_server.client.xlen("audit-test") == 30, what="30 events")
+    finally:
+        g.stop()
+    # Redis restarted empty (no persistence): what is there now is what was
+    # replayed plus what came after; the first 10 were written before it went down.
+    entries = redis_server.client.xrange("audit-test")
+    ids = [json.loads(fields["event"])["request_id"] for _, fields in entries]
+    assert sorted(ids) == sorted(sent[10:]), "every event during and after the outage, once"
+    during = [i for i in ids if i.startswith("during")]
+    assert during == [f"during-{i}" for i in range(25)], "replayed in order"
+    ev = json.loads(entries[0][1]["event"])
+    assert ev["fields"]["user"]["enc"] == "SM4-GCM"
+    assert not (tmp_path / "audit-buffer.jsonl").exists() or (tmp_path / "audit-buffer.jsonl").stat().st_size == 0
+
+
+def test_prompt_redaction_before_upstream(tmp_path, upstream):
+    cfg = f"""
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{upstream.url}/v1"
+
+[[models]]
+name = "gpt-test"
+targets = [{{ provider = "up" }}]
+
+[redaction]
+prompts = true
+custom = [{{ name = "mrn", pattern = "MRN-[0-9]{{6}}" }}]
+"""
+    g = Gateway(cfg, tmp_path=tmp_path)
+    try:
+        client = openai.OpenAI(base_url=g.base_url, api_key="unused")
+        r = client.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "system", "content": "Patient MRN-123456"},
+                      {"role": "user", "content": [
+                          {"type": "text", "text": "I'm jane@example.com, card 4111 1111 1111 1111, id 11010519491231002X"}]}],
+        )
+        assert r.choices[0].message.content is not None
+        body = json.dumps(upstream.last())
+        for leaked in ["jane@example.com", "4111 1111", "11010519491231002X", "MRN-123456"]:
+            assert leaked not in body, leaked
+        for tag in ["[EMAIL]", "[CARD]", "[CN_ID]", "[MRN]"]:
+            assert tag in body, tag
+    finally:
+        g.stop()

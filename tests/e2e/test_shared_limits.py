@@ -1,0 +1,160 @@
+"""Rate limits shared through a real Redis by two gateway processes, the
+fallback when Redis is down, and the per-key limit on open streams."""
+
+import subprocess
+import threading
+import time
+
+import httpx
+
+from conftest import SLUICE, Gateway, free_port
+
+
+def key_hash(token):
+    r = subprocess.run([str(SLUICE), "hash-key", token], capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+def config(redis_url, rpm=None, extra=""):
+    return f"""
+[redis]
+url = "{redis_url}"
+timeout_ms = 300
+
+[[providers]]
+name = "mock"
+kind = "mock"
+tokens_per_response = 2
+token_delay_ms = 0
+
+[[models]]
+name = "mock-1"
+targets = [{{ provider = "mock" }}]
+
+[[keys]]
+name = "team"
+sha256 = "{key_hash('sk-team')}"
+{f'rpm = {rpm}' if rpm else ''}
+{extra}
+"""
+
+
+def chat(client, url, stream=False):
+    return client.post(f"{url}/v1/chat/completions", headers={"authorization": "Bearer sk-team"},
+                       json={"model": "mock-1", "stream": stream,
+                             "messages": [{"role": "user", "content": "x"}]})
+
+
+def test_two_replicas_share_one_limit(tmp_path, redis_server):
+    rpm = 120  # a burst of 120, then 2 a second
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(config(redis_server.url, rpm), tmp_path=tmp_path / "a")
+    b = Gateway(config(redis_server.url, rpm), tmp_path=tmp_path / "b")
+    counts = {"ok": 0, "limited": 0, "other": 0}
+    retry_after = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 4.0
+
+    def hammer(url):
+        with httpx.Client() as c:
+            while time.monotonic() < stop:
+                r = chat(c, url)
+                with lock:
+                    if r.status_code == 200:
+                        counts["ok"] += 1
+                    elif r.status_code == 429:
+                        counts["limited"] += 1
+                        retry_after.append(r.headers.get("retry-after"))
+                    else:
+                        counts["other"] += 1
+
+    try:
+        start = time.monotonic()
+        threads = [threading.Thread(target=hammer, args=(g.url,)) for g in (a, b) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+    finally:
+        a.stop()
+        b.stop()
+    allowed = rpm + rpm / 60 * elapsed
+    assert counts["other"] == 0, counts
+    assert counts["limited"] > 0, counts
+    # Each replica alone would let 120 + 2/s through: together twice that.
+    assert abs(counts["ok"] - allowed) <= 0.05 * allowed, (counts, allowed)
+    assert all(v and int(v) >= 1 for v in retry_after)
+
+
+def test_redis_down_falls_back_to_local_counting(tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}"
+    g = Gateway(config(dead, rpm=3), tmp_path=tmp_path)
+    try:
+        with httpx.Client() as c:
+            codes = [chat(c, g.url).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429], codes
+        assert 'sluice_rate_limit_backend_errors_total{outcome="local"}' in g.metrics_text()
+    finally:
+        g.stop()
+
+
+def test_redis_down_fail_closed_refuses(tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}"
+    g = Gateway(config(dead, rpm=3, extra="[limits]\nfail_open = false\n"), tmp_path=tmp_path)
+    try:
+        r = chat(httpx, g.url)
+        assert r.status_code == 503
+        assert "fail_open" in r.json()["error"]["message"]
+    finally:
+        g.stop()
+
+
+def test_open_streams_per_key_are_limited(tmp_path):
+    cfg = f"""
+[[providers]]
+name = "mock"
+kind = "mock"
+tokens_per_response = 20
+token_delay_ms = 50
+
+[[models]]
+name = "mock-1"
+targets = [{{ provider = "mock" }}]
+
+[[keys]]
+name = "team"
+sha256 = "{key_hash('sk-team')}"
+max_streams = 2
+"""
+    g = Gateway(cfg, tmp_path=tmp_path)
+    try:
+        c = httpx.Client(timeout=10)
+        body = {"model": "mock-1", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        h = {"authorization": "Bearer sk-team"}
+        # Keep the context managers: a collected one closes its response.
+        cm1 = c.stream("POST", f"{g.base_url}/chat/completions", json=body, headers=h)
+        cm2 = c.stream("POST", f"{g.base_url}/chat/completions", json=body, headers=h)
+        s1, s2 = cm1.__enter__(), cm2.__enter__()
+        assert s1.status_code == 200 and s2.status_code == 200
+        third = httpx.post(f"{g.base_url}/chat/completions", json=body, headers=h)
+        assert third.status_code == 429
+        assert third.json()["error"]["code"] == "concurrency_limit_exceeded"
+        # Non-streamed requests are not counted against it.
+        plain = httpx.post(f"{g.base_url}/chat/completions", json={**body, "stream": False}, headers=h)
+        assert plain.status_code == 200
+        # A stream read to its end makes room.
+        assert "[DONE]" in s1.read().decode()
+        s1.close()
+        again = httpx.post(f"{g.base_url}/chat/completions", json=body, headers=h)
+        assert again.status_code == 200 and "[DONE]" in again.text
+        # A client that walks away mid-stream makes room too.
+        s2.close()
+        time.sleep(0.2)
+        s3 = httpx.post(f"{g.base_url}/chat/completions", json=body, headers=h)
+        assert s3.status_code == 200
+        c.close()
+        assert 'sluice_rate_limited_total{outcome="streams"}' in g.metrics_text()
+    finally:
+        g.stop()
