@@ -13,6 +13,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
 # A real Redis for the shared rate-limit and audit-stream tests (each test
 # starts its own on a free loopback port).
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+# openssl makes the test certificates for the TLS tests.
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     RateLimited,
     /// Too many streams open at once for a key.
     ConcurrencyLimited,
+    /// The client took too long to send its request body.
+    RequestTimeout,
     /// The `model` names nothing this gateway serves.
     ModelNotFound,
     /// No route for this path.
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => 429,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -90,6 +93,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => "rate_limit_error",
+            ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -108,6 +112,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "model_not_allowed",
             ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::ConcurrencyLimited => "concurrency_limit_exceeded",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::RouteNotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -131,6 +136,7 @@ impl ErrorKind {
             | ErrorKind::Forbidden
             | ErrorKind::RateLimited
             | ErrorKind::ConcurrencyLimited
+            | ErrorKind::RequestTimeout
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
@@ -218,7 +224,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 18] = [
+    const ALL: [ErrorKind; 19] = [
+        ErrorKind::RequestTimeout,
         ErrorKind::ConcurrencyLimited,
         ErrorKind::InvalidJson,
         ErrorKind::InvalidRequest,

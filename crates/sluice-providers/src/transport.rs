@@ -27,12 +27,15 @@ pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
     http.set_keepalive(Some(Duration::from_secs(60)));
 
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match builder.with_native_roots() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "no system CA certificates; using the bundled web PKI roots");
-            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
-        }
+    let builder = match &p.ca_file {
+        Some(ca) => builder.with_tls_config(tls_with_ca(ca)),
+        None => match builder.with_native_roots() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no system CA certificates; using the bundled web PKI roots");
+                hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+            }
+        },
     };
     let https = builder
         .https_or_http()
@@ -49,6 +52,36 @@ pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_while_idle(true)
         .build(https)
+}
+
+/// A client TLS configuration trusting the system roots plus the
+/// certificates in `ca` (PEM), for upstreams behind a private CA.
+fn tls_with_ca(ca: &std::path::Path) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let added = std::fs::read(ca)
+        .ok()
+        .map(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .filter_map(Result::ok)
+                .filter(|c| roots.add(c.clone()).is_ok())
+                .count()
+        })
+        .unwrap_or(0);
+    if added == 0 {
+        tracing::warn!(ca = %ca.display(), "ca_file holds no usable certificate");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
 
 /// Sends `req` and waits for the response head; the caller bounds the wait.

@@ -13,6 +13,7 @@ pub mod redis_conn;
 pub mod routes;
 pub mod shared_limits;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -56,6 +57,11 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
         .map(|m| m.name.to_string())
         .unwrap_or_else(|| "MODEL".to_owned());
     let server_cfg = config.server.clone();
+    let tls = match &config.server.tls {
+        Some(t) => Some(tls::acceptor(t)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let tracing_pipeline = telemetry::Tracing::init(&config.telemetry)?;
     let app = app::App::new(config, log_control, tracing_pipeline)?;
 
@@ -65,15 +71,17 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
         routes::api(app.clone()),
         server_cfg.clone(),
         rx.clone(),
+        tls,
     ));
     let admin = tokio::spawn(listener::serve(
         admin_listener,
         routes::admin(app.clone()),
         server_cfg,
         rx,
+        None,
     ));
     app.ready.store(true, Ordering::Release);
-    println!("{}", ready_line(api_addr, admin_addr, &first_model));
+    println!("{}", ready_line(scheme, api_addr, admin_addr, &first_model));
     tracing::info!(%api_addr, %admin_addr, "sluice ready");
 
     shutdown_signal().await;
@@ -91,7 +99,7 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
 }
 
 /// One line: where Sluice listens and a curl command that works as printed.
-pub fn ready_line(api: SocketAddr, admin: SocketAddr, model: &str) -> String {
+pub fn ready_line(scheme: &str, api: SocketAddr, admin: SocketAddr, model: &str) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             SocketAddr::new([127, 0, 0, 1].into(), a.port())
@@ -101,7 +109,7 @@ pub fn ready_line(api: SocketAddr, admin: SocketAddr, model: &str) -> String {
     };
     let (api, admin) = (host(api), host(admin));
     format!(
-        "sluice ready: api http://{api} admin http://{admin} | try: curl -s http://{api}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+        "sluice ready: api {scheme}://{api} admin http://{admin} | try: curl -s {scheme}://{api}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
     )
 }
 

@@ -82,7 +82,8 @@ async fn proxy(
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),
     };
-    let body = match read_body(req, snap.config.server.max_body_bytes).await {
+    let server = &snap.config.server;
+    let body = match read_body(req, server.max_body_bytes, server.body_read_timeout).await {
         Ok(b) => b,
         Err(e) => return rec.reply_error(&e),
     };
@@ -393,7 +394,11 @@ pub fn operation_name(op: Operation) -> &'static str {
 }
 
 /// Reads the whole request body, refusing more than `max` bytes.
-async fn read_body(req: Request<Body>, max: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    req: Request<Body>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
     let too_large = || {
         GatewayError::new(
             ErrorKind::PayloadTooLarge,
@@ -410,7 +415,16 @@ async fn read_body(req: Request<Body>, max: usize) -> Result<Bytes, GatewayError
         drain(body, max).await;
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await else {
+        return Err(GatewayError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(GatewayError::new(

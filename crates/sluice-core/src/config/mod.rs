@@ -156,6 +156,18 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send the request body.
+    pub body_read_timeout: Duration,
+    /// TLS on the API listener; `None` = plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    /// How often the files are checked for a change.
+    pub reload: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +206,9 @@ pub struct ProviderConfig {
     /// Longest silence allowed between two body chunks of a response.
     pub idle_timeout: Duration,
     pub max_idle_connections: usize,
+    /// Extra CA certificates (PEM) trusted for this upstream, besides the
+    /// system's.
+    pub ca_file: Option<std::path::PathBuf>,
     pub mock: MockConfig,
 }
 

@@ -181,6 +181,10 @@ pub struct RawServer {
     pub header_read_timeout_ms: Option<Spanned<u64>>,
     pub max_header_bytes: Option<Spanned<u64>>,
     pub shutdown_grace_ms: Option<Spanned<u64>>,
+    pub body_read_timeout_ms: Option<Spanned<u64>>,
+    pub tls_cert_file: Option<Spanned<String>>,
+    pub tls_key_file: Option<Spanned<String>>,
+    pub tls_reload_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +200,7 @@ pub struct RawProvider {
     pub timeout_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
     pub max_idle_connections: Option<Spanned<u64>>,
+    pub ca_file: Option<Spanned<String>>,
     // azure only
     pub api_version: Option<Spanned<String>>,
     // anthropic only

@@ -360,6 +360,41 @@ fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             3_600_000,
             "shutdown_grace_ms",
         )),
+        body_read_timeout: ms(c.positive(
+            s.body_read_timeout_ms.as_ref(),
+            30_000,
+            3_600_000,
+            "body_read_timeout_ms",
+        )),
+        tls: tls(c, s),
+    }
+}
+
+fn tls(c: &mut Collector<'_>, s: &RawServer) -> Option<super::TlsConfig> {
+    let reload = ms(c.positive(
+        s.tls_reload_ms.as_ref(),
+        10_000,
+        86_400_000,
+        "tls_reload_ms",
+    ));
+    match (&s.tls_cert_file, &s.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            for f in [cert, key] {
+                if std::fs::metadata(f.get_ref()).is_err() {
+                    c.at(f.span(), format!("'{}' cannot be read", f.get_ref()));
+                }
+            }
+            Some(super::TlsConfig {
+                cert_file: cert.get_ref().into(),
+                key_file: key.get_ref().into(),
+                reload,
+            })
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            c.at(one.span(), "tls_cert_file and tls_key_file go together");
+            None
+        }
     }
 }
 
@@ -828,6 +863,16 @@ fn provider(
             100_000,
             "max_idle_connections",
         ) as usize,
+        ca_file: p.ca_file.as_ref().map(|f| {
+            let path = std::path::PathBuf::from(f.get_ref());
+            if std::fs::metadata(&path).is_err() {
+                c.at(
+                    f.span(),
+                    format!("ca_file '{}' cannot be read", f.get_ref()),
+                );
+            }
+            path
+        }),
         mock: MockConfig {
             tokens_per_response: c.positive(
                 p.tokens_per_response.as_ref(),
