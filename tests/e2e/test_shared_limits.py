@@ -158,3 +158,50 @@ max_streams = 2
         assert 'sluice_rate_limited_total{outcome="streams"}' in g.metrics_text()
     finally:
         g.stop()
+
+
+def spend_until_refused(client, url, limit=50):
+    for i in range(limit):
+        r = chat(client, url)
+        if r.status_code != 200:
+            return i, r
+    raise AssertionError("the budget never ran out")
+
+
+def test_token_budget_per_key_local(tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}"
+    g = Gateway(config(dead, extra="budget_tokens = 60\nbudget_period = \"day\"\n[limits]\nbackend = \"local\"\n"),
+                tmp_path=tmp_path)
+    try:
+        with httpx.Client() as c:
+            first = chat(c, g.url).json()["usage"]["total_tokens"]
+            served, refused = spend_until_refused(c, g.url)
+        # The budget is checked before a request: the one that crosses it is
+        # served, the next is refused.
+        assert served + 1 == -(-60 // first), (served, first)
+        assert refused.status_code == 429
+        err = refused.json()["error"]
+        assert err["code"] == "budget_exceeded" and err["type"] == "insufficient_quota"
+        assert "this day" in err["message"]
+    finally:
+        g.stop()
+
+
+def test_token_budget_shared_across_replicas(tmp_path, redis_server):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg = config(redis_server.url, extra="budget_tokens = 60\n")
+    a = Gateway(cfg, tmp_path=tmp_path / "a")
+    b = Gateway(cfg, tmp_path=tmp_path / "b")
+    try:
+        with httpx.Client() as c:
+            served, refused = spend_until_refused(c, a.url)
+            assert served > 1 and refused.json()["error"]["code"] == "budget_exceeded"
+            time.sleep(0.3)  # the last charge is recorded in the background
+            r = chat(c, b.url)
+            assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+        keys = redis_server.client.keys("sluice:budget:team:month:*")
+        assert len(keys) == 1 and int(redis_server.client.get(keys[0])) >= 60
+    finally:
+        a.stop()
+        b.stop()

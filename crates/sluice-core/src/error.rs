@@ -21,6 +21,8 @@ pub enum ErrorKind {
     ConcurrencyLimited,
     /// The client took too long to send its request body.
     RequestTimeout,
+    /// The key's token budget for the period is spent.
+    BudgetExceeded,
     /// The `model` names nothing this gateway serves.
     ModelNotFound,
     /// No route for this path.
@@ -63,7 +65,9 @@ impl ErrorKind {
             ErrorKind::InvalidJson | ErrorKind::InvalidRequest => 400,
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
-            ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited | ErrorKind::BudgetExceeded => {
+                429
+            }
             ErrorKind::RequestTimeout => 408,
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
@@ -94,6 +98,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => "rate_limit_error",
             ErrorKind::RequestTimeout => "invalid_request_error",
+            ErrorKind::BudgetExceeded => "insufficient_quota",
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -113,6 +118,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::ConcurrencyLimited => "concurrency_limit_exceeded",
             ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::RouteNotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -137,6 +143,7 @@ impl ErrorKind {
             | ErrorKind::RateLimited
             | ErrorKind::ConcurrencyLimited
             | ErrorKind::RequestTimeout
+            | ErrorKind::BudgetExceeded
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
@@ -224,7 +231,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 19] = [
+    const ALL: [ErrorKind; 20] = [
+        ErrorKind::BudgetExceeded,
         ErrorKind::RequestTimeout,
         ErrorKind::ConcurrencyLimited,
         ErrorKind::InvalidJson,

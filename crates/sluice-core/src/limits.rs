@@ -164,6 +164,81 @@ pub struct Limiter {
     pub models: HashMap<Arc<str>, Arc<Limits>>,
     /// Open streams allowed per key name.
     pub streams: HashMap<Arc<str>, Arc<StreamGate>>,
+    /// Token budgets per key name.
+    pub budgets: HashMap<Arc<str>, Arc<Budget>>,
+}
+
+/// The period a token budget covers, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+    Total,
+}
+
+impl BudgetPeriod {
+    /// The window `unix` falls in: days since 1970, months since 1970, or 0.
+    pub fn window(self, unix: u64) -> u64 {
+        match self {
+            BudgetPeriod::Day => unix / 86_400,
+            BudgetPeriod::Month => {
+                let (y, m, _) = crate::config::time::civil_from_days(unix / 86_400);
+                (y - 1970) * 12 + (m - 1)
+            }
+            BudgetPeriod::Total => 0,
+        }
+    }
+
+    /// Seconds a window's counter must outlive it (Redis expiry).
+    pub fn ttl_secs(self) -> Option<u64> {
+        match self {
+            BudgetPeriod::Day => Some(2 * 86_400),
+            BudgetPeriod::Month => Some(32 * 86_400),
+            BudgetPeriod::Total => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+            BudgetPeriod::Total => "total",
+        }
+    }
+}
+
+/// A key's token budget in this process: used tokens per window.
+#[derive(Debug)]
+pub struct Budget {
+    pub limit: u64,
+    pub period: BudgetPeriod,
+    used: Mutex<(u64, u64)>,
+}
+
+impl Budget {
+    pub fn new(limit: u64, period: BudgetPeriod) -> Self {
+        Self {
+            limit,
+            period,
+            used: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Tokens used in the window `unix` falls in.
+    pub fn used(&self, unix: u64) -> u64 {
+        let w = self.period.window(unix);
+        let g = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == w { g.1 } else { 0 }
+    }
+
+    pub fn charge(&self, tokens: u64, unix: u64) {
+        let w = self.period.window(unix);
+        let mut g = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != w {
+            *g = (w, 0);
+        }
+        g.1 = g.1.saturating_add(tokens);
+    }
 }
 
 /// At most `max` streamed responses open at once.
@@ -283,6 +358,32 @@ mod tests {
         });
         assert!(peak.load(Ordering::Acquire) <= 3);
         assert_eq!(gate.open(), 0);
+    }
+
+    #[test]
+    fn budget_windows_reset_by_period() {
+        let jan31 = 1_769_817_600; // 2026-01-31T00:00:00Z
+        let feb1 = jan31 + 86_400;
+        assert_eq!(
+            BudgetPeriod::Month.window(jan31) + 1,
+            BudgetPeriod::Month.window(feb1)
+        );
+        assert_eq!(
+            BudgetPeriod::Month.window(jan31),
+            BudgetPeriod::Month.window(jan31 - 20 * 86_400)
+        );
+        assert_eq!(BudgetPeriod::Month.window(0), 0);
+        assert_eq!(BudgetPeriod::Month.window(951_782_400), 30 * 12 + 1); // 2000-02-29
+        let b = Budget::new(100, BudgetPeriod::Day);
+        b.charge(60, jan31);
+        b.charge(50, jan31 + 100);
+        assert_eq!(b.used(jan31 + 200), 110);
+        assert_eq!(b.used(feb1), 0, "a new day starts empty");
+        b.charge(5, feb1);
+        assert_eq!(b.used(feb1), 5);
+        let t = Budget::new(10, BudgetPeriod::Total);
+        t.charge(7, 0);
+        assert_eq!(t.used(4_000_000_000), 7);
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl App {
                 .insert(k.name.clone(), Arc::new(Limits::new(k.rpm, k.tpm, now)));
         }
         for k in &config.keys {
+            if let Some((tokens, period)) = k.budget {
+                limiter.budgets.insert(
+                    k.name.clone(),
+                    Arc::new(sluice_core::limits::Budget::new(tokens, period)),
+                );
+            }
             if let Some(n) = k.max_streams {
                 limiter.streams.insert(
                     k.name.clone(),

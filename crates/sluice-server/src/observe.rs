@@ -73,6 +73,8 @@ pub struct Recorder {
     pub audit_fields: Option<serde_json::Map<String, serde_json::Value>>,
     /// The gateway's error code, when it answered with one.
     error_code: Option<&'static str>,
+    /// The key's token budget, charged with the usage at the end.
+    pub budget: Option<crate::shared_limits::BudgetCharge>,
     /// Tokens reserved in the shared (Redis) limiter, to settle.
     pub shared_reservation: Option<crate::shared_limits::SharedReservation>,
     /// Held while a streamed response is open (per-key stream limit).
@@ -111,6 +113,7 @@ impl Recorder {
             error_code: None,
             stream_permit: None,
             shared_reservation: None,
+            budget: None,
         }
     }
 
@@ -189,6 +192,9 @@ impl Drop for Recorder {
                     .map_or(r.tokens, |u| (u.prompt_tokens + u.completion_tokens) as f64);
                 r.settle(used, now);
             }
+        }
+        if let (Some(b), Some(u)) = (self.budget.take(), self.usage) {
+            b.charge(u.prompt_tokens + u.completion_tokens);
         }
         if let Some(r) = self.shared_reservation.take() {
             r.settle(

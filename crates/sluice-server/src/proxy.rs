@@ -126,6 +126,12 @@ async fn proxy(
         .with_param("model");
         return rec.reply_error(&e);
     }
+    if let Some(k) = key
+        && let Some(b) = app.limiter.budgets.get(&k.name)
+        && let Err(e) = check_budget(app, k, b, &mut rec).await
+    {
+        return rec.reply_error(&e);
+    }
     if let Err(e) = rate_limit(
         app,
         key,
@@ -239,6 +245,57 @@ fn redact_prompt(
     Ok(Some(Bytes::from(
         serde_json::to_vec(&v).expect("serializing to a Vec cannot fail"),
     )))
+}
+
+/// Refuses a key whose token budget for the period is spent; otherwise
+/// arranges for the request's usage to be charged to it. Shared through
+/// Redis when the limits are (a Redis outage falls back to this process's
+/// count, like the rate limits).
+async fn check_budget(
+    app: &Arc<App>,
+    k: &sluice_core::config::KeyConfig,
+    b: &Arc<limits::Budget>,
+    rec: &mut Recorder,
+) -> Result<(), GatewayError> {
+    use crate::shared_limits::{BudgetCharge, SharedLimiter};
+    let now = crate::app::now_unix();
+    let mut used = None;
+    if let Some(shared) = &app.shared_limiter {
+        let key = SharedLimiter::budget_key(&k.name, b.period, now);
+        used = shared.budget_used(&key).await;
+        if used.is_some() {
+            rec.budget = Some(BudgetCharge::Shared(
+                shared.clone(),
+                key,
+                b.period.ttl_secs(),
+            ));
+        }
+    }
+    let used = match used {
+        Some(u) => u,
+        None => {
+            rec.budget = Some(BudgetCharge::Local(b.clone()));
+            b.used(now)
+        }
+    };
+    if used >= b.limit {
+        app.metrics
+            .limited
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome: "budget" })
+            .inc();
+        rec.budget = None;
+        return Err(GatewayError::new(
+            ErrorKind::BudgetExceeded,
+            format!(
+                "key '{}' has used its token budget ({} of {} tokens this {})",
+                k.name,
+                used,
+                b.limit,
+                b.period.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rate limits: the key's, then the model's. Tokens are reserved from the

@@ -148,6 +148,60 @@ impl SharedLimiter {
     }
 }
 
+/// Where a request's tokens are charged against its key's budget.
+pub enum BudgetCharge {
+    Local(Arc<sluice_core::limits::Budget>),
+    /// A Redis counter per key and window: `(limiter, counter key, ttl)`.
+    Shared(Arc<SharedLimiter>, String, Option<u64>),
+}
+
+impl BudgetCharge {
+    pub fn charge(self, tokens: u64) {
+        match self {
+            BudgetCharge::Local(b) => b.charge(tokens, crate::app::now_unix()),
+            BudgetCharge::Shared(limiter, key, ttl) => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                rt.spawn(async move {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("INCRBY").arg(&key).arg(tokens).ignore();
+                    if let Some(ttl) = ttl {
+                        pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+                    }
+                    let mut conn = limiter.conn.clone();
+                    let r =
+                        tokio::time::timeout(limiter.timeout, pipe.query_async::<()>(&mut conn))
+                            .await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        tracing::warn!(key = %key, tokens, "budget charge not recorded in redis");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl SharedLimiter {
+    /// Tokens used so far in a budget counter; `None` when Redis cannot say.
+    pub async fn budget_used(&self, key: &str) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        let get = redis::cmd("GET").arg(key).to_owned();
+        match tokio::time::timeout(self.timeout, get.query_async::<Option<u64>>(&mut conn)).await {
+            Ok(Ok(v)) => Some(v.unwrap_or(0)),
+            _ => None,
+        }
+    }
+
+    pub fn budget_key(name: &str, period: sluice_core::limits::BudgetPeriod, unix: u64) -> String {
+        format!(
+            "sluice:budget:{name}:{}:{}",
+            period.name(),
+            period.window(unix)
+        )
+    }
+}
+
 impl SharedReservation {
     /// Settles against the tokens really used, in the background.
     pub fn settle(self, used: Option<f64>) {

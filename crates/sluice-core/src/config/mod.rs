@@ -61,6 +61,8 @@ pub struct KeyConfig {
     pub tpm: Option<u64>,
     /// Streamed responses this key may have open at once.
     pub max_streams: Option<u32>,
+    /// Tokens (input + output) this key may spend per period.
+    pub budget: Option<(u64, crate::limits::BudgetPeriod)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,6 +104,8 @@ pub struct RawKey {
     pub rpm: Option<Spanned<u64>>,
     pub tpm: Option<Spanned<u64>>,
     pub max_streams: Option<Spanned<u64>>,
+    pub budget_tokens: Option<Spanned<u64>>,
+    pub budget_period: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

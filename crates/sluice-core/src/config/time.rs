@@ -1,6 +1,21 @@
 //! The one timestamp form the configuration accepts: RFC 3339 in UTC,
 //! `YYYY-MM-DDTHH:MM:SSZ`. Small enough not to need a date crate.
 
+/// (year, month 1–12, day 1–31) of a day number since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as u64, m as u64, d as u64)
+}
+
 /// Unix seconds for `YYYY-MM-DDTHH:MM:SSZ`, or `None` if malformed.
 pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let b = s.as_bytes();

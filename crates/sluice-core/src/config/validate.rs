@@ -469,6 +469,22 @@ fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
                 .tpm
                 .as_ref()
                 .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
+            budget: k.budget_tokens.as_ref().map(|v| {
+                let tokens = c.positive(Some(v), 1, u64::MAX / 2, "budget_tokens");
+                let period = match k.budget_period.as_ref().map(|p| (p, p.get_ref().as_str())) {
+                    None | Some((_, "month")) => crate::limits::BudgetPeriod::Month,
+                    Some((_, "day")) => crate::limits::BudgetPeriod::Day,
+                    Some((_, "total")) => crate::limits::BudgetPeriod::Total,
+                    Some((p, other)) => {
+                        c.at(
+                            p.span(),
+                            format!("unknown budget_period '{other}' (day, month, total)"),
+                        );
+                        crate::limits::BudgetPeriod::Month
+                    }
+                };
+                (tokens, period)
+            }),
             max_streams: k
                 .max_streams
                 .as_ref()
