@@ -245,3 +245,9 @@ def redis_server():
     r = RedisServer()
     yield r
     r.stop()
+
+
+def key_hash(token):
+    """The sha256 a [[keys]] entry holds for `token`, from `sluice hash-key`."""
+    r = subprocess.run([str(SLUICE), "hash-key", token], capture_output=True, text=True, check=True)
+    return r.stdout.strip()

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import SLUICE, Gateway
+from conftest import SLUICE, Gateway, key_hash
 
 MOCK = """
 [[providers]]
@@ -28,11 +28,6 @@ name = "mock-3"
 targets = [{ provider = "mock" }]
 rpm = 2
 """
-
-
-def key_hash(token):
-    r = subprocess.run([str(SLUICE), "hash-key", token], capture_output=True, text=True, check=True)
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")

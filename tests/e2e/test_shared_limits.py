@@ -1,18 +1,12 @@
 """Rate limits shared through a real Redis by two gateway processes, the
 fallback when Redis is down, and the per-key limit on open streams."""
 
-import subprocess
 import threading
 import time
 
 import httpx
 
-from conftest import SLUICE, Gateway, free_port
-
-
-def key_hash(token):
-    r = subprocess.run([str(SLUICE), "hash-key", token], capture_output=True, text=True, check=True)
-    return r.stdout.strip()
+from conftest import Gateway, free_port, key_hash
 
 
 def config(redis_url, rpm=None, extra=""):

@@ -15,9 +15,17 @@ pub struct KeyTable {
 
 impl KeyTable {
     pub fn new(config: &Config) -> Self {
+        Self::from_keys(config.keys.iter().cloned())
+    }
+
+    pub fn from_keys(keys: impl IntoIterator<Item = KeyConfig>) -> Self {
         Self {
-            by_hash: config.keys.iter().map(|k| (k.sha256, k.clone())).collect(),
+            by_hash: keys.into_iter().map(|k| (k.sha256, k)).collect(),
         }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &KeyConfig> {
+        self.by_hash.values()
     }
 
     /// No keys configured: the API is open.
@@ -59,6 +67,10 @@ impl KeyConfig {
 }
 
 /// The lowercase hex SHA-256 of a token, as the configuration wants it.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 pub fn token_hash_hex(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()

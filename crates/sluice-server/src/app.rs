@@ -7,9 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use sluice_core::GatewayError;
-use sluice_core::auth::KeyTable;
 use sluice_core::config::{Config, ProviderKind};
-use sluice_core::limits::{Limiter, Limits};
 use sluice_core::route::RouteTable;
 use sluice_providers::transport::{self, UpstreamClient};
 use sluice_providers::{anthropic, gemini, openai};
@@ -21,7 +19,6 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
-    pub keys: KeyTable,
     /// Index-aligned with `config.providers`; `None` for in-process providers.
     pub upstreams: Vec<Option<Upstream>>,
 }
@@ -42,7 +39,6 @@ pub enum Endpoint {
 impl Snapshot {
     pub fn build(config: Config) -> Result<Self, GatewayError> {
         let routes = RouteTable::new(&config);
-        let keys = KeyTable::new(&config);
         let upstreams = config
             .providers
             .iter()
@@ -64,7 +60,6 @@ impl Snapshot {
         Ok(Self {
             config,
             routes,
-            keys,
             upstreams,
         })
     }
@@ -80,8 +75,11 @@ pub struct App {
     pub log_control: crate::LogControl,
     /// `None` when no OTLP endpoint is configured: no span is ever built.
     pub tracing: Option<crate::telemetry::Tracing>,
-    /// Rate-limit buckets per key (`key:NAME`) and model (`model:NAME`).
-    pub limiter: Limiter,
+    /// Keys and their limiters; swapped when keys are added or removed.
+    pub access: ArcSwap<crate::access::Access>,
+    /// The admin API's keys as written to `keys_file`; its lock
+    /// serializes key changes.
+    pub key_specs: tokio::sync::Mutex<Vec<crate::admin_keys::KeySpec>>,
     /// Set when limits are shared through Redis.
     pub shared_limiter: Option<Arc<crate::shared_limits::SharedLimiter>>,
     /// `None` when no `[audit]` is configured.
@@ -94,7 +92,7 @@ impl App {
         log_control: crate::LogControl,
         tracing: Option<crate::telemetry::Tracing>,
     ) -> anyhow::Result<Arc<Self>> {
-        let now = now_secs();
+        let (key_specs, api_keys) = crate::admin_keys::load(&config)?;
         let metrics = Metrics::new();
         let audit = match &config.audit {
             Some(a) => Some(crate::audit::Auditor::start(
@@ -111,41 +109,10 @@ impl App {
             )),
             _ => None,
         };
-        let mut limiter = Limiter::default();
-        for k in config
-            .keys
-            .iter()
-            .filter(|k| k.rpm.is_some() || k.tpm.is_some())
-        {
-            limiter
-                .keys
-                .insert(k.name.clone(), Arc::new(Limits::new(k.rpm, k.tpm, now)));
-        }
-        for k in &config.keys {
-            if let Some((tokens, period)) = k.budget {
-                limiter.budgets.insert(
-                    k.name.clone(),
-                    Arc::new(sluice_core::limits::Budget::new(tokens, period)),
-                );
-            }
-            if let Some(n) = k.max_streams {
-                limiter.streams.insert(
-                    k.name.clone(),
-                    Arc::new(sluice_core::limits::StreamGate::new(n)),
-                );
-            }
-        }
-        for m in config
-            .models
-            .iter()
-            .filter(|m| m.rpm.is_some() || m.tpm.is_some())
-        {
-            limiter
-                .models
-                .insert(m.name.clone(), Arc::new(Limits::new(m.rpm, m.tpm, now)));
-        }
+        let access = crate::access::Access::build(&config, api_keys, None);
         Ok(Arc::new(Self {
-            limiter,
+            access: ArcSwap::from_pointee(access),
+            key_specs: tokio::sync::Mutex::new(key_specs),
             audit,
             shared_limiter,
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
@@ -159,25 +126,6 @@ impl App {
             tracing,
         }))
     }
-}
-
-/// The caller's key, when keys are configured: `Ok(None)` on an open API.
-pub fn authenticate<'a>(
-    snap: &'a Snapshot,
-    headers: &http::HeaderMap,
-) -> Result<Option<&'a sluice_core::config::KeyConfig>, GatewayError> {
-    if snap.keys.is_open() {
-        return Ok(None);
-    }
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let token = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    snap.keys.check(token.map(str::trim), now_unix()).map(Some)
 }
 
 pub fn now_unix() -> u64 {

@@ -1,5 +1,7 @@
 //! Sluice's server: listeners, routes, the proxy path, and metrics glue.
 
+pub mod access;
+pub mod admin_keys;
 pub mod app;
 pub mod attempt;
 pub mod audit;
@@ -29,7 +31,8 @@ pub use logging::LogControl;
 pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> {
     // An open API (no keys) is for a developer's own machine: refuse to
     // expose one unless the configuration says so explicitly.
-    if config.keys.is_empty() {
+    let has_api_keys = !admin_keys::load(&config)?.1.is_empty();
+    if config.keys.is_empty() && !has_api_keys {
         if !config.server.listen.ip().is_loopback() && !config.allow_open_non_loopback {
             anyhow::bail!(
                 "refusing to listen on {} with no [[keys]] configured: anyone who can reach it \

@@ -73,7 +73,8 @@ async fn proxy(
     if op == Operation::Messages {
         rec.wire = Wire::Anthropic;
     }
-    let key = match crate::app::authenticate(&snap, req.headers()) {
+    let access = app.access.load_full();
+    let key = match crate::access::authenticate(&access, req.headers()) {
         Ok(k) => k,
         Err(e) => return rec.reply_error(&e),
     };
@@ -127,27 +128,18 @@ async fn proxy(
         return rec.reply_error(&e);
     }
     if let Some(k) = key
-        && let Some(b) = app.limiter.budgets.get(&k.name)
+        && let Some(b) = access.limiter.budgets.get(&k.name)
         && let Err(e) = check_budget(app, k, b, &mut rec).await
     {
         return rec.reply_error(&e);
     }
-    if let Err(e) = rate_limit(
-        app,
-        key,
-        &route.name,
-        &body,
-        peek.max_tokens,
-        &mut rec,
-        limits,
-    )
-    .await
-    {
+    let estimate = limits::estimate_tokens(body.len(), peek.max_tokens, 1024);
+    if let Err(e) = rate_limit(app, &access, key, &route.name, estimate, &mut rec, limits).await {
         return rec.reply_error(&e);
     }
     if peek.stream
         && let Some(k) = key
-        && let Some(gate) = app.limiter.streams.get(&k.name)
+        && let Some(gate) = access.limiter.streams.get(&k.name)
     {
         match gate.try_open() {
             Some(p) => rec.stream_permit = Some(p),
@@ -304,19 +296,18 @@ async fn check_budget(
 /// answer and `fail_open` allows.
 async fn rate_limit(
     app: &Arc<App>,
+    access: &crate::access::Access,
     key: Option<&sluice_core::config::KeyConfig>,
     model: &Arc<str>,
-    body: &[u8],
-    max_tokens: Option<u64>,
+    estimate: f64,
     rec: &mut Recorder,
     info: &mut RateInfo,
 ) -> Result<(), GatewayError> {
-    let key_limits = key.and_then(|k| app.limiter.keys.get(&k.name));
-    let model_limits = app.limiter.models.get(model);
+    let key_limits = key.and_then(|k| access.limiter.keys.get(&k.name));
+    let model_limits = access.limiter.models.get(model);
     if key_limits.is_none() && model_limits.is_none() {
         return Ok(());
     }
-    let estimate = limits::estimate_tokens(body.len(), max_tokens, 1024);
     let subject = |is_key: bool| match (is_key, key) {
         (true, Some(k)) => format!("key '{}'", k.name),
         _ => format!("model '{model}'"),

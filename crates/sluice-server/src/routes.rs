@@ -38,6 +38,14 @@ pub fn admin(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/log-level", get(log_level).put(set_log_level))
+        .route(
+            "/keys",
+            get(crate::admin_keys::list).post(crate::admin_keys::create),
+        )
+        .route(
+            "/keys/{name}",
+            axum::routing::delete(crate::admin_keys::delete),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -72,7 +80,8 @@ fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {
 
 async fn models(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Response {
     let snap = app.snapshot.load();
-    let key = match crate::app::authenticate(&snap, &headers) {
+    let access = app.access.load();
+    let key = match crate::access::authenticate(&access, &headers) {
         Ok(k) => k,
         Err(e) => return error_response(&e, Wire::OpenAi),
     };
@@ -93,7 +102,8 @@ async fn model(
     headers: http::HeaderMap,
 ) -> Response {
     let snap = app.snapshot.load();
-    let key = match crate::app::authenticate(&snap, &headers) {
+    let access = app.access.load();
+    let key = match crate::access::authenticate(&access, &headers) {
         Ok(k) => k,
         Err(e) => return error_response(&e, Wire::OpenAi),
     };

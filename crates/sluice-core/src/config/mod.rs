@@ -39,6 +39,11 @@ pub struct Config {
     /// unless `allow_open_non_loopback`).
     pub keys: Vec<KeyConfig>,
     pub allow_open_non_loopback: bool,
+    /// Where keys added through the admin API are kept (hashed).
+    pub keys_file: Option<std::path::PathBuf>,
+    /// SHA-256 of the token the admin key API wants; `None` = no token
+    /// (allowed only while the admin listener is on loopback).
+    pub admin_sha256: Option<[u8; 32]>,
     pub redis: Option<RedisConfig>,
     pub limits: LimitsConfig,
     pub redaction: RedactionConfig,
@@ -289,17 +294,25 @@ pub fn parse(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-        let offset = e.span().map_or(0, |s| s.start);
-        let (line, column) = line_col(text, offset);
-        ConfigErrors(vec![ConfigError {
-            file: file.to_owned(),
-            line,
-            column,
-            message: e.message().trim().to_owned(),
-        }])
-    })?;
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
     validate::validate(raw, text, file, env)
+}
+
+/// A TOML syntax or schema error, located.
+fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigErrors {
+    let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+    ConfigErrors(vec![ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        message: e.message().trim().to_owned(),
+    }])
+}
+
+/// `[[keys]]` tables alone (no other configuration), validated like the
+/// file's against the `models` served.
+pub fn parse_keys(text: &str, file: &str, models: &[&str]) -> Result<Vec<KeyConfig>, ConfigErrors> {
+    validate::keys_only(text, file, models)
 }
 
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {

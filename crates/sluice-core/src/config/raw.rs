@@ -90,6 +90,8 @@ pub struct RawAudit {
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub allow_open_non_loopback: Option<bool>,
+    pub keys_file: Option<Spanned<String>>,
+    pub admin_sha256: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,7 +175,22 @@ pub(super) fn validate(
     let routing = routing(&mut c, &raw.routing);
     let logging = logging(&mut c, &raw.logging);
     let telemetry = telemetry(&mut c, &raw.telemetry, env);
-    let keys = keys(&mut c, &raw);
+    let model_names: Vec<&str> = raw
+        .models
+        .iter()
+        .map(|m| m.get_ref().name.get_ref().as_str())
+        .collect();
+    let keys = keys(&mut c, &raw.keys, &model_names);
+    let admin_sha256 = raw.auth.admin_sha256.as_ref().and_then(|h| {
+        let v = hex_bytes::<32>(h.get_ref());
+        if v.is_none() {
+            c.at(
+                h.span(),
+                "admin_sha256 must be 64 hex digits (sluice hash-key <token>)",
+            );
+        }
+        v
+    });
     let redis = super::security::redis(&mut c, &raw.redis, env);
     let limits = super::security::limits(&mut c, &raw.limits, redis.is_some());
     let redaction = super::security::redaction(&mut c, &raw.redaction);
@@ -325,6 +340,8 @@ pub(super) fn validate(
             redaction,
             audit,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
+            keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
+            admin_sha256,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -398,10 +415,41 @@ fn tls(c: &mut Collector<'_>, s: &RawServer) -> Option<super::TlsConfig> {
     }
 }
 
-fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
-    let mut out = Vec::with_capacity(raw.keys.len());
+/// Keys written in TOML (`[[keys]]` tables) on their own, checked against
+/// the models served: for keys added at run time.
+pub(super) fn keys_only(
+    text: &str,
+    file: &str,
+    models: &[&str],
+) -> Result<Vec<KeyConfig>, ConfigErrors> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Only {
+        #[serde(default)]
+        keys: Vec<Spanned<super::raw::RawKey>>,
+    }
+    let only: Only = toml::from_str(text).map_err(|e| super::syntax_error(text, file, &e))?;
+    let mut c = Collector {
+        text,
+        file,
+        errors: Vec::new(),
+    };
+    let out = keys(&mut c, &only.keys, models);
+    if c.errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn keys(
+    c: &mut Collector<'_>,
+    raw_keys: &[Spanned<super::raw::RawKey>],
+    model_names: &[&str],
+) -> Vec<KeyConfig> {
+    let mut out = Vec::with_capacity(raw_keys.len());
     let mut names = HashSet::new();
-    for k in &raw.keys {
+    for k in raw_keys {
         let k = k.get_ref();
         if !names.insert(k.name.get_ref().as_str()) {
             c.at(
@@ -422,11 +470,7 @@ fn keys(c: &mut Collector<'_>, raw: &RawConfig) -> Vec<KeyConfig> {
         let models = k.models.as_ref().map(|ms| {
             ms.iter()
                 .filter_map(|m| {
-                    if raw
-                        .models
-                        .iter()
-                        .any(|r| r.get_ref().name.get_ref() == m.get_ref())
-                    {
+                    if model_names.contains(&m.get_ref().as_str()) {
                         Some(Arc::from(m.get_ref().as_str()))
                     } else {
                         c.at(

@@ -1,0 +1,90 @@
+//! Who may call the API and how much: the virtual keys (from the
+//! configuration and from the admin API) with their limiters, swapped as
+//! one when keys change. Counters of a key that stays are carried over, so
+//! adding or removing one key does not refill everyone's buckets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_core::GatewayError;
+use sluice_core::auth::KeyTable;
+use sluice_core::config::{Config, KeyConfig};
+use sluice_core::limits::{Budget, Limiter, Limits, StreamGate};
+
+pub struct Access {
+    pub keys: KeyTable,
+    pub limiter: Limiter,
+    /// The keys added through the admin API (the rest are the file's).
+    pub api_keys: Vec<KeyConfig>,
+}
+
+impl Access {
+    pub fn build(config: &Config, api_keys: Vec<KeyConfig>, prev: Option<&Access>) -> Self {
+        let now = crate::app::now_secs();
+        let mut limiter = Limiter::default();
+        let keep = |map: Option<&HashMap<Arc<str>, Arc<Limits>>>, name: &Arc<str>, rpm, tpm| {
+            map.and_then(|m| m.get(name))
+                .filter(|l| l.rpm == rpm && l.tpm == tpm)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Limits::new(rpm, tpm, now)))
+        };
+        let all: Vec<&KeyConfig> = config.keys.iter().chain(&api_keys).collect();
+        for k in &all {
+            if k.rpm.is_some() || k.tpm.is_some() {
+                let l = keep(prev.map(|p| &p.limiter.keys), &k.name, k.rpm, k.tpm);
+                limiter.keys.insert(k.name.clone(), l);
+            }
+            if let Some((tokens, period)) = k.budget {
+                let b = prev
+                    .and_then(|p| p.limiter.budgets.get(&k.name))
+                    .filter(|b| b.limit == tokens && b.period == period)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Budget::new(tokens, period)));
+                limiter.budgets.insert(k.name.clone(), b);
+            }
+            if let Some(n) = k.max_streams {
+                let g = prev
+                    .and_then(|p| p.limiter.streams.get(&k.name))
+                    .filter(|g| g.max() == n)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(StreamGate::new(n)));
+                limiter.streams.insert(k.name.clone(), g);
+            }
+        }
+        for m in config
+            .models
+            .iter()
+            .filter(|m| m.rpm.is_some() || m.tpm.is_some())
+        {
+            let l = keep(prev.map(|p| &p.limiter.models), &m.name, m.rpm, m.tpm);
+            limiter.models.insert(m.name.clone(), l);
+        }
+        Self {
+            keys: KeyTable::from_keys(all.into_iter().cloned()),
+            limiter,
+            api_keys,
+        }
+    }
+}
+
+/// The caller's key, when keys exist: `Ok(None)` on an open API.
+pub fn authenticate<'a>(
+    access: &'a Access,
+    headers: &http::HeaderMap,
+) -> Result<Option<&'a KeyConfig>, GatewayError> {
+    if access.keys.is_open() {
+        return Ok(None);
+    }
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let token = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    access
+        .keys
+        .check(token.map(str::trim), crate::app::now_unix())
+        .map(Some)
+}

@@ -1,0 +1,313 @@
+//! The admin API for virtual keys: `GET /keys`, `POST /keys`,
+//! `DELETE /keys/{name}` on the admin listener.
+//!
+//! Keys made here are checked exactly like the file's `[[keys]]` (they go
+//! through the same validation), are kept only as SHA-256 hashes, and —
+//! when `[auth] keys_file` is set — are written to that file (atomically)
+//! and loaded again at start. A key created without a token or hash gets a
+//! random token, returned once in the response and never stored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sluice_core::config::{Config, KeyConfig};
+
+use crate::access::Access;
+use crate::app::App;
+
+/// A key as the API takes it and as the keys file stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub name: String,
+    /// Only in requests: hashed at once, never stored.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeysDoc {
+    keys: Vec<KeySpec>,
+}
+
+/// Validates specs exactly as `[[keys]]` in the configuration file.
+fn validate(specs: &[KeySpec], config: &Config) -> Result<Vec<KeyConfig>, String> {
+    let text = toml::to_string(&KeysDoc {
+        keys: specs.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    let models: Vec<&str> = config.models.iter().map(|m| &*m.name).collect();
+    sluice_core::config::parse_keys(&text, "keys", &models).map_err(|errs| {
+        errs.0
+            .iter()
+            .map(|e| e.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// The keys kept in `[auth] keys_file`, validated; none when unset or absent.
+pub fn load(config: &Config) -> anyhow::Result<(Vec<KeySpec>, Vec<KeyConfig>)> {
+    let Some(path) = &config.keys_file else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) => anyhow::bail!("cannot read keys_file {}: {e}", path.display()),
+    };
+    let specs: Vec<KeySpec> = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("keys_file {}: {e}", path.display()))?;
+    let keys = validate(&specs, config)
+        .map_err(|e| anyhow::anyhow!("keys_file {}: {e}", path.display()))?;
+    check_clashes(&keys, &config.keys)
+        .map_err(|e| anyhow::anyhow!("keys_file {}: {e}", path.display()))?;
+    Ok((specs, keys))
+}
+
+fn check_clashes(new: &[KeyConfig], file: &[KeyConfig]) -> Result<(), String> {
+    for k in new {
+        if file.iter().any(|f| f.name == k.name) {
+            return Err(format!(
+                "key name '{}' is already in the configuration file",
+                k.name
+            ));
+        }
+        if file.iter().any(|f| f.sha256 == k.sha256) {
+            return Err(format!(
+                "key '{}' has the same sha256 as a key in the configuration file",
+                k.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn save(path: &Path, specs: &[KeySpec]) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(specs).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "invalid_admin_token",
+        StatusCode::FORBIDDEN => "admin_token_required",
+        StatusCode::NOT_FOUND => "key_not_found",
+        StatusCode::CONFLICT => "key_conflict",
+        _ => "invalid_request",
+    };
+    (
+        status,
+        Json(json!({"error": {"message": message.into(), "type": "invalid_request_error", "code": code}})),
+    )
+        .into_response()
+}
+
+/// The admin token check: required when configured, and required to be
+/// configured when the admin listener is not on loopback.
+fn admin_refusal(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let snap = app.snapshot.load();
+    let cfg = &snap.config;
+    let Some(want) = cfg.admin_sha256 else {
+        if cfg.server.admin_listen.ip().is_loopback() {
+            return None;
+        }
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "the admin listener is not on loopback: set [auth] admin_sha256 to manage keys",
+        ));
+    };
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if sluice_core::auth::token_hash(t.trim()) == want => None,
+        _ => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token",
+        )),
+    }
+}
+
+fn view(k: &KeyConfig, source: &str) -> Value {
+    json!({
+        "name": &*k.name,
+        "source": source,
+        "models": k.models.as_ref().map(|ms| ms.iter().map(|m| &**m).collect::<Vec<_>>()),
+        "expires_at": k.expires_at.map(|t| crate::audit::rfc3339_millis(t * 1000)),
+        "metadata": k.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+        "max_streams": k.max_streams,
+        "budget_tokens": k.budget.map(|b| b.0),
+        "budget_period": k.budget.map(|b| b.1.name()),
+    })
+}
+
+pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_refusal(&app, &headers) {
+        return r;
+    }
+    let snap = app.snapshot.load();
+    let access = app.access.load();
+    let mut data: Vec<Value> = snap.config.keys.iter().map(|k| view(k, "config")).collect();
+    data.extend(access.api_keys.iter().map(|k| view(k, "api")));
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = admin_refusal(&app, &headers) {
+        return r;
+    }
+    let mut spec: KeySpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid key: {e}")),
+    };
+    let mut generated = None;
+    match (spec.token.take(), &spec.sha256) {
+        (Some(_), Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give a token or its sha256, not both",
+            );
+        }
+        (Some(t), None) => spec.sha256 = Some(sluice_core::auth::token_hash_hex(&t)),
+        (None, Some(_)) => {}
+        (None, None) => {
+            let t = new_token();
+            spec.sha256 = Some(sluice_core::auth::token_hash_hex(&t));
+            generated = Some(t);
+        }
+    }
+    let mut specs = app.key_specs.lock().await;
+    let snap = app.snapshot.load();
+    let access = app.access.load();
+    let key = match validate(std::slice::from_ref(&spec), &snap.config) {
+        Ok(mut k) => k.remove(0),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = check_clashes(std::slice::from_ref(&key), &snap.config.keys) {
+        return error(StatusCode::CONFLICT, e);
+    }
+    if access
+        .api_keys
+        .iter()
+        .any(|k| k.name == key.name || k.sha256 == key.sha256)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!("a key named '{}' or with that hash exists", key.name),
+        );
+    }
+    specs.push(spec);
+    if let Some(path) = &snap.config.keys_file
+        && let Err(e) = save(path, &specs)
+    {
+        specs.pop();
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot write keys_file: {e}"),
+        );
+    }
+    let mut api_keys = access.api_keys.clone();
+    api_keys.push(key.clone());
+    app.access.store(Arc::new(Access::build(
+        &snap.config,
+        api_keys,
+        Some(&access),
+    )));
+    tracing::info!(key = %key.name, "key added through the admin API");
+    let mut out = view(&key, "api");
+    if let Some(t) = generated {
+        out["token"] = Value::String(t);
+    }
+    (StatusCode::CREATED, Json(out)).into_response()
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = admin_refusal(&app, &headers) {
+        return r;
+    }
+    let mut specs = app.key_specs.lock().await;
+    let snap = app.snapshot.load();
+    let access = app.access.load();
+    if snap.config.keys.iter().any(|k| *k.name == *name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("key '{name}' is defined in the configuration file; remove it there"),
+        );
+    }
+    if !access.api_keys.iter().any(|k| *k.name == *name) {
+        return error(StatusCode::NOT_FOUND, format!("no key named '{name}'"));
+    }
+    let before = specs.clone();
+    specs.retain(|s| s.name != name);
+    if let Some(path) = &snap.config.keys_file
+        && let Err(e) = save(path, &specs)
+    {
+        *specs = before;
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot write keys_file: {e}"),
+        );
+    }
+    let api_keys = access
+        .api_keys
+        .iter()
+        .filter(|k| *k.name != *name)
+        .cloned()
+        .collect();
+    app.access.store(Arc::new(Access::build(
+        &snap.config,
+        api_keys,
+        Some(&access),
+    )));
+    tracing::info!(key = %name, "key removed through the admin API");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `sk-sluice-` and 32 random hex digits (128 bits from the OS).
+fn new_token() -> String {
+    use aes_gcm::aead::Generate;
+    type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12>;
+    let bytes = aes_gcm::aead::Key::<Sm4Gcm>::generate();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sk-sluice-{hex}")
+}
