@@ -79,6 +79,14 @@ def test_oversized_headers_are_rejected(proxy_gateway):
     assert r.status_code == 431
 
 
+def test_too_many_headers_are_rejected(proxy_gateway):
+    # hyper's fixed cap of 100 headers per request (small, all under the size limit).
+    many = {f"x-h{i}": "v" for i in range(120)}
+    assert httpx.get(f"{proxy_gateway.url}/healthz", headers=many).status_code == 431
+    few = {f"x-h{i}": "v" for i in range(50)}
+    assert httpx.get(f"{proxy_gateway.url}/healthz", headers=few).status_code == 200
+
+
 def test_garbage_on_the_socket_does_not_hurt(proxy_gateway):
     host, port = proxy_gateway.url.removeprefix("http://").split(":")
     for payload in [b"\x16\x03\x01\x00\xff garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n"]:

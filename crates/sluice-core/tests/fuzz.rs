@@ -1,0 +1,100 @@
+//! Property tests (proptest) over the two places untrusted text is decoded
+//! before anything else looks at it: the request peek and the PII scanner.
+//! They run in the normal test command, bounded by the case counts below.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use sluice_core::pii::{Redactor, redact_request};
+use sluice_core::request::{self, Operation};
+
+fn redactor() -> &'static Redactor {
+    static R: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+    R.get_or_init(Redactor::builtin)
+}
+
+/// Text that looks like PII often: digits, separators, @, letters, CJK.
+fn pii_like() -> impl Strategy<Value = String> {
+    proptest::string::string_regex(r"[0-9 +\-().:@a-zA-Z_XxDEGB中文]{0,120}").expect("valid regex")
+}
+
+/// JSON shaped like requests: the fields we read, holding anything.
+fn request_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        pii_like().prop_map(Value::String),
+        any::<String>().prop_map(Value::String),
+    ];
+    let value = leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("content".to_owned()),
+                    Just("text".to_owned()),
+                    Just("role".to_owned()),
+                    Just("stream".to_owned()),
+                    "[a-z_]{1,8}",
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    (value, any::<String>(), proptest::option::of(any::<bool>())).prop_map(
+        |(messages, model, stream)| {
+            let mut o = serde_json::Map::new();
+            o.insert("model".into(), Value::String(model));
+            o.insert("messages".into(), messages.clone());
+            o.insert("input".into(), messages.clone());
+            o.insert("system".into(), messages);
+            if let Some(s) = stream {
+                o.insert("stream".into(), Value::Bool(s));
+            }
+            Value::Object(o)
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redaction_never_panics_and_is_stable(s in any::<String>()) {
+        let once = redactor().redact(&s).into_owned();
+        prop_assert_eq!(redactor().redact(&once).into_owned(), once);
+    }
+
+    #[test]
+    fn redaction_of_pii_like_text_is_stable(s in pii_like()) {
+        let once = redactor().redact(&s).into_owned();
+        prop_assert_eq!(redactor().redact(&once).into_owned(), once);
+    }
+
+    #[test]
+    fn peek_never_panics_on_bytes(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+        for op in [Operation::Chat, Operation::Embeddings, Operation::Messages] {
+            let _ = request::peek(&b, op);
+        }
+    }
+
+    #[test]
+    fn peek_finds_the_model_and_redaction_keeps_it(v in request_json()) {
+        let body = serde_json::to_vec(&v).expect("serializes");
+        let p = request::peek(&body, Operation::Embeddings);
+        if let Ok(p) = p {
+            prop_assert_eq!(p.model.as_ref(), v["model"].as_str().expect("a string"));
+            let token: String = serde_json::from_slice(&body[p.model_span.clone()]).expect("the span is the string token");
+            prop_assert_eq!(token.as_str(), p.model.as_ref());
+        }
+        // Prompt redaction touches the prompt fields, never the model.
+        let mut redacted = v.clone();
+        redact_request(&mut redacted, redactor());
+        prop_assert_eq!(&redacted["model"], &v["model"]);
+        let again = redacted.clone();
+        prop_assert!(!redact_request(&mut redacted, redactor()), "a second pass finds nothing");
+        prop_assert_eq!(redacted, again);
+    }
+}
