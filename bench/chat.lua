@@ -1,7 +1,9 @@
 -- wrk script: a small non-streaming chat completion; prints a JSON summary.
 wrk.method = "POST"
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello to the benchmark"}],"temperature":0.2}'
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello to the benchmark"}],"temperature":0.2,"user":"bench-user@example.com"}'
 wrk.headers["Content-Type"] = "application/json"
+-- Ignored unless the target has keys (the security run of bench/run.sh).
+wrk.headers["Authorization"] = "Bearer sk-bench-client"
 
 done = function(summary, latency, requests)
   local e = summary.errors

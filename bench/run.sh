@@ -130,11 +130,18 @@ RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SLUICE_PID/status")
 # Tracing cost: the same load through fresh Sluice processes, back to back:
 # tracing off, then exporting spans over OTLP/HTTP to a sink at sampling 1.0
 # (every request) and 0.1. Ratios are against the "off" run of this section.
+# Last in the loop, "security": no tracing, but a virtual key with rpm/tpm
+# limits and a stream cap, and an audit trail to a file with the `user`
+# field SM4-GCM encrypted and the rest PII-redacted.
 kill "$SLUICE_PID"; wait "$SLUICE_PID" 2>/dev/null || true
-for ratio in off 1.0 0.1; do
+KEY_SHA=$("$TARGET/release/sluice" hash-key sk-bench-client)
+export SLUICE_AUDIT_KEY=000102030405060708090a0b0c0d0e0f
+for ratio in off 1.0 0.1 security; do
   GW2=$(free_port); ADMIN2=$(free_port)
   sed -e "s/127.0.0.1:$GW\"/127.0.0.1:$GW2\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMIN2\"/" "$WORK/sluice.toml" > "$WORK/traced.toml"
-  if [ "$ratio" != off ]; then
+  if [ "$ratio" = security ]; then
+    printf '[[keys]]\nname = "bench"\nsha256 = "%s"\nrpm = 100000000\ntpm = 100000000000\nmax_streams = 1000\n[audit]\npath = "%s/audit.jsonl"\nfields = ["metadata.team"]\nencrypt_fields = ["user"]\n' "$KEY_SHA" "$WORK" >> "$WORK/traced.toml"
+  elif [ "$ratio" != off ]; then
     printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\notlp_protocol = "http/protobuf"\nsampling_ratio = %s\n' "$UP" "$ratio" >> "$WORK/traced.toml"
   fi
   SLUICE_LOG=warn taskset -c 0 "$TARGET/release/sluice" serve --config "$WORK/traced.toml" > /dev/null 2> "$WORK/traced.err" &
@@ -223,6 +230,17 @@ for ratio in ("1.0", "0.1"):
     out["tracing"][ratio] = t
     print(f"tracing on, sampling {ratio}: {t['rps']} req/s, {t['cpu_us_per_request']} µs CPU/req;"
           f" {t['throughput_vs_untraced']}x the throughput, {t['cpu_per_request_vs_untraced']}x the CPU of tracing off")
+sec = json.load(open(f"{work}/traced-security.json"))
+sec["rps"] = round(sec["requests"] / (sec["duration_us"] / 1e6))
+sec["cpu_us_per_request"] = round(int(open(f"{work}/traced-security.cpu").read()) / hz * 1e6 / sec["requests"], 1)
+sec["throughput_vs_plain"] = round(sec["rps"] / plain["rps"], 2)
+sec["added_cpu_us_per_request"] = round(sec["cpu_us_per_request"] - plain["cpu_us_per_request"], 1)
+sec["audit_lines"] = sum(1 for _ in open(f"{work}/audit.jsonl"))
+out["security"] = sec
+print(f"\nsecurity on (key + rpm/tpm + stream cap + SM4 audit to a file): {sec['rps']} req/s,"
+      f" {sec['cpu_us_per_request']} µs CPU/req; {sec['throughput_vs_plain']}x the throughput of the plain run,"
+      f" {sec['added_cpu_us_per_request']:+} µs CPU/req; {sec['audit_lines']} audit events written"
+      f" (non-2xx {sec['non2xx']})")
 print(f"\nsluice peak RSS: {out['sluice_peak_rss_mib']} MiB")
 json.dump(out, open("bench/results/latest.json", "w"), indent=2)
 PY

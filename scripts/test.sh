@@ -33,7 +33,7 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$VENV/.requir
 fi
 
 log "build"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --examples --locked
 
 log "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

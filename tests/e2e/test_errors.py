@@ -127,6 +127,13 @@ def test_slow_header_client_is_cut_off(tmp_path):
                     break
         assert closed_after is not None, "the slow client was never cut off"
         assert 0.3 < closed_after < 2.0, closed_after
+        # An idle keep-alive connection is closed after the same time.
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            t = time.monotonic()
+            assert s.recv(4096) == b""
+            assert 0.3 < time.monotonic() - t < 2.0
         g.assert_alive()
         assert httpx.get(f"{g.url}/healthz").status_code == 200
     finally:

@@ -82,6 +82,8 @@ pub struct App {
     pub key_specs: tokio::sync::Mutex<Vec<crate::admin_keys::KeySpec>>,
     /// Set when limits are shared through Redis.
     pub shared_limiter: Option<Arc<crate::shared_limits::SharedLimiter>>,
+    /// The agent hub; `None` when `[agents] enabled = false`.
+    pub hub: Option<Arc<crate::hub::Hub>>,
     /// `None` when no `[audit]` is configured.
     pub audit: Option<crate::audit::Auditor>,
 }
@@ -103,6 +105,14 @@ impl App {
             )?),
             None => None,
         };
+        let hub = config
+            .agents
+            .enabled
+            .then(|| crate::hub::Hub::new(config.agents.clone(), metrics.hub.clone()));
+        if let (Some(h), Some(r)) = (&hub, &config.redis) {
+            let c = crate::hub::cluster::Cluster::start(h, r)?;
+            let _ = h.cluster.set(c);
+        }
         let shared_limiter = match (&config.redis, config.limits.backend) {
             (Some(r), sluice_core::config::LimitsBackend::Redis) => Some(Arc::new(
                 crate::shared_limits::SharedLimiter::new(crate::redis_conn::connect(r)?, r.timeout),
@@ -114,6 +124,7 @@ impl App {
             access: ArcSwap::from_pointee(access),
             key_specs: tokio::sync::Mutex::new(key_specs),
             audit,
+            hub,
             shared_limiter,
             snapshot: ArcSwap::from_pointee(Snapshot::build(config)?),
             metrics,

@@ -6,6 +6,7 @@ pub mod app;
 pub mod attempt;
 pub mod audit;
 mod deliver;
+pub mod hub;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -90,6 +91,11 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     shutdown_signal().await;
     tracing::info!("shutting down");
     app.ready.store(false, Ordering::Release);
+    // Agents first: they are told to reconnect elsewhere before the
+    // listeners stop.
+    if let Some(h) = &app.hub {
+        h.close_all(std::time::Duration::from_secs(3)).await;
+    }
     let _ = tx.send(true);
     let _ = tokio::join!(api, admin);
     if let Some(a) = &app.audit {

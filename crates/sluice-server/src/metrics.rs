@@ -139,6 +139,8 @@ pub struct Metrics {
     pub limit_backend_errors: Family<OutcomeLabels, Counter>,
     /// Requests refused by a rate or concurrency limit, by limit.
     pub limited: Family<OutcomeLabels, Counter>,
+    pub hub: crate::hub::HubMetrics,
+    pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
     process_fds: Gauge,
@@ -186,6 +188,8 @@ impl Metrics {
         let audit_events = Family::<OutcomeLabels, Counter>::default();
         let limit_backend_errors = Family::<OutcomeLabels, Counter>::default();
         let limited = Family::<OutcomeLabels, Counter>::default();
+        let hub = crate::hub::HubMetrics::default();
+        let agent_queue_depth = Gauge::default();
         let process_rss = Gauge::default();
         let process_cpu = Gauge::<f64, AtomicU64>::default();
         let process_fds = Gauge::default();
@@ -244,6 +248,26 @@ impl Metrics {
             "rate_limited",
             "Requests refused by a limit (requests, tokens, streams)",
             limited.clone(),
+        );
+        registry.register(
+            "agents_connected",
+            "Agents connected to this replica",
+            hub.connected.clone(),
+        );
+        registry.register(
+            "agent_evictions",
+            "Agents evicted for missing heartbeats",
+            hub.evictions.clone(),
+        );
+        registry.register(
+            "agent_instructions",
+            "Instructions by outcome (queued, overflow, acked, completed, undelivered)",
+            hub.instructions.clone(),
+        );
+        registry.register(
+            "agent_queue_depth",
+            "Frames waiting to be sent to agents, all agents together",
+            agent_queue_depth.clone(),
         );
         registry.register(
             "upstream_attempts",
@@ -359,6 +383,8 @@ impl Metrics {
             audit_events,
             limit_backend_errors,
             limited,
+            hub,
+            agent_queue_depth,
             process_rss,
             process_cpu,
             process_fds,

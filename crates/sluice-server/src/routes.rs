@@ -27,6 +27,22 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
+        .route("/v1/agents", get(crate::hub::http::list))
+        .route("/v1/agents/connect", get(crate::hub::http::connect))
+        .route("/v1/agents/events", get(crate::hub::http::events))
+        .route(
+            "/v1/agents/instructions/{id}",
+            get(crate::hub::http::instruction),
+        )
+        .route("/v1/agents/{id}", get(crate::hub::http::get_agent))
+        .route(
+            "/v1/agents/{id}/instructions",
+            post(crate::hub::http::instruct),
+        )
+        .route(
+            "/v1/agent-groups/{group}/instructions",
+            post(crate::hub::http::broadcast),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -166,6 +182,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.refresh_targets(&app.snapshot.load());
     app.metrics.refresh_process();
+    if let Some(h) = &app.hub {
+        app.metrics
+            .agent_queue_depth
+            .set(h.total_queue_depth() as i64);
+    }
     let mut r = Response::new(Body::from(app.metrics.encode()));
     r.headers_mut().insert(
         CONTENT_TYPE,

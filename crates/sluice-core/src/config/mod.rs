@@ -49,6 +49,33 @@ pub struct Config {
     pub redaction: RedactionConfig,
     /// `None` = no audit trail.
     pub audit: Option<AuditConfig>,
+    pub agents: AgentsConfig,
+}
+
+/// The agent hub (`/v1/agents/*`).
+#[derive(Debug, Clone)]
+pub struct AgentsConfig {
+    pub enabled: bool,
+    /// The hub pings every agent this often.
+    pub heartbeat: Duration,
+    /// Heartbeats an agent may miss before it is evicted.
+    pub missed_heartbeats: u32,
+    /// How long a new connection has to say hello.
+    pub hello_timeout: Duration,
+    /// Frames waiting to be sent to one agent; more is an overflow.
+    pub queue_depth: usize,
+    /// Largest frame (and message) an agent may send.
+    pub max_frame_bytes: usize,
+    /// Initial read buffer per connection (grows for larger frames).
+    pub read_buffer_bytes: usize,
+    /// Instruction records kept for polling (oldest dropped first).
+    pub max_instructions: usize,
+    /// Longest `wait_ack_ms` / `wait_result_ms` a caller may ask for.
+    pub max_wait: Duration,
+    /// Events kept for slow readers of `/v1/agents/events`.
+    pub events_buffer: usize,
+    /// With Redis: how long an agent's presence key lives unrefreshed.
+    pub presence_ttl: Duration,
 }
 
 /// A virtual key: clients send the token, the configuration holds its hash.

@@ -32,6 +32,24 @@ pub struct RawConfig {
     #[serde(default)]
     pub redaction: RawRedaction,
     pub audit: Option<Spanned<RawAudit>>,
+    #[serde(default)]
+    pub agents: RawAgents,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgents {
+    pub enabled: Option<bool>,
+    pub heartbeat_ms: Option<Spanned<u64>>,
+    pub missed_heartbeats: Option<Spanned<u64>>,
+    pub hello_timeout_ms: Option<Spanned<u64>>,
+    pub queue_depth: Option<Spanned<u64>>,
+    pub max_frame_bytes: Option<Spanned<u64>>,
+    pub read_buffer_bytes: Option<Spanned<u64>>,
+    pub max_instructions: Option<Spanned<u64>>,
+    pub max_wait_ms: Option<Spanned<u64>>,
+    pub events_buffer: Option<Spanned<u64>>,
+    pub presence_ttl_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

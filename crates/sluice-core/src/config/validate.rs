@@ -195,6 +195,7 @@ pub(super) fn validate(
     let limits = super::security::limits(&mut c, &raw.limits, redis.is_some());
     let redaction = super::security::redaction(&mut c, &raw.redaction);
     let audit = super::security::audit(&mut c, &raw, redis.is_some(), env);
+    let agents = agents(&mut c, &raw.agents);
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -339,6 +340,7 @@ pub(super) fn validate(
             limits,
             redaction,
             audit,
+            agents,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,
@@ -384,6 +386,50 @@ fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             "body_read_timeout_ms",
         )),
         tls: tls(c, s),
+    }
+}
+
+fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConfig {
+    let heartbeat = ms(c.positive(a.heartbeat_ms.as_ref(), 5_000, 3_600_000, "heartbeat_ms"));
+    super::AgentsConfig {
+        enabled: a.enabled.unwrap_or(true),
+        heartbeat,
+        missed_heartbeats: c.positive(a.missed_heartbeats.as_ref(), 3, 1_000, "missed_heartbeats")
+            as u32,
+        hello_timeout: ms(c.positive(
+            a.hello_timeout_ms.as_ref(),
+            5_000,
+            600_000,
+            "hello_timeout_ms",
+        )),
+        queue_depth: c.positive(a.queue_depth.as_ref(), 64, 1 << 20, "queue_depth") as usize,
+        max_frame_bytes: c.positive(
+            a.max_frame_bytes.as_ref(),
+            1 << 20,
+            64 << 20,
+            "max_frame_bytes",
+        ) as usize,
+        read_buffer_bytes: c.positive(
+            a.read_buffer_bytes.as_ref(),
+            4096,
+            16 << 20,
+            "read_buffer_bytes",
+        ) as usize,
+        max_instructions: c.positive(
+            a.max_instructions.as_ref(),
+            100_000,
+            100_000_000,
+            "max_instructions",
+        ) as usize,
+        max_wait: ms(c.positive(a.max_wait_ms.as_ref(), 60_000, 3_600_000, "max_wait_ms")),
+        events_buffer: c.positive(a.events_buffer.as_ref(), 4096, 1 << 20, "events_buffer")
+            as usize,
+        presence_ttl: ms(c.positive(
+            a.presence_ttl_ms.as_ref(),
+            30_000,
+            3_600_000,
+            "presence_ttl_ms",
+        )),
     }
 }
 

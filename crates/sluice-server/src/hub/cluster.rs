@@ -1,0 +1,372 @@
+//! More than one replica: agents' presence lives in Redis, and an
+//! instruction for an agent connected elsewhere travels by pub/sub.
+//!
+//! - `sluice:agent:{id}` — JSON presence (replica, session, groups, …) with
+//!   a TTL, refreshed by its replica every third of it; removed on
+//!   disconnect only by the session that wrote it.
+//! - `sluice:group:{g}` — a set of agent ids (stale ids are filtered out by
+//!   their missing presence key).
+//! - channel `sluice:hub:{replica}` — each replica listens on its own:
+//!   `deliver` (an instruction for one of its agents) and `status` (an
+//!   instruction it sent elsewhere moved on: delivered, acked, completed,
+//!   undelivered).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use sluice_core::config::RedisConfig;
+
+use super::{AgentHandle, Hub, SendError, Status};
+
+pub struct Cluster {
+    conn: ConnectionManager,
+    replica: String,
+    ttl: Duration,
+    timeout: Duration,
+    hub: Weak<Hub>,
+    /// Instructions delivered here for another replica: id → that replica.
+    origins: Mutex<HashMap<String, String>>,
+}
+
+/// Deletes a presence key only if it is still this session's.
+const WITHDRAW: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v)['session_key'] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  for i = 2, #ARGV do redis.call('SREM', ARGV[i], cjson.decode(v)['agent_id']) end
+  return 1
+end
+return 0
+";
+
+fn presence_key(id: &str) -> String {
+    format!("sluice:agent:{id}")
+}
+
+fn group_key(g: &str) -> String {
+    format!("sluice:group:{g}")
+}
+
+fn channel(replica: &str) -> String {
+    format!("sluice:hub:{replica}")
+}
+
+impl Cluster {
+    /// Connects (lazily) and starts the listener and presence refresher.
+    pub fn start(hub: &Arc<Hub>, redis: &RedisConfig) -> anyhow::Result<Arc<Self>> {
+        let c = Arc::new(Self {
+            conn: crate::redis_conn::connect(redis)?,
+            replica: hub.replica.clone(),
+            ttl: hub.cfg.presence_ttl,
+            timeout: redis.timeout,
+            hub: Arc::downgrade(hub),
+            origins: Mutex::new(HashMap::new()),
+        });
+        let client = redis::Client::open(redis.url.expose())?;
+        tokio::spawn(listen(c.clone(), client));
+        tokio::spawn(refresh(c.clone()));
+        Ok(c)
+    }
+
+    fn session_key(&self, a: &AgentHandle) -> String {
+        format!("{}#{}", self.replica, a.session)
+    }
+
+    fn presence_value(&self, a: &AgentHandle) -> String {
+        json!({
+            "agent_id": &*a.id,
+            "replica": self.replica,
+            "session_key": self.session_key(a),
+            "groups": a.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
+            "capabilities": a.capabilities,
+            "connected_at": crate::audit::rfc3339_millis(a.connected_unix_ms),
+        })
+        .to_string()
+    }
+
+    async fn run(&self, pipe: redis::Pipeline) -> Result<(), ()> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "agent hub: redis error");
+                Err(())
+            }
+            Err(_) => {
+                tracing::warn!("agent hub: redis timed out");
+                Err(())
+            }
+        }
+    }
+
+    /// A session started here: its presence and groups, in the background;
+    /// a session with the same id on another replica is told to go.
+    pub fn announce(self: &Arc<Self>, a: &AgentHandle) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(presence_key(&a.id))
+            .arg(self.presence_value(a))
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .arg("GET");
+        for g in &a.groups {
+            pipe.cmd("SADD").arg(group_key(g)).arg(&*a.id).ignore();
+        }
+        let me = self.clone();
+        let agent_id = a.id.to_string();
+        tokio::spawn(async move {
+            let mut conn = me.conn.clone();
+            let r =
+                tokio::time::timeout(me.timeout, pipe.query_async::<(Option<String>,)>(&mut conn))
+                    .await;
+            let Ok(Ok((Some(old),))) = r else { return };
+            let Ok(old) = serde_json::from_str::<Value>(&old) else {
+                return;
+            };
+            let (Some(replica), Some(session_key)) = (
+                old.get("replica").and_then(Value::as_str),
+                old.get("session_key").and_then(Value::as_str),
+            ) else {
+                return;
+            };
+            if replica != me.replica {
+                let msg = json!({"op": "kick", "agent_id": agent_id, "session_key": session_key});
+                let mut pipe = redis::pipe();
+                pipe.cmd("PUBLISH")
+                    .arg(channel(replica))
+                    .arg(msg.to_string())
+                    .ignore();
+                let _ = me.run(pipe).await;
+            }
+        });
+    }
+
+    /// A session here ended: its presence goes, if it is still its own.
+    pub fn withdraw(self: &Arc<Self>, a: &AgentHandle) {
+        let script = redis::Script::new(WITHDRAW);
+        let key = presence_key(&a.id);
+        let session_key = self.session_key(a);
+        let groups: Vec<String> = a.groups.iter().map(|g| group_key(g)).collect();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut inv = script.prepare_invoke();
+            inv.key(key).arg(session_key);
+            for g in groups {
+                inv.arg(g);
+            }
+            let mut conn = me.conn.clone();
+            let _ = tokio::time::timeout(me.timeout, inv.invoke_async::<i64>(&mut conn)).await;
+        });
+    }
+
+    async fn lookup(&self, agent_id: &str) -> Option<Value> {
+        let mut conn = self.conn.clone();
+        let get = redis::cmd("GET").arg(presence_key(agent_id)).to_owned();
+        let v: Option<String> = tokio::time::timeout(self.timeout, get.query_async(&mut conn))
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::from_str(&v?).ok()
+    }
+
+    /// An agent's presence wherever it is connected.
+    pub async fn presence(&self, agent_id: &str) -> Option<Value> {
+        self.lookup(agent_id).await.map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("session_key");
+            }
+            v
+        })
+    }
+
+    /// Members of a group connected to any replica.
+    pub async fn group_members(&self, group: &str) -> Vec<String> {
+        let mut conn = self.conn.clone();
+        let members = redis::cmd("SMEMBERS").arg(group_key(group)).to_owned();
+        let ids: Vec<String> =
+            match tokio::time::timeout(self.timeout, members.query_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                _ => return Vec::new(),
+            };
+        if ids.is_empty() {
+            return ids;
+        }
+        let keys: Vec<String> = ids.iter().map(|i| presence_key(i)).collect();
+        let mget = redis::cmd("MGET").arg(&keys).to_owned();
+        let present: Vec<Option<String>> =
+            match tokio::time::timeout(self.timeout, mget.query_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                _ => return Vec::new(),
+            };
+        ids.into_iter()
+            .zip(present)
+            .filter_map(|(id, p)| p.map(|_| id))
+            .collect()
+    }
+
+    /// Sends an instruction to the replica `agent_id` is connected to; the
+    /// record stays here and follows the status updates that come back.
+    pub async fn route(
+        &self,
+        hub: &Hub,
+        agent_id: &str,
+        id: Arc<str>,
+        payload: &Value,
+    ) -> Result<(), SendError> {
+        let presence = self.lookup(agent_id).await.ok_or(SendError::NotConnected)?;
+        let replica = presence
+            .get("replica")
+            .and_then(Value::as_str)
+            .filter(|r| *r != self.replica)
+            .ok_or(SendError::NotConnected)?
+            .to_owned();
+        hub.create_record(&id, Arc::from(agent_id));
+        let msg = json!({"op": "deliver", "id": &*id, "agent_id": agent_id,
+                         "payload": payload, "origin": self.replica})
+        .to_string();
+        let mut conn = self.conn.clone();
+        let publish = redis::cmd("PUBLISH")
+            .arg(channel(&replica))
+            .arg(msg)
+            .to_owned();
+        match tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            _ => {
+                hub.set_status(&id, Status::Undelivered, None);
+                Err(SendError::NotConnected)
+            }
+        }
+    }
+
+    /// An instruction's status moved here: tell the replica it came from.
+    pub fn status_changed(self: &Arc<Self>, id: &str, status: Status, result: Option<&Value>) {
+        let origin = {
+            let mut o = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+            if status.is_final() {
+                o.remove(id)
+            } else {
+                o.get(id).cloned()
+            }
+        };
+        let Some(origin) = origin else { return };
+        let mut msg = json!({"op": "status", "id": id, "status": status.name()});
+        if let Some(r) = result {
+            msg["result"] = r.clone();
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(channel(&origin))
+            .arg(msg.to_string())
+            .ignore();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.run(pipe).await;
+        });
+    }
+
+    fn on_message(self: &Arc<Self>, text: &str) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match v.get("op").and_then(Value::as_str) {
+            Some("deliver") => {
+                let (id, agent_id, origin) = (s("id"), s("agent_id"), s("origin"));
+                let payload = v.get("payload").cloned().unwrap_or(Value::Null);
+                let id: Arc<str> = Arc::from(id);
+                self.origins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.to_string(), origin.clone());
+                let sent = match hub.get(&agent_id) {
+                    Some(agent) => hub.send_local(&agent, id.clone(), &payload).is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    self.status_changed(&id, Status::Undelivered, None);
+                }
+            }
+            Some("kick") => {
+                if let Some(agent) = hub.get(&s("agent_id"))
+                    && self.session_key(&agent) == s("session_key")
+                {
+                    hub.kick_replaced(&agent);
+                }
+            }
+            Some("status") => {
+                let status = match s("status").as_str() {
+                    "delivered" => Status::Delivered,
+                    "acked" => Status::Acked,
+                    "completed" => Status::Completed,
+                    "undelivered" => Status::Undelivered,
+                    _ => return,
+                };
+                hub.set_status(&s("id"), status, v.get("result").cloned());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Listens on this replica's channel, reconnecting after a failure.
+async fn listen(c: Arc<Cluster>, client: redis::Client) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut ps) => {
+                if ps.subscribe(channel(&c.replica)).await.is_ok() {
+                    backoff = Duration::from_millis(100);
+                    let mut stream = ps.on_message();
+                    while let Some(msg) = stream.next().await {
+                        if let Ok(text) = msg.get_payload::<String>() {
+                            c.on_message(&text);
+                        }
+                    }
+                }
+                tracing::warn!("agent hub: redis subscription lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "agent hub: cannot subscribe in redis"),
+        }
+        if c.hub.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Refreshes every local agent's presence key every third of its TTL.
+async fn refresh(c: Arc<Cluster>) {
+    let mut tick = tokio::time::interval(c.ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(hub) = c.hub.upgrade() else { return };
+        let agents = hub.list(None);
+        drop(hub);
+        for chunk in agents.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for a in chunk {
+                pipe.cmd("SET")
+                    .arg(presence_key(&a.id))
+                    .arg(c.presence_value(a))
+                    .arg("PX")
+                    .arg(c.ttl.as_millis() as u64)
+                    .ignore();
+            }
+            let _ = c.run(pipe).await;
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The hub's HTTP side, on the API listener and authenticated like the rest
+//! of the API: the WebSocket upgrade, instructions, presence, events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Hub, SendError, Status};
+use crate::app::App;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        _ => "invalid_request_error",
+    };
+    (
+        status,
+        Json(json!({"error": {"message": message.into(), "type": kind, "code": code, "param": null}})),
+    )
+        .into_response()
+}
+
+/// The hub, after the caller's key is checked.
+fn hub_for(app: &App, headers: &HeaderMap) -> Result<Arc<Hub>, Box<Response>> {
+    let Some(hub) = app.hub.clone() else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the agent hub is disabled ([agents] enabled = false)",
+        )));
+    };
+    let access = app.access.load();
+    if let Err(e) = crate::access::authenticate(&access, headers) {
+        return Err(Box::new(crate::observe::error_response(
+            &e,
+            sluice_providers::translate::Wire::OpenAi,
+        )));
+    }
+    Ok(hub)
+}
+
+pub async fn connect(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let hub = match hub_for(&app, &headers) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let auth = headers.get(http::header::AUTHORIZATION).cloned();
+    let cfg = &hub.cfg;
+    ws.read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(cfg.max_frame_bytes)
+        .max_frame_size(cfg.max_frame_bytes)
+        .on_upgrade(move |socket| super::session::run(hub, app, socket, auth))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionBody {
+    payload: Value,
+    /// Wait for the agent's ack (milliseconds).
+    wait_ack_ms: Option<u64>,
+    /// Wait for the agent's result (milliseconds).
+    wait_result_ms: Option<u64>,
+}
+
+impl InstructionBody {
+    /// What the caller waits for, and how long (capped), if it waits.
+    fn wanted(&self, hub: &Hub) -> Option<(Status, Duration)> {
+        let (want, ms) = match (self.wait_result_ms, self.wait_ack_ms) {
+            (Some(ms), _) => (Status::Completed, ms),
+            (None, Some(ms)) => (Status::Acked, ms),
+            (None, None) => return None,
+        };
+        Some((want, Duration::from_millis(ms).min(hub.cfg.max_wait)))
+    }
+}
+
+/// The hub and the instruction body, after the key and the body are checked.
+fn checked(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Arc<Hub>, InstructionBody), Box<Response>> {
+    Ok((hub_for(app, headers)?, parse_body(body)?))
+}
+
+fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid instruction: {e} (expected {{\"payload\":…, \"wait_ack_ms\"?, \"wait_result_ms\"?}})")))
+    })
+}
+
+/// Queues one instruction for `agent_id`, here or (with Redis) on the
+/// replica it is connected to.
+async fn queue(hub: &Arc<Hub>, agent_id: &str, payload: &Value) -> Result<Arc<str>, SendError> {
+    let id = hub.new_instruction_id();
+    if let Some(agent) = hub.get(agent_id) {
+        hub.send_local(&agent, id.clone(), payload)?;
+        return Ok(id);
+    }
+    match hub.cluster.get() {
+        Some(c) => {
+            c.route(hub, agent_id, id.clone(), payload).await?;
+            Ok(id)
+        }
+        None => Err(SendError::NotConnected),
+    }
+}
+
+fn send_error(agent_id: &str, e: SendError) -> Response {
+    match e {
+        SendError::NotConnected => error(
+            StatusCode::NOT_FOUND,
+            "agent_not_found",
+            format!("no agent '{agent_id}' is connected"),
+        ),
+        SendError::QueueFull { depth } => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "agent_queue_full",
+                format!(
+                    "agent '{agent_id}' has {depth} frames waiting (its limit): it is not keeping up"
+                ),
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
+}
+
+pub async fn instruct(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (hub, b) = match checked(&app, &headers, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let id = match queue(&hub, &agent_id, &b.payload).await {
+        Ok(id) => id,
+        Err(e) => return send_error(&agent_id, e),
+    };
+    let Some((want, wait)) = b.wanted(&hub) else {
+        return (
+            StatusCode::ACCEPTED,
+            Json(json!({"id": &*id, "agent_id": agent_id, "status": "queued"})),
+        )
+            .into_response();
+    };
+    let status = hub.wait(&id, want, wait).await;
+    let view = hub
+        .record_view(&id)
+        .unwrap_or_else(|| json!({"id": &*id, "status": "unknown"}));
+    let code = match status {
+        Some(Status::Undelivered) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(s) if s >= want => StatusCode::OK,
+        _ => StatusCode::GATEWAY_TIMEOUT,
+    };
+    (code, Json(view)).into_response()
+}
+
+pub async fn broadcast(
+    State(app): State<Arc<App>>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (hub, b) = match checked(&app, &headers, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let mut members: Vec<String> = hub
+        .list(Some(&group))
+        .iter()
+        .map(|a| a.id.to_string())
+        .collect();
+    if let Some(c) = hub.cluster.get() {
+        for m in c.group_members(&group).await {
+            if !members.contains(&m) {
+                members.push(m);
+            }
+        }
+    }
+    let mut sent = Vec::with_capacity(members.len());
+    for agent_id in &members {
+        let (id, status) = match queue(&hub, agent_id, &b.payload).await {
+            Ok(id) => (Some(id), "queued"),
+            Err(SendError::QueueFull { .. }) => (None, "queue_full"),
+            Err(SendError::NotConnected) => (None, "not_connected"),
+        };
+        sent.push((agent_id.clone(), id, status));
+    }
+    if let Some((want, wait)) = b.wanted(&hub) {
+        let waits = sent.iter().filter_map(|(_, id, _)| id.clone()).map(|id| {
+            let hub = hub.clone();
+            async move { hub.wait(&id, want, wait).await }
+        });
+        futures_util::future::join_all(waits).await;
+    }
+    let instructions: Vec<Value> = sent
+        .iter()
+        .map(|(agent_id, id, status)| match id {
+            Some(id) => hub
+                .record_view(id)
+                .unwrap_or_else(|| json!({"id": &**id, "agent_id": agent_id, "status": status})),
+            None => json!({"agent_id": agent_id, "status": status}),
+        })
+        .collect();
+    Json(json!({"group": group, "instructions": instructions})).into_response()
+}
+
+pub async fn instruction(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let hub = match hub_for(&app, &headers) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    match hub.record_view(&id) {
+        Some(v) => Json(v).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "instruction_not_found",
+            format!(
+                "no instruction '{id}' (unknown, or dropped from the {} kept)",
+                hub.cfg.max_instructions
+            ),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    group: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let hub = match hub_for(&app, &headers) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let all = hub.list(q.group.as_deref());
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let data: Vec<Value> = all
+        .iter()
+        .skip(q.offset.unwrap_or(0))
+        .take(limit)
+        .map(|a| a.presence(&hub.replica))
+        .collect();
+    Json(json!({"object": "list", "total": all.len(), "data": data})).into_response()
+}
+
+pub async fn get_agent(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let hub = match hub_for(&app, &headers) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    if let Some(a) = hub.get(&id) {
+        return Json(a.presence(&hub.replica)).into_response();
+    }
+    if let Some(c) = hub.cluster.get()
+        && let Some(p) = c.presence(&id).await
+    {
+        return Json(p).into_response();
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "agent_not_found",
+        format!("no agent '{id}' is connected"),
+    )
+}
+
+/// `GET /v1/agents/events`: every hub event as SSE, from now on. A reader
+/// that falls more than `events_buffer` behind is told how many it missed.
+pub async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let hub = match hub_for(&app, &headers) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let mut rx = hub.subscribe();
+    let mut shutdown = hub.shutdown.subscribe();
+    let stream = async_stream(move |tx| async move {
+        let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        keepalive.tick().await;
+        if tx
+            .send(Bytes::from_static(b": connected\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let out = tokio::select! {
+                e = rx.recv() => match e {
+                    Ok(e) => Bytes::from(format!("data: {e}\n\n")),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Bytes::from(format!("data: {{\"type\":\"events.lagged\",\"missed\":{n}}}\n\n"))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                _ = shutdown.changed() => return,
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(stream);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// A body fed by a task through a small channel (the task ends when the
+/// client goes away: its sends fail).
+fn async_stream<F, Fut>(f: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(f(tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Body::from_stream(stream)
+}

@@ -1,0 +1,532 @@
+//! The agent hub: agents hold one WebSocket each ([`session`]); operators
+//! push instructions to them over HTTP ([`http`]) and get acks, results and
+//! events back; agents can also stream chat completions over their socket
+//! ([`chat`]). The wire protocol is in `docs/agent-protocol.md`.
+//!
+//! State here is per process: the registry of connected agents, the
+//! instruction records (bounded, oldest dropped first), and a broadcast
+//! channel of events for `/v1/agents/events`. With Redis, [`cluster`]
+//! routes instructions to agents connected to other replicas.
+
+pub mod chat;
+pub mod cluster;
+pub mod http;
+pub mod session;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_core::config::AgentsConfig;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+/// A frame waiting to go to an agent.
+pub enum Outbound {
+    /// A JSON text frame.
+    Text(String),
+    /// An instruction: its record is marked delivered once it is written.
+    Instruction { id: Arc<str>, frame: String },
+}
+
+/// Why a session was told to end from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    None,
+    Replaced,
+    Shutdown,
+}
+
+/// One connected agent, as the rest of the hub sees it.
+pub struct AgentHandle {
+    pub id: Arc<str>,
+    pub groups: Vec<Arc<str>>,
+    pub capabilities: Vec<String>,
+    pub session: u64,
+    pub connected_unix_ms: u64,
+    /// Monotonic nanoseconds of the last frame (or pong) from the agent.
+    pub last_seen: AtomicU64,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Instructions sent to it and not yet acknowledged.
+    pending: Mutex<HashSet<Arc<str>>>,
+    kick: watch::Sender<Kick>,
+}
+
+impl AgentHandle {
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn presence(&self, replica: &str) -> Value {
+        let seen = sluice_core::resilience::now_nanos()
+            .saturating_sub(self.last_seen.load(Ordering::Relaxed));
+        json!({
+            "agent_id": &*self.id,
+            "groups": self.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
+            "capabilities": self.capabilities,
+            "connected_at": crate::audit::rfc3339_millis(self.connected_unix_ms),
+            "last_seen_ms_ago": seen / 1_000_000,
+            "queue_depth": self.queue_depth(),
+            "replica": replica,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Queued,
+    Delivered,
+    Acked,
+    Completed,
+    Undelivered,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Delivered => "delivered",
+            Status::Acked => "acked",
+            Status::Completed => "completed",
+            Status::Undelivered => "undelivered",
+        }
+    }
+
+    /// No later status can follow.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Undelivered)
+    }
+}
+
+pub struct Record {
+    pub agent_id: Arc<str>,
+    pub status: Status,
+    pub result: Option<Value>,
+    pub created_unix_ms: u64,
+    pub updated_unix_ms: u64,
+    /// Woken on every status change.
+    pub changed: Arc<Notify>,
+}
+
+impl Record {
+    pub fn view(&self, id: &str) -> Value {
+        let mut v = json!({
+            "id": id,
+            "agent_id": &*self.agent_id,
+            "status": self.status.name(),
+            "created_at": crate::audit::rfc3339_millis(self.created_unix_ms),
+            "updated_at": crate::audit::rfc3339_millis(self.updated_unix_ms),
+        });
+        if let Some(r) = &self.result {
+            v["result"] = r.clone();
+        }
+        v
+    }
+}
+
+#[derive(Default)]
+struct Records {
+    by_id: HashMap<Arc<str>, Record>,
+    order: VecDeque<Arc<str>>,
+}
+
+/// Why an instruction could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    NotConnected,
+    /// The agent's outbound queue is full (it is slow or stuck).
+    QueueFull {
+        depth: usize,
+    },
+}
+
+pub struct Hub {
+    pub cfg: AgentsConfig,
+    agents: RwLock<HashMap<Arc<str>, Arc<AgentHandle>>>,
+    records: Mutex<Records>,
+    events: broadcast::Sender<Arc<str>>,
+    next_session: AtomicU64,
+    next_instruction: AtomicU64,
+    id_seed: u64,
+    pub shutdown: watch::Sender<bool>,
+    pub metrics: HubMetrics,
+    /// This process's name among replicas.
+    pub replica: String,
+    /// Set when Redis is configured: instructions reach other replicas.
+    pub cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
+}
+
+#[derive(Clone, Default)]
+pub struct HubMetrics {
+    pub connected: prometheus_client::metrics::gauge::Gauge,
+    pub evictions: prometheus_client::metrics::counter::Counter,
+    pub instructions: prometheus_client::metrics::family::Family<
+        crate::metrics::OutcomeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Hub {
+    pub fn new(cfg: AgentsConfig, metrics: HubMetrics) -> Arc<Self> {
+        let (events, _) = broadcast::channel(cfg.events_buffer);
+        let (shutdown, _) = watch::channel(false);
+        let id_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Arc::new(Self {
+            replica: format!("{}-{:08x}", hostname(), id_seed as u32),
+            cfg,
+            agents: RwLock::new(HashMap::new()),
+            records: Mutex::new(Records::default()),
+            events,
+            next_session: AtomicU64::new(1),
+            next_instruction: AtomicU64::new(1),
+            id_seed,
+            shutdown,
+            metrics,
+            cluster: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<AgentHandle>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn list(&self, group: Option<&str>) -> Vec<Arc<AgentHandle>> {
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = agents
+            .values()
+            .filter(|a| group.is_none_or(|g| a.groups.iter().any(|x| &**x == g)))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn connected(&self) -> usize {
+        self.agents.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Queued frames over all agents (for the gauge).
+    pub fn total_queue_depth(&self) -> usize {
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        agents.values().map(|a| a.queue_depth()).sum()
+    }
+
+    /// Registers a new session; an older one with the same id is told to
+    /// go (`Replaced`). Returns the handle, the queue's receiving end and
+    /// the kick signal.
+    pub fn register(
+        &self,
+        id: Arc<str>,
+        groups: Vec<Arc<str>>,
+        capabilities: Vec<String>,
+    ) -> (
+        Arc<AgentHandle>,
+        mpsc::Receiver<Outbound>,
+        watch::Receiver<Kick>,
+    ) {
+        let (tx, rx) = mpsc::channel(self.cfg.queue_depth);
+        let (kick, kick_rx) = watch::channel(Kick::None);
+        let handle = Arc::new(AgentHandle {
+            id: id.clone(),
+            groups,
+            capabilities,
+            session: self.next_session.fetch_add(1, Ordering::Relaxed),
+            connected_unix_ms: unix_ms(),
+            last_seen: AtomicU64::new(sluice_core::resilience::now_nanos()),
+            tx,
+            pending: Mutex::new(HashSet::new()),
+            kick,
+        });
+        let old = self
+            .agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), handle.clone());
+        match old {
+            Some(old) => {
+                let _ = old.kick.send(Kick::Replaced);
+            }
+            None => {
+                self.metrics.connected.inc();
+            }
+        }
+        self.event(json!({
+            "type": "agent.connected",
+            "agent_id": &*id,
+            "groups": handle.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
+            "replica": self.replica,
+        }));
+        if let Some(c) = self.cluster.get() {
+            c.announce(&handle);
+        }
+        (handle, rx, kick_rx)
+    }
+
+    /// Ends a session: removes it (unless a newer one replaced it) and
+    /// reports every instruction it had not acknowledged as undelivered.
+    pub fn unregister(&self, handle: &AgentHandle, reason: &str, evicted: bool) {
+        let removed = {
+            let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+            match agents.get(&handle.id) {
+                Some(cur) if cur.session == handle.session => {
+                    agents.remove(&handle.id);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if removed {
+            self.metrics.connected.dec();
+            if let Some(c) = self.cluster.get() {
+                c.withdraw(handle);
+            }
+        }
+        if evicted {
+            self.metrics.evictions.inc();
+        }
+        let pending: Vec<Arc<str>> = handle
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for id in &pending {
+            self.set_status(id, Status::Undelivered, None);
+        }
+        self.event(json!({
+            "type": if evicted { "agent.evicted" } else { "agent.disconnected" },
+            "agent_id": &*handle.id,
+            "reason": reason,
+            "undelivered": pending.iter().map(|p| &**p).collect::<Vec<_>>(),
+        }));
+    }
+
+    /// Tells a session a newer one (on another replica) replaced it.
+    pub fn kick_replaced(&self, agent: &AgentHandle) {
+        let _ = agent.kick.send(Kick::Replaced);
+    }
+
+    /// A fresh instruction id: `ins_` and 24 hex digits.
+    pub fn new_instruction_id(&self) -> Arc<str> {
+        let n = self.next_instruction.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("ins_{:016x}{:08x}", self.id_seed, n as u32))
+    }
+
+    /// Records and queues an instruction for a local agent.
+    pub fn send_local(
+        &self,
+        agent: &AgentHandle,
+        id: Arc<str>,
+        payload: &Value,
+    ) -> Result<(), SendError> {
+        let frame = json!({"type": "instruction", "id": &*id, "payload": payload}).to_string();
+        self.create_record(&id, agent.id.clone());
+        agent
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        match agent.tx.try_send(Outbound::Instruction {
+            id: id.clone(),
+            frame,
+        }) {
+            Ok(()) => {
+                self.count("queued");
+                Ok(())
+            }
+            Err(e) => {
+                agent
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                self.forget(&id);
+                self.count("overflow");
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => SendError::QueueFull {
+                        depth: self.cfg.queue_depth,
+                    },
+                    mpsc::error::TrySendError::Closed(_) => SendError::NotConnected,
+                })
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .instructions
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn create_record(&self, id: &Arc<str>, agent_id: Arc<str>) {
+        let now = unix_ms();
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.insert(
+            id.clone(),
+            Record {
+                agent_id,
+                status: Status::Queued,
+                result: None,
+                created_unix_ms: now,
+                updated_unix_ms: now,
+                changed: Arc::new(Notify::new()),
+            },
+        );
+        r.order.push_back(id.clone());
+        while r.order.len() > self.cfg.max_instructions {
+            if let Some(old) = r.order.pop_front() {
+                r.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.remove(id);
+        if r.order.back().is_some_and(|b| &**b == id) {
+            r.order.pop_back();
+        }
+    }
+
+    /// Moves an instruction forward (never back); publishes the change.
+    pub fn set_status(&self, id: &str, status: Status, result: Option<Value>) -> bool {
+        let (agent_id, notify) = {
+            let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(rec) = r.by_id.get_mut(id) else {
+                return false;
+            };
+            if rec.status.is_final() || rec.status >= status {
+                return false;
+            }
+            rec.status = status;
+            rec.updated_unix_ms = unix_ms();
+            if result.is_some() {
+                rec.result = result.clone();
+            }
+            (rec.agent_id.clone(), rec.changed.clone())
+        };
+        notify.notify_waiters();
+        if let Some(c) = self.cluster.get() {
+            c.status_changed(id, status, result.as_ref());
+        }
+        if status != Status::Delivered {
+            self.count(status.name());
+            let mut e = json!({
+                "type": format!("instruction.{}", status.name()),
+                "id": id,
+                "agent_id": &*agent_id,
+            });
+            if let Some(r) = result {
+                e["result"] = r;
+            }
+            self.event(e);
+        }
+        true
+    }
+
+    /// The agent acknowledged or finished an instruction it was sent.
+    pub fn agent_reply(
+        &self,
+        agent: &AgentHandle,
+        id: &str,
+        status: Status,
+        result: Option<Value>,
+    ) -> bool {
+        let known = {
+            let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            r.by_id.get(id).is_some_and(|rec| rec.agent_id == agent.id)
+        };
+        if !known {
+            return false;
+        }
+        if status >= Status::Acked {
+            agent
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        }
+        self.set_status(id, status, result)
+    }
+
+    pub fn record_view(&self, id: &str) -> Option<Value> {
+        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.get(id).map(|rec| rec.view(id))
+    }
+
+    /// Waits until the instruction reaches `want` (or a final status), up
+    /// to `max`. Returns its status then, `None` if it is unknown.
+    pub async fn wait(&self, id: &str, want: Status, max: Duration) -> Option<Status> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notify = {
+                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                let rec = r.by_id.get(id)?;
+                if rec.status >= want || rec.status.is_final() {
+                    return Some(rec.status);
+                }
+                rec.changed.clone()
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check: a change between the look and `enable` is not lost.
+            {
+                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                let rec = r.by_id.get(id)?;
+                if rec.status >= want || rec.status.is_final() {
+                    return Some(rec.status);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                return r.by_id.get(id).map(|rec| rec.status);
+            }
+        }
+    }
+
+    pub fn event(&self, e: Value) {
+        if self.events.receiver_count() > 0 {
+            let mut e = e;
+            e["ts"] = Value::String(crate::audit::rfc3339_millis(unix_ms()));
+            let _ = self.events.send(Arc::from(e.to_string()));
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe()
+    }
+
+    /// Tells every session to close with a "reconnect elsewhere" frame and
+    /// waits (up to `max`) for them to go.
+    pub async fn close_all(&self, max: Duration) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + max;
+        while self.connected() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".to_owned())
+}

@@ -1,0 +1,319 @@
+//! One agent's WebSocket: hello, then a single task that reads the agent's
+//! frames, writes its queued frames, pings it, and evicts it when it goes
+//! quiet. A slow agent only ever blocks its own task.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::resilience::now_nanos;
+
+use super::{AgentHandle, Hub, Kick, Outbound, Status};
+
+/// Close codes (RFC 6455 and ours, 4000–4999), documented in
+/// `docs/agent-protocol.md`.
+pub mod code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const REPLACED: u16 = 4000;
+    pub const HELLO_TIMEOUT: u16 = 4001;
+    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    agent_id: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-@/".contains(&b))
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_owned()),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// Parses the hello; on a bad one, the close code and why.
+fn parse_hello(msg: Message, max_groups: usize) -> Result<Hello, (u16, String)> {
+    let text = match msg {
+        Message::Text(t) => t,
+        Message::Binary(_) => return Err((code::UNSUPPORTED, "frames are JSON text".into())),
+        _ => return Err((code::POLICY, "the first frame must be a hello".into())),
+    };
+    let v: Value = serde_json::from_str(text.as_str())
+        .map_err(|e| (code::INVALID_PAYLOAD, format!("invalid frame: {e}")))?;
+    if v.get("type").and_then(Value::as_str) != Some("hello") {
+        return Err((code::POLICY, "the first frame must be a hello".into()));
+    }
+    let hello: Hello =
+        serde_json::from_value(v).map_err(|e| (code::POLICY, format!("invalid hello: {e}")))?;
+    if !valid_name(&hello.agent_id) {
+        return Err((
+            code::POLICY,
+            "agent_id must be 1-128 of letters, digits and ._:-@/".into(),
+        ));
+    }
+    if hello.groups.len() > max_groups || !hello.groups.iter().all(|g| valid_name(g)) {
+        return Err((
+            code::POLICY,
+            format!("at most {max_groups} groups, each 1-128 of letters, digits and ._:-@/"),
+        ));
+    }
+    if hello.capabilities.len() > 64 || hello.capabilities.iter().any(|c| c.len() > 128) {
+        return Err((code::POLICY, "at most 64 capabilities of 128 bytes".into()));
+    }
+    Ok(hello)
+}
+
+/// Runs one connection to its end. `auth` is the caller's Authorization
+/// header, kept for the chat requests the agent makes over the socket.
+pub async fn run(
+    hub: Arc<Hub>,
+    app: Arc<crate::app::App>,
+    mut socket: WebSocket,
+    auth: Option<http::HeaderValue>,
+) {
+    let mut shutdown = hub.shutdown.subscribe();
+    if *shutdown.borrow() {
+        close(
+            &mut socket,
+            code::GOING_AWAY,
+            "server shutting down; reconnect elsewhere",
+        )
+        .await;
+        return;
+    }
+    let first = tokio::time::timeout(hub.cfg.hello_timeout, socket.recv()).await;
+    let hello = match first {
+        Err(_) => {
+            close(&mut socket, code::HELLO_TIMEOUT, "no hello in time").await;
+            return;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return,
+        Ok(Some(Ok(msg))) => match parse_hello(msg, 32) {
+            Ok(h) => h,
+            Err((c, why)) => {
+                close(&mut socket, c, &why).await;
+                return;
+            }
+        },
+    };
+    let (handle, mut rx, mut kick) = hub.register(
+        Arc::from(hello.agent_id),
+        hello.groups.into_iter().map(Arc::from).collect(),
+        hello.capabilities,
+    );
+    let welcome = json!({
+        "type": "welcome",
+        "agent_id": &*handle.id,
+        "session": handle.session,
+        "heartbeat_ms": hub.cfg.heartbeat.as_millis() as u64,
+        "max_frame_bytes": hub.cfg.max_frame_bytes,
+        "replica": hub.replica,
+    });
+    let (reason, evicted) = if socket
+        .send(Message::text(welcome.to_string()))
+        .await
+        .is_err()
+    {
+        ("write failed".to_owned(), false)
+    } else {
+        serve(
+            &hub,
+            &app,
+            &handle,
+            &mut socket,
+            &mut rx,
+            &mut kick,
+            &mut shutdown,
+            auth,
+        )
+        .await
+    };
+    // Frames still queued were never sent: their instructions are
+    // undelivered (unregister reports every unacknowledged one).
+    rx.close();
+    hub.unregister(&handle, &reason, evicted);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    hub: &Arc<Hub>,
+    app: &Arc<crate::app::App>,
+    handle: &Arc<AgentHandle>,
+    socket: &mut WebSocket,
+    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    kick: &mut tokio::sync::watch::Receiver<Kick>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    auth: Option<http::HeaderValue>,
+) -> (String, bool) {
+    let beat = hub.cfg.heartbeat;
+    let allowed_silence = beat.as_nanos() as u64 * u64::from(hub.cfg.missed_heartbeats);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = kick.changed() => {
+                if *kick.borrow() == Kick::Replaced {
+                    close(socket, code::REPLACED, "replaced by a newer connection with the same agent_id").await;
+                    return ("replaced".into(), false);
+                }
+            }
+            _ = shutdown.changed() => {
+                close(socket, code::GOING_AWAY, "server shutting down; reconnect elsewhere").await;
+                return ("server shutdown".into(), false);
+            }
+            msg = socket.recv() => {
+                let msg = match msg {
+                    None => return ("closed by the agent".into(), false),
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("Space limit") || text.contains("too long") || text.contains("Capacity") {
+                            close(socket, code::TOO_BIG, &format!("frame over {} bytes", hub.cfg.max_frame_bytes)).await;
+                            return ("frame too big".into(), false);
+                        }
+                        return (format!("read error: {text}"), false);
+                    }
+                    Some(Ok(m)) => m,
+                };
+                handle.last_seen.store(now_nanos(), Ordering::Relaxed);
+                match msg {
+                    Message::Text(t) => {
+                        if let Err((c, why)) = on_frame(hub, app, handle, t.as_str(), &auth) {
+                            close(socket, c, &why).await;
+                            return (why, false);
+                        }
+                    }
+                    Message::Binary(_) => {
+                        close(socket, code::UNSUPPORTED, "frames are JSON text").await;
+                        return ("binary frame".into(), false);
+                    }
+                    Message::Close(_) => return ("closed by the agent".into(), false),
+                    // Pings are answered by the library; pongs only count as life.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { return ("queue closed".into(), false) };
+                match out {
+                    Outbound::Text(t) => {
+                        if socket.send(Message::text(t)).await.is_err() {
+                            return ("write failed".into(), false);
+                        }
+                    }
+                    Outbound::Instruction { id, frame } => {
+                        if socket.send(Message::text(frame)).await.is_err() {
+                            return ("write failed".into(), false);
+                        }
+                        hub.set_status(&id, Status::Delivered, None);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let silent = now_nanos().saturating_sub(handle.last_seen.load(Ordering::Relaxed));
+                if silent > allowed_silence {
+                    close(socket, code::HEARTBEAT_TIMEOUT, "missed heartbeats").await;
+                    return (format!("missed {} heartbeats", hub.cfg.missed_heartbeats), true);
+                }
+                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    return ("write failed".into(), false);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    request: Option<Value>,
+}
+
+/// One frame from the agent. An error closes the connection with its code.
+fn on_frame(
+    hub: &Arc<Hub>,
+    app: &Arc<crate::app::App>,
+    handle: &Arc<AgentHandle>,
+    text: &str,
+    auth: &Option<http::HeaderValue>,
+) -> Result<(), (u16, String)> {
+    let f: Frame = serde_json::from_str(text)
+        .map_err(|e| (code::INVALID_PAYLOAD, format!("invalid frame: {e}")))?;
+    let need_id = |f: &Frame| {
+        f.id.clone()
+            .filter(|i| !i.is_empty() && i.len() <= 128)
+            .ok_or((code::POLICY, format!("a '{}' frame needs an id", f.kind)))
+    };
+    match f.kind.as_str() {
+        "ack" => {
+            let id = need_id(&f)?;
+            hub.agent_reply(handle, &id, Status::Acked, None);
+        }
+        "result" => {
+            let id = need_id(&f)?;
+            hub.agent_reply(
+                handle,
+                &id,
+                Status::Completed,
+                Some(f.payload.unwrap_or(Value::Null)),
+            );
+        }
+        "event" => {
+            hub.event(json!({
+                "type": "agent.event",
+                "agent_id": &*handle.id,
+                "payload": f.payload.unwrap_or(Value::Null),
+            }));
+        }
+        "ping" => {
+            // An application-level heartbeat, for clients that cannot see
+            // protocol pings: answered with a pong frame.
+            let _ = handle
+                .tx
+                .try_send(Outbound::Text(json!({"type": "pong"}).to_string()));
+        }
+        "chat" => {
+            let id = need_id(&f)?;
+            let request = f
+                .request
+                .ok_or((code::POLICY, "a 'chat' frame needs a request".into()))?;
+            super::chat::start(app.clone(), handle.clone(), id, request, auth.clone());
+        }
+        "hello" => return Err((code::POLICY, "hello was already said".into())),
+        other => {
+            return Err((
+                code::POLICY,
+                format!("unknown frame type '{other}' (ack, result, event, ping, chat)"),
+            ));
+        }
+    }
+    Ok(())
+}
