@@ -411,7 +411,7 @@ fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConf
         ) as usize,
         read_buffer_bytes: c.positive(
             a.read_buffer_bytes.as_ref(),
-            4096,
+            512,
             16 << 20,
             "read_buffer_bytes",
         ) as usize,

@@ -35,7 +35,7 @@ pub fn start(
 async fn send(agent: &AgentHandle, v: Value) -> Result<(), &'static str> {
     agent
         .tx
-        .send(Outbound::Text(v.to_string()))
+        .send(Outbound::text(v.to_string()))
         .await
         .map_err(|_| "the agent disconnected")
 }

@@ -219,11 +219,12 @@ async fn serve(
                 let Some(out) = out else { return ("queue closed".into(), false) };
                 match out {
                     Outbound::Text(t) => {
-                        if socket.send(Message::text(t)).await.is_err() {
+                        if socket.send(Message::text(*t)).await.is_err() {
                             return ("write failed".into(), false);
                         }
                     }
-                    Outbound::Instruction { id, frame } => {
+                    Outbound::Instruction(i) => {
+                        let (id, frame) = *i;
                         if socket.send(Message::text(frame)).await.is_err() {
                             return ("write failed".into(), false);
                         }
@@ -298,7 +299,7 @@ fn on_frame(
             // protocol pings: answered with a pong frame.
             let _ = handle
                 .tx
-                .try_send(Outbound::Text(json!({"type": "pong"}).to_string()));
+                .try_send(Outbound::text(json!({"type": "pong"}).to_string()));
         }
         "chat" => {
             let id = need_id(&f)?;
