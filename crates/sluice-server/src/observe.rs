@@ -264,49 +264,31 @@ impl Recorder {
         let Some(auditor) = &self.app.audit else {
             return;
         };
-        let mut e = serde_json::Map::new();
-        let mut put = |k: &str, v: serde_json::Value| {
-            e.insert(k.to_owned(), v);
-        };
-        put(
-            "ts",
-            crate::audit::rfc3339_millis(
+        let fields = self.audit_fields.take();
+        fn nonempty(s: &Arc<str>) -> Option<&str> {
+            (!s.is_empty()).then_some(&**s)
+        }
+        auditor.record(&crate::audit::Event {
+            ts: crate::audit::rfc3339_millis(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
-            )
-            .into(),
-        );
-        if let Some(id) = self.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-            put("request_id", id.into());
-        }
-        put("key", self.key.as_deref().into());
-        put("route", self.route.into());
-        put(
-            "model",
-            (!self.model.is_empty()).then(|| &*self.model).into(),
-        );
-        put(
-            "provider",
-            (!self.provider.is_empty()).then(|| &*self.provider).into(),
-        );
-        put("status", self.status.into());
-        put("latency_ms", (elapsed.as_secs_f64() * 1000.0).into());
-        put("stream", self.streamed.into());
-        put("attempts", self.attempts.into());
-        put("cancelled", (!self.finished).into());
-        put("input_tokens", self.usage.map(|u| u.prompt_tokens).into());
-        put(
-            "output_tokens",
-            self.usage.map(|u| u.completion_tokens).into(),
-        );
-        if let Some(code) = self.error_code {
-            put("error", code.into());
-        }
-        if let Some(f) = self.audit_fields.take() {
-            put("fields", serde_json::Value::Object(f));
-        }
-        auditor.record(&serde_json::Value::Object(e));
+            ),
+            request_id: self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            key: self.key.as_deref(),
+            route: self.route,
+            model: nonempty(&self.model),
+            provider: nonempty(&self.provider),
+            status: self.status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            stream: self.streamed,
+            attempts: self.attempts,
+            cancelled: !self.finished,
+            input_tokens: self.usage.map(|u| u.prompt_tokens),
+            output_tokens: self.usage.map(|u| u.completion_tokens),
+            error: self.error_code,
+            fields: fields.as_ref(),
+        });
     }
 
     /// Ends the attempt and server spans with what the request came to.

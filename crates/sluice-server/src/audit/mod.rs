@@ -24,6 +24,29 @@ use self::sink::{Msg, Spill};
 
 pub use sink::{Counts, Outcome};
 
+/// One audit event, as written (one JSON line).
+#[derive(serde::Serialize)]
+pub struct Event<'a> {
+    pub ts: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub route: &'a str,
+    pub model: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub stream: bool,
+    pub attempts: u32,
+    pub cancelled: bool,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<&'a Map<String, Value>>,
+}
+
 /// One recorded field: its path, split, and whether it is encrypted.
 struct Field {
     path: String,
@@ -91,20 +114,41 @@ impl Auditor {
     }
 
     /// The recorded fields of a JSON request body: encrypted or redacted.
-    /// Fields the request does not have are left out.
+    /// Fields the request does not have are left out. Only the objects on
+    /// the fields' paths are parsed (as raw slices), never the whole body.
     pub fn fields_of(&self, body: &[u8]) -> Option<Map<String, Value>> {
         if self.fields.is_empty() {
             return None;
         }
-        let root: Value = serde_json::from_slice(body).ok()?;
+        type Obj<'a> = std::collections::BTreeMap<String, &'a serde_json::value::RawValue>;
+        let root: Obj<'_> = serde_json::from_slice(body).ok()?;
         let mut out = Map::new();
         for f in &self.fields {
-            let Some(v) = f.parts.iter().try_fold(&root, |v, p| v.get(p)) else {
+            let (last, parents) = f.parts.split_last().expect("a path has a part");
+            let mut obj = std::borrow::Cow::Borrowed(&root);
+            let mut found = true;
+            for p in parents {
+                match obj
+                    .get(p)
+                    .and_then(|raw| serde_json::from_str::<Obj<'_>>(raw.get()).ok())
+                {
+                    Some(o) => obj = std::borrow::Cow::Owned(o),
+                    None => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            let Some(v) = found
+                .then(|| obj.get(last))
+                .flatten()
+                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            else {
                 continue;
             };
             let recorded = match (&self.cipher, f.encrypt) {
-                (Some(c), true) => c.encrypt(&f.path, v),
-                _ => self.redacted(v),
+                (Some(c), true) => c.encrypt(&f.path, &v),
+                _ => self.redacted(&v),
             };
             out.insert(f.path.clone(), recorded);
         }
@@ -130,8 +174,8 @@ impl Auditor {
 
     /// Hands one event to the writer; never waits. A full queue spills to
     /// the disk buffer instead.
-    pub fn record(&self, event: &Value) {
-        let line = event.to_string();
+    pub fn record(&self, event: &Event<'_>) {
+        let line = serde_json::to_string(event).expect("an event serializes");
         match self.tx.try_send(Msg::Event(line)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Msg::Event(line)))
@@ -196,6 +240,43 @@ pub fn rfc3339_millis(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn fields_are_found_on_their_paths_encrypted_or_redacted() {
+        let dir = std::env::temp_dir().join(format!("sluice-audit-fields-{}", std::process::id()));
+        let text = format!(
+            "[audit]\npath = \"{}/a.jsonl\"\nfields = [\"metadata.note\", \"user\", \"a.b.c\", \"missing.x\"]\nencrypt_fields = [\"metadata.id\"]\nkey_env = \"K\"\n",
+            dir.display()
+        );
+        let cfg = sluice_core::config::parse(&text, "t", &|k| {
+            (k == "K").then(|| "000102030405060708090a0b0c0d0e0f".to_owned())
+        })
+        .unwrap();
+        let a = Auditor::start(
+            cfg.audit.as_ref().unwrap(),
+            None,
+            Some(Arc::new(Redactor::builtin())),
+            Counts::default(),
+        )
+        .unwrap();
+        let body = br#"{"model":"m","user":"bob@example.com","metadata":{"id":42,"note":"call +44 20 7946 0958","x\"y":1},"a":{"b":{"c":[1,"10.0.0.1"]}},"missing":3}"#;
+        let f = a.fields_of(body).unwrap();
+        assert_eq!(f["user"], "[EMAIL]");
+        assert_eq!(f["metadata.note"], "call [PHONE]");
+        assert_eq!(f["a.b.c"], json!([1, "[IP]"]));
+        assert!(
+            !f.contains_key("missing.x"),
+            "a parent that is not an object"
+        );
+        let c = FieldCipher::from_hex("000102030405060708090a0b0c0d0e0f", None).unwrap();
+        assert_eq!(
+            c.decrypt("metadata.id", &f["metadata.id"]).unwrap(),
+            json!(42)
+        );
+        assert!(a.fields_of(b"not json").is_none());
+        assert!(a.fields_of(b"[1,2]").is_none());
+    }
 
     #[test]
     fn timestamps() {
