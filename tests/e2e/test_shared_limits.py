@@ -194,8 +194,47 @@ def test_token_budget_shared_across_replicas(tmp_path, redis_server):
             time.sleep(0.3)  # the last charge is recorded in the background
             r = chat(c, b.url)
             assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
-        keys = redis_server.client.keys("sluice:budget:team:month:*")
+        keys = redis_server.client.keys("sluice:budget:team:tokens:month:*")
         assert len(keys) == 1 and int(redis_server.client.get(keys[0])) >= 60
     finally:
         a.stop()
         b.stop()
+
+
+def test_cost_budget_priced_per_model(tmp_path):
+    cfg = f"""
+[[providers]]
+name = "mock"
+kind = "mock"
+tokens_per_response = 2
+
+[[models]]
+name = "mock-1"
+targets = [{{ provider = "mock" }}]
+price_input_per_mtok = 0.0
+price_output_per_mtok = 1000000.0   # $1 per output token: $2 a request
+
+[[models]]
+name = "free"
+targets = [{{ provider = "mock" }}]
+
+[[keys]]
+name = "team"
+sha256 = "{key_hash('sk-team')}"
+budget_usd = 7.0
+budget_period = "total"
+"""
+    g = Gateway(cfg, tmp_path=tmp_path)
+    try:
+        with httpx.Client() as c:
+            served, refused = spend_until_refused(c, g.url)
+            assert served == 4, served  # $2, $4, $6, then $8 crosses $7
+            err = refused.json()["error"]
+            assert refused.status_code == 429 and err["code"] == "budget_exceeded"
+            assert "$8.00 of $7.00" in err["message"] and "this total" in err["message"]
+            # A model with no prices is refused too: the budget is spent.
+            r = c.post(f"{g.url}/v1/chat/completions", headers={"authorization": "Bearer sk-team"},
+                       json={"model": "free", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 429
+    finally:
+        g.stop()

@@ -166,6 +166,8 @@ pub struct Limiter {
     pub streams: HashMap<Arc<str>, Arc<StreamGate>>,
     /// Token budgets per key name.
     pub budgets: HashMap<Arc<str>, Arc<Budget>>,
+    /// Cost budgets per key name, in millionths of a US dollar.
+    pub cost_budgets: HashMap<Arc<str>, Arc<Budget>>,
 }
 
 /// The period a token budget covers, in UTC.

@@ -42,6 +42,15 @@ impl Access {
                     .unwrap_or_else(|| Arc::new(Budget::new(tokens, period)));
                 limiter.budgets.insert(k.name.clone(), b);
             }
+            if let Some((usd, period)) = k.budget_usd {
+                let micros = (usd * 1e6).round() as u64;
+                let b = prev
+                    .and_then(|p| p.limiter.cost_budgets.get(&k.name))
+                    .filter(|b| b.limit == micros && b.period == period)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Budget::new(micros, period)));
+                limiter.cost_budgets.insert(k.name.clone(), b);
+            }
             if let Some(n) = k.max_streams {
                 let g = prev
                     .and_then(|p| p.limiter.streams.get(&k.name))

@@ -47,6 +47,8 @@ pub struct KeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_period: Option<String>,
 }
 
@@ -169,7 +171,8 @@ fn view(k: &KeyConfig, source: &str) -> Value {
         "tpm": k.tpm,
         "max_streams": k.max_streams,
         "budget_tokens": k.budget.map(|b| b.0),
-        "budget_period": k.budget.map(|b| b.1.name()),
+        "budget_usd": k.budget_usd.map(|b| b.0),
+        "budget_period": k.budget.map(|b| b.1).or(k.budget_usd.map(|b| b.1)).map(|p| p.name()),
     })
 }
 

@@ -194,7 +194,7 @@ impl Drop for Recorder {
             }
         }
         if let (Some(b), Some(u)) = (self.budget.take(), self.usage) {
-            b.charge(u.prompt_tokens + u.completion_tokens);
+            b.charge(u.prompt_tokens, u.completion_tokens);
         }
         if let Some(r) = self.shared_reservation.take() {
             r.settle(

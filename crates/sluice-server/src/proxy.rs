@@ -128,8 +128,7 @@ async fn proxy(
         return rec.reply_error(&e);
     }
     if let Some(k) = key
-        && let Some(b) = access.limiter.budgets.get(&k.name)
-        && let Err(e) = check_budget(app, k, b, &mut rec).await
+        && let Err(e) = check_budgets(app, &access, k, route.price, &mut rec).await
     {
         return rec.reply_error(&e);
     }
@@ -239,55 +238,90 @@ fn redact_prompt(
     )))
 }
 
-/// Refuses a key whose token budget for the period is spent; otherwise
-/// arranges for the request's usage to be charged to it. Shared through
+/// Refuses a key whose token or cost budget for the period is spent;
+/// otherwise arranges for the request's usage to be charged. Shared through
 /// Redis when the limits are (a Redis outage falls back to this process's
 /// count, like the rate limits).
-async fn check_budget(
+async fn check_budgets(
+    app: &Arc<App>,
+    access: &crate::access::Access,
+    k: &sluice_core::config::KeyConfig,
+    price: Option<(f64, f64)>,
+    rec: &mut Recorder,
+) -> Result<(), GatewayError> {
+    let mut charge = crate::shared_limits::BudgetCharge::default();
+    if let Some(b) = access.limiter.budgets.get(&k.name) {
+        let (used, counter) = budget_used(app, k, b, "tokens").await;
+        if used >= b.limit {
+            return Err(budget_spent(
+                app,
+                format!("{used} of {} tokens", b.limit),
+                k,
+                b,
+            ));
+        }
+        charge.tokens = Some(counter);
+    }
+    if let Some(b) = access.limiter.cost_budgets.get(&k.name) {
+        let (used, counter) = budget_used(app, k, b, "usd").await;
+        if used >= b.limit {
+            let usd = |m: u64| m as f64 / 1e6;
+            return Err(budget_spent(
+                app,
+                format!("${:.2} of ${:.2}", usd(used), usd(b.limit)),
+                k,
+                b,
+            ));
+        }
+        // A model with no prices costs nothing.
+        charge.cost = price.map(|p| (counter, p));
+    }
+    if charge.tokens.is_some() || charge.cost.is_some() {
+        rec.budget = Some(charge);
+    }
+    Ok(())
+}
+
+/// What a budget has used this period, and the counter to charge: Redis's
+/// when shared and reachable, else this process's.
+async fn budget_used(
     app: &Arc<App>,
     k: &sluice_core::config::KeyConfig,
     b: &Arc<limits::Budget>,
-    rec: &mut Recorder,
-) -> Result<(), GatewayError> {
-    use crate::shared_limits::{BudgetCharge, SharedLimiter};
+    unit: &str,
+) -> (u64, crate::shared_limits::Counter) {
+    use crate::shared_limits::{Counter, SharedLimiter};
     let now = crate::app::now_unix();
-    let mut used = None;
     if let Some(shared) = &app.shared_limiter {
-        let key = SharedLimiter::budget_key(&k.name, b.period, now);
-        used = shared.budget_used(&key).await;
-        if used.is_some() {
-            rec.budget = Some(BudgetCharge::Shared(
-                shared.clone(),
-                key,
-                b.period.ttl_secs(),
-            ));
-        }
-    }
-    let used = match used {
-        Some(u) => u,
-        None => {
-            rec.budget = Some(BudgetCharge::Local(b.clone()));
-            b.used(now)
-        }
-    };
-    if used >= b.limit {
-        app.metrics
-            .limited
-            .get_or_create(&crate::metrics::OutcomeLabels { outcome: "budget" })
-            .inc();
-        rec.budget = None;
-        return Err(GatewayError::new(
-            ErrorKind::BudgetExceeded,
-            format!(
-                "key '{}' has used its token budget ({} of {} tokens this {})",
-                k.name,
+        let key = SharedLimiter::budget_key(&k.name, unit, b.period, now);
+        if let Some(used) = shared.budget_used(&key).await {
+            return (
                 used,
-                b.limit,
-                b.period.name()
-            ),
-        ));
+                Counter::Shared(shared.clone(), key, b.period.ttl_secs()),
+            );
+        }
     }
-    Ok(())
+    (b.used(now), Counter::Local(b.clone()))
+}
+
+fn budget_spent(
+    app: &Arc<App>,
+    what: String,
+    k: &sluice_core::config::KeyConfig,
+    b: &limits::Budget,
+) -> GatewayError {
+    app.metrics
+        .limited
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome: "budget" })
+        .inc();
+    GatewayError::new(
+        ErrorKind::BudgetExceeded,
+        format!(
+            "key '{}' has used its budget ({what} this {})",
+            k.name,
+            b.period.name()
+        ),
+    )
 }
 
 /// Rate limits: the key's, then the model's. Tokens are reserved from the

@@ -148,24 +148,27 @@ impl SharedLimiter {
     }
 }
 
-/// Where a request's tokens are charged against its key's budget.
-pub enum BudgetCharge {
+/// One budget counter: this process's, or one in Redis.
+pub enum Counter {
     Local(Arc<sluice_core::limits::Budget>),
     /// A Redis counter per key and window: `(limiter, counter key, ttl)`.
     Shared(Arc<SharedLimiter>, String, Option<u64>),
 }
 
-impl BudgetCharge {
-    pub fn charge(self, tokens: u64) {
+impl Counter {
+    fn add(self, n: u64) {
+        if n == 0 {
+            return;
+        }
         match self {
-            BudgetCharge::Local(b) => b.charge(tokens, crate::app::now_unix()),
-            BudgetCharge::Shared(limiter, key, ttl) => {
+            Counter::Local(b) => b.charge(n, crate::app::now_unix()),
+            Counter::Shared(limiter, key, ttl) => {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {
                     return;
                 };
                 rt.spawn(async move {
                     let mut pipe = redis::pipe();
-                    pipe.cmd("INCRBY").arg(&key).arg(tokens).ignore();
+                    pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
                     if let Some(ttl) = ttl {
                         pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
                     }
@@ -174,10 +177,30 @@ impl BudgetCharge {
                         tokio::time::timeout(limiter.timeout, pipe.query_async::<()>(&mut conn))
                             .await;
                     if !matches!(r, Ok(Ok(()))) {
-                        tracing::warn!(key = %key, tokens, "budget charge not recorded in redis");
+                        tracing::warn!(key = %key, n, "budget charge not recorded in redis");
                     }
                 });
             }
+        }
+    }
+}
+
+/// What a request is charged when it ends: its tokens, and its cost
+/// (millionths of a dollar at the model's prices per million tokens).
+#[derive(Default)]
+pub struct BudgetCharge {
+    pub tokens: Option<Counter>,
+    pub cost: Option<(Counter, (f64, f64))>,
+}
+
+impl BudgetCharge {
+    pub fn charge(self, input: u64, output: u64) {
+        if let Some(c) = self.tokens {
+            c.add(input + output);
+        }
+        if let Some((c, (pin, pout))) = self.cost {
+            // $/Mtok × tokens = millionths of a dollar.
+            c.add((input as f64 * pin + output as f64 * pout).round() as u64);
         }
     }
 }
@@ -193,9 +216,15 @@ impl SharedLimiter {
         }
     }
 
-    pub fn budget_key(name: &str, period: sluice_core::limits::BudgetPeriod, unix: u64) -> String {
+    /// `unit` is `tokens` or `usd` (counted in millionths).
+    pub fn budget_key(
+        name: &str,
+        unit: &str,
+        period: sluice_core::limits::BudgetPeriod,
+        unix: u64,
+    ) -> String {
         format!(
-            "sluice:budget:{name}:{}:{}",
+            "sluice:budget:{name}:{unit}:{}:{}",
             period.name(),
             period.window(unix)
         )

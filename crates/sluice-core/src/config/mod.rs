@@ -95,6 +95,9 @@ pub struct KeyConfig {
     pub max_streams: Option<u32>,
     /// Tokens (input + output) this key may spend per period.
     pub budget: Option<(u64, crate::limits::BudgetPeriod)>,
+    /// US dollars this key may spend per the same period, priced by the
+    /// models' `price_*_per_mtok`.
+    pub budget_usd: Option<(f64, crate::limits::BudgetPeriod)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +270,8 @@ pub struct ModelConfig {
     /// Requests and tokens per minute for this model, all keys together.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// US dollars per million (input, output) tokens, for cost budgets.
+    pub price: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone)]

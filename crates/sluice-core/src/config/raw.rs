@@ -125,6 +125,7 @@ pub struct RawKey {
     pub tpm: Option<Spanned<u64>>,
     pub max_streams: Option<Spanned<u64>>,
     pub budget_tokens: Option<Spanned<u64>>,
+    pub budget_usd: Option<Spanned<f64>>,
     pub budget_period: Option<Spanned<String>>,
 }
 
@@ -246,6 +247,8 @@ pub struct RawModel {
     pub max_attempts: Option<Spanned<u64>>,
     pub rpm: Option<Spanned<u64>>,
     pub tpm: Option<Spanned<u64>>,
+    pub price_input_per_mtok: Option<Spanned<f64>>,
+    pub price_output_per_mtok: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

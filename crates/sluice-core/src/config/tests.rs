@@ -337,3 +337,37 @@ key_env = "UP_KEY"
 "#;
     assert!(errors(short).iter().any(|e| e.contains("32 hex digits")));
 }
+
+#[test]
+fn budgets_and_prices() {
+    let text = r#"
+[[providers]]
+name = "m"
+kind = "mock"
+
+[[models]]
+name = "priced"
+targets = [{ provider = "m" }]
+price_output_per_mtok = 15.0
+
+[[keys]]
+name = "k"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+budget_usd = 12.5
+budget_period = "day"
+"#;
+    let c = parse(text, "t.toml", &env).unwrap();
+    assert_eq!(c.models[0].price, Some((0.0, 15.0)));
+    let k = &c.keys[0];
+    assert_eq!(k.budget_usd, Some((12.5, crate::limits::BudgetPeriod::Day)));
+    assert!(k.budget.is_none());
+    let errs = errors(&text.replace("12.5", "-1.0").replace("\"day\"", "\"week\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("budget_usd must be between"))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("unknown budget_period 'week'"))
+    );
+}

@@ -324,6 +324,24 @@ pub(super) fn validate(
                 .tpm
                 .as_ref()
                 .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
+            price: (m.price_input_per_mtok.is_some() || m.price_output_per_mtok.is_some()).then(
+                || {
+                    (
+                        c.float(
+                            m.price_input_per_mtok.as_ref(),
+                            0.0,
+                            0.0..=1e6,
+                            "price_input_per_mtok",
+                        ),
+                        c.float(
+                            m.price_output_per_mtok.as_ref(),
+                            0.0,
+                            0.0..=1e6,
+                            "price_output_per_mtok",
+                        ),
+                    )
+                },
+            ),
         });
     }
 
@@ -541,6 +559,18 @@ fn keys(
                 }
             },
         };
+        let period = match k.budget_period.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "month")) => crate::limits::BudgetPeriod::Month,
+            Some((_, "day")) => crate::limits::BudgetPeriod::Day,
+            Some((_, "total")) => crate::limits::BudgetPeriod::Total,
+            Some((p, other)) => {
+                c.at(
+                    p.span(),
+                    format!("unknown budget_period '{other}' (day, month, total)"),
+                );
+                crate::limits::BudgetPeriod::Month
+            }
+        };
         out.push(KeyConfig {
             name: Arc::from(k.name.get_ref().as_str()),
             sha256,
@@ -559,21 +589,17 @@ fn keys(
                 .tpm
                 .as_ref()
                 .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
+            budget_usd: k.budget_usd.as_ref().map(|v| {
+                (
+                    c.float(Some(v), 1.0, 0.000_001..=1e12, "budget_usd"),
+                    period,
+                )
+            }),
             budget: k.budget_tokens.as_ref().map(|v| {
-                let tokens = c.positive(Some(v), 1, u64::MAX / 2, "budget_tokens");
-                let period = match k.budget_period.as_ref().map(|p| (p, p.get_ref().as_str())) {
-                    None | Some((_, "month")) => crate::limits::BudgetPeriod::Month,
-                    Some((_, "day")) => crate::limits::BudgetPeriod::Day,
-                    Some((_, "total")) => crate::limits::BudgetPeriod::Total,
-                    Some((p, other)) => {
-                        c.at(
-                            p.span(),
-                            format!("unknown budget_period '{other}' (day, month, total)"),
-                        );
-                        crate::limits::BudgetPeriod::Month
-                    }
-                };
-                (tokens, period)
+                (
+                    c.positive(Some(v), 1, u64::MAX / 2, "budget_tokens"),
+                    period,
+                )
             }),
             max_streams: k
                 .max_streams

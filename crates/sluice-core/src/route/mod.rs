@@ -42,6 +42,8 @@ pub struct ModelRoute {
     pub timeout: Duration,
     pub ttft_timeout: Duration,
     pub max_attempts: u32,
+    /// US dollars per million (input, output) tokens, when configured.
+    pub price: Option<(f64, f64)>,
     counter: AtomicU64,
 }
 
@@ -98,6 +100,7 @@ impl ModelRoute {
             timeout: m.timeout,
             ttft_timeout: m.ttft_timeout,
             max_attempts: m.max_attempts,
+            price: m.price,
             counter: AtomicU64::new(0),
         }
     }
