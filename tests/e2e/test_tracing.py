@@ -89,6 +89,8 @@ def test_http_protobuf_spans_with_retry_and_traceparent(ups, tmp_path):
         assert a["http.response.status_code"] == 200
         assert a["gen_ai.usage.input_tokens"] == 11 and a["gen_ai.usage.output_tokens"] == 5
         assert a["sluice.attempts"] == 2
+        assert a["gen_ai.response.model"] == r.json()["model"]
+        assert a["gen_ai.response.finish_reasons"] == ["stop"]
         assert first["resource"]["service.name"] == "sluice-test"
 
         attempts = [c for c in clients if c["trace_id"] == TRACE_ID]
@@ -103,6 +105,7 @@ def test_http_protobuf_spans_with_retry_and_traceparent(ups, tmp_path):
         assert c["gen_ai.provider.name"] == "openai" and c["gen_ai.system"] == "openai"
         assert c["gen_ai.request.model"] in ("m-first", "m-second")
         assert c["gen_ai.usage.output_tokens"] == 5
+        assert c["gen_ai.response.model"] == r.json()["model"] and c["gen_ai.response.finish_reasons"] == ["stop"]
         assert ok[0]["name"] == f"chat {c['gen_ai.request.model']}"
 
         # The upstream got a traceparent naming the attempt's own span.
@@ -113,6 +116,8 @@ def test_http_protobuf_spans_with_retry_and_traceparent(ups, tmp_path):
 
         streamed = next(s for s in servers if s["trace_id"] != TRACE_ID)
         assert "gen_ai.first_token" in streamed["events"]
+        assert streamed["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+        assert streamed["attributes"]["gen_ai.response.model"]
         assert streamed["attributes"]["gen_ai.server.time_to_first_token"] > 0
     finally:
         rx.stop()

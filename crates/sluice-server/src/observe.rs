@@ -129,6 +129,31 @@ impl Recorder {
         self.usage = Some(usage);
     }
 
+    /// `gen_ai.response.model` and `gen_ai.response.finish_reasons` on the
+    /// server span and the answering attempt's span.
+    pub fn set_response_meta(&mut self, model: Option<String>, reasons: Vec<String>) {
+        let mut attrs = Vec::with_capacity(2);
+        if let Some(m) = model {
+            attrs.push(KeyValue::new("gen_ai.response.model", m));
+        }
+        if !reasons.is_empty() {
+            let list = reasons
+                .into_iter()
+                .map(opentelemetry::StringValue::from)
+                .collect();
+            attrs.push(KeyValue::new(
+                "gen_ai.response.finish_reasons",
+                opentelemetry::Value::Array(opentelemetry::Array::String(list)),
+            ));
+        }
+        for span in [self.span.as_mut(), self.attempt_span.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            span.set_attributes(attrs.iter().cloned());
+        }
+    }
+
     pub fn mark_first_byte(&mut self) {
         if !self.first_byte_seen {
             self.first_byte_seen = true;
@@ -381,11 +406,16 @@ pub struct ObservedBody {
     /// Counted in the active-streams gauge until settled or dropped.
     stream_counted: Option<Arc<App>>,
     done: bool,
+    /// The tail of what the client got, kept only while a trace records
+    /// it: for `gen_ai.response.model` and `gen_ai.response.finish_reasons`.
+    meta_tail: Option<UsageTail>,
 }
 
 impl ObservedBody {
     pub fn new(inner: BoxBody, rec: Recorder, w: Watch) -> Self {
         let tail = w.usage_tail.then(UsageTail::default);
+        let recording = rec.span.as_ref().is_some_and(|s| s.is_recording());
+        let meta_tail = (recording && tail.is_none()).then(UsageTail::default);
         let stream_counted = w.sse.then(|| {
             rec.app.metrics.active_streams.inc();
             rec.app.clone()
@@ -404,6 +434,7 @@ impl ObservedBody {
             target: w.target,
             stream_counted,
             done: false,
+            meta_tail,
         };
         if let Some(at) = this.next_wake() {
             this.timer = Some(Box::pin(tokio::time::sleep_until(at)));
@@ -424,6 +455,12 @@ impl ObservedBody {
             let found = self.tail.as_ref().and_then(UsageTail::usage);
             if let Some(u) = found.or_else(|| self.usage_cell.as_ref().and_then(|c| c.get())) {
                 rec.set_usage(u);
+            }
+            if rec.span.as_ref().is_some_and(|s| s.is_recording())
+                && let Some(t) = self.tail.as_ref().or(self.meta_tail.as_ref())
+            {
+                let (model, reasons) = t.response_meta();
+                rec.set_response_meta(model, reasons);
             }
             rec.finish();
         }
@@ -469,6 +506,9 @@ impl ObservedBody {
                 rec.mark_first_byte();
             }
             if let Some(t) = &mut self.tail {
+                t.observe(data);
+            }
+            if let Some(t) = &mut self.meta_tail {
                 t.observe(data);
             }
         }

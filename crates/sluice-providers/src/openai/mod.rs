@@ -100,14 +100,64 @@ impl UsageTail {
 
     /// The last non-null `usage` object seen, if any.
     pub fn usage(&self) -> Option<Usage> {
+        self.with_bytes(find_usage)
+    }
+
+    /// The response's model (the last `"model"` string) and its finish
+    /// reasons (every non-null `finish_reason` / `stop_reason`, in order,
+    /// once each), from the tail: what a trace reports as
+    /// `gen_ai.response.model` and `gen_ai.response.finish_reasons`.
+    pub fn response_meta(&self) -> (Option<String>, Vec<String>) {
+        self.with_bytes(|b| {
+            let model = rfind_string(b, b"\"model\"");
+            let mut reasons: Vec<String> = Vec::new();
+            for key in [&b"\"finish_reason\""[..], b"\"stop_reason\""] {
+                for i in memchr::memmem::find_iter(b, key) {
+                    if let Some(r) = string_at(&b[i + key.len()..])
+                        && !reasons.contains(&r)
+                    {
+                        reasons.push(r);
+                    }
+                }
+            }
+            (model, reasons)
+        })
+    }
+
+    fn with_bytes<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
         if self.buf.is_empty() {
-            return find_usage(&self.last);
+            return f(&self.last);
         }
         let mut joined = Vec::with_capacity(self.buf.len() + self.last.len());
         joined.extend_from_slice(&self.buf);
         joined.extend_from_slice(&self.last);
-        find_usage(&joined)
+        f(&joined)
     }
+}
+
+/// The string value after the last occurrence of `key` that has one.
+fn rfind_string(bytes: &[u8], key: &[u8]) -> Option<String> {
+    let finder = memchr::memmem::FinderRev::new(key);
+    let mut end = bytes.len();
+    while let Some(i) = finder.rfind(&bytes[..end]) {
+        if let Some(s) = string_at(&bytes[i + key.len()..]) {
+            return Some(s);
+        }
+        end = i;
+    }
+    None
+}
+
+/// `: "value"` at the start of `after_key` (JSON escapes resolved).
+fn string_at(after_key: &[u8]) -> Option<String> {
+    let rest = after_key.trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start();
+    if !rest.starts_with(b"\"") {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(rest);
+    let s: String = serde::Deserialize::deserialize(&mut de).ok()?;
+    Some(s).filter(|s| !s.is_empty())
 }
 
 fn find_usage(bytes: &[u8]) -> Option<Usage> {
@@ -137,6 +187,29 @@ fn parse_usage_at(after_key: &[u8]) -> Option<Usage> {
 mod tests {
     use super::*;
     use http::Method;
+
+    #[test]
+    fn response_meta_from_the_tail() {
+        let mut t = UsageTail::default();
+        t.observe(&Bytes::from_static(
+            b"data: {\"model\":\"gpt-4o-2024\",\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}\n\n",
+        ));
+        t.observe(&Bytes::from_static(
+            b"data: {\"model\":\"gpt-4o-2024\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"},{\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n",
+        ));
+        let (model, reasons) = t.response_meta();
+        assert_eq!(model.as_deref(), Some("gpt-4o-2024"));
+        assert_eq!(reasons, ["stop", "length"]);
+        let mut a = UsageTail::default();
+        a.observe(&Bytes::from_static(
+            b"{\"model\":\"claude-x\",\"stop_reason\":\"end_turn\",\"content\":[{\"text\":\"\\\"model\\\": no\"}]}",
+        ));
+        assert_eq!(
+            a.response_meta(),
+            (Some("claude-x".into()), vec!["end_turn".into()])
+        );
+        assert_eq!(UsageTail::default().response_meta(), (None, vec![]));
+    }
     use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
     fn provider() -> ProviderConfig {
