@@ -44,7 +44,8 @@ class Receiver:
 
 
 class HttpReceiver(Receiver):
-    def __init__(self):
+    def __init__(self, tls=None):
+        """`tls`: (cert_path, key_path) to serve https."""
         super().__init__()
         outer = self
 
@@ -65,7 +66,15 @@ class HttpReceiver(Receiver):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
@@ -73,7 +82,8 @@ class HttpReceiver(Receiver):
 
 
 class GrpcReceiver(Receiver):
-    def __init__(self):
+    def __init__(self, tls=None):
+        """`tls`: (cert_path, key_path) to serve gRPC over TLS."""
         super().__init__()
         outer = self
 
@@ -84,9 +94,14 @@ class GrpcReceiver(Receiver):
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls:
+            with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
+                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            port = self.server.add_secure_port("127.0.0.1:0", creds)
+        else:
+            port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     def stop(self):
         self.server.stop(0)

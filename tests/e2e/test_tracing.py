@@ -164,3 +164,29 @@ def test_sampling_ratio_zero_exports_nothing_unless_the_parent_was_sampled(ups, 
         assert [s["trace_id"] for s in servers] == [TRACE_ID]
     finally:
         rx.stop()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_export_over_tls_to_a_private_ca(ups, tmp_path, protocol):
+    from test_tls import make_ca_and_leaf
+
+    ca, cert, key = make_ca_and_leaf(tmp_path)
+    rx = HttpReceiver(tls=(cert, key)) if protocol == "http/protobuf" else GrpcReceiver(tls=(cert, key))
+    assert rx.url.startswith("https://")
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        # The system roots plus nothing else: the collector's CA comes in here.
+        "SSL_CERT_FILE": str(ca),
+    }
+    g = Gateway(config(ups), tmp_path=tmp_path, env=env)
+    try:
+        r = httpx.post(f"{g.base_url}/chat/completions",
+                       json={"model": "pair", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200
+    finally:
+        g.stop()
+    try:
+        assert len(wait_for(rx, "chat pair", 1)) == 1
+    finally:
+        rx.stop()

@@ -19,6 +19,27 @@ use sluice_core::{ErrorKind, GatewayError};
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// A pooled HTTP/1.1 + HTTP/2 client with the system's CA roots, for the
+/// gateway's own calls (OTLP export).
+pub fn https_client(connect_timeout: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b,
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+    };
+    let https = builder
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(https)
+}
+
 pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);

@@ -28,6 +28,35 @@ pub struct Tracing {
     provider: SdkTracerProvider,
 }
 
+/// The OTLP/HTTP exporter's client: hyper with rustls and the system's CA
+/// roots, so `https://` collectors work (and `SSL_CERT_FILE` adds a CA).
+#[derive(Debug)]
+struct OtlpHttpClient(sluice_providers::transport::UpstreamClient);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpHttpClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        use http_body_util::BodyExt;
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+        let response = tokio::time::timeout(Duration::from_secs(10), self.0.request(request))
+            .await
+            .map_err(|_| "OTLP export timed out")??;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::Limited::new(body, 4 << 20).collect(),
+        )
+        .await
+        .map_err(|_| "OTLP export timed out")??
+        .to_bytes();
+        Ok(http::Response::from_parts(parts, body))
+    }
+}
+
 impl Tracing {
     /// Builds the exporter and provider; `None` when no endpoint is set.
     pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<Option<Self>> {
@@ -38,12 +67,19 @@ impl Tracing {
             OtlpProtocol::Grpc => {
                 let mut md = tonic_metadata(&cfg.headers)?;
                 let _ = &mut md;
-                SpanExporter::builder()
+                let mut builder = SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint.clone())
                     .with_timeout(Duration::from_secs(10))
-                    .with_metadata(md)
-                    .build()
+                    .with_metadata(md);
+                if endpoint.starts_with("https://") {
+                    // The system's roots (and SSL_CERT_FILE / SSL_CERT_DIR).
+                    builder = builder.with_tls_config(
+                        opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                            .with_native_roots(),
+                    );
+                }
+                builder.build()
             }
             OtlpProtocol::HttpProtobuf => {
                 let url = if endpoint.ends_with("/v1/traces") {
@@ -58,6 +94,9 @@ impl Tracing {
                     .collect();
                 SpanExporter::builder()
                     .with_http()
+                    .with_http_client(OtlpHttpClient(sluice_providers::transport::https_client(
+                        Duration::from_secs(5),
+                    )))
                     .with_endpoint(url)
                     .with_timeout(Duration::from_secs(10))
                     .with_headers(headers)

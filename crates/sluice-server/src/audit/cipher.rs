@@ -13,7 +13,7 @@
 
 use aes_gcm::AesGcm;
 use aes_gcm::aead::consts::U12;
-use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
@@ -61,7 +61,10 @@ impl FieldCipher {
     /// The encrypted form of `value`, bound to `field`.
     pub fn encrypt(&self, field: &str, value: &Value) -> Value {
         let plain = value.to_string();
-        let nonce = Nonce::generate();
+        // A fresh random nonce per field, from a CSPRNG seeded by the OS
+        // (no system call per field).
+        let mut nonce = Nonce::default();
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
         let ct = self
             .aead
             .encrypt(
