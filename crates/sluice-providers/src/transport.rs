@@ -22,33 +22,39 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// A pooled HTTP/1.1 + HTTP/2 client with the system's CA roots, for the
 /// gateway's own calls (OTLP export).
 pub fn https_client(connect_timeout: Duration) -> UpstreamClient {
+    builder().build(connector(connect_timeout, None))
+}
+
+pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
+    builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(p.max_idle_connections)
+        // Big providers cap concurrent streams per HTTP/2 connection; keep
+        // the connection alive through quiet periods between streams.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_while_idle(true)
+        .build(connector(p.connect_timeout, p.ca_file.as_deref()))
+}
+
+fn builder() -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
+    b
+}
+
+/// TCP with the connect timeout, then TLS (ALPN h2 and http/1.1) trusting
+/// the system roots, plus `ca` when given; plain `http://` passes through.
+fn connector(
+    connect_timeout: Duration,
+    ca: Option<&std::path::Path>,
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(b) => b,
-        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-    };
-    let https = builder
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .build(https)
-}
-
-pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(p.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match &p.ca_file {
+    let builder = match ca {
         Some(ca) => builder.with_tls_config(tls_with_ca(ca)),
         None => match builder.with_native_roots() {
             Ok(b) => b,
@@ -58,21 +64,10 @@ pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
             }
         },
     };
-    let https = builder
+    builder
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
-
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(p.max_idle_connections)
-        // Big providers cap concurrent streams per HTTP/2 connection; keep
-        // the connection alive through quiet periods between streams.
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_while_idle(true)
-        .build(https)
+        .wrap_connector(http)
 }
 
 /// A client TLS configuration trusting the system roots plus the
