@@ -87,6 +87,13 @@ class Gateway:
             self._stderr.flush()
         return self.stderr_path.read_text()
 
+    def metric(self, series):
+        """The value of one series, e.g. 'sluice_audit_events_total{outcome="buffered"}' (0 if absent)."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return 0.0
+
     def metrics_text(self):
         r = httpx.get(f"{self.admin_url}/metrics")
         assert r.status_code == 200

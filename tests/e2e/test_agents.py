@@ -158,9 +158,7 @@ def test_heartbeat_eviction_reports_undelivered(hub):
             assert (await c.get("/agents/sleepy")).status_code == 404
         ws.transport.abort()
     run(go())
-    evictions = [float(line.split()[-1]) for line in hub.metrics_text().splitlines()
-                 if line.startswith("sluice_agent_evictions_total")]
-    assert evictions and evictions[0] >= 1
+    assert hub.metric("sluice_agent_evictions_total") >= 1
 
 
 def test_reconnect_replaces_the_old_session(hub):
@@ -208,7 +206,7 @@ def test_slow_agent_overflows_without_delaying_others(tmp_path):
         await fast.close()
     try:
         run(go())
-        assert 'sluice_agent_instructions_total{outcome="overflow"}' in hub.metrics_text()
+        assert hub.metric('sluice_agent_instructions_total{outcome="overflow"}') >= 1
         hub.assert_alive()
     finally:
         hub.stop()

@@ -141,7 +141,7 @@ encrypt_fields = ["user"]
         wait_for(lambda: redis_server.client.xlen("audit-test") == 10, what="10 events in the stream")
         redis_server.stop()
         send(25, "during")
-        wait_for(lambda: 'outcome="buffered"' in g.metrics_text(), what="buffered events")
+        wait_for(lambda: g.metric('sluice_audit_events_total{outcome="buffered"}') >= 25, what="buffered events")
         redis_server.start()  # empty: no persistence
         wait_for(lambda: redis_server.client.xlen("audit-test") == 25, timeout=15,
                  what="the buffer replayed")

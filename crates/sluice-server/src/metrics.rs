@@ -189,6 +189,21 @@ impl Metrics {
         let limit_backend_errors = Family::<OutcomeLabels, Counter>::default();
         let limited = Family::<OutcomeLabels, Counter>::default();
         let hub = crate::hub::HubMetrics::default();
+        // Series for every known outcome from the start, at zero: a rate()
+        // over a series that appears later misses its first increments.
+        for (family, outcomes) in [
+            (&audit_events, &["written", "buffered", "lost"][..]),
+            (&limited, &["requests", "tokens", "streams", "budget"][..]),
+            (&limit_backend_errors, &["local", "refused"][..]),
+            (
+                &hub.instructions,
+                &["queued", "overflow", "acked", "completed", "undelivered"][..],
+            ),
+        ] {
+            for &outcome in outcomes {
+                let _ = family.get_or_create(&OutcomeLabels { outcome });
+            }
+        }
         let agent_queue_depth = Gauge::default();
         let process_rss = Gauge::default();
         let process_cpu = Gauge::<f64, AtomicU64>::default();

@@ -172,8 +172,9 @@ fn example_configs_in_repo_are_valid() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            parse(&text, &path.display().to_string(), &|k| {
-                k.ends_with("_KEY").then(|| "x".into())
+            parse(&text, &path.display().to_string(), &|k| match k {
+                "SLUICE_AUDIT_KEY" => Some("000102030405060708090a0b0c0d0e0f".into()),
+                _ => k.ends_with("_KEY").then(|| "x".into()),
             })
             .unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
