@@ -54,7 +54,14 @@ pub struct SharedLimiter {
     conn: ConnectionManager,
     script: Script,
     timeout: Duration,
+    /// Monotonic nanoseconds until which Redis is treated as down: after a
+    /// failure, requests do not each wait out the timeout against a Redis
+    /// that is not answering; one probe goes through per back-off.
+    down_until: std::sync::atomic::AtomicU64,
 }
+
+/// How long Redis is left alone after it failed to answer.
+const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One bucket of a request: its Redis key, capacity, and what it takes.
 #[derive(Debug, Clone)]
@@ -81,6 +88,45 @@ impl SharedLimiter {
             conn,
             script: Script::new(SCRIPT),
             timeout,
+            down_until: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether Redis may be asked now: always while it answers; after a
+    /// failure, once per back-off (a probe).
+    fn available(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = sluice_core::resilience::now_nanos();
+        let until = self.down_until.load(Ordering::Relaxed);
+        // Past the back-off: the first caller to move it on probes Redis,
+        // the others keep counting locally until that probe answers.
+        now >= until
+            && self
+                .down_until
+                .compare_exchange(
+                    until,
+                    if until == 0 {
+                        0
+                    } else {
+                        now + DOWN_BACKOFF.as_nanos() as u64
+                    },
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn failed(&self) {
+        use std::sync::atomic::Ordering;
+        let until = sluice_core::resilience::now_nanos() + DOWN_BACKOFF.as_nanos() as u64;
+        self.down_until.store(until, Ordering::Relaxed);
+    }
+
+    fn succeeded(&self) {
+        use std::sync::atomic::Ordering;
+        if self.down_until.load(Ordering::Relaxed) != 0 {
+            self.down_until.store(0, Ordering::Relaxed);
+            tracing::info!("shared rate limit: redis answers again");
         }
     }
 
@@ -99,19 +145,30 @@ impl SharedLimiter {
             inv.key(&b.key).arg(b.capacity).arg(b.amount);
         }
         inv.arg("take");
+        if !self.available() {
+            return Err(None);
+        }
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> =
-            match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "shared rate limit: redis error");
-                    return Err(None);
-                }
-                Err(_) => {
-                    tracing::warn!("shared rate limit: redis timed out");
-                    return Err(None);
-                }
-            };
+        let reply: Vec<i64> = match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+        {
+            Ok(Ok(r)) => {
+                self.succeeded();
+                r
+            }
+            Ok(Err(e)) => {
+                self.failed();
+                tracing::warn!(error = %e, "shared rate limit: redis error; counting locally for {DOWN_BACKOFF:?}");
+                return Err(None);
+            }
+            Err(_) => {
+                self.failed();
+                tracing::warn!(
+                    "shared rate limit: redis timed out; counting locally for {DOWN_BACKOFF:?}"
+                );
+                return Err(None);
+            }
+        };
         let refused = reply.first().copied().unwrap_or(-1);
         if refused > 0 {
             let b = &buckets[(refused - 1) as usize];
@@ -208,11 +265,20 @@ impl BudgetCharge {
 impl SharedLimiter {
     /// Tokens used so far in a budget counter; `None` when Redis cannot say.
     pub async fn budget_used(&self, key: &str) -> Option<u64> {
+        if !self.available() {
+            return None;
+        }
         let mut conn = self.conn.clone();
         let get = redis::cmd("GET").arg(key).to_owned();
         match tokio::time::timeout(self.timeout, get.query_async::<Option<u64>>(&mut conn)).await {
-            Ok(Ok(v)) => Some(v.unwrap_or(0)),
-            _ => None,
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Some(v.unwrap_or(0))
+            }
+            _ => {
+                self.failed();
+                None
+            }
         }
     }
 
