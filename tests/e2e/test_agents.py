@@ -417,3 +417,54 @@ def test_two_replicas_through_redis(tmp_path, redis_server):
     finally:
         a.stop()
         b.stop()
+
+
+def test_keys_limited_to_agent_groups(tmp_path):
+    cfg = HUB + f"""
+[[keys]]
+name = "ops"
+sha256 = "{key_hash("sk-ops")}"
+
+[[keys]]
+name = "fleet-a"
+sha256 = "{key_hash("sk-a")}"
+agent_groups = ["fleet-a"]
+"""
+    g = Gateway(cfg, tmp_path=tmp_path)
+    ops = {"Authorization": "Bearer sk-ops"}
+    a = {"Authorization": "Bearer sk-a"}
+    try:
+        async def go():
+            # A scoped key joins only its groups.
+            mine = await connect(g, "a-1", ["fleet-a"], headers=a)
+            ws = await websockets.connect(ws_url(g), additional_headers=a)
+            await ws.send(json.dumps({"type": "hello", "agent_id": "sneaky", "groups": ["fleet-b"]}))
+            code, reason = await close_code(ws)
+            assert code == 1008 and "fleet-a" in reason
+            other = await connect(g, "b-1", ["fleet-b"], headers=ops)
+            async with httpx.AsyncClient(base_url=g.base_url) as c:
+                # It sees and instructs its own agents only.
+                listed = (await c.get("/agents", headers=a)).json()
+                assert [x["agent_id"] for x in listed["data"]] == ["a-1"]
+                assert (await c.get("/agents/b-1", headers=a)).status_code == 404
+                r = await c.post("/agents/b-1/instructions", json={"payload": 1}, headers=a)
+                assert r.status_code == 403 and r.json()["error"]["code"] == "agent_not_allowed"
+                r = await c.post("/agent-groups/fleet-b/instructions", json={"payload": 1}, headers=a)
+                assert r.status_code == 403
+                r = await c.post("/agents/a-1/instructions", json={"payload": 2}, headers=a)
+                assert r.status_code == 202
+                assert (await next_of(mine, "instruction"))["payload"] == 2
+                assert (await c.get(f"/agents/instructions/{r.json()['id']}", headers=a)).status_code == 200
+                assert (await c.get("/agents/events", headers=a)).status_code == 403
+                # An unscoped key sees everyone.
+                assert (await c.get("/agents", headers=ops)).json()["total"] == 2
+                r = await c.post("/agents/b-1/instructions", json={"payload": 3}, headers=ops)
+                assert r.status_code == 202
+                assert (await next_of(other, "instruction"))["payload"] == 3
+                # Instruction records of other groups are not found either.
+                assert (await c.get(f"/agents/instructions/{r.json()['id']}", headers=a)).status_code == 404
+            await mine.close()
+            await other.close()
+        run(go())
+    finally:
+        g.stop()

@@ -49,6 +49,8 @@ pub struct KeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_groups: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_period: Option<String>,
 }
 
@@ -170,6 +172,7 @@ fn view(k: &KeyConfig, source: &str) -> Value {
         "rpm": k.rpm,
         "tpm": k.tpm,
         "max_streams": k.max_streams,
+        "agent_groups": k.agent_groups.as_ref().map(|gs| gs.iter().map(|g| &**g).collect::<Vec<_>>()),
         "budget_tokens": k.budget.map(|b| b.0),
         "budget_usd": k.budget_usd.map(|b| b.0),
         "budget_period": k.budget.map(|b| b.1).or(k.budget_usd.map(|b| b.1)).map(|p| p.name()),

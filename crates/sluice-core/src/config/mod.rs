@@ -93,6 +93,8 @@ pub struct KeyConfig {
     pub tpm: Option<u64>,
     /// Streamed responses this key may have open at once.
     pub max_streams: Option<u32>,
+    /// The agent groups this key may join and instruct; `None` = all.
+    pub agent_groups: Option<Vec<Arc<str>>>,
     /// Tokens (input + output) this key may spend per period.
     pub budget: Option<(u64, crate::limits::BudgetPeriod)>,
     /// US dollars this key may spend per the same period, priced by the

@@ -124,6 +124,7 @@ pub struct RawKey {
     pub rpm: Option<Spanned<u64>>,
     pub tpm: Option<Spanned<u64>>,
     pub max_streams: Option<Spanned<u64>>,
+    pub agent_groups: Option<Vec<Spanned<String>>>,
     pub budget_tokens: Option<Spanned<u64>>,
     pub budget_usd: Option<Spanned<f64>>,
     pub budget_period: Option<Spanned<String>>,

@@ -601,6 +601,16 @@ fn keys(
                     period,
                 )
             }),
+            agent_groups: k.agent_groups.as_ref().map(|gs| {
+                gs.iter()
+                    .map(|g| {
+                        if g.get_ref().is_empty() || g.get_ref().len() > 128 {
+                            c.at(g.span(), "an agent group is 1-128 characters");
+                        }
+                        Arc::from(g.get_ref().as_str())
+                    })
+                    .collect()
+            }),
             max_streams: k
                 .max_streams
                 .as_ref()

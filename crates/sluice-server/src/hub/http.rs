@@ -31,8 +31,22 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// The hub, after the caller's key is checked.
-fn hub_for(app: &App, headers: &HeaderMap) -> Result<Arc<Hub>, Box<Response>> {
+/// The agent groups a key is limited to; `None` = every agent.
+pub type Scope = Option<Vec<Arc<str>>>;
+
+/// Whether a key limited to `scope` may see and instruct an agent in `groups`.
+pub fn in_scope(scope: &Scope, groups: &[Arc<str>]) -> bool {
+    scope
+        .as_ref()
+        .is_none_or(|s| groups.iter().any(|g| s.contains(g)))
+}
+
+fn forbidden(what: String) -> Response {
+    error(StatusCode::FORBIDDEN, "agent_not_allowed", what)
+}
+
+/// The hub and the caller's scope, after the caller's key is checked.
+fn hub_for(app: &App, headers: &HeaderMap) -> Result<(Arc<Hub>, Scope), Box<Response>> {
     let Some(hub) = app.hub.clone() else {
         return Err(Box::new(error(
             StatusCode::NOT_FOUND,
@@ -41,13 +55,13 @@ fn hub_for(app: &App, headers: &HeaderMap) -> Result<Arc<Hub>, Box<Response>> {
         )));
     };
     let access = app.access.load();
-    if let Err(e) = crate::access::authenticate(&access, headers) {
-        return Err(Box::new(crate::observe::error_response(
+    match crate::access::authenticate(&access, headers) {
+        Ok(key) => Ok((hub, key.and_then(|k| k.agent_groups.clone()))),
+        Err(e) => Err(Box::new(crate::observe::error_response(
             &e,
             sluice_providers::translate::Wire::OpenAi,
-        )));
+        ))),
     }
-    Ok(hub)
 }
 
 pub async fn connect(
@@ -55,7 +69,7 @@ pub async fn connect(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let hub = match hub_for(&app, &headers) {
+    let (hub, scope) = match hub_for(&app, &headers) {
         Ok(h) => h,
         Err(r) => return *r,
     };
@@ -65,7 +79,7 @@ pub async fn connect(
         .write_buffer_size(0)
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
-        .on_upgrade(move |socket| super::session::run(hub, app, socket, auth))
+        .on_upgrade(move |socket| super::session::run(hub, app, socket, auth, scope))
 }
 
 #[derive(Deserialize)]
@@ -95,8 +109,9 @@ fn checked(
     app: &App,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(Arc<Hub>, InstructionBody), Box<Response>> {
-    Ok((hub_for(app, headers)?, parse_body(body)?))
+) -> Result<(Arc<Hub>, Scope, InstructionBody), Box<Response>> {
+    let (hub, scope) = hub_for(app, headers)?;
+    Ok((hub, scope, parse_body(body)?))
 }
 
 fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
@@ -107,19 +122,44 @@ fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
 
 /// Queues one instruction for `agent_id`, here or (with Redis) on the
 /// replica it is connected to.
-async fn queue(hub: &Arc<Hub>, agent_id: &str, payload: &Value) -> Result<Arc<str>, SendError> {
+async fn queue(
+    hub: &Arc<Hub>,
+    scope: &Scope,
+    agent_id: &str,
+    payload: &Value,
+) -> Result<Arc<str>, SendError> {
     let id = hub.new_instruction_id();
     if let Some(agent) = hub.get(agent_id) {
+        if !in_scope(scope, &agent.groups) {
+            return Err(SendError::NotAllowed);
+        }
         hub.send_local(&agent, id.clone(), payload)?;
         return Ok(id);
     }
     match hub.cluster.get() {
         Some(c) => {
+            if scope.is_some() {
+                let groups = c.presence(agent_id).await.map(|p| presence_groups(&p));
+                if !groups.as_ref().is_some_and(|g| in_scope(scope, g)) {
+                    return Err(if groups.is_none() {
+                        SendError::NotConnected
+                    } else {
+                        SendError::NotAllowed
+                    });
+                }
+            }
             c.route(hub, agent_id, id.clone(), payload).await?;
             Ok(id)
         }
         None => Err(SendError::NotConnected),
     }
+}
+
+fn presence_groups(p: &Value) -> Vec<Arc<str>> {
+    p.get("groups")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(Arc::from).collect())
+        .unwrap_or_default()
 }
 
 fn send_error(agent_id: &str, e: SendError) -> Response {
@@ -129,6 +169,9 @@ fn send_error(agent_id: &str, e: SendError) -> Response {
             "agent_not_found",
             format!("no agent '{agent_id}' is connected"),
         ),
+        SendError::NotAllowed => forbidden(format!(
+            "this key may not instruct agent '{agent_id}' (not in its agent_groups)"
+        )),
         SendError::QueueFull { depth } => {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -152,11 +195,11 @@ pub async fn instruct(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (hub, b) = match checked(&app, &headers, &body) {
+    let (hub, scope, b) = match checked(&app, &headers, &body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let id = match queue(&hub, &agent_id, &b.payload).await {
+    let id = match queue(&hub, &scope, &agent_id, &b.payload).await {
         Ok(id) => id,
         Err(e) => return send_error(&agent_id, e),
     };
@@ -185,10 +228,18 @@ pub async fn broadcast(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (hub, b) = match checked(&app, &headers, &body) {
+    let (hub, scope, b) = match checked(&app, &headers, &body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
+    if scope
+        .as_ref()
+        .is_some_and(|s| !s.iter().any(|g| **g == *group))
+    {
+        return forbidden(format!(
+            "this key may not instruct group '{group}' (not in its agent_groups)"
+        ));
+    }
     let mut members: Vec<String> = hub
         .list(Some(&group))
         .iter()
@@ -203,10 +254,11 @@ pub async fn broadcast(
     }
     let mut sent = Vec::with_capacity(members.len());
     for agent_id in &members {
-        let (id, status) = match queue(&hub, agent_id, &b.payload).await {
+        let (id, status) = match queue(&hub, &scope, agent_id, &b.payload).await {
             Ok(id) => (Some(id), "queued"),
             Err(SendError::QueueFull { .. }) => (None, "queue_full"),
             Err(SendError::NotConnected) => (None, "not_connected"),
+            Err(SendError::NotAllowed) => (None, "not_allowed"),
         };
         sent.push((agent_id.clone(), id, status));
     }
@@ -234,11 +286,18 @@ pub async fn instruction(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let hub = match hub_for(&app, &headers) {
+    let (hub, scope) = match hub_for(&app, &headers) {
         Ok(h) => h,
         Err(r) => return *r,
     };
-    match hub.record_view(&id) {
+    let visible = |v: &Value| {
+        scope.is_none()
+            || v.get("agent_id")
+                .and_then(Value::as_str)
+                .and_then(|a| hub.get(a))
+                .is_some_and(|a| in_scope(&scope, &a.groups))
+    };
+    match hub.record_view(&id).filter(visible) {
         Some(v) => Json(v).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -263,11 +322,12 @@ pub async fn list(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let hub = match hub_for(&app, &headers) {
+    let (hub, scope) = match hub_for(&app, &headers) {
         Ok(h) => h,
         Err(r) => return *r,
     };
-    let all = hub.list(q.group.as_deref());
+    let mut all = hub.list(q.group.as_deref());
+    all.retain(|a| in_scope(&scope, &a.groups));
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let data: Vec<Value> = all
         .iter()
@@ -283,15 +343,18 @@ pub async fn get_agent(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let hub = match hub_for(&app, &headers) {
+    let (hub, scope) = match hub_for(&app, &headers) {
         Ok(h) => h,
         Err(r) => return *r,
     };
-    if let Some(a) = hub.get(&id) {
+    // An agent outside the key's groups is not found, not forbidden: its
+    // existence is not the key's business.
+    if let Some(a) = hub.get(&id).filter(|a| in_scope(&scope, &a.groups)) {
         return Json(a.presence(&hub.replica)).into_response();
     }
     if let Some(c) = hub.cluster.get()
         && let Some(p) = c.presence(&id).await
+        && in_scope(&scope, &presence_groups(&p))
     {
         return Json(p).into_response();
     }
@@ -306,7 +369,13 @@ pub async fn get_agent(
 /// that falls more than `events_buffer` behind is told how many it missed.
 pub async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let hub = match hub_for(&app, &headers) {
-        Ok(h) => h,
+        Ok((_, Some(_))) => {
+            return forbidden(
+                "the event stream covers every agent: keys with agent_groups may not read it"
+                    .into(),
+            );
+        }
+        Ok((h, None)) => h,
         Err(r) => return *r,
     };
     let mut rx = hub.subscribe();

@@ -143,6 +143,8 @@ struct Records {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
     NotConnected,
+    /// The caller's key may not instruct this agent (agent_groups).
+    NotAllowed,
     /// The agent's outbound queue is full (it is slow or stuck).
     QueueFull {
         depth: usize,

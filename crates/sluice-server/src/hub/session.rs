@@ -86,6 +86,20 @@ fn parse_hello(msg: Message, max_groups: usize) -> Result<Hello, (u16, String)> 
     Ok(hello)
 }
 
+/// A key limited to some agent groups may only join those (and at least
+/// one of them).
+fn allowed(h: Hello, scope: &super::http::Scope) -> Result<Hello, (u16, String)> {
+    let Some(s) = scope else { return Ok(h) };
+    if h.groups.is_empty() || h.groups.iter().any(|g| !s.iter().any(|x| **x == **g)) {
+        let names: Vec<&str> = s.iter().map(|g| &**g).collect();
+        return Err((
+            code::POLICY,
+            format!("this key may only join the groups {names:?}"),
+        ));
+    }
+    Ok(h)
+}
+
 /// Runs one connection to its end. `auth` is the caller's Authorization
 /// header, kept for the chat requests the agent makes over the socket.
 pub async fn run(
@@ -93,6 +107,7 @@ pub async fn run(
     app: Arc<crate::app::App>,
     mut socket: WebSocket,
     auth: Option<http::HeaderValue>,
+    scope: super::http::Scope,
 ) {
     let mut shutdown = hub.shutdown.subscribe();
     if *shutdown.borrow() {
@@ -111,7 +126,7 @@ pub async fn run(
             return;
         }
         Ok(None) | Ok(Some(Err(_))) => return,
-        Ok(Some(Ok(msg))) => match parse_hello(msg, 32) {
+        Ok(Some(Ok(msg))) => match parse_hello(msg, 32).and_then(|h| allowed(h, &scope)) {
             Ok(h) => h,
             Err((c, why)) => {
                 close(&mut socket, c, &why).await;
