@@ -455,7 +455,20 @@ agent_groups = ["fleet-a"]
                 assert r.status_code == 202
                 assert (await next_of(mine, "instruction"))["payload"] == 2
                 assert (await c.get(f"/agents/instructions/{r.json()['id']}", headers=a)).status_code == 200
-                assert (await c.get("/agents/events", headers=a)).status_code == 403
+                # Its event stream carries its groups' agents only.
+                async with c.stream("GET", "/agents/events", headers=a, timeout=10) as ev:
+                    lines = ev.aiter_lines()
+                    assert (await anext(lines)).startswith(": connected")
+                    await other.send(json.dumps({"type": "event", "payload": "from b"}))
+                    await asyncio.sleep(0.2)  # b's event is published first
+                    await mine.send(json.dumps({"type": "event", "payload": "from a"}))
+                    seen = []
+                    async for line in lines:
+                        if line.startswith("data: "):
+                            seen.append(json.loads(line[6:]))
+                            if seen[-1].get("payload") == "from a":
+                                break
+                    assert all(e["agent_id"] == "a-1" for e in seen), seen
                 # An unscoped key sees everyone.
                 assert (await c.get("/agents", headers=ops)).json()["total"] == 2
                 r = await c.post("/agents/b-1/instructions", json={"payload": 3}, headers=ops)

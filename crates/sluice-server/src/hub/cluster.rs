@@ -224,7 +224,12 @@ impl Cluster {
             .filter(|r| *r != self.replica)
             .ok_or(SendError::NotConnected)?
             .to_owned();
-        hub.create_record(&id, Arc::from(agent_id));
+        let groups = presence
+            .get("groups")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(Arc::from).collect())
+            .unwrap_or_default();
+        hub.create_record(&id, Arc::from(agent_id), groups);
         let msg = json!({"op": "deliver", "id": &*id, "agent_id": agent_id,
                          "payload": payload, "origin": self.replica})
         .to_string();

@@ -290,14 +290,8 @@ pub async fn instruction(
         Ok(h) => h,
         Err(r) => return *r,
     };
-    let visible = |v: &Value| {
-        scope.is_none()
-            || v.get("agent_id")
-                .and_then(Value::as_str)
-                .and_then(|a| hub.get(a))
-                .is_some_and(|a| in_scope(&scope, &a.groups))
-    };
-    match hub.record_view(&id).filter(visible) {
+    let visible = scope.is_none() || hub.record_groups(&id).is_some_and(|g| in_scope(&scope, &g));
+    match hub.record_view(&id).filter(|_| visible) {
         Some(v) => Json(v).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -368,14 +362,8 @@ pub async fn get_agent(
 /// `GET /v1/agents/events`: every hub event as SSE, from now on. A reader
 /// that falls more than `events_buffer` behind is told how many it missed.
 pub async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let hub = match hub_for(&app, &headers) {
-        Ok((_, Some(_))) => {
-            return forbidden(
-                "the event stream covers every agent: keys with agent_groups may not read it"
-                    .into(),
-            );
-        }
-        Ok((h, None)) => h,
+    let (hub, scope) = match hub_for(&app, &headers) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let mut rx = hub.subscribe();
@@ -393,6 +381,8 @@ pub async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         loop {
             let out = tokio::select! {
                 e = rx.recv() => match e {
+                    // A scoped key sees the events of its groups' agents.
+                    Ok(e) if !event_in_scope(&scope, &e) => continue,
                     Ok(e) => Bytes::from(format!("data: {e}\n\n")),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         Bytes::from(format!("data: {{\"type\":\"events.lagged\",\"missed\":{n}}}\n\n"))
@@ -417,6 +407,16 @@ pub async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         http::HeaderValue::from_static("no-cache"),
     );
     r
+}
+
+fn event_in_scope(scope: &Scope, event: &str) -> bool {
+    if scope.is_none() {
+        return true;
+    }
+    let groups = serde_json::from_str::<Value>(event)
+        .map(|v| presence_groups(&v))
+        .unwrap_or_default();
+    in_scope(scope, &groups)
 }
 
 /// A body fed by a task through a small channel (the task ends when the

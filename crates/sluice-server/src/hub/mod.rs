@@ -109,6 +109,8 @@ impl Status {
 
 pub struct Record {
     pub agent_id: Arc<str>,
+    /// The agent's groups when the instruction was made (for scoped keys).
+    pub groups: Vec<Arc<str>>,
     pub status: Status,
     pub result: Option<Value>,
     pub created_unix_ms: u64,
@@ -314,6 +316,7 @@ impl Hub {
         self.event(json!({
             "type": if evicted { "agent.evicted" } else { "agent.disconnected" },
             "agent_id": &*handle.id,
+            "groups": names(&handle.groups),
             "reason": reason,
             "undelivered": pending.iter().map(|p| &**p).collect::<Vec<_>>(),
         }));
@@ -338,7 +341,7 @@ impl Hub {
         payload: &Value,
     ) -> Result<(), SendError> {
         let frame = json!({"type": "instruction", "id": &*id, "payload": payload}).to_string();
-        self.create_record(&id, agent.id.clone());
+        self.create_record(&id, agent.id.clone(), agent.groups.clone());
         agent
             .pending
             .lock()
@@ -377,13 +380,14 @@ impl Hub {
             .inc();
     }
 
-    pub fn create_record(&self, id: &Arc<str>, agent_id: Arc<str>) {
+    pub fn create_record(&self, id: &Arc<str>, agent_id: Arc<str>, groups: Vec<Arc<str>>) {
         let now = unix_ms();
         let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
         r.by_id.insert(
             id.clone(),
             Record {
                 agent_id,
+                groups,
                 status: Status::Queued,
                 result: None,
                 created_unix_ms: now,
@@ -409,7 +413,7 @@ impl Hub {
 
     /// Moves an instruction forward (never back); publishes the change.
     pub fn set_status(&self, id: &str, status: Status, result: Option<Value>) -> bool {
-        let (agent_id, notify) = {
+        let (agent_id, groups, notify) = {
             let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
             let Some(rec) = r.by_id.get_mut(id) else {
                 return false;
@@ -422,7 +426,11 @@ impl Hub {
             if result.is_some() {
                 rec.result = result.clone();
             }
-            (rec.agent_id.clone(), rec.changed.clone())
+            (
+                rec.agent_id.clone(),
+                rec.groups.clone(),
+                rec.changed.clone(),
+            )
         };
         notify.notify_waiters();
         if let Some(c) = self.cluster.get() {
@@ -434,6 +442,7 @@ impl Hub {
                 "type": format!("instruction.{}", status.name()),
                 "id": id,
                 "agent_id": &*agent_id,
+                "groups": names(&groups),
             });
             if let Some(r) = result {
                 e["result"] = r;
@@ -527,6 +536,18 @@ impl Hub {
     }
 }
 
+fn names(groups: &[Arc<str>]) -> Vec<&str> {
+    groups.iter().map(|g| &**g).collect()
+}
+
+/// A record's groups, for checking a scoped key against it.
+impl Hub {
+    pub fn record_groups(&self, id: &str) -> Option<Vec<Arc<str>>> {
+        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.get(id).map(|rec| rec.groups.clone())
+    }
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -612,7 +633,7 @@ mod tests {
             .map(|_| h.new_instruction_id())
             .collect();
         for id in &ids {
-            h.create_record(id, Arc::from("x"));
+            h.create_record(id, Arc::from("x"), vec![]);
         }
         assert!(h.record_view(&ids[0]).is_none());
         assert!(h.record_view(ids.last().unwrap()).is_some());

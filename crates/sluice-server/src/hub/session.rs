@@ -306,6 +306,7 @@ fn on_frame(
             hub.event(json!({
                 "type": "agent.event",
                 "agent_id": &*handle.id,
+                "groups": handle.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
                 "payload": f.payload.unwrap_or(Value::Null),
             }));
         }
