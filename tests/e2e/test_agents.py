@@ -481,3 +481,27 @@ agent_groups = ["fleet-a"]
         run(go())
     finally:
         g.stop()
+
+
+def test_an_agent_that_stops_reading_is_evicted_even_mid_write(hub):
+    """Its socket fills and a write blocks: that must not keep it alive."""
+    async def go():
+        ws = await connect(hub, "stuck")
+        ws.transport.pause_reading()
+        ids = []
+        async with httpx.AsyncClient(base_url=hub.base_url) as c:
+            for _ in range(60):
+                r = await c.post("/agents/stuck/instructions", json={"payload": "x" * 200_000})
+                if r.status_code == 202:
+                    ids.append(r.json()["id"])
+                if r.status_code == 404:
+                    break
+            t0 = time.monotonic()
+            while (await c.get("/agents/stuck")).status_code == 200:
+                assert time.monotonic() - t0 < 3, "the stuck agent was never evicted"
+                await asyncio.sleep(0.05)
+            statuses = [(await c.get(f"/agents/instructions/{i}")).json()["status"] for i in ids]
+            assert "undelivered" in statuses, statuses
+        ws.transport.abort()
+    run(go())
+    hub.assert_alive()

@@ -185,6 +185,9 @@ async fn serve(
 ) -> (String, bool) {
     let beat = hub.cfg.heartbeat;
     let allowed_silence = beat.as_nanos() as u64 * u64::from(hub.cfg.missed_heartbeats);
+    // A frame the agent does not take for as long as it may stay silent
+    // (its socket full, not reading) gets it evicted like a silent one.
+    let write_limit = beat * hub.cfg.missed_heartbeats;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -234,14 +237,14 @@ async fn serve(
                 let Some(out) = out else { return ("queue closed".into(), false) };
                 match out {
                     Outbound::Text(t) => {
-                        if socket.send(Message::text(*t)).await.is_err() {
-                            return ("write failed".into(), false);
+                        if let Err(end) = send(socket, Message::text(*t), write_limit).await {
+                            return end;
                         }
                     }
                     Outbound::Instruction(i) => {
                         let (id, frame) = *i;
-                        if socket.send(Message::text(frame)).await.is_err() {
-                            return ("write failed".into(), false);
+                        if let Err(end) = send(socket, Message::text(frame), write_limit).await {
+                            return end;
                         }
                         hub.set_status(&id, Status::Delivered, None);
                     }
@@ -253,11 +256,24 @@ async fn serve(
                     close(socket, code::HEARTBEAT_TIMEOUT, "missed heartbeats").await;
                     return (format!("missed {} heartbeats", hub.cfg.missed_heartbeats), true);
                 }
-                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    return ("write failed".into(), false);
+                if let Err(end) = send(socket, Message::Ping(bytes::Bytes::new()), write_limit).await {
+                    return end;
                 }
             }
         }
+    }
+}
+
+/// Sends one frame, or says why the session ends: a write error, or an
+/// agent that did not take the frame within `limit` (evicted).
+async fn send(socket: &mut WebSocket, msg: Message, limit: Duration) -> Result<(), (String, bool)> {
+    match tokio::time::timeout(limit, socket.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(("write failed".into(), false)),
+        Err(_) => Err((
+            format!("not reading: a frame waited {} ms", limit.as_millis()),
+            true,
+        )),
     }
 }
 
