@@ -70,6 +70,8 @@ pub struct AgentsConfig {
     pub read_buffer_bytes: usize,
     /// Instruction records kept for polling (oldest dropped first).
     pub max_instructions: usize,
+    /// Bytes of results those records may hold together (oldest dropped first).
+    pub max_result_bytes: usize,
     /// Longest `wait_ack_ms` / `wait_result_ms` a caller may ask for.
     pub max_wait: Duration,
     /// Events kept for slow readers of `/v1/agents/events`.

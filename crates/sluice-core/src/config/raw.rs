@@ -47,6 +47,7 @@ pub struct RawAgents {
     pub max_frame_bytes: Option<Spanned<u64>>,
     pub read_buffer_bytes: Option<Spanned<u64>>,
     pub max_instructions: Option<Spanned<u64>>,
+    pub max_result_bytes: Option<Spanned<u64>>,
     pub max_wait_ms: Option<Spanned<u64>>,
     pub events_buffer: Option<Spanned<u64>>,
     pub presence_ttl_ms: Option<Spanned<u64>>,

@@ -439,6 +439,12 @@ fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConf
             100_000_000,
             "max_instructions",
         ) as usize,
+        max_result_bytes: c.positive(
+            a.max_result_bytes.as_ref(),
+            64 << 20,
+            1 << 40,
+            "max_result_bytes",
+        ) as usize,
         max_wait: ms(c.positive(a.max_wait_ms.as_ref(), 60_000, 3_600_000, "max_wait_ms")),
         events_buffer: c.positive(a.events_buffer.as_ref(), 4096, 1 << 20, "events_buffer")
             as usize,

@@ -113,6 +113,8 @@ pub struct Record {
     pub groups: Vec<Arc<str>>,
     pub status: Status,
     pub result: Option<Value>,
+    /// Bytes of `result` as JSON text.
+    size: usize,
     pub created_unix_ms: u64,
     pub updated_unix_ms: u64,
     /// Woken on every status change.
@@ -139,6 +141,22 @@ impl Record {
 struct Records {
     by_id: HashMap<Arc<str>, Record>,
     order: VecDeque<Arc<str>>,
+    /// Bytes of the results held (JSON text).
+    bytes: usize,
+}
+
+impl Records {
+    /// Drops the oldest records while over either bound.
+    fn evict(&mut self, max_count: usize, max_bytes: usize) {
+        while self.order.len() > max_count || self.bytes > max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(rec) = self.by_id.remove(&old) {
+                self.bytes -= rec.size;
+            }
+        }
+    }
 }
 
 /// Why an instruction could not be queued.
@@ -390,22 +408,21 @@ impl Hub {
                 groups,
                 status: Status::Queued,
                 result: None,
+                size: 0,
                 created_unix_ms: now,
                 updated_unix_ms: now,
                 changed: Arc::new(Notify::new()),
             },
         );
         r.order.push_back(id.clone());
-        while r.order.len() > self.cfg.max_instructions {
-            if let Some(old) = r.order.pop_front() {
-                r.by_id.remove(&old);
-            }
-        }
+        r.evict(self.cfg.max_instructions, self.cfg.max_result_bytes);
     }
 
     fn forget(&self, id: &str) {
         let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        r.by_id.remove(id);
+        if let Some(rec) = r.by_id.remove(id) {
+            r.bytes -= rec.size;
+        }
         if r.order.back().is_some_and(|b| &**b == id) {
             r.order.pop_back();
         }
@@ -423,14 +440,22 @@ impl Hub {
             }
             rec.status = status;
             rec.updated_unix_ms = unix_ms();
-            if result.is_some() {
-                rec.result = result.clone();
+            let mut resized = None;
+            if let Some(v) = &result {
+                let size = v.to_string().len();
+                resized = Some((std::mem::replace(&mut rec.size, size), size));
+                rec.result = Some(v.clone());
             }
-            (
+            let out = (
                 rec.agent_id.clone(),
                 rec.groups.clone(),
                 rec.changed.clone(),
-            )
+            );
+            if let Some((old, new)) = resized {
+                r.bytes = r.bytes + new - old;
+                r.evict(self.cfg.max_instructions, self.cfg.max_result_bytes);
+            }
+            out
         };
         notify.notify_waiters();
         if let Some(c) = self.cluster.get() {
@@ -628,7 +653,29 @@ mod tests {
         h.unregister(&a, "replaced", false);
         assert_eq!(h.connected(), 1);
         assert_eq!(h.list(Some("g")).len(), 0);
-        // Records are bounded.
+        // Records are bounded, by count and by the bytes of their results.
+        let small = {
+            let mut cfg = h.cfg.clone();
+            cfg.max_result_bytes = 100;
+            Hub::new(cfg, HubMetrics::default())
+        };
+        let (x, _rxx, _) = small.register(Arc::from("x"), vec![], vec![]);
+        let first = small.new_instruction_id();
+        let second = small.new_instruction_id();
+        for id in [&first, &second] {
+            small.send_local(&x, id.clone(), &json!(1)).unwrap();
+        }
+        assert!(small.agent_reply(&x, &first, Status::Completed, Some(json!("a".repeat(60)))));
+        assert!(small.record_view(&first).is_some());
+        assert!(small.agent_reply(&x, &second, Status::Completed, Some(json!("b".repeat(60)))));
+        assert!(
+            small.record_view(&first).is_none(),
+            "the oldest went to stay under 100 bytes"
+        );
+        assert_eq!(
+            small.record_view(&second).unwrap()["result"],
+            "b".repeat(60)
+        );
         let ids: Vec<_> = (0..h.cfg.max_instructions + 5)
             .map(|_| h.new_instruction_id())
             .collect();
