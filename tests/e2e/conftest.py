@@ -191,6 +191,18 @@ targets = [{{ provider = "dead" }}]
 
 UPSTREAM_KEY = "sk-upstream-secret-4242"
 
+# The built-in mock provider behind one model, "mock-1" (3 tokens a reply).
+MOCK_MODEL = """
+[[providers]]
+name = "mock"
+kind = "mock"
+tokens_per_response = 3
+
+[[models]]
+name = "mock-1"
+targets = [{ provider = "mock" }]
+"""
+
 
 @pytest.fixture(scope="session")
 def proxy_gateway(upstream, tmp_path_factory):

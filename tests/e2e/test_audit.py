@@ -10,20 +10,11 @@ import time
 import httpx
 import openai
 
-from conftest import SLUICE, Gateway
+from conftest import SLUICE, Gateway, MOCK_MODEL
 
 AUDIT_KEY = "00112233445566778899aabbccddeeff"
 
-MOCK = """
-[[providers]]
-name = "mock"
-kind = "mock"
-tokens_per_response = 3
-
-[[models]]
-name = "mock-1"
-targets = [{ provider = "mock" }]
-"""
+MOCK = MOCK_MODEL
 
 
 def wait_for(pred, timeout=10.0, what="condition"):

@@ -7,18 +7,9 @@ import httpx
 import openai
 import pytest
 
-from conftest import SLUICE, Gateway, key_hash
+from conftest import MOCK_MODEL, SLUICE, Gateway, key_hash
 
-MOCK = """
-[[providers]]
-name = "mock"
-kind = "mock"
-tokens_per_response = 3
-
-[[models]]
-name = "mock-1"
-targets = [{ provider = "mock" }]
-
+MOCK = MOCK_MODEL + """
 [[models]]
 name = "mock-2"
 targets = [{ provider = "mock" }]

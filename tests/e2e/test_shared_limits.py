@@ -9,21 +9,21 @@ import httpx
 from conftest import Gateway, free_port, key_hash
 
 
-def config(redis_url, rpm=None, extra=""):
+def config(redis_url=None, rpm=None, extra="", model_extra="", tokens=2, delay_ms=0):
+    """A mock model and key 'team' (token sk-team); `extra` goes in the key's table."""
+    redis = f'[redis]\nurl = "{redis_url}"\ntimeout_ms = 300\n' if redis_url else ""
     return f"""
-[redis]
-url = "{redis_url}"
-timeout_ms = 300
-
+{redis}
 [[providers]]
 name = "mock"
 kind = "mock"
-tokens_per_response = 2
-token_delay_ms = 0
+tokens_per_response = {tokens}
+token_delay_ms = {delay_ms}
 
 [[models]]
 name = "mock-1"
 targets = [{{ provider = "mock" }}]
+{model_extra}
 
 [[keys]]
 name = "team"
@@ -106,22 +106,7 @@ def test_redis_down_fail_closed_refuses(tmp_path):
 
 
 def test_open_streams_per_key_are_limited(tmp_path):
-    cfg = f"""
-[[providers]]
-name = "mock"
-kind = "mock"
-tokens_per_response = 20
-token_delay_ms = 50
-
-[[models]]
-name = "mock-1"
-targets = [{{ provider = "mock" }}]
-
-[[keys]]
-name = "team"
-sha256 = "{key_hash('sk-team')}"
-max_streams = 2
-"""
+    cfg = config(extra="max_streams = 2", tokens=20, delay_ms=50)
     g = Gateway(cfg, tmp_path=tmp_path)
     try:
         c = httpx.Client(timeout=10)
@@ -276,3 +261,18 @@ def test_a_silent_redis_costs_one_timeout_per_backoff_not_one_per_request(tmp_pa
         for s in held:
             s.close()
         silent.close()
+
+
+def test_a_shared_refusal_names_the_bucket_that_refused(tmp_path, redis_server):
+    # The key has room (rpm 100); the model does not (rpm 2): the 429 must
+    # name the model, and the key's headers still report the key's bucket.
+    g = Gateway(config(redis_server.url, rpm=100, model_extra="rpm = 2"), tmp_path=tmp_path)
+    try:
+        with httpx.Client() as c:
+            codes = [chat(c, g.url) for _ in range(3)]
+        assert [r.status_code for r in codes] == [200, 200, 429]
+        msg = codes[2].json()["error"]["message"]
+        assert "model 'mock-1'" in msg and "key 'team'" not in msg, msg
+        assert codes[0].headers["x-ratelimit-limit-requests"] == "100"
+    finally:
+        g.stop()

@@ -13,18 +13,9 @@ import httpx
 import openai
 import pytest
 
-from conftest import Gateway
+from conftest import Gateway, MOCK_MODEL
 
-MOCK = """
-[[providers]]
-name = "mock"
-kind = "mock"
-tokens_per_response = 3
-
-[[models]]
-name = "mock-1"
-targets = [{ provider = "mock" }]
-"""
+MOCK = MOCK_MODEL
 
 
 def make_cert(dir, name):
@@ -90,9 +81,15 @@ header_read_timeout_ms = 500
                                http_client=httpx.Client(verify=ca(cert)))
         r = client.chat.completions.create(model="mock-1", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content
-        # HTTP/2 by ALPN too.
-        with httpx.Client(verify=ca(cert), http2=False) as c:
+        # ALPN offers HTTP/2 and HTTP/1.1, and a client that asks for h2 gets it.
+        with httpx.Client(verify=ca(cert)) as c:
             assert c.get(f"{g.url}/healthz").status_code == 200
+        for offered, chosen in [(["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")]:
+            ctx = ca(cert)
+            ctx.set_alpn_protocols(offered)
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as t:
+                    assert t.selected_alpn_protocol() == chosen
         # Plain HTTP to the TLS port is not served.
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)

@@ -167,7 +167,7 @@ fn view(k: &KeyConfig, source: &str) -> Value {
         "name": &*k.name,
         "source": source,
         "models": k.models.as_ref().map(|ms| ms.iter().map(|m| &**m).collect::<Vec<_>>()),
-        "expires_at": k.expires_at.map(|t| crate::audit::rfc3339_millis(t * 1000)),
+        "expires_at": k.expires_at.map(|t| sluice_core::config::time::format_rfc3339_millis(t * 1000)),
         "metadata": k.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
         "rpm": k.rpm,
         "tpm": k.tpm,

@@ -93,8 +93,12 @@ impl App {
         config: Config,
         log_control: crate::LogControl,
         tracing: Option<crate::telemetry::Tracing>,
+        // The keys from `[auth] keys_file`, loaded once by the caller.
+        (key_specs, api_keys): (
+            Vec<crate::admin_keys::KeySpec>,
+            Vec<sluice_core::config::KeyConfig>,
+        ),
     ) -> anyhow::Result<Arc<Self>> {
-        let (key_specs, api_keys) = crate::admin_keys::load(&config)?;
         let metrics = Metrics::new();
         let audit = match &config.audit {
             Some(a) => Some(crate::audit::Auditor::start(

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod admin_keys;
+mod admission;
 pub mod app;
 pub mod attempt;
 pub mod audit;
@@ -32,8 +33,8 @@ pub use logging::LogControl;
 pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> {
     // An open API (no keys) is for a developer's own machine: refuse to
     // expose one unless the configuration says so explicitly.
-    let has_api_keys = !admin_keys::load(&config)?.1.is_empty();
-    if config.keys.is_empty() && !has_api_keys {
+    let api_keys = admin_keys::load(&config)?;
+    if config.keys.is_empty() && api_keys.1.is_empty() {
         if !config.server.listen.ip().is_loopback() && !config.allow_open_non_loopback {
             anyhow::bail!(
                 "refusing to listen on {} with no [[keys]] configured: anyone who can reach it \
@@ -67,7 +68,7 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let tracing_pipeline = telemetry::Tracing::init(&config.telemetry)?;
-    let app = app::App::new(config, log_control, tracing_pipeline)?;
+    let app = app::App::new(config, log_control, tracing_pipeline, api_keys)?;
 
     let (tx, rx) = watch::channel(false);
     let api = tokio::spawn(listener::serve(

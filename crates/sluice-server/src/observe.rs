@@ -294,7 +294,7 @@ impl Recorder {
             (!s.is_empty()).then_some(&**s)
         }
         auditor.record(&crate::audit::Event {
-            ts: crate::audit::rfc3339_millis(
+            ts: sluice_core::config::time::format_rfc3339_millis(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),

@@ -22,6 +22,7 @@ use sluice_providers::translate::Wire;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::Span as _;
 
+use crate::admission;
 use crate::app::App;
 use crate::attempt::{self, Call};
 use crate::observe::Recorder;
@@ -52,7 +53,7 @@ pub async fn handle(
         }
         rec.span = Some(span);
     }
-    let mut limits = RateInfo::default();
+    let mut limits = admission::RateInfo::default();
     let mut resp = proxy(&app, op, req, rec, &request_id, started, &mut limits).await;
     let h = resp.headers_mut();
     h.insert(REQUEST_ID.clone(), request_id);
@@ -67,7 +68,7 @@ async fn proxy(
     mut rec: Recorder,
     request_id: &HeaderValue,
     started: Instant,
-    limits: &mut RateInfo,
+    limits: &mut admission::RateInfo,
 ) -> Response<Body> {
     let snap = app.snapshot.load_full();
     if op == Operation::Messages {
@@ -128,12 +129,14 @@ async fn proxy(
         return rec.reply_error(&e);
     }
     if let Some(k) = key
-        && let Err(e) = check_budgets(app, &access, k, route.price, &mut rec).await
+        && let Err(e) = admission::check_budgets(app, &access, k, route.price, &mut rec).await
     {
         return rec.reply_error(&e);
     }
     let estimate = limits::estimate_tokens(body.len(), peek.max_tokens, 1024);
-    if let Err(e) = rate_limit(app, &access, key, &route.name, estimate, &mut rec, limits).await {
+    if let Err(e) =
+        admission::rate_limit(app, &access, key, &route.name, estimate, &mut rec, limits).await
+    {
         return rec.reply_error(&e);
     }
     if peek.stream
@@ -236,235 +239,6 @@ fn redact_prompt(
     Ok(Some(Bytes::from(
         serde_json::to_vec(&v).expect("serializing to a Vec cannot fail"),
     )))
-}
-
-/// Refuses a key whose token or cost budget for the period is spent;
-/// otherwise arranges for the request's usage to be charged. Shared through
-/// Redis when the limits are (a Redis outage falls back to this process's
-/// count, like the rate limits).
-async fn check_budgets(
-    app: &Arc<App>,
-    access: &crate::access::Access,
-    k: &sluice_core::config::KeyConfig,
-    price: Option<(f64, f64)>,
-    rec: &mut Recorder,
-) -> Result<(), GatewayError> {
-    let mut charge = crate::shared_limits::BudgetCharge::default();
-    if let Some(b) = access.limiter.budgets.get(&k.name) {
-        let (used, counter) = budget_used(app, k, b, "tokens").await;
-        if used >= b.limit {
-            return Err(budget_spent(
-                app,
-                format!("{used} of {} tokens", b.limit),
-                k,
-                b,
-            ));
-        }
-        charge.tokens = Some(counter);
-    }
-    if let Some(b) = access.limiter.cost_budgets.get(&k.name) {
-        let (used, counter) = budget_used(app, k, b, "usd").await;
-        if used >= b.limit {
-            let usd = |m: u64| m as f64 / 1e6;
-            return Err(budget_spent(
-                app,
-                format!("${:.2} of ${:.2}", usd(used), usd(b.limit)),
-                k,
-                b,
-            ));
-        }
-        // A model with no prices costs nothing.
-        charge.cost = price.map(|p| (counter, p));
-    }
-    if charge.tokens.is_some() || charge.cost.is_some() {
-        rec.budget = Some(charge);
-    }
-    Ok(())
-}
-
-/// What a budget has used this period, and the counter to charge: Redis's
-/// when shared and reachable, else this process's.
-async fn budget_used(
-    app: &Arc<App>,
-    k: &sluice_core::config::KeyConfig,
-    b: &Arc<limits::Budget>,
-    unit: &str,
-) -> (u64, crate::shared_limits::Counter) {
-    use crate::shared_limits::{Counter, SharedLimiter};
-    let now = crate::app::now_unix();
-    if let Some(shared) = &app.shared_limiter {
-        let key = SharedLimiter::budget_key(&k.name, unit, b.period, now);
-        if let Some(used) = shared.budget_used(&key).await {
-            return (
-                used,
-                Counter::Shared(shared.clone(), key, b.period.ttl_secs()),
-            );
-        }
-    }
-    (b.used(now), Counter::Local(b.clone()))
-}
-
-fn budget_spent(
-    app: &Arc<App>,
-    what: String,
-    k: &sluice_core::config::KeyConfig,
-    b: &limits::Budget,
-) -> GatewayError {
-    app.metrics
-        .limited
-        .get_or_create(&crate::metrics::OutcomeLabels { outcome: "budget" })
-        .inc();
-    GatewayError::new(
-        ErrorKind::BudgetExceeded,
-        format!(
-            "key '{}' has used its budget ({what} this {})",
-            k.name,
-            b.period.name()
-        ),
-    )
-}
-
-/// Rate limits: the key's, then the model's. Tokens are reserved from the
-/// prompt's size and max_tokens, and settled from real usage at the end.
-/// Shared (Redis) when configured; local when not, or when Redis cannot
-/// answer and `fail_open` allows.
-async fn rate_limit(
-    app: &Arc<App>,
-    access: &crate::access::Access,
-    key: Option<&sluice_core::config::KeyConfig>,
-    model: &Arc<str>,
-    estimate: f64,
-    rec: &mut Recorder,
-    info: &mut RateInfo,
-) -> Result<(), GatewayError> {
-    let key_limits = key.and_then(|k| access.limiter.keys.get(&k.name));
-    let model_limits = access.limiter.models.get(model);
-    if key_limits.is_none() && model_limits.is_none() {
-        return Ok(());
-    }
-    let subject = |is_key: bool| match (is_key, key) {
-        (true, Some(k)) => format!("key '{}'", k.name),
-        _ => format!("model '{model}'"),
-    };
-    let refused = |info: &mut RateInfo, refusal: limits::Refusal, is_key: bool| {
-        app.metrics
-            .limited
-            .get_or_create(&crate::metrics::OutcomeLabels {
-                outcome: refusal.what,
-            })
-            .inc();
-        info.retry_after = Some(refusal.retry_after_secs);
-        GatewayError::new(
-            ErrorKind::RateLimited,
-            format!(
-                "rate limit reached for {} ({} per minute); retry after {:.1} s",
-                subject(is_key),
-                refusal.what,
-                refusal.retry_after_secs
-            ),
-        )
-    };
-    if let Some(shared) = &app.shared_limiter {
-        let mut buckets = Vec::with_capacity(4);
-        let subjects = [
-            (true, "key", key.map(|k| &k.name), key_limits),
-            (false, "model", Some(model), model_limits),
-        ];
-        for (is_key, kind, name, l) in subjects {
-            let (Some(name), Some(l)) = (name, l) else {
-                continue;
-            };
-            for (what, cap, amount) in [("requests", l.rpm, 1.0), ("tokens", l.tpm, estimate)] {
-                if let Some(cap) = cap {
-                    buckets.push(crate::shared_limits::Bucket {
-                        key: crate::shared_limits::SharedLimiter::bucket_key(kind, name, what),
-                        capacity: cap,
-                        amount,
-                        what,
-                        report: is_key,
-                    });
-                }
-            }
-        }
-        match shared.admit(&buckets).await {
-            Ok((snapshot, reservation)) => {
-                if key_limits.is_some() {
-                    info.snapshot = Some(snapshot);
-                }
-                rec.shared_reservation = Some(reservation);
-                return Ok(());
-            }
-            Err(Some(refusal)) => {
-                let is_key = buckets
-                    .iter()
-                    .find(|b| b.what == refusal.what)
-                    .is_some_and(|b| b.report);
-                return Err(refused(info, refusal, is_key));
-            }
-            Err(None) if app.snapshot.load().config.limits.fail_open => {
-                app.metrics
-                    .limit_backend_errors
-                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "local" })
-                    .inc();
-                // Counted by this replica alone until Redis is back.
-            }
-            Err(None) => {
-                app.metrics
-                    .limit_backend_errors
-                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "refused" })
-                    .inc();
-                return Err(GatewayError::new(
-                    ErrorKind::NoHealthyTarget,
-                    "the shared rate limiter (redis) is unavailable and limits.fail_open is false",
-                ));
-            }
-        }
-    }
-    let now = crate::app::now_secs();
-    for (is_key, l) in [(true, key_limits), (false, model_limits)] {
-        let Some(l) = l else { continue };
-        match l.admit(estimate, now) {
-            Ok((reservation, snapshot)) => {
-                rec.reservations.push(reservation);
-                if is_key {
-                    info.snapshot = Some(snapshot);
-                }
-            }
-            Err(refusal) => return Err(refused(info, refusal, is_key)),
-        }
-    }
-    Ok(())
-}
-
-/// Rate-limit state to report on the response.
-#[derive(Default)]
-struct RateInfo {
-    snapshot: Option<limits::Snapshot>,
-    retry_after: Option<f64>,
-}
-
-impl RateInfo {
-    fn write(&self, h: &mut HeaderMap) {
-        if let Some(s) = self.snapshot {
-            for (name, v) in [
-                ("x-ratelimit-limit-requests", s.requests.map(|r| r.0)),
-                ("x-ratelimit-remaining-requests", s.requests.map(|r| r.1)),
-                ("x-ratelimit-limit-tokens", s.tokens.map(|t| t.0)),
-                ("x-ratelimit-remaining-tokens", s.tokens.map(|t| t.1)),
-            ] {
-                if let Some(v) = v {
-                    h.insert(HeaderName::from_static(name), HeaderValue::from(v));
-                }
-            }
-        }
-        if let Some(secs) = self.retry_after {
-            // Whole seconds, rounded up, so a client that waits is let in.
-            h.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(secs.ceil().max(1.0) as u64),
-            );
-        }
-    }
 }
 
 /// `gen_ai.operation.name` for an endpoint.

@@ -135,19 +135,20 @@ impl SharedLimiter {
         format!("sluice:rl:{kind}:{name}:{what}")
     }
 
-    /// Takes every bucket or none. `Err(None)`: Redis could not answer.
+    /// Takes every bucket or none. A refusal names the bucket (its index
+    /// in `buckets`) that refused; `Err(None)`: Redis could not answer.
     pub async fn admit(
         self: &Arc<Self>,
         buckets: &[Bucket],
-    ) -> Result<(Snapshot, SharedReservation), Option<Refusal>> {
+    ) -> Result<(Snapshot, SharedReservation), Option<(Refusal, usize)>> {
+        if !self.available() {
+            return Err(None);
+        }
         let mut inv = self.script.prepare_invoke();
         for b in buckets {
             inv.key(&b.key).arg(b.capacity).arg(b.amount);
         }
         inv.arg("take");
-        if !self.available() {
-            return Err(None);
-        }
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
@@ -172,10 +173,13 @@ impl SharedLimiter {
         let refused = reply.first().copied().unwrap_or(-1);
         if refused > 0 {
             let b = &buckets[(refused - 1) as usize];
-            return Err(Some(Refusal {
-                retry_after_secs: reply.get(1).copied().unwrap_or(1000) as f64 / 1000.0,
-                what: b.what,
-            }));
+            return Err(Some((
+                Refusal {
+                    retry_after_secs: reply.get(1).copied().unwrap_or(1000) as f64 / 1000.0,
+                    what: b.what,
+                },
+                (refused - 1) as usize,
+            )));
         }
         if refused < 0 || reply.len() != 2 + buckets.len() {
             return Err(None);

@@ -16,6 +16,21 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y as u64, m as u64, d as u64)
 }
 
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what events and
+/// records report).
+pub fn format_rfc3339_millis(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
 /// Unix seconds for `YYYY-MM-DDTHH:MM:SSZ`, or `None` if malformed.
 pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let b = s.as_bytes();
@@ -70,6 +85,20 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses_with_millis() {
+        assert_eq!(format_rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_millis(951_782_400_123),
+            "2000-02-29T00:00:00.123Z"
+        );
+        let t = parse_rfc3339_utc("2026-11-27T10:30:59Z").unwrap();
+        assert_eq!(
+            format_rfc3339_millis(t * 1000 + 7),
+            "2026-11-27T10:30:59.007Z"
+        );
+    }
 
     #[test]
     fn known_instants() {

@@ -223,20 +223,6 @@ pub fn decrypt_line(line: &str, keys: &[FieldCipher]) -> Result<String, String> 
     Ok(event.to_string())
 }
 
-/// Unix milliseconds as RFC 3339 UTC with milliseconds.
-pub fn rfc3339_millis(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = sluice_core::config::time::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,13 +262,5 @@ mod tests {
         );
         assert!(a.fields_of(b"not json").is_none());
         assert!(a.fields_of(b"[1,2]").is_none());
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        let t = sluice_core::config::time::parse_rfc3339_utc("2026-11-27T10:30:59Z").unwrap();
-        assert_eq!(rfc3339_millis(t * 1000 + 7), "2026-11-27T10:30:59.007Z");
     }
 }

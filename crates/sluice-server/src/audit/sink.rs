@@ -397,6 +397,35 @@ mod tests {
         assert!(read(&p).contains("\"i\":19"));
     }
 
+    /// What an earlier run left on disk (a replay cut short, and a buffer)
+    /// is written first, oldest first, when the writer starts again.
+    #[tokio::test]
+    async fn a_restart_replays_what_an_earlier_run_buffered() {
+        let d = tmp("restart");
+        let buf = d.join("buf.jsonl");
+        std::fs::write(d.join("buf.jsonl.replaying"), "{\"i\":0}\n{\"i\":1}\n").unwrap();
+        std::fs::write(&buf, "{\"i\":2}\n").unwrap();
+        let p = d.join("a.jsonl");
+        let spill = Arc::new(Spill::new(buf));
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(run(
+            rx,
+            file_sink(&p, 1 << 20),
+            spill.clone(),
+            Duration::from_millis(20),
+            Counts::default(),
+        ));
+        tx.send(Msg::Event("{\"i\":3}".into())).await.unwrap();
+        let (a, done) = oneshot::channel();
+        tx.send(Msg::Flush(a)).await.unwrap();
+        done.await.unwrap();
+        let got = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(got, "{\"i\":0}\n{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n");
+        assert!(!spill.has_data());
+        drop(tx);
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn outage_buffers_then_replays_in_order() {
         let d = tmp("outage");

@@ -83,7 +83,7 @@ impl Cluster {
             "session_key": self.session_key(a),
             "groups": a.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
             "capabilities": a.capabilities,
-            "connected_at": crate::audit::rfc3339_millis(a.connected_unix_ms),
+            "connected_at": sluice_core::config::time::format_rfc3339_millis(a.connected_unix_ms),
         })
         .to_string()
     }

@@ -73,7 +73,7 @@ impl AgentHandle {
             "agent_id": &*self.id,
             "groups": self.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
             "capabilities": self.capabilities,
-            "connected_at": crate::audit::rfc3339_millis(self.connected_unix_ms),
+            "connected_at": sluice_core::config::time::format_rfc3339_millis(self.connected_unix_ms),
             "last_seen_ms_ago": seen / 1_000_000,
             "queue_depth": self.queue_depth(),
             "replica": replica,
@@ -127,8 +127,8 @@ impl Record {
             "id": id,
             "agent_id": &*self.agent_id,
             "status": self.status.name(),
-            "created_at": crate::audit::rfc3339_millis(self.created_unix_ms),
-            "updated_at": crate::audit::rfc3339_millis(self.updated_unix_ms),
+            "created_at": sluice_core::config::time::format_rfc3339_millis(self.created_unix_ms),
+            "updated_at": sluice_core::config::time::format_rfc3339_millis(self.updated_unix_ms),
         });
         if let Some(r) = &self.result {
             v["result"] = r.clone();
@@ -502,6 +502,12 @@ impl Hub {
         self.set_status(id, status, result)
     }
 
+    /// A record's agent groups, for checking a scoped key against it.
+    pub fn record_groups(&self, id: &str) -> Option<Vec<Arc<str>>> {
+        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.get(id).map(|rec| rec.groups.clone())
+    }
+
     pub fn record_view(&self, id: &str) -> Option<Value> {
         let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
         r.by_id.get(id).map(|rec| rec.view(id))
@@ -541,7 +547,7 @@ impl Hub {
     pub fn event(&self, e: Value) {
         if self.events.receiver_count() > 0 {
             let mut e = e;
-            e["ts"] = Value::String(crate::audit::rfc3339_millis(unix_ms()));
+            e["ts"] = Value::String(sluice_core::config::time::format_rfc3339_millis(unix_ms()));
             let _ = self.events.send(Arc::from(e.to_string()));
         }
     }
@@ -563,14 +569,6 @@ impl Hub {
 
 fn names(groups: &[Arc<str>]) -> Vec<&str> {
     groups.iter().map(|g| &**g).collect()
-}
-
-/// A record's groups, for checking a scoped key against it.
-impl Hub {
-    pub fn record_groups(&self, id: &str) -> Option<Vec<Arc<str>>> {
-        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        r.by_id.get(id).map(|rec| rec.groups.clone())
-    }
 }
 
 pub fn unix_ms() -> u64 {

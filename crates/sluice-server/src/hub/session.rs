@@ -207,12 +207,12 @@ async fn serve(
                 let msg = match msg {
                     None => return ("closed by the agent".into(), false),
                     Some(Err(e)) => {
-                        let text = e.to_string();
-                        if text.contains("Space limit") || text.contains("too long") || text.contains("Capacity") {
+                        let e = e.into_inner();
+                        if matches!(e.downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_))) {
                             close(socket, code::TOO_BIG, &format!("frame over {} bytes", hub.cfg.max_frame_bytes)).await;
                             return ("frame too big".into(), false);
                         }
-                        return (format!("read error: {text}"), false);
+                        return (format!("read error: {e}"), false);
                     }
                     Some(Ok(m)) => m,
                 };
