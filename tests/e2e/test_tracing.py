@@ -190,3 +190,34 @@ def test_export_over_tls_to_a_private_ca(ups, tmp_path, protocol):
         assert len(wait_for(rx, "chat pair", 1)) == 1
     finally:
         rx.stop()
+
+
+def test_access_log_lines_carry_the_trace_id(ups, tmp_path):
+    import json
+
+    rx = HttpReceiver()
+    telemetry = (f'[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\n'
+                 '[logging]\nformat = "json"\n')
+    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+    try:
+        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
+        r = httpx.post(f"{g.base_url}/chat/completions", json=body,
+                       headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        assert r.status_code == 200
+        r = httpx.post(f"{g.base_url}/chat/completions", json=body)
+        assert r.status_code == 200
+        fresh = r.headers["x-request-id"]
+    finally:
+        g.stop()
+    try:
+        lines = [json.loads(l) for l in g.logs().splitlines() if l.startswith("{")]
+        access = [l for l in lines if l.get("target") == "sluice::access"]
+        assert len(access) == 2, access
+        ids = [l["fields"]["trace_id"] if "fields" in l else l["trace_id"] for l in access]
+        assert ids[0] == TRACE_ID
+        # A new trace: the same id as its exported server span.
+        server = next(s for s in rx.spans if s["kind"] == SERVER and s["trace_id"] != TRACE_ID)
+        assert server["attributes"]["sluice.request_id"] == fresh
+        assert ids[1] == server["trace_id"] and len(ids[1]) == 32
+    finally:
+        rx.stop()

@@ -11,7 +11,9 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
+
+mod timing;
+use timing::time;
 
 use serde_json::{Value, json};
 use sluice_core::auth::{KeyTable, token_hash_hex};
@@ -21,18 +23,6 @@ use sluice_core::pii::{Redactor, redact_request};
 use sluice_server::audit::cipher::FieldCipher;
 
 const N: u32 = 200_000;
-
-fn time(n: u32, mut f: impl FnMut(u32)) -> f64 {
-    // Warm up, then measure.
-    for i in 0..n / 10 {
-        f(i);
-    }
-    let start = Instant::now();
-    for i in 0..n {
-        f(i);
-    }
-    start.elapsed().as_nanos() as f64 / f64::from(n)
-}
 
 fn main() {
     let text = format!(

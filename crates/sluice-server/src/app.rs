@@ -92,7 +92,6 @@ impl App {
     pub fn new(
         config: Config,
         log_control: crate::LogControl,
-        tracing: Option<crate::telemetry::Tracing>,
         // The keys from `[auth] keys_file`, loaded once by the caller.
         (key_specs, api_keys): (
             Vec<crate::admin_keys::KeySpec>,
@@ -100,6 +99,8 @@ impl App {
         ),
     ) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new();
+        let tracing =
+            crate::telemetry::Tracing::init(&config.telemetry, metrics.trace_spans.clone())?;
         let audit = match &config.audit {
             Some(a) => Some(crate::audit::Auditor::start(
                 a,

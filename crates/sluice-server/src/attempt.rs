@@ -141,9 +141,8 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             rec.provider = provider.name.clone();
             let started = Instant::now();
             let mut span = match (&rec.app().tracing, &rec.span) {
-                (Some(t), Some(parent)) => crate::telemetry::attempt_span(
-                    &t.tracer,
-                    opentelemetry::trace::Span::span_context(parent),
+                (Some(t), Some(parent)) => t.attempt_span(
+                    parent,
                     crate::proxy::operation_name(call.op),
                     provider,
                     &target.model,
@@ -153,9 +152,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             };
             // Upstream gets the attempt's context, or the request's when unsampled.
             let traceparent = match (&span, &rec.span) {
-                (Some(s), _) | (None, Some(s)) => {
-                    crate::telemetry::traceparent(opentelemetry::trace::Span::span_context(s))
-                }
+                (Some(s), _) | (None, Some(s)) => Some(s.context().traceparent()),
                 (None, None) => None,
             };
 
@@ -180,11 +177,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     rec.upstream_started = Some(started);
                     rec.set_status(head.status.as_u16());
                     if let Some(mut s) = span.take() {
-                        use opentelemetry::trace::Span as _;
-                        s.set_attribute(opentelemetry::KeyValue::new(
-                            "http.response.status_code",
-                            i64::from(head.status.as_u16()),
-                        ));
+                        s.int("http.response.status_code", i64::from(head.status.as_u16()));
                         rec.attempt_span = Some(s);
                     }
                     let idle = over_wire.then_some(provider.idle_timeout);
@@ -197,8 +190,8 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                 }
                 Attempt::Reject(e) => {
                     if let Some(mut s) = span.take() {
-                        crate::telemetry::fail(&mut s, e.kind.code(), e.message.to_string());
-                        opentelemetry::trace::Span::end(&mut s);
+                        s.fail(e.kind.code(), &e.message);
+                        s.end();
                     }
                     note(&rec, &mut adm, Outcome::Neutral);
                     return rec.reply_error(&e);
@@ -217,16 +210,10 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                             ),
                         };
                         if let Failure::Upstream { head, .. } = &failure {
-                            opentelemetry::trace::Span::set_attribute(
-                                &mut s,
-                                opentelemetry::KeyValue::new(
-                                    "http.response.status_code",
-                                    i64::from(head.status.as_u16()),
-                                ),
-                            );
+                            s.int("http.response.status_code", i64::from(head.status.as_u16()));
                         }
-                        crate::telemetry::fail(&mut s, kind, msg);
-                        opentelemetry::trace::Span::end(&mut s);
+                        s.fail(kind, &msg);
+                        s.end();
                     }
                     note(&rec, &mut adm, Outcome::Failure);
                     if let Failure::Error(e) = &failure {

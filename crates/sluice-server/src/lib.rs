@@ -67,8 +67,7 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let tracing_pipeline = telemetry::Tracing::init(&config.telemetry)?;
-    let app = app::App::new(config, log_control, tracing_pipeline, api_keys)?;
+    let app = app::App::new(config, log_control, api_keys)?;
 
     let (tx, rx) = watch::channel(false);
     let api = tokio::spawn(listener::serve(

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub active_streams: Gauge,
     /// Audit events by outcome (written, buffered, lost).
     pub audit_events: Family<OutcomeLabels, Counter>,
+    /// Finished trace spans: exported, dropped (queue full), failed (export error).
+    pub trace_spans: Family<OutcomeLabels, Counter>,
     /// Rate-limit decisions the shared (Redis) backend could not make, by
     /// what happened instead (local, refused).
     pub limit_backend_errors: Family<OutcomeLabels, Counter>,
@@ -186,6 +188,7 @@ impl Metrics {
         let overhead: HistogramFamily<GenAiLabels> = Family::new_with_constructor(fine_histogram);
         let active_streams = Gauge::default();
         let audit_events = Family::<OutcomeLabels, Counter>::default();
+        let trace_spans = Family::<OutcomeLabels, Counter>::default();
         let limit_backend_errors = Family::<OutcomeLabels, Counter>::default();
         let limited = Family::<OutcomeLabels, Counter>::default();
         let hub = crate::hub::HubMetrics::default();
@@ -193,6 +196,7 @@ impl Metrics {
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
             (&audit_events, &["written", "buffered", "lost"][..]),
+            (&trace_spans, &["exported", "dropped", "failed"][..]),
             (&limited, &["requests", "tokens", "streams", "budget"][..]),
             (&limit_backend_errors, &["local", "refused"][..]),
             (
@@ -253,6 +257,11 @@ impl Metrics {
             "audit_events",
             "Audit events by outcome: written to the sink, buffered on disk while it is down, lost",
             audit_events.clone(),
+        );
+        registry.register(
+            "trace_spans",
+            "Finished trace spans by outcome: exported over OTLP, dropped (export queue full), failed (the export failed)",
+            trace_spans.clone(),
         );
         registry.register(
             "rate_limit_backend_errors",
@@ -396,6 +405,7 @@ impl Metrics {
             active_requests,
             active_streams,
             audit_events,
+            trace_spans,
             limit_backend_errors,
             limited,
             hub,

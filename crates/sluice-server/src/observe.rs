@@ -13,13 +13,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::telemetry::Span;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
-use opentelemetry::KeyValue;
-use opentelemetry::trace::Span as _;
-use opentelemetry_sdk::trace::Span;
 use sluice_core::config::Sampling;
 use sluice_core::request::Usage;
 use sluice_core::resilience::{Outcome, now_nanos};
@@ -132,25 +130,16 @@ impl Recorder {
     /// `gen_ai.response.model` and `gen_ai.response.finish_reasons` on the
     /// server span and the answering attempt's span.
     pub fn set_response_meta(&mut self, model: Option<String>, reasons: Vec<String>) {
-        let mut attrs = Vec::with_capacity(2);
-        if let Some(m) = model {
-            attrs.push(KeyValue::new("gen_ai.response.model", m));
-        }
-        if !reasons.is_empty() {
-            let list = reasons
-                .into_iter()
-                .map(opentelemetry::StringValue::from)
-                .collect();
-            attrs.push(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                opentelemetry::Value::Array(opentelemetry::Array::String(list)),
-            ));
-        }
         for span in [self.span.as_mut(), self.attempt_span.as_mut()]
             .into_iter()
             .flatten()
         {
-            span.set_attributes(attrs.iter().cloned());
+            if let Some(m) = &model {
+                span.str("gen_ai.response.model", m);
+            }
+            if !reasons.is_empty() {
+                span.strs("gen_ai.response.finish_reasons", &reasons);
+            }
         }
     }
 
@@ -160,11 +149,8 @@ impl Recorder {
             let at = self.start.elapsed();
             self.first_byte_at = Some(at);
             if let Some(span) = self.span.as_mut().filter(|s| s.is_recording()) {
-                span.add_event("gen_ai.first_token", vec![]);
-                span.set_attribute(KeyValue::new(
-                    "gen_ai.server.time_to_first_token",
-                    at.as_secs_f64(),
-                ));
+                span.event("gen_ai.first_token");
+                span.float("gen_ai.server.time_to_first_token", at.as_secs_f64());
             }
             if !self.provider.is_empty() {
                 self.app.metrics.record_first_byte(
@@ -249,6 +235,9 @@ impl Drop for Recorder {
                 usage: self.usage,
             });
         }
+        // Logged with the access line: set whenever tracing is on, sampled
+        // or not (the id also went upstream in `traceparent`).
+        let trace_id = self.span.as_ref().map(|s| s.context().trace_id);
         self.end_spans();
         if self.app.audit.is_some() {
             self.audit(elapsed);
@@ -267,6 +256,7 @@ impl Drop for Recorder {
             tracing::info!(
                 target: "sluice::access",
                 request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                trace_id = trace_id.map(|t| tracing::field::display(crate::telemetry::TraceId(t))),
                 key = self.key.as_deref(),
                 route = self.route,
                 model = &*self.model,
@@ -318,38 +308,32 @@ impl Recorder {
 
     /// Ends the attempt and server spans with what the request came to.
     fn end_spans(&mut self) {
-        let usage = self.usage.map(|u| {
-            [
-                KeyValue::new("gen_ai.usage.input_tokens", u.prompt_tokens as i64),
-                KeyValue::new("gen_ai.usage.output_tokens", u.completion_tokens as i64),
-            ]
-        });
-        if let Some(mut span) = self.attempt_span.take() {
-            if let Some(u) = &usage {
-                span.set_attributes(u.clone());
+        let usage = |span: &mut Span, usage: Option<Usage>| {
+            if let Some(u) = usage {
+                span.int("gen_ai.usage.input_tokens", u.prompt_tokens as i64);
+                span.int("gen_ai.usage.output_tokens", u.completion_tokens as i64);
             }
+        };
+        if let Some(mut span) = self.attempt_span.take() {
+            usage(&mut span, self.usage);
             if !self.finished {
-                span.set_attribute(KeyValue::new("sluice.cancelled", true));
+                span.flag("sluice.cancelled", true);
             }
             span.end();
         }
-        if let Some(mut span) = self.span.take().filter(|s| s.is_recording()) {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(self.status),
-            ));
-            span.set_attribute(KeyValue::new("sluice.attempts", i64::from(self.attempts)));
+        if let Some(mut span) = self.span.take().filter(Span::is_recording) {
+            span.int("http.response.status_code", i64::from(self.status));
+            span.int("sluice.attempts", i64::from(self.attempts));
             if !self.provider.is_empty() {
-                span.set_attribute(KeyValue::new("sluice.provider", self.provider.clone()));
+                span.str("sluice.provider", &self.provider);
             }
-            if let Some(u) = usage {
-                span.set_attributes(u);
-            }
+            usage(&mut span, self.usage);
             if self.status >= 500 {
-                span.set_status(opentelemetry::trace::Status::error(format!(
-                    "status {}",
-                    self.status
-                )));
+                let status = self.status.to_string();
+                span.fail(
+                    self.error_code.unwrap_or(&status),
+                    &format!("status {status}"),
+                );
             }
             span.end();
         }

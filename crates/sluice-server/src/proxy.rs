@@ -19,14 +19,10 @@ use sluice_providers::anthropic::inbound;
 use sluice_providers::anthropic::types::MessagesRequest;
 use sluice_providers::translate::Wire;
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::Span as _;
-
 use crate::admission;
 use crate::app::App;
 use crate::attempt::{self, Call};
 use crate::observe::Recorder;
-use crate::telemetry;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's own deadline for the whole request, in seconds (e.g. `2.5`).
@@ -44,13 +40,8 @@ pub async fn handle(
     let request_id = request_id(req.headers());
     rec.request_id = Some(request_id.clone());
     if let Some(t) = &app.tracing {
-        let mut span = telemetry::server_span(&t.tracer, req.headers(), route);
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new(
-                "sluice.request_id",
-                request_id.to_str().unwrap_or_default().to_owned(),
-            ));
-        }
+        let mut span = t.server_span(req.headers(), route);
+        span.str("sluice.request_id", request_id.to_str().unwrap_or_default());
         rec.span = Some(span);
     }
     let mut limits = admission::RateInfo::default();
@@ -164,12 +155,10 @@ async fn proxy(
     }
     if let Some(span) = rec.span.as_mut().filter(|s| s.is_recording()) {
         let operation = operation_name(op);
-        span.update_name(format!("{operation} {}", peek.model));
-        span.set_attributes([
-            KeyValue::new("gen_ai.operation.name", operation),
-            KeyValue::new("gen_ai.request.model", route.name.clone()),
-            KeyValue::new("sluice.stream", peek.stream),
-        ]);
+        span.rename(format!("{operation} {}", peek.model));
+        span.str("gen_ai.operation.name", operation);
+        span.str("gen_ai.request.model", &route.name);
+        span.flag("sluice.stream", peek.stream);
     }
     let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
 

@@ -155,6 +155,34 @@ pub struct TelemetryConfig {
     pub headers: Vec<(String, Secret)>,
     pub sampling_ratio: f64,
     pub service_name: String,
+    /// Extra resource attributes (`[telemetry.resource_attributes]`, else
+    /// `OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: Vec<(String, String)>,
+    /// Finished spans waiting to be sent, at most; more are dropped.
+    pub max_queue_spans: usize,
+    /// A batch is sent when it holds this many spans...
+    pub max_batch_spans: usize,
+    /// ...or when this long has passed.
+    pub export_interval: Duration,
+    /// Time limit of one export request.
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            headers: Vec::new(),
+            sampling_ratio: 1.0,
+            service_name: "sluice".to_owned(),
+            resource_attributes: Vec::new(),
+            max_queue_spans: 8192,
+            max_batch_spans: 512,
+            export_interval: Duration::from_secs(1),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How requests find a healthy target: retries, back-off, breakers, weights.

@@ -159,6 +159,12 @@ pub struct RawTelemetry {
     pub otlp_headers: BTreeMap<String, Spanned<String>>,
     pub sampling_ratio: Option<Spanned<f64>>,
     pub service_name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, Spanned<String>>,
+    pub max_queue_spans: Option<Spanned<u64>>,
+    pub max_batch_spans: Option<Spanned<u64>>,
+    pub export_interval_ms: Option<Spanned<u64>>,
+    pub export_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -372,3 +372,61 @@ budget_period = "day"
             .any(|e| e.contains("unknown budget_period 'week'"))
     );
 }
+
+#[test]
+fn telemetry_batching_and_otel_variables() {
+    let base = "[[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"x\"\ntargets = [{ provider = \"m\" }]\n";
+    let otel = |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".to_owned()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => Some("Api-Key=a%3Db%2Cc, x-team = ml ,broken".to_owned()),
+        "OTEL_RESOURCE_ATTRIBUTES" => {
+            Some("deployment.environment=prod,service.namespace=ai%20gw%".to_owned())
+        }
+        _ => None,
+    };
+    let t = parse(base, "t.toml", &otel).unwrap().telemetry;
+    assert_eq!(t.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+    let headers: Vec<_> = t
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.expose()))
+        .collect();
+    assert_eq!(headers, [("api-key", "a=b,c"), ("x-team", "ml")]);
+    assert_eq!(
+        t.resource_attributes,
+        [
+            ("deployment.environment".to_owned(), "prod".to_owned()),
+            ("service.namespace".to_owned(), "ai gw%".to_owned()),
+        ]
+    );
+    assert_eq!((t.max_queue_spans, t.max_batch_spans), (8192, 512));
+    assert_eq!(t.export_interval, Duration::from_secs(1));
+
+    // The file wins over the variables.
+    let text = format!(
+        "{base}[telemetry]\notlp_endpoint = \"http://a:4317\"\nmax_queue_spans = 100\nmax_batch_spans = 10\nexport_interval_ms = 250\nexport_timeout_ms = 2000\n[telemetry.otlp_headers]\nauthorization = \"Bearer t\"\n[telemetry.resource_attributes]\n\"k8s.pod.name\" = \"p-1\"\n"
+    );
+    let t = parse(&text, "t.toml", &otel).unwrap().telemetry;
+    assert_eq!(t.headers.len(), 1);
+    assert_eq!(
+        t.resource_attributes,
+        [("k8s.pod.name".to_owned(), "p-1".to_owned())]
+    );
+    assert_eq!((t.max_queue_spans, t.max_batch_spans), (100, 10));
+    assert_eq!(t.export_interval, Duration::from_millis(250));
+    assert_eq!(t.export_timeout, Duration::from_secs(2));
+
+    let errs = errors(&format!(
+        "{base}[telemetry]\nmax_queue_spans = 0\nexport_interval_ms = 0\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("max_queue_spans must be between 1")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("export_interval_ms must be between 1")),
+        "{errs:?}"
+    );
+}

@@ -732,17 +732,53 @@ fn telemetry(
         Some(_) => c.float(t.sampling_ratio.as_ref(), 1.0, 0.0..=1.0, "sampling_ratio"),
         None => env_ratio.filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0),
     };
-    let headers = t
-        .otlp_headers
-        .iter()
-        .filter_map(|(k, v)| match super::interpolate(v.get_ref(), env) {
-            Ok(s) => Some((k.clone(), Secret::new(s))),
-            Err(e) => {
-                c.at(v.span(), e);
-                None
-            }
-        })
-        .collect();
+    let headers = if t.otlp_headers.is_empty() {
+        env("OTEL_EXPORTER_OTLP_HEADERS")
+            .map(|v| {
+                otel_pairs(&v)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), Secret::new(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        t.otlp_headers
+            .iter()
+            .filter_map(|(k, v)| match super::interpolate(v.get_ref(), env) {
+                Ok(s) => Some((k.clone(), Secret::new(s))),
+                Err(e) => {
+                    c.at(v.span(), e);
+                    None
+                }
+            })
+            .collect()
+    };
+    let resource_attributes = if t.resource_attributes.is_empty() {
+        env("OTEL_RESOURCE_ATTRIBUTES")
+            .map(|v| otel_pairs(&v))
+            .unwrap_or_default()
+    } else {
+        t.resource_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect()
+    };
+    let d = TelemetryConfig::default();
+    let max_queue_spans = c.positive(
+        t.max_queue_spans.as_ref(),
+        d.max_queue_spans as u64,
+        10_000_000,
+        "max_queue_spans",
+    ) as usize;
+    let max_batch_spans = c.positive(
+        t.max_batch_spans.as_ref(),
+        d.max_batch_spans as u64,
+        100_000,
+        "max_batch_spans",
+    ) as usize;
+    let ms = |c: &mut Collector<'_>, v: Option<&Spanned<u64>>, d: Duration, what: &str| {
+        Duration::from_millis(c.positive(v, d.as_millis() as u64, 3_600_000, what))
+    };
     TelemetryConfig {
         otlp_endpoint: endpoint,
         protocol,
@@ -754,7 +790,55 @@ fn telemetry(
             .map(|s| s.get_ref().clone())
             .or_else(|| env("OTEL_SERVICE_NAME"))
             .unwrap_or_else(|| "sluice".to_owned()),
+        resource_attributes,
+        max_queue_spans,
+        max_batch_spans,
+        export_interval: ms(
+            c,
+            t.export_interval_ms.as_ref(),
+            d.export_interval,
+            "export_interval_ms",
+        ),
+        export_timeout: ms(
+            c,
+            t.export_timeout_ms.as_ref(),
+            d.export_timeout,
+            "export_timeout_ms",
+        ),
     }
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values, as the
+/// `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS` variables
+/// hold them; malformed members are skipped.
+fn otel_pairs(v: &str) -> Vec<(String, String)> {
+    v.split(',')
+        .filter_map(|member| {
+            let (k, v) = member.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn routing(c: &mut Collector<'_>, r: &RawRouting) -> RoutingConfig {

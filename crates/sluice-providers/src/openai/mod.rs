@@ -108,12 +108,22 @@ impl UsageTail {
     /// once each), from the tail: what a trace reports as
     /// `gen_ai.response.model` and `gen_ai.response.finish_reasons`.
     pub fn response_meta(&self) -> (Option<String>, Vec<String>) {
+        use memchr::memmem::{Finder, FinderRev};
+        use std::sync::LazyLock;
+        // Built once: a finder costs more to make than to run on a tail.
+        static MODEL: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"model\""));
+        static REASONS: LazyLock<[Finder<'static>; 2]> = LazyLock::new(|| {
+            [
+                Finder::new(b"\"finish_reason\""),
+                Finder::new(b"\"stop_reason\""),
+            ]
+        });
         self.with_bytes(|b| {
-            let model = rfind_string(b, b"\"model\"");
+            let model = rfind_string(b, &MODEL);
             let mut reasons: Vec<String> = Vec::new();
-            for key in [&b"\"finish_reason\""[..], b"\"stop_reason\""] {
-                for i in memchr::memmem::find_iter(b, key) {
-                    if let Some(r) = string_at(&b[i + key.len()..])
+            for key in REASONS.iter() {
+                for i in key.find_iter(b) {
+                    if let Some(r) = string_at(&b[i + key.needle().len()..])
                         && !reasons.contains(&r)
                     {
                         reasons.push(r);
@@ -136,11 +146,10 @@ impl UsageTail {
 }
 
 /// The string value after the last occurrence of `key` that has one.
-fn rfind_string(bytes: &[u8], key: &[u8]) -> Option<String> {
-    let finder = memchr::memmem::FinderRev::new(key);
+fn rfind_string(bytes: &[u8], finder: &memchr::memmem::FinderRev<'_>) -> Option<String> {
     let mut end = bytes.len();
     while let Some(i) = finder.rfind(&bytes[..end]) {
-        if let Some(s) = string_at(&bytes[i + key.len()..]) {
+        if let Some(s) = string_at(&bytes[i + finder.needle().len()..]) {
             return Some(s);
         }
         end = i;
