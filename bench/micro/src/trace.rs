@@ -48,6 +48,7 @@ fn main() {
     .expect("serializes");
     let headers = http::HeaderMap::new();
     let reasons = vec!["stop".to_owned()];
+    let model: std::sync::Arc<str> = "bench".into();
 
     let base = time(N, |_| {
         black_box(serde_json::from_slice::<Value>(black_box(&body)).expect("valid"));
@@ -55,12 +56,12 @@ fn main() {
     let spans = time(N, |_| {
         let mut server = tracing.server_span(black_box(&headers), "/v1/chat/completions");
         server.str("sluice.request_id", "0193b1c2-7d3e-7c4a-9f00-123456789abc");
-        server.rename(format!("chat {}", "bench"));
+        server.rename("chat", &model);
         server.str("gen_ai.operation.name", "chat");
         server.str("gen_ai.request.model", "bench");
         server.flag("sluice.stream", false);
         let mut attempt = tracing
-            .attempt_span(&server, "chat", &provider, "bench", 1)
+            .attempt_span(&server, "chat", &provider, &model, 1)
             .expect("sampled");
         black_box(attempt.context().traceparent());
         attempt.int("http.response.status_code", 200);

@@ -155,7 +155,7 @@ async fn proxy(
     }
     if let Some(span) = rec.span.as_mut().filter(|s| s.is_recording()) {
         let operation = operation_name(op);
-        span.rename(format!("{operation} {}", peek.model));
+        span.rename(operation, &route.name);
         span.str("gen_ai.operation.name", operation);
         span.str("gen_ai.request.model", &route.name);
         span.flag("sluice.stream", peek.stream);

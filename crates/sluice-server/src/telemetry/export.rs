@@ -402,6 +402,7 @@ mod tests {
             parent_span_id: None,
             flags: 1,
             name: "s",
+            name_suffix: None,
             kind: otlp::Kind::Server,
             start_unix_nano: 1,
             end_unix_nano: 2,

@@ -17,7 +17,6 @@
 mod export;
 pub mod otlp;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -153,7 +152,8 @@ struct Recording {
     parent: Option<u64>,
     remote_parent: bool,
     kind: Kind,
-    name: Cow<'static, str>,
+    name: &'static str,
+    name_suffix: Option<Arc<str>>,
     start: u64,
     /// Attributes, events and status, encoded as they are set.
     fields: Vec<u8>,
@@ -168,9 +168,11 @@ impl Span {
         self.rec.is_some()
     }
 
-    pub fn rename(&mut self, name: String) {
+    /// Names the span "`name` `suffix`" (the GenAI "{operation} {model}").
+    pub fn rename(&mut self, name: &'static str, suffix: &Arc<str>) {
         if let Some(r) = &mut self.rec {
-            r.name = Cow::Owned(name);
+            r.name = name;
+            r.name_suffix = Some(suffix.clone());
         }
     }
 
@@ -235,7 +237,8 @@ impl Drop for Span {
                 span_id: self.cx.span_id,
                 parent_span_id: r.parent,
                 flags,
-                name: &r.name,
+                name: r.name,
+                name_suffix: r.name_suffix.as_deref(),
                 kind: r.kind,
                 start_unix_nano: r.start,
                 end_unix_nano: now_unix_nano(),
@@ -313,7 +316,8 @@ impl Tracing {
         parent: Option<u64>,
         remote_parent: bool,
         kind: Kind,
-        name: Cow<'static, str>,
+        name: &'static str,
+        name_suffix: Option<Arc<str>>,
     ) -> Box<Recording> {
         Box::new(Recording {
             batch: self.batch.clone(),
@@ -321,6 +325,7 @@ impl Tracing {
             remote_parent,
             kind,
             name,
+            name_suffix,
             start: now_unix_nano(),
             fields: take_buffer(),
         })
@@ -338,14 +343,8 @@ impl Tracing {
         };
         let sampled = parent.map_or_else(|| self.root_sampled(cx.trace_id), |p| p.sampled);
         let cx = SpanContext { sampled, ..cx };
-        let rec = sampled.then(|| {
-            self.recording(
-                parent.map(|p| p.span_id),
-                true,
-                Kind::Server,
-                Cow::Borrowed(route),
-            )
-        });
+        let rec = sampled
+            .then(|| self.recording(parent.map(|p| p.span_id), true, Kind::Server, route, None));
         let mut span = Span { cx, rec };
         span.str("http.request.method", "POST");
         span.str("http.route", route);
@@ -360,7 +359,7 @@ impl Tracing {
         parent: &Span,
         operation: &'static str,
         provider: &ProviderConfig,
-        model: &str,
+        model: &Arc<str>,
         attempt: u32,
     ) -> Option<Span> {
         if !parent.cx.sampled {
@@ -370,8 +369,13 @@ impl Tracing {
             span_id: random_nonzero_u64(),
             ..parent.cx
         };
-        let name = Cow::Owned(format!("{operation} {model}"));
-        let rec = self.recording(Some(parent.cx.span_id), false, Kind::Client, name);
+        let rec = self.recording(
+            Some(parent.cx.span_id),
+            false,
+            Kind::Client,
+            operation,
+            Some(model.clone()),
+        );
         let mut span = Span { cx, rec: Some(rec) };
         let system = genai_provider(provider.kind, provider.preset);
         span.str("gen_ai.operation.name", operation);

@@ -162,7 +162,10 @@ pub struct SpanFields<'a> {
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
     pub flags: u32,
+    /// The span's name: `name`, or `name` and `name_suffix` with a space
+    /// between ("chat gpt-4o"), written without joining them first.
     pub name: &'a str,
+    pub name_suffix: Option<&'a str>,
     pub kind: Kind,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
@@ -178,12 +181,16 @@ fn status_len(message: &str) -> usize {
     msg + 2 // code (3) = 2, one byte each
 }
 
+fn name_len(f: &SpanFields<'_>) -> usize {
+    f.name.len() + f.name_suffix.map_or(0, |s| 1 + s.len())
+}
+
 fn span_len(f: &SpanFields<'_>) -> usize {
     ld_len(1, 16)
         + ld_len(2, 8)
         + f.parent_span_id.map_or(0, |_| ld_len(4, 8))
         + key_len(16) + 4
-        + ld_len(5, f.name.len())
+        + ld_len(5, name_len(f))
         + 2 // kind
         + 2 * 9 // start, end
         + f.fields.len()
@@ -201,7 +208,12 @@ pub fn put_span(buf: &mut Vec<u8>, f: &SpanFields<'_>) {
     }
     encode_key(16, WireType::ThirtyTwoBit, buf);
     buf.extend_from_slice(&f.flags.to_le_bytes());
-    put_ld(buf, 5, f.name.as_bytes());
+    put_ld_head(buf, 5, name_len(f));
+    buf.extend_from_slice(f.name.as_bytes());
+    if let Some(s) = f.name_suffix {
+        buf.push(b' ');
+        buf.extend_from_slice(s.as_bytes());
+    }
     put_varint(buf, 6, f.kind as u64);
     put_fixed64(buf, 7, f.start_unix_nano);
     put_fixed64(buf, 8, f.end_unix_nano);
@@ -297,7 +309,8 @@ mod tests {
                 span_id: 0x00f0_67aa_0ba9_02b7,
                 parent_span_id: Some(0x1122_3344_5566_7788),
                 flags: 1 | FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE,
-                name: "chat gpt",
+                name: "chat",
+                name_suffix: Some("gpt"),
                 kind: Kind::Server,
                 start_unix_nano: 1,
                 end_unix_nano: u64::MAX,
@@ -309,6 +322,7 @@ mod tests {
                 parent_span_id: None,
                 flags: 0,
                 name: &long_name,
+                name_suffix: None,
                 kind: Kind::Client,
                 start_unix_nano: 5,
                 end_unix_nano: 6,
