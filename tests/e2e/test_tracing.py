@@ -221,3 +221,53 @@ def test_access_log_lines_carry_the_trace_id(ups, tmp_path):
         assert ids[1] == server["trace_id"] and len(ids[1]) == 32
     finally:
         rx.stop()
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_silent_collector_never_slows_requests_and_the_queue_is_bounded(ups, tmp_path, protocol):
+    import socket
+    import threading
+
+    # A "collector" that accepts connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        silent.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                pass
+    threading.Thread(target=accept, daemon=True).start()
+    telemetry = (f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{silent.getsockname()[1]}"\n'
+                 f'otlp_protocol = "{protocol}"\nmax_queue_spans = 10\nmax_batch_spans = 2\n'
+                 'export_timeout_ms = 1000\n')
+    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+    try:
+        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
+        with httpx.Client() as c:
+            t0 = time.monotonic()
+            codes = [c.post(f"{g.base_url}/chat/completions", json=body).status_code for _ in range(30)]
+            took = time.monotonic() - t0
+        assert codes == [200] * 30
+        assert took < 3, took  # requests never wait on the export
+        # Two spans per request, at most 10 waiting (in flight included);
+        # room comes back only when an export gives up (1 s), so nearly all
+        # the rest were dropped and counted.
+        failed = g.metric('sluice_trace_spans_total{outcome="failed"}')
+        dropped = g.metric('sluice_trace_spans_total{outcome="dropped"}')
+        assert dropped + failed >= 60 - 10, (dropped, failed)
+        assert dropped > 0
+        # The export in flight times out and is counted as failed.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and g.metric('sluice_trace_spans_total{outcome="failed"}') == 0:
+            time.sleep(0.1)
+        assert g.metric('sluice_trace_spans_total{outcome="failed"}') >= 2
+        assert g.metric('sluice_trace_spans_total{outcome="exported"}') == 0
+    finally:
+        g.stop()
+        stop.set()
+        silent.close()

@@ -99,15 +99,20 @@ impl Batch {
         p.sealed.pop_front()
     }
 
-    /// A batch is sent (or failed): its spans leave the queue and its
-    /// buffer is kept for reuse.
-    fn done(&self, mut buf: Vec<u8>, spans: usize) {
+    /// A batch's bytes are copied into its request: the buffer is kept
+    /// for reuse (its spans still count until [`Batch::sent`]).
+    fn recycle(&self, mut buf: Vec<u8>) {
         buf.clear();
         let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        p.queued -= spans;
         if p.spare.len() < 2 {
             p.spare.push(buf);
         }
+    }
+
+    /// A batch was sent, or its export failed: its spans leave the queue.
+    fn sent(&self, spans: usize) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        p.queued -= spans;
     }
 }
 
@@ -193,8 +198,10 @@ async fn run(
             seal = stopping;
             let mut body = Vec::new();
             otlp::request(&header.resource, &header.scope, &spans, &mut body);
-            batch.done(spans, n);
-            match sender.send(Bytes::from(body)).await {
+            batch.recycle(spans);
+            let result = sender.send(Bytes::from(body)).await;
+            batch.sent(n);
+            match result {
                 Ok(()) => {
                     batch.exported.inc_by(n as u64);
                 }
@@ -432,7 +439,16 @@ mod tests {
         assert_eq!(dropped, 2);
         let (first, n) = b.take(false).unwrap();
         assert_eq!(n, 2);
-        b.done(first, n);
+        b.recycle(first);
+        // Still in flight: no room yet.
+        b.submit(&span(9));
+        assert_eq!(
+            counts
+                .get_or_create(&OutcomeLabels { outcome: "dropped" })
+                .get(),
+            3
+        );
+        b.sent(n);
         let (second, n) = b.take(false).unwrap();
         assert_eq!(n, 2);
         assert!(
@@ -445,9 +461,10 @@ mod tests {
             counts
                 .get_or_create(&OutcomeLabels { outcome: "dropped" })
                 .get(),
-            2
+            3
         );
-        b.done(second, n);
+        b.recycle(second);
+        b.sent(n);
         let (last, n) = b.take(true).unwrap();
         assert_eq!(n, 2, "spans 5 and 8, sealed at the batch size");
         let mut body = Vec::new();
@@ -467,7 +484,8 @@ mod tests {
             ids,
             [5u64.to_be_bytes().to_vec(), 8u64.to_be_bytes().to_vec()]
         );
-        b.done(last, n);
+        b.recycle(last);
+        b.sent(n);
         assert!(b.take(true).is_none());
         assert_eq!(b.pending.lock().unwrap().queued, 0);
     }
