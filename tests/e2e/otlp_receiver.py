@@ -48,9 +48,12 @@ class HttpReceiver(Receiver):
         """`tls`: (cert_path, key_path) to serve https."""
         super().__init__()
         outer = self
+        self.requests = []  # (path, headers) of each export
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                with outer.lock:
+                    outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = self.rfile.read(int(self.headers["content-length"]))
                 req = trace_service_pb2.ExportTraceServiceRequest()
                 req.ParseFromString(body)

@@ -271,3 +271,39 @@ def test_a_silent_collector_never_slows_requests_and_the_queue_is_bounded(ups, t
         g.stop()
         stop.set()
         silent.close()
+
+
+def test_signal_specific_otel_variables(ups, tmp_path):
+    rx = HttpReceiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # overridden below
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{rx.url}/custom/traces",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-team=ml%20platform,authorization=Bearer%20t",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,service.name=ignored",
+        "OTEL_SERVICE_NAME": "sluice-env",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_off",
+    }
+    g = Gateway(config(ups), tmp_path=tmp_path, env=env)
+    try:
+        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
+        for _ in range(3):
+            assert httpx.post(f"{g.base_url}/chat/completions", json=body).status_code == 200
+        # Sampled only because the client's parent was.
+        r = httpx.post(f"{g.base_url}/chat/completions", json=body,
+                       headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        assert r.status_code == 200
+    finally:
+        g.stop()
+    try:
+        servers = [s for s in rx.spans if s["kind"] == SERVER]
+        assert [s["trace_id"] for s in servers] == [TRACE_ID]
+        res = servers[0]["resource"]
+        assert res["service.name"] == "sluice-env"
+        assert res["deployment.environment"] == "test"
+        assert rx.requests and all(p == "/custom/traces" for p, _ in rx.requests)
+        path, headers = rx.requests[0]
+        assert headers["x-team"] == "ml platform" and headers["authorization"] == "Bearer t"
+        assert headers["content-type"] == "application/x-protobuf"
+    finally:
+        rx.stop()

@@ -151,9 +151,16 @@ pub enum OtlpProtocol {
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
+    /// The endpoint is the whole traces URL (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`):
+    /// OTLP/HTTP does not add `/v1/traces` to it.
+    pub traces_url: bool,
     pub protocol: OtlpProtocol,
     pub headers: Vec<(String, Secret)>,
+    /// Traces started here are sampled at this ratio (by trace id)...
     pub sampling_ratio: f64,
+    /// ...and a client's `traceparent` sampled flag is followed when true;
+    /// when false, its trace id is sampled at the ratio too.
+    pub parent_based: bool,
     pub service_name: String,
     /// Extra resource attributes (`[telemetry.resource_attributes]`, else
     /// `OTEL_RESOURCE_ATTRIBUTES`).
@@ -172,9 +179,11 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            traces_url: false,
             protocol: OtlpProtocol::Grpc,
             headers: Vec::new(),
             sampling_ratio: 1.0,
+            parent_based: true,
             service_name: "sluice".to_owned(),
             resource_attributes: Vec::new(),
             max_queue_spans: 8192,

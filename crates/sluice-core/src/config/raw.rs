@@ -158,6 +158,7 @@ pub struct RawTelemetry {
     #[serde(default)]
     pub otlp_headers: BTreeMap<String, Spanned<String>>,
     pub sampling_ratio: Option<Spanned<f64>>,
+    pub parent_based: Option<Spanned<bool>>,
     pub service_name: Option<Spanned<String>>,
     #[serde(default)]
     pub resource_attributes: BTreeMap<String, Spanned<String>>,

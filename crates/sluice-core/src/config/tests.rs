@@ -416,6 +416,79 @@ fn telemetry_batching_and_otel_variables() {
     assert_eq!(t.export_interval, Duration::from_millis(250));
     assert_eq!(t.export_timeout, Duration::from_secs(2));
 
+    // Signal-specific variables win over the general ones, and name the
+    // whole URL; OTEL_TRACES_SAMPLER picks parent-based or not.
+    let signal = |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://general:4318".to_owned()),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("http://traces:4318/custom".to_owned()),
+        "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_owned()),
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => Some("http/protobuf".to_owned()),
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => Some("a=1".to_owned()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => Some("b=2".to_owned()),
+        "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_owned()),
+        "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".to_owned()),
+        _ => None,
+    };
+    let t = parse(base, "t.toml", &signal).unwrap().telemetry;
+    assert_eq!(
+        t.otlp_endpoint.as_deref(),
+        Some("http://traces:4318/custom")
+    );
+    assert!(t.traces_url);
+    assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(t.headers[0].0, "a");
+    assert_eq!((t.sampling_ratio, t.parent_based), (0.25, false));
+    let sampler = |name: &'static str| {
+        move |k: &str| match k {
+            "OTEL_TRACES_SAMPLER" => Some(name.to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.5".to_owned()),
+            _ => None,
+        }
+    };
+    for (name, ratio, parent) in [
+        ("always_on", 1.0, false),
+        ("always_off", 0.0, false),
+        ("parentbased_always_off", 0.0, true),
+        ("parentbased_traceidratio", 0.5, true),
+        ("something_else", 0.5, true),
+    ] {
+        let t = parse(base, "t.toml", &sampler(name)).unwrap().telemetry;
+        assert_eq!(
+            (t.sampling_ratio, t.parent_based),
+            (ratio, parent),
+            "{name}"
+        );
+    }
+    // OTEL_SDK_DISABLED turns off what the variables would turn on.
+    let off = |k: &str| match k {
+        "OTEL_SDK_DISABLED" => Some("TRUE".to_owned()),
+        other => otel(other),
+    };
+    assert_eq!(
+        parse(base, "t.toml", &off).unwrap().telemetry.otlp_endpoint,
+        None
+    );
+    // The file's own settings win.
+    let t = parse(
+        &format!("{base}[telemetry]\nsampling_ratio = 0.3\nparent_based = false\n"),
+        "t.toml",
+        &signal,
+    )
+    .unwrap()
+    .telemetry;
+    assert_eq!((t.sampling_ratio, t.parent_based), (0.3, false));
+    assert!(!parse(base, "t.toml", &otel).unwrap().telemetry.traces_url);
+    let named = |k: &str| {
+        (k == "OTEL_RESOURCE_ATTRIBUTES").then(|| "a=b,service.name=from-resource".to_owned())
+    };
+    assert_eq!(
+        parse(base, "t.toml", &named)
+            .unwrap()
+            .telemetry
+            .service_name,
+        "from-resource"
+    );
+
     let errs = errors(&format!(
         "{base}[telemetry]\nmax_queue_spans = 0\nexport_interval_ms = 0\n"
     ));

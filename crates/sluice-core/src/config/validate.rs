@@ -694,6 +694,7 @@ fn telemetry(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> TelemetryConfig {
     // The standard OTEL_* variables apply where the file is silent.
+    let mut traces_url = false;
     let endpoint = match &t.otlp_endpoint {
         Some(v) => match super::interpolate(v.get_ref(), env) {
             Ok(s) if s.is_empty() => None,
@@ -707,12 +708,22 @@ fn telemetry(
                 None
             }
         },
-        None => env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()),
+        None if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) => None,
+        // The signal-specific URL is used as it is; the general one is a
+        // base that `/v1/traces` is added to (OTLP/HTTP).
+        None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|s| !s.is_empty()) {
+            Some(url) => {
+                traces_url = true;
+                Some(url)
+            }
+            None => env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()),
+        },
     };
     let protocol_text = t
         .otlp_protocol
         .as_ref()
         .map(|p| p.get_ref().clone())
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
         .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .unwrap_or_else(|| "grpc".to_owned());
     let protocol = match protocol_text.as_str() {
@@ -727,13 +738,31 @@ fn telemetry(
             OtlpProtocol::Grpc
         }
     };
-    let env_ratio = env("OTEL_TRACES_SAMPLER_ARG").and_then(|v| v.parse::<f64>().ok());
+    let env_ratio = env("OTEL_TRACES_SAMPLER_ARG")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|r| (0.0..=1.0).contains(r));
+    // OTEL_TRACES_SAMPLER: whether a client's sampled flag is followed, and
+    // the ratio for the rest; unknown names keep the default
+    // (parentbased_traceidratio at OTEL_TRACES_SAMPLER_ARG, else 1.0).
+    let (env_parent_based, env_ratio) = match env("OTEL_TRACES_SAMPLER").as_deref() {
+        Some("always_on") => (false, Some(1.0)),
+        Some("always_off") => (false, Some(0.0)),
+        Some("traceidratio") => (false, env_ratio),
+        Some("parentbased_always_on") => (true, Some(1.0)),
+        Some("parentbased_always_off") => (true, Some(0.0)),
+        _ => (true, env_ratio),
+    };
     let sampling_ratio = match &t.sampling_ratio {
         Some(_) => c.float(t.sampling_ratio.as_ref(), 1.0, 0.0..=1.0, "sampling_ratio"),
-        None => env_ratio.filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0),
+        None => env_ratio.unwrap_or(1.0),
     };
+    let parent_based = t
+        .parent_based
+        .as_ref()
+        .map_or(env_parent_based, |v| *v.get_ref());
     let headers = if t.otlp_headers.is_empty() {
-        env("OTEL_EXPORTER_OTLP_HEADERS")
+        env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
             .map(|v| {
                 otel_pairs(&v)
                     .into_iter()
@@ -781,14 +810,24 @@ fn telemetry(
     };
     TelemetryConfig {
         otlp_endpoint: endpoint,
+        traces_url,
         protocol,
         headers,
         sampling_ratio,
+        parent_based,
+        // The file, then OTEL_SERVICE_NAME, then a `service.name` resource
+        // attribute.
         service_name: t
             .service_name
             .as_ref()
             .map(|s| s.get_ref().clone())
             .or_else(|| env("OTEL_SERVICE_NAME"))
+            .or_else(|| {
+                resource_attributes
+                    .iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
+            })
             .unwrap_or_else(|| "sluice".to_owned()),
         resource_attributes,
         max_queue_spans,

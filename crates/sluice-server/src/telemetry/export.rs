@@ -254,7 +254,7 @@ impl Sender {
         let timeout = cfg.export_timeout;
         Ok(match cfg.protocol {
             OtlpProtocol::HttpProtobuf => {
-                let url = if endpoint.ends_with("/v1/traces") {
+                let url = if cfg.traces_url || endpoint.ends_with("/v1/traces") {
                     endpoint.to_owned()
                 } else {
                     format!("{}/v1/traces", endpoint.trim_end_matches('/'))

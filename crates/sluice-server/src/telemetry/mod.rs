@@ -284,6 +284,9 @@ pub struct Tracing {
     /// Root traces are sampled when the low 63 bits of the trace id, shifted
     /// right once, fall under this (the SDK's `TraceIdRatioBased`).
     ratio_bound: u64,
+    /// Follow a client's sampled flag (ParentBased); else sample its trace
+    /// id at the ratio too.
+    parent_based: bool,
     exporter: export::Handle,
 }
 
@@ -303,6 +306,7 @@ impl Tracing {
         Ok(Some(Self {
             batch,
             ratio_bound: (cfg.sampling_ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64,
+            parent_based: cfg.parent_based,
             exporter,
         }))
     }
@@ -332,8 +336,8 @@ impl Tracing {
     }
 
     /// The server span for a request: a child of the client's
-    /// `traceparent` and sampled as it was, or a new trace sampled at the
-    /// configured ratio.
+    /// `traceparent` (sampled as it was, unless `parent_based` is off), or
+    /// a new trace; traces are sampled by their id at the configured ratio.
     pub fn server_span(&self, headers: &HeaderMap, route: &'static str) -> Span {
         let parent = SpanContext::from_headers(headers);
         let cx = SpanContext {
@@ -341,7 +345,10 @@ impl Tracing {
             span_id: random_nonzero_u64(),
             sampled: false,
         };
-        let sampled = parent.map_or_else(|| self.root_sampled(cx.trace_id), |p| p.sampled);
+        let sampled = match parent {
+            Some(p) if self.parent_based => p.sampled,
+            _ => self.root_sampled(cx.trace_id),
+        };
         let cx = SpanContext { sampled, ..cx };
         let rec = sampled
             .then(|| self.recording(parent.map(|p| p.span_id), true, Kind::Server, route, None));
@@ -468,6 +475,56 @@ mod tests {
         assert!(SpanContext::from_headers(&headers(&[later])).is_some());
         // Two traceparent headers: neither is trusted.
         assert_eq!(SpanContext::from_headers(&headers(&[ok, ok])), None);
+    }
+
+    fn tracing(ratio: f64, parent_based: bool) -> (tokio::runtime::Runtime, Tracing) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:9".into()),
+            protocol: sluice_core::config::OtlpProtocol::HttpProtobuf,
+            sampling_ratio: ratio,
+            parent_based,
+            ..TelemetryConfig::default()
+        };
+        let t = {
+            let _guard = rt.enter();
+            Tracing::init(&cfg, Family::default()).unwrap().unwrap()
+        };
+        (rt, t)
+    }
+
+    #[test]
+    fn parent_based_sampling_follows_the_client_unless_turned_off() {
+        let sampled = headers(&["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]);
+        let unsampled = headers(&["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"]);
+        let none = HeaderMap::new();
+        let route = "/v1/chat/completions";
+
+        let (_rt, t) = tracing(0.0, true);
+        let s = t.server_span(&sampled, route);
+        assert!(s.is_recording(), "the client sampled it");
+        assert_eq!(
+            s.context().trace_id,
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736
+        );
+        assert!(!t.server_span(&none, route).is_recording(), "ratio 0");
+        let (_rt, t) = tracing(1.0, true);
+        assert!(
+            !t.server_span(&unsampled, route).is_recording(),
+            "the client did not"
+        );
+        assert!(t.server_span(&none, route).is_recording());
+
+        // Not parent-based: the ratio decides, on the client's trace id too.
+        let (_rt, t) = tracing(0.0, false);
+        let s = t.server_span(&sampled, route);
+        assert!(!s.is_recording());
+        assert!(!s.context().sampled, "what goes upstream says so");
+        let (_rt, t) = tracing(1.0, false);
+        assert!(t.server_span(&unsampled, route).is_recording());
     }
 
     #[test]
