@@ -79,6 +79,22 @@ fn main() {
         server.str("sluice.provider", "up");
         server.end();
     });
+    // What a traced response adds on top: its model and finish reasons,
+    // read from the tail of the body the client got.
+    let response = bytes::Bytes::from(
+        serde_json::to_vec(&json!({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "mock-model-2024",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream"},
+                "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+        }))
+        .expect("serializes"),
+    );
+    let meta = time(N, |_| {
+        let mut tail = sluice_providers::openai::UsageTail::default();
+        tail.observe(black_box(&response));
+        black_box(tail.response_meta());
+    });
     let failed = counts_view
         .get_or_create(&sluice_server::metrics::OutcomeLabels { outcome: "failed" })
         .get();
@@ -90,5 +106,10 @@ fn main() {
     println!(
         "server + attempt span, recorded and batched: {spans:.0} ns per request ({:.2}x the parse)",
         spans / base
+    );
+    println!(
+        "response model and finish reasons from a {} B body: {meta:.0} ns ({:.2}x the parse)",
+        response.len(),
+        meta / base
     );
 }
