@@ -49,12 +49,19 @@ class HttpReceiver(Receiver):
         super().__init__()
         outer = self
         self.requests = []  # (path, headers) of each export
+        self.fail = []  # statuses to answer the next exports with, in order
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 with outer.lock:
                     outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    fail = outer.fail.pop(0) if outer.fail else None
                 body = self.rfile.read(int(self.headers["content-length"]))
+                if fail:
+                    self.send_response(fail)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 req = trace_service_pb2.ExportTraceServiceRequest()
                 req.ParseFromString(body)
                 outer.ingest(req)

@@ -307,3 +307,33 @@ def test_signal_specific_otel_variables(ups, tmp_path):
         assert headers["content-type"] == "application/x-protobuf"
     finally:
         rx.stop()
+
+
+@pytest.mark.parametrize("status,retried", [(503, True), (400, False)])
+def test_transient_export_failures_are_retried_and_others_are_not(ups, tmp_path, status, retried):
+    rx = HttpReceiver()
+    rx.fail = [status, status]
+    telemetry = (f'[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\n'
+                 'export_interval_ms = 200\n')
+    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+    try:
+        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
+        assert httpx.post(f"{g.base_url}/chat/completions", json=body).status_code == 200
+        outcome = 'exported' if retried else 'failed'
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and g.metric(f'sluice_trace_spans_total{{outcome="{outcome}"}}') < 2:
+            time.sleep(0.05)
+        exported = g.metric('sluice_trace_spans_total{outcome="exported"}')
+        failed = g.metric('sluice_trace_spans_total{outcome="failed"}')
+        if retried:
+            # 503, 503 (100 ms, then 200 ms back-off), then accepted.
+            assert (exported, failed) == (2, 0)
+            assert len(rx.requests) == 3
+            assert len(rx.by_name("chat pair")) == 1
+        else:
+            # A 400 will not get better: the batch is lost at once, counted.
+            assert (exported, failed) == (0, 2)
+            assert len(rx.requests) == 1
+    finally:
+        g.stop()
+        rx.stop()

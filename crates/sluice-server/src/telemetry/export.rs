@@ -3,7 +3,8 @@
 //! A finished span is appended, as protobuf bytes, to the current batch.
 //! A batch is sealed at `max_batch_spans` spans (or 1 MiB) and then the
 //! export task is woken; a partial batch is sealed every
-//! `export_interval_ms`. Batches are sent one at a time. At most
+//! `export_interval_ms`. Batches are sent one at a time, transient failures
+//! retried within `export_timeout_ms` ([`export`]). At most
 //! `max_queue_spans` spans wait (sealed, current and in flight); past that,
 //! new spans are dropped and counted, so a slow or dead collector costs
 //! bounded memory and no request ever waits on it.
@@ -164,7 +165,14 @@ pub fn start(cfg: &TelemetryConfig, endpoint: &str, batch: Arc<Batch>) -> anyhow
         scope: otlp::scope("sluice", env!("CARGO_PKG_VERSION")),
     };
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run(batch, sender, header, cfg.export_interval, stopped));
+    let task = tokio::spawn(run(
+        batch,
+        sender,
+        header,
+        cfg.export_interval,
+        cfg.export_timeout,
+        stopped,
+    ));
     Ok(Handle {
         stop,
         task: Mutex::new(Some(task)),
@@ -177,11 +185,72 @@ struct Header {
     scope: Vec<u8>,
 }
 
+/// Sends one batch. Failures the OTLP spec calls transient (connection
+/// errors, time-outs, HTTP 429/502/503/504, gRPC UNAVAILABLE and the like)
+/// are retried with back-off (100 ms, doubling, or the collector's
+/// `Retry-After`), all within one `export_timeout` from the first try; not
+/// while shutting down.
+async fn export(
+    sender: &mut Sender,
+    body: Bytes,
+    timeout: Duration,
+    stopping: bool,
+) -> Result<(), ExportError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = match tokio::time::timeout(left, sender.send(body.clone())).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => ExportError::transient("timed out".to_owned()),
+        };
+        let wait = e.retry_after.unwrap_or(backoff).min(Duration::from_secs(5));
+        if !e.transient || stopping || tokio::time::Instant::now() + wait >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(wait).await;
+        backoff *= 2;
+    }
+}
+
+#[derive(Debug)]
+struct ExportError {
+    message: String,
+    transient: bool,
+    retry_after: Option<Duration>,
+}
+
+impl ExportError {
+    fn transient(message: String) -> Self {
+        Self {
+            message,
+            transient: true,
+            retry_after: None,
+        }
+    }
+
+    fn permanent(message: String) -> Self {
+        Self {
+            message,
+            transient: false,
+            retry_after: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ExportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 async fn run(
     batch: Arc<Batch>,
     mut sender: Sender,
     header: Header,
     interval: Duration,
+    timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_warning: Option<Instant> = None;
@@ -199,7 +268,7 @@ async fn run(
             let mut body = Vec::new();
             otlp::request(&header.resource, &header.scope, &spans, &mut body);
             batch.recycle(spans);
-            let result = sender.send(Bytes::from(body)).await;
+            let result = export(&mut sender, Bytes::from(body), timeout, stopping).await;
             batch.sent(n);
             match result {
                 Ok(()) => {
@@ -223,17 +292,16 @@ async fn run(
     }
 }
 
+/// One attempt at an export; [`export`] bounds its time.
 enum Sender {
     Http {
         client: Box<sluice_providers::transport::UpstreamClient>,
         url: http::Uri,
         headers: HeaderMap,
-        timeout: Duration,
     },
     Grpc {
         grpc: tonic::client::Grpc<tonic::transport::Channel>,
         metadata: tonic::metadata::MetadataMap,
-        timeout: Duration,
     },
 }
 
@@ -265,7 +333,6 @@ impl Sender {
                     )),
                     url: url.parse().context("OTLP endpoint")?,
                     headers,
-                    timeout,
                 }
             }
             OtlpProtocol::Grpc => {
@@ -286,68 +353,80 @@ impl Sender {
                 Self::Grpc {
                     grpc: tonic::client::Grpc::new(ep.connect_lazy()),
                     metadata: tonic::metadata::MetadataMap::from_headers(headers),
-                    timeout,
                 }
             }
         })
     }
 
-    async fn send(&mut self, body: Bytes) -> Result<(), String> {
+    async fn send(&mut self, body: Bytes) -> Result<(), ExportError> {
         match self {
             Self::Http {
                 client,
                 url,
                 headers,
-                timeout,
             } => {
                 use http_body_util::BodyExt as _;
                 let mut req = http::Request::post(url.clone())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                     .body(http_body_util::Full::new(body))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ExportError::permanent(e.to_string()))?;
                 req.headers_mut()
                     .extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-                let resp = tokio::time::timeout(*timeout, client.request(req))
+                let resp = client
+                    .request(req)
                     .await
-                    .map_err(|_| "timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ExportError::transient(e.to_string()))?;
                 let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 // Read the answer (bounded) so the connection can be reused.
-                let answer = tokio::time::timeout(
-                    *timeout,
-                    http_body_util::Limited::new(resp.into_body(), 64 << 10).collect(),
-                )
-                .await
-                .map_err(|_| "timed out reading the answer".to_owned())?
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    let text = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
-                    Err(format!("collector answered {status}: {text}"))
-                }
-            }
-            Self::Grpc {
-                grpc,
-                metadata,
-                timeout,
-            } => {
-                let call = async {
-                    grpc.ready().await.map_err(|e| e.to_string())?;
-                    let mut req = tonic::Request::new(body);
-                    *req.metadata_mut() = metadata.clone();
-                    let path = http::uri::PathAndQuery::from_static(
-                        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                    );
-                    grpc.unary::<_, Bytes, _>(req, path, RawCodec)
-                        .await
-                        .map(drop)
-                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-                };
-                tokio::time::timeout(*timeout, call)
+                let answer = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+                    .collect()
                     .await
-                    .map_err(|_| "timed out".to_owned())?
+                    .map_err(|e| ExportError::transient(e.to_string()))?
+                    .to_bytes();
+                if status.is_success() {
+                    return Ok(());
+                }
+                let text = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
+                Err(ExportError {
+                    message: format!("collector answered {status}: {text}"),
+                    transient: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                    retry_after,
+                })
+            }
+            Self::Grpc { grpc, metadata } => {
+                grpc.ready()
+                    .await
+                    .map_err(|e| ExportError::transient(e.to_string()))?;
+                let mut req = tonic::Request::new(body);
+                *req.metadata_mut() = metadata.clone();
+                let path = http::uri::PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                );
+                match grpc.unary::<_, Bytes, _>(req, path, RawCodec).await {
+                    Ok(_) => Ok(()),
+                    Err(s) => {
+                        use tonic::Code;
+                        Err(ExportError {
+                            message: format!("{:?}: {}", s.code(), s.message()),
+                            transient: matches!(
+                                s.code(),
+                                Code::Cancelled
+                                    | Code::DeadlineExceeded
+                                    | Code::ResourceExhausted
+                                    | Code::Aborted
+                                    | Code::OutOfRange
+                                    | Code::Unavailable
+                                    | Code::DataLoss
+                            ),
+                            retry_after: None,
+                        })
+                    }
+                }
             }
         }
     }
