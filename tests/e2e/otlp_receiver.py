@@ -32,6 +32,7 @@ class Receiver:
                             "trace_id": s.trace_id.hex(),
                             "span_id": s.span_id.hex(),
                             "parent_span_id": s.parent_span_id.hex(),
+                            "trace_state": s.trace_state,
                             "attributes": {a.key: _value(a.value) for a in s.attributes},
                             "events": [e.name for e in s.events],
                             "status_code": s.status.code,

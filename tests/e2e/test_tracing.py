@@ -67,7 +67,7 @@ def test_http_protobuf_spans_with_retry_and_traceparent(ups, tmp_path):
         r = httpx.post(
             f"{g.base_url}/chat/completions",
             json={"model": "pair", "messages": [{"role": "user", "content": "x"}]},
-            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "congo=t61rcWkgMzE"},
         )
         assert r.status_code == 200, r.text
         assert r.headers["x-sluice-attempts"] == "2"
@@ -113,6 +113,9 @@ def test_http_protobuf_spans_with_retry_and_traceparent(ups, tmp_path):
         tp = answered.last()["headers"]["traceparent"]
         assert tp.split("-")[1] == TRACE_ID
         assert tp.split("-")[2] == ok[0]["span_id"]
+        # The client's tracestate goes on upstream and into the spans.
+        assert answered.last()["headers"]["tracestate"] == "congo=t61rcWkgMzE"
+        assert first["trace_state"] == ok[0]["trace_state"] == "congo=t61rcWkgMzE"
 
         streamed = next(s for s in servers if s["trace_id"] != TRACE_ID)
         assert "gen_ai.first_token" in streamed["events"]

@@ -152,7 +152,9 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             };
             // Upstream gets the attempt's context, or the request's when unsampled.
             let traceparent = match (&span, &rec.span) {
-                (Some(s), _) | (None, Some(s)) => Some(s.context().traceparent()),
+                (Some(s), _) | (None, Some(s)) => {
+                    Some((s.context().traceparent(), s.trace_state().cloned()))
+                }
                 (None, None) => None,
             };
 
@@ -274,7 +276,8 @@ async fn attempt(
     call: &Call<'_>,
     model: &ModelRoute,
     index: usize,
-    traceparent: Option<HeaderValue>,
+    // `traceparent` and the client's `tracestate`, to pass on.
+    traceparent: Option<(HeaderValue, Option<HeaderValue>)>,
 ) -> Attempt {
     let target = &model.targets[index];
     let provider = &call.snap.config.providers[target.provider];
@@ -337,9 +340,12 @@ async fn attempt(
         }
     };
     let mut req = req;
-    if let Some(tp) = traceparent {
-        req.headers_mut()
-            .insert(http::HeaderName::from_static("traceparent"), tp);
+    if let Some((tp, state)) = traceparent {
+        let h = req.headers_mut();
+        h.insert(http::HeaderName::from_static("traceparent"), tp);
+        if let Some(state) = state {
+            h.insert(http::HeaderName::from_static("tracestate"), state);
+        }
     }
     let started = Instant::now();
     let head_deadline = (started + provider.timeout).min(call.deadline);

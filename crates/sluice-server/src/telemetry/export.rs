@@ -486,6 +486,7 @@ mod tests {
             trace_id: 1,
             span_id: buf_id,
             parent_span_id: None,
+            trace_state: None,
             flags: 1,
             name: "s",
             name_suffix: None,

@@ -144,7 +144,31 @@ fn random_nonzero_u128() -> u128 {
 /// when it is ended or dropped.
 pub struct Span {
     cx: SpanContext,
+    /// The client's W3C `tracestate`, passed on upstream and recorded.
+    trace_state: Option<HeaderValue>,
     rec: Option<Box<Recording>>,
+}
+
+/// The longest `tracestate` passed on (the W3C limit for propagation).
+const MAX_TRACESTATE: usize = 512;
+
+/// The `tracestate` that goes with a valid client `traceparent`: several
+/// headers are joined with commas; an oversized one is dropped.
+fn trace_state(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all("tracestate").iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return (first.len() <= MAX_TRACESTATE && !first.is_empty()).then(|| first.clone());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        joined.push(b',');
+        joined.extend_from_slice(v.as_bytes());
+        if joined.len() > MAX_TRACESTATE {
+            return None;
+        }
+    }
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 struct Recording {
@@ -162,6 +186,11 @@ struct Recording {
 impl Span {
     pub fn context(&self) -> SpanContext {
         self.cx
+    }
+
+    /// The client's `tracestate`, to send upstream with [`SpanContext::traceparent`].
+    pub fn trace_state(&self) -> Option<&HeaderValue> {
+        self.trace_state.as_ref()
     }
 
     pub fn is_recording(&self) -> bool {
@@ -236,6 +265,7 @@ impl Drop for Span {
                 trace_id: self.cx.trace_id,
                 span_id: self.cx.span_id,
                 parent_span_id: r.parent,
+                trace_state: self.trace_state.as_ref().and_then(|v| v.to_str().ok()),
                 flags,
                 name: r.name,
                 name_suffix: r.name_suffix.as_deref(),
@@ -352,7 +382,12 @@ impl Tracing {
         let cx = SpanContext { sampled, ..cx };
         let rec = sampled
             .then(|| self.recording(parent.map(|p| p.span_id), true, Kind::Server, route, None));
-        let mut span = Span { cx, rec };
+        let trace_state = parent.and_then(|_| trace_state(headers));
+        let mut span = Span {
+            cx,
+            trace_state,
+            rec,
+        };
         span.str("http.request.method", "POST");
         span.str("http.route", route);
         span
@@ -383,7 +418,11 @@ impl Tracing {
             operation,
             Some(model.clone()),
         );
-        let mut span = Span { cx, rec: Some(rec) };
+        let mut span = Span {
+            cx,
+            trace_state: parent.trace_state.clone(),
+            rec: Some(rec),
+        };
         let system = genai_provider(provider.kind, provider.preset);
         span.str("gen_ai.operation.name", operation);
         span.str("gen_ai.provider.name", system);
@@ -525,6 +564,44 @@ mod tests {
         assert!(!s.context().sampled, "what goes upstream says so");
         let (_rt, t) = tracing(1.0, false);
         assert!(t.server_span(&unsampled, route).is_recording());
+    }
+
+    #[test]
+    fn tracestate_comes_with_a_valid_traceparent_only() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = headers(&[tp]);
+        h.append("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+        h.append(
+            "tracestate",
+            HeaderValue::from_static("rojo=00f067aa0ba902b7"),
+        );
+        let (_rt, t) = tracing(1.0, true);
+        let s = t.server_span(&h, "/v1/chat/completions");
+        assert_eq!(
+            s.trace_state().unwrap(),
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+        );
+        let model: Arc<str> = "m".into();
+        let cfg = sluice_core::config::parse(
+            "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://h:1/v1\"\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"p\" }]\n",
+            "t",
+            &|_| None,
+        )
+        .unwrap();
+        let a = t
+            .attempt_span(&s, "chat", &cfg.providers[0], &model, 1)
+            .unwrap();
+        assert_eq!(a.trace_state(), s.trace_state(), "children carry it on");
+
+        // Without a valid traceparent there is nothing to continue.
+        let mut h = HeaderMap::new();
+        h.append("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+        assert!(t.server_span(&h, "/r").trace_state().is_none());
+        // Too long to pass on.
+        let mut h = headers(&[tp]);
+        let long = format!("k={}", "v".repeat(MAX_TRACESTATE));
+        h.append("tracestate", HeaderValue::from_str(&long).unwrap());
+        assert!(t.server_span(&h, "/r").trace_state().is_none());
     }
 
     #[test]

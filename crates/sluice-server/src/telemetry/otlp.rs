@@ -161,6 +161,8 @@ pub struct SpanFields<'a> {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
+    /// The W3C `tracestate` (Span field 3).
+    pub trace_state: Option<&'a str>,
     pub flags: u32,
     /// The span's name: `name`, or `name` and `name_suffix` with a space
     /// between ("chat gpt-4o"), written without joining them first.
@@ -189,6 +191,7 @@ fn span_len(f: &SpanFields<'_>) -> usize {
     ld_len(1, 16)
         + ld_len(2, 8)
         + f.parent_span_id.map_or(0, |_| ld_len(4, 8))
+        + f.trace_state.map_or(0, |s| ld_len(3, s.len()))
         + key_len(16) + 4
         + ld_len(5, name_len(f))
         + 2 // kind
@@ -203,6 +206,9 @@ pub fn put_span(buf: &mut Vec<u8>, f: &SpanFields<'_>) {
     put_ld_head(buf, 2, len);
     put_ld(buf, 1, &f.trace_id.to_be_bytes());
     put_ld(buf, 2, &f.span_id.to_be_bytes());
+    if let Some(s) = f.trace_state {
+        put_ld(buf, 3, s.as_bytes());
+    }
     if let Some(p) = f.parent_span_id {
         put_ld(buf, 4, &p.to_be_bytes());
     }
@@ -308,6 +314,7 @@ mod tests {
                 trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
                 span_id: 0x00f0_67aa_0ba9_02b7,
                 parent_span_id: Some(0x1122_3344_5566_7788),
+                trace_state: Some("congo=t61rcWkgMzE"),
                 flags: 1 | FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE,
                 name: "chat",
                 name_suffix: Some("gpt"),
@@ -320,6 +327,7 @@ mod tests {
                 trace_id: 1,
                 span_id: 2,
                 parent_span_id: None,
+                trace_state: None,
                 flags: 0,
                 name: &long_name,
                 name_suffix: None,
@@ -349,6 +357,7 @@ mod tests {
         assert_eq!(hex(&a.span_id), "00f067aa0ba902b7");
         assert_eq!(hex(&a.parent_span_id), "1122334455667788");
         assert_eq!(a.flags, 0x301);
+        assert_eq!(a.trace_state, "congo=t61rcWkgMzE");
         assert_eq!(a.name, "chat gpt");
         assert_eq!(a.kind, 2);
         assert_eq!(
@@ -397,6 +406,7 @@ mod tests {
 
         let b = &ss.spans[1];
         assert!(b.parent_span_id.is_empty());
+        assert!(b.trace_state.is_empty());
         assert_eq!(b.name, long_name);
         assert_eq!(b.kind, 3);
         assert!(b.attributes.is_empty());
