@@ -126,7 +126,8 @@ pub struct Handle {
 
 impl Handle {
     /// Seals and sends what is queued, then stops the task. Waits at most
-    /// the export timeout (per batch left) in all.
+    /// twice the export timeout in all; what is not sent by then is lost
+    /// (and said so in the log).
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let task = self
