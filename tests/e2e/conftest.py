@@ -8,6 +8,7 @@ alive (no input may crash it).
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -222,6 +223,39 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class SilentServer:
+    """A server that accepts TCP connections and never answers: a Redis or
+    an OTLP collector that hangs. `with SilentServer() as s: ... s.port`."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        for s in self.held:
+            s.close()
+        self.sock.close()
 
 
 class RedisServer:

@@ -1,6 +1,7 @@
 """A small OTLP trace receiver for tests: HTTP/protobuf and gRPC."""
 
 import threading
+import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -50,16 +51,23 @@ class HttpReceiver(Receiver):
         super().__init__()
         outer = self
         self.requests = []  # (path, headers) of each export
-        self.fail = []  # statuses to answer the next exports with, in order
+        self.times = []  # when each export arrived (monotonic)
+        # Answers for the next exports, in order: a status, or a
+        # (status, Retry-After) pair.
+        self.fail = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 with outer.lock:
                     outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    outer.times.append(time.monotonic())
                     fail = outer.fail.pop(0) if outer.fail else None
                 body = self.rfile.read(int(self.headers["content-length"]))
                 if fail:
-                    self.send_response(fail)
+                    status, retry_after = fail if isinstance(fail, tuple) else (fail, None)
+                    self.send_response(status)
+                    if retry_after is not None:
+                        self.send_header("retry-after", str(retry_after))
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from conftest import Gateway, free_port, key_hash
+from conftest import Gateway, SilentServer, free_port, key_hash
 
 
 def config(redis_url=None, rpm=None, extra="", model_extra="", tokens=2, delay_ms=0):
@@ -226,41 +226,21 @@ budget_period = "total"
 
 
 def test_a_silent_redis_costs_one_timeout_per_backoff_not_one_per_request(tmp_path):
-    import socket
-
     # A "Redis" that accepts connections and never answers.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)
-    held = []
-    stop = threading.Event()
-
-    def accept():
-        silent.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(silent.accept()[0])
-            except OSError:
-                pass
-    threading.Thread(target=accept, daemon=True).start()
-    url = f"redis://127.0.0.1:{silent.getsockname()[1]}"
-    g = Gateway(config(url, rpm=1000), tmp_path=tmp_path)
-    try:
-        with httpx.Client() as c:
-            t0 = time.monotonic()
-            codes = [chat(c, g.url).status_code for _ in range(20)]
-            took = time.monotonic() - t0
-        assert codes == [200] * 20
-        # timeout_ms = 300: the first request waits it out, the rest count
-        # locally during the 1 s back-off (at most one more probe).
-        assert took < 1.5, took
-        assert g.metric('sluice_rate_limit_backend_errors_total{outcome="local"}') == 20
-    finally:
-        g.stop()
-        stop.set()
-        for s in held:
-            s.close()
-        silent.close()
+    with SilentServer() as silent:
+        g = Gateway(config(f"redis://127.0.0.1:{silent.port}", rpm=1000), tmp_path=tmp_path)
+        try:
+            with httpx.Client() as c:
+                t0 = time.monotonic()
+                codes = [chat(c, g.url).status_code for _ in range(20)]
+                took = time.monotonic() - t0
+            assert codes == [200] * 20
+            # timeout_ms = 300: the first request waits it out, the rest count
+            # locally during the 1 s back-off (at most one more probe).
+            assert took < 1.5, took
+            assert g.metric('sluice_rate_limit_backend_errors_total{outcome="local"}') == 20
+        finally:
+            g.stop()
 
 
 def test_a_shared_refusal_names_the_bucket_that_refused(tmp_path, redis_server):

@@ -5,7 +5,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Gateway, MockUpstream
+from conftest import Gateway, MockUpstream, SilentServer
 from otlp_receiver import GrpcReceiver, HttpReceiver
 
 SERVER, CLIENT = 2, 3  # span kinds in the OTLP protobuf
@@ -44,6 +44,12 @@ def ups():
     yield us
     for u in us:
         u.stop()
+
+
+def chat(g, client=httpx, **headers):
+    """One chat completion to the "pair" model; the response."""
+    return client.post(f"{g.base_url}/chat/completions", headers=headers,
+                       json={"model": "pair", "messages": [{"role": "user", "content": "x"}]})
 
 
 def wait_for(receiver, prefix, n, timeout=10):
@@ -137,9 +143,7 @@ def test_grpc_export_from_standard_env_vars(ups, tmp_path):
     g = Gateway(config(ups), tmp_path=tmp_path, env=env)
     try:
         for _ in range(3):
-            r = httpx.post(f"{g.base_url}/chat/completions",
-                           json={"model": "pair", "messages": [{"role": "user", "content": "x"}]})
-            assert r.status_code == 200
+            assert chat(g).status_code == 200
     finally:
         g.stop()
     try:
@@ -155,11 +159,9 @@ def test_sampling_ratio_zero_exports_nothing_unless_the_parent_was_sampled(ups, 
     telemetry = f'[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\nsampling_ratio = 0.0'
     g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
     try:
-        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
         for _ in range(5):
-            httpx.post(f"{g.base_url}/chat/completions", json=body)
-        httpx.post(f"{g.base_url}/chat/completions", json=body,
-                   headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+            chat(g)
+        chat(g, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
     finally:
         g.stop()
     try:
@@ -184,9 +186,7 @@ def test_export_over_tls_to_a_private_ca(ups, tmp_path, protocol):
     }
     g = Gateway(config(ups), tmp_path=tmp_path, env=env)
     try:
-        r = httpx.post(f"{g.base_url}/chat/completions",
-                       json={"model": "pair", "messages": [{"role": "user", "content": "x"}]})
-        assert r.status_code == 200
+        assert chat(g).status_code == 200
     finally:
         g.stop()
     try:
@@ -203,11 +203,8 @@ def test_access_log_lines_carry_the_trace_id(ups, tmp_path):
                  '[logging]\nformat = "json"\n')
     g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
     try:
-        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
-        r = httpx.post(f"{g.base_url}/chat/completions", json=body,
-                       headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-        assert r.status_code == 200
-        r = httpx.post(f"{g.base_url}/chat/completions", json=body)
+        assert chat(g, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01").status_code == 200
+        r = chat(g)
         assert r.status_code == 200
         fresh = r.headers["x-request-id"]
     finally:
@@ -228,52 +225,34 @@ def test_access_log_lines_carry_the_trace_id(ups, tmp_path):
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_a_silent_collector_never_slows_requests_and_the_queue_is_bounded(ups, tmp_path, protocol):
-    import socket
-    import threading
-
     # A "collector" that accepts connections and never answers.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)
-    held, stop = [], threading.Event()
-
-    def accept():
-        silent.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(silent.accept()[0])
-            except OSError:
-                pass
-    threading.Thread(target=accept, daemon=True).start()
-    telemetry = (f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{silent.getsockname()[1]}"\n'
-                 f'otlp_protocol = "{protocol}"\nmax_queue_spans = 10\nmax_batch_spans = 2\n'
-                 'export_timeout_ms = 1000\n')
-    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
-    try:
-        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
-        with httpx.Client() as c:
-            t0 = time.monotonic()
-            codes = [c.post(f"{g.base_url}/chat/completions", json=body).status_code for _ in range(30)]
-            took = time.monotonic() - t0
-        assert codes == [200] * 30
-        assert took < 3, took  # requests never wait on the export
-        # Two spans per request, at most 10 waiting (in flight included);
-        # room comes back only when an export gives up (1 s), so nearly all
-        # the rest were dropped and counted.
-        failed = g.metric('sluice_trace_spans_total{outcome="failed"}')
-        dropped = g.metric('sluice_trace_spans_total{outcome="dropped"}')
-        assert dropped + failed >= 60 - 10, (dropped, failed)
-        assert dropped > 0
-        # The export in flight times out and is counted as failed.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and g.metric('sluice_trace_spans_total{outcome="failed"}') == 0:
-            time.sleep(0.1)
-        assert g.metric('sluice_trace_spans_total{outcome="failed"}') >= 2
-        assert g.metric('sluice_trace_spans_total{outcome="exported"}') == 0
-    finally:
-        g.stop()
-        stop.set()
-        silent.close()
+    with SilentServer() as silent:
+        telemetry = (f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{silent.port}"\n'
+                     f'otlp_protocol = "{protocol}"\nmax_queue_spans = 10\nmax_batch_spans = 2\n'
+                     'export_timeout_ms = 1000\n')
+        g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+        try:
+            with httpx.Client() as c:
+                t0 = time.monotonic()
+                codes = [chat(g, c).status_code for _ in range(30)]
+                took = time.monotonic() - t0
+            assert codes == [200] * 30
+            assert took < 3, took  # requests never wait on the export
+            # Two spans per request, at most 10 waiting (in flight included);
+            # room comes back only when an export gives up (1 s), so nearly all
+            # the rest were dropped and counted.
+            failed = g.metric('sluice_trace_spans_total{outcome="failed"}')
+            dropped = g.metric('sluice_trace_spans_total{outcome="dropped"}')
+            assert dropped + failed >= 60 - 10, (dropped, failed)
+            assert dropped > 0
+            # The export in flight times out and is counted as failed.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and g.metric('sluice_trace_spans_total{outcome="failed"}') == 0:
+                time.sleep(0.1)
+            assert g.metric('sluice_trace_spans_total{outcome="failed"}') >= 2
+            assert g.metric('sluice_trace_spans_total{outcome="exported"}') == 0
+        finally:
+            g.stop()
 
 
 def test_signal_specific_otel_variables(ups, tmp_path):
@@ -289,13 +268,10 @@ def test_signal_specific_otel_variables(ups, tmp_path):
     }
     g = Gateway(config(ups), tmp_path=tmp_path, env=env)
     try:
-        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
         for _ in range(3):
-            assert httpx.post(f"{g.base_url}/chat/completions", json=body).status_code == 200
+            assert chat(g).status_code == 200
         # Sampled only because the client's parent was.
-        r = httpx.post(f"{g.base_url}/chat/completions", json=body,
-                       headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-        assert r.status_code == 200
+        assert chat(g, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01").status_code == 200
     finally:
         g.stop()
     try:
@@ -320,8 +296,7 @@ def test_transient_export_failures_are_retried_and_others_are_not(ups, tmp_path,
                  'export_interval_ms = 200\n')
     g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
     try:
-        body = {"model": "pair", "messages": [{"role": "user", "content": "x"}]}
-        assert httpx.post(f"{g.base_url}/chat/completions", json=body).status_code == 200
+        assert chat(g).status_code == 200
         outcome = 'exported' if retried else 'failed'
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and g.metric(f'sluice_trace_spans_total{{outcome="{outcome}"}}') < 2:
@@ -337,6 +312,26 @@ def test_transient_export_failures_are_retried_and_others_are_not(ups, tmp_path,
             # A 400 will not get better: the batch is lost at once, counted.
             assert (exported, failed) == (0, 2)
             assert len(rx.requests) == 1
+    finally:
+        g.stop()
+        rx.stop()
+
+
+def test_a_collectors_retry_after_is_waited_out(ups, tmp_path):
+    rx = HttpReceiver()
+    rx.fail = [(503, 1)]
+    telemetry = (f'[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\n'
+                 'export_interval_ms = 200\n')
+    g = Gateway(config(ups, telemetry), tmp_path=tmp_path)
+    try:
+        assert chat(g).status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and g.metric('sluice_trace_spans_total{outcome="exported"}') < 2:
+            time.sleep(0.05)
+        assert g.metric('sluice_trace_spans_total{outcome="exported"}') == 2
+        assert len(rx.times) == 2
+        # Retry-After: 1, not the 100 ms back-off.
+        assert rx.times[1] - rx.times[0] >= 0.95, rx.times
     finally:
         g.stop()
         rx.stop()

@@ -378,7 +378,9 @@ fn telemetry_batching_and_otel_variables() {
     let base = "[[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"x\"\ntargets = [{ provider = \"m\" }]\n";
     let otel = |k: &str| match k {
         "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".to_owned()),
-        "OTEL_EXPORTER_OTLP_HEADERS" => Some("Api-Key=a%3Db%2Cc, x-team = ml ,broken".to_owned()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => {
+            Some("Api-Key=a%3Db%2Cc, x-team = ml ,broken,bad name=1".to_owned())
+        }
         "OTEL_RESOURCE_ATTRIBUTES" => {
             Some("deployment.environment=prod,service.namespace=ai%20gw%".to_owned())
         }
@@ -490,8 +492,13 @@ fn telemetry_batching_and_otel_variables() {
     );
 
     let errs = errors(&format!(
-        "{base}[telemetry]\nmax_queue_spans = 0\nexport_interval_ms = 0\n"
+        "{base}[telemetry]\nmax_queue_spans = 0\nexport_interval_ms = 0\n[telemetry.otlp_headers]\n\"bad name\" = \"x\"\n"
     ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("'bad name' is not a valid header name")),
+        "{errs:?}"
+    );
     assert!(
         errs.iter()
             .any(|e| e.contains("max_queue_spans must be between 1")),

@@ -696,17 +696,14 @@ fn telemetry(
     // The standard OTEL_* variables apply where the file is silent.
     let mut traces_url = false;
     let endpoint = match &t.otlp_endpoint {
-        Some(v) => match super::interpolate(v.get_ref(), env) {
-            Ok(s) if s.is_empty() => None,
-            Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
-            Ok(_) => {
+        Some(v) => match c.interpolated(v, env) {
+            Some(s) if s.is_empty() => None,
+            Some(s) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
+            Some(_) => {
                 c.at(v.span(), "otlp_endpoint must be an http:// or https:// URL");
                 None
             }
-            Err(e) => {
-                c.at(v.span(), e);
-                None
-            }
+            None => None,
         },
         None if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) => None,
         // The signal-specific URL is used as it is; the general one is a
@@ -766,6 +763,7 @@ fn telemetry(
             .map(|v| {
                 otel_pairs(&v)
                     .into_iter()
+                    .filter(|(k, _)| http_token(k))
                     .map(|(k, v)| (k.to_ascii_lowercase(), Secret::new(v)))
                     .collect()
             })
@@ -773,12 +771,12 @@ fn telemetry(
     } else {
         t.otlp_headers
             .iter()
-            .filter_map(|(k, v)| match super::interpolate(v.get_ref(), env) {
-                Ok(s) => Some((k.clone(), Secret::new(s))),
-                Err(e) => {
-                    c.at(v.span(), e);
-                    None
+            .filter_map(|(k, v)| {
+                if !http_token(k) {
+                    c.at(v.span(), format!("'{k}' is not a valid header name"));
+                    return None;
                 }
+                c.interpolated(v, env).map(|s| (k.clone(), Secret::new(s)))
             })
             .collect()
     };
@@ -805,9 +803,6 @@ fn telemetry(
         100_000,
         "max_batch_spans",
     ) as usize;
-    let ms = |c: &mut Collector<'_>, v: Option<&Spanned<u64>>, d: Duration, what: &str| {
-        Duration::from_millis(c.positive(v, d.as_millis() as u64, 3_600_000, what))
-    };
     TelemetryConfig {
         otlp_endpoint: endpoint,
         traces_url,
@@ -832,18 +827,18 @@ fn telemetry(
         resource_attributes,
         max_queue_spans,
         max_batch_spans,
-        export_interval: ms(
-            c,
+        export_interval: ms(c.positive(
             t.export_interval_ms.as_ref(),
-            d.export_interval,
+            d.export_interval.as_millis() as u64,
+            3_600_000,
             "export_interval_ms",
-        ),
-        export_timeout: ms(
-            c,
+        )),
+        export_timeout: ms(c.positive(
             t.export_timeout_ms.as_ref(),
-            d.export_timeout,
+            d.export_timeout.as_millis() as u64,
+            3_600_000,
             "export_timeout_ms",
-        ),
+        )),
     }
 }
 
@@ -855,29 +850,12 @@ fn otel_pairs(v: &str) -> Vec<(String, String)> {
         .filter_map(|member| {
             let (k, v) = member.split_once('=')?;
             let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+            (!k.is_empty()).then(|| {
+                let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+                (k.to_owned(), v.into_owned())
+            })
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| char::from(c).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn routing(c: &mut Collector<'_>, r: &RawRouting) -> RoutingConfig {
@@ -1007,14 +985,7 @@ fn provider(
         );
     }
 
-    let interp =
-        |c: &mut Collector<'_>, v: &Spanned<String>| match super::interpolate(v.get_ref(), env) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                c.at(v.span(), e);
-                None
-            }
-        };
+    let interp = |c: &mut Collector<'_>, v: &Spanned<String>| c.interpolated(v, env);
 
     let base_url = match (&p.base_url, kind) {
         (Some(u), _) => match interp(c, u) {

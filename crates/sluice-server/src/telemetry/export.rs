@@ -306,12 +306,17 @@ enum Sender {
     },
 }
 
+/// The configured headers (names already checked by the config), values
+/// marked sensitive: they are usually credentials.
 fn header_map(headers: &[(String, sluice_core::Secret)]) -> anyhow::Result<HeaderMap> {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
+        let mut value = HeaderValue::try_from(v.expose())
+            .with_context(|| format!("the value of OTLP header '{k}'"))?;
+        value.set_sensitive(true);
         map.insert(
             HeaderName::try_from(k.as_str()).context("OTLP header name")?,
-            HeaderValue::try_from(v.expose()).context("OTLP header value")?,
+            value,
         );
     }
     Ok(map)

@@ -121,19 +121,15 @@ fn now_unix_nano() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn random_nonzero_u64() -> u64 {
+/// A random id; all-zero ids are invalid in W3C trace context.
+fn random_id<T>() -> T
+where
+    T: Default + PartialEq,
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
     loop {
-        let v: u64 = rand::random();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
-fn random_nonzero_u128() -> u128 {
-    loop {
-        let v: u128 = rand::random();
-        if v != 0 {
+        let v: T = rand::random();
+        if v != T::default() {
             return v;
         }
     }
@@ -154,7 +150,7 @@ const MAX_TRACESTATE: usize = 512;
 
 /// The `tracestate` that goes with a valid client `traceparent`: several
 /// headers are joined with commas; an oversized one is dropped.
-fn trace_state(headers: &HeaderMap) -> Option<HeaderValue> {
+fn client_trace_state(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all("tracestate").iter();
     let first = values.next()?;
     let Some(second) = values.next() else {
@@ -371,8 +367,8 @@ impl Tracing {
     pub fn server_span(&self, headers: &HeaderMap, route: &'static str) -> Span {
         let parent = SpanContext::from_headers(headers);
         let cx = SpanContext {
-            trace_id: parent.map_or_else(random_nonzero_u128, |p| p.trace_id),
-            span_id: random_nonzero_u64(),
+            trace_id: parent.map_or_else(random_id, |p| p.trace_id),
+            span_id: random_id(),
             sampled: false,
         };
         let sampled = match parent {
@@ -382,7 +378,7 @@ impl Tracing {
         let cx = SpanContext { sampled, ..cx };
         let rec = sampled
             .then(|| self.recording(parent.map(|p| p.span_id), true, Kind::Server, route, None));
-        let trace_state = parent.and_then(|_| trace_state(headers));
+        let trace_state = parent.and_then(|_| client_trace_state(headers));
         let mut span = Span {
             cx,
             trace_state,
@@ -408,7 +404,7 @@ impl Tracing {
             return None;
         }
         let cx = SpanContext {
-            span_id: random_nonzero_u64(),
+            span_id: random_id(),
             ..parent.cx
         };
         let rec = self.recording(
@@ -606,11 +602,10 @@ mod tests {
 
     #[test]
     fn the_sampling_ratio_splits_trace_ids() {
-        let bound = |r: f64| (r * (1u64 << 63) as f64) as u64;
+        // The tracer's own rule, on fresh trace ids.
         let sampled = |r: f64, n: u32| {
-            (0..n)
-                .filter(|_| ((random_nonzero_u128() as u64) >> 1) < bound(r))
-                .count()
+            let (_rt, t) = tracing(r, true);
+            (0..n).filter(|_| t.root_sampled(random_id())).count()
         };
         assert_eq!(sampled(1.0, 10_000), 10_000);
         assert_eq!(sampled(0.0, 10_000), 0);
