@@ -2,8 +2,9 @@
 //! server span and one attempt span, with the attributes, event and
 //! response metadata a chat completion records, ended and appended to the
 //! export batch as OTLP protobuf. Sending is not measured: the export task
-//! runs on another thread, against a closed port, so batches fail at once
-//! and their buffers are reused as in a real run.
+//! runs on another thread, against a closed port with a 50 ms export
+//! timeout (so no retries), so batches fail at once and their buffers are
+//! reused as in a real run.
 //!
 //! `cargo run --release -p sluice-micro-bench --bin trace-bench`
 //!
@@ -24,7 +25,7 @@ fn main() {
     let text = "[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
                 [[models]]\nname = \"bench\"\ntargets = [{ provider = \"up\" }]\n\
                 [telemetry]\notlp_endpoint = \"http://127.0.0.1:9\"\notlp_protocol = \"http/protobuf\"\n\
-                max_queue_spans = 10000000\n";
+                max_queue_spans = 10000000\nexport_timeout_ms = 50\n";
     let cfg = config::parse(text, "bench", &|_| None).expect("valid bench config");
     let provider = cfg.providers[0].clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
