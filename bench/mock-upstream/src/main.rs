@@ -11,6 +11,8 @@
 //!   away is counted in `cancelled`.
 //! - `reset`: starts a stream, then drops the connection mid-way.
 //! - `tokens-N`: a streamed answer of N tokens (OpenAI and Anthropic formats).
+//! - `broken-nodone`, `broken-json`, `broken-garbage`, `broken-badsse`,
+//!   `broken-wrongformat`, `echo-key-400`: misbehaving answers (see `broken`).
 //!
 //! `GET /_stats` → `{"requests":N,"cancelled":N,"failed":N}`; `GET /_last` → the
 //! last request's headers and raw body, to check what the gateway forwarded.
@@ -202,6 +204,23 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
         }
         return Ok(r);
     }
+    let wire = if path.ends_with("/messages") {
+        Wire::Anthropic
+    } else if path.contains(':') {
+        Wire::Gemini
+    } else {
+        Wire::OpenAi
+    };
+    let named = match wire {
+        Wire::Gemini => path
+            .rsplit_once("/models/")
+            .map_or("", |(_, m)| m.split(':').next().unwrap_or("")),
+        _ => model.as_str(),
+    };
+    let stream = stream || path.contains(":streamGenerateContent");
+    if let Some(r) = broken(named, wire, &headers, stream) {
+        return Ok(r);
+    }
     if path.ends_with("/messages") {
         return Ok(anthropic(&parsed, &headers, stream));
     }
@@ -315,6 +334,86 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
             "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
         }),
     ))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// Misbehaving answers, chosen by model name, in the request's own format:
+/// `broken-nodone` (a stream that stops before its end marker),
+/// `broken-json` (a JSON body to a stream request), `broken-garbage` (a 200
+/// HTML page), `broken-badsse` (an event whose data is not JSON),
+/// `broken-wrongformat` (OpenAI SSE to an Anthropic request) and
+/// `echo-key-400` (a 400 quoting the credential it was sent).
+fn broken(
+    model: &str,
+    wire: Wire,
+    headers: &serde_json::Map<String, Value>,
+    stream: bool,
+) -> Option<Response<Body>> {
+    let sse_resp = |text: String| {
+        let mut r = Response::new(full(text.into_bytes()));
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        r
+    };
+    let openai_chunks = || {
+        sse(&chunk(
+            model,
+            json!({"role": "assistant", "content": "Half"}),
+            None,
+        )) + &sse(&chunk(model, json!({"content": " an answer"}), None))
+    };
+    match model {
+        "broken-nodone" if stream => Some(sse_resp(match wire {
+            Wire::OpenAi => openai_chunks(),
+            Wire::Anthropic => concat!(
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+                "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Half an answer\"}}\n\n",
+            )
+            .to_owned(),
+            Wire::Gemini => "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Half an answer\"}]},\"index\":0}]}\r\n\r\n".to_owned(),
+        })),
+        "broken-json" if stream => Some(json_resp(
+            200,
+            &json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "not a stream"}, "finish_reason": "stop"}]}),
+        )),
+        "broken-garbage" => {
+            let mut r = Response::new(full(b"<html><body>502 Bad Gateway (nginx)</body></html>".to_vec()));
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/html"),
+            );
+            Some(r)
+        }
+        "broken-badsse" if stream => Some(sse_resp(
+            openai_chunks() + "data: {not json\n\ndata: [DONE]\n\n",
+        )),
+        "broken-wrongformat" if stream && wire == Wire::Anthropic => {
+            Some(sse_resp(openai_chunks() + "data: [DONE]\n\n"))
+        }
+        "echo-key-400" => {
+            let sent = headers
+                .get("authorization")
+                .or_else(|| headers.get("x-api-key"))
+                .or_else(|| headers.get("x-goog-api-key"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Some(json_resp(
+                400,
+                &json!({"error": {"message": format!("invalid request made with credentials {sent}"), "type": "invalid_request_error", "code": "bad"}}),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// A tool call in the OpenAI format, streamed in pieces or whole.

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The body exceeds the configured limit.
     PayloadTooLarge,
+    /// The request head (request line and headers) exceeds the limit.
+    HeadersTooLarge,
     /// The content type is not JSON.
     UnsupportedMediaType,
     /// This model's provider cannot serve this operation (e.g. embeddings).
@@ -72,6 +74,7 @@ impl ErrorKind {
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::UnsupportedOperation => 400,
             ErrorKind::UpstreamUnreachable
@@ -92,6 +95,7 @@ impl ErrorKind {
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeadersTooLarge
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::UnsupportedOperation => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
@@ -123,6 +127,7 @@ impl ErrorKind {
             ErrorKind::RouteNotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::UnsupportedOperation => "unsupported_operation",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
@@ -148,6 +153,7 @@ impl ErrorKind {
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeadersTooLarge
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::UnsupportedOperation => Source::Downstream,
             ErrorKind::UpstreamUnreachable
@@ -231,7 +237,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 20] = [
+    const ALL: [ErrorKind; 21] = [
+        ErrorKind::HeadersTooLarge,
         ErrorKind::BudgetExceeded,
         ErrorKind::RequestTimeout,
         ErrorKind::ConcurrencyLimited,

@@ -10,6 +10,7 @@ pub mod pii;
 pub mod request;
 pub mod resilience;
 pub mod route;
+pub mod scrub;
 pub mod secret;
 
 pub use error::{ErrorKind, GatewayError};

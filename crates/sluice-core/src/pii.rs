@@ -69,21 +69,25 @@ impl Kind {
     /// right next to CJK text still count as a separate number.
     fn pattern(self) -> &'static str {
         match self {
+            // Internationalised addresses too (RFC 6531): accented Latin
+            // or CJK local parts, IDN domains and TLDs. A local part is one
+            // script or the other, so CJK text right before a Latin address
+            // is not swallowed with it.
             Kind::Email => {
-                r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}"
+                r"(?:[\p{Latin}0-9._%+\-]+|[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}0-9._%+\-]+)@[\p{L}\p{M}0-9\-]+(?:\.[\p{L}\p{M}0-9\-]+)*\.(?:[A-Za-z]{2,24}|\p{L}{2,24})"
             }
             Kind::Iban => {
                 r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?-u:\b)"
             }
             Kind::ChinaId => r"(?-u:\b)[1-9][0-9]{16}[0-9Xx](?-u:\b)",
             Kind::Card => {
-                r"(?-u:\b)(?:[0-9]{13,19}|[0-9]{4}(?:[ \-][0-9]{4}){2,3}(?:[ \-][0-9]{1,3})?|[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{4,5})(?-u:\b)"
+                r"(?-u:\b)(?:[0-9]{13,19}|[0-9]{4}(?:[ .\-][0-9]{4}){2,3}(?:[ .\-][0-9]{1,3})?|[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{4,5})(?-u:\b)"
             }
             Kind::Ip => {
                 r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}(?-u:\b)"
             }
             Kind::Phone => {
-                r"\+[0-9][0-9 ().\-]{5,20}[0-9]|(?:\([0-9]{3}\) ?|(?-u:\b)[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}(?-u:\b)|(?-u:\b)1[3-9][0-9]{9}(?-u:\b)"
+                r"\+[0-9][0-9 ().\-]{5,20}[0-9]|(?:\([0-9]{3}\) ?|(?-u:\b)[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}(?-u:\b)|(?-u:\b)1[3-9][0-9](?:[ \-]?[0-9]{4}){2}(?-u:\b)"
             }
         }
     }
@@ -182,10 +186,36 @@ impl Redactor {
         Ok(Self { re, rules })
     }
 
-    /// `text` with every verified finding replaced by its tag.
+    /// `text` with every verified finding replaced by its tag. Fullwidth
+    /// forms (`１３８…`, `＠`, as CJK input methods type them) are read as
+    /// their ASCII twins, so they are found too.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let folded = fold_fullwidth(text);
+        let (scanned, map) = match &folded {
+            Some((f, map)) => (f.as_str(), Some(map)),
+            None => (text, None),
+        };
+        let at = |i: usize| map.map_or(i, |m| m[i]);
         let mut out: Option<String> = None;
         let mut last = 0;
+        self.scan(scanned, |start, end, tag| {
+            let (start, end) = (at(start), at(end));
+            let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            o.push_str(&text[last..start]);
+            o.push_str(tag);
+            last = end;
+        });
+        match out {
+            None => Cow::Borrowed(text),
+            Some(mut o) => {
+                o.push_str(&text[last..]);
+                Cow::Owned(o)
+            }
+        }
+    }
+
+    /// Calls `found(start, end, tag)` for each verified finding, in order.
+    fn scan(&self, text: &str, mut found: impl FnMut(usize, usize, &str)) {
         let mut at = 0;
         let mut locs = self.re.capture_locations();
         while at <= text.len() {
@@ -196,23 +226,13 @@ impl Redactor {
             if let Some((tag, end)) = self.classify(&locs, text)
                 && end > start
             {
-                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
-                o.push_str(&text[last..start]);
-                o.push_str(tag);
-                last = end;
+                found(start, end, tag);
                 at = end;
             } else {
                 // A candidate that failed its check (or an empty match) may
                 // still hide a real finding inside it: look again one
                 // character further on.
                 at = start + text[start..].chars().next().map_or(1, char::len_utf8);
-            }
-        }
-        match out {
-            None => Cow::Borrowed(text),
-            Some(mut o) => {
-                o.push_str(&text[last..]);
-                Cow::Owned(o)
             }
         }
     }
@@ -246,7 +266,9 @@ impl Redactor {
 
 /// Redacts the prompt text of a chat, messages or embeddings request in
 /// place: message contents (plain or text parts, tool results included),
-/// `system`, `input` and `prompt`. True when anything changed.
+/// tool-call arguments (OpenAI's JSON text, Anthropic's `tool_use` input),
+/// `system`, `input`, `prompt`, `user` and every string in `metadata`.
+/// True when anything changed.
 pub fn redact_request(root: &mut serde_json::Value, r: &Redactor) -> bool {
     use serde_json::Value;
     fn text(v: &mut Value, r: &Redactor) -> bool {
@@ -268,6 +290,16 @@ pub fn redact_request(root: &mut serde_json::Value, r: &Redactor) -> bool {
             _ => false,
         }
     }
+    /// Every string anywhere inside `v` (free-form values: tool inputs,
+    /// metadata).
+    fn strings(v: &mut Value, r: &Redactor) -> bool {
+        match v {
+            Value::String(_) => text(v, r),
+            Value::Array(a) => a.iter_mut().fold(false, |c, x| strings(x, r) | c),
+            Value::Object(o) => o.values_mut().fold(false, |c, x| strings(x, r) | c),
+            _ => false,
+        }
+    }
     let Some(obj) = root.as_object_mut() else {
         return false;
     };
@@ -276,15 +308,65 @@ pub fn redact_request(root: &mut serde_json::Value, r: &Redactor) -> bool {
         for m in msgs {
             if let Some(c) = m.get_mut("content") {
                 changed |= text(c, r);
+                // Anthropic tool calls: `{"type":"tool_use","input":{…}}`.
+                if let Value::Array(parts) = c {
+                    for input in parts.iter_mut().filter_map(|p| p.get_mut("input")) {
+                        changed |= strings(input, r);
+                    }
+                }
+            }
+            // OpenAI tool calls: arguments are JSON text; a tag has no quote
+            // or backslash, so the text stays valid JSON.
+            if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+                for call in calls {
+                    if let Some(args) = call.pointer_mut("/function/arguments") {
+                        changed |= text(args, r);
+                    }
+                }
             }
         }
     }
-    for k in ["system", "input", "prompt"] {
+    for k in ["system", "input", "prompt", "user"] {
         if let Some(v) = obj.get_mut(k) {
             changed |= text(v, r);
         }
     }
+    if let Some(m) = obj.get_mut("metadata") {
+        changed |= strings(m, r);
+    }
     changed
+}
+
+/// `text` with fullwidth ASCII forms (U+FF01–U+FF5E) and the ideographic
+/// space folded to ASCII, and for each byte offset of the folded text the
+/// offset in `text` (one past the end included); `None` when there are none.
+fn fold_fullwidth(text: &str) -> Option<(String, Vec<usize>)> {
+    // Folded only when there is something to find in it: a fullwidth digit
+    // (U+FF10–U+FF19, EF BC 90–99) or at sign (U+FF20, EF BC A0). Fullwidth
+    // punctuation alone is everyday CJK text and costs nothing.
+    let has = text
+        .as_bytes()
+        .windows(3)
+        .any(|w| matches!(w, [0xEF, 0xBC, 0x90..=0x99 | 0xA0]));
+    if !has {
+        return None;
+    }
+    let mut folded = String::with_capacity(text.len());
+    let mut map = Vec::with_capacity(text.len() + 1);
+    for (i, c) in text.char_indices() {
+        let ascii = match c {
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0),
+            '\u{3000}' => Some(' '),
+            _ => None,
+        };
+        let c = ascii.unwrap_or(c);
+        for _ in 0..c.len_utf8() {
+            map.push(i);
+        }
+        folded.push(c);
+    }
+    map.push(text.len());
+    Some((folded, map))
 }
 
 /// Luhn check over the digits of `s` (separators ignored).
@@ -437,7 +519,7 @@ mod tests {
         });
         assert!(redact_request(&mut v, &red));
         assert_eq!(v["model"], "a@b.io");
-        assert_eq!(v["user"], "u@x.io");
+        assert_eq!(v["user"], "[EMAIL]");
         assert_eq!(v["system"], "ops: [EMAIL]");
         assert_eq!(v["messages"][0]["content"], "I am [EMAIL]");
         assert_eq!(v["messages"][1]["content"][0]["text"], "card [CARD]");
@@ -451,6 +533,67 @@ mod tests {
         let mut emb = serde_json::json!({"input": ["x", "+44 20 7946 0958"]});
         assert!(redact_request(&mut emb, &red));
         assert_eq!(emb["input"][1], "[PHONE]");
+    }
+
+    #[test]
+    fn tool_calls_user_and_metadata_are_redacted() {
+        let red = Redactor::builtin();
+        let mut v = serde_json::json!({
+            "messages": [
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                  "function": {"name": "mail", "arguments": "{\"to\":\"jane@example.com\",\"n\":1}"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "call",
+                  "input": {"phone": "+44 20 7946 0958", "nested": ["ip 10.1.2.3"], "n": 4}}]}
+            ],
+            "user": "jane@example.com",
+            "metadata": {"user_id": "jane@example.com", "tags": {"ip": "10.0.0.1"}}
+        });
+        assert!(redact_request(&mut v, &red));
+        let args = v["messages"][0]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap();
+        assert_eq!(args, "{\"to\":\"[EMAIL]\",\"n\":1}");
+        assert!(serde_json::from_str::<serde_json::Value>(args).is_ok());
+        let input = &v["messages"][1]["content"][0]["input"];
+        assert_eq!(input["phone"], "[PHONE]");
+        assert_eq!(input["nested"][0], "ip [IP]");
+        assert_eq!(input["n"], 4);
+        assert_eq!(v["user"], "[EMAIL]");
+        assert_eq!(v["metadata"]["user_id"], "[EMAIL]");
+        assert_eq!(v["metadata"]["tags"]["ip"], "[IP]");
+    }
+
+    #[test]
+    fn international_and_fullwidth_forms_are_found() {
+        // Accented and CJK addresses, IDN domains.
+        assert_eq!(r("write to josé.garcía@example.com"), "write to [EMAIL]");
+        assert_eq!(r("邮箱：用户@例子.中国。"), "邮箱：[EMAIL]。");
+        assert_eq!(r("请发到jane@example.com谢谢"), "请发到[EMAIL]谢谢");
+        assert_eq!(r("mail müller@bücher.de"), "mail [EMAIL]");
+        // Mainland mobiles as people write them.
+        for m in [
+            "13800138000",
+            "138-0013-8000",
+            "138 0013 8000",
+            "+86 138 0013 8000",
+        ] {
+            assert_eq!(r(&format!("tel {m}.")), "tel [PHONE].", "{m}");
+        }
+        // Fullwidth digits and signs (CJK input methods).
+        assert_eq!(
+            r("手机：１３８００１３８０００，谢谢"),
+            "手机：[PHONE]，谢谢"
+        );
+        assert_eq!(r("卡号 ４１１１ １１１１ １１１１ １１１１"), "卡号 [CARD]");
+        assert_eq!(r("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ ok"), "[EMAIL] ok");
+        // Fullwidth punctuation alone is left alone, and borrowed.
+        assert!(matches!(
+            Redactor::builtin().redact("你好，世界（测试）"),
+            Cow::Borrowed(_)
+        ));
+        // Cards with dots; a dotted version string is not one.
+        assert_eq!(r("card 4111.1111.1111.1111"), "card [CARD]");
+        assert_eq!(r("v1.2.3.4"), "v1.2.3.4");
     }
 
     #[test]

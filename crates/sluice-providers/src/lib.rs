@@ -4,6 +4,7 @@
 //! over bytes and types; only [`transport`] does I/O.
 
 pub mod anthropic;
+pub mod check;
 pub mod gemini;
 pub mod mock;
 pub mod openai;

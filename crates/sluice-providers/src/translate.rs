@@ -14,6 +14,7 @@ use http_body::{Body, Frame};
 use sluice_core::request::Usage;
 
 use crate::anthropic::{inbound, outbound, types as at};
+use crate::check;
 use crate::gemini::translate as gemini;
 use crate::openai::types as ot;
 use crate::sse::{self, Decoder};
@@ -129,15 +130,21 @@ impl StreamBody {
             }
             match &mut self.mode {
                 Mode::Filter { include_usage } => {
+                    if ev.data.is_empty() {
+                        continue; // a named event without data, or a keep-alive
+                    }
                     if ev.data == "[DONE]" {
                         self.upstream_done = true;
                         out.extend_from_slice(b"data: [DONE]\n\n");
                         continue;
                     }
-                    if ev.data.contains("\"usage\"") {
-                        if let Ok(c) = serde_json::from_str::<UsageOnly>(&ev.data)
-                            && let Some(u) = c.usage
-                        {
+                    let usage = if ev.data.contains("\"usage\"") {
+                        serde_json::from_str::<UsageOnly>(&ev.data).ok()
+                    } else {
+                        None
+                    };
+                    if let Some(c) = usage {
+                        if let Some(u) = c.usage {
                             self.usage.set(u.prompt_tokens, u.completion_tokens);
                             if c.choices.is_empty() && !*include_usage {
                                 continue;
@@ -145,6 +152,8 @@ impl StreamBody {
                         }
                     } else if ev.data.starts_with("{\"error\"") {
                         return Err(upstream_error_message(&ev.data));
+                    } else {
+                        check::json_data(&ev.data)?;
                     }
                     out.extend_from_slice(b"data: ");
                     out.extend_from_slice(ev.data.as_bytes());
@@ -167,7 +176,8 @@ impl StreamBody {
                                 Err(_) if ev.data.contains("\"error\"") => {
                                     return Err(upstream_error_message(&ev.data));
                                 }
-                                Err(_) => {} // not a chunk (comments, vendor extras)
+                                // JSON but not a chunk: a vendor extra, skipped.
+                                Err(_) => check::json_data(&ev.data)?,
                             }
                         }
                         Decode::Gemini(t) => {
@@ -180,6 +190,8 @@ impl StreamBody {
                                 }
                             } else if ev.data.contains("\"error\"") {
                                 return Err(upstream_error_message(&ev.data));
+                            } else {
+                                check::json_data(&ev.data)?;
                             }
                         }
                         Decode::Anthropic(t) => {
@@ -191,6 +203,7 @@ impl StreamBody {
                             }
                             let Ok(event) = serde_json::from_str::<at::StreamEvent>(&ev.data)
                             else {
+                                anthropic_extra(&ev.data)?;
                                 continue;
                             };
                             let stop = matches!(event, at::StreamEvent::MessageStop);
@@ -205,15 +218,13 @@ impl StreamBody {
                 }
             }
         }
-        if self.ended
-            && let Mode::Translate(pair) = &mut self.mode
-            && let Decode::Gemini(t) = &mut pair.0
-        {
-            // Gemini has no end marker: the stream's end is the message's end.
-            t.finish(&mut chunks);
-        }
+        self.encode(&chunks, out);
+        Ok(())
+    }
+
+    fn encode(&mut self, chunks: &[ot::Chunk], out: &mut Vec<u8>) {
         if let Mode::Translate(pair) = &mut self.mode {
-            for c in &chunks {
+            for c in chunks {
                 match &mut pair.1 {
                     Encode::OpenAi { include_usage } => {
                         if c.choices.is_empty() && c.usage.is_some() && !*include_usage {
@@ -225,19 +236,57 @@ impl StreamBody {
                 }
             }
         }
-        Ok(())
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
+    /// At the upstream's end: the client's closing events when the upstream
+    /// ended its stream properly, else what was missing (the client then
+    /// gets an error event, never a made-up ending).
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        let mut chunks = Vec::new();
+        match &mut self.mode {
+            Mode::Filter { .. } | Mode::Translate(_) if self.upstream_done => {}
+            Mode::Filter { .. } => {
+                return Err("the upstream stream ended before its closing [DONE]".into());
+            }
+            Mode::Translate(pair) => match &mut pair.0 {
+                // Gemini has no end marker: a finish reason ends the message.
+                Decode::Gemini(t) if t.has_finished() => t.finish(&mut chunks),
+                Decode::Gemini(_) => {
+                    return Err("the upstream stream ended before a finish reason".into());
+                }
+                Decode::OpenAi => {
+                    return Err("the upstream stream ended before its closing [DONE]".into());
+                }
+                Decode::Anthropic(_) => {
+                    return Err("the upstream stream ended before its message_stop event".into());
+                }
+            },
+        }
+        self.encode(&chunks, out);
         if let Mode::Translate(pair) = &mut self.mode {
             match &mut pair.1 {
                 Encode::OpenAi { .. } => out.extend_from_slice(b"data: [DONE]\n\n"),
                 Encode::Anthropic(enc) => enc.finish(out),
             }
-        } else if !self.upstream_done {
-            // The upstream ended without [DONE]: end the client's stream properly.
-            out.extend_from_slice(b"data: [DONE]\n\n");
         }
+        Ok(())
+    }
+}
+
+/// An Anthropic stream event we have no type for: skipped when it is a typed
+/// JSON object (a newer event kind), refused when it is not an Anthropic
+/// event at all (garbage, or another format's chunk).
+fn anthropic_extra(data: &str) -> Result<(), String> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    check::json_data(data)?;
+    match serde_json::from_str::<serde_json::Value>(data) {
+        Ok(v) if v.get("type").is_some_and(serde_json::Value::is_string) => Ok(()),
+        _ => Err(format!(
+            "the upstream sent an event that is not an Anthropic stream event: {}",
+            data.chars().take(64).collect::<String>()
+        )),
     }
 }
 
@@ -308,8 +357,11 @@ impl Body for StreamBody {
                     this.ended = true;
                 }
             }
-            let handled = this.handle(&mut out);
+            let mut handled = this.handle(&mut out);
             this.sse.clear();
+            if this.ended && handled.is_ok() {
+                handled = this.finish(&mut out);
+            }
             if let Err(msg) = handled {
                 this.ended = true;
                 if out.is_empty() {
@@ -318,9 +370,6 @@ impl Body for StreamBody {
                 // Deliver what came before the error; the error follows.
                 this.pending_error = Some(msg);
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-            }
-            if this.ended {
-                this.finish(&mut out);
             }
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));

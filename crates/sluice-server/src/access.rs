@@ -84,16 +84,49 @@ pub fn authenticate<'a>(
     if access.keys.is_open() {
         return Ok(None);
     }
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let token = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     access
         .keys
-        .check(token.map(str::trim), crate::app::now_unix())
+        .check(api_token(headers), crate::app::now_unix())
         .map(Some)
+}
+
+/// The caller's token: `Authorization: Bearer …` (the scheme in any case,
+/// as RFC 9110 says), else `x-api-key` (as the Anthropic SDK sends it).
+pub fn api_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| bearer(v.to_str().ok()?))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The token of a `Bearer` credential, whatever the scheme's case.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_from_either_header_and_any_scheme_case() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(api_token(&h), None);
+        h.insert("x-api-key", http::HeaderValue::from_static(" sk-x "));
+        assert_eq!(api_token(&h), Some("sk-x"));
+        for v in [
+            "Bearer sk-a",
+            "BEARER sk-a",
+            "bearer   sk-a ",
+            "bEaReR sk-a",
+        ] {
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            assert_eq!(api_token(&h), Some("sk-a"), "{v}");
+        }
+        assert_eq!(bearer("Basic dXNlcg=="), None);
+        assert_eq!(bearer("Bearersk-a"), None);
+    }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         StatusCode::FORBIDDEN => "admin_token_required",
         StatusCode::NOT_FOUND => "key_not_found",
         StatusCode::CONFLICT => "key_conflict",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         _ => "invalid_request",
     };
     (
@@ -135,31 +136,94 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// The admin token check: required when configured, and required to be
-/// configured when the admin listener is not on loopback.
-fn admin_refusal(app: &App, headers: &HeaderMap) -> Option<Response> {
+/// The guard on every admin route that reads keys or changes anything.
+///
+/// With `[auth] admin_sha256` the admin token is required. Without it the
+/// admin listener must be on loopback, and since a browser on this machine
+/// can reach loopback too, the request must also look like it came from
+/// this machine and not from a web page: a loopback `Host` (a DNS-rebinding
+/// page sends its own name) and no foreign `Origin` (a cross-site form or
+/// fetch sends one). `json_body`: the route takes a JSON body, which must
+/// say so (a cross-site form cannot send `application/json`).
+pub fn admin_refusal(app: &App, headers: &HeaderMap, json_body: bool) -> Option<Response> {
+    if json_body && !is_json(headers) {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON, sent with content-type: application/json",
+        ));
+    }
     let snap = app.snapshot.load();
     let cfg = &snap.config;
     let Some(want) = cfg.admin_sha256 else {
-        if cfg.server.admin_listen.ip().is_loopback() {
-            return None;
+        if !cfg.server.admin_listen.ip().is_loopback() {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "the admin listener is not on loopback: set [auth] admin_sha256 to manage keys",
+            ));
         }
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "the admin listener is not on loopback: set [auth] admin_sha256 to manage keys",
-        ));
+        return local_only(headers)
+            .err()
+            .map(|why| error(StatusCode::FORBIDDEN, why));
     };
     let token = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(crate::access::bearer);
     match token {
-        Some(t) if sluice_core::auth::token_hash(t.trim()) == want => None,
+        Some(t) if sluice_core::auth::token_hash(t) == want => None,
         _ => Some(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token",
         )),
     }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `Ok` when `Host` names a loopback address and `Origin`, if sent, does too.
+fn local_only(headers: &HeaderMap) -> Result<(), &'static str> {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("a Host header is required")?;
+    if !loopback_authority(host) {
+        return Err("the Host is not this machine's loopback address: refused \
+                    (set [auth] admin_sha256 to manage keys from elsewhere)");
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let local = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && loopback_authority(rest)
+            });
+        if !local {
+            return Err("cross-origin requests to the admin API are refused");
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, rest)) if rest.is_empty() || rest.starts_with(':') => h,
+            _ => return false,
+        },
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn view(k: &KeyConfig, source: &str) -> Value {
@@ -180,7 +244,7 @@ fn view(k: &KeyConfig, source: &str) -> Value {
 }
 
 pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(r) = admin_refusal(&app, &headers) {
+    if let Some(r) = admin_refusal(&app, &headers, false) {
         return r;
     }
     let snap = app.snapshot.load();
@@ -193,9 +257,9 @@ pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 pub async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    crate::extract::ApiBody(body): crate::extract::ApiBody,
 ) -> Response {
-    if let Some(r) = admin_refusal(&app, &headers) {
+    if let Some(r) = admin_refusal(&app, &headers, true) {
         return r;
     }
     let mut spec: KeySpec = match serde_json::from_slice(&body) {
@@ -265,10 +329,10 @@ pub async fn create(
 
 pub async fn delete(
     State(app): State<Arc<App>>,
-    UrlPath(name): UrlPath<String>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = admin_refusal(&app, &headers) {
+    if let Some(r) = admin_refusal(&app, &headers, false) {
         return r;
     }
     let mut specs = app.key_specs.lock().await;
@@ -282,6 +346,19 @@ pub async fn delete(
     }
     if !access.api_keys.iter().any(|k| *k.name == *name) {
         return error(StatusCode::NOT_FOUND, format!("no key named '{name}'"));
+    }
+    // "No open API off loopback" holds at every change, as at start.
+    let last = snap.config.keys.is_empty() && access.api_keys.len() == 1;
+    if last && !open_api_allowed(&snap.config) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "key '{name}' is the last key and the API listens on {}: without keys it would \
+                 be open to anyone who can reach it. Add another key first, or set [auth] \
+                 allow_open_non_loopback = true",
+                snap.config.server.listen
+            ),
+        );
     }
     let before = specs.clone();
     specs.retain(|s| s.name != name);
@@ -309,6 +386,12 @@ pub async fn delete(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// Whether the API may run with no keys at all: on loopback, or when the
+/// configuration says so explicitly.
+pub fn open_api_allowed(config: &Config) -> bool {
+    config.server.listen.ip().is_loopback() || config.allow_open_non_loopback
+}
+
 /// `sk-sluice-` and 32 random hex digits (128 bits from the OS).
 fn new_token() -> String {
     use aes_gcm::aead::Generate;
@@ -316,4 +399,59 @@ fn new_token() -> String {
     let bytes = aes_gcm::aead::Key::<Sm4Gcm>::generate();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("sk-sluice-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn only_loopback_hosts_and_origins_pass() {
+        for h in [
+            "127.0.0.1:9090",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9090",
+            "127.8.9.10",
+        ] {
+            assert!(local_only(&headers(&[("host", h)])).is_ok(), "{h}");
+        }
+        for h in [
+            "evil.example:9090",
+            "10.0.0.1",
+            "[::2]:1",
+            "localhost.evil.example",
+            "[::1",
+        ] {
+            assert!(local_only(&headers(&[("host", h)])).is_err(), "{h}");
+        }
+        assert!(local_only(&headers(&[])).is_err(), "no Host");
+        let ok = headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://localhost:3000"),
+        ]);
+        assert!(local_only(&ok).is_ok());
+        for o in ["https://evil.example", "null", "file://"] {
+            let h = headers(&[("host", "127.0.0.1:9090"), ("origin", o)]);
+            assert!(local_only(&h).is_err(), "{o}");
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(&headers(&[("content-type", "application/json")])));
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "Application/JSON; charset=utf-8"
+        )])));
+        assert!(!is_json(&headers(&[("content-type", "text/plain")])));
+        assert!(!is_json(&headers(&[])));
+    }
 }

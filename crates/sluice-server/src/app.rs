@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Index-aligned with `config.providers`; `None` for in-process providers.
     pub upstreams: Vec<Option<Upstream>>,
+    /// Takes the providers' keys (and key-shaped text) out of every
+    /// upstream body or message relayed to a client.
+    pub scrubber: sluice_core::scrub::Scrubber,
 }
 
 /// A network provider's pooled client and request template.
@@ -57,10 +60,17 @@ impl Snapshot {
                 }))
             })
             .collect::<Result<_, GatewayError>>()?;
+        let scrubber = sluice_core::scrub::Scrubber::new(
+            config
+                .providers
+                .iter()
+                .filter_map(|p| p.api_key.as_ref().map(|k| k.expose())),
+        );
         Ok(Self {
             config,
             routes,
             upstreams,
+            scrubber,
         })
     }
 }

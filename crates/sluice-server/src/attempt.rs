@@ -27,7 +27,7 @@ use sluice_providers::{BoxBody, gemini, mock, transport};
 use tokio::time::{Instant, timeout_at};
 
 use crate::app::{Endpoint, Snapshot};
-use crate::deliver::{box_err, deliver, redact_secrets, relay_error};
+use crate::deliver::{box_err, deliver, relay_error};
 use crate::observe::Recorder;
 
 /// Everything about one client request that every attempt needs.
@@ -247,14 +247,32 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
         Some(Failure::Error(e)) => rec.reply_error(&e),
         None => {
             rec.provider = rec.app().none_label.clone();
-            rec.reply_error(&GatewayError::new(
+            // Say when a target will be back: the soonest of the chain's.
+            let now = now_nanos();
+            let back = std::iter::once(route)
+                .chain(
+                    route
+                        .fallbacks
+                        .iter()
+                        .filter_map(|n| call.snap.routes.get(n)),
+                )
+                .filter_map(|m| m.next_available(now))
+                .min();
+            let mut out = rec.reply_error(&GatewayError::new(
                 ErrorKind::NoHealthyTarget,
                 format!(
                     "no healthy target for model '{}': every target is unavailable \
                      (circuit open or cooling down after the provider asked to wait)",
                     route.name
                 ),
-            ))
+            ));
+            if let Some(at) = back {
+                // Whole seconds, rounded up, at least one.
+                let secs = at.saturating_sub(now).div_ceil(1_000_000_000).max(1);
+                out.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            out
         }
     }
 }
@@ -371,7 +389,7 @@ async fn attempt(
         } else {
             call.deadline
         };
-        let first = match timeout_at(first_deadline, incoming.frame()).await {
+        let first = match timeout_at(first_deadline, first_frame(&mut incoming)).await {
             Err(_) if first_deadline >= call.deadline => return retry(deadline_error(call.budget)),
             Err(_) => {
                 return retry(GatewayError::new(
@@ -391,6 +409,16 @@ async fn attempt(
             Ok(Some(Ok(frame))) => Some(frame),
             Ok(None) => None,
         };
+        // A 200 that is not the kind of body asked for (an HTML page from a
+        // proxy, JSON for a stream, nothing) is the upstream's failure, and
+        // another target may do better: nothing has reached the client yet.
+        let start = first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(&[][..], |b| &b[..]);
+        if let Err(m) = sluice_providers::check::body_start(call.peek.stream, start) {
+            return retry(GatewayError::new(ErrorKind::UpstreamProtocol, m));
+        }
         return Attempt::Commit {
             head,
             body: incoming.map_err(box_err).boxed_unsync(),
@@ -432,20 +460,51 @@ async fn attempt(
         // Our credentials for this provider are wrong: not the client's 401,
         // and never with our key in it.
         let said = translate::error_message(wire, &body);
-        let key = provider.api_key.as_ref().map(|k| k.expose());
         return retry(GatewayError::new(
             ErrorKind::UpstreamAuth,
             format!(
                 "provider '{}' rejected the gateway's credentials ({}): {}",
                 provider.name,
                 status.as_u16(),
-                redact_secrets(&said, key)
+                call.snap.scrubber.scrub(&said)
             ),
         ));
     }
     Attempt::Retry {
         failure: Failure::Upstream { head, body, wire },
         retry_after,
+    }
+}
+
+/// The body's first frame with something in it: leading whitespace (which
+/// some servers send to keep a slow non-streamed answer alive) is joined to
+/// what follows, so the start of the body can be judged.
+async fn first_frame(
+    body: &mut hyper::body::Incoming,
+) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+    const MAX_HELD: usize = 64 * 1024;
+    let mut held: Option<bytes::BytesMut> = None;
+    loop {
+        let data = match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => d,
+                Err(frame) if held.is_none() => return Some(Ok(frame)),
+                Err(_) => continue, // trailers after whitespace: nothing to keep
+            },
+            Some(Err(e)) => return Some(Err(e)),
+            None => return held.map(|h| Ok(Frame::data(h.freeze()))),
+        };
+        let Some(h) = held.as_mut() else {
+            if !data.trim_ascii().is_empty() {
+                return Some(Ok(Frame::data(data)));
+            }
+            held = Some(bytes::BytesMut::from(&data[..]));
+            continue;
+        };
+        h.extend_from_slice(&data);
+        if !h.trim_ascii().is_empty() || h.len() > MAX_HELD {
+            return held.map(|h| Ok(Frame::data(h.freeze())));
+        }
     }
 }
 
@@ -543,16 +602,6 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_are_redacted_from_upstream_messages() {
-        let said = "Incorrect API key provided: sk-abc***wxyz. Also sk-live-123 and KEY9999.";
-        let out = redact_secrets(said, Some("KEY9999."));
-        assert!(!out.contains("sk-abc"));
-        assert!(!out.contains("sk-live"));
-        assert!(!out.contains("KEY9999"));
-        assert!(out.starts_with("Incorrect API key provided: [redacted]"));
-    }
 
     #[test]
     fn retry_after_forms() {

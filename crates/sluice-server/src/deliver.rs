@@ -74,7 +74,7 @@ pub(crate) async fn deliver(
             )
             .boxed_unsync()
         }
-    } else if same_format && wire == Wire::OpenAi {
+    } else if same_format && wire == Wire::OpenAi && status.is_success() {
         watch.usage_tail = true;
         watch.first = first;
         body
@@ -96,6 +96,8 @@ pub(crate) async fn deliver(
             Err(_) => return rec.reply_error(&deadline_error(call.budget)),
         };
         let converted = if !status.is_success() {
+            // The upstream's own refusal: relayed, without our secrets.
+            let bytes = scrubbed(call, bytes);
             Ok(
                 translate::error_body(wire, call.client, status.as_u16(), &bytes)
                     .map(Bytes::from)
@@ -142,6 +144,7 @@ pub(crate) fn relay_error(
     body: Bytes,
     wire: Wire,
 ) -> Response<Body> {
+    let body = scrubbed(call, body);
     let body = translate::error_body(wire, call.client, head.status.as_u16(), &body)
         .map(Bytes::from)
         .unwrap_or(body);
@@ -153,6 +156,14 @@ pub(crate) fn relay_error(
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     out
+}
+
+/// An upstream body with the providers' keys and key-shaped text removed.
+fn scrubbed(call: &Call<'_>, body: Bytes) -> Bytes {
+    match call.snap.scrubber.scrub_bytes(&body) {
+        std::borrow::Cow::Borrowed(_) => body,
+        std::borrow::Cow::Owned(b) => Bytes::from(b),
+    }
 }
 
 fn prepend(first: Option<Frame<Bytes>>, rest: BoxBody) -> BoxBody {
@@ -189,27 +200,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// `said` with our key (and anything shaped like an API key) masked.
-pub(crate) fn redact_secrets(said: &str, key: Option<&str>) -> String {
-    let mut out = match key {
-        Some(k) if k.len() >= 4 => said.replace(k, "[redacted]"),
-        _ => said.to_owned(),
-    };
-    // Providers echo a masked key ("sk-abc***xyz"); mask those wholly too.
-    let words: Vec<String> = out
-        .split(' ')
-        .map(|w| {
-            if w.starts_with("sk-") || w.starts_with("sk_") || w.contains("***") {
-                "[redacted]".to_owned()
-            } else {
-                w.to_owned()
-            }
-        })
-        .collect();
-    out = words.join(" ");
-    out
 }
 
 /// Relays the upstream's headers except hop-by-hop ones, the length (the body

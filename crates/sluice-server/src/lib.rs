@@ -6,7 +6,9 @@ mod admission;
 pub mod app;
 pub mod attempt;
 pub mod audit;
+pub mod conn;
 mod deliver;
+pub mod extract;
 pub mod hub;
 pub mod listener;
 pub mod logging;
@@ -35,7 +37,7 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     // expose one unless the configuration says so explicitly.
     let api_keys = admin_keys::load(&config)?;
     if config.keys.is_empty() && api_keys.1.is_empty() {
-        if !config.server.listen.ip().is_loopback() && !config.allow_open_non_loopback {
+        if !admin_keys::open_api_allowed(&config) {
             anyhow::bail!(
                 "refusing to listen on {} with no [[keys]] configured: anyone who can reach it \
                  could spend your provider keys. Add [[keys]], listen on loopback, or set \
@@ -67,25 +69,49 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let keyed = !(config.keys.is_empty() && api_keys.1.is_empty());
     let app = app::App::new(config, log_control, api_keys)?;
 
     let (tx, rx) = watch::channel(false);
+    let open_files = conn::open_files_limit();
+    let (api_cap, admin_cap) = conn::caps(server_cfg.max_connections, open_files);
+    if api_cap < server_cfg.max_connections {
+        tracing::info!(
+            open_files,
+            api = api_cap,
+            admin = admin_cap,
+            "connection caps lowered to fit the descriptor limit"
+        );
+    }
     let api = tokio::spawn(listener::serve(
-        api_listener,
-        routes::api(app.clone()),
-        server_cfg.clone(),
+        listener::Listener {
+            name: "api",
+            listener: api_listener,
+            router: routes::api(app.clone()),
+            cfg: server_cfg.clone(),
+            tls,
+            max_connections: api_cap,
+            metrics: app.metrics.connections.clone(),
+        },
         rx.clone(),
-        tls,
     ));
     let admin = tokio::spawn(listener::serve(
-        admin_listener,
-        routes::admin(app.clone()),
-        server_cfg,
+        listener::Listener {
+            name: "admin",
+            listener: admin_listener,
+            router: routes::admin(app.clone()),
+            cfg: server_cfg,
+            tls: None,
+            max_connections: admin_cap,
+            metrics: app.metrics.connections.clone(),
+        },
         rx,
-        None,
     ));
     app.ready.store(true, Ordering::Release);
-    println!("{}", ready_line(scheme, api_addr, admin_addr, &first_model));
+    println!(
+        "{}",
+        ready_line(scheme, api_addr, admin_addr, &first_model, keyed)
+    );
     tracing::info!(%api_addr, %admin_addr, "sluice ready");
 
     shutdown_signal().await;
@@ -107,8 +133,15 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// One line: where Sluice listens and a curl command that works as printed.
-pub fn ready_line(scheme: &str, api: SocketAddr, admin: SocketAddr, model: &str) -> String {
+/// One line: where Sluice listens and a curl command that works as printed
+/// (with keys configured: once `SLUICE_API_KEY` holds one of their tokens).
+pub fn ready_line(
+    scheme: &str,
+    api: SocketAddr,
+    admin: SocketAddr,
+    model: &str,
+    keyed: bool,
+) -> String {
     let host = |a: SocketAddr| {
         if a.ip().is_unspecified() {
             SocketAddr::new([127, 0, 0, 1].into(), a.port())
@@ -117,8 +150,13 @@ pub fn ready_line(scheme: &str, api: SocketAddr, admin: SocketAddr, model: &str)
         }
     };
     let (api, admin) = (host(api), host(admin));
+    let auth = if keyed {
+        " -H \"authorization: Bearer $SLUICE_API_KEY\""
+    } else {
+        ""
+    };
     format!(
-        "sluice ready: api {scheme}://{api} admin http://{admin} | try: curl -s {scheme}://{api}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+        "sluice ready: api {scheme}://{api} admin http://{admin} | try: curl -s {scheme}://{api}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
     )
 }
 

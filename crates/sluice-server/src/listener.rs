@@ -1,105 +1,373 @@
-//! Accept loops: hyper's auto (HTTP/1.1 + HTTP/2) connection builder with the
-//! configured limits, serving an axum router, with graceful shutdown.
+//! Accept loops: every connection bounded from its first byte to its last.
+//!
+//! hyper serves HTTP/1.1 and HTTP/2, but leaves three holes a hostile or
+//! broken client can use to hold a descriptor forever: telling the protocol
+//! apart (its auto builder waits for the first bytes with no timer), an
+//! HTTP/2 connection that opens no stream, and a peer that vanished under an
+//! HTTP/2 stream. So the protocol is decided here under the head timeout
+//! (the first bytes, or TLS's ALPN), HTTP/2 connections send keep-alive
+//! pings and are closed once no stream has been open for that timeout (as
+//! hyper does for idle HTTP/1.1 connections), and every connection holds a
+//! place under the listener's cap and its address's cap.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use sluice_core::config::ServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-/// Serves `router` on `listener` until `shutdown` flips, then gives in-flight
-/// connections `cfg.shutdown_grace` to finish.
-pub async fn serve(
-    listener: TcpListener,
+use crate::conn::{Activity, ConnMetrics, Limits, TrackedBody};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What one listener serves and how it bounds its connections.
+pub struct Listener {
+    /// `api` or `admin`: the metrics label.
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub router: Router,
+    pub cfg: ServerConfig,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Connections at once on this listener.
+    pub max_connections: usize,
+    pub metrics: ConnMetrics,
+}
+
+#[derive(Clone)]
+struct Conn {
+    name: &'static str,
     router: Router,
-    cfg: ServerConfig,
-    mut shutdown: watch::Receiver<bool>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// The head timeout: also how long a connection may sit with no request.
+    head: Duration,
+    max_head_bytes: usize,
+    metrics: ConnMetrics,
+}
+
+/// Serves `l` until `shutdown` flips, then gives in-flight connections
+/// `cfg.shutdown_grace` to finish.
+pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
+    let cfg = &l.cfg;
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        // hyper refuses buffers under 8 KiB; the head must fit in the buffer.
-        // The header count stays at hyper's default (100): a larger cap moves
+        // hyper refuses buffers under 8 KiB, and answers a head that does
+        // not fit with a bare 431. Room for twice the limit lets the service
+        // answer heads over `max_header_bytes` itself, with a JSON body. The
+        // header count stays at hyper's default (100): a larger cap moves
         // hyper's per-request header arrays from the stack to the heap.
-        .max_buf_size(cfg.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024);
-    let graceful = GracefulShutdown::new();
+        .max_buf_size(cfg.max_header_bytes.saturating_mul(2).max(8192));
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(
+            u32::try_from(cfg.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        )
+        .max_concurrent_streams(1024)
+        // Pings find a peer that vanished under a quiet stream (an upstream
+        // still thinking); an unanswered ping closes the connection.
+        .keep_alive_interval(cfg.http2_keepalive_interval)
+        .keep_alive_timeout(cfg.header_read_timeout);
+    let conn = Conn {
+        name: l.name,
+        router: l.router,
+        h1,
+        h2,
+        head: cfg.header_read_timeout,
+        max_head_bytes: cfg.max_header_bytes,
+        metrics: l.metrics.clone(),
+    };
+    let limits = Limits::new(l.max_connections, cfg.max_connections_per_ip);
+    // Each connection task holds a sender; all gone = all connections done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let mut accept_errors = 0u32;
 
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, don't spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(router.clone());
-                match &tls {
-                    None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                            .into_owned();
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                    Some(acceptor) => {
-                        // The handshake runs in the connection's task, bounded
-                        // like a request head: a slow handshake is a slowloris.
-                        let acceptor = acceptor.clone();
-                        let builder = builder.clone();
-                        let watcher = graceful.watcher();
-                        let limit = cfg.header_read_timeout;
-                        tokio::spawn(async move {
-                            let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                .into_owned();
-                            if let Err(e) = watcher.watch(conn).await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                }
-            }
+        let permit = tokio::select! {
+            p = limits.reserve() => p,
             _ = shutdown.changed() => break,
-        }
+        };
+        let accepted = tokio::select! {
+            a = l.listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_errors = 0;
+                a
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off (up to a second),
+                // don't spin; say so once per streak.
+                if accept_errors == 0 {
+                    tracing::warn!(listener = l.name, error = %e, "accept failed; backing off");
+                }
+                let pause = Duration::from_millis(10 << accept_errors.min(6));
+                accept_errors += 1;
+                tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
+                continue;
+            }
+        };
+        let Some(slot) = limits.admit(permit, peer.ip()) else {
+            l.metrics.closed(l.name, "per_ip_limit");
+            tracing::debug!(listener = l.name, %peer, "too many connections from this address");
+            continue; // dropping the stream closes it
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = conn.clone();
+        let tls = l.tls.clone();
+        let shutdown = shutdown.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let gauge = conn
+                .metrics
+                .open
+                .get_or_create(&crate::conn::ListenerLabels {
+                    listener: conn.name,
+                })
+                .clone();
+            gauge.inc();
+            conn.run(stream, peer, tls, shutdown).await;
+            gauge.dec();
+            drop((slot, done));
+        });
     }
-    drop(listener);
-    if tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
+    drop(l.listener);
+    drop(done_tx);
+    if tokio::time::timeout(l.cfg.shutdown_grace, done_rx.recv())
         .await
         .is_err()
     {
         tracing::warn!("shutdown grace period ended with connections still open");
+    }
+}
+
+enum Proto {
+    Http1,
+    Http2,
+}
+
+impl Conn {
+    async fn run(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let deadline = Instant::now() + self.head;
+        let Some(acceptor) = tls else {
+            match detect(&stream, deadline).await {
+                Some(proto) => self.serve(TokioIo::new(stream), proto, shutdown).await,
+                None => self.metrics.closed(self.name, "no_request"),
+            }
+            return;
+        };
+        // The handshake is bounded like a request head: a slow handshake is
+        // a slowloris. ALPN says which protocol follows.
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                self.metrics.closed(self.name, "no_request");
+                return;
+            }
+        };
+        let proto = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Proto::Http2,
+            _ => Proto::Http1,
+        };
+        self.serve(TokioIo::new(stream), proto, shutdown).await;
+    }
+
+    async fn serve<I>(&self, io: TokioIo<I>, proto: Proto, shutdown: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = TowerToHyperService::new(self.router.clone());
+        let max_head = self.max_head_bytes;
+        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            use futures_util::future::Either;
+            if head_size(&req) > max_head {
+                let refused = head_too_large(req.uri().path(), max_head);
+                Either::Left(std::future::ready(Ok(refused)))
+            } else {
+                Either::Right(hyper::service::Service::call(&router, req))
+            }
+        });
+        let result = match proto {
+            Proto::Http1 => {
+                let conn = self.h1.serve_connection(io, svc).with_upgrades();
+                drive(conn, shutdown, None, self.head).await
+            }
+            Proto::Http2 => {
+                let activity = Arc::new(Activity::default());
+                let counted = activity.clone();
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let open = counted.open();
+                    let response = hyper::service::Service::call(&svc, req);
+                    async move {
+                        let r = response.await?;
+                        Ok::<_, std::convert::Infallible>(r.map(|b| TrackedBody::new(b, open)))
+                    }
+                });
+                let conn = self.h2.serve_connection(io, svc);
+                let closed = drive(conn, shutdown, Some(&activity), self.head).await;
+                if closed == Ended::Idle {
+                    self.metrics.closed(self.name, "idle");
+                }
+                closed
+            }
+        };
+        if let Ended::Error(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// The size of a request head as sent in HTTP/1.1: the request line and
+/// each header line.
+fn head_size<B>(req: &http::Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn head_too_large(path: &str, max: usize) -> axum::response::Response {
+    use sluice_core::{ErrorKind, GatewayError};
+    let e = GatewayError::new(
+        ErrorKind::HeadersTooLarge,
+        format!("the request head exceeds the limit of {max} bytes (server.max_header_bytes)"),
+    );
+    crate::observe::error_response(&e, crate::extract::wire_of(path))
+}
+
+/// Waits (until `deadline`) for the first bytes to tell HTTP/2's preface
+/// from HTTP/1.1; `None` when the client sent nothing in time or left.
+async fn detect(stream: &TcpStream, deadline: Instant) -> Option<Proto> {
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(Proto::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Proto::Http2);
+        }
+        // Part of the preface: peek returns at once while those bytes sit
+        // there, so wait a little for the rest rather than spin.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// hyper's connections that can be asked to finish gracefully.
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    Self: std::future::Future<Output = Result<(), hyper::Error>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<BoxError>,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    Self: std::future::Future<Output = Result<(), hyper::Error>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<BoxError>,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Ended {
+    Done,
+    Idle,
+    Error(String),
+}
+
+/// Runs a connection to its end; on shutdown, or (HTTP/2) once no stream
+/// has been open for `idle_after`, asks it to finish what it has and close.
+async fn drive<C: Graceful>(
+    conn: C,
+    mut shutdown: watch::Receiver<bool>,
+    activity: Option<&Activity>,
+    idle_after: Duration,
+) -> Ended {
+    tokio::pin!(conn);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful();
+    }
+    let mut idle_closed = false;
+    let idle = async {
+        match activity {
+            Some(a) => a.idle(idle_after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                return match r {
+                    Err(e) if !e.is_incomplete_message() => Ended::Error(e.to_string()),
+                    _ if idle_closed => Ended::Idle,
+                    _ => Ended::Done,
+                };
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful();
+            }
+            _ = &mut idle, if !closing => {
+                closing = true;
+                idle_closed = true;
+                conn.as_mut().graceful();
+            }
+        }
     }
 }

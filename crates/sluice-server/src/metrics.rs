@@ -142,6 +142,8 @@ pub struct Metrics {
     /// Requests refused by a rate or concurrency limit, by limit.
     pub limited: Family<OutcomeLabels, Counter>,
     pub hub: crate::hub::HubMetrics,
+    /// Client connections per listener, and those closed by the gateway.
+    pub connections: crate::conn::ConnMetrics,
     pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
@@ -192,6 +194,7 @@ impl Metrics {
         let limit_backend_errors = Family::<OutcomeLabels, Counter>::default();
         let limited = Family::<OutcomeLabels, Counter>::default();
         let hub = crate::hub::HubMetrics::default();
+        let connections = crate::conn::ConnMetrics::default();
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
@@ -248,6 +251,7 @@ impl Metrics {
             "Time spent in Sluice itself: the request's duration less the upstream call, failed attempts, back-off and reading the client's body",
             overhead.clone(),
         );
+        connections.register(registry);
         registry.register(
             "active_streams",
             "Streamed responses in flight",
@@ -409,6 +413,7 @@ impl Metrics {
             limit_backend_errors,
             limited,
             hub,
+            connections,
             agent_queue_depth,
             process_rss,
             process_cpu,

@@ -23,6 +23,7 @@ use sluice_core::request::Usage;
 use sluice_core::resilience::{Outcome, now_nanos};
 use sluice_core::route::Admitted;
 use sluice_core::{ErrorKind, GatewayError};
+use sluice_providers::check::StreamCheck;
 use sluice_providers::openai::UsageTail;
 use sluice_providers::translate::{UsageCell, Wire};
 use sluice_providers::{BodyError, BoxBody};
@@ -71,6 +72,8 @@ pub struct Recorder {
     pub audit_fields: Option<serde_json::Map<String, serde_json::Value>>,
     /// The gateway's error code, when it answered with one.
     error_code: Option<&'static str>,
+    /// A committed stream broke: the answer failed though its status is 2xx.
+    stream_failed: bool,
     /// The key's token budget, charged with the usage at the end.
     pub budget: Option<crate::shared_limits::BudgetCharge>,
     /// Tokens reserved in the shared (Redis) limiter, to settle.
@@ -109,6 +112,7 @@ impl Recorder {
             attempt_span: None,
             audit_fields: None,
             error_code: None,
+            stream_failed: false,
             stream_permit: None,
             shared_reservation: None,
             budget: None,
@@ -166,6 +170,13 @@ impl Recorder {
     pub fn finish(mut self) {
         self.finished = true;
         // Drop settles.
+    }
+
+    /// A stream already committed with a 2xx broke with `e`: the request
+    /// is recorded as failed (audit `error`, the span's status) all the same.
+    pub fn stream_failed(&mut self, e: &GatewayError) {
+        self.error_code = Some(e.kind.code());
+        self.stream_failed = true;
     }
 
     /// Counts `e` as the answer and renders it as the OpenAI error body.
@@ -328,7 +339,7 @@ impl Recorder {
                 span.str("sluice.provider", &self.provider);
             }
             usage(&mut span, self.usage);
-            if self.status >= 500 {
+            if self.status >= 500 || self.stream_failed {
                 let status = self.status.to_string();
                 span.fail(
                     self.error_code.unwrap_or(&status),
@@ -393,6 +404,9 @@ pub struct ObservedBody {
     /// The tail of what the client got, kept only while a trace records
     /// it: for `gen_ai.response.model` and `gen_ai.response.finish_reasons`.
     meta_tail: Option<UsageTail>,
+    /// An OpenAI stream passed through as bytes: checked to be whole JSON
+    /// events ending in `[DONE]` (translated streams check themselves).
+    check: Option<StreamCheck>,
 }
 
 impl ObservedBody {
@@ -400,6 +414,7 @@ impl ObservedBody {
         let tail = w.usage_tail.then(UsageTail::default);
         let recording = rec.span.as_ref().is_some_and(|s| s.is_recording());
         let meta_tail = (recording && tail.is_none()).then(UsageTail::default);
+        let check = (w.usage_tail && w.sse).then(StreamCheck::default);
         let stream_counted = w.sse.then(|| {
             rec.app.metrics.active_streams.inc();
             rec.app.clone()
@@ -419,6 +434,7 @@ impl ObservedBody {
             stream_counted,
             done: false,
             meta_tail,
+            check,
         };
         if let Some(at) = this.next_wake() {
             this.timer = Some(Box::pin(tokio::time::sleep_until(at)));
@@ -454,9 +470,14 @@ impl ObservedBody {
         }
     }
 
-    fn fail(&mut self, e: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn fail(&mut self, mut e: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.done = true;
-        if let Some(rec) = &self.rec {
+        if let Some(rec) = &mut self.rec {
+            // The message may quote the upstream (its in-stream error).
+            if let std::borrow::Cow::Owned(m) = rec.app.snapshot.load().scrubber.scrub(&e.message) {
+                e.message = m.into();
+            }
+            rec.stream_failed(&e);
             rec.app
                 .metrics
                 .record_upstream_error(&rec.provider, e.kind.code());
@@ -482,6 +503,19 @@ impl ObservedBody {
         } else {
             Poll::Ready(Some(Err(Box::new(e))))
         }
+    }
+
+    /// Checks a passed-through stream's next frame, and its end when this
+    /// frame was its last.
+    fn check_frame(&mut self, frame: &Frame<Bytes>) -> Result<(), GatewayError> {
+        let Some(check) = &mut self.check else {
+            return Ok(());
+        };
+        let mut verdict = frame.data_ref().map_or(Ok(()), |d| check.feed(d));
+        if verdict.is_ok() && self.inner.is_end_stream() && self.first.is_none() {
+            verdict = check.finish();
+        }
+        verdict.map_err(|m| GatewayError::new(ErrorKind::UpstreamProtocol, m))
     }
 
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
@@ -533,11 +567,17 @@ impl http_body::Body for ObservedBody {
             return Poll::Ready(None);
         }
         if let Some(frame) = this.first.take() {
+            if let Err(e) = this.check_frame(&frame) {
+                return this.fail(e);
+            }
             this.on_frame(&frame);
             return Poll::Ready(Some(Ok(frame)));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Err(e) = this.check_frame(&frame) {
+                    return this.fail(e);
+                }
                 this.on_frame(&frame);
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -546,6 +586,9 @@ impl http_body::Body for ObservedBody {
                 format!("upstream stream broke: {e}"),
             )),
             Poll::Ready(None) => {
+                if let Some(Err(m)) = this.check.as_mut().map(StreamCheck::finish) {
+                    return this.fail(GatewayError::new(ErrorKind::UpstreamProtocol, m));
+                }
                 this.done = true;
                 this.settle();
                 Poll::Ready(None)

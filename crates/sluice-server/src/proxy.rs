@@ -239,7 +239,7 @@ pub fn operation_name(op: Operation) -> &'static str {
 }
 
 /// Reads the whole request body, refusing more than `max` bytes.
-async fn read_body(
+pub(crate) async fn read_body(
     req: Request<Body>,
     max: usize,
     timeout: Duration,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::StatusCode;
@@ -16,6 +16,7 @@ use sluice_core::request::Operation;
 use sluice_core::{ErrorKind, GatewayError};
 
 use crate::app::App;
+use crate::extract::wire_of;
 use crate::observe::error_response;
 use crate::proxy;
 use sluice_providers::translate::Wire;
@@ -81,15 +82,6 @@ async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
     proxy::handle(app, Operation::Messages, "/v1/messages", req).await
 }
 
-/// Anthropic's paths answer errors in Anthropic's shape.
-fn wire_of(path: &str) -> Wire {
-    if path.starts_with("/v1/messages") {
-        Wire::Anthropic
-    } else {
-        Wire::OpenAi
-    }
-}
-
 fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {
     json!({"id": name, "object": "model", "created": app.started_unix, "owned_by": owner})
 }
@@ -114,7 +106,7 @@ async fn models(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Respon
 
 async fn model(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
     headers: http::HeaderMap,
 ) -> Response {
     let snap = app.snapshot.load();
@@ -151,8 +143,36 @@ async fn log_level(State(app): State<Arc<App>>) -> Response {
 
 /// `PUT /log-level` with a filter directive as the body (`debug`,
 /// `info,sluice::access=warn`, …).
-async fn set_log_level(State(app): State<Arc<App>>, body: String) -> Response {
-    match app.log_control.set(body.trim()) {
+async fn set_log_level(
+    State(app): State<Arc<App>>,
+    headers: http::HeaderMap,
+    crate::extract::ApiBody(body): crate::extract::ApiBody,
+) -> Response {
+    if let Some(r) = crate::admin_keys::admin_refusal(&app, &headers, false) {
+        return r;
+    }
+    // Plain text (`debug`), or JSON: `{"level":"debug"}`.
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let level = if json {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("level")?.as_str().map(str::to_owned))
+    } else {
+        std::str::from_utf8(&body).ok().map(str::to_owned)
+    };
+    let Some(level) = level else {
+        return error_response(
+            &GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "send the level as text (`debug`) or JSON ({\"level\":\"debug\"})",
+            ),
+            Wire::OpenAi,
+        );
+    };
+    match app.log_control.set(level.trim()) {
         Ok(()) => axum::Json(json!({"level": app.log_control.current()})).into_response(),
         Err(e) => error_response(
             &GatewayError::new(ErrorKind::InvalidRequest, format!("invalid log level: {e}")),

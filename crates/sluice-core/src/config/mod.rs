@@ -6,6 +6,7 @@
 mod env;
 mod raw;
 mod security;
+mod server;
 pub mod time;
 mod validate;
 
@@ -236,6 +237,13 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How long a client may take to send the request body.
     pub body_read_timeout: Duration,
+    /// Client connections open at once, per listener (also lowered at start
+    /// to fit the process's descriptor limit).
+    pub max_connections: usize,
+    /// Client connections open at once from one address; 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// How often an HTTP/2 client is pinged to see it is still there.
+    pub http2_keepalive_interval: Duration,
     /// TLS on the API listener; `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
 }
@@ -367,8 +375,28 @@ pub fn parse(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    parse_as(text, file, env, false)
+}
+
+/// Like [`parse`], for a file to serve from: it must also serve something
+/// (a `[[models]]` entry, or an `[agents]` table) and the files it writes
+/// must have a folder to go in.
+pub fn parse_whole(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    parse_as(text, file, env, true)
+}
+
+fn parse_as(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    whole: bool,
+) -> Result<Config, ConfigErrors> {
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
-    validate::validate(raw, text, file, env)
+    validate::validate(raw, text, file, env, whole)
 }
 
 /// A TOML syntax or schema error, located.
@@ -398,7 +426,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read file: {e}"),
         }])
     })?;
-    parse(&text, &name, &|k| std::env::var(k).ok())
+    parse_whole(&text, &name, &|k| std::env::var(k).ok())
 }
 
 /// The embedded default: the mock provider, plus OpenAI when its key is set.

@@ -32,8 +32,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub redaction: RawRedaction,
     pub audit: Option<Spanned<RawAudit>>,
-    #[serde(default)]
-    pub agents: RawAgents,
+    /// `None` when the file has no `[agents]` table (the defaults apply).
+    pub agents: Option<RawAgents>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +214,10 @@ pub struct RawServer {
     pub max_header_bytes: Option<Spanned<u64>>,
     pub shutdown_grace_ms: Option<Spanned<u64>>,
     pub body_read_timeout_ms: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    #[serde(alias = "max_connections_per_client")]
+    pub max_connections_per_ip: Option<Spanned<u64>>,
+    pub http2_keepalive_interval_ms: Option<Spanned<u64>>,
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,
     pub tls_reload_ms: Option<Spanned<u64>>,

@@ -510,3 +510,30 @@ fn telemetry_batching_and_otel_variables() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_file_to_serve_must_serve_something_and_have_its_folders() {
+    let env = |_: &str| None;
+    for empty in ["", "# nothing\n", "[server]\nlisten = \"127.0.0.1:1\"\n"] {
+        let e = parse_whole(empty, "s.toml", &env).unwrap_err();
+        assert!(e.to_string().contains("no [[models]]"), "{e}");
+        assert!(
+            parse(empty, "s.toml", &env).is_ok(),
+            "a fragment may be partial"
+        );
+    }
+    assert!(
+        parse_whole("[agents]\n", "s.toml", &env).is_ok(),
+        "hub only"
+    );
+    let missing = "[auth]\nkeys_file = \"/nonexistent-sluice-dir/keys.json\"\n[agents]\n";
+    let e = parse_whole(missing, "s.toml", &env).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!((e.0[0].line, e.0[0].column), (2, 13));
+    assert!(e.0[0].message.contains("does not exist"), "{e}");
+    let here = "[auth]\nkeys_file = \"keys.json\"\n[agents]\n";
+    assert!(
+        parse_whole(here, "s.toml", &env).is_ok(),
+        "the working folder exists"
+    );
+}

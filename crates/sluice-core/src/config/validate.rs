@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawLogging, RawProvider, RawRouting, RawServer, RawTelemetry};
+use super::raw::{RawConfig, RawLogging, RawProvider, RawRouting, RawTelemetry};
 use super::{
     Config, ConfigError, ConfigErrors, KeyConfig, LogFormat, LoggingConfig, MockConfig,
-    ModelConfig, OtlpProtocol, ProviderConfig, ProviderKind, RoutingConfig, Sampling, ServerConfig,
-    Strategy, TargetConfig, TelemetryConfig, line_col,
+    ModelConfig, OtlpProtocol, ProviderConfig, ProviderKind, RoutingConfig, Sampling, Strategy,
+    TargetConfig, TelemetryConfig, line_col,
 };
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
@@ -101,7 +101,12 @@ impl Collector<'_> {
         });
     }
 
-    fn addr(&mut self, v: Option<&Spanned<String>>, default: &str, what: &str) -> SocketAddr {
+    pub(super) fn addr(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        default: &str,
+        what: &str,
+    ) -> SocketAddr {
         let fallback: SocketAddr = default.parse().expect("defaults are valid addresses");
         let Some(v) = v else { return fallback };
         match v.get_ref().parse() {
@@ -165,13 +170,16 @@ pub(super) fn validate(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    // A file to serve from (not a fragment under test): it must serve
+    // something, and the paths it will write must be writable here.
+    whole: bool,
 ) -> Result<Config, ConfigErrors> {
     let mut c = Collector {
         text,
         file,
         errors: Vec::new(),
     };
-    let server = server(&mut c, &raw.server);
+    let server = super::server::server(&mut c, &raw.server);
     let routing = routing(&mut c, &raw.routing);
     let logging = logging(&mut c, &raw.logging);
     let telemetry = telemetry(&mut c, &raw.telemetry, env);
@@ -195,7 +203,19 @@ pub(super) fn validate(
     let limits = super::security::limits(&mut c, &raw.limits, redis.is_some());
     let redaction = super::security::redaction(&mut c, &raw.redaction);
     let audit = super::security::audit(&mut c, &raw, redis.is_some(), env);
-    let agents = agents(&mut c, &raw.agents);
+    let agents = agents(&mut c, raw.agents.as_ref().unwrap_or(&Default::default()));
+    // A file that serves nothing is a mistake (an empty file, a typo'd
+    // table name): say so, unless it is a hub-only gateway.
+    if whole && raw.models.is_empty() && raw.agents.is_none() {
+        c.errors.push(ConfigError {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            message: "no [[models]]: the gateway would serve nothing (add a [[models]] entry, \
+                      or an [agents] table for an agent hub alone)"
+                .into(),
+        });
+    }
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -345,6 +365,18 @@ pub(super) fn validate(
         });
     }
 
+    if let Some(f) = raw.auth.keys_file.as_ref().filter(|_| whole) {
+        // Written on the first key change: a missing folder would only
+        // show then, as a failed request.
+        let path = std::path::Path::new(f.get_ref());
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            c.at(
+                f.span(),
+                format!("keys_file: the folder of '{}' does not exist", f.get_ref()),
+            );
+        }
+    }
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -366,44 +398,6 @@ pub(super) fn validate(
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(c.errors))
-    }
-}
-
-fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
-    ServerConfig {
-        listen: c.addr(s.listen.as_ref(), "127.0.0.1:8080", "listen"),
-        admin_listen: c.addr(s.admin_listen.as_ref(), "127.0.0.1:9090", "admin_listen"),
-        max_body_bytes: c.positive(
-            s.max_body_bytes.as_ref(),
-            4 << 20,
-            1 << 30,
-            "max_body_bytes",
-        ) as usize,
-        header_read_timeout: ms(c.positive(
-            s.header_read_timeout_ms.as_ref(),
-            10_000,
-            3_600_000,
-            "header_read_timeout_ms",
-        )),
-        max_header_bytes: c.positive(
-            s.max_header_bytes.as_ref(),
-            64 << 10,
-            16 << 20,
-            "max_header_bytes",
-        ) as usize,
-        shutdown_grace: ms(c.positive(
-            s.shutdown_grace_ms.as_ref(),
-            10_000,
-            3_600_000,
-            "shutdown_grace_ms",
-        )),
-        body_read_timeout: ms(c.positive(
-            s.body_read_timeout_ms.as_ref(),
-            30_000,
-            3_600_000,
-            "body_read_timeout_ms",
-        )),
-        tls: tls(c, s),
     }
 }
 
@@ -454,34 +448,6 @@ fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConf
             3_600_000,
             "presence_ttl_ms",
         )),
-    }
-}
-
-fn tls(c: &mut Collector<'_>, s: &RawServer) -> Option<super::TlsConfig> {
-    let reload = ms(c.positive(
-        s.tls_reload_ms.as_ref(),
-        10_000,
-        86_400_000,
-        "tls_reload_ms",
-    ));
-    match (&s.tls_cert_file, &s.tls_key_file) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => {
-            for f in [cert, key] {
-                if std::fs::metadata(f.get_ref()).is_err() {
-                    c.at(f.span(), format!("'{}' cannot be read", f.get_ref()));
-                }
-            }
-            Some(super::TlsConfig {
-                cert_file: cert.get_ref().into(),
-                key_file: key.get_ref().into(),
-                reload,
-            })
-        }
-        (Some(one), None) | (None, Some(one)) => {
-            c.at(one.span(), "tls_cert_file and tls_key_file go together");
-            None
-        }
     }
 }
 
@@ -1129,7 +1095,7 @@ fn provider(
     })
 }
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 

@@ -161,6 +161,19 @@ impl Breaker {
         }
     }
 
+    /// When `admit` may next succeed (monotonic nanos): now when closed,
+    /// the end of the cooldown when open; for a half-open breaker whose
+    /// probes are all out, a cooldown from now (the probes decide first).
+    pub fn admissible_at(&self, now: u64) -> u64 {
+        let w = self.word.load(Ordering::Acquire);
+        match state_of(w) {
+            CLOSED => now,
+            OPEN => self.reopens_at().max(now),
+            _ if probes_of(w) < u64::from(self.cfg.half_open_probes) => now,
+            _ => now.saturating_add(self.cfg.cooldown.as_nanos() as u64),
+        }
+    }
+
     fn reopens_at(&self) -> u64 {
         self.opened_at
             .load(Ordering::Acquire)

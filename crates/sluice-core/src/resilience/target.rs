@@ -80,6 +80,13 @@ impl TargetState {
         now >= self.cooling_until.load(Ordering::Relaxed) && self.breaker.admissible(now)
     }
 
+    /// When this target may next be picked (monotonic nanos).
+    pub fn available_at(&self, now: u64) -> u64 {
+        self.breaker
+            .admissible_at(now)
+            .max(self.cooling_until.load(Ordering::Relaxed))
+    }
+
     /// Takes a breaker slot; the returned guard counts the request as in flight.
     pub fn admit(&self, now: u64) -> Option<Permit> {
         match self.breaker.admit(now) {
@@ -232,6 +239,16 @@ mod tests {
 
     #[test]
     fn cooling_makes_it_unavailable_until_then() {
+        let t0 = state();
+        assert_eq!(t0.available_at(5), 5, "a fresh target is available now");
+        t0.cool_until(1_000);
+        assert_eq!(t0.available_at(5), 1_000);
+        // An open breaker: available when its cooldown (10 ms) ends.
+        let tripped = state();
+        run(&tripped, Outcome::Failure, 100);
+        assert_eq!(run(&tripped, Outcome::Failure, 100), Transition::Tripped);
+        assert_eq!(tripped.available_at(200), 100 + 10_000_000);
+        assert_eq!(tripped.available_at(20_000_000), 20_000_000);
         let t = state();
         t.cool_until(1_000);
         assert!(!t.available(999));

@@ -107,6 +107,11 @@ impl ModelRoute {
 
     /// Picks an available target not in `exclude` and takes a breaker slot on
     /// it. Targets that refuse (a race with their breaker) join `exclude`.
+    /// The soonest any target may be picked again (monotonic nanos).
+    pub fn next_available(&self, now: u64) -> Option<u64> {
+        self.states.iter().map(|s| s.available_at(now)).min()
+    }
+
     pub fn admit(&self, now: u64, exclude: &mut TargetSet) -> Option<Admitted> {
         for _ in 0..self.targets.len() {
             let index = self.pick(now, *exclude)?;

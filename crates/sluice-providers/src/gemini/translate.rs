@@ -357,6 +357,11 @@ impl StreamToOpenAi {
         }
     }
 
+    /// Whether a finish reason has come: Gemini's only sign of a whole answer.
+    pub fn has_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
     /// At the end of the upstream stream: the finish chunk and the usage chunk.
     pub fn finish(&mut self, out: &mut Vec<Chunk>) {
         let finish = self.finish.take().or_else(|| Some("stop".into()));

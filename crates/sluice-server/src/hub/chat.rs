@@ -103,7 +103,16 @@ async fn run(
                 if d == b"[DONE]" {
                     return send(agent, json!({"type": "chat.done", "id": id})).await;
                 }
-                if let Ok(chunk) = serde_json::from_slice::<Value>(d) {
+                if let Ok(mut chunk) = serde_json::from_slice::<Value>(d) {
+                    if let Some(error) = chunk.get_mut("error").map(Value::take) {
+                        // The stream broke after it started (the gateway's
+                        // closing error event): the chat failed.
+                        return send(
+                            agent,
+                            json!({"type": "chat.error", "id": id, "status": 502, "error": error}),
+                        )
+                        .await;
+                    }
                     send(
                         agent,
                         json!({"type": "chat.chunk", "id": id, "chunk": chunk}),
@@ -113,5 +122,7 @@ async fn run(
             }
         }
     }
-    send(agent, json!({"type": "chat.done", "id": id})).await
+    send(agent, json!({"type": "chat.error", "id": id, "status": 502,
+        "error": {"message": "the stream ended before it was complete", "type": "upstream_error", "code": "upstream_protocol_error"}}))
+    .await
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Hub, SendError, Status};
 use crate::app::App;
+use crate::extract::{ApiBody, ApiPath, ApiQuery};
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let kind = match status.as_u16() {
@@ -73,7 +74,14 @@ pub async fn connect(
         Ok(h) => h,
         Err(r) => return *r,
     };
-    let auth = headers.get(http::header::AUTHORIZATION).cloned();
+    // Chats made on the agent's behalf carry its credential, however it
+    // came (`Authorization` or `x-api-key`).
+    let auth = crate::access::api_token(&headers)
+        .and_then(|t| http::HeaderValue::try_from(format!("Bearer {t}")).ok())
+        .map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
     let cfg = &hub.cfg;
     ws.read_buffer_size(cfg.read_buffer_bytes)
         .write_buffer_size(0)
@@ -191,9 +199,9 @@ fn send_error(agent_id: &str, e: SendError) -> Response {
 
 pub async fn instruct(
     State(app): State<Arc<App>>,
-    Path(agent_id): Path<String>,
+    ApiPath(agent_id): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let (hub, scope, b) = match checked(&app, &headers, &body) {
         Ok(x) => x,
@@ -224,9 +232,9 @@ pub async fn instruct(
 
 pub async fn broadcast(
     State(app): State<Arc<App>>,
-    Path(group): Path<String>,
+    ApiPath(group): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let (hub, scope, b) = match checked(&app, &headers, &body) {
         Ok(x) => x,
@@ -283,7 +291,7 @@ pub async fn broadcast(
 
 pub async fn instruction(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
     let (hub, scope) = match hub_for(&app, &headers) {
@@ -313,7 +321,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(app): State<Arc<App>>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (hub, scope) = match hub_for(&app, &headers) {
@@ -334,7 +342,7 @@ pub async fn list(
 
 pub async fn get_agent(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
     let (hub, scope) = match hub_for(&app, &headers) {

@@ -54,6 +54,15 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     .await;
 }
 
+/// Whether a read failed on a frame or message over `max_frame_bytes`.
+fn too_big(e: axum::Error) -> bool {
+    let e = e.into_inner();
+    matches!(
+        e.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
 /// Parses the hello; on a bad one, the close code and why.
 fn parse_hello(msg: Message, max_groups: usize) -> Result<Hello, (u16, String)> {
     let text = match msg {
@@ -125,7 +134,15 @@ pub async fn run(
             close(&mut socket, code::HELLO_TIMEOUT, "no hello in time").await;
             return;
         }
-        Ok(None) | Ok(Some(Err(_))) => return,
+        Ok(None) => return,
+        Ok(Some(Err(e))) => {
+            // Too big a first frame gets the same 1009 close as a later one.
+            if too_big(e) {
+                let why = format!("frame over {} bytes", hub.cfg.max_frame_bytes);
+                close(&mut socket, code::TOO_BIG, &why).await;
+            }
+            return;
+        }
         Ok(Some(Ok(msg))) => match parse_hello(msg, 32).and_then(|h| allowed(h, &scope)) {
             Ok(h) => h,
             Err((c, why)) => {
@@ -207,12 +224,12 @@ async fn serve(
                 let msg = match msg {
                     None => return ("closed by the agent".into(), false),
                     Some(Err(e)) => {
-                        let e = e.into_inner();
-                        if matches!(e.downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_))) {
+                        let why = e.to_string();
+                        if too_big(e) {
                             close(socket, code::TOO_BIG, &format!("frame over {} bytes", hub.cfg.max_frame_bytes)).await;
                             return ("frame too big".into(), false);
                         }
-                        return (format!("read error: {e}"), false);
+                        return (format!("read error: {why}"), false);
                     }
                     Some(Ok(m)) => m,
                 };

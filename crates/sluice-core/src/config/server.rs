@@ -1,0 +1,89 @@
+//! `[server]`: listeners, their limits and TLS.
+
+use super::raw::RawServer;
+use super::validate::{Collector, ms};
+use super::{ServerConfig, TlsConfig};
+
+pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
+    ServerConfig {
+        listen: c.addr(s.listen.as_ref(), "127.0.0.1:8080", "listen"),
+        admin_listen: c.addr(s.admin_listen.as_ref(), "127.0.0.1:9090", "admin_listen"),
+        max_body_bytes: c.positive(
+            s.max_body_bytes.as_ref(),
+            4 << 20,
+            1 << 30,
+            "max_body_bytes",
+        ) as usize,
+        header_read_timeout: ms(c.positive(
+            s.header_read_timeout_ms.as_ref(),
+            10_000,
+            3_600_000,
+            "header_read_timeout_ms",
+        )),
+        max_header_bytes: c.positive(
+            s.max_header_bytes.as_ref(),
+            64 << 10,
+            16 << 20,
+            "max_header_bytes",
+        ) as usize,
+        shutdown_grace: ms(c.positive(
+            s.shutdown_grace_ms.as_ref(),
+            10_000,
+            3_600_000,
+            "shutdown_grace_ms",
+        )),
+        body_read_timeout: ms(c.positive(
+            s.body_read_timeout_ms.as_ref(),
+            30_000,
+            3_600_000,
+            "body_read_timeout_ms",
+        )),
+        max_connections: c.positive(
+            s.max_connections.as_ref(),
+            65_536,
+            10_000_000,
+            "max_connections",
+        ) as usize,
+        max_connections_per_ip: match &s.max_connections_per_ip {
+            // 0: no cap per address (the default: clients behind one NAT or
+            // load balancer share an address).
+            Some(n) if *n.get_ref() == 0 => 0,
+            v => c.positive(v.as_ref(), 0, 10_000_000, "max_connections_per_ip") as usize,
+        },
+        http2_keepalive_interval: ms(c.positive(
+            s.http2_keepalive_interval_ms.as_ref(),
+            20_000,
+            3_600_000,
+            "http2_keepalive_interval_ms",
+        )),
+        tls: tls(c, s),
+    }
+}
+
+fn tls(c: &mut Collector<'_>, s: &RawServer) -> Option<TlsConfig> {
+    let reload = ms(c.positive(
+        s.tls_reload_ms.as_ref(),
+        10_000,
+        86_400_000,
+        "tls_reload_ms",
+    ));
+    match (&s.tls_cert_file, &s.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            for f in [cert, key] {
+                if std::fs::metadata(f.get_ref()).is_err() {
+                    c.at(f.span(), format!("'{}' cannot be read", f.get_ref()));
+                }
+            }
+            Some(TlsConfig {
+                cert_file: cert.get_ref().into(),
+                key_file: key.get_ref().into(),
+                reload,
+            })
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            c.at(one.span(), "tls_cert_file and tls_key_file go together");
+            None
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Is what the upstream sent a proper answer? Checks that let the server
+//! refuse garbage before it commits and tell a broken stream from a whole one.
+//!
+//! A `200` is only worth passing on if its body is the kind of body asked
+//! for: an SSE stream for a streamed request, a JSON object otherwise. And a
+//! stream is only complete when it ended the way its format ends (OpenAI's
+//! `data: [DONE]`); one cut short must reach the client as an error, not as
+//! a short success.
+
+use crate::sse::{Decoder, TooLarge};
+use crate::translate::MAX_EVENT;
+
+/// Whether `first` (the first body bytes of a 2xx) can start the body asked
+/// for: an SSE stream when `stream`, else a JSON object. Only the start is
+/// judged, so it costs nothing per byte; what follows is checked as it
+/// streams ([`StreamCheck`]) or parsed whole by a translation.
+pub fn body_start(stream: bool, first: &[u8]) -> Result<(), String> {
+    let text = first.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(first);
+    let text = text.trim_ascii_start();
+    if text.is_empty() {
+        return Err(if stream {
+            "the upstream answered a stream request with an empty body".into()
+        } else {
+            "the upstream answered with an empty body".into()
+        });
+    }
+    if stream {
+        const FIELDS: [&[u8]; 5] = [b"data:", b"event:", b"id:", b"retry:", b":"];
+        let fits = |f: &[u8]| {
+            let n = f.len().min(text.len());
+            text[..n] == f[..n]
+        };
+        if FIELDS.iter().any(|f| fits(f)) {
+            return Ok(());
+        }
+        return Err(format!(
+            "the upstream answered a stream request with something other than \
+             server-sent events (it starts {})",
+            preview(text)
+        ));
+    }
+    if text[0] == b'{' {
+        Ok(())
+    } else {
+        Err(format!(
+            "the upstream's answer is not a JSON object (it starts {})",
+            preview(text)
+        ))
+    }
+}
+
+/// Up to 32 bytes of `b`, quoted and escaped, for an error message.
+fn preview(b: &[u8]) -> String {
+    let head = &b[..b.len().min(32)];
+    format!("{:?}", String::from_utf8_lossy(head))
+}
+
+/// Watches an OpenAI SSE stream passed through as bytes: every event's data
+/// must be JSON (or the closing `[DONE]`), and the stream must reach
+/// `[DONE]`. The bytes themselves are not touched.
+#[derive(Debug)]
+pub struct StreamCheck {
+    sse: Decoder,
+    done: bool,
+}
+
+impl Default for StreamCheck {
+    fn default() -> Self {
+        Self {
+            sse: Decoder::new(MAX_EVENT),
+            done: false,
+        }
+    }
+}
+
+impl StreamCheck {
+    /// Looks at the next bytes; `Err` names what is wrong with them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.done {
+            return Ok(()); // after [DONE] nothing more is read by clients
+        }
+        self.sse
+            .feed(bytes)
+            .map_err(|TooLarge(n)| format!("an upstream SSE event exceeded {n} bytes"))?;
+        let verdict = self.judge();
+        self.sse.clear();
+        verdict
+    }
+
+    /// At the end of the upstream body: `Err` unless the stream was whole.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.done {
+            return Ok(());
+        }
+        self.sse.finish();
+        self.judge()?;
+        self.sse.clear();
+        if self.done {
+            Ok(())
+        } else {
+            Err("the upstream stream ended before its closing [DONE]".into())
+        }
+    }
+
+    /// Whether the closing `[DONE]` has been seen.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn judge(&mut self) -> Result<(), String> {
+        for ev in self.sse.events() {
+            if self.done {
+                break;
+            }
+            match ev.data.as_str() {
+                "" => {} // a named event with no data, or keep-alive
+                "[DONE]" => self.done = true,
+                d => json_data(d)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Ok` when `data` is one JSON value.
+pub fn json_data(data: &str) -> Result<(), String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(data)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "the upstream sent an SSE event that is not JSON ({e}): {}",
+                preview(data.as_bytes())
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_judged_by_what_was_asked() {
+        assert!(body_start(true, b"data: {}\n\n").is_ok());
+        assert!(body_start(true, b"\xEF\xBB\xBF\r\nevent: message_start\n").is_ok());
+        assert!(body_start(true, b": keep-alive\n\n").is_ok());
+        assert!(
+            body_start(true, b"da").is_ok(),
+            "a field split across frames"
+        );
+        assert!(body_start(true, b"{\"id\":\"x\"}").is_err());
+        assert!(body_start(true, b"<html>").is_err());
+        assert!(body_start(true, b"").is_err());
+        assert!(body_start(false, b"  {\"id\":1}").is_ok());
+        assert!(body_start(false, b"garbage").is_err());
+        assert!(body_start(false, b"data: {}").is_err());
+        assert!(body_start(false, b" \n").is_err());
+        let e = body_start(false, b"<!doctype html><html><body>Bad gateway").unwrap_err();
+        assert!(e.contains("<!doctype html>"), "{e}");
+    }
+
+    #[test]
+    fn a_whole_stream_passes_in_any_split() {
+        let text = b"data: {\"a\":1}\n\n: ping\n\ndata: {\"b\":[2]}\n\ndata: [DONE]\n\n";
+        for split in 1..text.len() {
+            let mut c = StreamCheck::default();
+            for part in text.chunks(split) {
+                c.feed(part).unwrap();
+            }
+            assert!(c.finish().is_ok(), "split {split}");
+        }
+    }
+
+    #[test]
+    fn a_stream_without_done_is_broken() {
+        let mut c = StreamCheck::default();
+        c.feed(b"data: {\"a\":1}\n\n").unwrap();
+        assert!(!c.is_done());
+        let e = c.finish().unwrap_err();
+        assert!(e.contains("[DONE]"), "{e}");
+        // [DONE] without its blank line at the very end still counts.
+        let mut c = StreamCheck::default();
+        c.feed(b"data: {\"a\":1}\n\ndata: [DONE]").unwrap();
+        assert!(c.finish().is_ok());
+    }
+
+    #[test]
+    fn data_that_is_not_json_is_refused() {
+        let mut c = StreamCheck::default();
+        let e = c
+            .feed(b"data: {\"a\":1}\n\ndata: {not json\n\n")
+            .unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        let mut c = StreamCheck::default();
+        c.feed(b"data: {\"a\":").unwrap();
+        assert!(c.finish().is_err(), "a cut event is not JSON");
+    }
+}

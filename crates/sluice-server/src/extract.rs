@@ -1,0 +1,91 @@
+//! Extractors whose refusals are the gateway's error body.
+//!
+//! axum's own `Path`, `Query` and `Bytes` answer a bad request with plain
+//! text (a path id that is not UTF-8, a query that does not parse, a body
+//! over axum's default limit). These wrap them so every refusal is the
+//! OpenAI error body (the Anthropic one under `/v1/messages`) with a
+//! truthful status, and bodies obey `server.max_body_bytes` and
+//! `server.body_read_timeout_ms` like the proxy's.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+use sluice_core::{ErrorKind, GatewayError};
+use sluice_providers::translate::Wire;
+
+use crate::app::App;
+use crate::observe::error_response;
+
+/// The error body format a path answers in.
+pub fn wire_of(path: &str) -> Wire {
+    if path.starts_with("/v1/messages") {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    }
+}
+
+/// An axum refusal (status and text) as the gateway's error body.
+pub fn refused(status: StatusCode, text: &str, path: &str) -> Response {
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
+        StatusCode::REQUEST_TIMEOUT => ErrorKind::RequestTimeout,
+        _ => ErrorKind::InvalidRequest,
+    };
+    error_response(&GatewayError::new(kind, text.to_owned()), wire_of(path))
+}
+
+/// `Path<T>` answering a bad path (not UTF-8, not the type) in JSON.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Self(v)),
+            Err(r) => Err(refused(r.status(), &r.body_text(), parts.uri.path())),
+        }
+    }
+}
+
+/// `Query<T>` answering a bad query string in JSON.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Self(v)),
+            Err(r) => Err(refused(r.status(), &r.body_text(), parts.uri.path())),
+        }
+    }
+}
+
+/// The whole request body, within `server.max_body_bytes` (413) and
+/// `server.body_read_timeout_ms` (408).
+pub struct ApiBody(pub Bytes);
+
+impl FromRequest<Arc<App>> for ApiBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Response> {
+        let wire = wire_of(req.uri().path());
+        let (max, timeout) = {
+            let snap = app.snapshot.load();
+            let s = &snap.config.server;
+            (s.max_body_bytes, s.body_read_timeout)
+        };
+        crate::proxy::read_body(req, max, timeout)
+            .await
+            .map(Self)
+            .map_err(|e| error_response(&e, wire))
+    }
+}
