@@ -15,6 +15,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 # openssl makes the test certificates for the TLS tests.
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+# curl runs the ready line's example command as printed.
+command -v curl >/dev/null || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -43,4 +45,5 @@ else
 fi
 
 log "end-to-end tests"
-"$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@"
+# No test may hang the suite: each gets at most 5 minutes.
+"$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider --timeout 300 "$@"

@@ -62,7 +62,8 @@ class MockUpstream:
 
 
 class Gateway:
-    def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=(), listen="127.0.0.1:0"):
+    def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=(), listen="127.0.0.1:0",
+                 preexec_fn=None):
         args = [str(SLUICE), "serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]
         if config_text is not None:
             path = tmp_path / "sluice.toml"
@@ -74,7 +75,8 @@ class Gateway:
         self.stderr_path = (tmp_path or Path("/tmp")) / f"sluice-{os.getpid()}-{id(self)}.log"
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=full_env
+            args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=full_env,
+            preexec_fn=preexec_fn,
         )
         self.ready_line = _read_first_line(self.proc)
         assert self.ready_line.startswith("sluice ready: "), self.ready_line
@@ -94,6 +96,14 @@ class Gateway:
             if line.startswith(series + " "):
                 return float(line.split()[-1])
         return 0.0
+
+    def series(self, series):
+        """The value of one series that must exist (a misspelt or absent
+        series fails the test instead of reading as 0)."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        raise AssertionError(f"no series {series} in /metrics")
 
     def metrics_text(self):
         r = httpx.get(f"{self.admin_url}/metrics")
@@ -215,6 +225,17 @@ def proxy_gateway(upstream, tmp_path_factory):
     yield g
     g.assert_alive()
     g.stop()
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    """Polls `pred` until it returns something true; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port():

@@ -350,6 +350,10 @@ async fn drive<C: Graceful>(
         }
     };
     tokio::pin!(idle);
+    // An idle HTTP/2 peer is sent GOAWAY and a PING; one that never answers
+    // (a client that sends nothing at all) is dropped after another period.
+    let cut = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(cut);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -367,7 +371,9 @@ async fn drive<C: Graceful>(
                 closing = true;
                 idle_closed = true;
                 conn.as_mut().graceful();
+                cut.as_mut().reset(tokio::time::Instant::now() + idle_after);
             }
+            _ = &mut cut, if idle_closed => return Ended::Idle,
         }
     }
 }

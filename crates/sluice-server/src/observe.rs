@@ -55,6 +55,11 @@ pub struct Recorder {
     /// The client's wire format, for error bodies.
     pub wire: Wire,
     pub request_id: Option<http::HeaderValue>,
+    /// The client's own `x-request-id` (audit only).
+    pub client_request_id: Option<http::HeaderValue>,
+    /// With `[audit] durability = "sync"`: where the writer's answer goes,
+    /// for the response body to wait on.
+    pub audit_ack: Option<Arc<crate::audit::durable::AckSlot>>,
     /// The virtual key's name, when keys are configured.
     pub key: Option<Arc<str>>,
     /// Token reservations to settle against the real usage.
@@ -103,6 +108,8 @@ impl Recorder {
             finished: false,
             wire: Wire::OpenAi,
             request_id: None,
+            client_request_id: None,
+            audit_ack: None,
             key: None,
             reservations: Vec::new(),
             attempts: 0,
@@ -294,7 +301,12 @@ impl Recorder {
         fn nonempty(s: &Arc<str>) -> Option<&str> {
             (!s.is_empty()).then_some(&**s)
         }
-        auditor.record(&crate::audit::Event {
+        let durable = auditor.record(&crate::audit::Event {
+            id: crate::audit::Auditor::new_id(),
+            client_request_id: self
+                .client_request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok()),
             ts: sluice_core::config::time::format_rfc3339_millis(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -315,6 +327,9 @@ impl Recorder {
             error: self.error_code,
             fields: fields.as_ref(),
         });
+        if let (Some(rx), Some(slot)) = (durable, &self.audit_ack) {
+            slot.put(rx);
+        }
     }
 
     /// Ends the attempt and server spans with what the request came to.
@@ -407,6 +422,8 @@ pub struct ObservedBody {
     /// An OpenAI stream passed through as bytes: checked to be whole JSON
     /// events ending in `[DONE]` (translated streams check themselves).
     check: Option<StreamCheck>,
+    /// The passed-through stream ended badly after a good last frame.
+    end_error: Option<GatewayError>,
 }
 
 impl ObservedBody {
@@ -435,6 +452,7 @@ impl ObservedBody {
             done: false,
             meta_tail,
             check,
+            end_error: None,
         };
         if let Some(at) = this.next_wake() {
             this.timer = Some(Box::pin(tokio::time::sleep_until(at)));
@@ -505,20 +523,51 @@ impl ObservedBody {
         }
     }
 
-    /// Checks a passed-through stream's next frame, and its end when this
-    /// frame was its last.
+    /// Checks a passed-through stream's next frame (`Err`: it is not to be
+    /// passed on), and its end when this frame was its last (a bad end is
+    /// kept in `end_error`: the frame goes out, then the error).
     fn check_frame(&mut self, frame: &Frame<Bytes>) -> Result<(), GatewayError> {
         let Some(check) = &mut self.check else {
             return Ok(());
         };
-        let mut verdict = frame.data_ref().map_or(Ok(()), |d| check.feed(d));
-        if verdict.is_ok() && self.inner.is_end_stream() && self.first.is_none() {
-            verdict = check.finish();
+        let protocol = |m| GatewayError::new(ErrorKind::UpstreamProtocol, m);
+        frame
+            .data_ref()
+            .map_or(Ok(()), |d| check.feed(d))
+            .map_err(protocol)?;
+        if self.inner.is_end_stream() {
+            self.end_error = check.finish().err().map(protocol);
         }
-        verdict.map_err(|m| GatewayError::new(ErrorKind::UpstreamProtocol, m))
+        Ok(())
+    }
+
+    /// Passes `frame` on, observed; the end settles the request.
+    fn pass(&mut self, frame: Frame<Bytes>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Err(e) = self.check_frame(&frame) {
+            return self.fail(e);
+        }
+        if self.end_error.is_some() {
+            self.observe(&frame); // the error follows on the next poll
+        } else {
+            self.on_frame(&frame);
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
+        self.observe(frame);
+        if self.inner.is_end_stream() {
+            // A sized body may not be polled again once its last byte is out.
+            self.done = true;
+            self.settle();
+        } else if self.idle.is_some()
+            && let (Some(at), Some(timer)) = (self.next_wake(), &mut self.timer)
+        {
+            timer.as_mut().reset(at);
+        }
+    }
+
+    fn observe(&mut self, frame: &Frame<Bytes>) {
         if let Some(data) = frame.data_ref() {
             if let Some(rec) = &mut self.rec {
                 rec.mark_first_byte();
@@ -530,22 +579,17 @@ impl ObservedBody {
                 t.observe(data);
             }
         }
-        if self.inner.is_end_stream() {
-            // A sized body may not be polled again once its last byte is out.
-            self.done = true;
-            self.settle();
-        } else if self.idle.is_some()
-            && let (Some(at), Some(timer)) = (self.next_wake(), &mut self.timer)
-        {
-            timer.as_mut().reset(at);
-        }
     }
 }
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         // Fully sent but never polled to its end: still a completed response.
-        if self.rec.is_some() && self.first.is_none() && self.inner.is_end_stream() {
+        if self.rec.is_some()
+            && self.first.is_none()
+            && self.end_error.is_none()
+            && self.inner.is_end_stream()
+        {
             self.settle();
         }
         if let Some(app) = self.stream_counted.take() {
@@ -566,21 +610,14 @@ impl http_body::Body for ObservedBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if let Some(e) = this.end_error.take() {
+            return this.fail(e);
+        }
         if let Some(frame) = this.first.take() {
-            if let Err(e) = this.check_frame(&frame) {
-                return this.fail(e);
-            }
-            this.on_frame(&frame);
-            return Poll::Ready(Some(Ok(frame)));
+            return this.pass(frame);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Err(e) = this.check_frame(&frame) {
-                    return this.fail(e);
-                }
-                this.on_frame(&frame);
-                Poll::Ready(Some(Ok(frame)))
-            }
+            Poll::Ready(Some(Ok(frame))) => this.pass(frame),
             Poll::Ready(Some(Err(e))) => this.fail(GatewayError::new(
                 ErrorKind::UpstreamProtocol,
                 format!("upstream stream broke: {e}"),
@@ -619,6 +656,11 @@ impl http_body::Body for ObservedBody {
     fn size_hint(&self) -> SizeHint {
         if self.done {
             return SizeHint::with_exact(0);
+        }
+        if self.sse {
+            // A stream may end in an error event of our own: never promise
+            // the upstream's length.
+            return SizeHint::default();
         }
         let mut hint = self.inner.size_hint();
         if let Some(n) = self

@@ -39,6 +39,18 @@ pub async fn handle(
     let mut rec = Recorder::start(&app, route);
     let request_id = request_id(req.headers());
     rec.request_id = Some(request_id.clone());
+    // The client's own id, kept apart in the audit event (it may be forged
+    // or reused; the event's `id` is the gateway's).
+    rec.client_request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| v.len() <= 256)
+        .cloned();
+    let durable = app.audit.as_ref().is_some_and(|a| a.is_sync()).then(|| {
+        let slot = Arc::new(crate::audit::durable::AckSlot::default());
+        rec.audit_ack = Some(slot.clone());
+        slot
+    });
     if let Some(t) = &app.tracing {
         let mut span = t.server_span(req.headers(), route);
         span.str("sluice.request_id", request_id.to_str().unwrap_or_default());
@@ -49,7 +61,10 @@ pub async fn handle(
     let h = resp.headers_mut();
     h.insert(REQUEST_ID.clone(), request_id);
     limits.write(h);
-    resp
+    match durable {
+        Some(slot) => resp.map(|b| Body::new(crate::audit::durable::DurableBody::new(b, slot))),
+        None => resp,
+    }
 }
 
 async fn proxy(

@@ -21,8 +21,8 @@ use crate::secret::Secret;
 
 pub use env::interpolate;
 pub use security::{
-    AuditConfig, AuditSinkKind, LimitsBackend, LimitsConfig, RedactionConfig, RedisConfig,
-    parse_key_hex,
+    AuditConfig, AuditDurability, AuditSinkKind, LimitsBackend, LimitsConfig, RedactionConfig,
+    RedisConfig, parse_key_hex,
 };
 
 const DEFAULT_TOML: &str = include_str!("default.toml");

@@ -103,6 +103,7 @@ pub struct RawAudit {
     pub key_id: Option<Spanned<String>>,
     pub queue_capacity: Option<Spanned<u64>>,
     pub retry_ms: Option<Spanned<u64>>,
+    pub durability: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

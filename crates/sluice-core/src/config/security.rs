@@ -74,6 +74,19 @@ pub struct AuditConfig {
     pub key_id: Option<String>,
     pub queue_capacity: usize,
     pub retry: Duration,
+    pub durability: AuditDurability,
+}
+
+/// When a request's audit event is safe from a crash of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDurability {
+    /// Written (file: handed to the OS; Redis: acknowledged) in batches
+    /// within a few milliseconds of the request's end; the response does
+    /// not wait. A gateway crash loses at most the events of that window.
+    Batched,
+    /// The response's last byte waits until its event is written and
+    /// fsynced (file and disk buffer) or acknowledged by Redis.
+    Sync,
 }
 
 pub(super) fn redis(
@@ -273,7 +286,19 @@ pub(super) fn audit(
             Err(e) => c.at(span, e),
         }
     }
+    let durability = match a.durability.as_ref().map(|d| (d, d.get_ref().as_str())) {
+        None | Some((_, "batched")) => AuditDurability::Batched,
+        Some((_, "sync")) => AuditDurability::Sync,
+        Some((d, other)) => {
+            c.at(
+                d.span(),
+                format!("unknown audit durability '{other}' (batched, sync)"),
+            );
+            AuditDurability::Batched
+        }
+    };
     Some(AuditConfig {
+        durability,
         sink,
         path,
         max_file_bytes: c.positive(

@@ -9,13 +9,14 @@
 //! full queue spills to the same file instead of growing memory.
 
 pub mod cipher;
+pub mod durable;
 mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use sluice_core::config::{AuditConfig, RedisConfig};
+use sluice_core::config::{AuditConfig, AuditDurability, RedisConfig};
 use sluice_core::pii::Redactor;
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,9 +28,17 @@ pub use sink::{Counts, Outcome};
 /// One audit event, as written (one JSON line).
 #[derive(serde::Serialize)]
 pub struct Event<'a> {
+    /// Made by the gateway, unique per event (and the same on a duplicate
+    /// delivery): what identifies an event.
+    pub id: String,
     pub ts: String,
+    /// The request's id: the client's `x-request-id` when it sent a sane
+    /// one, else the gateway's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<&'a str>,
+    /// The client's own `x-request-id`, when it sent one: its word only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<&'a str>,
     pub key: Option<&'a str>,
     pub route: &'a str,
     pub model: Option<&'a str>,
@@ -56,6 +65,7 @@ struct Field {
 
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
+    durability: AuditDurability,
     spill: Arc<Spill>,
     cipher: Option<FieldCipher>,
     fields: Vec<Field>,
@@ -100,12 +110,18 @@ impl Auditor {
             .collect();
         Ok(Self {
             tx,
+            durability: cfg.durability,
             spill,
             cipher,
             fields,
             redactor,
             counts,
         })
+    }
+
+    /// Whether responses wait for their event (`durability = "sync"`).
+    pub fn is_sync(&self) -> bool {
+        self.durability == AuditDurability::Sync
     }
 
     /// Whether any request field is recorded (then the body is looked at).
@@ -173,23 +189,45 @@ impl Auditor {
     }
 
     /// Hands one event to the writer; never waits. A full queue spills to
-    /// the disk buffer instead.
-    pub fn record(&self, event: &Event<'_>) {
+    /// the disk buffer instead. With `durability = "sync"`, the receiver
+    /// answers once the event is durable (the response waits for it).
+    pub fn record(&self, event: &Event<'_>) -> Option<oneshot::Receiver<()>> {
         let line = serde_json::to_string(event).expect("an event serializes");
-        match self.tx.try_send(Msg::Event(line)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Msg::Event(line)))
-            | Err(mpsc::error::TrySendError::Closed(Msg::Event(line))) => {
-                match self.spill.append(std::slice::from_ref(&line)) {
-                    Ok(()) => self.counts.add(Outcome::Buffered, 1),
-                    Err(e) => {
-                        self.counts.add(Outcome::Lost, 1);
-                        tracing::error!(error = %e, "audit queue full and the disk buffer failed: event lost");
-                    }
+        let (msg, durable) = match self.durability {
+            AuditDurability::Batched => (Msg::Event(line), None),
+            AuditDurability::Sync => {
+                let (ack, durable) = oneshot::channel();
+                (Msg::Durable(line, ack), Some(durable))
+            }
+        };
+        let line = match self.tx.try_send(msg) {
+            Ok(()) => return durable,
+            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
+                match m {
+                    Msg::Event(l) | Msg::Durable(l, _) => l,
+                    Msg::Flush(_) => return None,
                 }
             }
-            Err(_) => {}
+        };
+        // Synced to disk by the time this returns: nothing to wait for.
+        match self.spill.append(std::slice::from_ref(&line)) {
+            Ok(()) => self.counts.add(Outcome::Buffered, 1),
+            Err(e) => {
+                self.counts.add(Outcome::Lost, 1);
+                tracing::error!(error = %e, "audit queue full and the disk buffer failed: event lost");
+            }
         }
+        None
+    }
+
+    /// A new event id: 64 random bits for this process and a counter, so
+    /// ids are unique across replicas and restarts.
+    pub fn new_id() -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let p = *PROCESS.get_or_init(rand::random::<u64>);
+        format!("{p:016x}{:012x}", NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Waits (up to `max`) until every event handed over so far is written
