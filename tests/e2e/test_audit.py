@@ -5,26 +5,15 @@ and prompt redaction before the upstream."""
 import json
 import os
 import subprocess
-import time
 
 import httpx
 import openai
 
-from conftest import SLUICE, Gateway, MOCK_MODEL
+from conftest import MOCK_MODEL, SLUICE, Gateway, wait_for
 
 AUDIT_KEY = "00112233445566778899aabbccddeeff"
 
 MOCK = MOCK_MODEL
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_events(path):

@@ -155,6 +155,15 @@ impl StreamBody {
                     } else {
                         check::json_data(&ev.data)?;
                     }
+                    if ev.data.contains(['\n', '\r']) {
+                        // Data spread over lines (or with a bare CR): valid
+                        // JSON, re-written on one line so it stays one event.
+                        let v: serde_json::Value = serde_json::from_str(&ev.data).map_err(|e| {
+                            format!("the upstream sent an SSE event that is not JSON ({e})")
+                        })?;
+                        sse::push_data(out, &v);
+                        continue;
+                    }
                     out.extend_from_slice(b"data: ");
                     out.extend_from_slice(ev.data.as_bytes());
                     out.extend_from_slice(b"\n\n");

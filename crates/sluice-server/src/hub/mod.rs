@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod frame;
 pub mod http;
 pub mod session;
 

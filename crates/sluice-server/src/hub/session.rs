@@ -7,40 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_core::resilience::now_nanos;
 
 use super::{AgentHandle, Hub, Kick, Outbound, Status};
 
-/// Close codes (RFC 6455 and ours, 4000–4999), documented in
-/// `docs/agent-protocol.md`.
-pub mod code {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const UNSUPPORTED: u16 = 1003;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const REPLACED: u16 = 4000;
-    pub const HELLO_TIMEOUT: u16 = 4001;
-    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
-}
-
-#[derive(Deserialize)]
-struct Hello {
-    agent_id: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    capabilities: Vec<String>,
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-@/".contains(&b))
-}
+pub use super::frame::code;
+use super::frame::{AgentFrame, Hello};
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
@@ -65,34 +38,11 @@ fn too_big(e: axum::Error) -> bool {
 
 /// Parses the hello; on a bad one, the close code and why.
 fn parse_hello(msg: Message, max_groups: usize) -> Result<Hello, (u16, String)> {
-    let text = match msg {
-        Message::Text(t) => t,
-        Message::Binary(_) => return Err((code::UNSUPPORTED, "frames are JSON text".into())),
-        _ => return Err((code::POLICY, "the first frame must be a hello".into())),
-    };
-    let v: Value = serde_json::from_str(text.as_str())
-        .map_err(|e| (code::INVALID_PAYLOAD, format!("invalid frame: {e}")))?;
-    if v.get("type").and_then(Value::as_str) != Some("hello") {
-        return Err((code::POLICY, "the first frame must be a hello".into()));
+    match msg {
+        Message::Text(t) => super::frame::parse_hello(t.as_str(), max_groups),
+        Message::Binary(_) => Err((code::UNSUPPORTED, "frames are JSON text".into())),
+        _ => Err((code::POLICY, "the first frame must be a hello".into())),
     }
-    let hello: Hello =
-        serde_json::from_value(v).map_err(|e| (code::POLICY, format!("invalid hello: {e}")))?;
-    if !valid_name(&hello.agent_id) {
-        return Err((
-            code::POLICY,
-            "agent_id must be 1-128 of letters, digits and ._:-@/".into(),
-        ));
-    }
-    if hello.groups.len() > max_groups || !hello.groups.iter().all(|g| valid_name(g)) {
-        return Err((
-            code::POLICY,
-            format!("at most {max_groups} groups, each 1-128 of letters, digits and ._:-@/"),
-        ));
-    }
-    if hello.capabilities.len() > 64 || hello.capabilities.iter().any(|c| c.len() > 128) {
-        return Err((code::POLICY, "at most 64 capabilities of 128 bytes".into()));
-    }
-    Ok(hello)
 }
 
 /// A key limited to some agent groups may only join those (and at least
@@ -294,18 +244,6 @@ async fn send(socket: &mut WebSocket, msg: Message, limit: Duration) -> Result<(
     }
 }
 
-#[derive(Deserialize)]
-struct Frame {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    payload: Option<Value>,
-    #[serde(default)]
-    request: Option<Value>,
-}
-
 /// One frame from the agent. An error closes the connection with its code.
 fn on_frame(
     hub: &Arc<Hub>,
@@ -314,55 +252,30 @@ fn on_frame(
     text: &str,
     auth: &Option<http::HeaderValue>,
 ) -> Result<(), (u16, String)> {
-    let f: Frame = serde_json::from_str(text)
-        .map_err(|e| (code::INVALID_PAYLOAD, format!("invalid frame: {e}")))?;
-    let need_id = |f: &Frame| {
-        f.id.clone()
-            .filter(|i| !i.is_empty() && i.len() <= 128)
-            .ok_or((code::POLICY, format!("a '{}' frame needs an id", f.kind)))
-    };
-    match f.kind.as_str() {
-        "ack" => {
-            let id = need_id(&f)?;
+    match super::frame::parse(text)? {
+        AgentFrame::Ack { id } => {
             hub.agent_reply(handle, &id, Status::Acked, None);
         }
-        "result" => {
-            let id = need_id(&f)?;
-            hub.agent_reply(
-                handle,
-                &id,
-                Status::Completed,
-                Some(f.payload.unwrap_or(Value::Null)),
-            );
+        AgentFrame::Result { id, payload } => {
+            hub.agent_reply(handle, &id, Status::Completed, Some(payload));
         }
-        "event" => {
+        AgentFrame::Event { payload } => {
             hub.event(json!({
                 "type": "agent.event",
                 "agent_id": &*handle.id,
                 "groups": handle.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
-                "payload": f.payload.unwrap_or(Value::Null),
+                "payload": payload,
             }));
         }
-        "ping" => {
+        AgentFrame::Ping => {
             // An application-level heartbeat, for clients that cannot see
             // protocol pings: answered with a pong frame.
             let _ = handle
                 .tx
                 .try_send(Outbound::text(json!({"type": "pong"}).to_string()));
         }
-        "chat" => {
-            let id = need_id(&f)?;
-            let request = f
-                .request
-                .ok_or((code::POLICY, "a 'chat' frame needs a request".into()))?;
+        AgentFrame::Chat { id, request } => {
             super::chat::start(app.clone(), handle.clone(), id, request, auth.clone());
-        }
-        "hello" => return Err((code::POLICY, "hello was already said".into())),
-        other => {
-            return Err((
-                code::POLICY,
-                format!("unknown frame type '{other}' (ack, result, event, ping, chat)"),
-            ));
         }
     }
     Ok(())
