@@ -22,14 +22,21 @@ SLUICE = Path(os.environ.get("SLUICE_BIN", TARGET / PROFILE / "sluice"))
 MOCK_UPSTREAM = Path(os.environ.get("MOCK_UPSTREAM_BIN", TARGET / PROFILE / "mock-upstream"))
 
 
-def _read_first_line(proc, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    line = proc.stdout.readline()
+def _read_first_line(proc, timeout=30.0):
+    """The process's first stdout line, waited for at most `timeout` seconds
+    (a process that neither prints nor exits must not hang the suite)."""
+    import queue
+
+    got = queue.Queue()
+    threading.Thread(target=lambda: got.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = got.get(timeout=timeout)
+    except queue.Empty:
+        proc.kill()
+        raise RuntimeError(f"no ready line within {timeout} s") from None
     if not line:
         err = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"process exited before its ready line: {err}")
-    if time.monotonic() > deadline:
-        raise RuntimeError("process took too long to start")
     return line.strip()
 
 
@@ -63,8 +70,8 @@ class MockUpstream:
 
 class Gateway:
     def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=(), listen="127.0.0.1:0",
-                 preexec_fn=None):
-        args = [str(SLUICE), "serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"]
+                 preexec_fn=None, admin_listen="127.0.0.1:0"):
+        args = [str(SLUICE), "serve", "--listen", listen, "--admin-listen", admin_listen]
         if config_text is not None:
             path = tmp_path / "sluice.toml"
             path.write_text(config_text)
@@ -90,20 +97,19 @@ class Gateway:
             self._stderr.flush()
         return self.stderr_path.read_text()
 
-    def metric(self, series):
-        """The value of one series, e.g. 'sluice_audit_events_total{outcome="buffered"}' (0 if absent)."""
+    def metric(self, series, default=None):
+        """The value of one series, e.g. 'sluice_audit_events_total{outcome="buffered"}'.
+        A series that is absent fails the test (a misspelt name must not read
+        as 0) unless `default` says what absence means here."""
         for line in self.metrics_text().splitlines():
             if line.startswith(series + " "):
                 return float(line.split()[-1])
-        return 0.0
+        if default is None:
+            raise AssertionError(f"no series {series} in /metrics")
+        return default
 
-    def series(self, series):
-        """The value of one series that must exist (a misspelt or absent
-        series fails the test instead of reading as 0)."""
-        for line in self.metrics_text().splitlines():
-            if line.startswith(series + " "):
-                return float(line.split()[-1])
-        raise AssertionError(f"no series {series} in /metrics")
+    # The same, by the name the connection tests use.
+    series = metric
 
     def metrics_text(self):
         r = httpx.get(f"{self.admin_url}/metrics")
@@ -155,7 +161,7 @@ idle_timeout_ms = 400
 [[providers]]
 name = "dead"
 kind = "openai"
-base_url = "http://127.0.0.1:9/v1"
+base_url = "http://{DEAD.url}/v1"
 connect_timeout_ms = 500
 
 [[models]]
@@ -236,6 +242,27 @@ def wait_for(pred, timeout=10.0, what="condition"):
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class ClosedPort:
+    """A loopback port nothing listens on, for as long as this object lives:
+    bound but not listening, so connections to it are refused at once and no
+    other process can take it meanwhile (unlike a port found free and let go)."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"127.0.0.1:{self.port}"
+
+    def close(self):
+        self.sock.close()
+
+
+# A port nothing listens on, reserved for the whole session: "dead" upstreams.
+DEAD = ClosedPort()
 
 
 def free_port():

@@ -50,7 +50,7 @@ async def connect(g, agent_id, groups=(), headers=None):
     ws = await websockets.connect(ws_url(g), additional_headers=headers or {}, max_size=None)
     await ws.send(json.dumps({"type": "hello", "agent_id": agent_id, "groups": list(groups),
                               "capabilities": ["test"]}))
-    welcome = json.loads(await ws.recv())
+    welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert welcome["type"] == "welcome" and welcome["agent_id"] == agent_id
     return ws
 
@@ -106,7 +106,8 @@ def test_instruction_ack_result_and_poll(hub):
             t0 = time.monotonic()
             r = await c.post("/agents/worker-1/instructions", json={"payload": "x", "wait_result_ms": 300})
             assert r.status_code == 504 and r.json()["status"] == "delivered"
-            assert 0.25 < time.monotonic() - t0 < 2
+            took = time.monotonic() - t0
+            assert 0.25 <= took < 10, took  # not before the wait; the status says it timed out
 
             # Unknown agent, bad body, unknown instruction.
             assert (await c.post("/agents/nobody/instructions", json={"payload": 1})).json()["error"]["code"] == "agent_not_found"
@@ -154,7 +155,7 @@ def test_heartbeat_eviction_reports_undelivered(hub):
             waited = time.monotonic() - t0
             assert r.status_code == 503 and r.json()["status"] == "undelivered", r.text
             # 2 missed heartbeats of 200 ms, checked every 200 ms.
-            assert 0.3 < waited < 1.5, waited
+            assert 0.3 <= waited < 4.5, waited  # well before the 5 s wait for an ack
             assert (await c.get("/agents/sleepy")).status_code == 404
         ws.transport.abort()
     run(go())
@@ -201,7 +202,8 @@ def test_slow_agent_overflows_without_delaying_others(tmp_path):
             m = await next_of(fast, "instruction")
             await fast.send(json.dumps({"type": "ack", "id": m["id"]}))
             assert (await t).status_code == 200
-            assert time.monotonic() - t0 < 0.5
+            # Acked long before its 2 s wait ran out (status 200, not 504).
+            assert time.monotonic() - t0 < 1.9
         slow.transport.abort()
         await fast.close()
     try:
@@ -456,19 +458,28 @@ agent_groups = ["fleet-a"]
                 assert (await next_of(mine, "instruction"))["payload"] == 2
                 assert (await c.get(f"/agents/instructions/{r.json()['id']}", headers=a)).status_code == 200
                 # Its event stream carries its groups' agents only.
-                async with c.stream("GET", "/agents/events", headers=a, timeout=10) as ev:
-                    lines = ev.aiter_lines()
-                    assert (await anext(lines)).startswith(": connected")
-                    await other.send(json.dumps({"type": "event", "payload": "from b"}))
-                    await asyncio.sleep(0.2)  # b's event is published first
-                    await mine.send(json.dumps({"type": "event", "payload": "from a"}))
-                    seen = []
+                async def until(lines, payload, seen):
                     async for line in lines:
                         if line.startswith("data: "):
                             seen.append(json.loads(line[6:]))
-                            if seen[-1].get("payload") == "from a":
-                                break
+                            if seen[-1].get("payload") == payload:
+                                return
+
+                async with c.stream("GET", "/agents/events", headers=a, timeout=10) as ev, \
+                        c.stream("GET", "/agents/events", headers=ops, timeout=10) as all_ev:
+                    lines, all_lines = ev.aiter_lines(), all_ev.aiter_lines()
+                    assert (await anext(lines)).startswith(": connected")
+                    assert (await anext(all_lines)).startswith(": connected")
+                    await other.send(json.dumps({"type": "event", "payload": "from b"}))
+                    # b's event is published (an unscoped key sees it) before
+                    # a's is sent: the scoped stream would get it first.
+                    everyone = []
+                    await asyncio.wait_for(until(all_lines, "from b", everyone), 5)
+                    await mine.send(json.dumps({"type": "event", "payload": "from a"}))
+                    seen = []
+                    await asyncio.wait_for(until(lines, "from a", seen), 5)
                     assert all(e["agent_id"] == "a-1" for e in seen), seen
+                    assert [e["agent_id"] for e in everyone][-1] == "b-1"
                 # An unscoped key sees everyone.
                 assert (await c.get("/agents", headers=ops)).json()["total"] == 2
                 r = await c.post("/agents/b-1/instructions", json={"payload": 3}, headers=ops)
@@ -498,7 +509,7 @@ def test_an_agent_that_stops_reading_is_evicted_even_mid_write(hub):
                     break
             t0 = time.monotonic()
             while (await c.get("/agents/stuck")).status_code == 200:
-                assert time.monotonic() - t0 < 3, "the stuck agent was never evicted"
+                assert time.monotonic() - t0 < 15, "the stuck agent was never evicted"
                 await asyncio.sleep(0.05)
             statuses = [(await c.get(f"/agents/instructions/{i}")).json()["status"] for i in ids]
             assert "undelivered" in statuses, statuses

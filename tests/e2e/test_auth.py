@@ -154,7 +154,9 @@ def test_tokens_per_minute_reserve_and_settle(gw):
     big = dict(body, max_tokens=1000)
     r = httpx.post(f"{gw.base_url}/chat/completions", headers={"authorization": "Bearer sk-tokens"}, json=big)
     assert r.status_code == 429
-    assert "tokens per minute" in r.json()["error"]["message"] or "tokens" in r.json()["error"]["message"]
+    err = r.json()["error"]
+    assert err["code"] == "rate_limit_exceeded"
+    assert err["message"].startswith("rate limit reached for key 'tokens' (tokens per minute)"), err
 
 
 def test_model_limit_counts_every_key_together(gw):

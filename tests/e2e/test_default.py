@@ -1,6 +1,8 @@
 """`sluice serve` with no arguments: the embedded mock, driven by the openai SDK."""
 
+import json
 import math
+import subprocess
 
 import httpx
 import openai
@@ -17,6 +19,13 @@ def test_ready_line_has_a_working_curl(default_gateway):
     assert "try: curl -s " in line
     assert default_gateway.url in line
     assert '"model":"mock-1"' in line
+    # Run it as printed.
+    cmd = line.split("try: ", 1)[1]
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    reply = json.loads(out.stdout)
+    assert reply["object"] == "chat.completion"
+    assert reply["choices"][0]["message"]["content"].startswith("Mock reply to: Hello!")
 
 
 def test_chat_non_streaming(client):

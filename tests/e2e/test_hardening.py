@@ -172,7 +172,7 @@ def test_agents_with_x_api_key_can_chat_and_big_first_frames_get_1009(tmp_path):
     async def go():
         async with websockets.connect(url, additional_headers={"x-api-key": "sk-agent"}) as ws:
             await ws.send(json.dumps({"type": "hello", "agent_id": "a1"}))
-            assert json.loads(await ws.recv())["type"] == "welcome"
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
             await ws.send(json.dumps({"type": "chat", "id": "c1", "request": {
                 "model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}}))
             kinds = []

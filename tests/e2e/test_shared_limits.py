@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from conftest import Gateway, SilentServer, free_port, key_hash
+from conftest import ClosedPort, Gateway, SilentServer, key_hash, wait_for
 
 
 def config(redis_url=None, rpm=None, extra="", model_extra="", tokens=2, delay_ms=0):
@@ -83,7 +83,8 @@ def test_two_replicas_share_one_limit(tmp_path, redis_server):
 
 
 def test_redis_down_falls_back_to_local_counting(tmp_path):
-    dead = f"redis://127.0.0.1:{free_port()}"
+    closed = ClosedPort()
+    dead = f"redis://{closed.url}"
     g = Gateway(config(dead, rpm=3), tmp_path=tmp_path)
     try:
         with httpx.Client() as c:
@@ -95,7 +96,8 @@ def test_redis_down_falls_back_to_local_counting(tmp_path):
 
 
 def test_redis_down_fail_closed_refuses(tmp_path):
-    dead = f"redis://127.0.0.1:{free_port()}"
+    closed = ClosedPort()
+    dead = f"redis://{closed.url}"
     g = Gateway(config(dead, rpm=3, extra="[limits]\nfail_open = false\n"), tmp_path=tmp_path)
     try:
         r = chat(httpx, g.url)
@@ -106,35 +108,59 @@ def test_redis_down_fail_closed_refuses(tmp_path):
 
 
 def test_open_streams_per_key_are_limited(tmp_path):
-    cfg = config(extra="max_streams = 2", tokens=20, delay_ms=50)
+    # mock-1 streams for ~1 s; mock-long for ~40 s, longer than this test.
+    long_model = """
+[[providers]]
+name = "slow"
+kind = "mock"
+tokens_per_response = 400
+token_delay_ms = 100
+
+[[models]]
+name = "mock-long"
+targets = [{ provider = "slow" }]
+"""
+    cfg = config(extra="max_streams = 2", tokens=20, delay_ms=50, model_extra=long_model)
     g = Gateway(cfg, tmp_path=tmp_path)
+    h = {"authorization": "Bearer sk-team"}
+
+    def body(model, stream=True):
+        return {"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]}
+
     try:
         c = httpx.Client(timeout=10)
-        body = {"model": "mock-1", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        h = {"authorization": "Bearer sk-team"}
         # Keep the context managers: a collected one closes its response.
-        cm1 = c.stream("POST", f"{g.base_url}/chat/completions", json=body, headers=h)
-        cm2 = c.stream("POST", f"{g.base_url}/chat/completions", json=body, headers=h)
-        s1, s2 = cm1.__enter__(), cm2.__enter__()
-        assert s1.status_code == 200 and s2.status_code == 200
-        third = httpx.post(f"{g.base_url}/chat/completions", json=body, headers=h)
+        cm_long = c.stream("POST", f"{g.base_url}/chat/completions", json=body("mock-long"), headers=h)
+        cm_short = c.stream("POST", f"{g.base_url}/chat/completions", json=body("mock-1"), headers=h)
+        long1, short = cm_long.__enter__(), cm_short.__enter__()
+        assert long1.status_code == 200 and short.status_code == 200
+        third = httpx.post(f"{g.base_url}/chat/completions", json=body("mock-1"), headers=h)
         assert third.status_code == 429
         assert third.json()["error"]["code"] == "concurrency_limit_exceeded"
         # Non-streamed requests are not counted against it.
-        plain = httpx.post(f"{g.base_url}/chat/completions", json={**body, "stream": False}, headers=h)
+        plain = httpx.post(f"{g.base_url}/chat/completions", json=body("mock-1", False), headers=h)
         assert plain.status_code == 200
         # A stream read to its end makes room.
-        assert "[DONE]" in s1.read().decode()
-        s1.close()
-        again = httpx.post(f"{g.base_url}/chat/completions", json=body, headers=h)
+        assert "[DONE]" in short.read().decode()
+        short.close()
+        again = httpx.post(f"{g.base_url}/chat/completions", json=body("mock-1"), headers=h)
         assert again.status_code == 200 and "[DONE]" in again.text
-        # A client that walks away mid-stream makes room too.
-        s2.close()
-        time.sleep(0.2)
-        s3 = httpx.post(f"{g.base_url}/chat/completions", json=body, headers=h)
-        assert s3.status_code == 200
+        # Two long streams open: full again.
+        cm_long2 = c.stream("POST", f"{g.base_url}/chat/completions", json=body("mock-long"), headers=h)
+        long2 = cm_long2.__enter__()
+        assert long2.status_code == 200
+        assert httpx.post(f"{g.base_url}/chat/completions", json=body("mock-1"),
+                          headers=h).status_code == 429
+        # A client that walks away in the middle of a stream (it has ~40 s
+        # to go) makes room too, once the gateway has seen it leave.
+        next(long1.iter_bytes())
+        long1.close()
+        wait_for(lambda: httpx.post(f"{g.base_url}/chat/completions", json=body("mock-1", True),
+                                    headers=h).status_code == 200,
+                 timeout=10, what="room after a client left mid-stream")
+        assert g.metric('sluice_rate_limited_total{outcome="streams"}') >= 2
+        long2.close()
         c.close()
-        assert g.metric('sluice_rate_limited_total{outcome="streams"}') == 1
     finally:
         g.stop()
 
@@ -148,8 +174,12 @@ def spend_until_refused(client, url, limit=50):
 
 
 def test_token_budget_per_key_local(tmp_path):
-    dead = f"redis://127.0.0.1:{free_port()}"
-    g = Gateway(config(dead, extra="budget_tokens = 60\nbudget_period = \"day\"\n[limits]\nbackend = \"local\"\n"),
+    # Redis is configured but unreachable: with backend = "local" it is never
+    # asked, so no backend error is ever counted.
+    closed = ClosedPort()
+    dead = f"redis://{closed.url}"
+    g = Gateway(config(dead, rpm=1000,
+                       extra="budget_tokens = 60\nbudget_period = \"day\"\n[limits]\nbackend = \"local\"\n"),
                 tmp_path=tmp_path)
     try:
         with httpx.Client() as c:
@@ -162,6 +192,8 @@ def test_token_budget_per_key_local(tmp_path):
         err = refused.json()["error"]
         assert err["code"] == "budget_exceeded" and err["type"] == "insufficient_quota"
         assert "this day" in err["message"]
+        assert g.metric('sluice_rate_limit_backend_errors_total{outcome="local"}') == 0
+        assert g.metric('sluice_rate_limit_backend_errors_total{outcome="refused"}') == 0
     finally:
         g.stop()
 
@@ -237,7 +269,8 @@ def test_a_silent_redis_costs_one_timeout_per_backoff_not_one_per_request(tmp_pa
             assert codes == [200] * 20
             # timeout_ms = 300: the first request waits it out, the rest count
             # locally during the 1 s back-off (at most one more probe).
-            assert took < 1.5, took
+            # Without the back-off each request would wait 300 ms: 6 s.
+            assert took < 4.5, took
             assert g.metric('sluice_rate_limit_backend_errors_total{outcome="local"}') == 20
         finally:
             g.stop()

@@ -237,7 +237,8 @@ def test_a_silent_collector_never_slows_requests_and_the_queue_is_bounded(ups, t
                 codes = [chat(g, c).status_code for _ in range(30)]
                 took = time.monotonic() - t0
             assert codes == [200] * 30
-            assert took < 3, took  # requests never wait on the export
+            # Requests never wait on the export (1 s timeouts would add 15 s).
+            assert took < 10, took
             # Two spans per request, at most 10 waiting (in flight included);
             # room comes back only when an export gives up (1 s), so nearly all
             # the rest were dropped and counted.

@@ -83,11 +83,20 @@ proptest! {
     #[test]
     fn peek_finds_the_model_and_redaction_keeps_it(v in request_json()) {
         let body = serde_json::to_vec(&v).expect("serializes");
-        let p = request::peek(&body, Operation::Embeddings);
-        if let Ok(p) = p {
-            prop_assert_eq!(p.model.as_ref(), v["model"].as_str().expect("a string"));
-            let token: String = serde_json::from_slice(&body[p.model_span.clone()]).expect("the span is the string token");
-            prop_assert_eq!(token.as_str(), p.model.as_ref());
+        // Every generated body has a string model; the only refusals are an
+        // empty model, an `input` that is null (absent, for the peek) and
+        // `messages` that is neither an array nor null. No silent skips.
+        match request::peek(&body, Operation::Embeddings) {
+            Ok(p) => {
+                prop_assert_eq!(p.model.as_ref(), v["model"].as_str().expect("a string"));
+                let token: String = serde_json::from_slice(&body[p.model_span.clone()]).expect("the span is the string token");
+                prop_assert_eq!(token.as_str(), p.model.as_ref());
+            }
+            Err(e) => {
+                let messages_ok = v["messages"].is_array() || v["messages"].is_null();
+                let refusable = v["model"] == "" || v["input"].is_null() || !messages_ok;
+                prop_assert!(refusable, "refused {v}: {e:?}");
+            }
         }
         // Prompt redaction touches the prompt fields, never the model.
         let mut redacted = v.clone();

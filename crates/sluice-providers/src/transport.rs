@@ -109,9 +109,10 @@ pub async fn send(
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
-    // The connector's timeout surfaces as a connect error whose source says so.
+    // The connector's timeout surfaces as a connect error whose source is an
+    // I/O time-out ("deadline has elapsed").
     let text = error_chain(e);
-    if e.is_connect() && text.contains("timed out") {
+    if e.is_connect() && timed_out(e) {
         GatewayError::new(
             ErrorKind::UpstreamTimeout,
             format!("upstream connect timed out: {text}"),
@@ -127,6 +128,20 @@ fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
             format!("upstream connection failed: {text}"),
         )
     }
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

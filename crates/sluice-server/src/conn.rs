@@ -49,6 +49,20 @@ impl ConnMetrics {
         );
     }
 
+    /// Every series at zero from the start: a rate() over a series that
+    /// appears later misses its first increments, and a test or alert that
+    /// reads one must find it.
+    pub fn precreate(&self) {
+        for listener in ["api", "admin"] {
+            let _ = self.open.get_or_create(&ListenerLabels { listener });
+            for reason in ["per_ip_limit", "idle", "no_request"] {
+                let _ = self
+                    .closed
+                    .get_or_create(&RefusedLabels { listener, reason });
+            }
+        }
+    }
+
     pub fn closed(&self, listener: &'static str, reason: &'static str) {
         self.closed
             .get_or_create(&RefusedLabels { listener, reason })

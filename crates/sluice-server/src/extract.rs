@@ -69,6 +69,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// Refuses the content types a web page may send cross-site without a CORS
+/// preflight (`text/plain`, forms): a JSON API on loopback must not be
+/// something any page in the user's browser can post to. A missing type,
+/// or any other (`application/json` above all), passes.
+pub fn not_a_form(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let simple = [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ];
+    if simple.iter().any(|s| essence.eq_ignore_ascii_case(s)) {
+        return Err(GatewayError::new(
+            ErrorKind::UnsupportedMediaType,
+            format!("the body is JSON: send content-type: application/json (not {essence})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON request body ([`ApiBody`], refusing form and text content types
+/// as [`not_a_form`] says).
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<Arc<App>> for JsonBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Response> {
+        if let Err(e) = not_a_form(req.headers()) {
+            return Err(error_response(&e, wire_of(req.uri().path())));
+        }
+        ApiBody::from_request(req, app).await.map(|b| Self(b.0))
+    }
+}
+
 /// The whole request body, within `server.max_body_bytes` (413) and
 /// `server.body_read_timeout_ms` (408).
 pub struct ApiBody(pub Bytes);

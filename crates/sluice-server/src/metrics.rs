@@ -195,6 +195,7 @@ impl Metrics {
         let limited = Family::<OutcomeLabels, Counter>::default();
         let hub = crate::hub::HubMetrics::default();
         let connections = crate::conn::ConnMetrics::default();
+        connections.precreate();
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [

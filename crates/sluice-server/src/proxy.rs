@@ -86,6 +86,9 @@ async fn proxy(
         Err(e) => return rec.reply_error(&e),
     };
     rec.key = key.map(|k| k.name.clone());
+    if let Err(e) = crate::extract::not_a_form(req.headers()) {
+        return rec.reply_error(&e);
+    }
     let client_timeout = match client_timeout(req.headers()) {
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),

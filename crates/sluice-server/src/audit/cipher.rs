@@ -156,6 +156,44 @@ mod tests {
         assert_eq!(block.as_slice(), hex("595298c7c6fd271f0402f804c33d3f66"));
     }
 
+    /// RFC 8998, Appendix A.1: the SM4-GCM known answer (ciphertext and
+    /// tag), with the exact construction the audit fields use.
+    #[test]
+    fn sm4_gcm_matches_rfc_8998() {
+        let gcm = Sm4Gcm::new_from_slice(&hex("0123456789abcdeffedcba9876543210")).unwrap();
+        let nonce = Nonce::try_from(hex("00001234567800000000abcd").as_slice()).unwrap();
+        let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let plain = hex(concat!(
+            "aaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbccccccccccccccccdddddddddddddddd",
+            "eeeeeeeeeeeeeeeeffffffffffffffffeeeeeeeeeeeeeeeeaaaaaaaaaaaaaaaa"
+        ));
+        let sealed = gcm
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let want = hex(concat!(
+            "17f399f08c67d5ee19d0dc9969c4bb7d5fd46fd3756489069157b282bb200735",
+            "d82710ca5c22f0ccfa7cbf93d496ac15a56834cbcf98c397b4024a2691233b8d",
+            "83de3541e4c2b58177e065a9bf7b62ec"
+        ));
+        assert_eq!(sealed, want);
+        let opened = gcm
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &want,
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        assert_eq!(opened, plain);
+    }
+
     #[test]
     fn fields_round_trip_with_type_and_fresh_nonces() {
         let key = [7u8; 16];

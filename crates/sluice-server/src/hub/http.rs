@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Hub, SendError, Status};
 use crate::app::App;
-use crate::extract::{ApiBody, ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, JsonBody};
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let kind = match status.as_u16() {
@@ -201,7 +201,7 @@ pub async fn instruct(
     State(app): State<Arc<App>>,
     ApiPath(agent_id): ApiPath<String>,
     headers: HeaderMap,
-    ApiBody(body): ApiBody,
+    JsonBody(body): JsonBody,
 ) -> Response {
     let (hub, scope, b) = match checked(&app, &headers, &body) {
         Ok(x) => x,
@@ -234,7 +234,7 @@ pub async fn broadcast(
     State(app): State<Arc<App>>,
     ApiPath(group): ApiPath<String>,
     headers: HeaderMap,
-    ApiBody(body): ApiBody,
+    JsonBody(body): JsonBody,
 ) -> Response {
     let (hub, scope, b) = match checked(&app, &headers, &body) {
         Ok(x) => x,
