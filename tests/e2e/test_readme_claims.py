@@ -550,3 +550,78 @@ stream_maxlen = 10
     # MAXLEN ~ trims whole stream nodes (100 entries each by default): at
     # least the 10 asked for stay, and far fewer than the 300 written.
     assert 10 <= n <= 150, n
+
+
+def test_a_slow_event_reader_is_told_what_it_missed(tmp_path):
+    """agents.events_buffer: a reader that falls further behind than that
+    gets an events.lagged message, not an unbounded queue."""
+    import asyncio
+
+    import websockets
+
+    g = Gateway(MOCK_MODEL + "[agents]\nevents_buffer = 4\n", tmp_path=tmp_path)
+    host, port = g.url.removeprefix("http://").split(":")
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server must wait
+    reader.connect((host, int(port)))
+    reader.sendall(b"GET /v1/agents/events HTTP/1.1\r\nhost: x\r\n\r\n")
+    first = reader.recv(4096)
+    assert b"200" in first.split(b"\r\n")[0], first
+
+    async def flood():
+        async with websockets.connect(g.url.replace("http://", "ws://") + "/v1/agents/connect") as ws:
+            await ws.send(json.dumps({"type": "hello", "agent_id": "chatty"}))
+            await asyncio.wait_for(ws.recv(), 10)
+            big = "x" * 60_000
+            for i in range(150):  # ~9 MB of events for a reader that reads nothing
+                await ws.send(json.dumps({"type": "event", "payload": {"i": i, "pad": big}}))
+
+    try:
+        asyncio.run(flood())
+        reader.settimeout(10)
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"events.lagged" not in seen and time.monotonic() < deadline:
+            chunk = reader.recv(1 << 20)
+            if not chunk:
+                break
+            seen = seen[-200:] + chunk  # keep memory flat; the marker is short
+        assert b"events.lagged" in seen, "no lag was reported"
+        g.assert_alive()
+    finally:
+        reader.close()
+        g.stop()
+
+
+def test_a_full_audit_queue_spills_to_disk_without_blocking(tmp_path):
+    """While the sink hangs, the bounded queue (queue_capacity) fills and
+    further events go straight to the disk buffer; requests never wait."""
+    from conftest import SilentServer
+
+    with SilentServer() as silent:
+        buffer = tmp_path / "audit.buffer"
+        cfg = MOCK_MODEL + f"""
+[redis]
+url = "redis://127.0.0.1:{silent.port}"
+timeout_ms = 2000
+
+[audit]
+sink = "redis"
+queue_capacity = 2
+buffer_path = "{buffer}"
+"""
+        g = Gateway(cfg, tmp_path=tmp_path)
+        try:
+            t0 = time.monotonic()
+            with httpx.Client() as c:
+                for _ in range(30):
+                    assert c.post(f"{g.base_url}/chat/completions", json=chat_body()).status_code == 200
+            took = time.monotonic() - t0
+            # The writer is stuck on its first Redis write for seconds; the
+            # requests are not.
+            assert took < 4, took
+            assert g.metric('sluice_audit_events_total{outcome="buffered"}') >= 20
+            assert len(buffer.read_text().splitlines()) >= 20
+            assert g.metric('sluice_audit_events_total{outcome="lost"}') == 0
+        finally:
+            g.stop()
