@@ -154,3 +154,25 @@ def test_connections_per_address_are_capped(tmp_path):
         wait_for(lambda: httpx.get(f"{g.url}/healthz").status_code == 200, what="healthz")
     finally:
         g.stop()
+
+
+def test_a_full_listener_evicts_silent_connections_for_new_ones(tmp_path):
+    """At max_connections, a new client need not wait out the head timeout
+    of a flood of silent connections: the oldest silent one makes room."""
+    g = Gateway(MOCK_MODEL + "[server]\nmax_connections = 20\nheader_read_timeout_ms = 60000\n",
+                tmp_path=tmp_path)
+    held = []
+    try:
+        for _ in range(40):
+            held.append(socket.create_connection(addr(g)))
+        t0 = time.monotonic()
+        r = httpx.get(f"{g.url}/healthz", timeout=20)
+        assert r.status_code == 200
+        # Without eviction this waits for the 60 s head timeout.
+        assert time.monotonic() - t0 < 15
+        assert g.series('sluice_connections_closed_total{listener="api",reason="evicted"}') >= 1
+        assert g.series('sluice_connections_open{listener="api"}') <= 20
+    finally:
+        for s in held:
+            s.close()
+        g.stop()

@@ -142,6 +142,6 @@ fn each_preset_has_its_public_base_url() {
         )
         .unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(&*c.providers[0].base_url, url, "{kind}");
-        assert_eq!(&*c.providers[0].preset, kind);
+        assert_eq!(c.providers[0].preset, kind);
     }
 }

@@ -2,7 +2,7 @@
 //! its address's cap, and — for HTTP/2, where hyper has no idle timeout —
 //! a count of open streams so a connection with none can be closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -44,7 +44,7 @@ impl ConnMetrics {
         );
         registry.register(
             "connections_closed",
-            "Client connections the gateway closed itself, by listener and reason (per_ip_limit, idle, no_request)",
+            "Client connections the gateway closed itself, by listener and reason (per_ip_limit, idle, no_request, evicted)",
             self.closed.clone(),
         );
     }
@@ -55,7 +55,7 @@ impl ConnMetrics {
     pub fn precreate(&self) {
         for listener in ["api", "admin"] {
             let _ = self.open.get_or_create(&ListenerLabels { listener });
-            for reason in ["per_ip_limit", "idle", "no_request"] {
+            for reason in ["per_ip_limit", "idle", "no_request", "evicted"] {
                 let _ = self
                     .closed
                     .get_or_create(&RefusedLabels { listener, reason });
@@ -142,6 +142,41 @@ impl Limits {
             _total: permit,
             ip: Some((ip, self.by_ip.clone())),
         })
+    }
+}
+
+/// Connections that have not sent a request yet, oldest first. When the
+/// listener is full, the oldest is told to close so a new one can come in:
+/// a flood of silent connections cannot keep everyone else waiting for
+/// the head timeout (nginx reuses idle connections the same way).
+#[derive(Default, Clone)]
+pub struct Waiting(Arc<Mutex<VecDeque<oneshot::Sender<()>>>>);
+
+impl Waiting {
+    /// Joins the queue; the receiver fires when this connection is to close.
+    /// Dropping it leaves the queue (its entry is pruned later).
+    pub fn enter(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut q = self.0.lock().expect("waiting queue lock is never poisoned");
+        // Entries of connections that went on to a request pile up behind;
+        // sweep them whenever the queue doubles, so it stays bounded by the
+        // connections really waiting.
+        if q.len() >= 64 && q.len().is_power_of_two() {
+            q.retain(|s| !s.is_closed());
+        }
+        q.push_back(tx);
+        rx
+    }
+
+    /// Tells the oldest waiting connection to close; `false` if none waits.
+    pub fn evict_oldest(&self) -> bool {
+        let mut q = self.0.lock().expect("waiting queue lock is never poisoned");
+        while let Some(tx) = q.pop_front() {
+            if tx.send(()).is_ok() {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -288,6 +323,26 @@ mod tests {
             "a place came back"
         );
         assert!(l.by_ip.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn the_oldest_waiting_connection_is_evicted_first() {
+        let w = Waiting::default();
+        let mut first = w.enter();
+        let gone = w.enter();
+        drop(gone); // went on to send a request
+        let mut third = w.enter();
+        assert!(w.evict_oldest());
+        assert!(first.try_recv().is_ok(), "the oldest goes first");
+        assert!(third.try_recv().is_err());
+        assert!(w.evict_oldest(), "the dropped entry is skipped");
+        assert!(third.try_recv().is_ok());
+        assert!(!w.evict_oldest(), "nobody left");
+        // Entries of connections that moved on do not pile up.
+        for _ in 0..10_000 {
+            drop(w.enter());
+        }
+        assert!(w.0.lock().unwrap().len() <= 128);
     }
 
     #[tokio::test]

@@ -25,7 +25,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::conn::{Activity, ConnMetrics, Limits, TrackedBody};
+use crate::conn::{Activity, ConnMetrics, Limits, TrackedBody, Waiting};
+
+/// How long a full listener waits for a place before evicting a silent
+/// connection.
+const EVICT_AFTER: Duration = Duration::from_millis(20);
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -53,6 +57,8 @@ struct Conn {
     head: Duration,
     max_head_bytes: usize,
     metrics: ConnMetrics,
+    /// Connections yet to send their first bytes, for eviction when full.
+    waiting: Waiting,
 }
 
 /// Serves `l` until `shutdown` flips, then gives in-flight connections
@@ -86,16 +92,25 @@ pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
         head: cfg.header_read_timeout,
         max_head_bytes: cfg.max_header_bytes,
         metrics: l.metrics.clone(),
+        waiting: Waiting::default(),
     };
     let limits = Limits::new(l.max_connections, cfg.max_connections_per_ip);
     // Each connection task holds a sender; all gone = all connections done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut accept_errors = 0u32;
 
-    loop {
-        let permit = tokio::select! {
-            p = limits.reserve() => p,
-            _ = shutdown.changed() => break,
+    'accept: loop {
+        // Full: after a moment, make room by closing the connection that
+        // has waited longest without sending anything, one at a time.
+        let mut evictable = true;
+        let permit = loop {
+            tokio::select! {
+                p = limits.reserve() => break p,
+                _ = tokio::time::sleep(EVICT_AFTER), if evictable => {
+                    evictable = conn.waiting.evict_oldest();
+                }
+                _ = shutdown.changed() => break 'accept,
+            }
         };
         let accepted = tokio::select! {
             a = l.listener.accept() => a,
@@ -166,8 +181,17 @@ impl Conn {
         shutdown: watch::Receiver<bool>,
     ) {
         let deadline = Instant::now() + self.head;
+        let mut evicted = self.waiting.enter();
         let Some(acceptor) = tls else {
-            match detect(&stream, deadline).await {
+            let proto = tokio::select! {
+                p = detect(&stream, deadline) => p,
+                Ok(()) = &mut evicted => {
+                    self.metrics.closed(self.name, "evicted");
+                    return;
+                }
+            };
+            drop(evicted);
+            match proto {
                 Some(proto) => self.serve(TokioIo::new(stream), proto, shutdown).await,
                 None => self.metrics.closed(self.name, "no_request"),
             }
@@ -175,18 +199,26 @@ impl Conn {
         };
         // The handshake is bounded like a request head: a slow handshake is
         // a slowloris. ALPN says which protocol follows.
-        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                self.metrics.closed(self.name, "no_request");
+        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+        let stream = tokio::select! {
+            h = handshake => match h {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    self.metrics.closed(self.name, "no_request");
+                    return;
+                }
+            },
+            Ok(()) = &mut evicted => {
+                self.metrics.closed(self.name, "evicted");
                 return;
             }
         };
+        drop(evicted);
         let proto = match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Proto::Http2,
             _ => Proto::Http1,
