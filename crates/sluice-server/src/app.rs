@@ -41,7 +41,40 @@ pub enum Endpoint {
 
 impl Snapshot {
     pub fn build(config: Config) -> Result<Self, GatewayError> {
-        let routes = RouteTable::new(&config);
+        Self::build_from(config, None)
+    }
+
+    /// The snapshot for `config`, carrying over from `prev` (a reload) the
+    /// targets' state and the connection pools of providers whose
+    /// transport settings did not change.
+    pub fn build_from(config: Config, prev: Option<&Snapshot>) -> Result<Self, GatewayError> {
+        let routes = match prev {
+            Some(p) => RouteTable::carrying(&config, &p.routes, &p.config),
+            None => RouteTable::new(&config),
+        };
+        // A provider's pool is kept when everything but its credentials and
+        // extra headers (which go in each request, not the pool) is the same.
+        let transport = |p: &sluice_core::config::ProviderConfig| {
+            format!(
+                "{}|{:?}|{}|{:?}|{:?}|{}|{:?}",
+                p.name,
+                p.kind,
+                p.base_url,
+                p.connect_timeout,
+                p.ca_file,
+                p.max_idle_connections,
+                p.timeout
+            )
+        };
+        let pool_of = |p: &sluice_core::config::ProviderConfig| {
+            let prev = prev?;
+            let i = prev
+                .config
+                .providers
+                .iter()
+                .position(|q| transport(q) == transport(p))?;
+            prev.upstreams[i].as_ref().map(|u| u.client.clone())
+        };
         let upstreams = config
             .providers
             .iter()
@@ -55,7 +88,7 @@ impl Snapshot {
                     ProviderKind::Mock => return Ok(None),
                 };
                 Ok(Some(Upstream {
-                    client: transport::client_for(p),
+                    client: pool_of(p).unwrap_or_else(|| transport::client_for(p)),
                     endpoint,
                 }))
             })
@@ -96,6 +129,8 @@ pub struct App {
     pub hub: Option<Arc<crate::hub::Hub>>,
     /// `None` when no `[audit]` is configured.
     pub audit: Option<crate::audit::Auditor>,
+    /// Where the configuration came from, for reloads.
+    pub source: crate::reload::Source,
 }
 
 impl App {
@@ -107,6 +142,7 @@ impl App {
             Vec<crate::admin_keys::KeySpec>,
             Vec<sluice_core::config::KeyConfig>,
         ),
+        config_path: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new();
         let tracing =
@@ -135,7 +171,16 @@ impl App {
             _ => None,
         };
         let access = crate::access::Access::build(&config, api_keys, None);
+        if let Some(bytes) = config_path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            metrics.reload.loaded(&crate::reload::file_hash(&bytes));
+        }
+        let source = crate::reload::Source {
+            path: config_path,
+            listen: config.server.listen,
+            admin_listen: config.server.admin_listen,
+        };
         Ok(Arc::new(Self {
+            source,
             access: ArcSwap::from_pointee(access),
             key_specs: tokio::sync::Mutex::new(key_specs),
             audit,

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod observe;
 pub mod proxy;
 pub mod redis_conn;
+pub mod reload;
 pub mod routes;
 pub mod shared_limits;
 pub mod telemetry;
@@ -32,7 +33,11 @@ use tokio::sync::watch;
 pub use logging::LogControl;
 
 /// Binds both listeners, prints the ready line, and serves until SIGINT/SIGTERM.
-pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    log_control: LogControl,
+    config_path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     // An open API (no keys) is for a developer's own machine: refuse to
     // expose one unless the configuration says so explicitly.
     let api_keys = admin_keys::load(&config)?;
@@ -70,7 +75,7 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let keyed = !(config.keys.is_empty() && api_keys.1.is_empty());
-    let app = app::App::new(config, log_control, api_keys)?;
+    let app = app::App::new(config, log_control, api_keys, config_path)?;
 
     let (tx, rx) = watch::channel(false);
     let open_files = conn::open_files_limit();
@@ -114,6 +119,8 @@ pub async fn run(config: Config, log_control: LogControl) -> anyhow::Result<()> 
     );
     tracing::info!(%api_addr, %admin_addr, "sluice ready");
 
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(app.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     app.ready.store(false, Ordering::Release);
@@ -158,6 +165,19 @@ pub fn ready_line(
     format!(
         "sluice ready: api {scheme}://{api} admin http://{admin} | try: curl -s {scheme}://{api}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
     )
+}
+
+/// `SIGHUP` rereads the configuration (see [`reload`]).
+#[cfg(unix)]
+async fn reload_on_sighup(app: std::sync::Arc<app::App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        // The outcome is logged and counted by `reload` itself.
+        let _ = reload::reload(&app).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -144,6 +144,8 @@ pub struct Metrics {
     pub hub: crate::hub::HubMetrics,
     /// Client connections per listener, and those closed by the gateway.
     pub connections: crate::conn::ConnMetrics,
+    /// Configuration reloads and the loaded file's hash.
+    pub reload: crate::reload::ReloadMetrics,
     pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
@@ -196,6 +198,7 @@ impl Metrics {
         let hub = crate::hub::HubMetrics::default();
         let connections = crate::conn::ConnMetrics::default();
         connections.precreate();
+        let reload = crate::reload::ReloadMetrics::default();
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
@@ -253,6 +256,7 @@ impl Metrics {
             overhead.clone(),
         );
         connections.register(registry);
+        reload.register(registry);
         registry.register(
             "active_streams",
             "Streamed responses in flight",
@@ -415,6 +419,7 @@ impl Metrics {
             limited,
             hub,
             connections,
+            reload,
             agent_queue_depth,
             process_rss,
             process_cpu,

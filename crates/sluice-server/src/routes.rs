@@ -55,6 +55,7 @@ pub fn admin(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/log-level", get(log_level).put(set_log_level))
+        .route("/config/reload", post(reload_config))
         .route(
             "/keys",
             get(crate::admin_keys::list).post(crate::admin_keys::create),
@@ -178,6 +179,26 @@ async fn set_log_level(
             &GatewayError::new(ErrorKind::InvalidRequest, format!("invalid log level: {e}")),
             Wire::OpenAi,
         ),
+    }
+}
+
+/// `POST /config/reload`: rereads the configuration file (as `SIGHUP`
+/// does); 200 with the loaded file's hash, or 400 with every problem.
+async fn reload_config(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Response {
+    if let Some(r) = crate::admin_keys::admin_refusal(&app, &headers, false) {
+        return r;
+    }
+    match crate::reload::reload(&app).await {
+        Ok(r) => axum::Json(json!({"status": "reloaded", "sha256": r.sha256, "models": r.models}))
+            .into_response(),
+        Err(problems) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": {"message": problems, "type": "invalid_request_error",
+                                        "param": null, "code": "invalid_config"}}),
+            ),
+        )
+            .into_response(),
     }
 }
 

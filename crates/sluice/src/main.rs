@@ -205,7 +205,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(sluice_server::run(cfg, log_control)) {
+            match runtime.block_on(sluice_server::run(cfg, log_control, path.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e:#}");

@@ -79,16 +79,28 @@ impl Drop for Admitted {
 
 impl ModelRoute {
     pub fn new(m: &ModelConfig, routing: &RoutingConfig) -> Self {
+        Self::with_states(m, routing, |_| None)
+    }
+
+    /// A route whose targets take the state `reuse` gives them (carried
+    /// over from an earlier configuration), or a fresh one.
+    fn with_states(
+        m: &ModelConfig,
+        routing: &RoutingConfig,
+        mut reuse: impl FnMut(&TargetConfig) -> Option<Arc<TargetState>>,
+    ) -> Self {
         assert!(!m.targets.is_empty(), "validation guarantees a target");
         let states = m
             .targets
             .iter()
             .map(|t| {
-                Arc::new(TargetState::new(
-                    t.weight,
-                    routing.breaker.clone(),
-                    routing.weights.clone(),
-                ))
+                reuse(t).unwrap_or_else(|| {
+                    Arc::new(TargetState::new(
+                        t.weight,
+                        routing.breaker.clone(),
+                        routing.weights.clone(),
+                    ))
+                })
             })
             .collect();
         Self {
@@ -224,6 +236,45 @@ impl RouteTable {
         for m in &config.models {
             names.push(m.name.clone());
             by_name.insert(m.name.clone(), ModelRoute::new(m, &config.routing));
+        }
+        Self { by_name, names }
+    }
+
+    /// The table for `config` after a reload from `prev_config`: a target
+    /// that is the same as before (model, provider, upstream model, weight,
+    /// under unchanged breaker and weight settings) keeps its state —
+    /// breaker, adaptive weight, latency estimate, requests in flight — so
+    /// a reload does not close a tripped breaker or forget what it learnt.
+    pub fn carrying(config: &Config, prev: &RouteTable, prev_config: &Config) -> Self {
+        type Key = (Arc<str>, Arc<str>, Arc<str>, u32);
+        let key = |c: &Config, model: &Arc<str>, t: &TargetConfig| -> Key {
+            (
+                model.clone(),
+                c.providers[t.provider].name.clone(),
+                t.model.clone(),
+                t.weight,
+            )
+        };
+        let same_rules = config.routing.breaker == prev_config.routing.breaker
+            && config.routing.weights == prev_config.routing.weights;
+        let mut old: HashMap<Key, Arc<TargetState>> = HashMap::new();
+        if same_rules {
+            for m in &prev_config.models {
+                if let Some(r) = prev.get(&m.name) {
+                    for (t, s) in r.targets.iter().zip(&r.states) {
+                        old.insert(key(prev_config, &m.name, t), s.clone());
+                    }
+                }
+            }
+        }
+        let mut by_name = HashMap::with_capacity(config.models.len());
+        let mut names = Vec::with_capacity(config.models.len());
+        for m in &config.models {
+            names.push(m.name.clone());
+            let route = ModelRoute::with_states(m, &config.routing, |t| {
+                old.remove(&key(config, &m.name, t))
+            });
+            by_name.insert(m.name.clone(), route);
         }
         Self { by_name, names }
     }

@@ -208,3 +208,62 @@ targets = [{ provider = "b" }]
     assert!(t.get("nope").is_none());
     assert_eq!(t.iter().count(), 2);
 }
+
+#[test]
+fn a_reload_carries_the_state_of_targets_that_stayed() {
+    let conf = |models: &str, cooldown: u64| {
+        let text = format!(
+            r#"
+[routing]
+breaker = {{ consecutive_failures = 2, cooldown_ms = {cooldown}, half_open_probes = 1, success_threshold = 1 }}
+[[providers]]
+name = "a"
+kind = "mock"
+[[providers]]
+name = "b"
+kind = "mock"
+{models}
+"#
+        );
+        parse(&text, "t", &|_| None).unwrap()
+    };
+    let m = r#"
+[[models]]
+name = "m"
+targets = [{ provider = "a", weight = 3 }, { provider = "b", weight = 1 }]
+"#;
+    let old_cfg = conf(m, 100_000);
+    let old = RouteTable::new(&old_cfg);
+    fail_until_open(old.get("m").unwrap(), 0, 0);
+    // A model added, the tripped target unchanged: its breaker stays open.
+    let grown = format!("{m}\n[[models]]\nname = \"n\"\ntargets = [{{ provider = \"a\" }}]\n");
+    let new_cfg = conf(&grown, 100_000);
+    let new = RouteTable::carrying(&new_cfg, &old, &old_cfg);
+    let route = new.get("m").unwrap();
+    assert!(Arc::ptr_eq(
+        &route.states[0],
+        &old.get("m").unwrap().states[0]
+    ));
+    assert_eq!(
+        route.states[0].breaker.state(),
+        crate::resilience::BreakerState::Open
+    );
+    assert!(new.get("n").is_some(), "the new model is served");
+    // A changed weight, or changed breaker rules, start afresh.
+    let reweighted = conf(&m.replace("weight = 3", "weight = 5"), 100_000);
+    let fresh = RouteTable::carrying(&reweighted, &old, &old_cfg);
+    assert_eq!(
+        fresh.get("m").unwrap().states[0].breaker.state(),
+        crate::resilience::BreakerState::Closed
+    );
+    assert!(Arc::ptr_eq(
+        &fresh.get("m").unwrap().states[1],
+        &old.get("m").unwrap().states[1]
+    ));
+    let new_rules = conf(m, 200_000);
+    let fresh = RouteTable::carrying(&new_rules, &old, &old_cfg);
+    assert!(!Arc::ptr_eq(
+        &fresh.get("m").unwrap().states[1],
+        &old.get("m").unwrap().states[1]
+    ));
+}

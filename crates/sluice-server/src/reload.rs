@@ -1,0 +1,214 @@
+//! Hot reload: `SIGHUP` or `POST /config/reload` rereads the configuration
+//! file and the keys file, validates them, and swaps the new snapshot in.
+//!
+//! A broken file is refused with its `file:line:col` problems and the
+//! running configuration stays. What did not change keeps its state: a
+//! target that is the same keeps its breaker, adaptive weight and latency
+//! estimate; a provider whose transport settings are the same keeps its
+//! connection pool; keys that stay keep their rate-limit buckets and
+//! budgets. Requests in flight finish on the snapshot they started with.
+//! The listeners, TLS, Redis, the audit trail, tracing, logging and the
+//! agent hub are set up once at start: changes there wait for a restart
+//! (said in the log when the file changes them).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use sluice_core::config::{self, Config};
+
+use crate::access::Access;
+use crate::app::{App, Snapshot};
+
+/// Where the running configuration came from, and what the command line
+/// changed of it (kept on every reload).
+pub struct Source {
+    /// `None`: the embedded default, which has no file to reread.
+    pub path: Option<PathBuf>,
+    /// The listeners as bound at start (a reload cannot move them).
+    pub listen: std::net::SocketAddr,
+    pub admin_listen: std::net::SocketAddr,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HashLabels {
+    pub sha256: String,
+}
+
+/// `sluice_config_reloads_total{outcome}` and `sluice_config_info{sha256}`.
+#[derive(Default)]
+pub struct ReloadMetrics {
+    pub reloads: Family<crate::metrics::OutcomeLabels, Counter>,
+    pub info: Family<HashLabels, Gauge>,
+    current: std::sync::Mutex<Option<String>>,
+}
+
+impl ReloadMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        for outcome in ["ok", "failed"] {
+            let _ = self
+                .reloads
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome });
+        }
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, POST /config/reload) by outcome",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The loaded configuration file: 1, labelled with its SHA-256",
+            self.info.clone(),
+        );
+    }
+
+    /// Says which file is loaded now.
+    pub fn loaded(&self, sha256: &str) {
+        let mut cur = self
+            .current
+            .lock()
+            .expect("config hash lock is never poisoned");
+        if let Some(old) = cur.take() {
+            self.info.remove(&HashLabels { sha256: old });
+        }
+        self.info
+            .get_or_create(&HashLabels {
+                sha256: sha256.to_owned(),
+            })
+            .set(1);
+        *cur = Some(sha256.to_owned());
+    }
+}
+
+/// The SHA-256 of a file's bytes, hex.
+pub fn file_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a reload did.
+pub struct Reloaded {
+    pub sha256: String,
+    pub models: usize,
+}
+
+/// Rereads, validates and swaps in the configuration. One at a time.
+pub async fn reload(app: &Arc<App>) -> Result<Reloaded, String> {
+    // Serialised with itself and with the admin key API (same lock).
+    let mut specs = app.key_specs.lock().await;
+    let outcome = try_reload(app, &mut specs);
+    let label = if outcome.is_ok() { "ok" } else { "failed" };
+    app.metrics
+        .reload
+        .reloads
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome: label })
+        .inc();
+    match &outcome {
+        Ok(r) => {
+            app.metrics.reload.loaded(&r.sha256);
+            tracing::info!(sha256 = %r.sha256, models = r.models, "configuration reloaded");
+        }
+        Err(e) => {
+            tracing::warn!(problems = %e, "configuration not reloaded; the running one stays")
+        }
+    }
+    outcome
+}
+
+fn try_reload(
+    app: &Arc<App>,
+    key_specs: &mut Vec<crate::admin_keys::KeySpec>,
+) -> Result<Reloaded, String> {
+    let Some(path) = &app.source.path else {
+        return Err("running on the embedded default: there is no file to reload".into());
+    };
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text =
+        String::from_utf8(bytes.clone()).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let mut config = config::parse_whole(&text, &path.display().to_string(), &|k| {
+        std::env::var(k).ok()
+    })
+    .map_err(|e| e.to_string())?;
+    let prev = app.snapshot.load_full();
+    keep_what_start_fixed(&mut config, &prev.config, &app.source);
+    let (specs, api_keys) = crate::admin_keys::load(&config).map_err(|e| e.to_string())?;
+    if config.keys.is_empty()
+        && api_keys.is_empty()
+        && !crate::admin_keys::open_api_allowed(&config)
+    {
+        return Err(format!(
+            "the new configuration has no keys while the API listens on {}: refused, the API \
+             would be open to anyone who can reach it",
+            config.server.listen
+        ));
+    }
+    let snapshot = Snapshot::build_from(config, Some(&prev)).map_err(|e| e.message.to_string())?;
+    let models = snapshot.config.models.len();
+    let access = app.access.load();
+    let access = Access::build(&snapshot.config, api_keys, Some(&access));
+    // Keys first: a request that sees the new routes sees the new keys.
+    app.access.store(Arc::new(access));
+    app.snapshot.store(Arc::new(snapshot));
+    *key_specs = specs;
+    Ok(Reloaded {
+        sha256: file_hash(&bytes),
+        models,
+    })
+}
+
+/// The listeners stay where they were bound; parts set up once at start
+/// keep running as they are, and the log says a change there waits.
+fn keep_what_start_fixed(new: &mut Config, running: &Config, source: &Source) {
+    let moved = new.server.listen != running.server.listen && new.server.listen != source.listen
+        || new.server.admin_listen != running.server.admin_listen
+            && new.server.admin_listen != source.admin_listen;
+    new.server.listen = source.listen;
+    new.server.admin_listen = source.admin_listen;
+    let fixed = [
+        ("listeners", moved),
+        (
+            "[server] TLS",
+            format!("{:?}", new.server.tls) != format!("{:?}", running.server.tls),
+        ),
+        (
+            "[redis]",
+            format!("{:?}", new.redis) != format!("{:?}", running.redis),
+        ),
+        (
+            "[audit]",
+            format!("{:?}", new.audit) != format!("{:?}", running.audit),
+        ),
+        (
+            "[telemetry]",
+            format!("{:?}", new.telemetry) != format!("{:?}", running.telemetry),
+        ),
+        (
+            "[logging] level and format",
+            new.logging.level != running.logging.level
+                || format!("{:?}", new.logging.format) != format!("{:?}", running.logging.format),
+        ),
+        (
+            "[agents]",
+            format!("{:?}", new.agents) != format!("{:?}", running.agents),
+        ),
+        (
+            "[limits]",
+            format!("{:?}", new.limits) != format!("{:?}", running.limits),
+        ),
+    ];
+    for (part, changed) in fixed {
+        if changed {
+            tracing::warn!(
+                part,
+                "this part of the configuration changed; it takes effect at the next restart"
+            );
+        }
+    }
+}
