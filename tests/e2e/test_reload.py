@@ -93,14 +93,22 @@ def test_reload_serves_new_models_keeps_state_and_refuses_broken_files(tmp_path)
         g.stop()
 
 
-def test_reload_needs_the_admin_token_when_one_is_set(tmp_path):
+def test_reload_needs_the_admin_token_and_keeps_keys_made_at_run_time(tmp_path):
     from conftest import key_hash
 
-    g = Gateway(config() + f'[auth]\nadmin_sha256 = "{key_hash("adm")}"\n', tmp_path=tmp_path)
+    g = Gateway(config() + f'[auth]\nadmin_sha256 = "{key_hash("adm")}"\n'
+                + f'[[keys]]\nname = "file"\nsha256 = "{key_hash("sk-file")}"\n', tmp_path=tmp_path)
+    adm = {"authorization": "Bearer adm"}
     try:
         assert reload(g).status_code == 401
-        ok = httpx.post(f"{g.admin_url}/config/reload", headers={"authorization": "Bearer adm"})
+        # A key made through the admin API (no keys_file: it lives in memory).
+        made = httpx.post(f"{g.admin_url}/keys", json={"name": "runtime", "token": "sk-run"}, headers=adm)
+        assert made.status_code == 201, made.text
+        ok = httpx.post(f"{g.admin_url}/config/reload", headers=adm)
         assert ok.status_code == 200, ok.text
+        r = httpx.post(f"{g.base_url}/chat/completions", headers={"authorization": "Bearer sk-run"},
+                       json={"model": "mock-1", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200, "a run-time key survives a reload"
     finally:
         g.stop()
 

@@ -138,7 +138,13 @@ fn try_reload(
     .map_err(|e| e.to_string())?;
     let prev = app.snapshot.load_full();
     keep_what_start_fixed(&mut config, &prev.config, &app.source);
-    let (specs, api_keys) = crate::admin_keys::load(&config).map_err(|e| e.to_string())?;
+    // Keys added through the admin API: reread from the keys file when
+    // there is one; without one they live only in memory, and stay.
+    let (specs, api_keys) = if config.keys_file.is_some() {
+        crate::admin_keys::load(&config).map_err(|e| e.to_string())?
+    } else {
+        (key_specs.clone(), app.access.load().api_keys.clone())
+    };
     if config.keys.is_empty()
         && api_keys.is_empty()
         && !crate::admin_keys::open_api_allowed(&config)
