@@ -14,6 +14,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
+mod observed_body;
 pub mod proxy;
 pub mod redis_conn;
 pub mod reload;

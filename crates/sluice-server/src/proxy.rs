@@ -41,11 +41,13 @@ pub async fn handle(
     rec.request_id = Some(request_id.clone());
     // The client's own id, kept apart in the audit event (it may be forged
     // or reused; the event's `id` is the gateway's).
-    rec.client_request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|v| v.len() <= 256)
-        .cloned();
+    if app.audit.is_some() {
+        rec.client_request_id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| v.len() <= 256)
+            .cloned();
+    }
     let durable = app.audit.as_ref().is_some_and(|a| a.is_sync()).then(|| {
         let slot = Arc::new(crate::audit::durable::AckSlot::default());
         rec.audit_ack = Some(slot.clone());

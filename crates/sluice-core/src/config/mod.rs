@@ -4,6 +4,9 @@
 //! or every problem it found, each with file:line:col.
 
 mod env;
+mod keys;
+mod observability;
+mod providers;
 mod raw;
 mod security;
 mod server;
@@ -413,7 +416,7 @@ fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigErrors {
 /// `[[keys]]` tables alone (no other configuration), validated like the
 /// file's against the `models` served.
 pub fn parse_keys(text: &str, file: &str, models: &[&str]) -> Result<Vec<KeyConfig>, ConfigErrors> {
-    validate::keys_only(text, file, models)
+    keys::keys_only(text, file, models)
 }
 
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {

@@ -329,5 +329,5 @@ pub(super) fn audit(
 
 /// A 128-bit key written as 32 hex digits.
 pub fn parse_key_hex(s: &str) -> Option<[u8; 16]> {
-    super::validate::hex_bytes::<16>(s)
+    super::keys::hex_bytes::<16>(s)
 }

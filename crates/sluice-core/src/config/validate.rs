@@ -8,70 +8,16 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawLogging, RawProvider, RawRouting, RawTelemetry};
+use super::raw::{RawConfig, RawRouting};
 use super::{
-    Config, ConfigError, ConfigErrors, KeyConfig, LogFormat, LoggingConfig, MockConfig,
-    ModelConfig, OtlpProtocol, ProviderConfig, ProviderKind, RoutingConfig, Sampling, Strategy,
-    TargetConfig, TelemetryConfig, line_col,
+    Config, ConfigError, ConfigErrors, ModelConfig, RoutingConfig, Strategy, TargetConfig, line_col,
 };
 use crate::resilience::{BreakerConfig, WeightConfig};
-use crate::secret::Secret;
-
-const KNOWN_LATER: &[&str] = &["local"];
-
-/// Provider kinds: the wire format each speaks and its default base URL.
-/// The OpenAI-compatible family differs only in where it lives.
-const PRESETS: &[(&str, ProviderKind, &str)] = &[
-    ("openai", ProviderKind::OpenAi, "https://api.openai.com/v1"),
-    (
-        "anthropic",
-        ProviderKind::Anthropic,
-        "https://api.anthropic.com/v1",
-    ),
-    (
-        "gemini",
-        ProviderKind::Gemini,
-        "https://generativelanguage.googleapis.com/v1beta",
-    ),
-    ("azure", ProviderKind::Azure, ""),
-    (
-        "groq",
-        ProviderKind::OpenAi,
-        "https://api.groq.com/openai/v1",
-    ),
-    ("mistral", ProviderKind::OpenAi, "https://api.mistral.ai/v1"),
-    (
-        "deepseek",
-        ProviderKind::OpenAi,
-        "https://api.deepseek.com/v1",
-    ),
-    (
-        "together",
-        ProviderKind::OpenAi,
-        "https://api.together.xyz/v1",
-    ),
-    (
-        "openrouter",
-        ProviderKind::OpenAi,
-        "https://openrouter.ai/api/v1",
-    ),
-    ("ollama", ProviderKind::OpenAi, "http://127.0.0.1:11434/v1"),
-    ("vllm", ProviderKind::OpenAi, "http://127.0.0.1:8000/v1"),
-    ("mock", ProviderKind::Mock, ""),
-];
-
-fn kinds() -> String {
-    PRESETS
-        .iter()
-        .map(|(k, _, _)| *k)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 pub(super) struct Collector<'a> {
-    text: &'a str,
-    file: &'a str,
-    errors: Vec<ConfigError>,
+    pub(super) text: &'a str,
+    pub(super) file: &'a str,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Collector<'_> {
@@ -122,7 +68,7 @@ impl Collector<'_> {
     }
 
     /// A number in `range`, or the default.
-    fn float(
+    pub(super) fn float(
         &mut self,
         v: Option<&Spanned<f64>>,
         default: f64,
@@ -181,16 +127,16 @@ pub(super) fn validate(
     };
     let server = super::server::server(&mut c, &raw.server);
     let routing = routing(&mut c, &raw.routing);
-    let logging = logging(&mut c, &raw.logging);
-    let telemetry = telemetry(&mut c, &raw.telemetry, env);
+    let logging = super::observability::logging(&mut c, &raw.logging);
+    let telemetry = super::observability::telemetry(&mut c, &raw.telemetry, env);
     let model_names: Vec<&str> = raw
         .models
         .iter()
         .map(|m| m.get_ref().name.get_ref().as_str())
         .collect();
-    let keys = keys(&mut c, &raw.keys, &model_names);
+    let keys = super::keys::keys(&mut c, &raw.keys, &model_names);
     let admin_sha256 = raw.auth.admin_sha256.as_ref().and_then(|h| {
-        let v = hex_bytes::<32>(h.get_ref());
+        let v = super::keys::hex_bytes::<32>(h.get_ref());
         if v.is_none() {
             c.at(
                 h.span(),
@@ -227,7 +173,7 @@ pub(super) fn validate(
                 format!("duplicate provider name '{}'", pr.name.get_ref()),
             );
         }
-        if let Some(cfg) = provider(&mut c, pr, env) {
+        if let Some(cfg) = super::providers::provider(&mut c, pr, env) {
             providers.push(cfg);
         }
     }
@@ -451,379 +397,6 @@ fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConf
     }
 }
 
-/// Keys written in TOML (`[[keys]]` tables) on their own, checked against
-/// the models served: for keys added at run time.
-pub(super) fn keys_only(
-    text: &str,
-    file: &str,
-    models: &[&str],
-) -> Result<Vec<KeyConfig>, ConfigErrors> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Only {
-        #[serde(default)]
-        keys: Vec<Spanned<super::raw::RawKey>>,
-    }
-    let only: Only = toml::from_str(text).map_err(|e| super::syntax_error(text, file, &e))?;
-    let mut c = Collector {
-        text,
-        file,
-        errors: Vec::new(),
-    };
-    let out = keys(&mut c, &only.keys, models);
-    if c.errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ConfigErrors(c.errors))
-    }
-}
-
-fn keys(
-    c: &mut Collector<'_>,
-    raw_keys: &[Spanned<super::raw::RawKey>],
-    model_names: &[&str],
-) -> Vec<KeyConfig> {
-    let mut out = Vec::with_capacity(raw_keys.len());
-    let mut names = HashSet::new();
-    for k in raw_keys {
-        let k = k.get_ref();
-        if !names.insert(k.name.get_ref().as_str()) {
-            c.at(
-                k.name.span(),
-                format!("duplicate key name '{}'", k.name.get_ref()),
-            );
-        }
-        let Some(sha256) = hex_bytes::<32>(k.sha256.get_ref()) else {
-            c.at(
-                k.sha256.span(),
-                "sha256 must be 64 hex digits (the SHA-256 of the token)",
-            );
-            continue;
-        };
-        if out.iter().any(|o: &KeyConfig| o.sha256 == sha256) {
-            c.at(k.sha256.span(), "two keys have the same sha256");
-        }
-        let models = k.models.as_ref().map(|ms| {
-            ms.iter()
-                .filter_map(|m| {
-                    if model_names.contains(&m.get_ref().as_str()) {
-                        Some(Arc::from(m.get_ref().as_str()))
-                    } else {
-                        c.at(
-                            m.span(),
-                            format!("key allows unknown model '{}'", m.get_ref()),
-                        );
-                        None
-                    }
-                })
-                .collect()
-        });
-        let expires_at = match &k.expires_at {
-            None => None,
-            Some(v) => match super::time::parse_rfc3339_utc(v.get_ref()) {
-                Some(t) => Some(t),
-                None => {
-                    c.at(
-                        v.span(),
-                        "expires_at must be like 2027-01-31T00:00:00Z (UTC)",
-                    );
-                    None
-                }
-            },
-        };
-        let period = match k.budget_period.as_ref().map(|p| (p, p.get_ref().as_str())) {
-            None | Some((_, "month")) => crate::limits::BudgetPeriod::Month,
-            Some((_, "day")) => crate::limits::BudgetPeriod::Day,
-            Some((_, "total")) => crate::limits::BudgetPeriod::Total,
-            Some((p, other)) => {
-                c.at(
-                    p.span(),
-                    format!("unknown budget_period '{other}' (day, month, total)"),
-                );
-                crate::limits::BudgetPeriod::Month
-            }
-        };
-        out.push(KeyConfig {
-            name: Arc::from(k.name.get_ref().as_str()),
-            sha256,
-            models,
-            expires_at,
-            metadata: k
-                .metadata
-                .iter()
-                .map(|(a, b)| (a.clone(), b.clone()))
-                .collect(),
-            rpm: k
-                .rpm
-                .as_ref()
-                .map(|v| c.positive(Some(v), 1, 100_000_000, "rpm")),
-            tpm: k
-                .tpm
-                .as_ref()
-                .map(|v| c.positive(Some(v), 1, 100_000_000_000, "tpm")),
-            budget_usd: k.budget_usd.as_ref().map(|v| {
-                (
-                    c.float(Some(v), 1.0, 0.000_001..=1e12, "budget_usd"),
-                    period,
-                )
-            }),
-            budget: k.budget_tokens.as_ref().map(|v| {
-                (
-                    c.positive(Some(v), 1, u64::MAX / 2, "budget_tokens"),
-                    period,
-                )
-            }),
-            agent_groups: k.agent_groups.as_ref().map(|gs| {
-                gs.iter()
-                    .map(|g| {
-                        if g.get_ref().is_empty() || g.get_ref().len() > 128 {
-                            c.at(g.span(), "an agent group is 1-128 characters");
-                        }
-                        Arc::from(g.get_ref().as_str())
-                    })
-                    .collect()
-            }),
-            max_streams: k
-                .max_streams
-                .as_ref()
-                .map(|v| c.positive(Some(v), 1, 1_000_000, "max_streams") as u32),
-        });
-    }
-    out
-}
-
-/// `N` bytes written as `2N` hex digits (surrounding space ignored).
-pub fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.trim();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let hi = (chunk[0] as char).to_digit(16)?;
-        let lo = (chunk[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
-}
-
-fn logging(c: &mut Collector<'_>, l: &RawLogging) -> LoggingConfig {
-    let format = match l.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
-        None | Some((_, "auto")) => LogFormat::Auto,
-        Some((_, "json")) => LogFormat::Json,
-        Some((_, "pretty")) => LogFormat::Pretty,
-        Some((f, other)) => {
-            c.at(
-                f.span(),
-                format!("unknown log format '{other}' (auto, json, pretty)"),
-            );
-            LogFormat::Auto
-        }
-    };
-    let sampling = Sampling {
-        ratio: c.float(l.sample_ratio.as_ref(), 1.0, 0.0..=1.0, "sample_ratio"),
-        slow: ms(c.positive(l.slow_ms.as_ref(), 5_000, 86_400_000, "slow_ms")),
-    };
-    let routes = l
-        .routes
-        .iter()
-        .map(|(route, r)| {
-            let s = Sampling {
-                ratio: c.float(
-                    r.sample_ratio.as_ref(),
-                    sampling.ratio,
-                    0.0..=1.0,
-                    "sample_ratio",
-                ),
-                slow: r.slow_ms.as_ref().map_or(sampling.slow, |v| {
-                    ms(c.positive(Some(v), 5_000, 86_400_000, "slow_ms"))
-                }),
-            };
-            (route.clone(), s)
-        })
-        .collect();
-    LoggingConfig {
-        level: l
-            .level
-            .as_ref()
-            .map_or_else(|| "info".to_owned(), |v| v.get_ref().clone()),
-        format,
-        access_log: l.access_log.unwrap_or(true),
-        sampling,
-        routes,
-    }
-}
-
-fn telemetry(
-    c: &mut Collector<'_>,
-    t: &RawTelemetry,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> TelemetryConfig {
-    // The standard OTEL_* variables apply where the file is silent.
-    let mut traces_url = false;
-    let endpoint = match &t.otlp_endpoint {
-        Some(v) => match c.interpolated(v, env) {
-            Some(s) if s.is_empty() => None,
-            Some(s) if s.starts_with("http://") || s.starts_with("https://") => Some(s),
-            Some(_) => {
-                c.at(v.span(), "otlp_endpoint must be an http:// or https:// URL");
-                None
-            }
-            None => None,
-        },
-        None if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) => None,
-        // The signal-specific URL is used as it is; the general one is a
-        // base that `/v1/traces` is added to (OTLP/HTTP).
-        None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|s| !s.is_empty()) {
-            Some(url) => {
-                traces_url = true;
-                Some(url)
-            }
-            None => env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()),
-        },
-    };
-    let protocol_text = t
-        .otlp_protocol
-        .as_ref()
-        .map(|p| p.get_ref().clone())
-        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_else(|| "grpc".to_owned());
-    let protocol = match protocol_text.as_str() {
-        "grpc" => OtlpProtocol::Grpc,
-        "http/protobuf" => OtlpProtocol::HttpProtobuf,
-        other => {
-            let span = t.otlp_protocol.as_ref().map_or(0..0, |p| p.span());
-            c.at(
-                span,
-                format!("unknown otlp_protocol '{other}' (grpc, http/protobuf)"),
-            );
-            OtlpProtocol::Grpc
-        }
-    };
-    let env_ratio = env("OTEL_TRACES_SAMPLER_ARG")
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|r| (0.0..=1.0).contains(r));
-    // OTEL_TRACES_SAMPLER: whether a client's sampled flag is followed, and
-    // the ratio for the rest; unknown names keep the default
-    // (parentbased_traceidratio at OTEL_TRACES_SAMPLER_ARG, else 1.0).
-    let (env_parent_based, env_ratio) = match env("OTEL_TRACES_SAMPLER").as_deref() {
-        Some("always_on") => (false, Some(1.0)),
-        Some("always_off") => (false, Some(0.0)),
-        Some("traceidratio") => (false, env_ratio),
-        Some("parentbased_always_on") => (true, Some(1.0)),
-        Some("parentbased_always_off") => (true, Some(0.0)),
-        _ => (true, env_ratio),
-    };
-    let sampling_ratio = match &t.sampling_ratio {
-        Some(_) => c.float(t.sampling_ratio.as_ref(), 1.0, 0.0..=1.0, "sampling_ratio"),
-        None => env_ratio.unwrap_or(1.0),
-    };
-    let parent_based = t
-        .parent_based
-        .as_ref()
-        .map_or(env_parent_based, |v| *v.get_ref());
-    let headers = if t.otlp_headers.is_empty() {
-        env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
-            .map(|v| {
-                otel_pairs(&v)
-                    .into_iter()
-                    .filter(|(k, _)| http_token(k))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), Secret::new(v)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    } else {
-        t.otlp_headers
-            .iter()
-            .filter_map(|(k, v)| {
-                if !http_token(k) {
-                    c.at(v.span(), format!("'{k}' is not a valid header name"));
-                    return None;
-                }
-                c.interpolated(v, env).map(|s| (k.clone(), Secret::new(s)))
-            })
-            .collect()
-    };
-    let resource_attributes = if t.resource_attributes.is_empty() {
-        env("OTEL_RESOURCE_ATTRIBUTES")
-            .map(|v| otel_pairs(&v))
-            .unwrap_or_default()
-    } else {
-        t.resource_attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
-            .collect()
-    };
-    let d = TelemetryConfig::default();
-    let max_queue_spans = c.positive(
-        t.max_queue_spans.as_ref(),
-        d.max_queue_spans as u64,
-        10_000_000,
-        "max_queue_spans",
-    ) as usize;
-    let max_batch_spans = c.positive(
-        t.max_batch_spans.as_ref(),
-        d.max_batch_spans as u64,
-        100_000,
-        "max_batch_spans",
-    ) as usize;
-    TelemetryConfig {
-        otlp_endpoint: endpoint,
-        traces_url,
-        protocol,
-        headers,
-        sampling_ratio,
-        parent_based,
-        // The file, then OTEL_SERVICE_NAME, then a `service.name` resource
-        // attribute.
-        service_name: t
-            .service_name
-            .as_ref()
-            .map(|s| s.get_ref().clone())
-            .or_else(|| env("OTEL_SERVICE_NAME"))
-            .or_else(|| {
-                resource_attributes
-                    .iter()
-                    .find(|(k, _)| k == "service.name")
-                    .map(|(_, v)| v.clone())
-            })
-            .unwrap_or_else(|| "sluice".to_owned()),
-        resource_attributes,
-        max_queue_spans,
-        max_batch_spans,
-        export_interval: ms(c.positive(
-            t.export_interval_ms.as_ref(),
-            d.export_interval.as_millis() as u64,
-            3_600_000,
-            "export_interval_ms",
-        )),
-        export_timeout: ms(c.positive(
-            t.export_timeout_ms.as_ref(),
-            d.export_timeout.as_millis() as u64,
-            3_600_000,
-            "export_timeout_ms",
-        )),
-    }
-}
-
-/// `key1=value1,key2=value2` with percent-encoded values, as the
-/// `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS` variables
-/// hold them; malformed members are skipped.
-fn otel_pairs(v: &str) -> Vec<(String, String)> {
-    v.split(',')
-        .filter_map(|member| {
-            let (k, v) = member.split_once('=')?;
-            let k = k.trim();
-            (!k.is_empty()).then(|| {
-                let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
-                (k.to_owned(), v.into_owned())
-            })
-        })
-        .collect()
-}
-
 fn routing(c: &mut Collector<'_>, r: &RawRouting) -> RoutingConfig {
     let d = BreakerConfig::default();
     let b = &r.breaker;
@@ -911,196 +484,12 @@ fn routing(c: &mut Collector<'_>, r: &RawRouting) -> RoutingConfig {
     }
 }
 
-fn provider(
-    c: &mut Collector<'_>,
-    p: &RawProvider,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<ProviderConfig> {
-    let name = p.name.get_ref();
-    if name.trim().is_empty() {
-        c.at(p.name.span(), "provider name must not be empty");
-    }
-    let kind_name = p.kind.get_ref().as_str();
-    let (kind, preset_url) = match PRESETS.iter().find(|(k, _, _)| *k == kind_name) {
-        Some((_, kind, url)) => (*kind, *url),
-        None if KNOWN_LATER.contains(&kind_name) => {
-            c.at(
-                p.kind.span(),
-                format!(
-                    "provider kind '{kind_name}' is not supported yet (supported: {})",
-                    kinds()
-                ),
-            );
-            return None;
-        }
-        None => {
-            c.at(
-                p.kind.span(),
-                format!(
-                    "unknown provider kind '{kind_name}' (supported: {})",
-                    kinds()
-                ),
-            );
-            return None;
-        }
-    };
-    if kind == ProviderKind::Azure && p.base_url.is_none() {
-        c.at(
-            p.kind.span(),
-            "kind = \"azure\" needs base_url: https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT",
-        );
-    }
-
-    let interp = |c: &mut Collector<'_>, v: &Spanned<String>| c.interpolated(v, env);
-
-    let base_url = match (&p.base_url, kind) {
-        (Some(u), _) => match interp(c, u) {
-            Some(url) => {
-                let has_host = ["http://", "https://"]
-                    .iter()
-                    .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
-                if !has_host {
-                    c.at(
-                        u.span(),
-                        "base_url must be an http:// or https:// URL with a host",
-                    );
-                }
-                url.trim_end_matches('/').to_owned()
-            }
-            None => String::new(),
-        },
-        (None, _) => preset_url.to_owned(),
-    };
-    let api_key = p
-        .api_key
-        .as_ref()
-        .and_then(|k| interp(c, k))
-        .map(Secret::new);
-    let headers = p
-        .headers
-        .iter()
-        .filter_map(|(k, v)| {
-            if http_token(k) {
-                interp(c, v).map(|v| (k.clone(), Secret::new(v)))
-            } else {
-                c.at(v.span(), format!("'{k}' is not a valid header name"));
-                None
-            }
-        })
-        .collect();
-
-    if kind != ProviderKind::Azure
-        && let Some(v) = &p.api_version
-    {
-        c.at(v.span(), "api_version applies only to kind = \"azure\"");
-    }
-    if kind != ProviderKind::Anthropic
-        && let Some(v) = &p.default_max_tokens
-    {
-        c.at(
-            v.span(),
-            "default_max_tokens applies only to kind = \"anthropic\"",
-        );
-    }
-    if let Some(k) = &api_key
-        && !k.expose().bytes().all(|b| (0x20..0x7f).contains(&b))
-    {
-        c.at(
-            p.api_key.as_ref().map_or(0..0, |v| v.span()),
-            "api_key must be printable ASCII (it goes into an HTTP header)",
-        );
-    }
-
-    let mock_only = [
-        ("tokens_per_response", p.tokens_per_response.as_ref()),
-        ("token_delay_ms", p.token_delay_ms.as_ref()),
-        ("embedding_dims", p.embedding_dims.as_ref()),
-    ];
-    if kind != ProviderKind::Mock {
-        for (key, v) in mock_only {
-            if let Some(v) = v {
-                c.at(v.span(), format!("{key} applies only to kind = \"mock\""));
-            }
-        }
-    }
-    let token_delay = match &p.token_delay_ms {
-        Some(v) if *v.get_ref() > 60_000 => {
-            c.at(v.span(), "token_delay_ms must be at most 60000");
-            Duration::ZERO
-        }
-        Some(v) => ms(*v.get_ref()),
-        None => Duration::ZERO,
-    };
-
-    Some(ProviderConfig {
-        name: Arc::from(name.as_str()),
-        kind,
-        preset: PRESETS
-            .iter()
-            .find(|(k, _, _)| *k == kind_name)
-            .map_or("openai", |(k, _, _)| *k),
-        api_version: p
-            .api_version
-            .as_ref()
-            .map_or_else(|| "2024-10-21".to_owned(), |v| v.get_ref().clone()),
-        default_max_tokens: c.positive(
-            p.default_max_tokens.as_ref(),
-            4096,
-            1_000_000,
-            "default_max_tokens",
-        ),
-        base_url,
-        api_key,
-        headers,
-        connect_timeout: ms(c.positive(
-            p.connect_timeout_ms.as_ref(),
-            5_000,
-            600_000,
-            "connect_timeout_ms",
-        )),
-        timeout: ms(c.positive(p.timeout_ms.as_ref(), 120_000, 3_600_000, "timeout_ms")),
-        idle_timeout: ms(c.positive(
-            p.idle_timeout_ms.as_ref(),
-            120_000,
-            3_600_000,
-            "idle_timeout_ms",
-        )),
-        max_idle_connections: c.positive(
-            p.max_idle_connections.as_ref(),
-            256,
-            100_000,
-            "max_idle_connections",
-        ) as usize,
-        ca_file: p.ca_file.as_ref().map(|f| {
-            let path = std::path::PathBuf::from(f.get_ref());
-            if std::fs::metadata(&path).is_err() {
-                c.at(
-                    f.span(),
-                    format!("ca_file '{}' cannot be read", f.get_ref()),
-                );
-            }
-            path
-        }),
-        mock: MockConfig {
-            tokens_per_response: c.positive(
-                p.tokens_per_response.as_ref(),
-                16,
-                100_000,
-                "tokens_per_response",
-            ) as u32,
-            token_delay,
-            embedding_dims: c.positive(p.embedding_dims.as_ref(), 16, 65_536, "embedding_dims")
-                as usize,
-        },
-    })
-}
-
 pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 /// RFC 9110 token characters.
-fn http_token(s: &str) -> bool {
+pub(super) fn http_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
