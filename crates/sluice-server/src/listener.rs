@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -30,6 +31,12 @@ use crate::conn::{Activity, ConnMetrics, Limits, TrackedBody, Waiting};
 /// How long a full listener waits for a place before evicting a silent
 /// connection.
 const EVICT_AFTER: Duration = Duration::from_millis(20);
+
+/// After shutdown, how long an HTTP/1.1 connection stays open for its
+/// client's next request, which is answered with `connection: close`. A
+/// busy keep-alive client so learns to reconnect from a response, instead
+/// of racing a close with its next request; an idle one is closed after it.
+const H1_DRAIN: Duration = Duration::from_secs(2);
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -59,6 +66,9 @@ struct Conn {
     metrics: ConnMetrics,
     /// Connections yet to send their first bytes, for eviction when full.
     waiting: Waiting,
+    /// Set once the listener stops accepting: HTTP/1.1 responses then say
+    /// `connection: close`.
+    draining: Arc<AtomicBool>,
 }
 
 /// Serves `l` until `shutdown` flips, then gives in-flight connections
@@ -93,6 +103,7 @@ pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
         max_head_bytes: cfg.max_header_bytes,
         metrics: l.metrics.clone(),
         waiting: Waiting::default(),
+        draining: Arc::default(),
     };
     let limits = Limits::new(l.max_connections, cfg.max_connections_per_ip);
     // Each connection task holds a sender; all gone = all connections done.
@@ -157,6 +168,7 @@ pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
             drop((slot, done));
         });
     }
+    conn.draining.store(true, Ordering::Relaxed);
     drop(l.listener);
     drop(done_tx);
     if tokio::time::timeout(l.cfg.shutdown_grace, done_rx.recv())
@@ -243,8 +255,26 @@ impl Conn {
         });
         let result = match proto {
             Proto::Http1 => {
+                let draining = self.draining.clone();
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let response = hyper::service::Service::call(&svc, req);
+                    let draining = draining.clone();
+                    async move {
+                        let mut r = response.await?;
+                        if draining.load(Ordering::Relaxed)
+                            && r.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            r.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
                 let conn = self.h1.serve_connection(io, svc).with_upgrades();
-                drive(conn, shutdown, None, self.head).await
+                let drain = self.head.min(H1_DRAIN);
+                drive(conn, shutdown, None, self.head, drain).await
             }
             Proto::Http2 => {
                 let activity = Arc::new(Activity::default());
@@ -258,7 +288,8 @@ impl Conn {
                     }
                 });
                 let conn = self.h2.serve_connection(io, svc);
-                let closed = drive(conn, shutdown, Some(&activity), self.head).await;
+                let closed =
+                    drive(conn, shutdown, Some(&activity), self.head, Duration::ZERO).await;
                 if closed == Ended::Idle {
                     self.metrics.closed(self.name, "idle");
                 }
@@ -361,19 +392,24 @@ enum Ended {
     Error(String),
 }
 
-/// Runs a connection to its end; on shutdown, or (HTTP/2) once no stream
-/// has been open for `idle_after`, asks it to finish what it has and close.
+/// Runs a connection to its end; `drain` after shutdown, or (HTTP/2) once
+/// no stream has been open for `idle_after`, asks it to finish what it has
+/// and close.
 async fn drive<C: Graceful>(
     conn: C,
     mut shutdown: watch::Receiver<bool>,
     activity: Option<&Activity>,
     idle_after: Duration,
+    drain: Duration,
 ) -> Ended {
     tokio::pin!(conn);
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful();
     }
+    let mut draining = false;
+    let drained = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drained);
     let mut idle_closed = false;
     let idle = async {
         match activity {
@@ -395,7 +431,16 @@ async fn drive<C: Graceful>(
                     _ => Ended::Done,
                 };
             }
-            _ = shutdown.changed(), if !closing => {
+            _ = shutdown.changed(), if !closing && !draining => {
+                if drain.is_zero() {
+                    closing = true;
+                    conn.as_mut().graceful();
+                } else {
+                    draining = true;
+                    drained.as_mut().reset(Instant::now() + drain);
+                }
+            }
+            _ = &mut drained, if draining && !closing => {
                 closing = true;
                 conn.as_mut().graceful();
             }

@@ -180,6 +180,10 @@ fn keep_what_start_fixed(new: &mut Config, running: &Config, source: &Source) {
     let fixed = [
         ("listeners", moved),
         (
+            "[server] upgrade_socket",
+            new.server.upgrade_socket != running.server.upgrade_socket,
+        ),
+        (
             "[server] TLS",
             format!("{:?}", new.server.tls) != format!("{:?}", running.server.tls),
         ),

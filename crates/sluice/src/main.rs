@@ -27,6 +27,10 @@ enum Command {
         /// Override server.admin_listen (metrics and admin API).
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// Take the listeners over from the running process at
+        /// [server] upgrade_socket (zero-downtime upgrade); it drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file; print every problem with file:line:col.
     CheckConfig {
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
             config: path,
             listen,
             admin_listen,
+            upgrade,
         } => {
             let loaded = match &path {
                 Some(p) => config::load_file(p),
@@ -205,7 +210,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(sluice_server::run(cfg, log_control, path.clone())) {
+            match runtime.block_on(sluice_server::run(
+                cfg,
+                log_control,
+                sluice_server::Start {
+                    config_path: path.clone(),
+                    upgrade,
+                },
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e:#}");

@@ -249,6 +249,9 @@ pub struct ServerConfig {
     pub http2_keepalive_interval: Duration,
     /// TLS on the API listener; `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// A Unix socket where this process hands its listeners to a new one
+    /// started with `sluice serve --upgrade` (zero-downtime upgrade).
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -222,6 +222,7 @@ pub struct RawServer {
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,
     pub tls_reload_ms: Option<Spanned<u64>>,
+    pub upgrade_socket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,7 +57,32 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             "http2_keepalive_interval_ms",
         )),
         tls: tls(c, s),
+        upgrade_socket: upgrade_socket(c, s),
     }
+}
+
+/// The longest path a Unix socket address holds (`sun_path`, less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn upgrade_socket(c: &mut Collector<'_>, s: &RawServer) -> Option<std::path::PathBuf> {
+    let v = s.upgrade_socket.as_ref()?;
+    let path = v.get_ref();
+    if path.is_empty() {
+        c.at(v.span(), "upgrade_socket: a path is needed");
+        return None;
+    }
+    if path.len() > MAX_SOCKET_PATH {
+        c.at(
+            v.span(),
+            format!(
+                "upgrade_socket: '{path}' is {} bytes; a Unix socket path holds at most \
+                 {MAX_SOCKET_PATH}",
+                path.len()
+            ),
+        );
+        return None;
+    }
+    Some(path.into())
 }
 
 fn tls(c: &mut Collector<'_>, s: &RawServer) -> Option<TlsConfig> {

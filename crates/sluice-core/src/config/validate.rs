@@ -323,6 +323,19 @@ pub(super) fn validate(
             );
         }
     }
+    if let Some(f) = raw.server.upgrade_socket.as_ref().filter(|_| whole) {
+        let path = std::path::Path::new(f.get_ref());
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            c.at(
+                f.span(),
+                format!(
+                    "upgrade_socket: the folder of '{}' does not exist",
+                    f.get_ref()
+                ),
+            );
+        }
+    }
     if c.errors.is_empty() {
         Ok(Config {
             server,
