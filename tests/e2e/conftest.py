@@ -71,7 +71,10 @@ class MockUpstream:
 class Gateway:
     def __init__(self, config_text=None, tmp_path=None, env=None, extra_args=(), listen="127.0.0.1:0",
                  preexec_fn=None, admin_listen="127.0.0.1:0"):
-        args = [str(SLUICE), "serve", "--listen", listen, "--admin-listen", admin_listen]
+        # None: the address comes from the configuration file.
+        args = [str(SLUICE), "serve"]
+        args += ["--listen", listen] if listen else []
+        args += ["--admin-listen", admin_listen] if admin_listen else []
         if config_text is not None:
             path = tmp_path / "sluice.toml"
             path.write_text(config_text)

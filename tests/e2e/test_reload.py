@@ -4,13 +4,15 @@ did not change (a tripped breaker) is kept, and a steady load sees no
 failure across reloads."""
 
 import hashlib
+import socket
 import signal
 import threading
 import time
 
 import httpx
+import pytest
 
-from conftest import ClosedPort, Gateway, wait_for
+from conftest import ClosedPort, Gateway, free_port, wait_for
 
 DEAD = ClosedPort()
 
@@ -152,3 +154,59 @@ def test_reloads_under_load_fail_no_request(tmp_path):
         g.stop()
     assert outcomes == [200] * 10 + [400], outcomes
     assert set(codes) == {200} and codes[200] > 100, codes
+
+
+def test_reload_moves_listeners_and_refuses_an_address_in_use(tmp_path):
+    a, b, admin_a, admin_b = (f"127.0.0.1:{free_port()}" for _ in range(4))
+
+    def listening(api, admin, extra=""):
+        return f'[server]\nlisten = "{api}"\nadmin_listen = "{admin}"\n' + config(extra)
+
+    g = Gateway(listening(a, admin_a), tmp_path=tmp_path, listen=None, admin_listen=None)
+    path = tmp_path / "sluice.toml"
+    try:
+        assert g.url == f"http://{a}"
+        kept = httpx.Client(timeout=10)
+        assert chat(g, "mock-1", kept).status_code == 200  # a keep-alive connection on the old address
+
+        path.write_text(listening(b, admin_b, '[[models]]\nname = "moved"\ntargets = [{ provider = "mock" }]\n'))
+        r = reload(g)
+        assert r.status_code == 200, r.text
+        moved = httpx.post(f"http://{b}/v1/chat/completions",
+                           json={"model": "moved", "messages": [{"role": "user", "content": "x"}]})
+        assert moved.status_code == 200
+        assert httpx.get(f"http://{admin_b}/healthz").status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{a}/healthz")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{admin_a}/healthz")
+        # What the old listener accepted runs on.
+        assert chat(g, "moved", kept).status_code == 200
+        kept.close()
+
+        # An address that is in use: the reload is refused, nothing moves.
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        path.write_text(listening(taken, admin_b))
+        r = httpx.post(f"http://{admin_b}/config/reload")
+        busy.close()
+        assert r.status_code == 400 and f"cannot listen on {taken}" in r.text, r.text
+        assert httpx.post(f"http://{b}/v1/chat/completions",
+                          json={"model": "moved", "messages": [{"role": "user", "content": "x"}]}
+                          ).status_code == 200, "the refused file changed nothing"
+        g.assert_alive()
+    finally:
+        g.stop()
+
+
+def test_listeners_given_on_the_command_line_stay_across_reloads(tmp_path):
+    g = Gateway(config(), tmp_path=tmp_path)  # --listen 127.0.0.1:0 on the command line
+    path = tmp_path / "sluice.toml"
+    try:
+        path.write_text(f'[server]\nlisten = "127.0.0.1:{free_port()}"\n' + config())
+        assert reload(g).status_code == 200
+        assert chat(g, "mock-1").status_code == 200, "still on the command line's address"
+    finally:
+        g.stop()

@@ -142,7 +142,7 @@ impl App {
             Vec<crate::admin_keys::KeySpec>,
             Vec<sluice_core::config::KeyConfig>,
         ),
-        config_path: Option<std::path::PathBuf>,
+        source: crate::reload::Source,
     ) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new();
         let tracing =
@@ -171,14 +171,9 @@ impl App {
             _ => None,
         };
         let access = crate::access::Access::build(&config, api_keys, None);
-        if let Some(bytes) = config_path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        if let Some(bytes) = source.path.as_ref().and_then(|p| std::fs::read(p).ok()) {
             metrics.reload.loaded(&crate::reload::file_hash(&bytes));
         }
-        let source = crate::reload::Source {
-            path: config_path,
-            listen: config.server.listen,
-            admin_listen: config.server.admin_listen,
-        };
         Ok(Arc::new(Self {
             source,
             access: ArcSwap::from_pointee(access),

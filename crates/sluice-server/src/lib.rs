@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod redis_conn;
 pub mod reload;
 pub mod routes;
+mod serving;
 pub mod shared_limits;
 pub mod telemetry;
 pub mod tls;
@@ -27,10 +28,7 @@ pub mod upgrade;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use anyhow::Context;
 use sluice_core::config::Config;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use logging::LogControl;
 
@@ -41,6 +39,10 @@ pub struct Start {
     pub config_path: Option<std::path::PathBuf>,
     /// Take the listeners over from the process at `[server] upgrade_socket`.
     pub upgrade: bool,
+    /// Listener addresses given on the command line: they win over the
+    /// file's, at start and on every reload.
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Why the serving ended.
@@ -54,7 +56,13 @@ enum Stop {
 /// Binds both listeners (or takes them over from a running process),
 /// prints the ready line, and serves until SIGINT/SIGTERM or until a new
 /// process takes over.
-pub async fn run(config: Config, log_control: LogControl, start: Start) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, log_control: LogControl, start: Start) -> anyhow::Result<()> {
+    if let Some(a) = start.listen {
+        config.server.listen = a;
+    }
+    if let Some(a) = start.admin_listen {
+        config.server.admin_listen = a;
+    }
     // An open API (no keys) is for a developer's own machine: refuse to
     // expose one unless the configuration says so explicitly.
     let api_keys = admin_keys::load(&config)?;
@@ -72,7 +80,7 @@ pub async fn run(config: Config, log_control: LogControl, start: Start) -> anyho
             "no [[keys]] configured: the API is open to anyone who can reach it"
         );
     }
-    let bound = bind(&config.server, start.upgrade).await?;
+    let bound = serving::bind(&config.server, start.upgrade).await?;
     let api_addr = bound.api.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     let first_model = config
@@ -87,51 +95,19 @@ pub async fn run(config: Config, log_control: LogControl, start: Start) -> anyho
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let keyed = !(config.keys.is_empty() && api_keys.1.is_empty());
-    let app = app::App::new(config, log_control, api_keys, start.config_path)?;
-
-    let (tx, rx) = watch::channel(false);
-    let open_files = conn::open_files_limit();
-    let (api_cap, admin_cap) = conn::caps(server_cfg.max_connections, open_files);
-    if api_cap < server_cfg.max_connections {
-        tracing::info!(
-            open_files,
-            api = api_cap,
-            admin = admin_cap,
-            "connection caps lowered to fit the descriptor limit"
-        );
-    }
-    let offered = upgrade_fds(&bound)?;
-    let api = tokio::spawn(listener::serve(
-        listener::Listener {
-            name: "api",
-            listener: bound.api,
-            router: routes::api(app.clone()),
-            cfg: server_cfg.clone(),
-            tls,
-            max_connections: api_cap,
-            metrics: app.metrics.connections.clone(),
-        },
-        rx.clone(),
-    ));
-    let admin = tokio::spawn(listener::serve(
-        listener::Listener {
-            name: "admin",
-            listener: bound.admin,
-            router: routes::admin(app.clone()),
-            cfg: server_cfg.clone(),
-            tls: None,
-            max_connections: admin_cap,
-            metrics: app.metrics.connections.clone(),
-        },
-        rx,
-    ));
+    let (moves, mut moved) = tokio::sync::mpsc::unbounded_channel();
+    let source = reload::Source {
+        path: start.config_path,
+        listen: start.listen,
+        admin_listen: start.admin_listen,
+        moves,
+    };
+    let app = app::App::new(config, log_control, api_keys, source)?;
+    let mut serving = serving::Serving::start(bound, &app, &server_cfg, tls)?;
     app.ready.store(true, Ordering::Release);
     // After a handover, the old process stops accepting only now that
     // this one serves; then this one owns the upgrade socket.
-    let upgrade_socket = match bound.handover {
-        Some(h) => Some(tokio::task::spawn_blocking(move || h.ready()).await??),
-        None => bound.upgrade_socket,
-    };
+    serving.took_over().await?;
     println!(
         "{}",
         ready_line(scheme, api_addr, admin_addr, &first_model, keyed)
@@ -140,19 +116,20 @@ pub async fn run(config: Config, log_control: LogControl, start: Start) -> anyho
 
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(app.clone()));
-    let offer = async {
-        match (upgrade_socket, offered) {
-            (Some(sock), Some((api_fd, admin_fd))) => upgrade::offer(sock, api_fd, admin_fd).await,
-            _ => std::future::pending().await,
+    // Boxed to be dropped before the drain: its copies of the listening
+    // sockets must not keep them open once this process stops accepting.
+    let mut offer = Box::pin(serving.offer());
+    let stop = loop {
+        tokio::select! {
+            _ = shutdown_signal() => break Stop::Signal,
+            r = &mut offer => {
+                r?;
+                break Stop::Upgraded;
+            }
+            Some(m) = moved.recv() => serving.moved(m),
         }
     };
-    let stop = tokio::select! {
-        _ = shutdown_signal() => Stop::Signal,
-        r = offer => {
-            r?;
-            Stop::Upgraded
-        }
-    };
+    drop(offer);
     app.ready.store(false, Ordering::Release);
     match stop {
         Stop::Signal => {
@@ -165,18 +142,18 @@ pub async fn run(config: Config, log_control: LogControl, start: Start) -> anyho
             if let Some(h) = &app.hub {
                 h.close_all(std::time::Duration::from_secs(3)).await;
             }
-            let _ = tx.send(true);
+            serving.finish().await;
         }
         Stop::Upgraded => {
             // Accepting stops first, so agents told to reconnect (1001)
             // reach the new process.
-            let _ = tx.send(true);
+            let finished = serving.finish();
             if let Some(h) = &app.hub {
                 h.close_all(std::time::Duration::from_secs(3)).await;
             }
+            finished.await;
         }
     }
-    let _ = tokio::join!(api, admin);
     if let Some(a) = &app.audit {
         a.flush(std::time::Duration::from_secs(5)).await;
     }
@@ -184,80 +161,6 @@ pub async fn run(config: Config, log_control: LogControl, start: Start) -> anyho
         t.shutdown().await;
     }
     Ok(())
-}
-
-/// The listeners a process serves on, and how it takes part in upgrades.
-struct Bound {
-    api: TcpListener,
-    admin: TcpListener,
-    /// Set when these listeners came from a running process.
-    handover: Option<upgrade::Handover>,
-    /// The upgrade socket this process answers on (a fresh start).
-    upgrade_socket: Option<std::os::unix::net::UnixListener>,
-}
-
-async fn bind(cfg: &sluice_core::config::ServerConfig, upgrade: bool) -> anyhow::Result<Bound> {
-    if !upgrade {
-        let upgrade_socket = match &cfg.upgrade_socket {
-            Some(p) => Some(upgrade::bind_fresh(p)?),
-            None => None,
-        };
-        let api = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let admin = TcpListener::bind(cfg.admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
-        return Ok(Bound {
-            api,
-            admin,
-            handover: None,
-            upgrade_socket,
-        });
-    }
-    let Some(path) = cfg.upgrade_socket.clone() else {
-        anyhow::bail!("--upgrade needs [server] upgrade_socket in the configuration");
-    };
-    let (sockets, handover) =
-        tokio::task::spawn_blocking(move || upgrade::receive(&path)).await??;
-    Ok(Bound {
-        api: adopt(sockets.api, cfg.listen, "").await?,
-        admin: adopt(sockets.admin, cfg.admin_listen, " (admin)").await?,
-        handover: Some(handover),
-        upgrade_socket: None,
-    })
-}
-
-/// A handed-over listener, when it is where the configuration wants one
-/// (port 0: any port); otherwise a new one at the configured address.
-async fn adopt(
-    inherited: std::net::TcpListener,
-    want: SocketAddr,
-    what: &str,
-) -> anyhow::Result<TcpListener> {
-    let have = inherited.local_addr()?;
-    if have == want || (want.port() == 0 && want.ip() == have.ip()) {
-        return Ok(TcpListener::from_std(inherited)?);
-    }
-    tracing::info!(%have, %want, "the new configuration moves a listener; binding it anew");
-    TcpListener::bind(want)
-        .await
-        .with_context(|| format!("cannot listen on {want}{what}"))
-}
-
-/// Copies of the listening sockets to hand to a successor, when this
-/// process answers upgrades.
-fn upgrade_fds(
-    bound: &Bound,
-) -> anyhow::Result<Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>> {
-    use std::os::fd::AsFd;
-    if bound.upgrade_socket.is_none() && bound.handover.is_none() {
-        return Ok(None);
-    }
-    Ok(Some((
-        bound.api.as_fd().try_clone_to_owned()?,
-        bound.admin.as_fd().try_clone_to_owned()?,
-    )))
 }
 
 /// One line: where Sluice listens and a curl command that works as printed

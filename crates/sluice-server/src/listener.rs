@@ -41,11 +41,12 @@ const H1_DRAIN: Duration = Duration::from_secs(2);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What one listener serves and how it bounds its connections.
-pub struct Listener {
+/// What one listener serves and how it bounds its connections (kept to
+/// serve the same on a listener bound anew).
+#[derive(Clone)]
+pub struct Spec {
     /// `api` or `admin`: the metrics label.
     pub name: &'static str,
-    pub listener: TcpListener,
     pub router: Router,
     pub cfg: ServerConfig,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -71,9 +72,15 @@ struct Conn {
     draining: Arc<AtomicBool>,
 }
 
-/// Serves `l` until `shutdown` flips, then gives in-flight connections
-/// `cfg.shutdown_grace` to finish.
-pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
+/// Accepts on `listener` until `shutdown` (or `stop`, when the listener
+/// moved) flips; then gives in-flight connections `cfg.shutdown_grace`
+/// after `shutdown` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    l: Spec,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let cfg = &l.cfg;
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
@@ -121,11 +128,13 @@ pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
                     evictable = conn.waiting.evict_oldest();
                 }
                 _ = shutdown.changed() => break 'accept,
+                _ = stop.changed() => break 'accept,
             }
         };
         let accepted = tokio::select! {
-            a = l.listener.accept() => a,
+            a = listener.accept() => a,
             _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => {
@@ -168,9 +177,17 @@ pub async fn serve(l: Listener, mut shutdown: watch::Receiver<bool>) {
             drop((slot, done));
         });
     }
-    conn.draining.store(true, Ordering::Relaxed);
-    drop(l.listener);
+    drop(listener);
     drop(done_tx);
+    if !*shutdown.borrow() {
+        // Moved: what this listener accepted runs on until it ends, or
+        // until the shutdown.
+        tokio::select! {
+            _ = done_rx.recv() => return,
+            _ = shutdown.changed() => {}
+        }
+    }
+    conn.draining.store(true, Ordering::Relaxed);
     if tokio::time::timeout(l.cfg.shutdown_grace, done_rx.recv())
         .await
         .is_err()

@@ -7,9 +7,11 @@
 //! estimate; a provider whose transport settings are the same keeps its
 //! connection pool; keys that stay keep their rate-limit buckets and
 //! budgets. Requests in flight finish on the snapshot they started with.
-//! The listeners, TLS, Redis, the audit trail, tracing, logging and the
-//! agent hub are set up once at start: changes there wait for a restart
-//! (said in the log when the file changes them).
+//! A listener the file moved is bound before anything is swapped (an
+//! address in use refuses the reload); connections the old one accepted
+//! run on. TLS, Redis, the audit trail, tracing, logging and the agent hub
+//! are set up once at start: changes there wait for a restart or an
+//! upgrade (said in the log when the file changes them).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +32,11 @@ use crate::app::{App, Snapshot};
 pub struct Source {
     /// `None`: the embedded default, which has no file to reread.
     pub path: Option<PathBuf>,
-    /// The listeners as bound at start (a reload cannot move them).
-    pub listen: std::net::SocketAddr,
-    pub admin_listen: std::net::SocketAddr,
+    /// Listener addresses from the command line: a reload does not move them.
+    pub listen: Option<std::net::SocketAddr>,
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Where a reload sends the listeners it bound at moved addresses.
+    pub moves: tokio::sync::mpsc::UnboundedSender<crate::serving::Moved>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +141,8 @@ fn try_reload(
     })
     .map_err(|e| e.to_string())?;
     let prev = app.snapshot.load_full();
-    keep_what_start_fixed(&mut config, &prev.config, &app.source);
+    keep_what_start_fixed(&mut config, &prev.config);
+    let moved = bind_moved(&mut config, &prev.config, &app.source)?;
     // Keys added through the admin API: reread from the keys file when
     // there is one; without one they live only in memory, and stay.
     let (specs, api_keys) = if config.keys_file.is_some() {
@@ -163,22 +168,57 @@ fn try_reload(
     app.access.store(Arc::new(access));
     app.snapshot.store(Arc::new(snapshot));
     *key_specs = specs;
+    for m in moved {
+        let _ = app.source.moves.send(m);
+    }
     Ok(Reloaded {
         sha256: file_hash(&bytes),
         models,
     })
 }
 
-/// The listeners stay where they were bound; parts set up once at start
-/// keep running as they are, and the log says a change there waits.
-fn keep_what_start_fixed(new: &mut Config, running: &Config, source: &Source) {
-    let moved = new.server.listen != running.server.listen && new.server.listen != source.listen
-        || new.server.admin_listen != running.server.admin_listen
-            && new.server.admin_listen != source.admin_listen;
-    new.server.listen = source.listen;
-    new.server.admin_listen = source.admin_listen;
+/// Binds the listeners whose address the file changed (the command
+/// line's stay), before anything is swapped: an address that cannot be
+/// bound refuses the reload.
+fn bind_moved(
+    new: &mut Config,
+    running: &Config,
+    source: &Source,
+) -> Result<Vec<crate::serving::Moved>, String> {
+    let mut moved = Vec::new();
+    let pairs = [
+        (
+            "api",
+            &mut new.server.listen,
+            running.server.listen,
+            source.listen,
+        ),
+        (
+            "admin",
+            &mut new.server.admin_listen,
+            running.server.admin_listen,
+            source.admin_listen,
+        ),
+    ];
+    for (name, want, had, pinned) in pairs {
+        if let Some(p) = pinned {
+            *want = p;
+        }
+        if *want == had {
+            continue;
+        }
+        let listener = std::net::TcpListener::bind(*want)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("cannot listen on {want} ({name}): {e}"))?;
+        moved.push(crate::serving::Moved { name, listener });
+    }
+    Ok(moved)
+}
+
+/// Parts set up once at start keep running as they are, and the log says
+/// a change there waits.
+fn keep_what_start_fixed(new: &mut Config, running: &Config) {
     let fixed = [
-        ("listeners", moved),
         (
             "[server] upgrade_socket",
             new.server.upgrade_socket != running.server.upgrade_socket,

@@ -24,6 +24,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -154,12 +155,10 @@ pub fn bind_fresh(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListene
 /// process serving as before.
 pub async fn offer(
     listener: std::os::unix::net::UnixListener,
-    api: OwnedFd,
-    admin: OwnedFd,
+    fds: Arc<Mutex<[OwnedFd; 2]>>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    let fds = std::sync::Arc::new([api, admin]);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -184,7 +183,7 @@ pub async fn offer(
 }
 
 /// One attempt, blocking: returns the new process's pid once it serves.
-fn hand_over(stream: UnixStream, fds: &[OwnedFd; 2]) -> anyhow::Result<u32> {
+fn hand_over(stream: UnixStream, fds: &Mutex<[OwnedFd; 2]>) -> anyhow::Result<u32> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
@@ -203,17 +202,20 @@ fn hand_over(stream: UnixStream, fds: &[OwnedFd; 2]) -> anyhow::Result<u32> {
         .and_then(|rest| rest.trim().parse::<u32>().ok())
         .with_context(|| format!("not an upgrade request: '{}'", line.trim_end()))?;
     tracing::info!(new_pid = pid, "upgrade: handing the listeners over");
-    let borrowed = [fds[0].as_fd(), fds[1].as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&borrowed));
+    {
+        let fds = fds.lock().expect("fd lock is never poisoned");
+        let borrowed = [fds[0].as_fd(), fds[1].as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        rustix::net::sendmsg(
+            reader.get_ref(),
+            &[IoSlice::new(b"listeners api admin\n")],
+            &mut control,
+            SendFlags::empty(),
+        )?;
+    }
     let stream = reader.get_mut();
-    rustix::net::sendmsg(
-        &*stream,
-        &[IoSlice::new(b"listeners api admin\n")],
-        &mut control,
-        SendFlags::empty(),
-    )?;
     stream.set_read_timeout(Some(READY_TIMEOUT))?;
     line.clear();
     reader.read_line(&mut line)?;

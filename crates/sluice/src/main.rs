@@ -175,19 +175,13 @@ fn main() -> ExitCode {
                 Some(p) => config::load_file(p),
                 None => config::embedded_default(&|k| std::env::var(k).ok()),
             };
-            let mut cfg = match loaded {
+            let cfg = match loaded {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::from(1);
                 }
             };
-            if let Some(a) = listen {
-                cfg.server.listen = a;
-            }
-            if let Some(a) = admin_listen {
-                cfg.server.admin_listen = a;
-            }
             let log_control = match init_logging(&cfg.logging) {
                 Ok(c) => c,
                 Err(e) => {
@@ -216,6 +210,8 @@ fn main() -> ExitCode {
                 sluice_server::Start {
                     config_path: path.clone(),
                     upgrade,
+                    listen,
+                    admin_listen,
                 },
             )) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -311,29 +311,24 @@ pub(super) fn validate(
         });
     }
 
-    if let Some(f) = raw.auth.keys_file.as_ref().filter(|_| whole) {
-        // Written on the first key change: a missing folder would only
-        // show then, as a failed request.
-        let path = std::path::Path::new(f.get_ref());
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) {
-            c.at(
-                f.span(),
-                format!("keys_file: the folder of '{}' does not exist", f.get_ref()),
-            );
-        }
-    }
-    if let Some(f) = raw.server.upgrade_socket.as_ref().filter(|_| whole) {
-        let path = std::path::Path::new(f.get_ref());
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) {
-            c.at(
-                f.span(),
-                format!(
-                    "upgrade_socket: the folder of '{}' does not exist",
-                    f.get_ref()
-                ),
-            );
+    if whole {
+        // Files written later (the keys file on the first key change, the
+        // upgrade socket at start): a missing folder would only show then.
+        let later = [
+            ("keys_file", raw.auth.keys_file.as_ref()),
+            ("upgrade_socket", raw.server.upgrade_socket.as_ref()),
+        ];
+        for (key, f) in later {
+            let Some(f) = f else { continue };
+            let dir = std::path::Path::new(f.get_ref())
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                c.at(
+                    f.span(),
+                    format!("{key}: the folder of '{}' does not exist", f.get_ref()),
+                );
+            }
         }
     }
     if c.errors.is_empty() {
