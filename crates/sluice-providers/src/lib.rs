@@ -3,6 +3,7 @@
 //! One module per wire format. Translation and observation are plain functions
 //! over bytes and types; only [`transport`] does I/O.
 
+pub mod adapter;
 pub mod anthropic;
 pub mod check;
 pub mod gemini;
@@ -12,6 +13,7 @@ pub mod sse;
 pub mod template;
 pub mod translate;
 pub mod transport;
+pub mod wire;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

@@ -20,14 +20,7 @@ use crate::openai::types as ot;
 use crate::sse::{self, Decoder};
 use crate::{BodyError, BoxBody};
 
-/// A wire format, of a client or of an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wire {
-    OpenAi,
-    Anthropic,
-    /// Upstream only: Gemini's `generateContent`.
-    Gemini,
-}
+pub use crate::wire::{Delivery, Wire};
 
 /// Largest single SSE event accepted from an upstream.
 pub const MAX_EVENT: usize = 1 << 20;

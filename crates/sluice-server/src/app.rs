@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use sluice_core::GatewayError;
-use sluice_core::config::{Config, ProviderKind};
+use sluice_core::config::Config;
 use sluice_core::route::RouteTable;
+use sluice_providers::adapter::Adapter;
 use sluice_providers::transport::{self, UpstreamClient};
-use sluice_providers::{anthropic, gemini, openai};
 
 use crate::metrics::Metrics;
 
@@ -19,24 +19,17 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
-    /// Index-aligned with `config.providers`; `None` for in-process providers.
-    pub upstreams: Vec<Option<Upstream>>,
+    /// Index-aligned with `config.providers`.
+    pub upstreams: Vec<Upstream>,
     /// Takes the providers' keys (and key-shaped text) out of every
     /// upstream body or message relayed to a client.
     pub scrubber: sluice_core::scrub::Scrubber,
 }
 
-/// A network provider's pooled client and request template.
+/// A provider's adapter, and its pooled client when it is on the network.
 pub struct Upstream {
-    pub client: UpstreamClient,
-    pub endpoint: Endpoint,
-}
-
-/// How requests to a provider are addressed, per wire format.
-pub enum Endpoint {
-    OpenAi(openai::Endpoint),
-    Anthropic(anthropic::Endpoint),
-    Gemini(gemini::Endpoint),
+    pub client: Option<UpstreamClient>,
+    pub adapter: Adapter,
 }
 
 impl Snapshot {
@@ -73,24 +66,17 @@ impl Snapshot {
                 .providers
                 .iter()
                 .position(|q| transport(q) == transport(p))?;
-            prev.upstreams[i].as_ref().map(|u| u.client.clone())
+            prev.upstreams[i].client.clone()
         };
         let upstreams = config
             .providers
             .iter()
             .map(|p| {
-                let endpoint = match p.kind {
-                    ProviderKind::OpenAi | ProviderKind::Azure => {
-                        Endpoint::OpenAi(openai::Endpoint::new(p)?)
-                    }
-                    ProviderKind::Anthropic => Endpoint::Anthropic(anthropic::Endpoint::new(p)?),
-                    ProviderKind::Gemini => Endpoint::Gemini(gemini::Endpoint::new(p)?),
-                    ProviderKind::Mock => return Ok(None),
-                };
-                Ok(Some(Upstream {
-                    client: pool_of(p).unwrap_or_else(|| transport::client_for(p)),
-                    endpoint,
-                }))
+                let adapter = Adapter::new(p)?;
+                let client = adapter
+                    .over_network()
+                    .then(|| pool_of(p).unwrap_or_else(|| transport::client_for(p)));
+                Ok(Upstream { client, adapter })
             })
             .collect::<Result<_, GatewayError>>()?;
         let scrubber = sluice_core::scrub::Scrubber::new(

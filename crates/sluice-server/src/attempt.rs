@@ -15,18 +15,16 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Frame;
-use sluice_core::config::ProviderKind;
-use sluice_core::request::{self, Operation, RequestPeek, Usage};
+use sluice_core::request::{Operation, RequestPeek, Usage};
 use sluice_core::resilience::{Outcome, Transition, now_nanos};
 use sluice_core::route::{Admitted, ModelRoute, TargetSet, backoff};
 use sluice_core::{ErrorKind, GatewayError};
-use sluice_providers::anthropic::outbound;
-use sluice_providers::openai::types::ChatRequest;
+use sluice_providers::adapter::{Outgoing, Prepared};
 use sluice_providers::translate::{self, Wire};
-use sluice_providers::{BoxBody, gemini, mock, transport};
+use sluice_providers::{BoxBody, transport};
 use tokio::time::{Instant, timeout_at};
 
-use crate::app::{Endpoint, Snapshot};
+use crate::app::Snapshot;
 use crate::deliver::{box_err, deliver, relay_error};
 use crate::observe::Recorder;
 
@@ -299,63 +297,40 @@ async fn attempt(
 ) -> Attempt {
     let target = &model.targets[index];
     let provider = &call.snap.config.providers[target.provider];
-    let Some(upstream) = call.snap.upstreams[target.provider].as_ref() else {
-        debug_assert_eq!(provider.kind, ProviderKind::Mock);
-        return mock_attempt(call, provider, &target.model).await;
+    let upstream = &call.snap.upstreams[target.provider];
+    let outgoing = Outgoing {
+        op: call.op,
+        body: call.body,
+        peek: call.peek,
+        native: call.native.clone(),
+        request_id: call.request_id,
     };
-    let (req, wire) = match &upstream.endpoint {
-        Endpoint::OpenAi(e) => {
-            let mut body = if *target.model == *call.peek.model {
-                call.body.clone()
-            } else {
-                Bytes::from(request::rewrite_model(
-                    call.body,
-                    call.peek.model_span.clone(),
-                    &target.model,
-                ))
+    let req = match upstream
+        .adapter
+        .prepare(&outgoing, provider, &target.model)
+        .await
+    {
+        Ok(Prepared::Http(req)) => req,
+        Ok(Prepared::Local(resp, usage)) => {
+            let (head, body) = resp.into_parts();
+            return Attempt::Commit {
+                head,
+                body,
+                first: None,
+                outcome: Outcome::Success,
+                wire: upstream.adapter.wire(),
+                usage: Some(usage),
+                over_wire: false,
             };
-            if call.peek.stream && !call.peek.include_usage {
-                // Usage is always wanted for accounting; the client sees it
-                // only if it asked (the response filter drops it otherwise).
-                body = request::force_include_usage(&body);
-            }
-            (
-                e.request(call.op, body, Some(call.request_id)),
-                Wire::OpenAi,
-            )
         }
-        Endpoint::Anthropic(e) => {
-            if call.op == Operation::Embeddings {
-                return no_embeddings(provider);
-            }
-            let body = match &call.native {
-                Some((native, span)) => {
-                    Bytes::from(request::rewrite_model(native, span.clone(), &target.model))
-                }
-                None => match canonical(call) {
-                    Ok(req) => json_bytes(&outbound::request(
-                        req,
-                        &target.model,
-                        provider.default_max_tokens,
-                    )),
-                    Err(e) => return Attempt::Reject(e),
-                },
-            };
-            (e.request(body, Some(call.request_id)), Wire::Anthropic)
-        }
-        Endpoint::Gemini(e) => {
-            if call.op == Operation::Embeddings {
-                return no_embeddings(provider);
-            }
-            let body = match canonical(call) {
-                Ok(req) => json_bytes(&gemini::translate::request(req)),
-                Err(e) => return Attempt::Reject(e),
-            };
-            match e.request(&target.model, call.peek.stream, body, Some(call.request_id)) {
-                Ok(r) => (r, Wire::Gemini),
-                Err(e) => return Attempt::Reject(e),
-            }
-        }
+        Err(e) => return Attempt::Reject(e),
+    };
+    let wire = upstream.adapter.wire();
+    let Some(client) = &upstream.client else {
+        return Attempt::Reject(GatewayError::new(
+            ErrorKind::Internal,
+            format!("provider '{}' has no connection pool", provider.name),
+        ));
     };
     let mut req = req;
     if let Some((tp, state)) = traceparent {
@@ -367,7 +342,7 @@ async fn attempt(
     }
     let started = Instant::now();
     let head_deadline = (started + provider.timeout).min(call.deadline);
-    let resp = match timeout_at(head_deadline, transport::send(&upstream.client, req)).await {
+    let resp = match timeout_at(head_deadline, transport::send(client, req)).await {
         Err(_) if head_deadline >= call.deadline => return retry(deadline_error(call.budget)),
         Err(_) => {
             return retry(GatewayError::new(
@@ -505,66 +480,6 @@ async fn first_frame(
         if !h.trim_ascii().is_empty() || h.len() > MAX_HELD {
             return held.map(|h| Ok(Frame::data(h.freeze())));
         }
-    }
-}
-
-/// The request in the typed OpenAI shape, for translation to another format.
-fn canonical(call: &Call<'_>) -> Result<ChatRequest, GatewayError> {
-    serde_json::from_slice(call.body)
-        .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}")))
-}
-
-fn json_bytes(v: &impl serde::Serialize) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).expect("serializing to a Vec cannot fail"))
-}
-
-fn no_embeddings(provider: &sluice_core::config::ProviderConfig) -> Attempt {
-    Attempt::Reject(GatewayError::new(
-        ErrorKind::UnsupportedOperation,
-        format!(
-            "provider '{}' ({}) has no embeddings endpoint behind this gateway",
-            provider.name, provider.preset
-        ),
-    ))
-}
-
-/// The built-in mock: an OpenAI-format answer produced in process.
-async fn mock_attempt(
-    call: &Call<'_>,
-    provider: &sluice_core::config::ProviderConfig,
-    model: &str,
-) -> Attempt {
-    let cfg = &provider.mock;
-    let resp = match call.op {
-        Operation::Chat | Operation::Messages => match mock::chat_reply(cfg, call.body) {
-            Ok(reply) => {
-                let usage = reply.usage;
-                // Always include the usage chunk: the client filter decides.
-                let r = if call.peek.stream {
-                    mock::chat_stream(cfg, model, reply, true)
-                } else {
-                    mock::chat_response(cfg, model, reply).await
-                };
-                Ok((r, usage))
-            }
-            Err(e) => Err(e),
-        },
-        Operation::Embeddings => mock::embeddings_response(cfg, model, call.body),
-    };
-    match resp {
-        Ok((r, usage)) => {
-            let (head, body) = r.into_parts();
-            Attempt::Commit {
-                head,
-                body,
-                first: None,
-                outcome: Outcome::Success,
-                wire: Wire::OpenAi,
-                usage: Some(usage),
-                over_wire: false,
-            }
-        }
-        Err(e) => Attempt::Reject(e),
     }
 }
 

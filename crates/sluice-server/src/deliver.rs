@@ -12,12 +12,10 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response};
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody as FrameStream};
 use hyper::body::Frame;
-use sluice_core::request::Usage;
 use sluice_core::route::Admitted;
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::BoxBody;
-use sluice_providers::anthropic::types as at;
-use sluice_providers::translate::{self, StreamBody, UsageCell, Wire};
+use sluice_providers::translate::{self, Delivery, StreamBody, UsageCell, Wire};
 use tokio::time::timeout_at;
 
 use crate::attempt::{Call, deadline_error};
@@ -42,7 +40,12 @@ pub(crate) async fn deliver(
     let mut headers = HeaderMap::new();
     copy_response_headers(&head.headers, &mut headers);
     let stream = call.peek.stream && status.is_success();
-    let same_format = wire == call.client;
+    let delivery = wire.delivery(
+        call.client,
+        call.peek.stream,
+        status.is_success(),
+        call.include_usage,
+    );
     let mut watch = Watch {
         usage_tail: false,
         idle,
@@ -54,13 +57,14 @@ pub(crate) async fn deliver(
         usage_cell: None,
     };
 
-    let body: BoxBody = if stream {
-        if same_format && wire == Wire::OpenAi && call.include_usage {
-            // The pure passthrough: bytes as they come, usage read from the tail.
+    let body: BoxBody = match delivery {
+        Delivery::Passthrough => {
+            // Bytes as they come, usage read from the tail.
             watch.usage_tail = true;
             watch.first = first;
             body
-        } else {
+        }
+        Delivery::Stream => {
             let cell = Arc::new(UsageCell::default());
             watch.usage_cell = Some(cell.clone());
             StreamBody::new(
@@ -74,60 +78,53 @@ pub(crate) async fn deliver(
             )
             .boxed_unsync()
         }
-    } else if same_format && wire == Wire::OpenAi && status.is_success() {
-        watch.usage_tail = true;
-        watch.first = first;
-        body
-    } else {
-        // A whole JSON body to convert (or an Anthropic body to read usage from).
-        let collected = timeout_at(
-            call.deadline,
-            collect_limited(prepend(first, body), CONVERT_LIMIT),
-        )
-        .await;
-        let bytes = match collected {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                return rec.reply_error(&GatewayError::new(
-                    ErrorKind::UpstreamProtocol,
-                    format!("could not read the upstream response: {e}"),
-                ));
-            }
-            Err(_) => return rec.reply_error(&deadline_error(call.budget)),
-        };
-        let converted = if !status.is_success() {
-            // The upstream's own refusal: relayed, without our secrets.
-            let bytes = scrubbed(call, bytes);
-            Ok(
-                translate::error_body(wire, call.client, status.as_u16(), &bytes)
-                    .map(Bytes::from)
-                    .unwrap_or(bytes),
+        Delivery::Whole => {
+            // A whole JSON body to convert (or to read usage from).
+            let collected = timeout_at(
+                call.deadline,
+                collect_limited(prepend(first, body), CONVERT_LIMIT),
             )
-        } else if same_format {
-            if let Ok(r) = serde_json::from_slice::<at::MessagesResponse>(&bytes) {
-                rec.set_usage(Usage {
-                    prompt_tokens: r.usage.prompt_tokens(),
-                    completion_tokens: r.usage.output_tokens,
-                });
-            }
-            Ok(bytes)
-        } else {
-            translate::json_response(wire, call.client, &bytes, call.client_model, unix_now()).map(
-                |(out, usage)| {
-                    if let Some(u) = usage {
-                        rec.set_usage(u);
-                    }
-                    Bytes::from(out)
-                },
-            )
-        };
-        match converted {
-            Ok(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
-            Err(e) => {
-                return rec.reply_error(&GatewayError::new(
-                    ErrorKind::UpstreamProtocol,
-                    format!("the upstream's response could not be read as {wire:?}: {e}"),
-                ));
+            .await;
+            let bytes = match collected {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    return rec.reply_error(&GatewayError::new(
+                        ErrorKind::UpstreamProtocol,
+                        format!("could not read the upstream response: {e}"),
+                    ));
+                }
+                Err(_) => return rec.reply_error(&deadline_error(call.budget)),
+            };
+            let converted = if !status.is_success() {
+                // The upstream's own refusal: relayed, without our secrets.
+                let bytes = scrubbed(call, bytes);
+                Ok(
+                    translate::error_body(wire, call.client, status.as_u16(), &bytes)
+                        .map(Bytes::from)
+                        .unwrap_or(bytes),
+                )
+            } else if wire == call.client {
+                if let Some(u) = wire.usage_of(&bytes) {
+                    rec.set_usage(u);
+                }
+                Ok(bytes)
+            } else {
+                translate::json_response(wire, call.client, &bytes, call.client_model, unix_now())
+                    .map(|(out, usage)| {
+                        if let Some(u) = usage {
+                            rec.set_usage(u);
+                        }
+                        Bytes::from(out)
+                    })
+            };
+            match converted {
+                Ok(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
+                Err(e) => {
+                    return rec.reply_error(&GatewayError::new(
+                        ErrorKind::UpstreamProtocol,
+                        format!("the upstream's response could not be read as {wire:?}: {e}"),
+                    ));
+                }
             }
         }
     };

@@ -23,11 +23,7 @@ use crate::observe::error_response;
 
 /// The error body format a path answers in.
 pub fn wire_of(path: &str) -> Wire {
-    if path.starts_with("/v1/messages") {
-        Wire::Anthropic
-    } else {
-        Wire::OpenAi
-    }
+    Wire::of_path(path)
 }
 
 /// An axum refusal (status and text) as the gateway's error body.

@@ -356,11 +356,7 @@ impl Recorder {
 }
 
 pub fn error_response(e: &GatewayError, wire: Wire) -> Response<Body> {
-    let body = match wire {
-        Wire::Anthropic => e.to_anthropic_json(),
-        Wire::OpenAi | Wire::Gemini => e.to_openai_json(),
-    };
-    let mut r = Response::new(Body::from(body));
+    let mut r = Response::new(Body::from(wire.error_json(e)));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

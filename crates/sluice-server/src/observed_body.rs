@@ -149,18 +149,7 @@ impl ObservedBody {
         }
         self.settle();
         if self.sse {
-            let mut event = Vec::with_capacity(160);
-            match self.wire {
-                Wire::OpenAi | Wire::Gemini => {
-                    event.extend_from_slice(b"data: ");
-                    event.extend_from_slice(&e.to_openai_json());
-                }
-                Wire::Anthropic => {
-                    event.extend_from_slice(b"event: error\ndata: ");
-                    event.extend_from_slice(&e.to_anthropic_json());
-                }
-            }
-            event.extend_from_slice(b"\n\n");
+            let event = self.wire.error_event(&e);
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
         } else {
             Poll::Ready(Some(Err(Box::new(e))))

@@ -16,7 +16,6 @@ use sluice_core::{ErrorKind, GatewayError};
 use tokio::time::Instant;
 
 use sluice_providers::anthropic::inbound;
-use sluice_providers::anthropic::types::MessagesRequest;
 use sluice_providers::translate::Wire;
 
 use crate::admission;
@@ -187,18 +186,10 @@ async fn proxy(
     let canonical;
     let canonical_peek;
     let (op, body_ref, peek_ref, native) = if op == Operation::Messages {
-        let req: MessagesRequest = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return rec.reply_error(&GatewayError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("invalid request: {e}"),
-                ));
-            }
+        canonical = match inbound::canonical(&body) {
+            Ok(b) => b,
+            Err(e) => return rec.reply_error(&e),
         };
-        canonical = Bytes::from(
-            serde_json::to_vec(&inbound::request(req)).expect("serializing to a Vec cannot fail"),
-        );
         canonical_peek = match request::peek(&canonical, Operation::Chat) {
             Ok(p) => p,
             Err(e) => return rec.reply_error(&e),

@@ -14,6 +14,20 @@ use crate::openai::types::{
 use crate::sse::push_event;
 
 /// The OpenAI chat request for an Anthropic Messages request.
+/// An Anthropic client's request body in the OpenAI shape (the canonical
+/// one every target adapter starts from).
+pub fn canonical(body: &[u8]) -> Result<bytes::Bytes, sluice_core::GatewayError> {
+    let req: MessagesRequest = serde_json::from_slice(body).map_err(|e| {
+        sluice_core::GatewayError::new(
+            sluice_core::ErrorKind::InvalidRequest,
+            format!("invalid request: {e}"),
+        )
+    })?;
+    Ok(bytes::Bytes::from(
+        serde_json::to_vec(&request(req)).expect("serializing to a Vec cannot fail"),
+    ))
+}
+
 pub fn request(req: MessagesRequest) -> ChatRequest {
     let mut messages = Vec::new();
     if let Some(system) = &req.system {

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use sluice_core::config::{ProviderConfig, ProviderKind, TelemetryConfig};
+use sluice_core::config::{ProviderConfig, TelemetryConfig};
 
 use crate::metrics::OutcomeLabels;
 pub use otlp::Kind;
@@ -419,7 +419,7 @@ impl Tracing {
             trace_state: parent.trace_state.clone(),
             rec: Some(rec),
         };
-        let system = genai_provider(provider.kind, provider.preset);
+        let system = sluice_providers::adapter::genai_provider(provider);
         span.str("gen_ai.operation.name", operation);
         span.str("gen_ai.provider.name", system);
         span.str("gen_ai.system", system);
@@ -432,23 +432,6 @@ impl Tracing {
     /// Sends what is batched; call once at shutdown.
     pub async fn shutdown(&self) {
         self.exporter.shutdown().await;
-    }
-}
-
-/// `gen_ai.provider.name` values from the semantic conventions.
-pub fn genai_provider(kind: ProviderKind, preset: &'static str) -> &'static str {
-    match kind {
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Gemini => "gcp.gemini",
-        ProviderKind::Azure => "azure.ai.openai",
-        ProviderKind::Mock => "sluice.mock",
-        ProviderKind::OpenAi => match preset {
-            "groq" => "groq",
-            "mistral" => "mistral_ai",
-            "deepseek" => "deepseek",
-            "openai" => "openai",
-            other => other,
-        },
     }
 }
 

@@ -1,0 +1,196 @@
+//! The provider adapter boundary: everything format-specific about sending a
+//! request to one provider kind lives behind [`Adapter`], so the server
+//! never looks at a wire format.
+//!
+//! Adding a provider is one module (its endpoint template and translators)
+//! plus one line in [`Adapter::new`]; the conformance suite
+//! (`tests/conformance.rs`) runs the same checks over every adapter.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use sluice_core::config::{ProviderConfig, ProviderKind};
+use sluice_core::request::{self, Operation, RequestPeek, Usage};
+use sluice_core::{ErrorKind, GatewayError};
+
+use crate::anthropic::outbound;
+use crate::openai::types::ChatRequest;
+use crate::translate::Wire;
+use crate::{BoxBody, anthropic, gemini, mock, openai};
+
+/// One client request, as every attempt sees it.
+pub struct Outgoing<'a> {
+    /// The operation in OpenAI terms (`Chat` for Anthropic clients too).
+    pub op: Operation,
+    /// The request in the OpenAI shape (for Anthropic clients: translated).
+    pub body: &'a Bytes,
+    pub peek: &'a RequestPeek<'a>,
+    /// An Anthropic client's own body and its `model` span, sent as-is
+    /// (model rewritten) to Anthropic targets.
+    pub native: Option<(&'a Bytes, Range<usize>)>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// What an adapter made of a request for one target.
+pub enum Prepared {
+    /// Send this upstream; the answer comes in the adapter's [`Adapter::wire`].
+    Http(http::Request<Full<Bytes>>),
+    /// Answered in process, in the OpenAI format, with its usage known.
+    Local(http::Response<BoxBody>, Usage),
+}
+
+/// How requests to one provider are built, per provider kind.
+#[derive(Debug)]
+pub enum Adapter {
+    /// OpenAI and every OpenAI-compatible server (Azure included: its
+    /// differences are in the endpoint template).
+    OpenAi(openai::Endpoint),
+    Anthropic(anthropic::Endpoint),
+    Gemini(gemini::Endpoint),
+    /// The built-in mock, answered in process.
+    Mock,
+}
+
+impl Adapter {
+    /// The registration point: one line per provider kind.
+    pub fn new(p: &ProviderConfig) -> Result<Self, GatewayError> {
+        Ok(match p.kind {
+            ProviderKind::OpenAi | ProviderKind::Azure => Self::OpenAi(openai::Endpoint::new(p)?),
+            ProviderKind::Anthropic => Self::Anthropic(anthropic::Endpoint::new(p)?),
+            ProviderKind::Gemini => Self::Gemini(gemini::Endpoint::new(p)?),
+            ProviderKind::Mock => Self::Mock,
+        })
+    }
+
+    /// The format the upstream answers in.
+    pub fn wire(&self) -> Wire {
+        match self {
+            Self::OpenAi(_) | Self::Mock => Wire::OpenAi,
+            Self::Anthropic(_) => Wire::Anthropic,
+            Self::Gemini(_) => Wire::Gemini,
+        }
+    }
+
+    /// Whether requests go over the network (and need a connection pool).
+    pub fn over_network(&self) -> bool {
+        !matches!(self, Self::Mock)
+    }
+
+    /// The request for `model` at provider `p`, or the in-process answer.
+    /// An `Err` is the client's request that this provider cannot take.
+    pub async fn prepare(
+        &self,
+        out: &Outgoing<'_>,
+        p: &ProviderConfig,
+        model: &str,
+    ) -> Result<Prepared, GatewayError> {
+        let id = Some(out.request_id);
+        match self {
+            Self::OpenAi(e) => {
+                let mut body = if model == out.peek.model {
+                    out.body.clone()
+                } else {
+                    Bytes::from(request::rewrite_model(
+                        out.body,
+                        out.peek.model_span.clone(),
+                        model,
+                    ))
+                };
+                if out.peek.stream && !out.peek.include_usage {
+                    // Usage is always wanted for accounting; the client sees
+                    // it only if it asked (the response filter drops it).
+                    body = request::force_include_usage(&body);
+                }
+                Ok(Prepared::Http(e.request(out.op, body, id)))
+            }
+            Self::Anthropic(e) => {
+                no_embeddings(out.op, p)?;
+                let body = match &out.native {
+                    Some((native, span)) => {
+                        Bytes::from(request::rewrite_model(native, span.clone(), model))
+                    }
+                    None => json_bytes(&outbound::request(
+                        canonical(out.body)?,
+                        model,
+                        p.default_max_tokens,
+                    )),
+                };
+                Ok(Prepared::Http(e.request(body, id)))
+            }
+            Self::Gemini(e) => {
+                no_embeddings(out.op, p)?;
+                let body = json_bytes(&gemini::translate::request(canonical(out.body)?));
+                Ok(Prepared::Http(e.request(
+                    model,
+                    out.peek.stream,
+                    body,
+                    id,
+                )?))
+            }
+            Self::Mock => mock_answer(out, p, model).await,
+        }
+    }
+}
+
+/// `gen_ai.provider.name` (OpenTelemetry semantic conventions) of a provider.
+pub fn genai_provider(p: &ProviderConfig) -> &'static str {
+    match p.kind {
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Azure => "azure.ai.openai",
+        ProviderKind::Mock => "sluice.mock",
+        ProviderKind::OpenAi => match p.preset {
+            "groq" => "groq",
+            "mistral" => "mistral_ai",
+            other => other,
+        },
+    }
+}
+
+async fn mock_answer(
+    out: &Outgoing<'_>,
+    p: &ProviderConfig,
+    model: &str,
+) -> Result<Prepared, GatewayError> {
+    let cfg = &p.mock;
+    let (resp, usage) = match out.op {
+        Operation::Chat | Operation::Messages => {
+            let reply = mock::chat_reply(cfg, out.body)?;
+            let usage = reply.usage;
+            // Always with the usage chunk: the client's filter decides.
+            let r = if out.peek.stream {
+                mock::chat_stream(cfg, model, reply, true)
+            } else {
+                mock::chat_response(cfg, model, reply).await
+            };
+            (r, usage)
+        }
+        Operation::Embeddings => mock::embeddings_response(cfg, model, out.body)?,
+    };
+    Ok(Prepared::Local(resp, usage))
+}
+
+/// The request in the typed OpenAI shape, for translation to another format.
+fn canonical(body: &[u8]) -> Result<ChatRequest, GatewayError> {
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}")))
+}
+
+fn json_bytes(v: &impl serde::Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("serializing to a Vec cannot fail"))
+}
+
+fn no_embeddings(op: Operation, p: &ProviderConfig) -> Result<(), GatewayError> {
+    if op != Operation::Embeddings {
+        return Ok(());
+    }
+    Err(GatewayError::new(
+        ErrorKind::UnsupportedOperation,
+        format!(
+            "provider '{}' ({}) has no embeddings endpoint behind this gateway",
+            p.name, p.preset
+        ),
+    ))
+}

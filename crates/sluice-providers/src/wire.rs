@@ -1,0 +1,92 @@
+//! Wire formats, and the decisions about them the server asks for without
+//! looking at a format itself.
+
+use sluice_core::GatewayError;
+use sluice_core::request::Usage;
+
+use crate::anthropic::types as at;
+
+/// A wire format, of a client or of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+    /// Upstream only: Gemini's `generateContent`.
+    Gemini,
+}
+
+/// How a committed upstream response reaches the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The upstream's bytes as they come; usage is read from their tail.
+    Passthrough,
+    /// Re-encoded event by event (`translate::StreamBody`).
+    Stream,
+    /// Read whole, then converted (or relayed) at once.
+    Whole,
+}
+
+impl Wire {
+    /// The format a client speaks on `path`.
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/v1/messages") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+
+    /// `e` as this format's JSON error body.
+    pub fn error_json(self, e: &GatewayError) -> Vec<u8> {
+        match self {
+            Self::Anthropic => e.to_anthropic_json(),
+            Self::OpenAi | Self::Gemini => e.to_openai_json(),
+        }
+    }
+
+    /// `e` as this format's server-sent event, for a stream that fails
+    /// after it started.
+    pub fn error_event(self, e: &GatewayError) -> Vec<u8> {
+        let mut event = Vec::with_capacity(160);
+        match self {
+            Self::OpenAi | Self::Gemini => event.extend_from_slice(b"data: "),
+            Self::Anthropic => event.extend_from_slice(b"event: error\ndata: "),
+        }
+        event.extend_from_slice(&self.error_json(e));
+        event.extend_from_slice(b"\n\n");
+        event
+    }
+
+    /// How a response in this (upstream) format reaches a `client`.
+    pub fn delivery(
+        self,
+        client: Wire,
+        stream: bool,
+        success: bool,
+        include_usage: bool,
+    ) -> Delivery {
+        let same = self == client;
+        match (stream, success) {
+            // An OpenAI stream the client asked usage for goes through as is.
+            (true, true) if same && self == Self::OpenAi && include_usage => Delivery::Passthrough,
+            (true, true) => Delivery::Stream,
+            (false, true) if same && self == Self::OpenAi => Delivery::Passthrough,
+            _ => Delivery::Whole,
+        }
+    }
+
+    /// The usage of a whole successful body in this format that goes to a
+    /// client of the same format (no conversion reads it on the way).
+    pub fn usage_of(self, body: &[u8]) -> Option<Usage> {
+        match self {
+            Self::Anthropic => serde_json::from_slice::<at::MessagesResponse>(body)
+                .ok()
+                .map(|r| Usage {
+                    prompt_tokens: r.usage.prompt_tokens(),
+                    completion_tokens: r.usage.output_tokens,
+                }),
+            // Passed through: their usage is read from the tail.
+            Self::OpenAi | Self::Gemini => None,
+        }
+    }
+}
