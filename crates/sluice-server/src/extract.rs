@@ -19,7 +19,7 @@ use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::translate::Wire;
 
 use crate::app::App;
-use crate::observe::error_response;
+use crate::reply::error_response;
 
 /// The error body format a path answers in.
 pub fn wire_of(path: &str) -> Wire {
@@ -123,7 +123,8 @@ impl FromRequest<Arc<App>> for ApiBody {
             let s = &snap.config.server;
             (s.max_body_bytes, s.body_read_timeout)
         };
-        crate::proxy::read_body(req, max, timeout)
+        let (parts, body) = req.into_parts();
+        crate::proxy::intake::read_body(&parts.headers, body, max, timeout)
             .await
             .map(Self)
             .map_err(|e| error_response(&e, wire))

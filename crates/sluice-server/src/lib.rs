@@ -2,22 +2,18 @@
 
 pub mod access;
 pub mod admin_keys;
-mod admission;
 pub mod app;
-pub mod attempt;
 pub mod audit;
 pub mod conn;
-mod deliver;
 pub mod extract;
 pub mod hub;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
-pub mod observe;
-mod observed_body;
 pub mod proxy;
 pub mod redis_conn;
 pub mod reload;
+pub mod reply;
 pub mod routes;
 mod serving;
 pub mod shared_limits;

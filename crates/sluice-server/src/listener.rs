@@ -336,7 +336,7 @@ fn head_too_large(path: &str, max: usize) -> axum::response::Response {
         ErrorKind::HeadersTooLarge,
         format!("the request head exceeds the limit of {max} bytes (server.max_header_bytes)"),
     );
-    crate::observe::error_response(&e, crate::extract::wire_of(path))
+    crate::reply::error_response(&e, crate::extract::wire_of(path))
 }
 
 /// Waits (until `deadline`) for the first bytes to tell HTTP/2's preface

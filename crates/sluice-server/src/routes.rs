@@ -17,8 +17,8 @@ use sluice_core::{ErrorKind, GatewayError};
 
 use crate::app::App;
 use crate::extract::wire_of;
-use crate::observe::error_response;
 use crate::proxy;
+use crate::reply::error_response;
 use sluice_providers::translate::Wire;
 
 pub fn api(app: Arc<App>) -> Router {

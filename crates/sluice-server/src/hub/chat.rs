@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_core::request::Operation;
@@ -57,14 +56,21 @@ async fn run(
     };
     obj.insert("stream".into(), Value::Bool(true));
     let body = serde_json::to_vec(&request).expect("serializing to a Vec cannot fail");
-    let mut req = http::Request::post("/v1/chat/completions")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .expect("a static request is valid");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     if let Some(a) = auth {
-        req.headers_mut().insert(http::header::AUTHORIZATION, a);
+        headers.insert(http::header::AUTHORIZATION, a);
     }
-    let resp = crate::proxy::handle(app, Operation::Chat, ROUTE, req).await;
+    let inbound = crate::proxy::Inbound {
+        op: Operation::Chat,
+        route: ROUTE,
+        headers,
+        body: crate::proxy::InboundBody::Read(body.into()),
+    };
+    let resp = crate::proxy::serve(app, inbound).await;
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {

@@ -58,7 +58,7 @@ fn hub_for(app: &App, headers: &HeaderMap) -> Result<(Arc<Hub>, Scope), Box<Resp
     let access = app.access.load();
     match crate::access::authenticate(&access, headers) {
         Ok(key) => Ok((hub, key.and_then(|k| k.agent_groups.clone()))),
-        Err(e) => Err(Box::new(crate::observe::error_response(
+        Err(e) => Err(Box::new(crate::reply::error_response(
             &e,
             sluice_providers::translate::Wire::OpenAi,
         ))),

@@ -7,7 +7,6 @@
 //! has arrived (within the time-to-first-token limit for streams), so an
 //! upstream that accepts and then fails or stalls can still be retried.
 
-use std::ops::Range;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Frame;
-use sluice_core::request::{Operation, RequestPeek, Usage};
+use sluice_core::request::Usage;
 use sluice_core::resilience::{Outcome, Transition, now_nanos};
 use sluice_core::route::{Admitted, ModelRoute, TargetSet, backoff};
 use sluice_core::{ErrorKind, GatewayError};
@@ -24,44 +23,26 @@ use sluice_providers::translate::{self, Wire};
 use sluice_providers::{BoxBody, transport};
 use tokio::time::{Instant, timeout_at};
 
-use crate::app::Snapshot;
-use crate::deliver::{box_err, deliver, relay_error};
-use crate::observe::Recorder;
+use super::call::{Call, deadline_error};
+use super::deliver::{box_err, deliver, relay_error};
+use super::record::Recorder;
+use crate::telemetry::Span;
 
-/// Everything about one client request that every attempt needs.
-pub struct Call<'a> {
-    pub snap: &'a Snapshot,
-    /// The operation in OpenAI terms (`Chat` for Anthropic clients too).
-    pub op: Operation,
-    /// The client's wire format.
-    pub client: Wire,
-    /// The request in the OpenAI shape (for Anthropic clients: translated).
-    pub body: &'a Bytes,
-    pub peek: &'a RequestPeek<'a>,
-    /// An Anthropic client's own body and its `model` span, sent as-is (model
-    /// rewritten) to Anthropic targets.
-    pub native: Option<(&'a Bytes, Range<usize>)>,
-    /// The model name as the client sent it.
-    pub client_model: &'a str,
-    /// Whether the client asked for the streamed usage chunk (OpenAI clients).
-    pub include_usage: bool,
-    pub request_id: &'a HeaderValue,
-    pub deadline: Instant,
-    pub budget: Duration,
+/// A response that goes to the client.
+struct Committed {
+    head: http::response::Parts,
+    body: BoxBody,
+    first: Option<Frame<Bytes>>,
+    outcome: Outcome,
+    wire: Wire,
+    /// Known without reading the body (in-process providers).
+    usage: Option<Usage>,
+    over_wire: bool,
 }
 
 enum Attempt {
     /// This response goes to the client (after conversion to its format).
-    Commit {
-        head: http::response::Parts,
-        body: BoxBody,
-        first: Option<Frame<Bytes>>,
-        outcome: Outcome,
-        wire: Wire,
-        /// Known without reading the body (in-process providers).
-        usage: Option<Usage>,
-        over_wire: bool,
-    },
+    Commit(Committed),
     /// The client's own fault: answer now, try nothing else.
     Reject(GatewayError),
     /// A retryable failure (connect error, timeout, 5xx, 429, our key refused).
@@ -138,55 +119,17 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             rec.model = model.name.clone();
             rec.provider = provider.name.clone();
             let started = Instant::now();
-            let mut span = match (&rec.app().tracing, &rec.span) {
-                (Some(t), Some(parent)) => t.attempt_span(
-                    parent,
-                    crate::proxy::operation_name(call.op),
-                    provider,
-                    &target.model,
-                    attempts,
-                ),
-                _ => None,
-            };
-            // Upstream gets the attempt's context, or the request's when unsampled.
-            let traceparent = match (&span, &rec.span) {
-                (Some(s), _) | (None, Some(s)) => {
-                    Some((s.context().traceparent(), s.trace_state().cloned()))
-                }
-                (None, None) => None,
-            };
-
+            let (mut span, traceparent) =
+                attempt_span(call, &rec, provider, &target.model, attempts);
             match attempt(call, model, adm.index, traceparent).await {
-                Attempt::Commit {
-                    head,
-                    body,
-                    first,
-                    outcome,
-                    wire,
-                    usage,
-                    over_wire,
-                } => {
-                    note(&rec, &mut adm, outcome);
-                    if outcome == Outcome::Success {
-                        adm.state
-                            .observe_ttfb(started.elapsed().as_secs_f64() * 1e6);
-                    }
-                    if let Some(u) = usage {
-                        rec.set_usage(u);
-                    }
-                    rec.upstream_started = Some(started);
-                    rec.set_status(head.status.as_u16());
-                    if let Some(mut s) = span.take() {
-                        s.int("http.response.status_code", i64::from(head.status.as_u16()));
-                        rec.attempt_span = Some(s);
-                    }
-                    let idle = over_wire.then_some(provider.idle_timeout);
-                    let mut out = deliver(call, head, body, first, wire, idle, rec, adm).await;
-                    if attempts > 1 {
-                        out.headers_mut()
-                            .insert("x-sluice-attempts", HeaderValue::from(attempts));
-                    }
-                    return out;
+                Attempt::Commit(c) => {
+                    let answered = Answered {
+                        started,
+                        span: span.take(),
+                        idle: c.over_wire.then_some(provider.idle_timeout),
+                        attempts,
+                    };
+                    return commit(call, rec, adm, c, answered).await;
                 }
                 Attempt::Reject(e) => {
                     if let Some(mut s) = span.take() {
@@ -201,26 +144,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                     retry_after,
                 } => {
                     rec.excluded += started.elapsed();
-                    if let Some(mut s) = span.take() {
-                        let (kind, msg) = match &failure {
-                            Failure::Error(e) => (e.kind.code(), e.message.to_string()),
-                            Failure::Upstream { head, .. } => (
-                                "upstream_status",
-                                format!("status {}", head.status.as_u16()),
-                            ),
-                        };
-                        if let Failure::Upstream { head, .. } = &failure {
-                            s.int("http.response.status_code", i64::from(head.status.as_u16()));
-                        }
-                        s.fail(kind, &msg);
-                        s.end();
-                    }
-                    note(&rec, &mut adm, Outcome::Failure);
-                    if let Failure::Error(e) = &failure {
-                        rec.app()
-                            .metrics
-                            .record_upstream_error(&provider.name, e.kind.code());
-                    }
+                    failed(&rec, &mut adm, span.take(), &failure, provider);
                     if let Some(wait) = retry_after {
                         adm.state
                             .cool_until(now_nanos().saturating_add(wait.as_nanos() as u64));
@@ -236,6 +160,60 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
         }
     }
 
+    give_up(call, route, rec, last)
+}
+
+/// How the committed attempt went, for its delivery.
+struct Answered {
+    started: Instant,
+    span: Option<Span>,
+    /// The longest silence allowed between body frames (network upstreams).
+    idle: Option<Duration>,
+    attempts: u32,
+}
+
+/// Records the committed attempt and delivers its response.
+async fn commit(
+    call: &Call<'_>,
+    mut rec: Recorder,
+    mut adm: Admitted,
+    c: Committed,
+    a: Answered,
+) -> Response<Body> {
+    note(&rec, &mut adm, c.outcome);
+    if c.outcome == Outcome::Success {
+        adm.state
+            .observe_ttfb(a.started.elapsed().as_secs_f64() * 1e6);
+    }
+    if let Some(u) = c.usage {
+        rec.set_usage(u);
+    }
+    rec.upstream_started = Some(a.started);
+    rec.set_status(c.head.status.as_u16());
+    if let Some(mut s) = a.span {
+        s.int(
+            "http.response.status_code",
+            i64::from(c.head.status.as_u16()),
+        );
+        rec.attempt_span = Some(s);
+    }
+    let mut out = deliver(call, c.head, c.body, c.first, c.wire, a.idle, rec, adm).await;
+    if a.attempts > 1 {
+        out.headers_mut()
+            .insert("x-sluice-attempts", HeaderValue::from(a.attempts));
+    }
+    out
+}
+
+/// Nothing answered: the last upstream error relayed, the last error of
+/// the gateway's own, or (no target could even be tried) when one will be
+/// available again.
+fn give_up(
+    call: &Call<'_>,
+    route: &ModelRoute,
+    mut rec: Recorder,
+    last: Option<Failure>,
+) -> Response<Body> {
     match last {
         Some(Failure::Upstream { head, body, wire }) => {
             rec.set_status(head.status.as_u16());
@@ -272,6 +250,65 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             }
             out
         }
+    }
+}
+
+/// The attempt's client span (sampled requests), and the trace context to
+/// send upstream: the attempt's, or the request's when unsampled.
+fn attempt_span(
+    call: &Call<'_>,
+    rec: &Recorder,
+    provider: &sluice_core::config::ProviderConfig,
+    model: &std::sync::Arc<str>,
+    attempts: u32,
+) -> (Option<Span>, Option<(HeaderValue, Option<HeaderValue>)>) {
+    let span = match (&rec.app().tracing, &rec.span) {
+        (Some(t), Some(parent)) => t.attempt_span(
+            parent,
+            super::call::operation_name(call.op),
+            provider,
+            model,
+            attempts,
+        ),
+        _ => None,
+    };
+    let traceparent = match (&span, &rec.span) {
+        (Some(s), _) | (None, Some(s)) => {
+            Some((s.context().traceparent(), s.trace_state().cloned()))
+        }
+        (None, None) => None,
+    };
+    (span, traceparent)
+}
+
+/// A failed attempt: its span ended with the reason, the target's breaker
+/// and the metrics told.
+fn failed(
+    rec: &Recorder,
+    adm: &mut Admitted,
+    span: Option<Span>,
+    failure: &Failure,
+    provider: &sluice_core::config::ProviderConfig,
+) {
+    if let Some(mut s) = span {
+        let (kind, msg) = match failure {
+            Failure::Error(e) => (e.kind.code(), e.message.to_string()),
+            Failure::Upstream { head, .. } => (
+                "upstream_status",
+                format!("status {}", head.status.as_u16()),
+            ),
+        };
+        if let Failure::Upstream { head, .. } = failure {
+            s.int("http.response.status_code", i64::from(head.status.as_u16()));
+        }
+        s.fail(kind, &msg);
+        s.end();
+    }
+    note(rec, adm, Outcome::Failure);
+    if let Failure::Error(e) = failure {
+        rec.app()
+            .metrics
+            .record_upstream_error(&provider.name, e.kind.code());
     }
 }
 
@@ -313,7 +350,7 @@ async fn attempt(
         Ok(Prepared::Http(req)) => req,
         Ok(Prepared::Local(resp, usage)) => {
             let (head, body) = resp.into_parts();
-            return Attempt::Commit {
+            return Attempt::Commit(Committed {
                 head,
                 body,
                 first: None,
@@ -321,7 +358,7 @@ async fn attempt(
                 wire: upstream.adapter.wire(),
                 usage: Some(usage),
                 over_wire: false,
-            };
+            });
         }
         Err(e) => return Attempt::Reject(e),
     };
@@ -356,54 +393,82 @@ async fn attempt(
         Ok(Err(e)) => return retry(e),
         Ok(Ok(r)) => r,
     };
-    let status = resp.status();
-    let (head, mut incoming) = resp.into_parts();
-    if status.is_success() {
-        let first_deadline = if call.peek.stream {
-            (started + model.ttft_timeout).min(call.deadline)
-        } else {
-            call.deadline
-        };
-        let first = match timeout_at(first_deadline, first_frame(&mut incoming)).await {
-            Err(_) if first_deadline >= call.deadline => return retry(deadline_error(call.budget)),
-            Err(_) => {
-                return retry(GatewayError::new(
-                    ErrorKind::UpstreamTimeout,
-                    format!(
-                        "no first token within {} ms",
-                        model.ttft_timeout.as_millis()
-                    ),
-                ));
-            }
-            Ok(Some(Err(e))) => {
-                return retry(GatewayError::new(
-                    ErrorKind::UpstreamProtocol,
-                    format!("upstream failed before the first byte: {e}"),
-                ));
-            }
-            Ok(Some(Ok(frame))) => Some(frame),
-            Ok(None) => None,
-        };
-        // A 200 that is not the kind of body asked for (an HTML page from a
-        // proxy, JSON for a stream, nothing) is the upstream's failure, and
-        // another target may do better: nothing has reached the client yet.
-        let start = first
-            .as_ref()
-            .and_then(Frame::data_ref)
-            .map_or(&[][..], |b| &b[..]);
-        if let Err(m) = sluice_providers::check::body_start(call.peek.stream, start) {
-            return retry(GatewayError::new(ErrorKind::UpstreamProtocol, m));
-        }
-        return Attempt::Commit {
-            head,
-            body: incoming.map_err(box_err).boxed_unsync(),
-            first,
-            outcome: Outcome::Success,
-            wire,
-            usage: None,
-            over_wire: true,
-        };
+    let (head, incoming) = resp.into_parts();
+    if head.status.is_success() {
+        accepted(call, model, started, head, incoming, wire).await
+    } else {
+        refused(call, provider, head, incoming, wire).await
     }
+}
+
+/// A 2xx: committed once its first frame arrived in time and starts like
+/// the kind of body asked for; otherwise a failure another target may not
+/// repeat.
+async fn accepted(
+    call: &Call<'_>,
+    model: &ModelRoute,
+    started: Instant,
+    head: http::response::Parts,
+    mut incoming: hyper::body::Incoming,
+    wire: Wire,
+) -> Attempt {
+    let first_deadline = if call.peek.stream {
+        (started + model.ttft_timeout).min(call.deadline)
+    } else {
+        call.deadline
+    };
+    let first = match timeout_at(first_deadline, first_frame(&mut incoming)).await {
+        Err(_) if first_deadline >= call.deadline => return retry(deadline_error(call.budget)),
+        Err(_) => {
+            return retry(GatewayError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "no first token within {} ms",
+                    model.ttft_timeout.as_millis()
+                ),
+            ));
+        }
+        Ok(Some(Err(e))) => {
+            return retry(GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("upstream failed before the first byte: {e}"),
+            ));
+        }
+        Ok(Some(Ok(frame))) => Some(frame),
+        Ok(None) => None,
+    };
+    // A 200 that is not the kind of body asked for (an HTML page from a
+    // proxy, JSON for a stream, nothing) is the upstream's failure, and
+    // another target may do better: nothing has reached the client yet.
+    let start = first
+        .as_ref()
+        .and_then(Frame::data_ref)
+        .map_or(&[][..], |b| &b[..]);
+    if let Err(m) = sluice_providers::check::body_start(call.peek.stream, start) {
+        return retry(GatewayError::new(ErrorKind::UpstreamProtocol, m));
+    }
+    Attempt::Commit(Committed {
+        head,
+        body: incoming.map_err(box_err).boxed_unsync(),
+        first,
+        outcome: Outcome::Success,
+        wire,
+        usage: None,
+        over_wire: true,
+    })
+}
+
+/// An upstream's refusal: relayed when it is about the request (another
+/// target would say the same), retried when it is the upstream's state or
+/// the gateway's credentials.
+async fn refused(
+    call: &Call<'_>,
+    provider: &sluice_core::config::ProviderConfig,
+    head: http::response::Parts,
+    incoming: hyper::body::Incoming,
+    wire: Wire,
+) -> Attempt {
+    let status = head.status;
     let retryable = status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
         || status == StatusCode::UNAUTHORIZED
@@ -411,7 +476,7 @@ async fn attempt(
     if !retryable {
         // The upstream refused the request itself (400, 404, 422, …): another
         // target would say the same. Relay it.
-        return Attempt::Commit {
+        return Attempt::Commit(Committed {
             head,
             body: incoming.map_err(box_err).boxed_unsync(),
             first: None,
@@ -419,7 +484,7 @@ async fn attempt(
             wire,
             usage: None,
             over_wire: true,
-        };
+        });
     }
     let retry_after = retry_after(&head.headers);
     let body = timeout_at(
@@ -488,13 +553,6 @@ fn retry(e: GatewayError) -> Attempt {
         failure: Failure::Error(e),
         retry_after: None,
     }
-}
-
-pub(crate) fn deadline_error(budget: Duration) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::UpstreamTimeout,
-        format!("request deadline of {} ms exceeded", budget.as_millis()),
-    )
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from model APIs and

@@ -1,4 +1,5 @@
-//! Settling a request's accounting, whatever way it ends.
+//! Recording a request, whatever way it ends: metrics, spans, the audit
+//! event and the access log (its limits settle in [`super::settle`]).
 //!
 //! A [`Recorder`] is created when a request arrives and settles on drop: a
 //! handler that returns, a stream that ends, and a client that goes away in
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use crate::telemetry::Span;
 use axum::body::Body;
-use http::{HeaderValue, Response, StatusCode};
+use http::Response;
 use sluice_core::GatewayError;
 use sluice_core::config::Sampling;
 use sluice_core::request::Usage;
@@ -51,10 +52,10 @@ pub struct Recorder {
     pub audit_ack: Option<Arc<crate::audit::durable::AckSlot>>,
     /// The virtual key's name, when keys are configured.
     pub key: Option<Arc<str>>,
-    /// Token reservations to settle against the real usage.
-    pub reservations: Vec<sluice_core::limits::Reservation>,
     /// Upstream attempts made (for the access log).
     pub attempts: u32,
+    /// What admission took from the limits, settled at the end.
+    pub accounting: super::settle::Accounting,
     sampling: Sampling,
     access_log: bool,
     /// The request's server span (tracing on only).
@@ -68,12 +69,6 @@ pub struct Recorder {
     error_code: Option<&'static str>,
     /// A committed stream broke: the answer failed though its status is 2xx.
     stream_failed: bool,
-    /// The key's token budget, charged with the usage at the end.
-    pub budget: Option<crate::shared_limits::BudgetCharge>,
-    /// Tokens reserved in the shared (Redis) limiter, to settle.
-    pub shared_reservation: Option<crate::shared_limits::SharedReservation>,
-    /// Held while a streamed response is open (per-key stream limit).
-    pub stream_permit: Option<sluice_core::limits::StreamPermit>,
 }
 
 impl Recorder {
@@ -100,8 +95,8 @@ impl Recorder {
             client_request_id: None,
             audit_ack: None,
             key: None,
-            reservations: Vec::new(),
             attempts: 0,
+            accounting: Default::default(),
             sampling,
             access_log,
             span: None,
@@ -109,9 +104,6 @@ impl Recorder {
             audit_fields: None,
             error_code: None,
             stream_failed: false,
-            stream_permit: None,
-            shared_reservation: None,
-            budget: None,
         }
     }
 
@@ -186,7 +178,7 @@ impl Recorder {
         }
         let wire = self.wire;
         self.finish();
-        error_response(e, wire)
+        crate::reply::error_response(e, wire)
     }
 }
 
@@ -201,25 +193,7 @@ impl Drop for Recorder {
         if let Some(u) = self.usage {
             m.record_usage(&self.model, &self.provider, u);
         }
-        if !self.reservations.is_empty() {
-            // Unknown usage keeps the whole reservation charged.
-            let now = crate::app::now_secs();
-            for r in &self.reservations {
-                let used = self
-                    .usage
-                    .map_or(r.tokens, |u| (u.prompt_tokens + u.completion_tokens) as f64);
-                r.settle(used, now);
-            }
-        }
-        if let (Some(b), Some(u)) = (self.budget.take(), self.usage) {
-            b.charge(u.prompt_tokens, u.completion_tokens);
-        }
-        if let Some(r) = self.shared_reservation.take() {
-            r.settle(
-                self.usage
-                    .map(|u| (u.prompt_tokens + u.completion_tokens) as f64),
-            );
-        }
+        self.accounting.settle(self.usage);
         let elapsed = self.start.elapsed();
         let labels = crate::metrics::RequestLabels {
             route: self.route,
@@ -354,15 +328,3 @@ impl Recorder {
         }
     }
 }
-
-pub fn error_response(e: &GatewayError, wire: Wire) -> Response<Body> {
-    let mut r = Response::new(Body::from(wire.error_json(e)));
-    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub use crate::observed_body::{ObservedBody, Watch};

@@ -18,8 +18,9 @@ use sluice_providers::BoxBody;
 use sluice_providers::translate::{self, Delivery, StreamBody, UsageCell, Wire};
 use tokio::time::timeout_at;
 
-use crate::attempt::{Call, deadline_error};
-use crate::observe::{ObservedBody, Recorder, Watch};
+use super::call::{Call, deadline_error};
+use super::record::Recorder;
+use super::watch::{ObservedBody, Watch};
 
 /// Largest non-streamed response converted between formats in memory.
 const CONVERT_LIMIT: usize = 32 << 20;

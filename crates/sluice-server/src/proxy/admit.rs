@@ -9,8 +9,91 @@ use http::{HeaderMap, HeaderValue};
 use sluice_core::limits;
 use sluice_core::{ErrorKind, GatewayError};
 
+use sluice_core::route::ModelRoute;
+
 use crate::app::App;
-use crate::observe::Recorder;
+
+use super::record::Recorder;
+
+/// A request about to be admitted.
+pub(super) struct Request<'a> {
+    pub snap: &'a crate::app::Snapshot,
+    pub access: &'a crate::access::Access,
+    pub key: Option<&'a sluice_core::config::KeyConfig>,
+    pub peek: &'a sluice_core::request::RequestPeek<'a>,
+    pub body_len: usize,
+}
+
+impl<'a> Request<'a> {
+    /// The model's route, once the key may use it, its budgets are not
+    /// spent, the rate limits have room (tokens reserved) and, for a
+    /// stream, the key may open one more.
+    pub(super) async fn admit(
+        &self,
+        app: &Arc<App>,
+        rec: &mut Recorder,
+        limits: &mut RateInfo,
+    ) -> Result<&'a ModelRoute, GatewayError> {
+        let Request {
+            snap,
+            access,
+            key,
+            peek,
+            body_len,
+        } = *self;
+        let Some(route) = snap.routes.get(&peek.model) else {
+            let e = GatewayError::new(
+                ErrorKind::ModelNotFound,
+                format!(
+                    "The model '{}' does not exist or is not served by this gateway",
+                    peek.model
+                ),
+            )
+            .with_param("model");
+            return Err(e);
+        };
+        rec.model = route.name.clone();
+        if let Some(k) = key
+            && !k.allows(&route.name)
+        {
+            let e = GatewayError::new(
+                ErrorKind::Forbidden,
+                format!("API key '{}' may not use model '{}'", k.name, route.name),
+            )
+            .with_param("model");
+            return Err(e);
+        }
+        if let Some(k) = key {
+            check_budgets(app, access, k, route.price, rec).await?;
+        }
+        let estimate = limits::estimate_tokens(body_len, peek.max_tokens, 1024);
+        rate_limit(app, access, key, &route.name, estimate, rec, limits).await?;
+        if peek.stream
+            && let Some(k) = key
+            && let Some(gate) = access.limiter.streams.get(&k.name)
+        {
+            match gate.try_open() {
+                Some(p) => rec.accounting.stream_permit = Some(p),
+                None => {
+                    app.metrics
+                        .limited
+                        .get_or_create(&crate::metrics::OutcomeLabels { outcome: "streams" })
+                        .inc();
+                    let e = GatewayError::new(
+                        ErrorKind::ConcurrencyLimited,
+                        format!(
+                            "key '{}' already has {} streams open, its limit; retry when one ends",
+                            k.name,
+                            gate.max()
+                        ),
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        Ok(route)
+    }
+}
 
 /// Refuses a key whose token or cost budget for the period is spent;
 /// otherwise arranges for the request's usage to be charged. Shared through
@@ -51,7 +134,7 @@ pub(crate) async fn check_budgets(
         charge.cost = price.map(|p| (counter, p));
     }
     if charge.tokens.is_some() || charge.cost.is_some() {
-        rec.budget = Some(charge);
+        rec.accounting.budget = Some(charge);
     }
     Ok(())
 }
@@ -165,7 +248,7 @@ pub(crate) async fn rate_limit(
                 if key_limits.is_some() {
                     info.snapshot = Some(snapshot);
                 }
-                rec.shared_reservation = Some(reservation);
+                rec.accounting.shared_reservation = Some(reservation);
                 return Ok(());
             }
             Err(Some((refusal, i))) => {
@@ -196,7 +279,7 @@ pub(crate) async fn rate_limit(
         let Some(l) = l else { continue };
         match l.admit(estimate, now) {
             Ok((reservation, snapshot)) => {
-                rec.reservations.push(reservation);
+                rec.accounting.reservations.push(reservation);
                 if is_key {
                     info.snapshot = Some(snapshot);
                 }

@@ -20,8 +20,8 @@ use sluice_providers::translate::{UsageCell, Wire};
 use sluice_providers::{BodyError, BoxBody};
 use tokio::time::{Instant, Sleep};
 
+use super::record::Recorder;
 use crate::app::App;
-use crate::observe::Recorder;
 
 /// How a passed-through body is watched.
 pub struct Watch {

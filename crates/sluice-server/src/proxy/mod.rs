@@ -1,0 +1,223 @@
+//! The request path for chat completions, messages and embeddings, as
+//! stages that depend one way:
+//!
+//! intake (id, deadline, body) → admit (key, route, budgets, rate limits,
+//! stream permits) → attempt (targets, retries, fallbacks) → deliver (the
+//! client's format) → watch (the streamed body) → record (metrics, spans,
+//! audit, access log) and settle (limits and budgets against real usage).
+//!
+//! [`handle`] serves an HTTP request; [`serve`] is the same path for
+//! callers that already hold the request (the agent hub's chats).
+
+mod admit;
+mod attempt;
+mod call;
+mod deliver;
+pub mod intake;
+pub mod record;
+pub mod settle;
+mod watch;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use sluice_core::request::{self, Operation};
+use sluice_providers::anthropic::inbound;
+use sluice_providers::translate::Wire;
+use tokio::time::Instant;
+
+use crate::app::App;
+use call::Call;
+pub use call::operation_name;
+use intake::REQUEST_ID;
+pub use record::Recorder;
+
+/// A request for the proxy path.
+pub struct Inbound {
+    pub op: Operation,
+    /// The route label for metrics and logs.
+    pub route: &'static str,
+    pub headers: HeaderMap,
+    pub body: InboundBody,
+}
+
+/// A request body: still arriving, or already in hand.
+pub enum InboundBody {
+    Http(Body),
+    Read(Bytes),
+}
+
+/// Serves an HTTP request.
+pub async fn handle(
+    app: Arc<App>,
+    op: Operation,
+    route: &'static str,
+    req: Request<Body>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    serve(
+        app,
+        Inbound {
+            op,
+            route,
+            headers: parts.headers,
+            body: InboundBody::Http(body),
+        },
+    )
+    .await
+}
+
+/// Runs a request through the whole path; the response is in the client's
+/// format, its body streamed and accounted for to its end.
+pub async fn serve(app: Arc<App>, inbound: Inbound) -> Response<Body> {
+    let started = Instant::now();
+    let mut rec = Recorder::start(&app, inbound.route);
+    let request_id = intake::request_id(&inbound.headers);
+    rec.request_id = Some(request_id.clone());
+    // The client's own id, kept apart in the audit event (it may be forged
+    // or reused; the event's `id` is the gateway's).
+    if app.audit.is_some() {
+        rec.client_request_id = inbound
+            .headers
+            .get(&REQUEST_ID)
+            .filter(|v| v.len() <= 256)
+            .cloned();
+    }
+    let durable = app.audit.as_ref().is_some_and(|a| a.is_sync()).then(|| {
+        let slot = Arc::new(crate::audit::durable::AckSlot::default());
+        rec.audit_ack = Some(slot.clone());
+        slot
+    });
+    if let Some(t) = &app.tracing {
+        let mut span = t.server_span(&inbound.headers, inbound.route);
+        span.str("sluice.request_id", request_id.to_str().unwrap_or_default());
+        rec.span = Some(span);
+    }
+    let mut limits = admit::RateInfo::default();
+    let mut resp = proxy(&app, inbound, rec, &request_id, started, &mut limits).await;
+    let h = resp.headers_mut();
+    h.insert(REQUEST_ID.clone(), request_id);
+    limits.write(h);
+    match durable {
+        Some(slot) => resp.map(|b| Body::new(crate::audit::durable::DurableBody::new(b, slot))),
+        None => resp,
+    }
+}
+
+/// Intake, admission and the attempts, in that order; every refusal is
+/// answered in the client's format.
+async fn proxy(
+    app: &Arc<App>,
+    inbound: Inbound,
+    mut rec: Recorder,
+    request_id: &HeaderValue,
+    started: Instant,
+    limits: &mut admit::RateInfo,
+) -> Response<Body> {
+    let Inbound {
+        op, headers, body, ..
+    } = inbound;
+    let snap = app.snapshot.load_full();
+    if op == Operation::Messages {
+        rec.wire = Wire::Anthropic;
+    }
+    let access = app.access.load_full();
+    let key = match crate::access::authenticate(&access, &headers) {
+        Ok(k) => k,
+        Err(e) => return rec.reply_error(&e),
+    };
+    rec.key = key.map(|k| k.name.clone());
+    if let Err(e) = crate::extract::not_a_form(&headers) {
+        return rec.reply_error(&e);
+    }
+    let client_timeout = match intake::client_timeout(&headers) {
+        Ok(t) => t,
+        Err(e) => return rec.reply_error(&e),
+    };
+    let server = &snap.config.server;
+    let body = match body {
+        InboundBody::Http(b) => {
+            intake::read_body(&headers, b, server.max_body_bytes, server.body_read_timeout).await
+        }
+        InboundBody::Read(b) => intake::within(b, server.max_body_bytes),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return rec.reply_error(&e),
+    };
+    // Reading the client's body is the client's time, not the gateway's.
+    rec.excluded = started.elapsed();
+    if let Some(a) = app.audit.as_ref().filter(|a| a.wants_fields()) {
+        rec.audit_fields = a.fields_of(&body);
+    }
+    // Prompts redacted before they go anywhere, when configured (the body
+    // is checked first, for the precise error a malformed one deserves).
+    let body = match intake::redact_prompt(&snap, &body, op) {
+        Ok(Some(b)) => b,
+        Ok(None) => body,
+        Err(e) => return rec.reply_error(&e),
+    };
+    let peek = match request::peek(&body, op) {
+        Ok(p) => p,
+        Err(e) => return rec.reply_error(&e),
+    };
+    rec.streamed = peek.stream;
+    let admitted = admit::Request {
+        snap: &snap,
+        access: &access,
+        key,
+        peek: &peek,
+        body_len: body.len(),
+    };
+    let route = match admitted.admit(app, &mut rec, limits).await {
+        Ok(r) => r,
+        Err(e) => return rec.reply_error(&e),
+    };
+    if let Some(span) = rec.span.as_mut().filter(|s| s.is_recording()) {
+        let operation = operation_name(op);
+        span.rename(operation, &route.name);
+        span.str("gen_ai.operation.name", operation);
+        span.str("gen_ai.request.model", &route.name);
+        span.flag("sluice.stream", peek.stream);
+    }
+    let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
+
+    // Anthropic clients: the request in the OpenAI shape for every target
+    // that is not Anthropic; their own body for those that are.
+    let canonical;
+    let canonical_peek;
+    let (op, body_ref, peek_ref, native) = if op == Operation::Messages {
+        canonical = match inbound::canonical(&body) {
+            Ok(b) => b,
+            Err(e) => return rec.reply_error(&e),
+        };
+        canonical_peek = match request::peek(&canonical, Operation::Chat) {
+            Ok(p) => p,
+            Err(e) => return rec.reply_error(&e),
+        };
+        (
+            Operation::Chat,
+            &canonical,
+            &canonical_peek,
+            Some((&body, peek.model_span.clone())),
+        )
+    } else {
+        (op, &body, &peek, None)
+    };
+    let call = Call {
+        snap: &snap,
+        op,
+        client: rec.wire,
+        body: body_ref,
+        peek: peek_ref,
+        native,
+        client_model: &peek.model,
+        include_usage: peek.include_usage,
+        request_id,
+        deadline: started + budget,
+        budget,
+    };
+    attempt::run(&call, route, rec).await
+}
