@@ -62,7 +62,7 @@ fn main() {
         server.str("gen_ai.request.model", "bench");
         server.flag("sluice.stream", false);
         let mut attempt = tracing
-            .attempt_span(&server, "chat", &provider, &model, 1)
+            .attempt_span(&server, "chat", ("openai", &provider.name), &model, 1)
             .expect("sampled");
         black_box(attempt.context().traceparent());
         attempt.int("http.response.status_code", 200);

@@ -49,6 +49,24 @@ pub enum ErrorKind {
     /// Every target of the model (and its fallbacks) is unavailable:
     /// breakers open, or cooling down after the provider asked us to wait.
     NoHealthyTarget,
+    /// The agent hub: the caller's key may not see or instruct this agent.
+    AgentNotAllowed,
+    /// The agent hub: no agent by that id is connected.
+    AgentNotFound,
+    /// The agent hub: the agent's send queue is full (it is not keeping up).
+    AgentQueueFull,
+    /// The agent hub: no instruction by that id (unknown, or dropped).
+    InstructionNotFound,
+    /// The admin API: the admin token sent is not the configured one.
+    AdminTokenInvalid,
+    /// The admin API on a non-loopback address with no admin token set.
+    AdminTokenRequired,
+    /// The admin API: no key by that name.
+    KeyNotFound,
+    /// The admin API: a key change conflicts with the keys there are.
+    KeyConflict,
+    /// A configuration file to reload is invalid (every problem listed).
+    InvalidConfig,
     /// A bug or an impossible state in the gateway itself.
     Internal,
 }
@@ -82,6 +100,14 @@ impl ErrorKind {
             | ErrorKind::UpstreamAuth => 502,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::NoHealthyTarget => 503,
+            ErrorKind::AgentNotAllowed | ErrorKind::AdminTokenRequired => 403,
+            ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound | ErrorKind::KeyNotFound => {
+                404
+            }
+            ErrorKind::AgentQueueFull => 429,
+            ErrorKind::AdminTokenInvalid => 401,
+            ErrorKind::KeyConflict => 409,
+            ErrorKind::InvalidConfig => 400,
             ErrorKind::Internal => 500,
         }
     }
@@ -97,7 +123,15 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
             | ErrorKind::UnsupportedMediaType
-            | ErrorKind::UnsupportedOperation => "invalid_request_error",
+            | ErrorKind::UnsupportedOperation
+            | ErrorKind::AgentNotAllowed
+            | ErrorKind::AdminTokenInvalid
+            | ErrorKind::AdminTokenRequired
+            | ErrorKind::KeyNotFound
+            | ErrorKind::KeyConflict
+            | ErrorKind::InvalidConfig => "invalid_request_error",
+            ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound => "not_found_error",
+            ErrorKind::AgentQueueFull => "rate_limit_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => "rate_limit_error",
@@ -135,6 +169,15 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
             ErrorKind::UpstreamAuth => "upstream_auth_error",
             ErrorKind::NoHealthyTarget => "no_healthy_target",
+            ErrorKind::AgentNotAllowed => "agent_not_allowed",
+            ErrorKind::AgentNotFound => "agent_not_found",
+            ErrorKind::AgentQueueFull => "agent_queue_full",
+            ErrorKind::InstructionNotFound => "instruction_not_found",
+            ErrorKind::AdminTokenInvalid => "invalid_admin_token",
+            ErrorKind::AdminTokenRequired => "admin_token_required",
+            ErrorKind::KeyNotFound => "key_not_found",
+            ErrorKind::KeyConflict => "key_conflict",
+            ErrorKind::InvalidConfig => "invalid_config",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -155,7 +198,16 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
             | ErrorKind::UnsupportedMediaType
-            | ErrorKind::UnsupportedOperation => Source::Downstream,
+            | ErrorKind::UnsupportedOperation
+            | ErrorKind::AgentNotAllowed
+            | ErrorKind::AgentNotFound
+            | ErrorKind::AgentQueueFull
+            | ErrorKind::InstructionNotFound
+            | ErrorKind::AdminTokenInvalid
+            | ErrorKind::AdminTokenRequired
+            | ErrorKind::KeyNotFound
+            | ErrorKind::KeyConflict
+            | ErrorKind::InvalidConfig => Source::Downstream,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -164,6 +216,26 @@ impl ErrorKind {
             ErrorKind::Internal => Source::Internal,
         }
     }
+}
+
+impl ErrorKind {
+    /// Whether another target may do better: the upstream's fault (it could
+    /// not be reached, was too slow, answered garbage, refused our key). The
+    /// client's own faults and the gateway's are not retried.
+    pub fn retryable(self) -> bool {
+        match self.source() {
+            Source::Upstream => self != ErrorKind::NoHealthyTarget,
+            Source::Downstream | Source::Internal => false,
+        }
+    }
+}
+
+/// Whether an upstream's error status is about the upstream's state (busy,
+/// failing, our credentials) rather than about the request: those are
+/// retried on another target; the others (400, 404, 422, …) are relayed,
+/// since every target would say the same.
+pub fn upstream_status_retryable(status: u16) -> bool {
+    matches!(status, 401 | 403 | 429) || (500..600).contains(&status)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,7 +309,16 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 21] = [
+    const ALL: [ErrorKind; 30] = [
+        ErrorKind::AgentNotAllowed,
+        ErrorKind::AgentNotFound,
+        ErrorKind::AgentQueueFull,
+        ErrorKind::InstructionNotFound,
+        ErrorKind::AdminTokenInvalid,
+        ErrorKind::AdminTokenRequired,
+        ErrorKind::KeyNotFound,
+        ErrorKind::KeyConflict,
+        ErrorKind::InvalidConfig,
         ErrorKind::HeadersTooLarge,
         ErrorKind::BudgetExceeded,
         ErrorKind::RequestTimeout,
@@ -295,5 +376,19 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");
+    }
+
+    #[test]
+    fn only_the_upstreams_faults_are_retried() {
+        for k in ALL {
+            let expected = k.source() == Source::Upstream && k != ErrorKind::NoHealthyTarget;
+            assert_eq!(k.retryable(), expected, "{k:?}");
+        }
+        for s in [401, 403, 429, 500, 502, 503, 529] {
+            assert!(upstream_status_retryable(s), "{s}");
+        }
+        for s in [400, 404, 409, 413, 422] {
+            assert!(!upstream_status_retryable(s), "{s}");
+        }
     }
 }

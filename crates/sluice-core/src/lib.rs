@@ -7,6 +7,8 @@ pub mod config;
 pub mod error;
 pub mod limits;
 pub mod pii;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
 pub mod request;
 pub mod resilience;
 pub mod route;

@@ -18,6 +18,8 @@ use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sluice_core::config::{Config, KeyConfig};
+use sluice_core::{ErrorKind, GatewayError};
+use sluice_providers::translate::Wire;
 
 use crate::access::Access;
 use crate::app::App;
@@ -120,20 +122,9 @@ fn save(path: &Path, specs: &[KeySpec]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let code = match status {
-        StatusCode::UNAUTHORIZED => "invalid_admin_token",
-        StatusCode::FORBIDDEN => "admin_token_required",
-        StatusCode::NOT_FOUND => "key_not_found",
-        StatusCode::CONFLICT => "key_conflict",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "invalid_request",
-    };
-    (
-        status,
-        Json(json!({"error": {"message": message.into(), "type": "invalid_request_error", "code": code}})),
-    )
-        .into_response()
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    let e = GatewayError::new(kind, message.into());
+    crate::reply::error_response(&e, Wire::OpenAi).into_response()
 }
 
 /// The guard on every admin route that reads keys or changes anything.
@@ -148,7 +139,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn admin_refusal(app: &App, headers: &HeaderMap, json_body: bool) -> Option<Response> {
     if json_body && !is_json(headers) {
         return Some(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::UnsupportedMediaType,
             "the body must be JSON, sent with content-type: application/json",
         ));
     }
@@ -157,13 +148,13 @@ pub fn admin_refusal(app: &App, headers: &HeaderMap, json_body: bool) -> Option<
     let Some(want) = cfg.admin_sha256 else {
         if !cfg.server.admin_listen.ip().is_loopback() {
             return Some(error(
-                StatusCode::FORBIDDEN,
+                ErrorKind::AdminTokenRequired,
                 "the admin listener is not on loopback: set [auth] admin_sha256 to manage keys",
             ));
         }
         return local_only(headers)
             .err()
-            .map(|why| error(StatusCode::FORBIDDEN, why));
+            .map(|why| error(ErrorKind::AdminTokenRequired, why));
     };
     let token = headers
         .get(http::header::AUTHORIZATION)
@@ -172,7 +163,7 @@ pub fn admin_refusal(app: &App, headers: &HeaderMap, json_body: bool) -> Option<
     match token {
         Some(t) if sluice_core::auth::token_hash(t) == want => None,
         _ => Some(error(
-            StatusCode::UNAUTHORIZED,
+            ErrorKind::AdminTokenInvalid,
             "missing or wrong admin token",
         )),
     }
@@ -264,13 +255,13 @@ pub async fn create(
     }
     let mut spec: KeySpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid key: {e}")),
+        Err(e) => return error(ErrorKind::InvalidRequest, format!("invalid key: {e}")),
     };
     let mut generated = None;
     match (spec.token.take(), &spec.sha256) {
         (Some(_), Some(_)) => {
             return error(
-                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
                 "give a token or its sha256, not both",
             );
         }
@@ -287,10 +278,10 @@ pub async fn create(
     let access = app.access.load();
     let key = match validate(std::slice::from_ref(&spec), &snap.config) {
         Ok(mut k) => k.remove(0),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(ErrorKind::InvalidRequest, e),
     };
     if let Err(e) = check_clashes(std::slice::from_ref(&key), &snap.config.keys) {
-        return error(StatusCode::CONFLICT, e);
+        return error(ErrorKind::KeyConflict, e);
     }
     if access
         .api_keys
@@ -298,7 +289,7 @@ pub async fn create(
         .any(|k| k.name == key.name || k.sha256 == key.sha256)
     {
         return error(
-            StatusCode::CONFLICT,
+            ErrorKind::KeyConflict,
             format!("a key named '{}' or with that hash exists", key.name),
         );
     }
@@ -307,10 +298,7 @@ pub async fn create(
         && let Err(e) = save(path, &specs)
     {
         specs.pop();
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write keys_file: {e}"),
-        );
+        return error(ErrorKind::Internal, format!("cannot write keys_file: {e}"));
     }
     let mut api_keys = access.api_keys.clone();
     api_keys.push(key.clone());
@@ -340,18 +328,18 @@ pub async fn delete(
     let access = app.access.load();
     if snap.config.keys.iter().any(|k| *k.name == *name) {
         return error(
-            StatusCode::CONFLICT,
+            ErrorKind::KeyConflict,
             format!("key '{name}' is defined in the configuration file; remove it there"),
         );
     }
     if !access.api_keys.iter().any(|k| *k.name == *name) {
-        return error(StatusCode::NOT_FOUND, format!("no key named '{name}'"));
+        return error(ErrorKind::KeyNotFound, format!("no key named '{name}'"));
     }
     // "No open API off loopback" holds at every change, as at start.
     let last = snap.config.keys.is_empty() && access.api_keys.len() == 1;
     if last && !open_api_allowed(&snap.config) {
         return error(
-            StatusCode::CONFLICT,
+            ErrorKind::KeyConflict,
             format!(
                 "key '{name}' is the last key and the API listens on {}: without keys it would \
                  be open to anyone who can reach it. Add another key first, or set [auth] \
@@ -366,10 +354,7 @@ pub async fn delete(
         && let Err(e) = save(path, &specs)
     {
         *specs = before;
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write keys_file: {e}"),
-        );
+        return error(ErrorKind::Internal, format!("cannot write keys_file: {e}"));
     }
     let api_keys = access
         .api_keys
@@ -392,11 +377,10 @@ pub fn open_api_allowed(config: &Config) -> bool {
     config.server.listen.ip().is_loopback() || config.allow_open_non_loopback
 }
 
-/// `sk-sluice-` and 32 random hex digits (128 bits from the OS).
+/// `sk-sluice-` and 32 random hex digits (128 bits from the thread's
+/// cryptographic generator, seeded by the OS).
 fn new_token() -> String {
-    use aes_gcm::aead::Generate;
-    type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12>;
-    let bytes = aes_gcm::aead::Key::<Sm4Gcm>::generate();
+    let bytes: [u8; 16] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("sk-sluice-{hex}")
 }

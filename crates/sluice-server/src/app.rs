@@ -138,7 +138,7 @@ impl App {
                 a,
                 config.redis.as_ref(),
                 config.redaction.redactor.clone(),
-                crate::audit::Counts(metrics.audit_events.clone()),
+                metrics.audit_events.clone(),
             )?),
             None => None,
         };
@@ -151,9 +151,12 @@ impl App {
             let _ = h.cluster.set(c);
         }
         let shared_limiter = match (&config.redis, config.limits.backend) {
-            (Some(r), sluice_core::config::LimitsBackend::Redis) => Some(Arc::new(
-                crate::shared_limits::SharedLimiter::new(crate::redis_conn::connect(r)?, r.timeout),
-            )),
+            (Some(r), sluice_core::config::LimitsBackend::Redis) => {
+                Some(Arc::new(crate::shared_limits::SharedLimiter::new(
+                    sluice_core::redis_conn::connect(r).map_err(anyhow::Error::msg)?,
+                    r.timeout,
+                )))
+            }
             _ => None,
         };
         let access = crate::access::Access::build(&config, api_keys, None);

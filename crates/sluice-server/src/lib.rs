@@ -3,21 +3,21 @@
 pub mod access;
 pub mod admin_keys;
 pub mod app;
-pub mod audit;
+pub use sluice_audit as audit;
 pub mod conn;
 pub mod extract;
-pub mod hub;
+pub use sluice_hub as hub;
+mod hub_routes;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub mod redis_conn;
 pub mod reload;
 pub mod reply;
 pub mod routes;
 mod serving;
 pub mod shared_limits;
-pub mod telemetry;
+pub use sluice_telemetry as telemetry;
 pub mod tls;
 pub mod upgrade;
 

@@ -73,10 +73,7 @@ pub struct TokenTypeLabels {
     pub gen_ai_token_type: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
-}
+pub use sluice_telemetry::OutcomeLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
@@ -133,7 +130,7 @@ pub struct Metrics {
     pub active_requests: Gauge,
     pub active_streams: Gauge,
     /// Audit events by outcome (written, buffered, lost).
-    pub audit_events: Family<OutcomeLabels, Counter>,
+    pub audit_events: sluice_audit::Counts,
     /// Finished trace spans: exported, dropped (queue full), failed (export error).
     pub trace_spans: Family<OutcomeLabels, Counter>,
     /// Rate-limit decisions the shared (Redis) backend could not make, by
@@ -191,7 +188,7 @@ impl Metrics {
             Family::new_with_constructor(fine_histogram);
         let overhead: HistogramFamily<GenAiLabels> = Family::new_with_constructor(fine_histogram);
         let active_streams = Gauge::default();
-        let audit_events = Family::<OutcomeLabels, Counter>::default();
+        let audit_events = sluice_audit::Counts::default();
         let trace_spans = Family::<OutcomeLabels, Counter>::default();
         let limit_backend_errors = Family::<OutcomeLabels, Counter>::default();
         let limited = Family::<OutcomeLabels, Counter>::default();
@@ -202,14 +199,9 @@ impl Metrics {
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
-            (&audit_events, &["written", "buffered", "lost"][..]),
             (&trace_spans, &["exported", "dropped", "failed"][..]),
             (&limited, &["requests", "tokens", "streams", "budget"][..]),
             (&limit_backend_errors, &["local", "refused"][..]),
-            (
-                &hub.instructions,
-                &["queued", "overflow", "acked", "completed", "undelivered"][..],
-            ),
         ] {
             for &outcome in outcomes {
                 let _ = family.get_or_create(&OutcomeLabels { outcome });
@@ -265,7 +257,7 @@ impl Metrics {
         registry.register(
             "audit_events",
             "Audit events by outcome: written to the sink, buffered on disk while it is down, lost",
-            audit_events.clone(),
+            audit_events.0.clone(),
         );
         registry.register(
             "trace_spans",

@@ -23,6 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use sluice_core::config::{self, Config};
+use sluice_core::{ErrorKind, GatewayError};
 
 use crate::access::Access;
 use crate::app::{App, Snapshot};
@@ -104,10 +105,11 @@ pub struct Reloaded {
 }
 
 /// Rereads, validates and swaps in the configuration. One at a time.
-pub async fn reload(app: &Arc<App>) -> Result<Reloaded, String> {
+pub async fn reload(app: &Arc<App>) -> Result<Reloaded, GatewayError> {
     // Serialised with itself and with the admin key API (same lock).
     let mut specs = app.key_specs.lock().await;
-    let outcome = try_reload(app, &mut specs);
+    let outcome = try_reload(app, &mut specs)
+        .map_err(|problems| GatewayError::new(ErrorKind::InvalidConfig, problems));
     let label = if outcome.is_ok() { "ok" } else { "failed" };
     app.metrics
         .reload
@@ -120,7 +122,7 @@ pub async fn reload(app: &Arc<App>) -> Result<Reloaded, String> {
             tracing::info!(sha256 = %r.sha256, models = r.models, "configuration reloaded");
         }
         Err(e) => {
-            tracing::warn!(problems = %e, "configuration not reloaded; the running one stays")
+            tracing::warn!(problems = %e.message, "configuration not reloaded; the running one stays")
         }
     }
     outcome

@@ -28,21 +28,21 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
-        .route("/v1/agents", get(crate::hub::http::list))
-        .route("/v1/agents/connect", get(crate::hub::http::connect))
-        .route("/v1/agents/events", get(crate::hub::http::events))
+        .route("/v1/agents", get(crate::hub_routes::list))
+        .route("/v1/agents/connect", get(crate::hub_routes::connect))
+        .route("/v1/agents/events", get(crate::hub_routes::events))
         .route(
             "/v1/agents/instructions/{id}",
-            get(crate::hub::http::instruction),
+            get(crate::hub_routes::instruction),
         )
-        .route("/v1/agents/{id}", get(crate::hub::http::get_agent))
+        .route("/v1/agents/{id}", get(crate::hub_routes::get_agent))
         .route(
             "/v1/agents/{id}/instructions",
-            post(crate::hub::http::instruct),
+            post(crate::hub_routes::instruct),
         )
         .route(
             "/v1/agent-groups/{group}/instructions",
-            post(crate::hub::http::broadcast),
+            post(crate::hub_routes::broadcast),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -191,14 +191,7 @@ async fn reload_config(State(app): State<Arc<App>>, headers: http::HeaderMap) ->
     match crate::reload::reload(&app).await {
         Ok(r) => axum::Json(json!({"status": "reloaded", "sha256": r.sha256, "models": r.models}))
             .into_response(),
-        Err(problems) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"error": {"message": problems, "type": "invalid_request_error",
-                                        "param": null, "code": "invalid_config"}}),
-            ),
-        )
-            .into_response(),
+        Err(e) => error_response(&e, Wire::OpenAi),
     }
 }
 

@@ -266,7 +266,10 @@ fn attempt_span(
         (Some(t), Some(parent)) => t.attempt_span(
             parent,
             super::call::operation_name(call.op),
-            provider,
+            (
+                sluice_providers::adapter::genai_provider(provider),
+                &provider.name,
+            ),
             model,
             attempts,
         ),
@@ -360,7 +363,7 @@ async fn attempt(
                 over_wire: false,
             });
         }
-        Err(e) => return Attempt::Reject(e),
+        Err(e) => return failure(e),
     };
     let wire = upstream.adapter.wire();
     let Some(client) = &upstream.client else {
@@ -380,9 +383,9 @@ async fn attempt(
     let started = Instant::now();
     let head_deadline = (started + provider.timeout).min(call.deadline);
     let resp = match timeout_at(head_deadline, transport::send(client, req)).await {
-        Err(_) if head_deadline >= call.deadline => return retry(deadline_error(call.budget)),
+        Err(_) if head_deadline >= call.deadline => return failure(deadline_error(call.budget)),
         Err(_) => {
-            return retry(GatewayError::new(
+            return failure(GatewayError::new(
                 ErrorKind::UpstreamTimeout,
                 format!(
                     "upstream did not respond within {} ms",
@@ -390,7 +393,7 @@ async fn attempt(
                 ),
             ));
         }
-        Ok(Err(e)) => return retry(e),
+        Ok(Err(e)) => return failure(e),
         Ok(Ok(r)) => r,
     };
     let (head, incoming) = resp.into_parts();
@@ -418,9 +421,9 @@ async fn accepted(
         call.deadline
     };
     let first = match timeout_at(first_deadline, first_frame(&mut incoming)).await {
-        Err(_) if first_deadline >= call.deadline => return retry(deadline_error(call.budget)),
+        Err(_) if first_deadline >= call.deadline => return failure(deadline_error(call.budget)),
         Err(_) => {
-            return retry(GatewayError::new(
+            return failure(GatewayError::new(
                 ErrorKind::UpstreamTimeout,
                 format!(
                     "no first token within {} ms",
@@ -429,7 +432,7 @@ async fn accepted(
             ));
         }
         Ok(Some(Err(e))) => {
-            return retry(GatewayError::new(
+            return failure(GatewayError::new(
                 ErrorKind::UpstreamProtocol,
                 format!("upstream failed before the first byte: {e}"),
             ));
@@ -445,7 +448,7 @@ async fn accepted(
         .and_then(Frame::data_ref)
         .map_or(&[][..], |b| &b[..]);
     if let Err(m) = sluice_providers::check::body_start(call.peek.stream, start) {
-        return retry(GatewayError::new(ErrorKind::UpstreamProtocol, m));
+        return failure(GatewayError::new(ErrorKind::UpstreamProtocol, m));
     }
     Attempt::Commit(Committed {
         head,
@@ -469,11 +472,7 @@ async fn refused(
     wire: Wire,
 ) -> Attempt {
     let status = head.status;
-    let retryable = status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-        || status == StatusCode::UNAUTHORIZED
-        || status == StatusCode::FORBIDDEN;
-    if !retryable {
+    if !sluice_core::error::upstream_status_retryable(status.as_u16()) {
         // The upstream refused the request itself (400, 404, 422, …): another
         // target would say the same. Relay it.
         return Attempt::Commit(Committed {
@@ -500,7 +499,7 @@ async fn refused(
         // Our credentials for this provider are wrong: not the client's 401,
         // and never with our key in it.
         let said = translate::error_message(wire, &body);
-        return retry(GatewayError::new(
+        return failure(GatewayError::new(
             ErrorKind::UpstreamAuth,
             format!(
                 "provider '{}' rejected the gateway's credentials ({}): {}",
@@ -548,10 +547,15 @@ async fn first_frame(
     }
 }
 
-fn retry(e: GatewayError) -> Attempt {
-    Attempt::Retry {
-        failure: Failure::Error(e),
-        retry_after: None,
+/// A failed attempt, retried or not by what kind of failure it is.
+fn failure(e: GatewayError) -> Attempt {
+    if e.kind.retryable() {
+        Attempt::Retry {
+            failure: Failure::Error(e),
+            retry_after: None,
+        }
+    } else {
+        Attempt::Reject(e)
     }
 }
 

@@ -88,12 +88,7 @@ pub(crate) async fn deliver(
             .await;
             let bytes = match collected {
                 Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    return rec.reply_error(&GatewayError::new(
-                        ErrorKind::UpstreamProtocol,
-                        format!("could not read the upstream response: {e}"),
-                    ));
-                }
+                Ok(Err(e)) => return rec.reply_error(&e),
                 Err(_) => return rec.reply_error(&deadline_error(call.budget)),
             };
             let converted = if !status.is_success() {
@@ -176,13 +171,19 @@ fn prepend(first: Option<Frame<Bytes>>, rest: BoxBody) -> BoxBody {
 }
 
 /// A whole body, refusing more than `limit` bytes.
-async fn collect_limited(mut body: BoxBody, limit: usize) -> Result<Bytes, String> {
+async fn collect_limited(mut body: BoxBody, limit: usize) -> Result<Bytes, GatewayError> {
+    let unreadable = |why: String| {
+        GatewayError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("could not read the upstream response: {why}"),
+        )
+    };
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = frame.map_err(|e| unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
-                return Err(format!("response larger than {limit} bytes"));
+                return Err(unreadable(format!("response larger than {limit} bytes")));
             }
             buf.extend_from_slice(&data);
         }

@@ -59,7 +59,7 @@ impl Cluster {
     /// Connects (lazily) and starts the listener and presence refresher.
     pub fn start(hub: &Arc<Hub>, redis: &RedisConfig) -> anyhow::Result<Arc<Self>> {
         let c = Arc::new(Self {
-            conn: crate::redis_conn::connect(redis)?,
+            conn: sluice_core::redis_conn::connect(redis).map_err(anyhow::Error::msg)?,
             replica: hub.replica.clone(),
             ttl: hub.cfg.presence_ttl,
             timeout: redis.timeout,

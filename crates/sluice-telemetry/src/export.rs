@@ -22,7 +22,7 @@ use sluice_core::config::{OtlpProtocol, TelemetryConfig};
 use tokio::sync::{Notify, watch};
 
 use super::otlp;
-use crate::metrics::OutcomeLabels;
+use crate::OutcomeLabels;
 
 /// A batch is also sealed at this size, well under gRPC's default 4 MiB
 /// message limit on receivers.

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::cipher::FieldCipher;
 use self::sink::{Msg, Spill};
 
-pub use sink::{Counts, Outcome};
+pub use sink::{Counts, Outcome, OutcomeLabels};
 
 /// One audit event, as written (one JSON line).
 #[derive(serde::Serialize)]

@@ -1,19 +1,20 @@
-//! The one Redis connection a process keeps (multiplexed, reconnecting in
-//! the background), shared by the features that need Redis.
+//! The Redis connection a feature keeps (multiplexed, reconnecting in the
+//! background); with the `redis` feature.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use sluice_core::config::RedisConfig;
+
+use crate::config::RedisConfig;
 
 /// A lazily connected manager: building it never waits for Redis, so a
 /// Redis that is down at start-up does not stop the gateway; commands fail
 /// within the configured timeout until it is back.
-pub fn connect(cfg: &RedisConfig) -> anyhow::Result<ConnectionManager> {
+pub fn connect(cfg: &RedisConfig) -> Result<ConnectionManager, String> {
     let client = redis::Client::open(cfg.url.expose())
-        .map_err(|e| anyhow::anyhow!("[redis] url is not usable: {e}"))?;
+        .map_err(|e| format!("[redis] url is not usable: {e}"))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.timeout))
         .set_response_timeout(Some(cfg.timeout))
         .set_number_of_retries(1)
         .set_max_delay(cfg.timeout);
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("[redis]: {e}"))
 }

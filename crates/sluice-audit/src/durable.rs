@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::oneshot;
@@ -35,8 +34,8 @@ impl AckSlot {
 }
 
 /// A response body whose end waits for its request's audit event.
-pub struct DurableBody {
-    inner: Body,
+pub struct DurableBody<B> {
+    inner: B,
     slot: Arc<AckSlot>,
     waiting: Option<oneshot::Receiver<()>>,
     /// The frame held back while waiting; `None` while waiting = the end.
@@ -44,8 +43,8 @@ pub struct DurableBody {
     ended: bool,
 }
 
-impl DurableBody {
-    pub fn new(inner: Body, slot: Arc<AckSlot>) -> Self {
+impl<B> DurableBody<B> {
+    pub fn new(inner: B, slot: Arc<AckSlot>) -> Self {
         Self {
             inner,
             slot,
@@ -56,14 +55,17 @@ impl DurableBody {
     }
 }
 
-impl http_body::Body for DurableBody {
+impl<B> http_body::Body for DurableBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         loop {
             if let Some(rx) = &mut this.waiting {
@@ -116,14 +118,14 @@ impl http_body::Body for DurableBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
 
     #[tokio::test]
     async fn the_last_frame_waits_for_the_ack() {
         let slot = Arc::new(AckSlot::default());
         let (ack, rx) = oneshot::channel();
         slot.put(rx); // an error response: the event came first
-        let mut body = DurableBody::new(Body::from("whole"), slot);
+        let mut body = DurableBody::new(Full::new(Bytes::from_static(b"whole")), slot);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), body.frame()).await;
         assert!(early.is_err(), "held until the event is durable");
         ack.send(()).unwrap();
@@ -134,7 +136,7 @@ mod tests {
     #[tokio::test]
     async fn without_an_event_frames_pass() {
         let slot = Arc::new(AckSlot::default());
-        let body = DurableBody::new(Body::from("x"), slot);
+        let body = DurableBody::new(Full::new(Bytes::from_static(b"x")), slot);
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"x");
     }
 }

@@ -1,7 +1,8 @@
 //! The agent hub: agents hold one WebSocket each ([`session`]); operators
-//! push instructions to them over HTTP ([`http`]) and get acks, results and
-//! events back; agents can also stream chat completions over their socket
-//! ([`chat`]). The wire protocol is in `docs/agent-protocol.md`.
+//! push instructions to them (the gateway serves the HTTP API over
+//! [`Hub`]) and get acks, results and events back; agents can also stream
+//! chat completions over their socket ([`chat`]), run by the [`Gateway`]
+//! the hub is part of. The wire protocol is in `docs/agent-protocol.md`.
 //!
 //! State here is per process: the registry of connected agents, the
 //! instruction records (bounded, oldest dropped first), and a broadcast
@@ -11,7 +12,6 @@
 pub mod chat;
 pub mod cluster;
 pub mod frame;
-pub mod http;
 pub mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,6 +22,35 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_core::config::AgentsConfig;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+/// What the hub needs from the gateway it runs in.
+pub trait Gateway: Send + Sync + 'static {
+    /// Runs an agent's chat completion request (an OpenAI request body,
+    /// streamed) through the gateway's request path with the agent's
+    /// credential: an SSE response, or an error response in the OpenAI
+    /// format with its status.
+    fn chat(
+        &self,
+        body: bytes::Bytes,
+        auth: Option<http::HeaderValue>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<axum::body::Body>> + Send>>;
+}
+
+/// The agent groups a key is limited to; `None` = every agent.
+pub type Scope = Option<Vec<Arc<str>>>;
+
+/// Whether a key limited to `scope` may see and instruct an agent in `groups`.
+pub fn in_scope(scope: &Scope, groups: &[Arc<str>]) -> bool {
+    scope
+        .as_ref()
+        .is_none_or(|s| groups.iter().any(|g| s.contains(g)))
+}
+
+/// The `outcome` label of `sluice_agent_instructions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
 
 /// A frame waiting to go to an agent. Each is one pointer (plus its tag):
 /// the queue's slots are allocated per agent, so they are kept small.
@@ -188,14 +217,29 @@ pub struct Hub {
     pub cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HubMetrics {
     pub connected: prometheus_client::metrics::gauge::Gauge,
     pub evictions: prometheus_client::metrics::counter::Counter,
     pub instructions: prometheus_client::metrics::family::Family<
-        crate::metrics::OutcomeLabels,
+        OutcomeLabels,
         prometheus_client::metrics::counter::Counter,
     >,
+}
+
+impl Default for HubMetrics {
+    /// Every instruction outcome's series from the start, at zero.
+    fn default() -> Self {
+        let m = Self {
+            connected: Default::default(),
+            evictions: Default::default(),
+            instructions: Default::default(),
+        };
+        for outcome in ["queued", "overflow", "acked", "completed", "undelivered"] {
+            let _ = m.instructions.get_or_create(&OutcomeLabels { outcome });
+        }
+        m
+    }
 }
 
 impl Hub {
@@ -395,7 +439,7 @@ impl Hub {
     fn count(&self, outcome: &'static str) {
         self.metrics
             .instructions
-            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

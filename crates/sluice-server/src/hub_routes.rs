@@ -13,45 +13,54 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_core::{ErrorKind, GatewayError};
+use sluice_providers::translate::Wire;
 
-use super::{Hub, SendError, Status};
 use crate::app::App;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use sluice_hub::{Hub, Scope, SendError, Status, in_scope};
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let kind = match status.as_u16() {
-        401 => "authentication_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        _ => "invalid_request_error",
-    };
-    (
-        status,
-        Json(json!({"error": {"message": message.into(), "type": kind, "code": code, "param": null}})),
-    )
-        .into_response()
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    let e = GatewayError::new(kind, message.into());
+    crate::reply::error_response(&e, Wire::OpenAi).into_response()
 }
 
-/// The agent groups a key is limited to; `None` = every agent.
-pub type Scope = Option<Vec<Arc<str>>>;
+/// The request path, as the hub runs agents' chats through it.
+struct AppGateway(Arc<App>);
 
-/// Whether a key limited to `scope` may see and instruct an agent in `groups`.
-pub fn in_scope(scope: &Scope, groups: &[Arc<str>]) -> bool {
-    scope
-        .as_ref()
-        .is_none_or(|s| groups.iter().any(|g| s.contains(g)))
+impl sluice_hub::Gateway for AppGateway {
+    fn chat(
+        &self,
+        body: Bytes,
+        auth: Option<http::HeaderValue>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(a) = auth {
+            headers.insert(http::header::AUTHORIZATION, a);
+        }
+        let inbound = crate::proxy::Inbound {
+            op: sluice_core::request::Operation::Chat,
+            route: sluice_hub::chat::ROUTE,
+            headers,
+            body: crate::proxy::InboundBody::Read(body),
+        };
+        Box::pin(crate::proxy::serve(self.0.clone(), inbound))
+    }
 }
 
 fn forbidden(what: String) -> Response {
-    error(StatusCode::FORBIDDEN, "agent_not_allowed", what)
+    error(ErrorKind::AgentNotAllowed, what)
 }
 
 /// The hub and the caller's scope, after the caller's key is checked.
 fn hub_for(app: &App, headers: &HeaderMap) -> Result<(Arc<Hub>, Scope), Box<Response>> {
     let Some(hub) = app.hub.clone() else {
         return Err(Box::new(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorKind::RouteNotFound,
             "the agent hub is disabled ([agents] enabled = false)",
         )));
     };
@@ -87,7 +96,9 @@ pub async fn connect(
         .write_buffer_size(0)
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
-        .on_upgrade(move |socket| super::session::run(hub, app, socket, auth, scope))
+        .on_upgrade(move |socket| {
+            sluice_hub::session::run(hub, Arc::new(AppGateway(app)), socket, auth, scope)
+        })
 }
 
 #[derive(Deserialize)]
@@ -124,7 +135,7 @@ fn checked(
 
 fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
-        Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid instruction: {e} (expected {{\"payload\":…, \"wait_ack_ms\"?, \"wait_result_ms\"?}})")))
+        Box::new(error(ErrorKind::InvalidRequest, format!("invalid instruction: {e} (expected {{\"payload\":…, \"wait_ack_ms\"?, \"wait_result_ms\"?}})")))
     })
 }
 
@@ -173,8 +184,7 @@ fn presence_groups(p: &Value) -> Vec<Arc<str>> {
 fn send_error(agent_id: &str, e: SendError) -> Response {
     match e {
         SendError::NotConnected => error(
-            StatusCode::NOT_FOUND,
-            "agent_not_found",
+            ErrorKind::AgentNotFound,
             format!("no agent '{agent_id}' is connected"),
         ),
         SendError::NotAllowed => forbidden(format!(
@@ -182,8 +192,7 @@ fn send_error(agent_id: &str, e: SendError) -> Response {
         )),
         SendError::QueueFull { depth } => {
             let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "agent_queue_full",
+                ErrorKind::AgentQueueFull,
                 format!(
                     "agent '{agent_id}' has {depth} frames waiting (its limit): it is not keeping up"
                 ),
@@ -302,8 +311,7 @@ pub async fn instruction(
     match hub.record_view(&id).filter(|_| visible) {
         Some(v) => Json(v).into_response(),
         None => error(
-            StatusCode::NOT_FOUND,
-            "instruction_not_found",
+            ErrorKind::InstructionNotFound,
             format!(
                 "no instruction '{id}' (unknown, or dropped from the {} kept)",
                 hub.cfg.max_instructions
@@ -361,8 +369,7 @@ pub async fn get_agent(
         return Json(p).into_response();
     }
     error(
-        StatusCode::NOT_FOUND,
-        "agent_not_found",
+        ErrorKind::AgentNotFound,
         format!("no agent '{id}' is connected"),
     )
 }

@@ -47,7 +47,7 @@ fn parse_hello(msg: Message, max_groups: usize) -> Result<Hello, (u16, String)> 
 
 /// A key limited to some agent groups may only join those (and at least
 /// one of them).
-fn allowed(h: Hello, scope: &super::http::Scope) -> Result<Hello, (u16, String)> {
+fn allowed(h: Hello, scope: &super::Scope) -> Result<Hello, (u16, String)> {
     let Some(s) = scope else { return Ok(h) };
     if h.groups.is_empty() || h.groups.iter().any(|g| !s.iter().any(|x| **x == **g)) {
         let names: Vec<&str> = s.iter().map(|g| &**g).collect();
@@ -63,10 +63,10 @@ fn allowed(h: Hello, scope: &super::http::Scope) -> Result<Hello, (u16, String)>
 /// header, kept for the chat requests the agent makes over the socket.
 pub async fn run(
     hub: Arc<Hub>,
-    app: Arc<crate::app::App>,
+    gateway: Arc<dyn super::Gateway>,
     mut socket: WebSocket,
     auth: Option<http::HeaderValue>,
-    scope: super::http::Scope,
+    scope: super::Scope,
 ) {
     let mut shutdown = hub.shutdown.subscribe();
     if *shutdown.borrow() {
@@ -123,7 +123,7 @@ pub async fn run(
     } else {
         serve(
             &hub,
-            &app,
+            &gateway,
             &handle,
             &mut socket,
             &mut rx,
@@ -142,7 +142,7 @@ pub async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     hub: &Arc<Hub>,
-    app: &Arc<crate::app::App>,
+    gateway: &Arc<dyn super::Gateway>,
     handle: &Arc<AgentHandle>,
     socket: &mut WebSocket,
     rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
@@ -186,7 +186,7 @@ async fn serve(
                 handle.last_seen.store(now_nanos(), Ordering::Relaxed);
                 match msg {
                     Message::Text(t) => {
-                        if let Err((c, why)) = on_frame(hub, app, handle, t.as_str(), &auth) {
+                        if let Err((c, why)) = on_frame(hub, gateway, handle, t.as_str(), &auth) {
                             close(socket, c, &why).await;
                             return (why, false);
                         }
@@ -247,7 +247,7 @@ async fn send(socket: &mut WebSocket, msg: Message, limit: Duration) -> Result<(
 /// One frame from the agent. An error closes the connection with its code.
 fn on_frame(
     hub: &Arc<Hub>,
-    app: &Arc<crate::app::App>,
+    gateway: &Arc<dyn super::Gateway>,
     handle: &Arc<AgentHandle>,
     text: &str,
     auth: &Option<http::HeaderValue>,
@@ -275,7 +275,7 @@ fn on_frame(
                 .try_send(Outbound::text(json!({"type": "pong"}).to_string()));
         }
         AgentFrame::Chat { id, request } => {
-            super::chat::start(app.clone(), handle.clone(), id, request, auth.clone());
+            super::chat::start(gateway.clone(), handle.clone(), id, request, auth.clone());
         }
     }
     Ok(())

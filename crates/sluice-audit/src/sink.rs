@@ -12,7 +12,11 @@ use sluice_core::config::{AuditConfig, AuditDurability, AuditSinkKind, RedisConf
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::OutcomeLabels;
+/// The `outcome` label of `sluice_audit_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
 
 pub enum Msg {
     Event(String),
@@ -33,8 +37,20 @@ pub enum Outcome {
 }
 
 /// `sluice_audit_events_total{outcome}`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Counts(pub Family<OutcomeLabels, Counter>);
+
+impl Default for Counts {
+    /// Every outcome's series from the start, at zero: a `rate()` over a
+    /// series that appears later misses its first increments.
+    fn default() -> Self {
+        let family = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["written", "buffered", "lost"] {
+            let _ = family.get_or_create(&OutcomeLabels { outcome });
+        }
+        Self(family)
+    }
+}
 
 impl Counts {
     pub fn add(&self, o: Outcome, n: u64) {
@@ -88,7 +104,7 @@ impl Sink {
                 let r =
                     redis.ok_or_else(|| anyhow::anyhow!("[audit] sink = redis needs [redis]"))?;
                 Sink::Redis {
-                    conn: crate::redis_conn::connect(r)?,
+                    conn: sluice_core::redis_conn::connect(r).map_err(anyhow::Error::msg)?,
                     stream: cfg.stream.clone(),
                     maxlen: cfg.stream_maxlen,
                     timeout: r.timeout,

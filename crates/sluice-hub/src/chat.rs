@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sluice_core::request::Operation;
 
 use super::{AgentHandle, Outbound};
 
@@ -16,14 +15,14 @@ use super::{AgentHandle, Outbound};
 pub const ROUTE: &str = "/v1/agents/connect#chat";
 
 pub fn start(
-    app: Arc<crate::app::App>,
+    gateway: Arc<dyn super::Gateway>,
     agent: Arc<AgentHandle>,
     id: String,
     request: Value,
     auth: Option<http::HeaderValue>,
 ) {
     tokio::spawn(async move {
-        if let Err(e) = run(app, &agent, &id, request, auth).await {
+        if let Err(e) = run(&*gateway, &agent, &id, request, auth).await {
             // The session is gone: nothing to tell. Dropping the response
             // body has cancelled the upstream request.
             tracing::debug!(agent = %agent.id, chat = %id, error = %e, "chat over socket ended early");
@@ -40,7 +39,7 @@ async fn send(agent: &AgentHandle, v: Value) -> Result<(), &'static str> {
 }
 
 async fn run(
-    app: Arc<crate::app::App>,
+    gateway: &dyn super::Gateway,
     agent: &AgentHandle,
     id: &str,
     mut request: Value,
@@ -56,21 +55,7 @@ async fn run(
     };
     obj.insert("stream".into(), Value::Bool(true));
     let body = serde_json::to_vec(&request).expect("serializing to a Vec cannot fail");
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    if let Some(a) = auth {
-        headers.insert(http::header::AUTHORIZATION, a);
-    }
-    let inbound = crate::proxy::Inbound {
-        op: Operation::Chat,
-        route: ROUTE,
-        headers,
-        body: crate::proxy::InboundBody::Read(body.into()),
-    };
-    let resp = crate::proxy::serve(app, inbound).await;
+    let resp = gateway.chat(body.into(), auth).await;
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
