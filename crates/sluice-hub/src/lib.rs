@@ -12,9 +12,13 @@
 pub mod chat;
 pub mod cluster;
 pub mod frame;
+mod records;
 pub mod session;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use records::Records;
+pub use records::{Record, Status};
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -108,84 +112,6 @@ impl AgentHandle {
             "queue_depth": self.queue_depth(),
             "replica": replica,
         })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
-    Queued,
-    Delivered,
-    Acked,
-    Completed,
-    Undelivered,
-}
-
-impl Status {
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Delivered => "delivered",
-            Status::Acked => "acked",
-            Status::Completed => "completed",
-            Status::Undelivered => "undelivered",
-        }
-    }
-
-    /// No later status can follow.
-    pub fn is_final(self) -> bool {
-        matches!(self, Status::Completed | Status::Undelivered)
-    }
-}
-
-pub struct Record {
-    pub agent_id: Arc<str>,
-    /// The agent's groups when the instruction was made (for scoped keys).
-    pub groups: Vec<Arc<str>>,
-    pub status: Status,
-    pub result: Option<Value>,
-    /// Bytes of `result` as JSON text.
-    size: usize,
-    pub created_unix_ms: u64,
-    pub updated_unix_ms: u64,
-    /// Woken on every status change.
-    pub changed: Arc<Notify>,
-}
-
-impl Record {
-    pub fn view(&self, id: &str) -> Value {
-        let mut v = json!({
-            "id": id,
-            "agent_id": &*self.agent_id,
-            "status": self.status.name(),
-            "created_at": sluice_core::config::time::format_rfc3339_millis(self.created_unix_ms),
-            "updated_at": sluice_core::config::time::format_rfc3339_millis(self.updated_unix_ms),
-        });
-        if let Some(r) = &self.result {
-            v["result"] = r.clone();
-        }
-        v
-    }
-}
-
-#[derive(Default)]
-struct Records {
-    by_id: HashMap<Arc<str>, Record>,
-    order: VecDeque<Arc<str>>,
-    /// Bytes of the results held (JSON text).
-    bytes: usize,
-}
-
-impl Records {
-    /// Drops the oldest records while over either bound.
-    fn evict(&mut self, max_count: usize, max_bytes: usize) {
-        while self.order.len() > max_count || self.bytes > max_bytes {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(rec) = self.by_id.remove(&old) {
-                self.bytes -= rec.size;
-            }
-        }
     }
 }
 
@@ -631,101 +557,4 @@ fn hostname() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hub() -> Arc<Hub> {
-        let cfg = sluice_core::config::parse("", "t", &|_| None)
-            .unwrap()
-            .agents;
-        Hub::new(cfg, HubMetrics::default())
-    }
-
-    #[tokio::test]
-    async fn statuses_only_move_forward_and_wake_waiters() {
-        let h = hub();
-        let (a, mut rx, _kick) = h.register(Arc::from("a1"), vec![], vec![]);
-        let id = h.new_instruction_id();
-        h.send_local(&a, id.clone(), &json!({"x": 1})).unwrap();
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Instruction(_))));
-        let waiter = {
-            let h = h.clone();
-            let id = id.clone();
-            tokio::spawn(async move { h.wait(&id, Status::Acked, Duration::from_secs(5)).await })
-        };
-        assert!(h.set_status(&id, Status::Delivered, None));
-        assert!(h.agent_reply(&a, &id, Status::Acked, None));
-        assert_eq!(waiter.await.unwrap(), Some(Status::Acked));
-        assert!(!h.set_status(&id, Status::Delivered, None), "never back");
-        assert!(h.agent_reply(&a, &id, Status::Completed, Some(json!(7))));
-        assert!(
-            !h.set_status(&id, Status::Undelivered, None),
-            "final stays final"
-        );
-        assert_eq!(h.record_view(&id).unwrap()["result"], 7);
-        // Another agent cannot answer for it.
-        let (b, _rxb, _) = h.register(Arc::from("b1"), vec![], vec![]);
-        let id2 = h.new_instruction_id();
-        h.send_local(&a, id2.clone(), &json!(null)).unwrap();
-        assert!(!h.agent_reply(&b, &id2, Status::Acked, None));
-        // Disconnecting reports what was not acknowledged.
-        h.unregister(&a, "test", false);
-        assert_eq!(h.record_view(&id2).unwrap()["status"], "undelivered");
-        assert_eq!(h.record_view(&id).unwrap()["status"], "completed");
-    }
-
-    #[tokio::test]
-    async fn queue_full_and_replacement() {
-        let h = hub();
-        let (a, _rx, _kick) = h.register(Arc::from("a"), vec![Arc::from("g")], vec![]);
-        for _ in 0..h.cfg.queue_depth {
-            h.send_local(&a, h.new_instruction_id(), &json!(1)).unwrap();
-        }
-        let over = h.send_local(&a, h.new_instruction_id(), &json!(1));
-        assert_eq!(
-            over,
-            Err(SendError::QueueFull {
-                depth: h.cfg.queue_depth
-            })
-        );
-        assert_eq!(a.queue_depth(), h.cfg.queue_depth);
-        let (b, _rxb, _) = h.register(Arc::from("a"), vec![], vec![]);
-        assert_eq!(h.get("a").unwrap().session, b.session);
-        assert_eq!(h.connected(), 1);
-        // The old session ending does not remove the new one.
-        h.unregister(&a, "replaced", false);
-        assert_eq!(h.connected(), 1);
-        assert_eq!(h.list(Some("g")).len(), 0);
-        // Records are bounded, by count and by the bytes of their results.
-        let small = {
-            let mut cfg = h.cfg.clone();
-            cfg.max_result_bytes = 100;
-            Hub::new(cfg, HubMetrics::default())
-        };
-        let (x, _rxx, _) = small.register(Arc::from("x"), vec![], vec![]);
-        let first = small.new_instruction_id();
-        let second = small.new_instruction_id();
-        for id in [&first, &second] {
-            small.send_local(&x, id.clone(), &json!(1)).unwrap();
-        }
-        assert!(small.agent_reply(&x, &first, Status::Completed, Some(json!("a".repeat(60)))));
-        assert!(small.record_view(&first).is_some());
-        assert!(small.agent_reply(&x, &second, Status::Completed, Some(json!("b".repeat(60)))));
-        assert!(
-            small.record_view(&first).is_none(),
-            "the oldest went to stay under 100 bytes"
-        );
-        assert_eq!(
-            small.record_view(&second).unwrap()["result"],
-            "b".repeat(60)
-        );
-        let ids: Vec<_> = (0..h.cfg.max_instructions + 5)
-            .map(|_| h.new_instruction_id())
-            .collect();
-        for id in &ids {
-            h.create_record(id, Arc::from("x"), vec![]);
-        }
-        assert!(h.record_view(&ids[0]).is_none());
-        assert!(h.record_view(ids.last().unwrap()).is_some());
-    }
-}
+mod tests;

@@ -20,7 +20,7 @@ pub struct Access {
 
 impl Access {
     pub fn build(config: &Config, api_keys: Vec<KeyConfig>, prev: Option<&Access>) -> Self {
-        let now = crate::app::now_secs();
+        let now = crate::clock::now_secs();
         let mut limiter = Limiter::default();
         let keep = |map: Option<&HashMap<Arc<str>, Arc<Limits>>>, name: &Arc<str>, rpm, tpm| {
             map.and_then(|m| m.get(name))
@@ -86,7 +86,7 @@ pub fn authenticate<'a>(
     }
     access
         .keys
-        .check(api_token(headers), crate::app::now_unix())
+        .check(api_token(headers), crate::clock::now_unix())
         .map(Some)
 }
 

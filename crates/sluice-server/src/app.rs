@@ -108,7 +108,7 @@ pub struct App {
     pub access: ArcSwap<crate::access::Access>,
     /// The admin API's keys as written to `keys_file`; its lock
     /// serializes key changes.
-    pub key_specs: tokio::sync::Mutex<Vec<crate::admin_keys::KeySpec>>,
+    pub key_specs: tokio::sync::Mutex<Vec<crate::keys_file::KeySpec>>,
     /// Set when limits are shared through Redis.
     pub shared_limiter: Option<Arc<crate::shared_limits::SharedLimiter>>,
     /// The agent hub; `None` when `[agents] enabled = false`.
@@ -116,7 +116,19 @@ pub struct App {
     /// `None` when no `[audit]` is configured.
     pub audit: Option<crate::audit::Auditor>,
     /// Where the configuration came from, for reloads.
-    pub source: crate::reload::Source,
+    pub source: Source,
+}
+
+/// Where the running configuration came from, and what the command line
+/// changed of it (kept on every reload).
+pub struct Source {
+    /// `None`: the embedded default, which has no file to reread.
+    pub path: Option<std::path::PathBuf>,
+    /// Listener addresses from the command line: a reload does not move them.
+    pub listen: Option<std::net::SocketAddr>,
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Where a reload sends the listeners it bound at moved addresses.
+    pub moves: tokio::sync::mpsc::UnboundedSender<crate::listener::Moved>,
 }
 
 impl App {
@@ -125,10 +137,10 @@ impl App {
         log_control: crate::LogControl,
         // The keys from `[auth] keys_file`, loaded once by the caller.
         (key_specs, api_keys): (
-            Vec<crate::admin_keys::KeySpec>,
+            Vec<crate::keys_file::KeySpec>,
             Vec<sluice_core::config::KeyConfig>,
         ),
-        source: crate::reload::Source,
+        source: Source,
     ) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new();
         let tracing =
@@ -161,7 +173,9 @@ impl App {
         };
         let access = crate::access::Access::build(&config, api_keys, None);
         if let Some(bytes) = source.path.as_ref().and_then(|p| std::fs::read(p).ok()) {
-            metrics.reload.loaded(&crate::reload::file_hash(&bytes));
+            metrics
+                .reload
+                .loaded(&crate::metrics::reload::file_hash(&bytes));
         }
         Ok(Arc::new(Self {
             source,
@@ -181,15 +195,4 @@ impl App {
             tracing,
         }))
     }
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Monotonic seconds, the clock the rate limiter runs on.
-pub fn now_secs() -> f64 {
-    sluice_core::resilience::now_nanos() as f64 / 1e9
 }

@@ -8,12 +8,16 @@
 //! `server.body_read_timeout_ms` like the proxy's.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::response::Response;
 use bytes::Bytes;
-use http::StatusCode;
+use http::header::CONTENT_LENGTH;
 use http::request::Parts;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::translate::Wire;
@@ -124,9 +128,57 @@ impl FromRequest<Arc<App>> for ApiBody {
             (s.max_body_bytes, s.body_read_timeout)
         };
         let (parts, body) = req.into_parts();
-        crate::proxy::intake::read_body(&parts.headers, body, max, timeout)
+        read_body(&parts.headers, body, max, timeout)
             .await
             .map(Self)
             .map_err(|e| error_response(&e, wire))
     }
+}
+
+/// Reads the whole request body, refusing more than `max` bytes (or
+/// `timeout` to send it).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds the limit of {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        drain(body, max).await;
+        return Err(too_large());
+    }
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await else {
+        return Err(GatewayError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(GatewayError::new(
+            ErrorKind::InvalidRequest,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// Reads and discards a refused body for a short while, so that a client
+/// still sending it gets to read our 413 instead of a reset connection.
+async fn drain(body: Body, max: usize) {
+    let cap = max.saturating_mul(2).max(1 << 20);
+    let _ = tokio::time::timeout(Duration::from_secs(2), Limited::new(body, cap).collect()).await;
 }

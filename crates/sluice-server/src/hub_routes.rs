@@ -28,6 +28,11 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
 /// The request path, as the hub runs agents' chats through it.
 struct AppGateway(Arc<App>);
 
+/// The gateway the hub runs agents' chats through: `app`'s request path.
+pub fn gateway(app: Arc<App>) -> Arc<dyn sluice_hub::Gateway> {
+    Arc::new(AppGateway(app))
+}
+
 impl sluice_hub::Gateway for AppGateway {
     fn chat(
         &self,
@@ -96,9 +101,7 @@ pub async fn connect(
         .write_buffer_size(0)
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            sluice_hub::session::run(hub, Arc::new(AppGateway(app)), socket, auth, scope)
-        })
+        .on_upgrade(move |socket| sluice_hub::session::run(hub, gateway(app), socket, auth, scope))
 }
 
 #[derive(Deserialize)]

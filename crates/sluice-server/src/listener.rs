@@ -41,6 +41,13 @@ const H1_DRAIN: Duration = Duration::from_secs(2);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A listener the configuration moved, bound by a reload.
+pub struct Moved {
+    /// `api` or `admin`.
+    pub name: &'static str,
+    pub listener: std::net::TcpListener,
+}
+
 /// What one listener serves and how it bounds its connections (kept to
 /// serve the same on a listener bound anew).
 #[derive(Clone)]
@@ -336,7 +343,7 @@ fn head_too_large(path: &str, max: usize) -> axum::response::Response {
         ErrorKind::HeadersTooLarge,
         format!("the request head exceeds the limit of {max} bytes (server.max_header_bytes)"),
     );
-    crate::reply::error_response(&e, crate::extract::wire_of(path))
+    crate::reply::error_response(&e, sluice_providers::translate::Wire::of_path(path))
 }
 
 /// Waits (until `deadline`) for the first bytes to tell HTTP/2's preface

@@ -13,90 +13,18 @@
 //! are set up once at start: changes there wait for a restart or an
 //! upgrade (said in the log when the file changes them).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-use sha2::{Digest, Sha256};
 use sluice_core::config::{self, Config};
 use sluice_core::{ErrorKind, GatewayError};
 
 use crate::access::Access;
 use crate::app::{App, Snapshot};
 
-/// Where the running configuration came from, and what the command line
-/// changed of it (kept on every reload).
-pub struct Source {
-    /// `None`: the embedded default, which has no file to reread.
-    pub path: Option<PathBuf>,
-    /// Listener addresses from the command line: a reload does not move them.
-    pub listen: Option<std::net::SocketAddr>,
-    pub admin_listen: Option<std::net::SocketAddr>,
-    /// Where a reload sends the listeners it bound at moved addresses.
-    pub moves: tokio::sync::mpsc::UnboundedSender<crate::serving::Moved>,
-}
+pub use crate::app::Source;
+pub use crate::metrics::reload::ReloadMetrics;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HashLabels {
-    pub sha256: String,
-}
-
-/// `sluice_config_reloads_total{outcome}` and `sluice_config_info{sha256}`.
-#[derive(Default)]
-pub struct ReloadMetrics {
-    pub reloads: Family<crate::metrics::OutcomeLabels, Counter>,
-    pub info: Family<HashLabels, Gauge>,
-    current: std::sync::Mutex<Option<String>>,
-}
-
-impl ReloadMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        for outcome in ["ok", "failed"] {
-            let _ = self
-                .reloads
-                .get_or_create(&crate::metrics::OutcomeLabels { outcome });
-        }
-        registry.register(
-            "config_reloads",
-            "Configuration reloads (SIGHUP, POST /config/reload) by outcome",
-            self.reloads.clone(),
-        );
-        registry.register(
-            "config_info",
-            "The loaded configuration file: 1, labelled with its SHA-256",
-            self.info.clone(),
-        );
-    }
-
-    /// Says which file is loaded now.
-    pub fn loaded(&self, sha256: &str) {
-        let mut cur = self
-            .current
-            .lock()
-            .expect("config hash lock is never poisoned");
-        if let Some(old) = cur.take() {
-            self.info.remove(&HashLabels { sha256: old });
-        }
-        self.info
-            .get_or_create(&HashLabels {
-                sha256: sha256.to_owned(),
-            })
-            .set(1);
-        *cur = Some(sha256.to_owned());
-    }
-}
-
-/// The SHA-256 of a file's bytes, hex.
-pub fn file_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::metrics::reload::file_hash;
 
 /// What a reload did.
 pub struct Reloaded {
@@ -130,7 +58,7 @@ pub async fn reload(app: &Arc<App>) -> Result<Reloaded, GatewayError> {
 
 fn try_reload(
     app: &Arc<App>,
-    key_specs: &mut Vec<crate::admin_keys::KeySpec>,
+    key_specs: &mut Vec<crate::keys_file::KeySpec>,
 ) -> Result<Reloaded, String> {
     let Some(path) = &app.source.path else {
         return Err("running on the embedded default: there is no file to reload".into());
@@ -148,13 +76,11 @@ fn try_reload(
     // Keys added through the admin API: reread from the keys file when
     // there is one; without one they live only in memory, and stay.
     let (specs, api_keys) = if config.keys_file.is_some() {
-        crate::admin_keys::load(&config).map_err(|e| e.to_string())?
+        crate::keys_file::load(&config).map_err(|e| e.to_string())?
     } else {
         (key_specs.clone(), app.access.load().api_keys.clone())
     };
-    if config.keys.is_empty()
-        && api_keys.is_empty()
-        && !crate::admin_keys::open_api_allowed(&config)
+    if config.keys.is_empty() && api_keys.is_empty() && !crate::keys_file::open_api_allowed(&config)
     {
         return Err(format!(
             "the new configuration has no keys while the API listens on {}: refused, the API \
@@ -186,7 +112,7 @@ fn bind_moved(
     new: &mut Config,
     running: &Config,
     source: &Source,
-) -> Result<Vec<crate::serving::Moved>, String> {
+) -> Result<Vec<crate::listener::Moved>, String> {
     let mut moved = Vec::new();
     let pairs = [
         (
@@ -212,7 +138,7 @@ fn bind_moved(
         let listener = std::net::TcpListener::bind(*want)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("cannot listen on {want} ({name}): {e}"))?;
-        moved.push(crate::serving::Moved { name, listener });
+        moved.push(crate::listener::Moved { name, listener });
     }
     Ok(moved)
 }

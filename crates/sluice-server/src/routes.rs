@@ -214,7 +214,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    app.metrics.refresh_targets(&app.snapshot.load());
+    let snap = app.snapshot.load();
+    app.metrics
+        .refresh_targets(&snap.routes, &snap.config.providers);
     app.metrics.refresh_process();
     if let Some(h) = &app.hub {
         app.metrics

@@ -15,12 +15,7 @@ use tokio::task::JoinHandle;
 use crate::listener::{self, Spec};
 use crate::{conn, routes, upgrade};
 
-/// A listener the configuration moved, bound by a reload.
-pub struct Moved {
-    /// `api` or `admin`.
-    pub name: &'static str,
-    pub listener: std::net::TcpListener,
-}
+pub use crate::listener::Moved;
 
 /// The listeners a process starts with, and how it takes part in upgrades.
 pub struct Bound {

@@ -222,7 +222,7 @@ impl Counter {
             return;
         }
         match self {
-            Counter::Local(b) => b.charge(n, crate::app::now_unix()),
+            Counter::Local(b) => b.charge(n, crate::clock::now_unix()),
             Counter::Shared(limiter, key, ttl) => {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {
                     return;

@@ -3,13 +3,15 @@
 //! There is no half-valid state: [`parse`] either returns a complete `Config`
 //! or every problem it found, each with file:line:col.
 
+mod audit;
 mod env;
 mod keys;
 mod observability;
 mod providers;
 mod raw;
-mod security;
+mod redaction;
 mod server;
+mod shared;
 pub mod time;
 mod validate;
 
@@ -22,11 +24,10 @@ use std::time::Duration;
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
+pub use audit::{AuditConfig, AuditDurability, AuditSinkKind, parse_key_hex};
 pub use env::interpolate;
-pub use security::{
-    AuditConfig, AuditDurability, AuditSinkKind, LimitsBackend, LimitsConfig, RedactionConfig,
-    RedisConfig, parse_key_hex,
-};
+pub use redaction::RedactionConfig;
+pub use shared::{LimitsBackend, LimitsConfig, RedisConfig};
 
 const DEFAULT_TOML: &str = include_str!("default.toml");
 const DEFAULT_OPENAI_TOML: &str = include_str!("default-openai.toml");

@@ -145,10 +145,10 @@ pub(super) fn validate(
         }
         v
     });
-    let redis = super::security::redis(&mut c, &raw.redis, env);
-    let limits = super::security::limits(&mut c, &raw.limits, redis.is_some());
-    let redaction = super::security::redaction(&mut c, &raw.redaction);
-    let audit = super::security::audit(&mut c, &raw, redis.is_some(), env);
+    let redis = super::shared::redis(&mut c, &raw.redis, env);
+    let limits = super::shared::limits(&mut c, &raw.limits, redis.is_some());
+    let redaction = super::redaction::redaction(&mut c, &raw.redaction);
+    let audit = super::audit::audit(&mut c, &raw, redis.is_some(), env);
     let agents = agents(&mut c, raw.agents.as_ref().unwrap_or(&Default::default()));
     // A file that serves nothing is a mistake (an empty file, a typo'd
     // table name): say so, unless it is a hub-only gateway.

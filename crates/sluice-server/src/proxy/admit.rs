@@ -148,7 +148,7 @@ async fn budget_used(
     unit: &str,
 ) -> (u64, crate::shared_limits::Counter) {
     use crate::shared_limits::{Counter, SharedLimiter};
-    let now = crate::app::now_unix();
+    let now = crate::clock::now_unix();
     if let Some(shared) = &app.shared_limiter {
         let key = SharedLimiter::budget_key(&k.name, unit, b.period, now);
         if let Some(used) = shared.budget_used(&key).await {
@@ -274,7 +274,7 @@ pub(crate) async fn rate_limit(
             }
         }
     }
-    let now = crate::app::now_secs();
+    let now = crate::clock::now_secs();
     for (is_key, l) in [(true, key_limits), (false, model_limits)] {
         let Some(l) = l else { continue };
         match l.admit(estimate, now) {

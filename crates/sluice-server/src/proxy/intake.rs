@@ -4,59 +4,18 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderName};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
-use http_body_util::{BodyExt, Limited};
 use sluice_core::request::{self, Operation};
 use sluice_core::{ErrorKind, GatewayError};
+
+pub use crate::extract::read_body;
 
 pub(super) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's own deadline for the whole request, in seconds (e.g. `2.5`).
 /// It can only narrow the route's timeout.
 static REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout");
-
-/// Reads the whole request body, refusing more than `max` bytes (or
-/// `timeout` to send it).
-pub(crate) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    max: usize,
-    timeout: Duration,
-) -> Result<Bytes, GatewayError> {
-    let too_large = || {
-        GatewayError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("request body exceeds the limit of {max} bytes"),
-        )
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        drain(body, max).await;
-        return Err(too_large());
-    }
-    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await else {
-        return Err(GatewayError::new(
-            ErrorKind::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} ms",
-                timeout.as_millis()
-            ),
-        ));
-    };
-    match read {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(GatewayError::new(
-            ErrorKind::InvalidRequest,
-            format!("could not read the request body: {e}"),
-        )),
-    }
-}
 
 /// A body already in hand, held to the same limit.
 pub(super) fn within(body: Bytes, max: usize) -> Result<Bytes, GatewayError> {
@@ -67,13 +26,6 @@ pub(super) fn within(body: Bytes, max: usize) -> Result<Bytes, GatewayError> {
         ));
     }
     Ok(body)
-}
-
-/// Reads and discards a refused body for a short while, so that a client
-/// still sending it gets to read our 413 instead of a reset connection.
-async fn drain(body: Body, max: usize) {
-    let cap = max.saturating_mul(2).max(1 << 20);
-    let _ = tokio::time::timeout(Duration::from_secs(2), Limited::new(body, cap).collect()).await;
 }
 
 pub(super) fn client_timeout(h: &HeaderMap) -> Result<Option<Duration>, GatewayError> {

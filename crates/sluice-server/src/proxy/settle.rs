@@ -26,7 +26,7 @@ impl Accounting {
     pub fn settle(&mut self, usage: Option<Usage>) {
         let total = usage.map(|u| (u.prompt_tokens + u.completion_tokens) as f64);
         if !self.reservations.is_empty() {
-            let now = crate::app::now_secs();
+            let now = crate::clock::now_secs();
             for r in &self.reservations {
                 r.settle(total.unwrap_or(r.tokens), now);
             }

@@ -1,50 +1,13 @@
-//! The security tables: `[redis]`, `[limits]`, `[redaction]`, `[audit]`.
+//! `[audit]`: one event per request, identifier fields encrypted.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawAudit, RawConfig, RawLimits, RawRedaction, RawRedis};
+use super::raw::{RawAudit, RawConfig};
 use super::validate::Collector;
-use crate::pii::{Kind, Redactor};
 use crate::secret::Secret;
-
-/// `[redis]`: one server shared by every feature that needs one (shared
-/// rate limits, the audit stream).
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// May hold a password: kept secret.
-    pub url: Secret,
-    /// Per command; a slower Redis counts as down.
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitsBackend {
-    /// In this process: each replica counts on its own.
-    Local,
-    /// In Redis: all replicas share one count.
-    Redis,
-}
-
-#[derive(Debug, Clone)]
-pub struct LimitsConfig {
-    pub backend: LimitsBackend,
-    /// When Redis cannot be reached: count locally (true) or refuse with
-    /// 503 (false).
-    pub fail_open: bool,
-}
-
-/// PII redaction for what is logged and audited, and optionally prompts.
-#[derive(Debug, Clone)]
-pub struct RedactionConfig {
-    /// `None` = redaction off.
-    pub redactor: Option<Arc<Redactor>>,
-    /// Redact message text before it goes upstream.
-    pub prompts: bool,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditSinkKind {
@@ -87,112 +50,6 @@ pub enum AuditDurability {
     /// The response's last byte waits until its event is written and
     /// fsynced (file and disk buffer) or acknowledged by Redis.
     Sync,
-}
-
-pub(super) fn redis(
-    c: &mut Collector<'_>,
-    r: &RawRedis,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<RedisConfig> {
-    let url = r.url.as_ref()?;
-    let value = c.interpolated(url, env)?;
-    if value.is_empty() {
-        return None;
-    }
-    if !(value.starts_with("redis://")
-        || value.starts_with("rediss://")
-        || value.starts_with("unix://"))
-    {
-        c.at(
-            url.span(),
-            "redis url must start with redis://, rediss:// or unix://",
-        );
-        return None;
-    }
-    Some(RedisConfig {
-        url: Secret::new(value),
-        timeout: Duration::from_millis(c.positive(
-            r.timeout_ms.as_ref(),
-            1000,
-            60_000,
-            "timeout_ms",
-        )),
-    })
-}
-
-pub(super) fn limits(c: &mut Collector<'_>, l: &RawLimits, redis: bool) -> LimitsConfig {
-    let backend = match l.backend.as_ref().map(|b| (b, b.get_ref().as_str())) {
-        None => {
-            if redis {
-                LimitsBackend::Redis
-            } else {
-                LimitsBackend::Local
-            }
-        }
-        Some((_, "local")) => LimitsBackend::Local,
-        Some((b, "redis")) => {
-            if !redis {
-                c.at(b.span(), "backend = \"redis\" needs [redis] url");
-            }
-            LimitsBackend::Redis
-        }
-        Some((b, other)) => {
-            c.at(
-                b.span(),
-                format!("unknown limits backend '{other}' (local, redis)"),
-            );
-            LimitsBackend::Local
-        }
-    };
-    LimitsConfig {
-        backend,
-        fail_open: l.fail_open.unwrap_or(true),
-    }
-}
-
-pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction) -> RedactionConfig {
-    let prompts = r.prompts.unwrap_or(false);
-    if r.enabled == Some(false) {
-        return RedactionConfig {
-            redactor: None,
-            prompts: false,
-        };
-    }
-    let kinds: Vec<Kind> = match &r.kinds {
-        None => Kind::ALL.to_vec(),
-        Some(list) => list
-            .iter()
-            .filter_map(|k| {
-                Kind::from_name(k.get_ref()).or_else(|| {
-                    let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-                    c.at(
-                        k.span(),
-                        format!("unknown PII kind '{}' ({})", k.get_ref(), names.join(", ")),
-                    );
-                    None
-                })
-            })
-            .collect(),
-    };
-    let mut custom = Vec::new();
-    for p in &r.custom {
-        let p = p.get_ref();
-        let name = p.name.get_ref();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            c.at(p.name.span(), "pattern name must be letters, digits and _");
-            continue;
-        }
-        if let Err(e) = Redactor::new(&[], &[(name.clone(), p.pattern.get_ref().clone())]) {
-            c.at(
-                p.pattern.span(),
-                format!("pattern '{name}' does not compile: {}", e.message),
-            );
-            continue;
-        }
-        custom.push((name.clone(), p.pattern.get_ref().clone()));
-    }
-    let redactor = Redactor::new(&kinds, &custom).ok().map(Arc::new);
-    RedactionConfig { redactor, prompts }
 }
 
 pub(super) fn audit(

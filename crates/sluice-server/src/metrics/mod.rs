@@ -73,6 +73,8 @@ pub struct TokenTypeLabels {
     pub gen_ai_token_type: &'static str,
 }
 
+pub mod reload;
+
 pub use sluice_telemetry::OutcomeLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,7 +144,7 @@ pub struct Metrics {
     /// Client connections per listener, and those closed by the gateway.
     pub connections: crate::conn::ConnMetrics,
     /// Configuration reloads and the loaded file's hash.
-    pub reload: crate::reload::ReloadMetrics,
+    pub reload: reload::ReloadMetrics,
     pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
@@ -195,7 +197,7 @@ impl Metrics {
         let hub = crate::hub::HubMetrics::default();
         let connections = crate::conn::ConnMetrics::default();
         connections.precreate();
-        let reload = crate::reload::ReloadMetrics::default();
+        let reload = reload::ReloadMetrics::default();
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
@@ -566,12 +568,16 @@ impl Metrics {
     }
 
     /// Copies every target's live state into the gauges (before a scrape).
-    pub fn refresh_targets(&self, snap: &crate::app::Snapshot) {
-        for route in snap.routes.iter() {
+    pub fn refresh_targets(
+        &self,
+        routes: &sluice_core::route::RouteTable,
+        providers: &[sluice_core::config::ProviderConfig],
+    ) {
+        for route in routes.iter() {
             for (t, state) in route.targets.iter().zip(&route.states) {
                 let labels = TargetGaugeLabels {
                     model: route.name.clone(),
-                    provider: snap.config.providers[t.provider].name.clone(),
+                    provider: providers[t.provider].name.clone(),
                     upstream_model: t.model.clone(),
                 };
                 self.breaker_state

@@ -1,0 +1,61 @@
+//! `[redaction]`: PII redaction for what is logged and audited.
+
+use std::sync::Arc;
+
+use super::raw::RawRedaction;
+use super::validate::Collector;
+use crate::pii::{Kind, Redactor};
+
+/// PII redaction for what is logged and audited, and optionally prompts.
+#[derive(Debug, Clone)]
+pub struct RedactionConfig {
+    /// `None` = redaction off.
+    pub redactor: Option<Arc<Redactor>>,
+    /// Redact message text before it goes upstream.
+    pub prompts: bool,
+}
+
+pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction) -> RedactionConfig {
+    let prompts = r.prompts.unwrap_or(false);
+    if r.enabled == Some(false) {
+        return RedactionConfig {
+            redactor: None,
+            prompts: false,
+        };
+    }
+    let kinds: Vec<Kind> = match &r.kinds {
+        None => Kind::ALL.to_vec(),
+        Some(list) => list
+            .iter()
+            .filter_map(|k| {
+                Kind::from_name(k.get_ref()).or_else(|| {
+                    let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+                    c.at(
+                        k.span(),
+                        format!("unknown PII kind '{}' ({})", k.get_ref(), names.join(", ")),
+                    );
+                    None
+                })
+            })
+            .collect(),
+    };
+    let mut custom = Vec::new();
+    for p in &r.custom {
+        let p = p.get_ref();
+        let name = p.name.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            c.at(p.name.span(), "pattern name must be letters, digits and _");
+            continue;
+        }
+        if let Err(e) = Redactor::new(&[], &[(name.clone(), p.pattern.get_ref().clone())]) {
+            c.at(
+                p.pattern.span(),
+                format!("pattern '{name}' does not compile: {}", e.message),
+            );
+            continue;
+        }
+        custom.push((name.clone(), p.pattern.get_ref().clone()));
+    }
+    let redactor = Redactor::new(&kinds, &custom).ok().map(Arc::new);
+    RedactionConfig { redactor, prompts }
+}

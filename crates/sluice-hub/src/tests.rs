@@ -1,0 +1,98 @@
+//! The hub's registry, instructions and records.
+
+use super::*;
+
+fn hub() -> Arc<Hub> {
+    let cfg = sluice_core::config::parse("", "t", &|_| None)
+        .unwrap()
+        .agents;
+    Hub::new(cfg, HubMetrics::default())
+}
+
+#[tokio::test]
+async fn statuses_only_move_forward_and_wake_waiters() {
+    let h = hub();
+    let (a, mut rx, _kick) = h.register(Arc::from("a1"), vec![], vec![]);
+    let id = h.new_instruction_id();
+    h.send_local(&a, id.clone(), &json!({"x": 1})).unwrap();
+    assert!(matches!(rx.try_recv(), Ok(Outbound::Instruction(_))));
+    let waiter = {
+        let h = h.clone();
+        let id = id.clone();
+        tokio::spawn(async move { h.wait(&id, Status::Acked, Duration::from_secs(5)).await })
+    };
+    assert!(h.set_status(&id, Status::Delivered, None));
+    assert!(h.agent_reply(&a, &id, Status::Acked, None));
+    assert_eq!(waiter.await.unwrap(), Some(Status::Acked));
+    assert!(!h.set_status(&id, Status::Delivered, None), "never back");
+    assert!(h.agent_reply(&a, &id, Status::Completed, Some(json!(7))));
+    assert!(
+        !h.set_status(&id, Status::Undelivered, None),
+        "final stays final"
+    );
+    assert_eq!(h.record_view(&id).unwrap()["result"], 7);
+    // Another agent cannot answer for it.
+    let (b, _rxb, _) = h.register(Arc::from("b1"), vec![], vec![]);
+    let id2 = h.new_instruction_id();
+    h.send_local(&a, id2.clone(), &json!(null)).unwrap();
+    assert!(!h.agent_reply(&b, &id2, Status::Acked, None));
+    // Disconnecting reports what was not acknowledged.
+    h.unregister(&a, "test", false);
+    assert_eq!(h.record_view(&id2).unwrap()["status"], "undelivered");
+    assert_eq!(h.record_view(&id).unwrap()["status"], "completed");
+}
+
+#[tokio::test]
+async fn queue_full_and_replacement() {
+    let h = hub();
+    let (a, _rx, _kick) = h.register(Arc::from("a"), vec![Arc::from("g")], vec![]);
+    for _ in 0..h.cfg.queue_depth {
+        h.send_local(&a, h.new_instruction_id(), &json!(1)).unwrap();
+    }
+    let over = h.send_local(&a, h.new_instruction_id(), &json!(1));
+    assert_eq!(
+        over,
+        Err(SendError::QueueFull {
+            depth: h.cfg.queue_depth
+        })
+    );
+    assert_eq!(a.queue_depth(), h.cfg.queue_depth);
+    let (b, _rxb, _) = h.register(Arc::from("a"), vec![], vec![]);
+    assert_eq!(h.get("a").unwrap().session, b.session);
+    assert_eq!(h.connected(), 1);
+    // The old session ending does not remove the new one.
+    h.unregister(&a, "replaced", false);
+    assert_eq!(h.connected(), 1);
+    assert_eq!(h.list(Some("g")).len(), 0);
+    // Records are bounded, by count and by the bytes of their results.
+    let small = {
+        let mut cfg = h.cfg.clone();
+        cfg.max_result_bytes = 100;
+        Hub::new(cfg, HubMetrics::default())
+    };
+    let (x, _rxx, _) = small.register(Arc::from("x"), vec![], vec![]);
+    let first = small.new_instruction_id();
+    let second = small.new_instruction_id();
+    for id in [&first, &second] {
+        small.send_local(&x, id.clone(), &json!(1)).unwrap();
+    }
+    assert!(small.agent_reply(&x, &first, Status::Completed, Some(json!("a".repeat(60)))));
+    assert!(small.record_view(&first).is_some());
+    assert!(small.agent_reply(&x, &second, Status::Completed, Some(json!("b".repeat(60)))));
+    assert!(
+        small.record_view(&first).is_none(),
+        "the oldest went to stay under 100 bytes"
+    );
+    assert_eq!(
+        small.record_view(&second).unwrap()["result"],
+        "b".repeat(60)
+    );
+    let ids: Vec<_> = (0..h.cfg.max_instructions + 5)
+        .map(|_| h.new_instruction_id())
+        .collect();
+    for id in &ids {
+        h.create_record(id, Arc::from("x"), vec![]);
+    }
+    assert!(h.record_view(&ids[0]).is_none());
+    assert!(h.record_view(ids.last().unwrap()).is_some());
+}
