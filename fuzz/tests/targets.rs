@@ -164,7 +164,7 @@ fn translators(input: &[u8]) {
         let inner =
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
         let usage = Arc::new(UsageCell::default());
-        let mut body = StreamBody::new(inner, upstream, client, "m", true, 1, usage);
+        let mut body = StreamBody::new(inner, upstream, client, "m", true, 1, usage, None);
         let mut out = Vec::new();
         let mut failed = false;
         loop {

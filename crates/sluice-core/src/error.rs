@@ -67,6 +67,8 @@ pub enum ErrorKind {
     KeyConflict,
     /// A configuration file to reload is invalid (every problem listed).
     InvalidConfig,
+    /// No stored response by that id (unknown, expired, or another key's).
+    ResponseNotFound,
     /// A bug or an impossible state in the gateway itself.
     Internal,
 }
@@ -101,9 +103,10 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::NoHealthyTarget => 503,
             ErrorKind::AgentNotAllowed | ErrorKind::AdminTokenRequired => 403,
-            ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound | ErrorKind::KeyNotFound => {
-                404
-            }
+            ErrorKind::AgentNotFound
+            | ErrorKind::InstructionNotFound
+            | ErrorKind::KeyNotFound
+            | ErrorKind::ResponseNotFound => 404,
             ErrorKind::AgentQueueFull => 429,
             ErrorKind::AdminTokenInvalid => 401,
             ErrorKind::KeyConflict => 409,
@@ -129,7 +132,8 @@ impl ErrorKind {
             | ErrorKind::AdminTokenRequired
             | ErrorKind::KeyNotFound
             | ErrorKind::KeyConflict
-            | ErrorKind::InvalidConfig => "invalid_request_error",
+            | ErrorKind::InvalidConfig
+            | ErrorKind::ResponseNotFound => "invalid_request_error",
             ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound => "not_found_error",
             ErrorKind::AgentQueueFull => "rate_limit_error",
             ErrorKind::Unauthorized => "authentication_error",
@@ -178,6 +182,7 @@ impl ErrorKind {
             ErrorKind::KeyNotFound => "key_not_found",
             ErrorKind::KeyConflict => "key_conflict",
             ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::ResponseNotFound => "response_not_found",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -207,7 +212,8 @@ impl ErrorKind {
             | ErrorKind::AdminTokenRequired
             | ErrorKind::KeyNotFound
             | ErrorKind::KeyConflict
-            | ErrorKind::InvalidConfig => Source::Downstream,
+            | ErrorKind::InvalidConfig
+            | ErrorKind::ResponseNotFound => Source::Downstream,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -309,7 +315,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 30] = [
+    const ALL: [ErrorKind; 31] = [
+        ErrorKind::ResponseNotFound,
         ErrorKind::AgentNotAllowed,
         ErrorKind::AgentNotFound,
         ErrorKind::AgentQueueFull,

@@ -21,6 +21,8 @@ pub enum Operation {
     Embeddings,
     /// Anthropic's `/v1/messages`.
     Messages,
+    /// OpenAI's `/v1/responses` (its `input` is checked when translated).
+    Responses,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ struct Raw<'a> {
     input: Option<IgnoredAny>,
     max_tokens: Option<serde_json::Value>,
     max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
 }
@@ -123,6 +126,7 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
                 return Err(missing("input"));
             }
         }
+        Operation::Responses => {}
     }
     if op == Operation::Messages && raw.max_tokens.is_none() {
         return Err(missing("max_tokens"));
@@ -130,6 +134,7 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
 
     let max_tokens = raw
         .max_completion_tokens
+        .or(raw.max_output_tokens)
         .or_else(|| raw.max_tokens.as_ref().and_then(serde_json::Value::as_u64));
     Ok(RequestPeek {
         max_tokens,

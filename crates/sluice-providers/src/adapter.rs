@@ -156,7 +156,7 @@ async fn mock_answer(
 ) -> Result<Prepared, GatewayError> {
     let cfg = &p.mock;
     let (resp, usage) = match out.op {
-        Operation::Chat | Operation::Messages => {
+        Operation::Chat | Operation::Messages | Operation::Responses => {
             let reply = mock::chat_reply(cfg, out.body)?;
             let usage = reply.usage;
             // Always with the usage chunk: the client's filter decides.

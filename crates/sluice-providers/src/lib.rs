@@ -9,6 +9,7 @@ pub mod check;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 pub mod template;
 pub mod translate;

@@ -51,6 +51,7 @@ enum Decode {
 enum Encode {
     OpenAi { include_usage: bool },
     Anthropic(inbound::StreamFromOpenAi),
+    Responses(Box<crate::responses::stream::StreamFromChat>),
 }
 
 enum Mode {
@@ -75,7 +76,9 @@ pub struct StreamBody {
 
 impl StreamBody {
     /// `client_model` names the model in Anthropic events; `include_usage`
-    /// whether an OpenAI client asked for the usage chunk.
+    /// whether an OpenAI client asked for the usage chunk; `responses` is
+    /// what a Responses client's events repeat of its request.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: BoxBody,
         upstream: Wire,
@@ -84,20 +87,27 @@ impl StreamBody {
         include_usage: bool,
         created: u64,
         usage: Arc<UsageCell>,
+        responses: Option<Arc<crate::responses::Echo>>,
     ) -> Self {
         let mode = match (upstream, client) {
             (Wire::OpenAi, Wire::OpenAi) => Mode::Filter { include_usage },
             (up, cl) => Mode::Translate(Box::new((
                 match up {
-                    Wire::OpenAi => Decode::OpenAi,
+                    // No adapter answers in the Responses format (yet).
+                    Wire::OpenAi | Wire::Responses => Decode::OpenAi,
                     Wire::Anthropic => Decode::Anthropic(outbound::StreamToOpenAi::new(created)),
                     Wire::Gemini => {
                         Decode::Gemini(gemini::StreamToOpenAi::new(client_model, created))
                     }
                 },
-                match cl {
-                    Wire::OpenAi | Wire::Gemini => Encode::OpenAi { include_usage },
-                    Wire::Anthropic => {
+                match (cl, responses) {
+                    (Wire::Responses, Some(echo)) => Encode::Responses(Box::new(
+                        crate::responses::stream::StreamFromChat::new(echo),
+                    )),
+                    (Wire::OpenAi | Wire::Gemini | Wire::Responses, _) => {
+                        Encode::OpenAi { include_usage }
+                    }
+                    (Wire::Anthropic, _) => {
                         Encode::Anthropic(inbound::StreamFromOpenAi::new(client_model))
                     }
                 },
@@ -235,6 +245,7 @@ impl StreamBody {
                         sse::push_data(out, c);
                     }
                     Encode::Anthropic(enc) => enc.chunk(c, out),
+                    Encode::Responses(enc) => enc.chunk(c, out),
                 }
             }
         }
@@ -269,6 +280,7 @@ impl StreamBody {
             match &mut pair.1 {
                 Encode::OpenAi { .. } => out.extend_from_slice(b"data: [DONE]\n\n"),
                 Encode::Anthropic(enc) => enc.finish(out),
+                Encode::Responses(enc) => enc.finish(out),
             }
         }
         Ok(())
@@ -392,9 +404,12 @@ pub fn json_response(
     body: &[u8],
     client_model: &str,
     created: u64,
+    responses: Option<&crate::responses::Echo>,
 ) -> Result<(Vec<u8>, Option<Usage>), String> {
     let canonical: ot::ChatResponse = match upstream {
-        Wire::OpenAi => serde_json::from_slice(body).map_err(|e| e.to_string())?,
+        Wire::OpenAi | Wire::Responses => {
+            serde_json::from_slice(body).map_err(|e| e.to_string())?
+        }
         Wire::Gemini => {
             let r: gemini::GenerateResponse =
                 serde_json::from_slice(body).map_err(|e| e.to_string())?;
@@ -410,9 +425,12 @@ pub fn json_response(
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
     });
-    let out = match client {
-        Wire::OpenAi | Wire::Gemini => serde_json::to_vec(&canonical),
-        Wire::Anthropic => serde_json::to_vec(&inbound::response(canonical, client_model)),
+    let out = match (client, responses) {
+        (Wire::Responses, Some(echo)) => {
+            serde_json::to_vec(&crate::responses::output::response(&canonical, echo))
+        }
+        (Wire::OpenAi | Wire::Gemini | Wire::Responses, _) => serde_json::to_vec(&canonical),
+        (Wire::Anthropic, _) => serde_json::to_vec(&inbound::response(canonical, client_model)),
     }
     .expect("serializing to a Vec cannot fail");
     Ok((out, usage))
@@ -422,9 +440,11 @@ pub fn json_response(
 pub fn error_message(wire: Wire, body: &[u8]) -> String {
     match wire {
         // Gemini's error body has the same `error.message`.
-        Wire::OpenAi | Wire::Gemini => serde_json::from_slice::<ot::ErrorBody>(body)
-            .map(|e| e.error.message)
-            .ok(),
+        Wire::OpenAi | Wire::Gemini | Wire::Responses => {
+            serde_json::from_slice::<ot::ErrorBody>(body)
+                .map(|e| e.error.message)
+                .ok()
+        }
         Wire::Anthropic => serde_json::from_slice::<at::ErrorBody>(body)
             .map(|e| e.error.message)
             .ok(),
@@ -434,17 +454,20 @@ pub fn error_message(wire: Wire, body: &[u8]) -> String {
 
 /// An upstream error body re-stated in the client's format (status kept).
 pub fn error_body(upstream: Wire, client: Wire, status: u16, body: &[u8]) -> Option<Vec<u8>> {
-    if upstream == client {
+    // The same error shape: relayed as it is.
+    if upstream == client || (upstream == Wire::OpenAi && client == Wire::Responses) {
         return None;
     }
     let message = error_message(upstream, body);
     Some(
         match client {
             Wire::Anthropic => serde_json::to_vec(&inbound::error_body(status, message)),
-            Wire::OpenAi | Wire::Gemini => serde_json::to_vec(&serde_json::json!({
-                "error": {"message": message, "type": "upstream_error", "param": null,
-                          "code": format!("upstream_{status}")}
-            })),
+            Wire::OpenAi | Wire::Gemini | Wire::Responses => {
+                serde_json::to_vec(&serde_json::json!({
+                    "error": {"message": message, "type": "upstream_error", "param": null,
+                              "code": format!("upstream_{status}")}
+                }))
+            }
         }
         .expect("serializing to a Vec cannot fail"),
     )

@@ -13,6 +13,9 @@ pub enum Wire {
     Anthropic,
     /// Upstream only: Gemini's `generateContent`.
     Gemini,
+    /// Client only (for now): OpenAI's Responses API, served through the
+    /// chat shape.
+    Responses,
 }
 
 /// How a committed upstream response reaches the client.
@@ -31,6 +34,8 @@ impl Wire {
     pub fn of_path(path: &str) -> Self {
         if path.starts_with("/v1/messages") {
             Self::Anthropic
+        } else if path.starts_with("/v1/responses") {
+            Self::Responses
         } else {
             Self::OpenAi
         }
@@ -40,7 +45,7 @@ impl Wire {
     pub fn error_json(self, e: &GatewayError) -> Vec<u8> {
         match self {
             Self::Anthropic => e.to_anthropic_json(),
-            Self::OpenAi | Self::Gemini => e.to_openai_json(),
+            Self::OpenAi | Self::Gemini | Self::Responses => e.to_openai_json(),
         }
     }
 
@@ -51,6 +56,7 @@ impl Wire {
         match self {
             Self::OpenAi | Self::Gemini => event.extend_from_slice(b"data: "),
             Self::Anthropic => event.extend_from_slice(b"event: error\ndata: "),
+            Self::Responses => return crate::responses::stream::error_event(e),
         }
         event.extend_from_slice(&self.error_json(e));
         event.extend_from_slice(b"\n\n");
@@ -86,7 +92,7 @@ impl Wire {
                     completion_tokens: r.usage.output_tokens,
                 }),
             // Passed through: their usage is read from the tail.
-            Self::OpenAi | Self::Gemini => None,
+            Self::OpenAi | Self::Gemini | Self::Responses => None,
         }
     }
 }

@@ -142,7 +142,7 @@ async fn exchange(
         Delivery::Passthrough => collect(upstream_body).await,
         Delivery::Stream => {
             let cell = Arc::new(UsageCell::default());
-            let s = StreamBody::new(upstream_body, wire, client, model, true, 1, cell);
+            let s = StreamBody::new(upstream_body, wire, client, model, true, 1, cell, None);
             collect(s.boxed_unsync()).await
         }
         Delivery::Whole => {
@@ -152,7 +152,7 @@ async fn exchange(
             } else if wire == client {
                 bytes
             } else {
-                let (converted, _) = translate::json_response(wire, client, &bytes, model, 1)
+                let (converted, _) = translate::json_response(wire, client, &bytes, model, 1, None)
                     .expect("a convertible answer");
                 Bytes::from(converted)
             }

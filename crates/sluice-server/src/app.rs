@@ -115,6 +115,8 @@ pub struct App {
     pub hub: Option<Arc<crate::hub::Hub>>,
     /// `None` when no `[audit]` is configured.
     pub audit: Option<crate::audit::Auditor>,
+    /// Stored Responses (`previous_response_id`, `GET /v1/responses/{id}`).
+    pub responses: Arc<crate::responses_store::ResponseStore>,
     /// Where the configuration came from, for reloads.
     pub source: Source,
 }
@@ -177,7 +179,12 @@ impl App {
                 .reload
                 .loaded(&crate::metrics::reload::file_hash(&bytes));
         }
+        let responses = Arc::new(crate::responses_store::ResponseStore::new(
+            config.responses.max_stored,
+            config.responses.max_stored_bytes,
+        ));
         Ok(Arc::new(Self {
+            responses,
             source,
             access: ArcSwap::from_pointee(access),
             key_specs: tokio::sync::Mutex::new(key_specs),

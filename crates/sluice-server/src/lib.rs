@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod reply;
+mod responses_api;
+pub mod responses_store;
 pub mod routes;
 mod serving;
 pub mod shared_limits;

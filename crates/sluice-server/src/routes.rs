@@ -26,6 +26,11 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
+        .route(
+            "/v1/responses/{id}",
+            get(crate::responses_api::get).delete(crate::responses_api::delete),
+        )
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/v1/agents", get(crate::hub_routes::list))
@@ -81,6 +86,10 @@ async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
 
 async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
     proxy::handle(app, Operation::Messages, "/v1/messages", req).await
+}
+
+async fn responses(State(app): State<Arc<App>>, req: Request) -> Response {
+    proxy::handle(app, Operation::Responses, "/v1/responses", req).await
 }
 
 fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {

@@ -55,9 +55,17 @@ pub struct Config {
     /// `None` = no audit trail.
     pub audit: Option<AuditConfig>,
     pub agents: AgentsConfig,
+    pub responses: ResponsesConfig,
 }
 
-/// The agent hub (`/v1/agents/*`).
+/// Stored Responses (`/v1/responses` with `store`), in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsesConfig {
+    /// Responses kept at most (oldest dropped first).
+    pub max_stored: usize,
+    /// Bytes of stored responses and conversations at most.
+    pub max_stored_bytes: usize,
+}
 #[derive(Debug, Clone)]
 pub struct AgentsConfig {
     pub enabled: bool,

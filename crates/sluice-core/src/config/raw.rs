@@ -34,6 +34,15 @@ pub struct RawConfig {
     pub audit: Option<Spanned<RawAudit>>,
     /// `None` when the file has no `[agents]` table (the defaults apply).
     pub agents: Option<RawAgents>,
+    #[serde(default)]
+    pub responses: RawResponses,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    pub max_stored: Option<Spanned<u64>>,
+    pub max_stored_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,8 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawRouting};
 use super::{
-    Config, ConfigError, ConfigErrors, ModelConfig, RoutingConfig, Strategy, TargetConfig, line_col,
+    Config, ConfigError, ConfigErrors, ModelConfig, ResponsesConfig, RoutingConfig, Strategy,
+    TargetConfig, line_col,
 };
 use crate::resilience::{BreakerConfig, WeightConfig};
 
@@ -331,6 +332,20 @@ pub(super) fn validate(
             }
         }
     }
+    let responses = (
+        c.positive(
+            raw.responses.max_stored.as_ref(),
+            10_000,
+            100_000_000,
+            "max_stored",
+        ) as usize,
+        c.positive(
+            raw.responses.max_stored_bytes.as_ref(),
+            256 << 20,
+            1 << 40,
+            "max_stored_bytes",
+        ) as usize,
+    );
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -345,6 +360,10 @@ pub(super) fn validate(
             redaction,
             audit,
             agents,
+            responses: ResponsesConfig {
+                max_stored: responses.0,
+                max_stored_bytes: responses.1,
+            },
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,

@@ -79,6 +79,7 @@ async fn translate(
         include_usage,
         1_700_000_000,
         usage.clone(),
+        None,
     );
     let bytes = body.collect().await.unwrap().to_bytes();
     (
@@ -200,6 +201,7 @@ async fn anthropic_error_event_becomes_a_stream_error() {
         false,
         1,
         Default::default(),
+        None,
     );
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.data_ref().is_some(), "the role chunk comes first");

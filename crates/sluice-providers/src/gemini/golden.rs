@@ -53,6 +53,7 @@ async fn gemini_stream_to_openai() {
         true,
         1_700_000_000,
         usage.clone(),
+        None,
     );
     let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
     let got: Vec<Value> = text

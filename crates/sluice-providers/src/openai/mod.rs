@@ -58,7 +58,7 @@ impl Endpoint {
         request_id: Option<&HeaderValue>,
     ) -> http::Request<Full<Bytes>> {
         let uri = match op {
-            Operation::Chat | Operation::Messages => self.chat.clone(),
+            Operation::Chat | Operation::Messages | Operation::Responses => self.chat.clone(),
             Operation::Embeddings => self.embeddings.clone(),
         };
         template::request(&self.headers, uri, body, request_id)

@@ -25,6 +25,8 @@ pub struct Call<'a> {
     /// An Anthropic client's own body and its `model` span, sent as-is (model
     /// rewritten) to Anthropic targets.
     pub native: Option<(&'a Bytes, Range<usize>)>,
+    /// A Responses client's request echo (and where its finished turn goes).
+    pub responses: Option<std::sync::Arc<sluice_providers::responses::Echo>>,
     /// The model name as the client sent it.
     pub client_model: &'a str,
     /// Whether the client asked for the streamed usage chunk (OpenAI clients).
@@ -45,7 +47,7 @@ pub(crate) fn deadline_error(budget: Duration) -> GatewayError {
 /// `gen_ai.operation.name` for an endpoint.
 pub fn operation_name(op: Operation) -> &'static str {
     match op {
-        Operation::Chat | Operation::Messages => "chat",
+        Operation::Chat | Operation::Messages | Operation::Responses => "chat",
         Operation::Embeddings => "embeddings",
     }
 }

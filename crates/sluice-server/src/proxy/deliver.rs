@@ -76,6 +76,7 @@ pub(crate) async fn deliver(
                 call.include_usage,
                 unix_now(),
                 cell,
+                call.responses.clone(),
             )
             .boxed_unsync()
         }
@@ -105,13 +106,20 @@ pub(crate) async fn deliver(
                 }
                 Ok(bytes)
             } else {
-                translate::json_response(wire, call.client, &bytes, call.client_model, unix_now())
-                    .map(|(out, usage)| {
-                        if let Some(u) = usage {
-                            rec.set_usage(u);
-                        }
-                        Bytes::from(out)
-                    })
+                translate::json_response(
+                    wire,
+                    call.client,
+                    &bytes,
+                    call.client_model,
+                    unix_now(),
+                    call.responses.as_deref(),
+                )
+                .map(|(out, usage)| {
+                    if let Some(u) = usage {
+                        rec.set_usage(u);
+                    }
+                    Bytes::from(out)
+                })
             };
             match converted {
                 Ok(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),

@@ -24,6 +24,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use sluice_core::request::{self, Operation};
+use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::anthropic::inbound;
 use sluice_providers::translate::Wire;
 use tokio::time::Instant;
@@ -120,8 +121,10 @@ async fn proxy(
         op, headers, body, ..
     } = inbound;
     let snap = app.snapshot.load_full();
-    if op == Operation::Messages {
-        rec.wire = Wire::Anthropic;
+    match op {
+        Operation::Messages => rec.wire = Wire::Anthropic,
+        Operation::Responses => rec.wire = Wire::Responses,
+        Operation::Chat | Operation::Embeddings => {}
     }
     let access = app.access.load_full();
     let key = match crate::access::authenticate(&access, &headers) {
@@ -184,27 +187,33 @@ async fn proxy(
     }
     let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
 
-    // Anthropic clients: the request in the OpenAI shape for every target
-    // that is not Anthropic; their own body for those that are.
-    let canonical;
+    // Anthropic and Responses clients: the request in the OpenAI chat
+    // shape for every target (an Anthropic client's own body goes to
+    // Anthropic targets).
+    let mut echo = None;
+    let canonical = match op {
+        Operation::Messages => inbound::canonical(&body),
+        Operation::Responses => responses_turn(app, &body, &mut rec).map(|(chat, e)| {
+            echo = Some(e);
+            chat
+        }),
+        Operation::Chat | Operation::Embeddings => Ok(Bytes::new()),
+    };
+    let canonical = match canonical {
+        Ok(b) => b,
+        Err(e) => return rec.reply_error(&e),
+    };
     let canonical_peek;
-    let (op, body_ref, peek_ref, native) = if op == Operation::Messages {
-        canonical = match inbound::canonical(&body) {
-            Ok(b) => b,
-            Err(e) => return rec.reply_error(&e),
-        };
-        canonical_peek = match request::peek(&canonical, Operation::Chat) {
-            Ok(p) => p,
-            Err(e) => return rec.reply_error(&e),
-        };
-        (
-            Operation::Chat,
-            &canonical,
-            &canonical_peek,
-            Some((&body, peek.model_span.clone())),
-        )
-    } else {
-        (op, &body, &peek, None)
+    let (op, body_ref, peek_ref, native) = match op {
+        Operation::Chat | Operation::Embeddings => (op, &body, &peek, None),
+        Operation::Messages | Operation::Responses => {
+            canonical_peek = match request::peek(&canonical, Operation::Chat) {
+                Ok(p) => p,
+                Err(e) => return rec.reply_error(&e),
+            };
+            let native = (op == Operation::Messages).then(|| (&body, peek.model_span.clone()));
+            (Operation::Chat, &canonical, &canonical_peek, native)
+        }
     };
     let call = Call {
         snap: &snap,
@@ -213,6 +222,7 @@ async fn proxy(
         body: body_ref,
         peek: peek_ref,
         native,
+        responses: echo,
         client_model: &peek.model,
         include_usage: peek.include_usage,
         request_id,
@@ -220,4 +230,52 @@ async fn proxy(
         budget,
     };
     attempt::run(&call, route, rec).await
+}
+
+/// A Responses request as a chat request, with the conversation its
+/// `previous_response_id` names; the turn is kept (when `store`) once its
+/// answer completes.
+fn responses_turn(
+    app: &Arc<App>,
+    body: &[u8],
+    rec: &mut Recorder,
+) -> Result<(Bytes, Arc<sluice_providers::responses::Echo>), GatewayError> {
+    #[derive(serde::Deserialize)]
+    struct Previous {
+        previous_response_id: Option<String>,
+    }
+    let previous = serde_json::from_slice::<Previous>(body)
+        .ok()
+        .and_then(|p| p.previous_response_id);
+    let key = rec.key.clone();
+    let history = match &previous {
+        Some(id) => app
+            .responses
+            .conversation(id, key.as_deref())
+            .ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::ResponseNotFound,
+                    format!(
+                        "previous response '{id}' was not found (unknown, expired, or not stored)"
+                    ),
+                )
+                .with_param("previous_response_id")
+            })?,
+        None => Arc::default(),
+    };
+    let t = sluice_providers::responses::canonical(
+        body,
+        &history,
+        crate::responses_store::new_id(),
+        crate::clock::now_unix(),
+    )?;
+    if t.store {
+        rec.accounting.turn = Some(crate::responses_store::PendingTurn {
+            store: app.responses.clone(),
+            key,
+            conversation: t.conversation,
+            echo: t.echo.clone(),
+        });
+    }
+    Ok((t.chat, t.echo))
 }

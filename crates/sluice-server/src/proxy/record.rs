@@ -193,7 +193,8 @@ impl Drop for Recorder {
         if let Some(u) = self.usage {
             m.record_usage(&self.model, &self.provider, u);
         }
-        self.accounting.settle(self.usage);
+        self.accounting
+            .settle(self.usage, self.finished && self.status == 200);
         let elapsed = self.start.elapsed();
         let labels = crate::metrics::RequestLabels {
             route: self.route,

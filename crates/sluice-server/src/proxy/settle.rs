@@ -17,13 +17,18 @@ pub struct Accounting {
     pub shared_reservation: Option<SharedReservation>,
     /// Held while a streamed response is open (per-key stream limit).
     pub stream_permit: Option<StreamPermit>,
+    /// A Responses turn to store once its answer completed.
+    pub turn: Option<crate::responses_store::PendingTurn>,
 }
 
 impl Accounting {
     /// Settles every reservation with the real usage; unknown usage (a
     /// request cut short) keeps what was reserved charged. Releases the
     /// stream permit.
-    pub fn settle(&mut self, usage: Option<Usage>) {
+    pub fn settle(&mut self, usage: Option<Usage>, answered: bool) {
+        if let Some(t) = self.turn.take().filter(|_| answered) {
+            t.keep();
+        }
         let total = usage.map(|u| (u.prompt_tokens + u.completion_tokens) as f64);
         if !self.reservations.is_empty() {
             let now = crate::clock::now_secs();
