@@ -6,8 +6,8 @@
 #
 # Each round runs, for each binary in turn (fresh process, pinned to core 0;
 # wrk and the mock upstream on core 1): plain chat at 16 connections and at
-# 1, then 64-token streams three ways (passthrough, filtered, translated from
-# Anthropic). Reported: CPU µs per request (or ns per streamed token) of the
+# 1, then 64-token streams four ways (passthrough, filtered, translated from
+# Anthropic, and the same Anthropic stream as Responses API events). Reported: CPU µs per request (or ns per streamed token) of the
 # Sluice process, and new/old ratios (median over rounds). Build NEW_BIN
 # with `cargo build --release`; OLD_BIN from another checkout.
 set -euo pipefail
@@ -78,6 +78,7 @@ TOML
   run_case stream-passthrough bench/stream.lua 16 64 MODEL=stream-openai USAGE=1
   run_case stream-filtered bench/stream.lua 16 64 MODEL=stream-openai USAGE=0
   run_case stream-anthropic bench/stream.lua 16 64 MODEL=stream-anthropic USAGE=0
+  run_case responses-anthropic bench/stream.lua 16 64 MODEL=stream-anthropic ENDPOINT=responses
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 

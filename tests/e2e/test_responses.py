@@ -179,3 +179,33 @@ def test_stored_responses_belong_to_their_key(upstream, tmp_path):
         assert 'route="/v1/responses"' in m, "counted like any request"
     finally:
         g.stop()
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_the_openai_agents_sdk_runs_a_function_tool(gw, model):
+    """The Agents SDK's default: Runner.run over the Responses API, with a
+    function tool, to an OpenAI-format and an Anthropic-format upstream."""
+    import asyncio
+
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    calls = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        calls.append(city)
+        return f"22 C in {city}"
+
+    async def run():
+        set_tracing_disabled(True)
+        client = openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+        agent = Agent(name="weather", instructions="Use the tool.", tools=[get_weather],
+                      model=OpenAIResponsesModel(model=model, openai_client=client))
+        return await Runner.run(agent, "What is the weather in Paris?")
+
+    result = asyncio.run(run())
+    assert calls == ["Paris"]
+    kinds = [type(i).__name__ for i in result.new_items]
+    assert "ToolCallItem" in kinds and "ToolCallOutputItem" in kinds, kinds
+    assert kinds[-1] == "MessageOutputItem" and result.final_output.strip()

@@ -1,4 +1,4 @@
-//! The Anthropic and Gemini formats of the mock upstream.
+//! The Anthropic, Gemini and legacy completions formats of the mock upstream.
 
 use hyper::Response;
 use serde_json::{Value, json};
@@ -56,9 +56,16 @@ pub(crate) fn anthropic(
                     .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
             });
     let tool = tool.filter(|_| last_is_user);
+    // A forced tool (`tool_choice: {type: "tool"}`) is called at once, with
+    // no text before it, as Anthropic does.
+    let forced = req["tool_choice"]["type"] == "tool";
     let usage = json!({"input_tokens": 13, "output_tokens": 7});
     if !stream {
         let (content, stop) = match &tool {
+            Some(name) if forced => (
+                json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Paris"}}]),
+                "tool_use",
+            ),
             Some(name) => (
                 json!([{"type": "text", "text": "Let me check."},
                 {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Paris"}}]),
@@ -82,27 +89,28 @@ pub(crate) fn anthropic(
         json!({"type": "message_start", "message": {"id": "msg_mock_1", "type": "message", "role": "assistant",
         "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 13, "output_tokens": 1}}}),
     );
-    ev(
-        "content_block_start",
-        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-    );
     ev("ping", json!({"type": "ping"}));
-    let default_words: &[&str] = if tool.is_some() {
-        &["Let me", " check."]
-    } else {
-        &["Hello", " from the", " mock anthropic"]
-    };
-    let words = words(req, default_words);
-    for w in words {
+    if !(forced && tool.is_some()) {
         ev(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        );
+        let default_words: &[&str] = if tool.is_some() {
+            &["Let me", " check."]
+        } else {
+            &["Hello", " from the", " mock anthropic"]
+        };
+        for w in words(req, default_words) {
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+            );
+        }
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
         );
     }
-    ev(
-        "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
-    );
     let stop = if let Some(name) = &tool {
         ev(
             "content_block_start",
@@ -200,6 +208,42 @@ pub(crate) fn gemini(
         out.push_str(&format!("data: {ev}\r\n\r\n"));
     }
     let mut r = Response::new(full(out.into_bytes()));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// A legacy text completion: "Completed: <prompt>", whole or streamed (a
+/// usage chunk when `stream_options.include_usage`).
+pub(crate) fn completion(req: &Value, stream: bool) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("");
+    let prompt = req["prompt"].as_str().unwrap_or("");
+    let words = ["Completed:", " ", prompt];
+    let usage = json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7});
+    if !stream {
+        return json_resp(
+            200,
+            &json!({"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                    "choices": [{"text": words.concat(), "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": usage}),
+        );
+    }
+    let mut out = String::new();
+    for (i, w) in words.iter().enumerate() {
+        let finish = (i + 1 == words.len()).then_some("stop");
+        let v = json!({"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                       "choices": [{"text": w, "index": 0, "logprobs": null, "finish_reason": finish}]});
+        out.push_str(&format!("data: {v}\n\n"));
+    }
+    if req["stream_options"]["include_usage"] == json!(true) {
+        let v = json!({"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                       "choices": [], "usage": usage});
+        out.push_str(&format!("data: {v}\n\n"));
+    }
+    out.push_str("data: [DONE]\n\n");
+    let mut r = Response::new(framed(&out));
     r.headers_mut().insert(
         "content-type",
         hyper::header::HeaderValue::from_static("text/event-stream"),

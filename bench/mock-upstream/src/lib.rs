@@ -13,6 +13,7 @@
 //!   away is counted in `cancelled`.
 //! - `reset`: starts a stream, then drops the connection mid-way.
 //! - `tokens-N`: a streamed answer of N tokens (OpenAI and Anthropic formats).
+//! - `/v1/completions`: a legacy text completion (or its stream) echoing the prompt.
 //! - `broken-nodone`, `broken-json`, `broken-garbage`, `broken-badsse`,
 //!   `broken-wrongformat`, `echo-key-400`: misbehaving answers (see `broken`).
 //!
@@ -260,6 +261,9 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
         .and_then(|c| c.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+        return Ok(formats::completion(&parsed, stream));
     }
     let wants_tool = parsed["tools"].as_array().is_some_and(|t| !t.is_empty())
         && parsed["messages"]

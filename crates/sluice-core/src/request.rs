@@ -23,6 +23,8 @@ pub enum Operation {
     Messages,
     /// OpenAI's `/v1/responses` (its `input` is checked when translated).
     Responses,
+    /// OpenAI's legacy `/v1/completions`.
+    Completions,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ struct Raw<'a> {
     // Vec of a zero-sized type: counts elements without allocating.
     messages: Option<Vec<IgnoredAny>>,
     input: Option<IgnoredAny>,
+    prompt: Option<IgnoredAny>,
     max_tokens: Option<serde_json::Value>,
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
@@ -127,6 +130,11 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
             }
         }
         Operation::Responses => {}
+        Operation::Completions => {
+            if raw.prompt.is_none() {
+                return Err(missing("prompt"));
+            }
+        }
     }
     if op == Operation::Messages && raw.max_tokens.is_none() {
         return Err(missing("max_tokens"));

@@ -64,9 +64,10 @@ impl Adapter {
         })
     }
 
-    /// The format the upstream answers in.
-    pub fn wire(&self) -> Wire {
+    /// The format the upstream answers `op` in.
+    pub fn wire(&self, op: Operation) -> Wire {
         match self {
+            Self::OpenAi(_) if op == Operation::Completions => Wire::Completions,
             Self::OpenAi(_) | Self::Mock => Wire::OpenAi,
             Self::Anthropic(_) => Wire::Anthropic,
             Self::Gemini(_) => Wire::Gemini,
@@ -88,6 +89,20 @@ impl Adapter {
     ) -> Result<Prepared, GatewayError> {
         let id = Some(out.request_id);
         match self {
+            // Completions go as they came, to the completions endpoint.
+            Self::OpenAi(e) if out.op == Operation::Completions => {
+                let Some((native, span)) = &out.native else {
+                    return Err(GatewayError::new(
+                        ErrorKind::Internal,
+                        "a completions request without its own body",
+                    ));
+                };
+                let mut body = Bytes::from(request::rewrite_model(native, span.clone(), model));
+                if out.peek.stream && !out.peek.include_usage {
+                    body = request::force_include_usage(&body);
+                }
+                Ok(Prepared::Http(e.request(out.op, body, id)))
+            }
             Self::OpenAi(e) => {
                 let mut body = if model == out.peek.model {
                     out.body.clone()
@@ -107,7 +122,12 @@ impl Adapter {
             }
             Self::Anthropic(e) => {
                 no_embeddings(out.op, p)?;
-                let body = match &out.native {
+                // An Anthropic client's own body (not a completions one).
+                let native = out
+                    .native
+                    .as_ref()
+                    .filter(|_| out.op != Operation::Completions);
+                let body = match native {
                     Some((native, span)) => {
                         Bytes::from(request::rewrite_model(native, span.clone(), model))
                     }
@@ -115,13 +135,13 @@ impl Adapter {
                         canonical(out.body)?,
                         model,
                         p.default_max_tokens,
-                    )),
+                    )?),
                 };
                 Ok(Prepared::Http(e.request(body, id)))
             }
             Self::Gemini(e) => {
                 no_embeddings(out.op, p)?;
-                let body = json_bytes(&gemini::translate::request(canonical(out.body)?));
+                let body = json_bytes(&gemini::translate::request(canonical(out.body)?)?);
                 Ok(Prepared::Http(e.request(
                     model,
                     out.peek.stream,
@@ -156,7 +176,7 @@ async fn mock_answer(
 ) -> Result<Prepared, GatewayError> {
     let cfg = &p.mock;
     let (resp, usage) = match out.op {
-        Operation::Chat | Operation::Messages | Operation::Responses => {
+        Operation::Chat | Operation::Messages | Operation::Responses | Operation::Completions => {
             let reply = mock::chat_reply(cfg, out.body)?;
             let usage = reply.usage;
             // Always with the usage chunk: the client's filter decides.

@@ -6,6 +6,8 @@
 pub mod adapter;
 pub mod anthropic;
 pub mod check;
+pub mod completions;
+pub mod fields;
 pub mod gemini;
 pub mod mock;
 pub mod openai;

@@ -52,6 +52,7 @@ enum Encode {
     OpenAi { include_usage: bool },
     Anthropic(inbound::StreamFromOpenAi),
     Responses(Box<crate::responses::stream::StreamFromChat>),
+    Completions(crate::completions::StreamFromChat),
 }
 
 enum Mode {
@@ -90,11 +91,13 @@ impl StreamBody {
         responses: Option<Arc<crate::responses::Echo>>,
     ) -> Self {
         let mode = match (upstream, client) {
-            (Wire::OpenAi, Wire::OpenAi) => Mode::Filter { include_usage },
+            (Wire::OpenAi, Wire::OpenAi) | (Wire::Completions, Wire::Completions) => {
+                Mode::Filter { include_usage }
+            }
             (up, cl) => Mode::Translate(Box::new((
                 match up {
                     // No adapter answers in the Responses format (yet).
-                    Wire::OpenAi | Wire::Responses => Decode::OpenAi,
+                    Wire::OpenAi | Wire::Responses | Wire::Completions => Decode::OpenAi,
                     Wire::Anthropic => Decode::Anthropic(outbound::StreamToOpenAi::new(created)),
                     Wire::Gemini => {
                         Decode::Gemini(gemini::StreamToOpenAi::new(client_model, created))
@@ -104,6 +107,9 @@ impl StreamBody {
                     (Wire::Responses, Some(echo)) => Encode::Responses(Box::new(
                         crate::responses::stream::StreamFromChat::new(echo),
                     )),
+                    (Wire::Completions, _) => Encode::Completions(
+                        crate::completions::StreamFromChat::new(client_model, include_usage),
+                    ),
                     (Wire::OpenAi | Wire::Gemini | Wire::Responses, _) => {
                         Encode::OpenAi { include_usage }
                     }
@@ -246,6 +252,7 @@ impl StreamBody {
                     }
                     Encode::Anthropic(enc) => enc.chunk(c, out),
                     Encode::Responses(enc) => enc.chunk(c, out),
+                    Encode::Completions(enc) => enc.chunk(c, out),
                 }
             }
         }
@@ -281,6 +288,7 @@ impl StreamBody {
                 Encode::OpenAi { .. } => out.extend_from_slice(b"data: [DONE]\n\n"),
                 Encode::Anthropic(enc) => enc.finish(out),
                 Encode::Responses(enc) => enc.finish(out),
+                Encode::Completions(enc) => enc.finish(out),
             }
         }
         Ok(())
@@ -407,7 +415,7 @@ pub fn json_response(
     responses: Option<&crate::responses::Echo>,
 ) -> Result<(Vec<u8>, Option<Usage>), String> {
     let canonical: ot::ChatResponse = match upstream {
-        Wire::OpenAi | Wire::Responses => {
+        Wire::OpenAi | Wire::Responses | Wire::Completions => {
             serde_json::from_slice(body).map_err(|e| e.to_string())?
         }
         Wire::Gemini => {
@@ -429,6 +437,9 @@ pub fn json_response(
         (Wire::Responses, Some(echo)) => {
             serde_json::to_vec(&crate::responses::output::response(&canonical, echo))
         }
+        (Wire::Completions, _) => {
+            serde_json::to_vec(&crate::completions::response(&canonical, client_model))
+        }
         (Wire::OpenAi | Wire::Gemini | Wire::Responses, _) => serde_json::to_vec(&canonical),
         (Wire::Anthropic, _) => serde_json::to_vec(&inbound::response(canonical, client_model)),
     }
@@ -440,7 +451,7 @@ pub fn json_response(
 pub fn error_message(wire: Wire, body: &[u8]) -> String {
     match wire {
         // Gemini's error body has the same `error.message`.
-        Wire::OpenAi | Wire::Gemini | Wire::Responses => {
+        Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Completions => {
             serde_json::from_slice::<ot::ErrorBody>(body)
                 .map(|e| e.error.message)
                 .ok()
@@ -455,14 +466,15 @@ pub fn error_message(wire: Wire, body: &[u8]) -> String {
 /// An upstream error body re-stated in the client's format (status kept).
 pub fn error_body(upstream: Wire, client: Wire, status: u16, body: &[u8]) -> Option<Vec<u8>> {
     // The same error shape: relayed as it is.
-    if upstream == client || (upstream == Wire::OpenAi && client == Wire::Responses) {
+    let openai_error = |w| matches!(w, Wire::OpenAi | Wire::Responses | Wire::Completions);
+    if upstream == client || (openai_error(upstream) && openai_error(client)) {
         return None;
     }
     let message = error_message(upstream, body);
     Some(
         match client {
             Wire::Anthropic => serde_json::to_vec(&inbound::error_body(status, message)),
-            Wire::OpenAi | Wire::Gemini | Wire::Responses => {
+            Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Completions => {
                 serde_json::to_vec(&serde_json::json!({
                     "error": {"message": message, "type": "upstream_error", "param": null,
                               "code": format!("upstream_{status}")}

@@ -16,6 +16,9 @@ pub enum Wire {
     /// Client only (for now): OpenAI's Responses API, served through the
     /// chat shape.
     Responses,
+    /// OpenAI's legacy completions: passed through to OpenAI-format
+    /// upstreams, translated through the chat shape for the others.
+    Completions,
 }
 
 /// How a committed upstream response reaches the client.
@@ -30,12 +33,19 @@ pub enum Delivery {
 }
 
 impl Wire {
+    /// OpenAI's own formats: usage last, in the same fields.
+    fn openai_shaped(self) -> bool {
+        matches!(self, Self::OpenAi | Self::Completions)
+    }
+
     /// The format a client speaks on `path`.
     pub fn of_path(path: &str) -> Self {
         if path.starts_with("/v1/messages") {
             Self::Anthropic
         } else if path.starts_with("/v1/responses") {
             Self::Responses
+        } else if path.starts_with("/v1/completions") {
+            Self::Completions
         } else {
             Self::OpenAi
         }
@@ -45,7 +55,7 @@ impl Wire {
     pub fn error_json(self, e: &GatewayError) -> Vec<u8> {
         match self {
             Self::Anthropic => e.to_anthropic_json(),
-            Self::OpenAi | Self::Gemini | Self::Responses => e.to_openai_json(),
+            Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions => e.to_openai_json(),
         }
     }
 
@@ -54,7 +64,7 @@ impl Wire {
     pub fn error_event(self, e: &GatewayError) -> Vec<u8> {
         let mut event = Vec::with_capacity(160);
         match self {
-            Self::OpenAi | Self::Gemini => event.extend_from_slice(b"data: "),
+            Self::OpenAi | Self::Gemini | Self::Completions => event.extend_from_slice(b"data: "),
             Self::Anthropic => event.extend_from_slice(b"event: error\ndata: "),
             Self::Responses => return crate::responses::stream::error_event(e),
         }
@@ -74,9 +84,9 @@ impl Wire {
         let same = self == client;
         match (stream, success) {
             // An OpenAI stream the client asked usage for goes through as is.
-            (true, true) if same && self == Self::OpenAi && include_usage => Delivery::Passthrough,
+            (true, true) if same && self.openai_shaped() && include_usage => Delivery::Passthrough,
             (true, true) => Delivery::Stream,
-            (false, true) if same && self == Self::OpenAi => Delivery::Passthrough,
+            (false, true) if same && self.openai_shaped() => Delivery::Passthrough,
             _ => Delivery::Whole,
         }
     }
@@ -92,7 +102,7 @@ impl Wire {
                     completion_tokens: r.usage.output_tokens,
                 }),
             // Passed through: their usage is read from the tail.
-            Self::OpenAi | Self::Gemini | Self::Responses => None,
+            Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions => None,
         }
     }
 }

@@ -135,7 +135,7 @@ async fn exchange(
                 (status, body)
             }
         };
-    let wire = adapter.wire();
+    let wire = adapter.wire(Operation::Chat);
     let stream = peek.stream;
     let success = (200..300).contains(&status);
     let delivered = match wire.delivery(client, stream, success, true) {
@@ -384,7 +384,7 @@ async fn embeddings_only_where_the_format_has_them() {
             request_id: &id,
         };
         let r = adapter.prepare(&out, &p, "m-1").await;
-        match adapter.wire() {
+        match adapter.wire(Operation::Embeddings) {
             Wire::OpenAi => assert!(r.is_ok(), "{kind}"),
             _ => {
                 let e = r.err().expect("refused");

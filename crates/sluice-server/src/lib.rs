@@ -8,6 +8,7 @@ pub mod clock;
 pub mod conn;
 pub mod extract;
 pub mod keys_file;
+mod layers;
 pub use sluice_hub as hub;
 mod hub_routes;
 pub use hub_routes::gateway as hub_gateway;

@@ -268,8 +268,9 @@ impl Conn {
     {
         let router = TowerToHyperService::new(self.router.clone());
         let max_head = self.max_head_bytes;
-        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             use futures_util::future::Either;
+            trim_trailing_slash(&mut req);
             if head_size(&req) > max_head {
                 let refused = head_too_large(req.uri().path(), max_head);
                 Either::Left(std::future::ready(Ok(refused)))
@@ -322,6 +323,28 @@ impl Conn {
         };
         if let Ended::Error(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// `/v1/chat/completions/` is `/v1/chat/completions`: clients that join a
+/// base URL ending in `/` with a path are served, not sent a 404.
+fn trim_trailing_slash<B>(req: &mut http::Request<B>) {
+    let path = req.uri().path();
+    if path.len() < 2 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = path.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(p) = http::uri::PathAndQuery::try_from(pq) {
+        parts.path_and_query = Some(p);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
         }
     }
 }

@@ -22,11 +22,13 @@ use crate::reply::error_response;
 use sluice_providers::translate::Wire;
 
 pub fn api(app: Arc<App>) -> Router {
-    Router::new()
+    let layered = app.clone();
+    let router = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
+        .route("/v1/completions", post(completions))
         .route(
             "/v1/responses/{id}",
             get(crate::responses_api::get).delete(crate::responses_api::delete),
@@ -53,7 +55,8 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .with_state(app);
+    crate::layers::around_api(router, layered)
 }
 
 pub fn admin(app: Arc<App>) -> Router {
@@ -92,8 +95,22 @@ async fn responses(State(app): State<Arc<App>>, req: Request) -> Response {
     proxy::handle(app, Operation::Responses, "/v1/responses", req).await
 }
 
-fn model_json(app: &App, name: &str, owner: &str) -> serde_json::Value {
+async fn completions(State(app): State<Arc<App>>, req: Request) -> Response {
+    proxy::handle(app, Operation::Completions, "/v1/completions", req).await
+}
+
+/// A model in OpenAI's shape, or Anthropic's for Anthropic clients (they
+/// send `anthropic-version`).
+fn model_json(app: &App, name: &str, owner: &str, anthropic: bool) -> serde_json::Value {
+    if anthropic {
+        let created = sluice_core::config::time::format_rfc3339_millis(app.started_unix * 1000);
+        return json!({"type": "model", "id": name, "display_name": name, "created_at": created});
+    }
     json!({"id": name, "object": "model", "created": app.started_unix, "owned_by": owner})
+}
+
+fn anthropic_client(headers: &http::HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
 }
 
 async fn models(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Response {
@@ -104,13 +121,22 @@ async fn models(State(app): State<Arc<App>>, headers: http::HeaderMap) -> Respon
         Err(e) => return error_response(&e, Wire::OpenAi),
     };
     // A key sees the models it may use.
+    let anthropic = anthropic_client(&headers);
     let data: Vec<_> = snap
         .routes
         .names
         .iter()
         .filter(|name| key.is_none_or(|k| k.allows(name)))
-        .map(|name| model_json(&app, name, owner(&snap, name)))
+        .map(|name| model_json(&app, name, owner(&snap, name), anthropic))
         .collect();
+    if anthropic {
+        let first = data.first().map(|m| m["id"].clone());
+        let last = data.last().map(|m| m["id"].clone());
+        return axum::Json(
+            json!({"data": data, "has_more": false, "first_id": first, "last_id": last}),
+        )
+        .into_response();
+    }
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -126,7 +152,8 @@ async fn model(
         Err(e) => return error_response(&e, Wire::OpenAi),
     };
     if snap.routes.get(&id).is_some() && key.is_none_or(|k| k.allows(&id)) {
-        axum::Json(model_json(&app, &id, owner(&snap, &id))).into_response()
+        let anthropic = anthropic_client(&headers);
+        axum::Json(model_json(&app, &id, owner(&snap, &id), anthropic)).into_response()
     } else {
         error_response(
             &GatewayError::new(

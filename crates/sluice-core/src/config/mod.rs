@@ -261,6 +261,9 @@ pub struct ServerConfig {
     /// A Unix socket where this process hands its listeners to a new one
     /// started with `sluice serve --upgrade` (zero-downtime upgrade).
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// Browser origins allowed to call the API (CORS); `*` = any. Empty =
+    /// no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -232,6 +232,7 @@ pub struct RawServer {
     pub tls_key_file: Option<Spanned<String>>,
     pub tls_reload_ms: Option<Spanned<u64>>,
     pub upgrade_socket: Option<Spanned<String>>,
+    pub cors_origins: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

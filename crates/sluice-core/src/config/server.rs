@@ -58,7 +58,37 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
         )),
         tls: tls(c, s),
         upgrade_socket: upgrade_socket(c, s),
+        cors_origins: cors_origins(c, s),
     }
+}
+
+/// `*`, or origins as browsers send them: `scheme://host[:port]`.
+fn cors_origins(c: &mut Collector<'_>, s: &RawServer) -> Vec<String> {
+    let Some(list) = &s.cors_origins else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for o in list {
+        let v = o.get_ref();
+        let ok = v == "*"
+            || v.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.contains(['/', ' ', '?', '#'])
+            });
+        if ok {
+            out.push(v.trim_end_matches('/').to_owned());
+        } else {
+            c.at(
+                o.span(),
+                format!(
+                    "cors_origins: '{v}' is not an origin (scheme://host[:port], e.g. \
+                     https://app.example.com) or *"
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// The longest path a Unix socket address holds (`sun_path`, less its NUL).

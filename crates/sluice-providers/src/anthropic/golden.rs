@@ -20,7 +20,7 @@ fn fixture(name: &str) -> (Value, Value) {
 fn openai_request_to_anthropic() {
     let (input, expected) = fixture("openai_request_to_anthropic");
     let req: ot::ChatRequest = serde_json::from_value(input).unwrap();
-    let out = outbound::request(req, "claude-3-5-haiku-latest", 4096);
+    let out = outbound::request(req, "claude-3-5-haiku-latest", 4096).unwrap();
     assert_eq!(serde_json::to_value(out).unwrap(), expected);
 }
 

@@ -4,6 +4,7 @@
 
 pub mod inbound;
 pub mod outbound;
+pub mod structured;
 pub mod types;
 
 #[cfg(test)]

@@ -15,7 +15,13 @@ use crate::openai::types::{
 };
 
 /// The Anthropic request for an OpenAI chat request. `model` is the target's.
-pub fn request(req: ChatRequest, model: &str, default_max_tokens: u64) -> MessagesRequest {
+/// A field Anthropic cannot honour is refused by name.
+pub fn request(
+    req: ChatRequest,
+    model: &str,
+    default_max_tokens: u64,
+) -> Result<MessagesRequest, sluice_core::GatewayError> {
+    crate::fields::check(&req.rest, "Anthropic")?;
     let mut system = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     for m in req.messages {
@@ -88,7 +94,30 @@ pub fn request(req: ChatRequest, model: &str, default_max_tokens: u64) -> Messag
         }
         Some(choice)
     });
-    MessagesRequest {
+    let mut tools: Vec<Tool> = req
+        .tools
+        .map(|tools| {
+            tools
+                .into_iter()
+                .map(|t| Tool {
+                    name: t.function.name,
+                    description: t.function.description,
+                    input_schema: t
+                        .function
+                        .parameters
+                        .unwrap_or_else(|| json!({"type": "object"})),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tool_choice = tool_choice;
+    super::structured::apply(
+        req.rest.get("response_format"),
+        &mut tools,
+        &mut tool_choice,
+        &mut system,
+    )?;
+    Ok(MessagesRequest {
         model: model.to_owned(),
         max_tokens: req
             .max_completion_tokens
@@ -102,23 +131,11 @@ pub fn request(req: ChatRequest, model: &str, default_max_tokens: u64) -> Messag
         top_p: req.top_p,
         top_k: None,
         stream: req.stream,
-        tools: req.tools.map(|tools| {
-            tools
-                .into_iter()
-                .map(|t| Tool {
-                    name: t.function.name,
-                    description: t.function.description,
-                    input_schema: t
-                        .function
-                        .parameters
-                        .unwrap_or_else(|| json!({"type": "object"})),
-                })
-                .collect()
-        }),
+        tools: (!tools.is_empty()).then_some(tools),
         tool_choice,
         metadata: req.user.map(|u| Metadata { user_id: Some(u) }),
         rest: Map::new(),
-    }
+    })
 }
 
 fn tc(kind: &str, name: Option<String>) -> ToolChoice {
@@ -179,9 +196,16 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
 pub fn response(resp: MessagesResponse, created: u64) -> ChatResponse {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut answered = false;
     for b in resp.content {
         match b {
             Block::Text { text: t, .. } => text.push_str(&t),
+            // The structured answer: the content the client asked for.
+            Block::ToolUse { name, input, .. } if super::structured::is_answer(&name).is_some() => {
+                let wrapped = super::structured::is_answer(&name) == Some(true);
+                text = super::structured::text(&input, wrapped);
+                answered = true;
+            }
             Block::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".into(),
@@ -193,6 +217,11 @@ pub fn response(resp: MessagesResponse, created: u64) -> ChatResponse {
             _ => {}
         }
     }
+    let finish_reason = if answered && calls.is_empty() {
+        Some("stop".into())
+    } else {
+        finish_reason(resp.stop_reason.as_deref())
+    };
     ChatResponse {
         id: resp.id,
         object: "chat.completion".into(),
@@ -206,7 +235,7 @@ pub fn response(resp: MessagesResponse, created: u64) -> ChatResponse {
                 tool_calls: (!calls.is_empty()).then_some(calls),
                 ..OaMessage::default()
             },
-            finish_reason: finish_reason(resp.stop_reason.as_deref()),
+            finish_reason,
         }],
         usage: Some(UsageOut::new(
             resp.usage.prompt_tokens(),
@@ -229,6 +258,9 @@ pub struct StreamToOpenAi {
     /// (Anthropic block index, OpenAI tool-call index) of tool_use blocks.
     tools: Vec<(u32, u32)>,
     finish: Option<String>,
+    /// The structured answer's block: its index, whether it is wrapped,
+    /// and (wrapped) its JSON so far.
+    answer: Option<(u32, bool, String)>,
 }
 
 impl StreamToOpenAi {
@@ -315,6 +347,13 @@ impl StreamToOpenAi {
             }
             StreamEvent::ContentBlockStart {
                 index,
+                content_block: Block::ToolUse { name, .. },
+            } if super::structured::is_answer(&name).is_some() => {
+                let wrapped = super::structured::is_answer(&name) == Some(true);
+                self.answer = Some((index, wrapped, String::new()));
+            }
+            StreamEvent::ContentBlockStart {
+                index,
                 content_block: Block::ToolUse { id, name, .. },
             } => {
                 let tool_index = self.tools.len() as u32;
@@ -353,6 +392,21 @@ impl StreamToOpenAi {
                     },
                     None,
                 )),
+                BlockDelta::InputJsonDelta { partial_json }
+                    if self.answer.as_ref().is_some_and(|(i, _, _)| *i == index) =>
+                {
+                    match &mut self.answer {
+                        // A wrapped value is unwrapped once it is whole.
+                        Some((_, true, buf)) => buf.push_str(&partial_json),
+                        _ => out.push(self.chunk(
+                            Delta {
+                                content: Some(partial_json),
+                                ..Delta::default()
+                            },
+                            None,
+                        )),
+                    }
+                }
                 BlockDelta::InputJsonDelta { partial_json } => {
                     if let Some(&(_, tool_index)) = self.tools.iter().find(|(b, _)| *b == index) {
                         out.push(self.chunk(
@@ -382,8 +436,29 @@ impl StreamToOpenAi {
                 }
                 self.finish = finish_reason(delta.stop_reason.as_deref());
             }
+            StreamEvent::ContentBlockStop { index }
+                if self
+                    .answer
+                    .as_ref()
+                    .is_some_and(|(i, w, _)| *i == index && *w) =>
+            {
+                if let Some((_, _, buf)) = &self.answer {
+                    let input: Value = serde_json::from_str(buf).unwrap_or(Value::Null);
+                    let text = super::structured::text(&input, true);
+                    out.push(self.chunk(
+                        Delta {
+                            content: Some(text),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+            }
             StreamEvent::MessageStop => {
-                let finish = self.finish.take().or_else(|| Some("stop".into()));
+                let mut finish = self.finish.take().or_else(|| Some("stop".into()));
+                if self.answer.is_some() && self.tools.is_empty() {
+                    finish = Some("stop".into());
+                }
                 out.push(self.chunk(Delta::default(), finish));
                 let mut usage = self.chunk(Delta::default(), None);
                 usage.choices.clear();

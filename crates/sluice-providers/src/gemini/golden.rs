@@ -19,7 +19,7 @@ fn fixture(name: &str) -> (Value, Value) {
 fn openai_request_to_gemini() {
     let (input, expected) = fixture("openai_request_to_gemini");
     let req: ot::ChatRequest = serde_json::from_value(input).unwrap();
-    assert_eq!(gt::request(req), expected);
+    assert_eq!(gt::request(req).unwrap(), expected);
 }
 
 #[test]

@@ -8,8 +8,10 @@ use crate::openai::types::{
     ToolCall, ToolCallDelta, UsageOut,
 };
 
-/// The Gemini request body for an OpenAI chat request.
-pub fn request(req: ChatRequest) -> Value {
+/// The Gemini request for an OpenAI chat request; a field Gemini cannot
+/// honour is refused by name.
+pub fn request(req: ChatRequest) -> Result<Value, sluice_core::GatewayError> {
+    crate::fields::check(&req.rest, "Gemini")?;
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     // Tool results name the function; OpenAI only gives the call id.
@@ -86,6 +88,27 @@ pub fn request(req: ChatRequest) -> Value {
     if let Some(stop) = req.stop {
         generation.insert("stopSequences".into(), json!(stop.into_vec()));
     }
+    // Structured output: JSON, and the schema when there is one.
+    match req
+        .rest
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("json_object") => {
+            generation.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            generation.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = req.rest["response_format"]
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+            {
+                generation.insert("responseJsonSchema".into(), schema.clone());
+            }
+        }
+        _ => {}
+    }
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
     }
@@ -120,7 +143,7 @@ pub fn request(req: ChatRequest) -> Value {
             json!({"functionCallingConfig": config}),
         );
     }
-    Value::Object(body)
+    Ok(Value::Object(body))
 }
 
 fn push(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {

@@ -24,6 +24,7 @@ pub use crate::template::UA;
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     chat: Uri,
+    completions: Uri,
     embeddings: Uri,
     headers: HeaderMap,
 }
@@ -45,6 +46,7 @@ impl Endpoint {
         });
         Ok(Self {
             chat: uri("/chat/completions")?,
+            completions: uri("/completions")?,
             embeddings: uri("/embeddings")?,
             headers: template::headers(p, auth, &[])?,
         })
@@ -59,6 +61,7 @@ impl Endpoint {
     ) -> http::Request<Full<Bytes>> {
         let uri = match op {
             Operation::Chat | Operation::Messages | Operation::Responses => self.chat.clone(),
+            Operation::Completions => self.completions.clone(),
             Operation::Embeddings => self.embeddings.clone(),
         };
         template::request(&self.headers, uri, body, request_id)

@@ -358,14 +358,14 @@ async fn attempt(
                 body,
                 first: None,
                 outcome: Outcome::Success,
-                wire: upstream.adapter.wire(),
+                wire: upstream.adapter.wire(call.op),
                 usage: Some(usage),
                 over_wire: false,
             });
         }
         Err(e) => return failure(e),
     };
-    let wire = upstream.adapter.wire();
+    let wire = upstream.adapter.wire(call.op);
     let Some(client) = &upstream.client else {
         return Attempt::Reject(GatewayError::new(
             ErrorKind::Internal,

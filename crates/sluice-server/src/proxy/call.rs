@@ -48,6 +48,7 @@ pub(crate) fn deadline_error(budget: Duration) -> GatewayError {
 pub fn operation_name(op: Operation) -> &'static str {
     match op {
         Operation::Chat | Operation::Messages | Operation::Responses => "chat",
+        Operation::Completions => "text_completion",
         Operation::Embeddings => "embeddings",
     }
 }

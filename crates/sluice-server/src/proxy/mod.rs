@@ -124,6 +124,7 @@ async fn proxy(
     match op {
         Operation::Messages => rec.wire = Wire::Anthropic,
         Operation::Responses => rec.wire = Wire::Responses,
+        Operation::Completions => rec.wire = Wire::Completions,
         Operation::Chat | Operation::Embeddings => {}
     }
     let access = app.access.load_full();
@@ -197,6 +198,7 @@ async fn proxy(
             echo = Some(e);
             chat
         }),
+        Operation::Completions => sluice_providers::completions::canonical(&body),
         Operation::Chat | Operation::Embeddings => Ok(Bytes::new()),
     };
     let canonical = match canonical {
@@ -206,13 +208,20 @@ async fn proxy(
     let canonical_peek;
     let (op, body_ref, peek_ref, native) = match op {
         Operation::Chat | Operation::Embeddings => (op, &body, &peek, None),
-        Operation::Messages | Operation::Responses => {
+        Operation::Messages | Operation::Responses | Operation::Completions => {
             canonical_peek = match request::peek(&canonical, Operation::Chat) {
                 Ok(p) => p,
                 Err(e) => return rec.reply_error(&e),
             };
-            let native = (op == Operation::Messages).then(|| (&body, peek.model_span.clone()));
-            (Operation::Chat, &canonical, &canonical_peek, native)
+            let native = matches!(op, Operation::Messages | Operation::Completions)
+                .then(|| (&body, peek.model_span.clone()));
+            // Completions stay completions: OpenAI-format targets take them
+            // as they are.
+            let op = match op {
+                Operation::Completions => op,
+                _ => Operation::Chat,
+            };
+            (op, &canonical, &canonical_peek, native)
         }
     };
     let call = Call {

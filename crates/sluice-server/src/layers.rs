@@ -1,0 +1,58 @@
+//! HTTP niceties around the API: CORS for browser apps (`[server]
+//! cors_origins`, read per request, so a reload changes it), request bodies
+//! sent compressed (gzip, br, zstd; the decompressed size counts against
+//! `max_body_bytes`), and responses compressed when the client accepts it
+//! (JSON of 1 KiB or more; never event streams).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::app::App;
+
+/// Response headers a browser app may read.
+const EXPOSED: [&str; 6] = [
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+];
+
+/// Smallest response body worth compressing.
+const COMPRESS_ABOVE: u16 = 1024;
+
+pub fn around_api(router: Router, app: Arc<App>) -> Router {
+    let compress = SizeAbove::new(COMPRESS_ABOVE)
+        .and(NotForContentType::const_new("text/event-stream"))
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES);
+    router
+        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(RequestDecompressionLayer::new())
+        .layer(cors(app))
+}
+
+fn cors(app: Arc<App>) -> CorsLayer {
+    let allowed = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+        let snap = app.snapshot.load();
+        snap.config
+            .server
+            .cors_origins
+            .iter()
+            .any(|o| o == "*" || o.as_bytes() == origin.as_bytes())
+    });
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(EXPOSED.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(600))
+}
