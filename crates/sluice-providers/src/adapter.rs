@@ -74,6 +74,19 @@ impl Adapter {
         }
     }
 
+    /// The request that counts an Anthropic request's input tokens exactly,
+    /// for providers that can (`None`: the gateway estimates).
+    pub fn count_tokens(
+        &self,
+        body: Bytes,
+        request_id: &HeaderValue,
+    ) -> Option<http::Request<Full<Bytes>>> {
+        match self {
+            Self::Anthropic(e) => Some(e.count_tokens(body, Some(request_id))),
+            Self::OpenAi(_) | Self::Gemini(_) | Self::Mock => None,
+        }
+    }
+
     /// Whether requests go over the network (and need a connection pool).
     pub fn over_network(&self) -> bool {
         !matches!(self, Self::Mock)

@@ -6,6 +6,7 @@ pub mod app;
 pub use sluice_audit as audit;
 pub mod clock;
 pub mod conn;
+mod count_tokens;
 pub mod extract;
 pub mod keys_file;
 mod layers;

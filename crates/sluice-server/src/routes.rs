@@ -27,6 +27,10 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(crate::count_tokens::count_tokens),
+        )
         .route("/v1/responses", post(responses))
         .route("/v1/completions", post(completions))
         .route(

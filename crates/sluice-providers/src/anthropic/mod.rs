@@ -26,6 +26,7 @@ pub const DEFAULT_VERSION: &str = "2023-06-01";
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     messages: Uri,
+    count_tokens: Uri,
     headers: HeaderMap,
 }
 
@@ -42,6 +43,8 @@ impl Endpoint {
         Ok(Self {
             messages: Uri::try_from(format!("{}/messages", p.base_url))
                 .map_err(|_| template::invalid(p, "base_url"))?,
+            count_tokens: Uri::try_from(format!("{}/messages/count_tokens", p.base_url))
+                .map_err(|_| template::invalid(p, "base_url"))?,
             headers: template::headers(p, auth, &version)?,
         })
     }
@@ -52,5 +55,14 @@ impl Endpoint {
         request_id: Option<&HeaderValue>,
     ) -> http::Request<Full<Bytes>> {
         template::request(&self.headers, self.messages.clone(), body, request_id)
+    }
+
+    /// `POST …/messages/count_tokens` with an Anthropic request body.
+    pub fn count_tokens(
+        &self,
+        body: Bytes,
+        request_id: Option<&HeaderValue>,
+    ) -> http::Request<Full<Bytes>> {
+        template::request(&self.headers, self.count_tokens.clone(), body, request_id)
     }
 }
