@@ -10,6 +10,7 @@ pub mod completions;
 pub mod fields;
 pub mod gemini;
 pub mod mock;
+mod mock_shape;
 pub mod openai;
 pub mod responses;
 pub mod sse;

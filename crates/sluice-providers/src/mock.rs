@@ -24,25 +24,14 @@ const VOCAB: &[&str] = &[
     " tokens", " back", " quickly", " with", " low", " latency", ".",
 ];
 
-#[derive(Deserialize)]
-struct ChatIn {
-    messages: Vec<MessageIn>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct MessageIn {
-    #[serde(default)]
-    role: String,
-    #[serde(default)]
-    content: Value,
-}
-
 /// What the mock will say: computed up front, so it is the same streamed or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockReply {
     pub tokens: Vec<String>,
+    /// A tool call instead of text: (name, arguments as JSON text).
+    pub call: Option<(String, String)>,
+    /// Choices in the answer (`n`), all alike.
+    pub n: u32,
     pub finish_reason: &'static str,
     pub usage: Usage,
 }
@@ -55,21 +44,36 @@ impl MockReply {
 
 /// Decides the reply to a chat request body.
 pub fn chat_reply(cfg: &MockConfig, body: &[u8]) -> Result<MockReply, GatewayError> {
-    let req: ChatIn = serde_json::from_slice(body).map_err(|e| {
+    let req: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}"))
     })?;
     let mut prompt_tokens = 0u64;
     let mut last_user = String::new();
-    for m in &req.messages {
-        let text = content_text(&m.content);
+    for m in req["messages"].as_array().into_iter().flatten() {
+        let text = content_text(&m["content"]);
         prompt_tokens += 3 + text.split_whitespace().count() as u64;
-        if m.role == "user" {
+        if m["role"] == "user" {
             last_user = text;
         }
     }
-    let limit = req
-        .max_completion_tokens
-        .or(req.max_tokens)
+    let n_choices = req["n"].as_u64().unwrap_or(1).clamp(1, 16) as u32;
+    if let Some((name, params)) = crate::mock_shape::tool_to_call(&req) {
+        let args = crate::mock_shape::sample(&params, &params, 0).to_string();
+        let completion_tokens = 3 + args.len() as u64 / 4;
+        return Ok(MockReply {
+            tokens: Vec::new(),
+            call: Some((name, args)),
+            n: n_choices,
+            finish_reason: "tool_calls",
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: completion_tokens * u64::from(n_choices),
+            },
+        });
+    }
+    let limit = req["max_completion_tokens"]
+        .as_u64()
+        .or(req["max_tokens"].as_u64())
         .unwrap_or(u64::MAX);
     let wanted = u64::from(cfg.tokens_per_response);
     let n = wanted.min(limit) as usize;
@@ -91,27 +95,39 @@ pub fn chat_reply(cfg: &MockConfig, body: &[u8]) -> Result<MockReply, GatewayErr
         i += 1;
     }
     words.truncate(n);
+    // Structured output: JSON for the schema, in pieces like tokens.
+    if let Some(v) = crate::mock_shape::structured(&req, words.concat().trim()) {
+        let text = v.to_string();
+        let pieces: Vec<String> = text
+            .as_bytes()
+            .chunks(8)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let count = pieces.len() as u64;
+        return Ok(MockReply {
+            tokens: pieces,
+            call: None,
+            n: n_choices,
+            finish_reason: "stop",
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: count * u64::from(n_choices),
+            },
+        });
+    }
     Ok(MockReply {
         tokens: words,
+        call: None,
+        n: n_choices,
         finish_reason: if limit < wanted { "length" } else { "stop" },
         usage: Usage {
             prompt_tokens,
-            completion_tokens: n as u64,
+            completion_tokens: n as u64 * u64::from(n_choices),
         },
     })
 }
 
-fn content_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
+use crate::mock_shape::content_text;
 
 /// A complete `chat.completion` response, after the simulated generation time.
 pub async fn chat_response(
@@ -123,17 +139,20 @@ pub async fn chat_response(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let message = match &reply.call {
+        Some((name, args)) => json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": args}}]}),
+        None => json!({"role": "assistant", "content": reply.text()}),
+    };
+    let choices: Vec<Value> = (0..reply.n)
+        .map(|i| json!({"index": i, "message": message, "logprobs": null, "finish_reason": reply.finish_reason}))
+        .collect();
     let body = json!({
         "id": completion_id(&reply),
         "object": "chat.completion",
         "created": now_secs(),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": reply.text()},
-            "logprobs": null,
-            "finish_reason": reply.finish_reason,
-        }],
+        "choices": choices,
         "usage": usage_json(reply.usage),
     });
     json_response(&body)
@@ -148,10 +167,14 @@ pub fn chat_stream(
 ) -> http::Response<BoxBody> {
     let id = completion_id(&reply);
     let created = now_secs();
+    let n = reply.n;
     let chunk = |delta: Value, finish: Option<&str>| {
+        let choices: Vec<Value> = (0..n)
+            .map(|i| json!({"index": i, "delta": delta, "logprobs": null, "finish_reason": finish}))
+            .collect();
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "choices": choices,
         })
     };
     // Events are tiny and few; render them now, pace them out below.
@@ -160,6 +183,23 @@ pub fn chat_stream(
         json!({"role": "assistant", "content": ""}),
         None,
     )));
+    if let Some((name, args)) = &reply.call {
+        events.push(sse(&chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]}),
+            None,
+        )));
+        let mid = args.len() / 2;
+        let mid = (mid..args.len())
+            .find(|&i| args.is_char_boundary(i))
+            .unwrap_or(args.len());
+        for piece in [&args[..mid], &args[mid..]] {
+            events.push(sse(&chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                None,
+            )));
+        }
+    }
     for t in &reply.tokens {
         events.push(sse(&chunk(json!({"content": t}), None)));
     }
