@@ -17,6 +17,9 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 # curl runs the ready line's example command as printed.
 command -v curl >/dev/null || need_pkgs+=(curl)
+# Node runs the Vercel AI SDK test (tests/node).
+command -v node >/dev/null || need_pkgs+=(nodejs)
+command -v npm >/dev/null || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -32,6 +35,12 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$VENV/.requir
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt "$VENV/.requirements"
+fi
+
+# The Node clients, reinstalled when their lock file changes.
+if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.sluice-lock 2>/dev/null; then
+  log "node clients"
+  (cd tests/node && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.sluice-lock)
 fi
 
 log "build"

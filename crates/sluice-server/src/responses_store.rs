@@ -57,6 +57,21 @@ impl ResponseStore {
         (s.key.as_deref() == key).then(|| s.response.clone())
     }
 
+    /// An output item of a stored response, by the item's id (`msg_…`,
+    /// `fc_…_N`: they carry their response's id), when `key` may see it.
+    pub fn item(&self, item_id: &str, key: Option<&str>) -> Option<Value> {
+        let rest = item_id
+            .strip_prefix("msg_")
+            .or_else(|| item_id.strip_prefix("fc_"))?;
+        let response_id = format!("resp_{}", rest.split('_').next()?);
+        let r = self.response(&response_id, key)?;
+        r["output"]
+            .as_array()?
+            .iter()
+            .find(|o| o["id"] == item_id)
+            .cloned()
+    }
+
     /// Forgets a response; whether there was one `key` may see.
     pub fn delete(&self, id: &str, key: Option<&str>) -> bool {
         let mut inner = self.lock();

@@ -97,13 +97,18 @@ pub struct Translated {
     pub store: bool,
 }
 
+/// Finds an output item of a stored response by its id (`item_reference`).
+pub type Resolve<'a> = &'a dyn Fn(&str) -> Option<Value>;
+
 /// A Responses request as a chat completion request. `history` is the
-/// stored conversation `previous_response_id` names (chat messages).
+/// stored conversation `previous_response_id` names (chat messages);
+/// `resolve` finds the items `item_reference`s name.
 pub fn canonical(
     body: &[u8],
     history: &[Value],
     id: String,
     created_at: u64,
+    resolve: Resolve<'_>,
 ) -> Result<Translated, GatewayError> {
     let req: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| invalid(format!("invalid request: {e}")))?;
@@ -119,7 +124,7 @@ pub fn canonical(
         messages.push(json!({"role": "system", "content": text_of(i, "instructions")?}));
     }
     let mut conversation = history.to_vec();
-    let input = input_messages(req.get("input"))?;
+    let input = input_messages(req.get("input"), resolve)?;
     conversation.extend(input.iter().cloned());
     messages.extend(conversation.iter().cloned());
     chat.insert("messages".into(), Value::Array(messages));
@@ -199,7 +204,7 @@ fn map_field(key: &str, v: &Value, chat: &mut Map<String, Value>) -> Result<(), 
 }
 
 /// `input` (a string, or a list of items) as chat messages.
-fn input_messages(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
+fn input_messages(input: Option<&Value>, resolve: Resolve<'_>) -> Result<Vec<Value>, GatewayError> {
     let items = match input {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::String(s)) => return Ok(vec![json!({"role": "user", "content": s})]),
@@ -212,6 +217,21 @@ fn input_messages(input: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
     };
     let mut out: Vec<Value> = Vec::with_capacity(items.len());
     for item in items {
+        // An earlier output item by its id: as if it were sent again.
+        let resolved;
+        let item = if item.get("type").and_then(Value::as_str) == Some("item_reference") {
+            let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+            resolved = resolve(id).ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::ResponseNotFound,
+                    format!("item_reference '{id}': no stored response has that item"),
+                )
+                .with_param("input")
+            })?;
+            &resolved
+        } else {
+            item
+        };
         let kind = item.get("type").and_then(Value::as_str);
         match kind {
             Some("function_call") => {

@@ -13,6 +13,7 @@ fn translate(req: Value, history: &[Value]) -> Translated {
         history,
         "resp_abc".into(),
         1_700_000_000,
+        &|_| None,
     )
     .unwrap()
 }
@@ -127,7 +128,9 @@ fn what_cannot_be_honoured_is_refused_by_name() {
             "text.format",
         ),
     ] {
-        let Err(e) = canonical(req.to_string().as_bytes(), &[], "resp_x".into(), 1) else {
+        let Err(e) = canonical(req.to_string().as_bytes(), &[], "resp_x".into(), 1, &|_| {
+            None
+        }) else {
             panic!("accepted: {req}");
         };
         assert_eq!(e.status(), 400);
@@ -302,4 +305,36 @@ fn a_stream_becomes_the_responses_events() {
         json!({"role": "assistant", "content": "Hello", "tool_calls": [
             {"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]})
     );
+}
+
+#[test]
+fn item_references_resolve_to_stored_items() {
+    let stored = json!({"id": "fc_1_0", "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"});
+    let resolve = |id: &str| (id == "fc_1_0").then(|| stored.clone());
+    let req = json!({"model": "m", "input": [
+        {"role": "user", "content": "go"},
+        {"type": "item_reference", "id": "fc_1_0"},
+        {"type": "function_call_output", "call_id": "c1", "output": "done"}]});
+    let t = canonical(
+        req.to_string().as_bytes(),
+        &[],
+        "resp_x".into(),
+        1,
+        &resolve,
+    )
+    .unwrap();
+    let messages = chat_of(&t)["messages"].clone();
+    assert_eq!(messages[1]["tool_calls"][0]["id"], "c1");
+    assert_eq!(messages[2]["role"], "tool");
+    let missing = json!({"model": "m", "input": [{"type": "item_reference", "id": "fc_nope"}]});
+    let e = canonical(
+        missing.to_string().as_bytes(),
+        &[],
+        "resp_x".into(),
+        1,
+        &resolve,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.status(), 404);
 }

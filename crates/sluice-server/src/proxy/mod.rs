@@ -272,11 +272,14 @@ fn responses_turn(
             })?,
         None => Arc::default(),
     };
+    let store = &app.responses;
+    let resolve = |item: &str| store.item(item, key.as_deref());
     let t = sluice_providers::responses::canonical(
         body,
         &history,
         crate::responses_store::new_id(),
         crate::clock::now_unix(),
+        &resolve,
     )?;
     if t.store {
         rec.accounting.turn = Some(crate::responses_store::PendingTurn {
