@@ -55,6 +55,9 @@ pub struct Spec {
     /// `api` or `admin`: the metrics label.
     pub name: &'static str,
     pub router: Router,
+    /// The same routes with the HTTP niceties (CORS, compression); only
+    /// requests that ask for one of them take it (see `crate::layers`).
+    pub layered: Option<Router>,
     pub cfg: ServerConfig,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Connections at once on this listener.
@@ -66,6 +69,7 @@ pub struct Spec {
 struct Conn {
     name: &'static str,
     router: Router,
+    layered: Option<Router>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     /// The head timeout: also how long a connection may sit with no request.
@@ -111,6 +115,7 @@ pub async fn serve(
     let conn = Conn {
         name: l.name,
         router: l.router,
+        layered: l.layered,
         h1,
         h2,
         head: cfg.header_read_timeout,
@@ -267,16 +272,20 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = TowerToHyperService::new(self.router.clone());
+        let layered = self.layered.clone().map(TowerToHyperService::new);
         let max_head = self.max_head_bytes;
         let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             use futures_util::future::Either;
             trim_trailing_slash(&mut req);
             if head_size(&req) > max_head {
                 let refused = head_too_large(req.uri().path(), max_head);
-                Either::Left(std::future::ready(Ok(refused)))
-            } else {
-                Either::Right(hyper::service::Service::call(&router, req))
+                return Either::Left(std::future::ready(Ok(refused)));
             }
+            let target = match &layered {
+                Some(l) if crate::layers::wanted(req.headers()) => l,
+                _ => &router,
+            };
+            Either::Right(hyper::service::Service::call(target, req))
         });
         let result = match proto {
             Proto::Http1 => {

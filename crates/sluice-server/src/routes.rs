@@ -22,8 +22,7 @@ use crate::reply::error_response;
 use sluice_providers::translate::Wire;
 
 pub fn api(app: Arc<App>) -> Router {
-    let layered = app.clone();
-    let router = Router::new()
+    Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
@@ -59,8 +58,7 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app);
-    crate::layers::around_api(router, layered)
+        .with_state(app)
 }
 
 pub fn admin(app: Arc<App>) -> Router {

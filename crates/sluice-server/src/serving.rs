@@ -120,9 +120,10 @@ impl Serving {
             bound.admin.as_fd().try_clone_to_owned()?,
         ];
         let (shutdown, _) = watch::channel(false);
-        let spec = |name, router, tls, max_connections| Spec {
+        let spec = |name, router, layered, tls, max_connections| Spec {
             name,
             router,
+            layered,
             cfg: cfg.clone(),
             tls,
             max_connections,
@@ -130,11 +131,20 @@ impl Serving {
         };
         let mut s = Self {
             api: Slot {
-                spec: spec("api", routes::api(app.clone()), tls, api_cap),
+                spec: spec(
+                    "api",
+                    routes::api(app.clone()),
+                    Some(crate::layers::around_api(
+                        routes::api(app.clone()),
+                        app.clone(),
+                    )),
+                    tls,
+                    api_cap,
+                ),
                 stop: watch::channel(false).0,
             },
             admin: Slot {
-                spec: spec("admin", routes::admin(app.clone()), None, admin_cap),
+                spec: spec("admin", routes::admin(app.clone()), None, None, admin_cap),
                 stop: watch::channel(false).0,
             },
             shutdown,
