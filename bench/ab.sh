@@ -68,9 +68,16 @@ TOML
     env "$@" taskset -c 1 wrk -t1 -c"$conns" -d1s -s "$script" "$url" > /dev/null
     local before after n
     before=$(cpu_ticks "$pid")
+    # Only answered requests count: a binary that answers 404 (an endpoint
+    # it lacks) or errors would read as impossibly cheap.
     n=$(env "$@" taskset -c 1 wrk -t1 -c"$conns" -d"${DUR}s" -s "$script" "$url" | tail -n 1 |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+        python3 -c 'import json,sys; r = json.load(sys.stdin); bad = r["non2xx"] + r["socket_errors"]; print(0 if bad else r["requests"])')
     after=$(cpu_ticks "$pid")
+    if [ "$n" -eq 0 ]; then
+      echo "$name $case: failed requests (non-2xx or socket errors); not measured" >&2
+      echo "$name $case nan nan" >> "$WORK/results"
+      return
+    fi
     python3 -c "import os; hz = os.sysconf('SC_CLK_TCK'); print('$name $case', ($after - $before) / hz * 1e9 / max(1, $n * $units), ($after - $before) / hz / $DUR)" >> "$WORK/results"
   }
   run_case chat-c16 bench/chat.lua 16 1
@@ -97,7 +104,10 @@ print("(CPU of the Sluice process; unit = request, or streamed token; share = it
 for c in cases:
     old = [(float(v), float(s)) for n, k, v, s in rows if k == c and n == "old"]
     new = [(float(v), float(s)) for n, k, v, s in rows if k == c and n == "new"]
-    ratios = [b[0] / a[0] for a, b in zip(old, new)]
+    ratios = [b[0] / a[0] for a, b in zip(old, new) if a[0] == a[0] and b[0] == b[0]]
+    if not ratios:
+        print(f"{c:20} not measured: failed requests on one side")
+        continue
     med = lambda xs: statistics.median(xs)
     print(f"{c:20} {med([x for x, _ in old]):12.0f} {med([x for x, _ in new]):12.0f} {med(ratios):8.2f}"
           f" {med([s for _, s in old]):9.2f}/{med([s for _, s in new]):.2f}  rounds {[round(x, 2) for x in ratios]}")

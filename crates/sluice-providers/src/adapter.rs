@@ -29,8 +29,28 @@ pub struct Outgoing<'a> {
     pub peek: &'a RequestPeek<'a>,
     /// An Anthropic client's own body and its `model` span, sent as-is
     /// (model rewritten) to Anthropic targets.
-    pub native: Option<(&'a Bytes, Range<usize>)>,
+    pub native: Option<Native<'a>>,
     pub request_id: &'a HeaderValue,
+}
+
+/// A client's own body in its own format: sent as it is (model rewritten)
+/// to a target that speaks that format.
+#[derive(Clone)]
+pub struct Native<'a> {
+    pub wire: Wire,
+    pub body: &'a Bytes,
+    /// The byte range of its `model` value.
+    pub model_span: Range<usize>,
+}
+
+impl Native<'_> {
+    fn with_model(&self, model: &str) -> Bytes {
+        Bytes::from(request::rewrite_model(
+            self.body,
+            self.model_span.clone(),
+            model,
+        ))
+    }
 }
 
 /// What an adapter made of a request for one target.
@@ -104,13 +124,14 @@ impl Adapter {
         match self {
             // Completions go as they came, to the completions endpoint.
             Self::OpenAi(e) if out.op == Operation::Completions => {
-                let Some((native, span)) = &out.native else {
+                let native = out.native.as_ref().filter(|n| n.wire == Wire::Completions);
+                let Some(native) = native else {
                     return Err(GatewayError::new(
                         ErrorKind::Internal,
                         "a completions request without its own body",
                     ));
                 };
-                let mut body = Bytes::from(request::rewrite_model(native, span.clone(), model));
+                let mut body = native.with_model(model);
                 if out.peek.stream && !out.peek.include_usage {
                     body = request::force_include_usage(&body);
                 }
@@ -135,15 +156,9 @@ impl Adapter {
             }
             Self::Anthropic(e) => {
                 no_embeddings(out.op, p)?;
-                // An Anthropic client's own body (not a completions one).
-                let native = out
-                    .native
-                    .as_ref()
-                    .filter(|_| out.op != Operation::Completions);
+                let native = out.native.as_ref().filter(|n| n.wire == Wire::Anthropic);
                 let body = match native {
-                    Some((native, span)) => {
-                        Bytes::from(request::rewrite_model(native, span.clone(), model))
-                    }
+                    Some(native) => native.with_model(model),
                     None => json_bytes(&outbound::request(
                         canonical(out.body)?,
                         model,

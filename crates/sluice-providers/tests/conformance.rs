@@ -107,7 +107,11 @@ async fn exchange(
     let (canonical, native) = match client {
         Wire::Anthropic => (
             sluice_providers::anthropic::inbound::canonical(&raw).expect("an Anthropic request"),
-            Some((&raw, native_peek.model_span.clone())),
+            Some(sluice_providers::adapter::Native {
+                wire: Wire::Anthropic,
+                body: &raw,
+                model_span: native_peek.model_span.clone(),
+            }),
         ),
         _ => (raw.clone(), None),
     };

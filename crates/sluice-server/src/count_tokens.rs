@@ -61,8 +61,7 @@ async fn count(app: &Arc<App>, headers: &HeaderMap, body: Bytes) -> Result<Respo
     // when it cannot be reached).
     for target in &route.targets {
         let upstream = &snap.upstreams[target.provider];
-        let (Some(client), Some(mut native)) =
-            (upstream.client.as_ref(), req.clone().as_object().cloned())
+        let (Some(client), Some(mut native)) = (upstream.client.as_ref(), req.as_object().cloned())
         else {
             continue;
         };

@@ -289,22 +289,27 @@ impl Conn {
         });
         let result = match proto {
             Proto::Http1 => {
+                // Only while draining does a response get `connection: close`:
+                // every other request goes straight through, with nothing
+                // cloned or wrapped for it.
                 let draining = self.draining.clone();
                 let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    use futures_util::future::{Either, FutureExt};
                     let response = hyper::service::Service::call(&svc, req);
-                    let draining = draining.clone();
-                    async move {
-                        let mut r = response.await?;
-                        if draining.load(Ordering::Relaxed)
-                            && r.status() != http::StatusCode::SWITCHING_PROTOCOLS
-                        {
-                            r.headers_mut().insert(
-                                http::header::CONNECTION,
-                                http::HeaderValue::from_static("close"),
-                            );
-                        }
-                        Ok::<_, std::convert::Infallible>(r)
+                    if !draining.load(Ordering::Relaxed) {
+                        return Either::Left(response);
                     }
+                    Either::Right(response.map(|r| {
+                        r.map(|mut r| {
+                            if r.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                                r.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
+                            r
+                        })
+                    }))
                 });
                 let conn = self.h1.serve_connection(io, svc).with_upgrades();
                 let drain = self.head.min(H1_DRAIN);

@@ -29,6 +29,8 @@ struct Call {
 /// The Responses encoder over canonical chat chunks.
 pub struct StreamFromChat {
     echo: Arc<Echo>,
+    /// The message item's id, made once (every text delta carries it).
+    msg_id: String,
     seq: u64,
     started: bool,
     next_output: usize,
@@ -69,6 +71,7 @@ struct ArgsDelta<'a> {
 impl StreamFromChat {
     pub fn new(echo: Arc<Echo>) -> Self {
         Self {
+            msg_id: message_id(&echo.id),
             echo,
             seq: 0,
             started: false,
@@ -119,10 +122,10 @@ impl StreamFromChat {
     }
 
     fn text_delta(&mut self, t: &str, out: &mut Vec<u8>) {
-        let item_id = message_id(&self.echo.id);
         let index = match &self.text {
             Some((i, _)) => *i,
             None => {
+                let item_id = self.msg_id.clone();
                 let i = self.next_output;
                 self.next_output += 1;
                 self.text = Some((i, String::new()));
@@ -145,7 +148,7 @@ impl StreamFromChat {
         }
         let ev = TextDelta {
             kind: "response.output_text.delta",
-            item_id: &item_id,
+            item_id: &self.msg_id,
             output_index: index,
             content_index: 0,
             delta: t,
@@ -210,7 +213,7 @@ impl StreamFromChat {
         let Some((i, text)) = self.text.take() else {
             return;
         };
-        let item_id = message_id(&self.echo.id);
+        let item_id = self.msg_id.clone();
         self.event(
             out,
             "response.output_text.done",

@@ -1,6 +1,5 @@
 //! One client request as every stage after admission sees it.
 
-use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +23,7 @@ pub struct Call<'a> {
     pub peek: &'a RequestPeek<'a>,
     /// An Anthropic client's own body and its `model` span, sent as-is (model
     /// rewritten) to Anthropic targets.
-    pub native: Option<(&'a Bytes, Range<usize>)>,
+    pub native: Option<sluice_providers::adapter::Native<'a>>,
     /// A Responses client's request echo (and where its finished turn goes).
     pub responses: Option<std::sync::Arc<sluice_providers::responses::Echo>>,
     /// The model name as the client sent it.

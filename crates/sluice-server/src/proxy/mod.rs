@@ -213,8 +213,13 @@ async fn proxy(
                 Ok(p) => p,
                 Err(e) => return rec.reply_error(&e),
             };
-            let native = matches!(op, Operation::Messages | Operation::Completions)
-                .then(|| (&body, peek.model_span.clone()));
+            let native = matches!(op, Operation::Messages | Operation::Completions).then(|| {
+                sluice_providers::adapter::Native {
+                    wire: rec.wire,
+                    body: &body,
+                    model_span: peek.model_span.clone(),
+                }
+            });
             // Completions stay completions: OpenAI-format targets take them
             // as they are.
             let op = match op {
