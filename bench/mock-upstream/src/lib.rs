@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 mod formats;
+mod media;
 
 use formats::{anthropic, gemini};
 
@@ -267,6 +268,9 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
         .and_then(|c| c.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(r) = media::answer(&path, &parsed, &body) {
+        return Ok(r);
     }
     if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
         return Ok(formats::completion(&parsed, stream));

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod media;
 pub mod pii;
 #[cfg(feature = "redis")]
 pub mod redis_conn;

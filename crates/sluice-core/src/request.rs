@@ -25,6 +25,9 @@ pub enum Operation {
     Responses,
     /// OpenAI's legacy `/v1/completions`.
     Completions,
+    /// Audio, images, moderations, rerank: passed through to
+    /// OpenAI-compatible targets.
+    Media(crate::media::Media),
 }
 
 #[derive(Debug)]
@@ -46,6 +49,8 @@ struct Raw<'a> {
     messages: Option<Vec<IgnoredAny>>,
     input: Option<IgnoredAny>,
     prompt: Option<IgnoredAny>,
+    query: Option<IgnoredAny>,
+    documents: Option<IgnoredAny>,
     max_tokens: Option<serde_json::Value>,
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
@@ -135,6 +140,19 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
                 return Err(missing("prompt"));
             }
         }
+        Operation::Media(m) => {
+            for &field in m.required_field() {
+                let present = match field {
+                    "input" => raw.input.is_some(),
+                    "prompt" => raw.prompt.is_some(),
+                    "query" => raw.query.is_some(),
+                    _ => raw.documents.is_some(),
+                };
+                if !present {
+                    return Err(missing(field));
+                }
+            }
+        }
     }
     if op == Operation::Messages && raw.max_tokens.is_none() {
         return Err(missing("max_tokens"));
@@ -154,6 +172,31 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
     })
+}
+
+/// The body with `"model": model` added when it has no `model` (for the
+/// endpoints where OpenAI makes it optional).
+pub fn with_model(body: bytes::Bytes, model: &str) -> bytes::Bytes {
+    #[derive(Deserialize)]
+    struct Has {
+        model: Option<IgnoredAny>,
+    }
+    let open = body.iter().position(|b| !b.is_ascii_whitespace());
+    match (serde_json::from_slice::<Has>(&body), open) {
+        (Ok(Has { model: None }), Some(i)) if body[i] == b'{' => {
+            let rest = &body[i + 1..];
+            let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+            let mut out = Vec::with_capacity(body.len() + model.len() + 12);
+            out.extend_from_slice(b"{\"model\":");
+            serde_json::to_writer(&mut out, model).expect("writing a str to a Vec cannot fail");
+            if !empty {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+            out.into()
+        }
+        _ => body,
+    }
 }
 
 /// The body with the `model` token at `span` replaced by `new_model`.
@@ -256,6 +299,18 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&force_include_usage(b"{}")).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn optional_model_is_filled_in() {
+        let b = with_model(bytes::Bytes::from_static(br#" {"input":"x"}"#), "dflt");
+        assert_eq!(&b[..], br#"{"model":"dflt","input":"x"}"#);
+        let b = with_model(bytes::Bytes::from_static(b"{}"), "d");
+        assert_eq!(&b[..], br#"{"model":"d"}"#);
+        let kept = br#"{"model":"mine","input":"x"}"#;
+        assert_eq!(&with_model(bytes::Bytes::from_static(kept), "d")[..], kept);
+        let bad = b"not json";
+        assert_eq!(&with_model(bytes::Bytes::from_static(bad), "d")[..], bad);
     }
 
     #[test]

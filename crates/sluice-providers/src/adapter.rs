@@ -31,6 +31,8 @@ pub struct Outgoing<'a> {
     /// (model rewritten) to Anthropic targets.
     pub native: Option<Native<'a>>,
     pub request_id: &'a HeaderValue,
+    /// The client's content type, for a form upload (its boundary is in it).
+    pub content_type: Option<&'a HeaderValue>,
 }
 
 /// A client's own body in its own format: sent as it is (model rewritten)
@@ -137,6 +139,9 @@ impl Adapter {
                 }
                 Ok(Prepared::Http(e.request(out.op, body, id)))
             }
+            Self::OpenAi(e) if matches!(out.op, Operation::Media(_)) => {
+                Ok(Prepared::Http(media_request(e, out, model)))
+            }
             Self::OpenAi(e) => {
                 let mut body = if model == out.peek.model {
                     out.body.clone()
@@ -155,7 +160,7 @@ impl Adapter {
                 Ok(Prepared::Http(e.request(out.op, body, id)))
             }
             Self::Anthropic(e) => {
-                no_embeddings(out.op, p)?;
+                unsupported(out.op, p)?;
                 let native = out.native.as_ref().filter(|n| n.wire == Wire::Anthropic);
                 let body = match native {
                     Some(native) => native.with_model(model),
@@ -168,7 +173,7 @@ impl Adapter {
                 Ok(Prepared::Http(e.request(body, id)))
             }
             Self::Gemini(e) => {
-                no_embeddings(out.op, p)?;
+                unsupported(out.op, p)?;
                 let body = json_bytes(&gemini::translate::request(canonical(out.body)?)?);
                 Ok(Prepared::Http(e.request(
                     model,
@@ -216,6 +221,7 @@ async fn mock_answer(
             (r, usage)
         }
         Operation::Embeddings => mock::embeddings_response(cfg, model, out.body)?,
+        Operation::Media(m) => crate::mock_media::answer(m, model, out.body, out.content_type)?,
     };
     Ok(Prepared::Local(resp, usage))
 }
@@ -230,15 +236,52 @@ fn json_bytes(v: &impl serde::Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(v).expect("serializing to a Vec cannot fail"))
 }
 
-fn no_embeddings(op: Operation, p: &ProviderConfig) -> Result<(), GatewayError> {
-    if op != Operation::Embeddings {
-        return Ok(());
+/// A media request as the client sent it, `model` rewritten when the route
+/// names another, in the client's content type (a form keeps its boundary).
+fn media_request(
+    e: &openai::Endpoint,
+    out: &Outgoing<'_>,
+    model: &str,
+) -> http::Request<Full<Bytes>> {
+    let form = out.content_type.is_some();
+    let body = if model == out.peek.model {
+        out.body.clone()
+    } else if form {
+        Bytes::from(sluice_core::media::rewrite_form_model(
+            out.body,
+            out.peek.model_span.clone(),
+            model,
+        ))
+    } else {
+        Bytes::from(request::rewrite_model(
+            out.body,
+            out.peek.model_span.clone(),
+            model,
+        ))
+    };
+    let mut req = e.request(out.op, body, Some(out.request_id));
+    let h = req.headers_mut();
+    if let Some(ct) = out.content_type {
+        h.insert(http::header::CONTENT_TYPE, ct.clone());
     }
+    // Audio and transcripts in text formats come back as they are.
+    h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    req
+}
+
+/// Refuses what only OpenAI-format providers serve (embeddings, media).
+fn unsupported(op: Operation, p: &ProviderConfig) -> Result<(), GatewayError> {
+    let what = match op {
+        Operation::Embeddings => "embeddings",
+        Operation::Media(m) => m.route(),
+        _ => return Ok(()),
+    };
     Err(GatewayError::new(
         ErrorKind::UnsupportedOperation,
         format!(
-            "provider '{}' ({}) has no embeddings endpoint behind this gateway",
-            p.name, p.preset
+            "provider '{}' ({}) has no {} endpoint behind this gateway; route this model \
+             to an OpenAI-compatible provider",
+            p.name, p.preset, what
         ),
     ))
 }

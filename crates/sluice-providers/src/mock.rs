@@ -331,7 +331,7 @@ pub fn embed(text: &str, dims: usize) -> Vec<f32> {
     v
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -352,7 +352,7 @@ fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -370,14 +370,14 @@ fn completion_id(reply: &MockReply) -> String {
     format!("chatcmpl-mock-{:016x}", fnv1a(reply.text().as_bytes()))
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs()
 }
 
-fn sse(v: &Value) -> Bytes {
+pub(crate) fn sse(v: &Value) -> Bytes {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"data: ");
     serde_json::to_writer(&mut out, v).expect("a Value always serializes");
@@ -385,7 +385,7 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-fn json_response(v: &Value) -> http::Response<BoxBody> {
+pub(crate) fn json_response(v: &Value) -> http::Response<BoxBody> {
     let bytes = serde_json::to_vec(v).expect("a Value always serializes");
     http::Response::builder()
         .header(CONTENT_TYPE, "application/json")

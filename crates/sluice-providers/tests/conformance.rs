@@ -123,6 +123,7 @@ async fn exchange(
         peek: &peek,
         native,
         request_id: &id,
+        content_type: None,
     };
     let (status, upstream_body): (u16, BoxBody) =
         match adapter.prepare(&out, p, model).await.expect("prepared") {
@@ -386,6 +387,7 @@ async fn embeddings_only_where_the_format_has_them() {
             peek: &peek,
             native: None,
             request_id: &id,
+            content_type: None,
         };
         let r = adapter.prepare(&out, &p, "m-1").await;
         match adapter.wire(Operation::Embeddings) {
@@ -393,6 +395,83 @@ async fn embeddings_only_where_the_format_has_them() {
             _ => {
                 let e = r.err().expect("refused");
                 assert_eq!(e.status(), 400, "{kind}: {}", e.message);
+            }
+        }
+    }
+}
+
+/// Media requests (a JSON one and a form upload) go to OpenAI-format
+/// targets as they came, model rewritten, the form's boundary kept; the
+/// mock answers them itself; other formats refuse them with a 400.
+#[tokio::test]
+async fn media_only_where_the_format_has_them() {
+    use sluice_core::media::{self, Media};
+    let addr = mock_upstream::spawn().await;
+    let form = Bytes::from_static(
+        b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF..\r\n\
+          --b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nalias\r\n--b0--\r\n",
+    );
+    let ct = HeaderValue::from_static("multipart/form-data; boundary=b0");
+    let json = Bytes::from_static(br#"{"model":"alias","input":"hello"}"#);
+    let cases = [
+        (
+            Media::Transcription,
+            &form,
+            Some(&ct),
+            "/audio/transcriptions",
+        ),
+        (Media::Moderation, &json, None, "/moderations"),
+    ];
+    for (kind, extra) in KINDS {
+        let p = provider(kind, extra, addr);
+        let adapter = Adapter::new(&p).expect("an adapter");
+        for (m, body, content_type, path) in &cases {
+            let peek = match content_type {
+                Some(_) => media::peek_form(body, "b0", *m).expect("peek"),
+                None => request::peek(body, Operation::Media(*m)).expect("peek"),
+            };
+            let id = HeaderValue::from_static("req-1");
+            let out = Outgoing {
+                op: Operation::Media(*m),
+                body,
+                peek: &peek,
+                native: None,
+                request_id: &id,
+                content_type: *content_type,
+            };
+            let case = format!("{kind} {m:?}");
+            match adapter.prepare(&out, &p, "real-model").await {
+                Ok(Prepared::Local(resp, _)) => {
+                    assert_eq!(resp.status(), 200, "{case}");
+                    assert_eq!(*kind, "mock", "{case}");
+                }
+                Ok(Prepared::Http(req)) => {
+                    assert_eq!(adapter.wire(Operation::Media(*m)), Wire::OpenAi, "{case}");
+                    let resp = transport::send(&transport::client_for(&p), req)
+                        .await
+                        .expect("the upstream answers");
+                    assert_eq!(resp.status(), 200, "{case}");
+                    let last = last_request(addr).await;
+                    let sent_path = last["path"].as_str().expect("a path");
+                    assert!(sent_path.contains(path), "{case}: {sent_path}");
+                    let sent = last["body"].as_str().expect("a body");
+                    assert!(
+                        sent.contains("real-model") && !sent.contains("alias"),
+                        "{case}: {sent}"
+                    );
+                    let sent_ct = last["headers"]["content-type"].as_str().unwrap_or_default();
+                    let want = content_type.map_or("application/json", |c| c.to_str().unwrap());
+                    assert_eq!(sent_ct, want, "{case}");
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(*kind, "anthropic" | "gemini"),
+                        "{case}: {}",
+                        e.message
+                    );
+                    assert_eq!(e.status(), 400, "{case}");
+                    assert!(e.message.contains(m.route()), "{case}: {}", e.message);
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use http::StatusCode;
 use http::header::CONTENT_TYPE;
 use serde_json::json;
+use sluice_core::media::Media;
 use sluice_core::request::Operation;
 use sluice_core::{ErrorKind, GatewayError};
 
@@ -22,7 +23,15 @@ use crate::reply::error_response;
 use sluice_providers::translate::Wire;
 
 pub fn api(app: Arc<App>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    // Audio, images, moderations, rerank: one handler each, on the proxy path.
+    for m in Media::ALL {
+        let handler = move |State(app): State<Arc<App>>, req: Request| async move {
+            proxy::handle(app, Operation::Media(m), m.route(), req).await
+        };
+        router = router.route(m.route(), post(handler));
+    }
+    router
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))

@@ -241,6 +241,9 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Largest form upload (audio to transcribe, images to edit); larger
+    /// ones get 413.
+    pub max_upload_bytes: usize,
     /// How long a client may take to send the request head (slowloris guard).
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) accepted.

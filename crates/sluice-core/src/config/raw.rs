@@ -220,6 +220,7 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_upload_bytes: Option<Spanned<u64>>,
     pub header_read_timeout_ms: Option<Spanned<u64>>,
     pub max_header_bytes: Option<Spanned<u64>>,
     pub shutdown_grace_ms: Option<Spanned<u64>>,

@@ -14,6 +14,12 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             1 << 30,
             "max_body_bytes",
         ) as usize,
+        max_upload_bytes: c.positive(
+            s.max_upload_bytes.as_ref(),
+            25 << 20,
+            1 << 34,
+            "max_upload_bytes",
+        ) as usize,
         header_read_timeout: ms(c.positive(
             s.header_read_timeout_ms.as_ref(),
             10_000,

@@ -13,6 +13,7 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::Full;
 use sluice_core::GatewayError;
 use sluice_core::config::{ProviderConfig, ProviderKind};
+use sluice_core::media::Media;
 use sluice_core::request::{Operation, Usage};
 
 use crate::template;
@@ -26,6 +27,8 @@ pub struct Endpoint {
     chat: Uri,
     completions: Uri,
     embeddings: Uri,
+    /// One per [`Media`] endpoint, in its declaration order.
+    media: Vec<Uri>,
     headers: HeaderMap,
 }
 
@@ -48,6 +51,10 @@ impl Endpoint {
             chat: uri("/chat/completions")?,
             completions: uri("/completions")?,
             embeddings: uri("/embeddings")?,
+            media: Media::ALL
+                .iter()
+                .map(|m| uri(m.path()))
+                .collect::<Result<_, _>>()?,
             headers: template::headers(p, auth, &[])?,
         })
     }
@@ -63,6 +70,7 @@ impl Endpoint {
             Operation::Chat | Operation::Messages | Operation::Responses => self.chat.clone(),
             Operation::Completions => self.completions.clone(),
             Operation::Embeddings => self.embeddings.clone(),
+            Operation::Media(m) => self.media[m as usize].clone(),
         };
         template::request(&self.headers, uri, body, request_id)
     }

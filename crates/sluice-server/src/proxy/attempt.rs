@@ -344,6 +344,7 @@ async fn attempt(
         peek: call.peek,
         native: call.native.clone(),
         request_id: call.request_id,
+        content_type: call.content_type,
     };
     let req = match upstream
         .adapter
@@ -447,7 +448,16 @@ async fn accepted(
         .as_ref()
         .and_then(Frame::data_ref)
         .map_or(&[][..], |b| &b[..]);
-    if let Err(m) = sluice_providers::check::body_start(call.peek.stream, start) {
+    let json = match call.op {
+        sluice_core::request::Operation::Media(m) => m.answers_json(),
+        _ => true,
+    };
+    let checked = if json {
+        sluice_providers::check::body_start(call.peek.stream, start)
+    } else {
+        Ok(())
+    };
+    if let Err(m) = checked {
         return failure(GatewayError::new(ErrorKind::UpstreamProtocol, m));
     }
     Attempt::Commit(Committed {

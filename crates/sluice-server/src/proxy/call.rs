@@ -31,6 +31,8 @@ pub struct Call<'a> {
     /// Whether the client asked for the streamed usage chunk (OpenAI clients).
     pub include_usage: bool,
     pub request_id: &'a HeaderValue,
+    /// A form upload's content type (with its boundary).
+    pub content_type: Option<&'a HeaderValue>,
     pub deadline: Instant,
     pub budget: Duration,
 }
@@ -49,5 +51,6 @@ pub fn operation_name(op: Operation) -> &'static str {
         Operation::Chat | Operation::Messages | Operation::Responses => "chat",
         Operation::Completions => "text_completion",
         Operation::Embeddings => "embeddings",
+        Operation::Media(m) => m.operation_name(),
     }
 }

@@ -41,17 +41,22 @@ pub(crate) async fn deliver(
     let mut headers = HeaderMap::new();
     copy_response_headers(&head.headers, &mut headers);
     let stream = call.peek.stream && status.is_success();
-    let delivery = wire.delivery(
-        call.client,
-        call.peek.stream,
-        status.is_success(),
-        call.include_usage,
-    );
+    let delivery = match call.op {
+        // Media answers (audio, transcripts, images) go as they come.
+        sluice_core::request::Operation::Media(_) if status.is_success() => Delivery::Passthrough,
+        _ => wire.delivery(
+            call.client,
+            call.peek.stream,
+            status.is_success(),
+            call.include_usage,
+        ),
+    };
     let mut watch = Watch {
         usage_tail: false,
         idle,
         deadline: Some(call.deadline),
         sse: stream,
+        check_events: !matches!(call.op, sluice_core::request::Operation::Media(_)),
         wire: call.client,
         first: None,
         target: Some(adm),

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
+use sluice_core::media::{self, DEFAULT_MODERATION_MODEL, Media};
 use sluice_core::request::{self, Operation};
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::anthropic::inbound;
@@ -125,27 +126,38 @@ async fn proxy(
         Operation::Messages => rec.wire = Wire::Anthropic,
         Operation::Responses => rec.wire = Wire::Responses,
         Operation::Completions => rec.wire = Wire::Completions,
-        Operation::Chat | Operation::Embeddings => {}
+        Operation::Chat | Operation::Embeddings | Operation::Media(_) => {}
     }
+    let form = matches!(op, Operation::Media(m) if m.form());
     let access = app.access.load_full();
     let key = match crate::access::authenticate(&access, &headers) {
         Ok(k) => k,
         Err(e) => return rec.reply_error(&e),
     };
     rec.key = key.map(|k| k.name.clone());
-    if let Err(e) = crate::extract::not_a_form(&headers) {
-        return rec.reply_error(&e);
-    }
+    let checked = if form {
+        media_form_type(&headers).map(Some)
+    } else {
+        crate::extract::not_a_form(&headers).map(|()| None)
+    };
+    let content_type = match checked {
+        Ok(ct) => ct,
+        Err(e) => return rec.reply_error(&e),
+    };
     let client_timeout = match intake::client_timeout(&headers) {
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),
     };
     let server = &snap.config.server;
+    // Uploads have their own (larger) limit.
+    let max = if form {
+        server.max_upload_bytes
+    } else {
+        server.max_body_bytes
+    };
     let body = match body {
-        InboundBody::Http(b) => {
-            intake::read_body(&headers, b, server.max_body_bytes, server.body_read_timeout).await
-        }
-        InboundBody::Read(b) => intake::within(b, server.max_body_bytes),
+        InboundBody::Http(b) => intake::read_body(&headers, b, max, server.body_read_timeout).await,
+        InboundBody::Read(b) => intake::within(b, max),
     };
     let body = match body {
         Ok(b) => b,
@@ -158,12 +170,21 @@ async fn proxy(
     }
     // Prompts redacted before they go anywhere, when configured (the body
     // is checked first, for the precise error a malformed one deserves).
+    // OpenAI makes the moderation model optional.
+    let body = match op {
+        Operation::Media(Media::Moderation) => request::with_model(body, DEFAULT_MODERATION_MODEL),
+        _ => body,
+    };
     let body = match intake::redact_prompt(&snap, &body, op) {
         Ok(Some(b)) => b,
         Ok(None) => body,
         Err(e) => return rec.reply_error(&e),
     };
-    let peek = match request::peek(&body, op) {
+    let peeked = match &content_type {
+        Some(ct) => media_peek(&body, ct, op),
+        None => request::peek(&body, op),
+    };
+    let peek = match peeked {
         Ok(p) => p,
         Err(e) => return rec.reply_error(&e),
     };
@@ -199,7 +220,7 @@ async fn proxy(
             chat
         }),
         Operation::Completions => sluice_providers::completions::canonical(&body),
-        Operation::Chat | Operation::Embeddings => Ok(Bytes::new()),
+        Operation::Chat | Operation::Embeddings | Operation::Media(_) => Ok(Bytes::new()),
     };
     let canonical = match canonical {
         Ok(b) => b,
@@ -207,7 +228,7 @@ async fn proxy(
     };
     let canonical_peek;
     let (op, body_ref, peek_ref, native) = match op {
-        Operation::Chat | Operation::Embeddings => (op, &body, &peek, None),
+        Operation::Chat | Operation::Embeddings | Operation::Media(_) => (op, &body, &peek, None),
         Operation::Messages | Operation::Responses | Operation::Completions => {
             canonical_peek = match request::peek(&canonical, Operation::Chat) {
                 Ok(p) => p,
@@ -240,10 +261,39 @@ async fn proxy(
         client_model: &peek.model,
         include_usage: peek.include_usage,
         request_id,
+        content_type: content_type.as_ref(),
         deadline: started + budget,
         budget,
     };
     attempt::run(&call, route, rec).await
+}
+
+/// A form upload's content type, which must be `multipart/form-data` with
+/// a boundary.
+fn media_form_type(headers: &HeaderMap) -> Result<HeaderValue, GatewayError> {
+    match headers.get(http::header::CONTENT_TYPE) {
+        Some(ct) if ct.to_str().ok().and_then(media::boundary).is_some() => Ok(ct.clone()),
+        _ => Err(GatewayError::new(
+            ErrorKind::UnsupportedMediaType,
+            "this endpoint takes a multipart/form-data upload (with a boundary)",
+        )),
+    }
+}
+
+fn media_peek<'a>(
+    body: &'a [u8],
+    content_type: &HeaderValue,
+    op: Operation,
+) -> Result<request::RequestPeek<'a>, GatewayError> {
+    let boundary = content_type
+        .to_str()
+        .ok()
+        .and_then(media::boundary)
+        .unwrap_or_default();
+    match op {
+        Operation::Media(m) => media::peek_form(body, boundary, m),
+        _ => request::peek(body, op),
+    }
 }
 
 /// A Responses request as a chat request, with the conversation its

@@ -33,6 +33,9 @@ pub struct Watch {
     pub deadline: Option<Instant>,
     /// Failures become an SSE error event rather than a cut connection.
     pub sse: bool,
+    /// A passed-through stream is checked to be whole OpenAI chat events
+    /// ending in `[DONE]` (not media event streams, which end otherwise).
+    pub check_events: bool,
     /// The client's wire format, for that error event.
     pub wire: Wire,
     /// Where a translating body leaves the usage it read.
@@ -74,7 +77,7 @@ impl ObservedBody {
         let tail = w.usage_tail.then(UsageTail::default);
         let recording = rec.span.as_ref().is_some_and(|s| s.is_recording());
         let meta_tail = (recording && tail.is_none()).then(UsageTail::default);
-        let check = (w.usage_tail && w.sse).then(StreamCheck::default);
+        let check = (w.usage_tail && w.sse && w.check_events).then(StreamCheck::default);
         let stream_counted = w.sse.then(|| {
             rec.app().metrics.active_streams.inc();
             rec.app().clone()

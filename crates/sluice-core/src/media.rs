@@ -1,0 +1,399 @@
+//! The media and auxiliary endpoints (audio, images, moderations, rerank):
+//! which ones there are, and the few fields of a `multipart/form-data`
+//! upload the gateway acts on, read without copying the file.
+//!
+//! Uploads go upstream as the client sent them; only the `model` field's
+//! value is spliced when the route maps it to another upstream model.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::request::RequestPeek;
+
+/// An OpenAI media or auxiliary endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    /// `/v1/audio/speech`: JSON in, audio bytes out.
+    Speech,
+    /// `/v1/audio/transcriptions` (a form upload).
+    Transcription,
+    /// `/v1/audio/translations` (a form upload).
+    Translation,
+    /// `/v1/images/generations`.
+    ImageGeneration,
+    /// `/v1/images/edits` (a form upload).
+    ImageEdit,
+    /// `/v1/moderations`.
+    Moderation,
+    /// `/v1/rerank` (the Cohere / Jina shape).
+    Rerank,
+}
+
+/// The model a moderation request without one is for (OpenAI's default).
+pub const DEFAULT_MODERATION_MODEL: &str = "omni-moderation-latest";
+
+impl Media {
+    pub const ALL: [Media; 7] = [
+        Self::Speech,
+        Self::Transcription,
+        Self::Translation,
+        Self::ImageGeneration,
+        Self::ImageEdit,
+        Self::Moderation,
+        Self::Rerank,
+    ];
+
+    /// The path under an OpenAI-compatible base URL (`…/v1`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Speech => "/audio/speech",
+            Self::Transcription => "/audio/transcriptions",
+            Self::Translation => "/audio/translations",
+            Self::ImageGeneration => "/images/generations",
+            Self::ImageEdit => "/images/edits",
+            Self::Moderation => "/moderations",
+            Self::Rerank => "/rerank",
+        }
+    }
+
+    /// The client-facing route (`/v1…`), for metrics and logs.
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::Speech => "/v1/audio/speech",
+            Self::Transcription => "/v1/audio/transcriptions",
+            Self::Translation => "/v1/audio/translations",
+            Self::ImageGeneration => "/v1/images/generations",
+            Self::ImageEdit => "/v1/images/edits",
+            Self::Moderation => "/v1/moderations",
+            Self::Rerank => "/v1/rerank",
+        }
+    }
+
+    /// Whether the request is a `multipart/form-data` upload.
+    pub fn form(self) -> bool {
+        matches!(
+            self,
+            Self::Transcription | Self::Translation | Self::ImageEdit
+        )
+    }
+
+    /// Whether a successful answer is always JSON (speech is audio; a
+    /// transcript may be asked for as text, SRT or VTT).
+    pub fn answers_json(self) -> bool {
+        !matches!(self, Self::Speech | Self::Transcription | Self::Translation)
+    }
+
+    /// `gen_ai.operation.name`-style name, for traces and logs.
+    pub fn operation_name(self) -> &'static str {
+        match self {
+            Self::Speech => "speech",
+            Self::Transcription => "transcription",
+            Self::Translation => "translation",
+            Self::ImageGeneration => "image_generation",
+            Self::ImageEdit => "image_edit",
+            Self::Moderation => "moderation",
+            Self::Rerank => "rerank",
+        }
+    }
+
+    /// The JSON field a JSON request of this kind cannot do without.
+    pub(crate) fn required_field(self) -> &'static [&'static str] {
+        match self {
+            Self::Speech | Self::Moderation => &["input"],
+            Self::ImageGeneration => &["prompt"],
+            Self::Rerank => &["query", "documents"],
+            Self::Transcription | Self::Translation | Self::ImageEdit => &[],
+        }
+    }
+
+    /// The form fields that carry the uploaded file (any one will do).
+    fn file_fields(self) -> &'static [&'static str] {
+        match self {
+            Self::ImageEdit => &["image", "image[]"],
+            _ => &["file"],
+        }
+    }
+}
+
+/// One part of a form: its name, file name, content type and value bytes.
+#[derive(Debug)]
+pub struct Part<'a> {
+    pub name: Cow<'a, str>,
+    pub filename: Option<Cow<'a, str>>,
+    pub content_type: Option<&'a str>,
+    /// Where the value lies in the whole body.
+    pub span: Range<usize>,
+}
+
+/// The boundary of a `multipart/form-data` content type, if it is one.
+pub fn boundary(content_type: &str) -> Option<&str> {
+    let mut parts = content_type.split(';');
+    let essence = parts.next()?.trim();
+    if !essence.eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let v = v.trim().trim_matches('"');
+        (!v.is_empty() && v.len() <= 200).then_some(v)
+    })
+}
+
+/// The parts of a whole form body, in order.
+pub fn parts<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, GatewayError> {
+    let delim = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delim.as_bytes());
+    let Some(first) = finder.find(body) else {
+        return Err(bad_form("no part starts with the boundary"));
+    };
+    let mut pos = first + delim.len();
+    let mut out = Vec::new();
+    loop {
+        if body[pos..].starts_with(b"--") {
+            return Ok(out); // the closing delimiter
+        }
+        if !body[pos..].starts_with(b"\r\n") {
+            return Err(bad_form("a boundary is not followed by a line break"));
+        }
+        pos += 2;
+        let Some(head_len) = memchr::memmem::find(&body[pos..], b"\r\n\r\n") else {
+            return Err(bad_form("a part's headers do not end"));
+        };
+        let head = std::str::from_utf8(&body[pos..pos + head_len])
+            .map_err(|_| bad_form("a part's headers are not UTF-8"))?;
+        let value_start = pos + head_len + 4;
+        // The value ends at CRLF + the next delimiter.
+        let Some(len) = finder.find(&body[value_start..]) else {
+            return Err(bad_form("the form has no closing boundary"));
+        };
+        let end = value_start + len;
+        if end < value_start + 2 || &body[end - 2..end] != b"\r\n" {
+            return Err(bad_form("a part does not end with a line break"));
+        }
+        out.push(part_of(head, value_start..end - 2)?);
+        pos = end + delim.len();
+    }
+}
+
+fn part_of(head: &str, span: Range<usize>) -> Result<Part<'_>, GatewayError> {
+    let mut name = None;
+    let mut filename = None;
+    let mut content_type = None;
+    for line in head.split("\r\n") {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let k = k.trim();
+        if k.eq_ignore_ascii_case("content-type") {
+            content_type = Some(v.trim());
+        } else if k.eq_ignore_ascii_case("content-disposition") {
+            for param in v.split(';').skip(1) {
+                let Some((pk, pv)) = param.split_once('=') else {
+                    continue;
+                };
+                let pv = unquote(pv.trim());
+                match pk.trim() {
+                    "name" => name = Some(pv),
+                    "filename" => filename = Some(pv),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let name = name.ok_or_else(|| bad_form("a part has no name"))?;
+    Ok(Part {
+        name,
+        filename,
+        content_type,
+        span,
+    })
+}
+
+fn unquote(v: &str) -> Cow<'_, str> {
+    match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) if inner.contains('\\') => Cow::Owned(inner.replace("\\\"", "\"")),
+        Some(inner) => Cow::Borrowed(inner),
+        None => Cow::Borrowed(v),
+    }
+}
+
+/// The fields the gateway acts on from a whole form upload: `model` (and
+/// where its value lies), `stream`, and that a file is there.
+pub fn peek_form<'a>(
+    body: &'a [u8],
+    boundary: &str,
+    media: Media,
+) -> Result<RequestPeek<'a>, GatewayError> {
+    let parts = parts(body, boundary)?;
+    let text = |p: &Part<'_>| {
+        std::str::from_utf8(&body[p.span.clone()])
+            .map_err(|_| bad_form(format!("field '{}' is not UTF-8 text", p.name)))
+    };
+    let mut model = None;
+    let mut stream = false;
+    let mut file = false;
+    for p in &parts {
+        match &*p.name {
+            "model" => model = Some((text(p)?, p.span.clone())),
+            "stream" => stream = text(p)?.trim() == "true",
+            n if media.file_fields().contains(&n) => file = true,
+            _ => {}
+        }
+    }
+    let Some((model, model_span)) = model else {
+        return Err(missing("model"));
+    };
+    if model.trim().is_empty() {
+        return Err(
+            GatewayError::new(ErrorKind::InvalidRequest, "'model' must not be empty")
+                .with_param("model"),
+        );
+    }
+    if !file {
+        return Err(missing(media.file_fields()[0]));
+    }
+    Ok(RequestPeek {
+        model: Cow::Borrowed(model),
+        model_span,
+        stream,
+        include_usage: false,
+        max_tokens: None,
+    })
+}
+
+/// The form with the `model` value at `span` replaced by `model`.
+pub fn rewrite_form_model(body: &[u8], span: Range<usize>, model: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + model.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(model.as_bytes());
+    out.extend_from_slice(&body[span.end..]);
+    out
+}
+
+fn missing(field: &'static str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::InvalidRequest,
+        format!("missing required form field '{field}'"),
+    )
+    .with_param(field)
+}
+
+fn bad_form(why: impl Into<String>) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::InvalidRequest,
+        format!("malformed multipart/form-data body: {}", why.into()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (name, file, value) in parts {
+            b.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"");
+            b.extend_from_slice(name.as_bytes());
+            b.push(b'"');
+            if let Some(f) = file {
+                b.extend_from_slice(
+                    format!("; filename=\"{f}\"\r\nContent-Type: audio/wav").as_bytes(),
+                );
+            }
+            b.extend_from_slice(b"\r\n\r\n");
+            b.extend_from_slice(value);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"--XyZ--\r\n");
+        b
+    }
+
+    #[test]
+    fn all_is_in_declaration_order() {
+        // Endpoint tables are indexed by `m as usize`.
+        for (i, m) in Media::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i);
+        }
+    }
+
+    #[test]
+    fn boundary_of_content_type() {
+        assert_eq!(boundary("multipart/form-data; boundary=abc"), Some("abc"));
+        assert_eq!(
+            boundary("Multipart/Form-Data; charset=utf-8; boundary=\"a b\""),
+            Some("a b")
+        );
+        assert_eq!(boundary("application/json"), None);
+        assert_eq!(boundary("multipart/form-data"), None);
+    }
+
+    #[test]
+    fn reads_model_and_finds_the_file() {
+        let body = form(&[
+            ("file", Some("a.wav"), b"RIFF\r\n--X binary\x00\xff"),
+            ("model", None, b"whisper-1"),
+            ("stream", None, b"true"),
+        ]);
+        let p = peek_form(&body, "XyZ", Media::Transcription).unwrap();
+        assert_eq!(p.model, "whisper-1");
+        assert!(p.stream);
+        assert_eq!(&body[p.model_span.clone()], b"whisper-1");
+        let parts = parts(&body, "XyZ").unwrap();
+        assert_eq!(parts[0].filename.as_deref(), Some("a.wav"));
+        assert_eq!(parts[0].content_type, Some("audio/wav"));
+        assert_eq!(&body[parts[0].span.clone()], b"RIFF\r\n--X binary\x00\xff");
+        let out = rewrite_form_model(&body, p.model_span, "real-model");
+        let again = peek_form(&out, "XyZ", Media::Transcription).unwrap();
+        assert_eq!(again.model, "real-model");
+    }
+
+    #[test]
+    fn refuses_what_is_missing_or_malformed() {
+        let no_file = form(&[("model", None, b"m")]);
+        let e = peek_form(&no_file, "XyZ", Media::Transcription).unwrap_err();
+        assert_eq!(e.param, Some("file"));
+        let e = peek_form(&no_file, "XyZ", Media::ImageEdit).unwrap_err();
+        assert_eq!(e.param, Some("image"));
+        let no_model = form(&[("file", Some("a"), b"x")]);
+        let e = peek_form(&no_model, "XyZ", Media::Transcription).unwrap_err();
+        assert_eq!(e.param, Some("model"));
+        for bad in [&b""[..], b"--XyZ\r\nno end", b"--XyZ\r\nA: b\r\n\r\nvalue"] {
+            let e = peek_form(bad, "XyZ", Media::Transcription).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidRequest, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scanner_never_panics_on_mutations() {
+        let seed = form(&[("file", Some("a.wav"), b"abc"), ("model", None, b"m")]);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut body = seed.clone();
+            for _ in 0..(next() % 5) {
+                let pos = (next() as usize) % body.len();
+                match next() % 3 {
+                    0 => body[pos] = next() as u8,
+                    1 => {
+                        body.insert(pos, b"-\r\n\"=;"[(next() % 6) as usize]);
+                    }
+                    _ => {
+                        body.remove(pos);
+                    }
+                }
+            }
+            if let Ok(p) = peek_form(&body, "XyZ", Media::Transcription) {
+                assert_eq!(&body[p.model_span.clone()], p.model.as_bytes());
+            }
+        }
+    }
+}
