@@ -131,6 +131,8 @@ pub async fn spawn() -> std::net::SocketAddr {
 
 async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let method = req.method().to_string();
     match path.as_str() {
         "/_stats" => {
             return Ok(json_resp(
@@ -186,6 +188,8 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     *stats.last.lock().expect("lock") = json!({
         "path": path,
+        "query": query,
+        "method": method,
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });

@@ -8,6 +8,20 @@ use crate::{Body, full, json_resp};
 
 /// The answer to a media request, if `path` is a media endpoint.
 pub(crate) fn answer(path: &str, parsed: &Value, body: &[u8]) -> Option<Response<Body>> {
+    if path.starts_with("/v1/files") || path.starts_with("/v1/batches") {
+        // Files and batches: an object saying what arrived.
+        let object = if path.starts_with("/v1/files") {
+            "file"
+        } else {
+            "batch"
+        };
+        return Some(json_resp(
+            200,
+            &json!({"id": format!("{object}-upstream"), "object": object, "path": path,
+                "bytes": body.len(), "created_at": 1, "filename": "upstream.jsonl",
+                "purpose": "batch", "status": "processed"}),
+        ));
+    }
     let model = parsed["model"]
         .as_str()
         .map(str::to_owned)

@@ -69,6 +69,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// No stored response by that id (unknown, expired, or another key's).
     ResponseNotFound,
+    /// No file or batch by that id (unknown, deleted, or another key's).
+    ObjectNotFound,
     /// A bug or an impossible state in the gateway itself.
     Internal,
 }
@@ -106,7 +108,8 @@ impl ErrorKind {
             ErrorKind::AgentNotFound
             | ErrorKind::InstructionNotFound
             | ErrorKind::KeyNotFound
-            | ErrorKind::ResponseNotFound => 404,
+            | ErrorKind::ResponseNotFound
+            | ErrorKind::ObjectNotFound => 404,
             ErrorKind::AgentQueueFull => 429,
             ErrorKind::AdminTokenInvalid => 401,
             ErrorKind::KeyConflict => 409,
@@ -133,7 +136,8 @@ impl ErrorKind {
             | ErrorKind::KeyNotFound
             | ErrorKind::KeyConflict
             | ErrorKind::InvalidConfig
-            | ErrorKind::ResponseNotFound => "invalid_request_error",
+            | ErrorKind::ResponseNotFound
+            | ErrorKind::ObjectNotFound => "invalid_request_error",
             ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound => "not_found_error",
             ErrorKind::AgentQueueFull => "rate_limit_error",
             ErrorKind::Unauthorized => "authentication_error",
@@ -183,6 +187,7 @@ impl ErrorKind {
             ErrorKind::KeyConflict => "key_conflict",
             ErrorKind::InvalidConfig => "invalid_config",
             ErrorKind::ResponseNotFound => "response_not_found",
+            ErrorKind::ObjectNotFound => "object_not_found",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -213,7 +218,8 @@ impl ErrorKind {
             | ErrorKind::KeyNotFound
             | ErrorKind::KeyConflict
             | ErrorKind::InvalidConfig
-            | ErrorKind::ResponseNotFound => Source::Downstream,
+            | ErrorKind::ResponseNotFound
+            | ErrorKind::ObjectNotFound => Source::Downstream,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
@@ -315,7 +321,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 31] = [
+    const ALL: [ErrorKind; 32] = [
+        ErrorKind::ObjectNotFound,
         ErrorKind::ResponseNotFound,
         ErrorKind::AgentNotAllowed,
         ErrorKind::AgentNotFound,

@@ -109,6 +109,15 @@ impl Adapter {
         }
     }
 
+    /// The OpenAI endpoint template, for requests passed through as they
+    /// came (`/v1/files`, `/v1/batches`); `None` for other formats.
+    pub fn openai_endpoint(&self) -> Option<&openai::Endpoint> {
+        match self {
+            Self::OpenAi(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether requests go over the network (and need a connection pool).
     pub fn over_network(&self) -> bool {
         !matches!(self, Self::Mock)

@@ -117,6 +117,8 @@ pub struct App {
     pub audit: Option<crate::audit::Auditor>,
     /// Stored Responses (`previous_response_id`, `GET /v1/responses/{id}`).
     pub responses: Arc<crate::responses_store::ResponseStore>,
+    /// Files and batches kept in memory when `[files]` names the mock.
+    pub local_files: crate::files::LocalFiles,
     /// Where the configuration came from, for reloads.
     pub source: Source,
 }
@@ -185,6 +187,7 @@ impl App {
         ));
         Ok(Arc::new(Self {
             responses,
+            local_files: crate::files::LocalFiles::default(),
             source,
             access: ArcSwap::from_pointee(access),
             key_specs: tokio::sync::Mutex::new(key_specs),

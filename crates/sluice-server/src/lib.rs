@@ -8,6 +8,7 @@ pub mod clock;
 pub mod conn;
 mod count_tokens;
 pub mod extract;
+mod files;
 pub mod keys_file;
 mod layers;
 pub use sluice_hub as hub;

@@ -31,7 +31,7 @@ pub fn api(app: Arc<App>) -> Router {
         };
         router = router.route(m.route(), post(handler));
     }
-    router
+    crate::files::routes(router)
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))

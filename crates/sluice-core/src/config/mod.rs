@@ -5,6 +5,7 @@
 
 mod audit;
 mod env;
+mod files;
 mod keys;
 mod observability;
 mod providers;
@@ -56,6 +57,16 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     pub agents: AgentsConfig,
     pub responses: ResponsesConfig,
+    pub files: FilesConfig,
+}
+
+/// Where `/v1/files` and `/v1/batches` go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilesConfig {
+    /// Index into `providers`: an OpenAI-format provider (passed through)
+    /// or the mock (kept in memory, batches run by the gateway). `None`: no
+    /// provider can serve them.
+    pub provider: Option<usize>,
 }
 
 /// Stored Responses (`/v1/responses` with `store`), in memory.

@@ -36,6 +36,14 @@ pub struct RawConfig {
     pub agents: Option<RawAgents>,
     #[serde(default)]
     pub responses: RawResponses,
+    #[serde(default)]
+    pub files: RawFiles,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub provider: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -346,6 +346,7 @@ pub(super) fn validate(
             "max_stored_bytes",
         ) as usize,
     );
+    let files = super::files::files(&mut c, &raw.files, &providers);
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -364,6 +365,7 @@ pub(super) fn validate(
                 max_stored: responses.0,
                 max_stored_bytes: responses.1,
             },
+            files,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,

@@ -30,6 +30,9 @@ pub struct Endpoint {
     /// One per [`Media`] endpoint, in its declaration order.
     media: Vec<Uri>,
     headers: HeaderMap,
+    /// The base URL and the query every request carries (Azure's version).
+    base: String,
+    query: String,
 }
 
 impl Endpoint {
@@ -56,6 +59,8 @@ impl Endpoint {
                 .map(|m| uri(m.path()))
                 .collect::<Result<_, _>>()?,
             headers: template::headers(p, auth, &[])?,
+            base: p.base_url.clone(),
+            query,
         })
     }
 
@@ -73,6 +78,50 @@ impl Endpoint {
             Operation::Media(m) => self.media[m as usize].clone(),
         };
         template::request(&self.headers, uri, body, request_id)
+    }
+}
+
+impl Endpoint {
+    /// A request to `path` under the base URL (`/files/…`, `/batches/…`)
+    /// as the client made it: its method, query, content type and body,
+    /// with the provider's credentials.
+    pub fn passthrough(
+        &self,
+        method: http::Method,
+        path: &str,
+        client_query: Option<&str>,
+        content_type: Option<&HeaderValue>,
+        body: Bytes,
+        request_id: Option<&HeaderValue>,
+    ) -> Result<http::Request<Full<Bytes>>, GatewayError> {
+        let mut uri = format!("{}{path}", self.base);
+        let queries = [
+            client_query.unwrap_or(""),
+            self.query.trim_start_matches('?'),
+        ];
+        for (i, q) in queries.iter().filter(|q| !q.is_empty()).enumerate() {
+            uri.push(if i == 0 { '?' } else { '&' });
+            uri.push_str(q);
+        }
+        let uri = Uri::try_from(uri).map_err(|_| {
+            GatewayError::new(
+                sluice_core::ErrorKind::InvalidRequest,
+                "invalid path or query",
+            )
+        })?;
+        let mut req = template::request(&self.headers, uri, body, request_id);
+        *req.method_mut() = method;
+        let h = req.headers_mut();
+        match content_type {
+            Some(ct) => {
+                h.insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            None => {
+                h.remove(http::header::CONTENT_TYPE);
+            }
+        }
+        h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        Ok(req)
     }
 }
 

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::app::App;
 use call::Call;
 pub use call::operation_name;
+pub use deliver::copy_response_headers;
 use intake::REQUEST_ID;
 pub use record::Recorder;
 
