@@ -181,10 +181,15 @@ impl App {
                 .reload
                 .loaded(&crate::metrics::reload::file_hash(&bytes));
         }
-        let responses = Arc::new(crate::responses_store::ResponseStore::new(
+        let mut responses = crate::responses_store::ResponseStore::new(
             config.responses.max_stored,
             config.responses.max_stored_bytes,
-        ));
+        );
+        if let (true, Some(r)) = (config.responses.redis, &config.redis) {
+            let conn = sluice_core::redis_conn::connect(r).map_err(anyhow::Error::msg)?;
+            responses = responses.with_redis(conn, config.responses.ttl);
+        }
+        let responses = Arc::new(responses);
         Ok(Arc::new(Self {
             responses,
             local_files: crate::files::LocalFiles::default(),

@@ -38,6 +38,7 @@ pub async fn get(
         Ok(k) => k,
         Err(e) => return error_response(&e, Wire::Responses),
     };
+    app.responses.load(&id).await;
     match app.responses.response(&id, key.as_deref()) {
         Some(r) => Json(r).into_response(),
         None => not_found(&id),
@@ -53,7 +54,7 @@ pub async fn delete(
         Ok(k) => k,
         Err(e) => return error_response(&e, Wire::Responses),
     };
-    if app.responses.delete(&id, key.as_deref()) {
+    if app.responses.remove(&id, key.as_deref()).await {
         Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
     } else {
         not_found(&id)

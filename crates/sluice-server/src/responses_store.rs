@@ -3,6 +3,12 @@
 //! a later request's `previous_response_id`. In memory, bounded by count
 //! and bytes (`[responses] max_stored`, `max_stored_bytes`); the oldest go
 //! first. A stored response is visible to the key that made it only.
+//!
+//! With `[responses] backend = "redis"` (the default when `[redis]` is set)
+//! each stored turn is also written to Redis (`sluice:response:{id}`, for
+//! `ttl_hours`), so any replica can continue a conversation or return a
+//! response another made: a replica that does not hold an id loads it from
+//! Redis into its memory first ([`ResponseStore::load`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,20 @@ struct Stored {
     size: usize,
 }
 
+/// A stored turn as it is kept in Redis.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Shared {
+    key: Option<String>,
+    response: Value,
+    conversation: Vec<Value>,
+}
+
+/// Where stored turns are shared between replicas.
+struct Remote {
+    conn: redis::aio::ConnectionManager,
+    ttl: std::time::Duration,
+}
+
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<Arc<str>, Stored>,
@@ -28,6 +48,13 @@ pub struct ResponseStore {
     inner: Mutex<Inner>,
     max_count: usize,
     max_bytes: usize,
+    remote: Option<Remote>,
+}
+
+const TOMBSTONE: &str = r#"{"deleted":true}"#;
+
+fn redis_key(id: &str) -> String {
+    format!("sluice:response:{id}")
 }
 
 impl ResponseStore {
@@ -36,7 +63,124 @@ impl ResponseStore {
             inner: Mutex::default(),
             max_count,
             max_bytes,
+            remote: None,
         }
+    }
+
+    /// Also kept in Redis, shared with every replica.
+    pub fn with_redis(
+        mut self,
+        conn: redis::aio::ConnectionManager,
+        ttl: std::time::Duration,
+    ) -> Self {
+        self.remote = Some(Remote { conn, ttl });
+        self
+    }
+
+    /// Brings memory up to date with Redis for `id`: loaded when another
+    /// replica stored it, forgotten when another deleted it (a tombstone).
+    /// Redis lagging behind this replica's own write changes nothing. A
+    /// turn another replica just finished may still be on its way: an id
+    /// found nowhere is asked again once, shortly after.
+    pub async fn load(&self, id: &str) {
+        let Some(remote) = &self.remote else { return };
+        if !id.starts_with("resp_") || id.len() > 64 {
+            return;
+        }
+        let here = self.lock().by_id.contains_key(id);
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            }
+            let mut conn = remote.conn.clone();
+            let got: redis::RedisResult<Option<String>> = redis::cmd("GET")
+                .arg(redis_key(id))
+                .query_async(&mut conn)
+                .await;
+            match got {
+                Ok(Some(text)) => return self.apply(id, &text),
+                Ok(None) if here => return,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored responses: Redis unavailable");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What Redis holds for `id`, applied to memory.
+    fn apply(&self, id: &str, text: &str) {
+        match serde_json::from_str::<Shared>(text) {
+            Ok(s) => self.put(
+                Arc::from(id),
+                Stored {
+                    key: s.key.map(Arc::from),
+                    response: s.response,
+                    conversation: Arc::new(s.conversation),
+                    size: text.len(),
+                },
+            ),
+            // A tombstone (or something unreadable): not a response.
+            Err(_) => self.forget(id),
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let mut inner = self.lock();
+        if let Some(s) = inner.by_id.remove(id) {
+            inner.bytes -= s.size;
+            inner.order.retain(|i| &**i != id);
+        }
+    }
+
+    /// Writes a stored turn to Redis, in the background.
+    fn share(&self, id: &str, s: &Stored) {
+        let Some(remote) = &self.remote else { return };
+        let shared = Shared {
+            key: s.key.as_deref().map(str::to_owned),
+            response: s.response.clone(),
+            conversation: s.conversation.to_vec(),
+        };
+        let text = serde_json::to_string(&shared).expect("a Value always serializes");
+        let mut conn = remote.conn.clone();
+        let (key, ttl) = (redis_key(id), remote.ttl.as_secs().max(1));
+        tokio::spawn(async move {
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(text)
+                .arg("EX")
+                .arg(ttl)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "stored responses: could not write to Redis");
+            }
+        });
+    }
+
+    /// Forgets a response everywhere (memory and Redis); whether there was
+    /// one `key` may see.
+    pub async fn remove(&self, id: &str, key: Option<&str>) -> bool {
+        self.load(id).await;
+        if !self.delete(id, key) {
+            return false;
+        }
+        if let Some(remote) = &self.remote {
+            // A tombstone, so replicas holding it in memory forget it too.
+            let mut conn = remote.conn.clone();
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(redis_key(id))
+                .arg(TOMBSTONE)
+                .arg("EX")
+                .arg(remote.ttl.as_secs().max(1))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "stored responses: could not delete from Redis");
+            }
+        }
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -60,11 +204,7 @@ impl ResponseStore {
     /// An output item of a stored response, by the item's id (`msg_…`,
     /// `fc_…_N`: they carry their response's id), when `key` may see it.
     pub fn item(&self, item_id: &str, key: Option<&str>) -> Option<Value> {
-        let rest = item_id
-            .strip_prefix("msg_")
-            .or_else(|| item_id.strip_prefix("fc_"))?;
-        let response_id = format!("resp_{}", rest.split('_').next()?);
-        let r = self.response(&response_id, key)?;
+        let r = self.response(&response_of_item(item_id)?, key)?;
         r["output"]
             .as_array()?
             .iter()
@@ -72,17 +212,17 @@ impl ResponseStore {
             .cloned()
     }
 
-    /// Forgets a response; whether there was one `key` may see.
-    pub fn delete(&self, id: &str, key: Option<&str>) -> bool {
-        let mut inner = self.lock();
-        if inner.by_id.get(id).is_none_or(|s| s.key.as_deref() != key) {
-            return false;
+    /// Forgets a response here; whether there was one `key` may see.
+    fn delete(&self, id: &str, key: Option<&str>) -> bool {
+        let visible = self
+            .lock()
+            .by_id
+            .get(id)
+            .is_some_and(|s| s.key.as_deref() == key);
+        if visible {
+            self.forget(id);
         }
-        if let Some(s) = inner.by_id.remove(id) {
-            inner.bytes -= s.size;
-            inner.order.retain(|i| &**i != id);
-        }
-        true
+        visible
     }
 
     fn put(&self, id: Arc<str>, s: Stored) {
@@ -137,16 +277,24 @@ impl PendingTurn {
                 .iter()
                 .map(|m| m.to_string().len())
                 .sum::<usize>();
-        self.store.put(
-            Arc::from(self.echo.id.as_str()),
-            Stored {
-                key: self.key,
-                response: f.response,
-                conversation: Arc::new(conversation),
-                size,
-            },
-        );
+        let stored = Stored {
+            key: self.key,
+            response: f.response,
+            conversation: Arc::new(conversation),
+            size,
+        };
+        self.store.share(&self.echo.id, &stored);
+        self.store.put(Arc::from(self.echo.id.as_str()), stored);
     }
+}
+
+/// The id of the response an output item came from (`msg_<hex>` and
+/// `fc_<hex>_N` carry it).
+pub fn response_of_item(item_id: &str) -> Option<String> {
+    let rest = item_id
+        .strip_prefix("msg_")
+        .or_else(|| item_id.strip_prefix("fc_"))?;
+    Some(format!("resp_{}", rest.split('_').next()?))
 }
 
 /// `resp_` and 32 random hex digits.

@@ -76,6 +76,10 @@ pub struct ResponsesConfig {
     pub max_stored: usize,
     /// Bytes of stored responses and conversations at most.
     pub max_stored_bytes: usize,
+    /// Kept in Redis too (shared by every replica), not only in memory.
+    pub redis: bool,
+    /// How long a stored response is kept in Redis.
+    pub ttl: Duration,
 }
 #[derive(Debug, Clone)]
 pub struct AgentsConfig {

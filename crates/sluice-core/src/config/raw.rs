@@ -51,6 +51,8 @@ pub struct RawFiles {
 pub struct RawResponses {
     pub max_stored: Option<Spanned<u64>>,
     pub max_stored_bytes: Option<Spanned<u64>>,
+    pub backend: Option<Spanned<String>>,
+    pub ttl_hours: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

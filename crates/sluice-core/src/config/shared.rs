@@ -64,29 +64,38 @@ pub(super) fn redis(
     })
 }
 
-pub(super) fn limits(c: &mut Collector<'_>, l: &RawLimits, redis: bool) -> LimitsConfig {
-    let backend = match l.backend.as_ref().map(|b| (b, b.get_ref().as_str())) {
-        None => {
-            if redis {
-                LimitsBackend::Redis
-            } else {
-                LimitsBackend::Local
-            }
-        }
-        Some((_, "local")) => LimitsBackend::Local,
+/// A section's `backend` (`local` or `redis`; by default Redis when
+/// `[redis]` is configured): whether it is Redis.
+pub(super) fn backend(
+    c: &mut Collector<'_>,
+    b: Option<&toml::Spanned<String>>,
+    redis: bool,
+    section: &str,
+) -> bool {
+    match b.map(|b| (b, b.get_ref().as_str())) {
+        None => redis,
+        Some((_, "local")) => false,
         Some((b, "redis")) => {
             if !redis {
                 c.at(b.span(), "backend = \"redis\" needs [redis] url");
             }
-            LimitsBackend::Redis
+            true
         }
         Some((b, other)) => {
             c.at(
                 b.span(),
-                format!("unknown limits backend '{other}' (local, redis)"),
+                format!("unknown {section} backend '{other}' (local, redis)"),
             );
-            LimitsBackend::Local
+            false
         }
+    }
+}
+
+pub(super) fn limits(c: &mut Collector<'_>, l: &RawLimits, redis: bool) -> LimitsConfig {
+    let backend = if backend(c, l.backend.as_ref(), redis, "limits") {
+        LimitsBackend::Redis
+    } else {
+        LimitsBackend::Local
     };
     LimitsConfig {
         backend,

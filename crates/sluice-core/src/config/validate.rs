@@ -347,6 +347,18 @@ pub(super) fn validate(
         ) as usize,
     );
     let files = super::files::files(&mut c, &raw.files, &providers);
+    let responses_redis = super::shared::backend(
+        &mut c,
+        raw.responses.backend.as_ref(),
+        redis.is_some(),
+        "responses",
+    );
+    let responses_ttl = c.positive(
+        raw.responses.ttl_hours.as_ref(),
+        720,
+        24 * 3650,
+        "ttl_hours",
+    );
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -364,6 +376,8 @@ pub(super) fn validate(
             responses: ResponsesConfig {
                 max_stored: responses.0,
                 max_stored_bytes: responses.1,
+                redis: responses_redis,
+                ttl: std::time::Duration::from_secs(responses_ttl * 3600),
             },
             files,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),

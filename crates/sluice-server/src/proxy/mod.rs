@@ -216,7 +216,7 @@ async fn proxy(
     let mut echo = None;
     let canonical = match op {
         Operation::Messages => inbound::canonical(&body),
-        Operation::Responses => responses_turn(app, &body, &mut rec).map(|(chat, e)| {
+        Operation::Responses => responses_turn(app, &body, &mut rec).await.map(|(chat, e)| {
             echo = Some(e);
             chat
         }),
@@ -297,10 +297,30 @@ fn media_peek<'a>(
     }
 }
 
+/// The responses whose output items an `item_reference` input names
+/// (item ids carry their response's id: `msg_<hex>`, `fc_<hex>_N`).
+fn referenced_responses(body: &[u8]) -> Vec<String> {
+    if memchr::memmem::find(body, b"item_reference").is_none() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut ids: Vec<String> = v["input"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["type"] == "item_reference")
+        .filter_map(|i| crate::responses_store::response_of_item(i["id"].as_str()?))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.truncate(16);
+    ids
+}
+
 /// A Responses request as a chat request, with the conversation its
 /// `previous_response_id` names; the turn is kept (when `store`) once its
 /// answer completes.
-fn responses_turn(
+async fn responses_turn(
     app: &Arc<App>,
     body: &[u8],
     rec: &mut Recorder,
@@ -312,6 +332,13 @@ fn responses_turn(
     let previous = serde_json::from_slice::<Previous>(body)
         .ok()
         .and_then(|p| p.previous_response_id);
+    // What another replica stored: brought into memory first.
+    if let Some(id) = &previous {
+        app.responses.load(id).await;
+    }
+    for id in referenced_responses(body) {
+        app.responses.load(&id).await;
+    }
     let key = rec.key.clone();
     let history = match &previous {
         Some(id) => app
