@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Gateway, key_hash
+from conftest import Gateway, key_hash, wait_for
 
 CONFIG = """
 {redis}
@@ -52,7 +52,9 @@ def test_a_conversation_moves_between_replicas(tmp_path, redis_server):
     two = Gateway(config(redis_server.url), tmp_path=sub(tmp_path, "2"))
     try:
         first = client(one).responses.create(model="mock-1", input="My name is Ada.")
-        assert redis_server.client.ttl(f"sluice:response:{first.id}") > 29 * 86400
+        # Written in the background, with the configured lifetime.
+        wait_for(lambda: redis_server.client.ttl(f"sluice:response:{first.id}") > 29 * 86400,
+                 what="the stored turn in Redis")
         # The other replica continues it: the earlier turn reaches the model.
         second = client(two).responses.create(model="mock-1", input="What is my name?",
                                               previous_response_id=first.id)

@@ -250,3 +250,85 @@ pub(crate) fn completion(req: &Value, stream: bool) -> Response<Body> {
     );
     r
 }
+
+/// OpenAI's Responses API: the text "Upstream Responses API: <input>", as a
+/// Response object or as the documented stream of events.
+pub(crate) fn responses(req: &Value, stream: bool) -> Response<Body> {
+    let input = match &req["input"] {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i["content"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    let model = req["model"].as_str().unwrap_or_default();
+    let text = format!("Upstream Responses API: {input}");
+    let item = |text: &str, status: &str| {
+        json!({"type": "message", "id": "msg_upstream", "role": "assistant", "status": status,
+            "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let response = |status: &str, output: Vec<Value>| {
+        json!({"id": "resp_upstream", "object": "response", "created_at": 1, "status": status,
+            "model": model, "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
+            "tools": [], "previous_response_id": req["previous_response_id"],
+            "usage": if status == "completed" {
+                json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": 12})
+            } else { Value::Null }})
+    };
+    if !stream {
+        return json_resp(200, &response("completed", vec![item(&text, "completed")]));
+    }
+    let mut events = vec![
+        (
+            "response.created",
+            json!({"response": response("in_progress", vec![])}),
+        ),
+        (
+            "response.output_item.added",
+            json!({"output_index": 0, "item": item("", "in_progress")}),
+        ),
+        (
+            "response.content_part.added",
+            json!({"output_index": 0, "item_id": "msg_upstream",
+            "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ];
+    for piece in text.split_inclusive(' ') {
+        events.push((
+            "response.output_text.delta",
+            json!({"output_index": 0,
+            "item_id": "msg_upstream", "content_index": 0, "delta": piece}),
+        ));
+    }
+    events.push((
+        "response.output_text.done",
+        json!({"output_index": 0,
+        "item_id": "msg_upstream", "content_index": 0, "text": text}),
+    ));
+    events.push((
+        "response.output_item.done",
+        json!({"output_index": 0,
+        "item": item(&text, "completed")}),
+    ));
+    events.push((
+        "response.completed",
+        json!({"response": response("completed",
+        vec![item(&text, "completed")])}),
+    ));
+    let mut out = String::new();
+    for (i, (kind, mut data)) in events.into_iter().enumerate() {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(i);
+        out.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
+    }
+    let mut r = Response::new(framed(&out));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}

@@ -273,6 +273,9 @@ async fn handle(req: Request<Incoming>, stats: Arc<Stats>) -> Result<Response<Bo
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if path.ends_with("/responses") {
+        return Ok(formats::responses(&parsed, stream));
+    }
     if let Some(r) = media::answer(&path, &parsed, &body) {
         return Ok(r);
     }

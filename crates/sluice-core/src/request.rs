@@ -63,12 +63,13 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// Token usage as OpenAI reports it.
+/// Token usage as OpenAI reports it (chat's names; the Responses API's and
+/// the audio endpoints' `input_tokens` / `output_tokens` read the same).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
 }
 
@@ -299,6 +300,18 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&force_include_usage(b"{}")).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn usage_reads_both_naming_schemes() {
+        let chat: Usage =
+            serde_json::from_str(r#"{"prompt_tokens":3,"completion_tokens":4}"#).unwrap();
+        let resp: Usage = serde_json::from_str(
+            r#"{"input_tokens":3,"input_tokens_details":{"cached_tokens":0},"output_tokens":4}"#,
+        )
+        .unwrap();
+        assert_eq!(chat, resp);
+        assert_eq!(chat.completion_tokens, 4);
     }
 
     #[test]

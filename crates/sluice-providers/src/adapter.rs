@@ -33,6 +33,10 @@ pub struct Outgoing<'a> {
     pub request_id: &'a HeaderValue,
     /// The client's content type, for a form upload (its boundary is in it).
     pub content_type: Option<&'a HeaderValue>,
+    /// Why the request cannot be translated for targets that do not take
+    /// the client's own format (e.g. a Responses request continuing a
+    /// response stored at OpenAI): such targets refuse with it.
+    pub untranslatable: Option<&'a GatewayError>,
 }
 
 /// A client's own body in its own format: sent as it is (model rewritten)
@@ -68,7 +72,7 @@ pub enum Prepared {
 pub enum Adapter {
     /// OpenAI and every OpenAI-compatible server (Azure included: its
     /// differences are in the endpoint template).
-    OpenAi(openai::Endpoint),
+    OpenAi(Box<openai::Endpoint>),
     Anthropic(anthropic::Endpoint),
     Gemini(gemini::Endpoint),
     /// The built-in mock, answered in process.
@@ -79,7 +83,9 @@ impl Adapter {
     /// The registration point: one line per provider kind.
     pub fn new(p: &ProviderConfig) -> Result<Self, GatewayError> {
         Ok(match p.kind {
-            ProviderKind::OpenAi | ProviderKind::Azure => Self::OpenAi(openai::Endpoint::new(p)?),
+            ProviderKind::OpenAi | ProviderKind::Azure => {
+                Self::OpenAi(Box::new(openai::Endpoint::new(p)?))
+            }
             ProviderKind::Anthropic => Self::Anthropic(anthropic::Endpoint::new(p)?),
             ProviderKind::Gemini => Self::Gemini(gemini::Endpoint::new(p)?),
             ProviderKind::Mock => Self::Mock,
@@ -90,6 +96,9 @@ impl Adapter {
     pub fn wire(&self, op: Operation) -> Wire {
         match self {
             Self::OpenAi(_) if op == Operation::Completions => Wire::Completions,
+            Self::OpenAi(e) if op == Operation::Responses && e.has_responses_api() => {
+                Wire::Responses
+            }
             Self::OpenAi(_) | Self::Mock => Wire::OpenAi,
             Self::Anthropic(_) => Wire::Anthropic,
             Self::Gemini(_) => Wire::Gemini,
@@ -113,7 +122,7 @@ impl Adapter {
     /// came (`/v1/files`, `/v1/batches`); `None` for other formats.
     pub fn openai_endpoint(&self) -> Option<&openai::Endpoint> {
         match self {
-            Self::OpenAi(e) => Some(e),
+            Self::OpenAi(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -132,7 +141,27 @@ impl Adapter {
         model: &str,
     ) -> Result<Prepared, GatewayError> {
         let id = Some(out.request_id);
+        if let Some(e) = out.untranslatable
+            && self.wire(out.op) != Wire::Responses
+        {
+            return Err(e.clone());
+        }
         match self {
+            // A Responses client's own body, to a provider with the API.
+            Self::OpenAi(e) if self.wire(out.op) == Wire::Responses => {
+                let native = out.native.as_ref().filter(|n| n.wire == Wire::Responses);
+                let Some(native) = native else {
+                    return Err(GatewayError::new(
+                        ErrorKind::Internal,
+                        "a Responses request without its own body",
+                    ));
+                };
+                Ok(Prepared::Http(e.request(
+                    out.op,
+                    native.with_model(model),
+                    id,
+                )))
+            }
             // Completions go as they came, to the completions endpoint.
             Self::OpenAi(e) if out.op == Operation::Completions => {
                 let native = out.native.as_ref().filter(|n| n.wire == Wire::Completions);

@@ -13,8 +13,8 @@ pub enum Wire {
     Anthropic,
     /// Upstream only: Gemini's `generateContent`.
     Gemini,
-    /// Client only (for now): OpenAI's Responses API, served through the
-    /// chat shape.
+    /// OpenAI's Responses API: a client format served through the chat
+    /// shape, and the upstream format of providers that have it.
     Responses,
     /// OpenAI's legacy completions: passed through to OpenAI-format
     /// upstreams, translated through the chat shape for the others.
@@ -83,6 +83,8 @@ impl Wire {
     ) -> Delivery {
         let same = self == client;
         match (stream, success) {
+            // A provider's own Responses API answering a Responses client.
+            (_, true) if same && self == Self::Responses => Delivery::Passthrough,
             // An OpenAI stream the client asked usage for goes through as is.
             (true, true) if same && self.openai_shaped() && include_usage => Delivery::Passthrough,
             (true, true) => Delivery::Stream,
@@ -104,5 +106,25 @@ impl Wire {
             // Passed through: their usage is read from the tail.
             Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_providers_own_responses_api_passes_through() {
+        for stream in [false, true] {
+            let d = Wire::Responses.delivery(Wire::Responses, stream, true, false);
+            assert_eq!(d, Delivery::Passthrough, "stream {stream}");
+            // Translated from chat: re-encoded or converted.
+            let d = Wire::OpenAi.delivery(Wire::Responses, stream, true, false);
+            assert_ne!(d, Delivery::Passthrough, "stream {stream}");
+        }
+        assert_eq!(
+            Wire::Responses.delivery(Wire::Responses, true, false, false),
+            Delivery::Whole
+        );
     }
 }

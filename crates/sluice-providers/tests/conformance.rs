@@ -124,6 +124,7 @@ async fn exchange(
         native,
         request_id: &id,
         content_type: None,
+        untranslatable: None,
     };
     let (status, upstream_body): (u16, BoxBody) =
         match adapter.prepare(&out, p, model).await.expect("prepared") {
@@ -388,6 +389,7 @@ async fn embeddings_only_where_the_format_has_them() {
             native: None,
             request_id: &id,
             content_type: None,
+            untranslatable: None,
         };
         let r = adapter.prepare(&out, &p, "m-1").await;
         match adapter.wire(Operation::Embeddings) {
@@ -438,6 +440,7 @@ async fn media_only_where_the_format_has_them() {
                 native: None,
                 request_id: &id,
                 content_type: *content_type,
+                untranslatable: None,
             };
             let case = format!("{kind} {m:?}");
             match adapter.prepare(&out, &p, "real-model").await {

@@ -320,6 +320,9 @@ pub struct ProviderConfig {
     pub default_max_tokens: u64,
     /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
+    /// `/v1/responses` goes to this provider's own Responses API (OpenAI
+    /// itself by default) rather than through its chat completions.
+    pub responses_api: bool,
     pub api_key: Option<Secret>,
     pub headers: Vec<(String, Secret)>,
     pub connect_timeout: Duration,

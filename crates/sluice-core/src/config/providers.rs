@@ -152,6 +152,14 @@ pub(super) fn provider(
             "default_max_tokens applies only to kind = \"anthropic\"",
         );
     }
+    if !matches!(kind, ProviderKind::OpenAi)
+        && let Some(v) = p.responses_api.as_ref().filter(|v| *v.get_ref())
+    {
+        c.at(
+            v.span(),
+            "responses_api applies only to OpenAI-format providers",
+        );
+    }
     if let Some(k) = &api_key
         && !k.expose().bytes().all(|b| (0x20..0x7f).contains(&b))
     {
@@ -199,6 +207,12 @@ pub(super) fn provider(
             1_000_000,
             "default_max_tokens",
         ),
+        // OpenAI itself has the Responses API; a compatible server may not.
+        responses_api: kind == ProviderKind::OpenAi
+            && p.responses_api.as_ref().map_or_else(
+                || base_url.starts_with("https://api.openai.com/"),
+                |v| *v.get_ref(),
+            ),
         base_url,
         api_key,
         headers,

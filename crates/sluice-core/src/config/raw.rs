@@ -264,6 +264,7 @@ pub struct RawProvider {
     pub api_version: Option<Spanned<String>>,
     // anthropic only
     pub default_max_tokens: Option<Spanned<u64>>,
+    pub responses_api: Option<Spanned<bool>>,
     // mock provider only
     pub tokens_per_response: Option<Spanned<u64>>,
     pub token_delay_ms: Option<Spanned<u64>>,

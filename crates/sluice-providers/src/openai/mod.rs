@@ -27,6 +27,8 @@ pub struct Endpoint {
     chat: Uri,
     completions: Uri,
     embeddings: Uri,
+    /// The Responses API, for providers that have their own.
+    responses: Option<Uri>,
     /// One per [`Media`] endpoint, in its declaration order.
     media: Vec<Uri>,
     headers: HeaderMap,
@@ -54,6 +56,11 @@ impl Endpoint {
             chat: uri("/chat/completions")?,
             completions: uri("/completions")?,
             embeddings: uri("/embeddings")?,
+            responses: if p.responses_api {
+                Some(uri("/responses")?)
+            } else {
+                None
+            },
             media: Media::ALL
                 .iter()
                 .map(|m| uri(m.path()))
@@ -72,6 +79,9 @@ impl Endpoint {
         request_id: Option<&HeaderValue>,
     ) -> http::Request<Full<Bytes>> {
         let uri = match op {
+            Operation::Responses if self.responses.is_some() => {
+                self.responses.clone().unwrap_or_else(|| self.chat.clone())
+            }
             Operation::Chat | Operation::Messages | Operation::Responses => self.chat.clone(),
             Operation::Completions => self.completions.clone(),
             Operation::Embeddings => self.embeddings.clone(),
@@ -82,6 +92,11 @@ impl Endpoint {
 }
 
 impl Endpoint {
+    /// Whether `/v1/responses` goes to the provider's own Responses API.
+    pub fn has_responses_api(&self) -> bool {
+        self.responses.is_some()
+    }
+
     /// A request to `path` under the base URL (`/files/…`, `/batches/…`)
     /// as the client made it: its method, query, content type and body,
     /// with the provider's credentials.

@@ -345,6 +345,7 @@ async fn attempt(
         native: call.native.clone(),
         request_id: call.request_id,
         content_type: call.content_type,
+        untranslatable: call.untranslatable,
     };
     let req = match upstream
         .adapter

@@ -33,6 +33,9 @@ pub struct Call<'a> {
     pub request_id: &'a HeaderValue,
     /// A form upload's content type (with its boundary).
     pub content_type: Option<&'a HeaderValue>,
+    /// Why the request cannot be translated (only targets that take the
+    /// client's own format may serve it).
+    pub untranslatable: Option<&'a GatewayError>,
     pub deadline: Instant,
     pub budget: Duration,
 }

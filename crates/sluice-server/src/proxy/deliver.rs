@@ -56,7 +56,9 @@ pub(crate) async fn deliver(
         idle,
         deadline: Some(call.deadline),
         sse: stream,
-        check_events: !matches!(call.op, sluice_core::request::Operation::Media(_)),
+        // Chat streams end in `[DONE]`; media and Responses streams do not.
+        check_events: !matches!(call.op, sluice_core::request::Operation::Media(_))
+            && wire != Wire::Responses,
         wire: call.client,
         first: None,
         target: Some(adm),

@@ -210,16 +210,26 @@ async fn proxy(
     }
     let budget = client_timeout.map_or(route.timeout, |t| t.min(route.timeout));
 
-    // Anthropic and Responses clients: the request in the OpenAI chat
-    // shape for every target (an Anthropic client's own body goes to
-    // Anthropic targets).
+    // Anthropic, Responses and completions clients: the request in the
+    // OpenAI chat shape for every target; their own body goes to targets
+    // that speak their format.
     let mut echo = None;
+    let mut untranslatable = None;
     let canonical = match op {
         Operation::Messages => inbound::canonical(&body),
-        Operation::Responses => responses_turn(app, &body, &mut rec).await.map(|(chat, e)| {
-            echo = Some(e);
-            chat
-        }),
+        Operation::Responses => match responses_turn(app, &body, &mut rec).await {
+            Ok((chat, e)) => {
+                echo = Some(e);
+                Ok(chat)
+            }
+            // A target with its own Responses API may still take it as is
+            // (a response stored there, a hosted tool).
+            Err(e) if native_responses_may_take(&snap, route, &e) => {
+                untranslatable = Some(e);
+                Ok(body.clone())
+            }
+            Err(e) => Err(e),
+        },
         Operation::Completions => sluice_providers::completions::canonical(&body),
         Operation::Chat | Operation::Embeddings | Operation::Media(_) => Ok(Bytes::new()),
     };
@@ -231,24 +241,26 @@ async fn proxy(
     let (op, body_ref, peek_ref, native) = match op {
         Operation::Chat | Operation::Embeddings | Operation::Media(_) => (op, &body, &peek, None),
         Operation::Messages | Operation::Responses | Operation::Completions => {
-            canonical_peek = match request::peek(&canonical, Operation::Chat) {
-                Ok(p) => p,
-                Err(e) => return rec.reply_error(&e),
-            };
-            let native = matches!(op, Operation::Messages | Operation::Completions).then(|| {
-                sluice_providers::adapter::Native {
-                    wire: rec.wire,
-                    body: &body,
-                    model_span: peek.model_span.clone(),
-                }
+            let native = Some(sluice_providers::adapter::Native {
+                wire: rec.wire,
+                body: &body,
+                model_span: peek.model_span.clone(),
             });
-            // Completions stay completions: OpenAI-format targets take them
-            // as they are.
-            let op = match op {
-                Operation::Completions => op,
-                _ => Operation::Chat,
-            };
-            (op, &canonical, &canonical_peek, native)
+            if untranslatable.is_some() {
+                (op, &body, &peek, native)
+            } else {
+                canonical_peek = match request::peek(&canonical, Operation::Chat) {
+                    Ok(p) => p,
+                    Err(e) => return rec.reply_error(&e),
+                };
+                // Completions and Responses keep their operation: targets
+                // with those endpoints take them as they are.
+                let op = match op {
+                    Operation::Messages => Operation::Chat,
+                    _ => op,
+                };
+                (op, &canonical, &canonical_peek, native)
+            }
         }
     };
     let call = Call {
@@ -263,10 +275,36 @@ async fn proxy(
         include_usage: peek.include_usage,
         request_id,
         content_type: content_type.as_ref(),
+        untranslatable: untranslatable.as_ref(),
         deadline: started + budget,
         budget,
     };
     attempt::run(&call, route, rec).await
+}
+
+/// Whether a Responses request the gateway cannot translate (`e`) may
+/// still go as it is: some target of the route (or its fallbacks) has its
+/// own Responses API.
+fn native_responses_may_take(
+    snap: &crate::app::Snapshot,
+    route: &sluice_core::route::ModelRoute,
+    e: &GatewayError,
+) -> bool {
+    if !matches!(
+        e.kind,
+        ErrorKind::ResponseNotFound | ErrorKind::InvalidRequest
+    ) {
+        return false;
+    }
+    std::iter::once(route)
+        .chain(route.fallbacks.iter().filter_map(|n| snap.routes.get(n)))
+        .flat_map(|m| m.targets.iter())
+        .any(|t| {
+            snap.upstreams[t.provider]
+                .adapter
+                .wire(Operation::Responses)
+                == Wire::Responses
+        })
 }
 
 /// A form upload's content type, which must be `multipart/form-data` with
