@@ -297,3 +297,71 @@ models = ["mock-1"]
             team.images.generate(model="mock-2", prompt="x")
     finally:
         g.stop()
+
+
+# --- uploads beyond max_body_bytes are streamed through -----------------------
+
+def form_parts(model, file_bytes, boundary="sluiceTestBoundary"):
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head, file_bytes, tail, f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_large_upload_reaches_the_upstream_before_it_is_whole(gw, upstream):
+    """The gateway sends what it has while the client is still sending: the
+    upstream sees the request start before the client sends the last bytes."""
+    head, data, tail, ct = form_parts("whisper", b"\x01" * 60_000)
+    before = upstream.stats()["requests"]
+
+    def body():
+        yield head
+        yield data[:20_000]
+        # Hold the rest back until the upstream has the request.
+        import time
+        deadline = time.time() + 10
+        while upstream.stats()["requests"] == before:
+            assert time.time() < deadline, "the upstream saw nothing: the upload was buffered"
+            time.sleep(0.02)
+        yield data[20_000:]
+        yield tail
+
+    r = httpx.post(f"{gw.base_url}/audio/transcriptions", content=body(),
+                   headers={"content-type": ct}, timeout=30)
+    assert r.status_code == 200, r.text
+    # Model rewritten in flight; every byte arrived.
+    sent = len(head) + len(data) + len(tail) + len("whisper-1") - len("whisper")
+    assert r.json()["text"] == f"upstream transcriptions by whisper-1 of {sent} bytes"
+
+
+def test_a_streamed_upload_over_the_limit_is_refused(gw, upstream):
+    head, data, tail, ct = form_parts("whisper", b"\x02" * 300_000)
+
+    def body():  # chunked: no length to refuse it by up front
+        yield head
+        for i in range(0, len(data), 10_000):
+            yield data[i:i + 10_000]
+        yield tail
+
+    r = httpx.post(f"{gw.base_url}/audio/transcriptions", content=body(),
+                   headers={"content-type": ct}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert "200000" in r.json()["error"]["message"]
+
+
+def test_a_large_upload_to_the_mock_is_read_whole(gw):
+    data = wav_bytes(seconds=3.0)  # 48 KB
+    r = client(gw).audio.transcriptions.create(model="mock-1", file=("long.wav", data, "audio/wav"))
+    assert r.text == f"This is a mock transcription of long.wav ({len(data)} bytes) by mock-1."
+
+
+def test_a_large_file_before_its_model_is_still_served(gw):
+    # The model after the file: held until the model is in (within max_upload_bytes).
+    boundary = "b9"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.wav\"\r\n\r\n").encode() \
+        + b"\x03" * 20_000 \
+        + f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmock-1\r\n--{boundary}--\r\n".encode()
+    r = httpx.post(f"{gw.base_url}/audio/transcriptions", content=body,
+                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200 and "(20000 bytes)" in r.json()["text"]

@@ -145,6 +145,22 @@ pub fn boundary(content_type: &str) -> Option<&str> {
 
 /// The parts of a whole form body, in order.
 pub fn parts<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, GatewayError> {
+    match scan(body, boundary)? {
+        Scan::Whole(parts) => Ok(parts),
+        Scan::Partial(..) => Err(bad_form("the form has no closing boundary")),
+    }
+}
+
+/// How far a form's bytes go.
+enum Scan<'a> {
+    /// Up to its closing delimiter.
+    Whole(Vec<Part<'a>>),
+    /// Cut short: the parts complete so far, and the one still arriving
+    /// (once its headers are in).
+    Partial(Vec<Part<'a>>, Option<Part<'a>>),
+}
+
+fn scan<'a>(body: &'a [u8], boundary: &str) -> Result<Scan<'a>, GatewayError> {
     let delim = format!("--{boundary}");
     let finder = memchr::memmem::Finder::new(delim.as_bytes());
     let Some(first) = finder.find(body) else {
@@ -153,22 +169,26 @@ pub fn parts<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, Gatewa
     let mut pos = first + delim.len();
     let mut out = Vec::new();
     loop {
+        if body.len() < pos + 2 {
+            return Ok(Scan::Partial(out, None));
+        }
         if body[pos..].starts_with(b"--") {
-            return Ok(out); // the closing delimiter
+            return Ok(Scan::Whole(out)); // the closing delimiter
         }
         if !body[pos..].starts_with(b"\r\n") {
             return Err(bad_form("a boundary is not followed by a line break"));
         }
         pos += 2;
         let Some(head_len) = memchr::memmem::find(&body[pos..], b"\r\n\r\n") else {
-            return Err(bad_form("a part's headers do not end"));
+            return Ok(Scan::Partial(out, None));
         };
         let head = std::str::from_utf8(&body[pos..pos + head_len])
             .map_err(|_| bad_form("a part's headers are not UTF-8"))?;
         let value_start = pos + head_len + 4;
         // The value ends at CRLF + the next delimiter.
         let Some(len) = finder.find(&body[value_start..]) else {
-            return Err(bad_form("the form has no closing boundary"));
+            let arriving = part_of(head, value_start..body.len())?;
+            return Ok(Scan::Partial(out, Some(arriving)));
         };
         let end = value_start + len;
         if end < value_start + 2 || &body[end - 2..end] != b"\r\n" {
@@ -229,14 +249,52 @@ pub fn peek_form<'a>(
     media: Media,
 ) -> Result<RequestPeek<'a>, GatewayError> {
     let parts = parts(body, boundary)?;
+    let peek = fields(body, &parts, None, media)?;
+    peek.ok_or_else(|| missing("model"))
+}
+
+/// The same from the first bytes of an upload still arriving: `None`
+/// until the `model` field and the start of a file are in.
+pub fn peek_form_prefix<'a>(
+    prefix: &'a [u8],
+    boundary: &str,
+    media: Media,
+) -> Result<Option<RequestPeek<'a>>, GatewayError> {
+    match scan(prefix, boundary)? {
+        Scan::Whole(parts) => fields(prefix, &parts, None, media),
+        Scan::Partial(parts, arriving) => {
+            let file_arriving = arriving
+                .as_ref()
+                .is_some_and(|p| media.file_fields().contains(&&*p.name));
+            if !file_arriving
+                && !parts
+                    .iter()
+                    .any(|p| media.file_fields().contains(&&*p.name))
+            {
+                return Ok(None);
+            }
+            match fields(prefix, &parts, arriving.as_ref(), media) {
+                Err(e) if e.param == Some("model") => Ok(None),
+                other => other,
+            }
+        }
+    }
+}
+
+fn fields<'a>(
+    body: &'a [u8],
+    parts: &[Part<'a>],
+    arriving: Option<&Part<'a>>,
+    media: Media,
+) -> Result<Option<RequestPeek<'a>>, GatewayError> {
     let text = |p: &Part<'_>| {
         std::str::from_utf8(&body[p.span.clone()])
             .map_err(|_| bad_form(format!("field '{}' is not UTF-8 text", p.name)))
     };
     let mut model = None;
     let mut stream = false;
-    let mut file = false;
-    for p in &parts {
+    let mut file = arriving.is_some_and(|p| media.file_fields().contains(&&*p.name));
+    for p in parts {
         match &*p.name {
             "model" => model = Some((text(p)?, p.span.clone())),
             "stream" => stream = text(p)?.trim() == "true",
@@ -256,13 +314,13 @@ pub fn peek_form<'a>(
     if !file {
         return Err(missing(media.file_fields()[0]));
     }
-    Ok(RequestPeek {
+    Ok(Some(RequestPeek {
         model: Cow::Borrowed(model),
         model_span,
         stream,
         include_usage: false,
         max_tokens: None,
-    })
+    }))
 }
 
 /// The form with the `model` value at `span` replaced by `model`.
@@ -349,6 +407,44 @@ mod tests {
         let out = rewrite_form_model(&body, p.model_span, "real-model");
         let again = peek_form(&out, "XyZ", Media::Transcription).unwrap();
         assert_eq!(again.model, "real-model");
+    }
+
+    #[test]
+    fn a_prefix_is_read_once_model_and_file_are_in() {
+        let body = form(&[
+            ("model", None, b"whisper-1"),
+            ("file", Some("a.wav"), &[7u8; 5000]),
+        ]);
+        // Cut inside the file: the model is known, the file has begun.
+        let p = peek_form_prefix(&body[..1000], "XyZ", Media::Transcription)
+            .unwrap()
+            .expect("model and file seen");
+        assert_eq!(p.model, "whisper-1");
+        // Cut before the file began, or inside the model: not yet.
+        let model_end = memchr::memmem::find(&body, b"whisper-1").unwrap() + 9;
+        assert!(
+            peek_form_prefix(&body[..model_end], "XyZ", Media::Transcription)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            peek_form_prefix(&body[..model_end - 3], "XyZ", Media::Transcription)
+                .unwrap()
+                .is_none()
+        );
+        // The file first, the model after it: not until the model is in.
+        let late = form(&[("file", Some("a"), &[1u8; 3000]), ("model", None, b"m")]);
+        assert!(
+            peek_form_prefix(&late[..2000], "XyZ", Media::Transcription)
+                .unwrap()
+                .is_none()
+        );
+        // A whole form in the prefix is read like a whole form.
+        assert!(
+            peek_form_prefix(&late, "XyZ", Media::Transcription)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

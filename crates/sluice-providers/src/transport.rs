@@ -18,6 +18,9 @@ use sluice_core::config::ProviderConfig;
 use sluice_core::{ErrorKind, GatewayError};
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// A provider's client for request bodies streamed from the client (large
+/// uploads), made when the first one comes.
+pub type UploadClient = Client<HttpsConnector<HttpConnector>, crate::BoxBody>;
 
 /// A pooled HTTP/1.1 + HTTP/2 client with the system's CA roots, for the
 /// gateway's own calls (OTLP export).
@@ -33,6 +36,12 @@ pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
         // the connection alive through quiet periods between streams.
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_while_idle(true)
+        .build(connector(p.connect_timeout, p.ca_file.as_deref()))
+}
+
+pub fn upload_client_for(p: &ProviderConfig) -> UploadClient {
+    builder()
+        .pool_idle_timeout(Duration::from_secs(90))
         .build(connector(p.connect_timeout, p.ca_file.as_deref()))
 }
 
@@ -104,6 +113,14 @@ fn tls_with_ca(ca: &std::path::Path) -> rustls::ClientConfig {
 pub async fn send(
     client: &UpstreamClient,
     req: http::Request<Full<Bytes>>,
+) -> Result<http::Response<Incoming>, GatewayError> {
+    client.request(req).await.map_err(|e| classify(&e))
+}
+
+/// [`send`] for a streamed request body.
+pub async fn send_upload(
+    client: &UploadClient,
+    req: http::Request<crate::BoxBody>,
 ) -> Result<http::Response<Incoming>, GatewayError> {
     client.request(req).await.map_err(|e| classify(&e))
 }

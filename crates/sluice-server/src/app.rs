@@ -30,6 +30,8 @@ pub struct Snapshot {
 pub struct Upstream {
     pub client: Option<UpstreamClient>,
     pub adapter: Adapter,
+    /// For uploads streamed through (made on the first one).
+    pub upload_client: std::sync::OnceLock<transport::UploadClient>,
 }
 
 impl Snapshot {
@@ -76,7 +78,11 @@ impl Snapshot {
                 let client = adapter
                     .over_network()
                     .then(|| pool_of(p).unwrap_or_else(|| transport::client_for(p)));
-                Ok(Upstream { client, adapter })
+                Ok(Upstream {
+                    client,
+                    adapter,
+                    upload_client: std::sync::OnceLock::new(),
+                })
             })
             .collect::<Result<_, GatewayError>>()?;
         let scrubber = sluice_core::scrub::Scrubber::new(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Frame;
 use sluice_core::request::Usage;
@@ -23,7 +23,7 @@ use sluice_providers::translate::{self, Wire};
 use sluice_providers::{BoxBody, transport};
 use tokio::time::{Instant, timeout_at};
 
-use super::call::{Call, deadline_error};
+use super::call::{Call, deadline_error, retry_after};
 use super::deliver::{box_err, deliver, relay_error};
 use super::record::Recorder;
 use crate::telemetry::Span;
@@ -338,9 +338,18 @@ async fn attempt(
     let target = &model.targets[index];
     let provider = &call.snap.config.providers[target.provider];
     let upstream = &call.snap.upstreams[target.provider];
+    let whole;
+    let body = match super::upload::before_attempt(call, upstream).await {
+        Ok(Some(b)) => {
+            whole = b;
+            &whole
+        }
+        Ok(None) => call.body,
+        Err(e) => return Attempt::Reject(e),
+    };
     let outgoing = Outgoing {
         op: call.op,
-        body: call.body,
+        body,
         peek: call.peek,
         native: call.native.clone(),
         request_id: call.request_id,
@@ -384,7 +393,13 @@ async fn attempt(
     }
     let started = Instant::now();
     let head_deadline = (started + provider.timeout).min(call.deadline);
-    let resp = match timeout_at(head_deadline, transport::send(client, req)).await {
+    let send = async {
+        match call.upload {
+            Some(u) => super::upload::send(u, upstream, provider, req).await,
+            None => transport::send(client, req).await,
+        }
+    };
+    let resp = match timeout_at(head_deadline, send).await {
         Err(_) if head_deadline >= call.deadline => return failure(deadline_error(call.budget)),
         Err(_) => {
             return failure(GatewayError::new(
@@ -567,43 +582,5 @@ fn failure(e: GatewayError) -> Attempt {
         }
     } else {
         Attempt::Reject(e)
-    }
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is rare from model APIs and
-/// is treated as absent), or OpenAI's `retry-after-ms`.
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let num = |name: &str| {
-        h.get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 86_400_000.0)
-    };
-    num("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_forms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), None);
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use sluice_core::request::{Operation, RequestPeek};
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::translate::Wire;
@@ -36,6 +36,9 @@ pub struct Call<'a> {
     /// Why the request cannot be translated (only targets that take the
     /// client's own format may serve it).
     pub untranslatable: Option<&'a GatewayError>,
+    /// A large form upload whose rest is still arriving (`body` is its
+    /// first bytes): sent to one target only.
+    pub upload: Option<&'a super::upload::StreamedUpload>,
     pub deadline: Instant,
     pub budget: Duration,
 }
@@ -55,5 +58,43 @@ pub fn operation_name(op: Operation) -> &'static str {
         Operation::Completions => "text_completion",
         Operation::Embeddings => "embeddings",
         Operation::Media(m) => m.operation_name(),
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from model APIs and
+/// is treated as absent), or OpenAI's `retry-after-ms`.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let num = |name: &str| {
+        h.get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 86_400_000.0)
+    };
+    num("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
     }
 }

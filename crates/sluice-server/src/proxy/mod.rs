@@ -16,6 +16,7 @@ mod deliver;
 pub mod intake;
 pub mod record;
 pub mod settle;
+mod upload;
 mod watch;
 
 use std::sync::Arc;
@@ -149,18 +150,14 @@ async fn proxy(
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),
     };
-    let server = &snap.config.server;
-    // Uploads have their own (larger) limit.
-    let max = if form {
-        server.max_upload_bytes
-    } else {
-        server.max_body_bytes
-    };
-    let body = match body {
-        InboundBody::Http(b) => intake::read_body(&headers, b, max, server.body_read_timeout).await,
-        InboundBody::Read(b) => intake::within(b, max),
-    };
-    let body = match body {
+    let intake = read_intake(
+        &headers,
+        body,
+        op,
+        content_type.as_ref(),
+        &snap.config.server,
+    );
+    let (body, upload) = match intake.await {
         Ok(b) => b,
         Err(e) => return rec.reply_error(&e),
     };
@@ -182,7 +179,7 @@ async fn proxy(
         Err(e) => return rec.reply_error(&e),
     };
     let peeked = match &content_type {
-        Some(ct) => media_peek(&body, ct, op),
+        Some(ct) => media_peek(&body, ct, op, upload.is_some()),
         None => request::peek(&body, op),
     };
     let peek = match peeked {
@@ -276,6 +273,7 @@ async fn proxy(
         request_id,
         content_type: content_type.as_ref(),
         untranslatable: untranslatable.as_ref(),
+        upload: upload.as_ref(),
         deadline: started + budget,
         budget,
     };
@@ -319,10 +317,12 @@ fn media_form_type(headers: &HeaderMap) -> Result<HeaderValue, GatewayError> {
     }
 }
 
+/// A form's fields; from its first bytes when the rest is streamed.
 fn media_peek<'a>(
     body: &'a [u8],
     content_type: &HeaderValue,
     op: Operation,
+    prefix: bool,
 ) -> Result<request::RequestPeek<'a>, GatewayError> {
     let boundary = content_type
         .to_str()
@@ -330,8 +330,47 @@ fn media_peek<'a>(
         .and_then(media::boundary)
         .unwrap_or_default();
     match op {
+        Operation::Media(m) if prefix => media::peek_form_prefix(body, boundary, m)?
+            .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "an upload streamed early")),
         Operation::Media(m) => media::peek_form(body, boundary, m),
         _ => request::peek(body, op),
+    }
+}
+
+/// The request body within its limits: whole, or for a large form upload
+/// its first bytes and the rest still arriving.
+async fn read_intake(
+    headers: &HeaderMap,
+    body: InboundBody,
+    op: Operation,
+    form: Option<&HeaderValue>,
+    server: &sluice_core::config::ServerConfig,
+) -> Result<(Bytes, Option<upload::StreamedUpload>), GatewayError> {
+    let timeout = server.body_read_timeout;
+    match (body, op, form) {
+        (InboundBody::Http(b), Operation::Media(m), Some(ct)) => {
+            let boundary = ct
+                .to_str()
+                .ok()
+                .and_then(media::boundary)
+                .unwrap_or_default();
+            let limits = (server.max_body_bytes, server.max_upload_bytes);
+            match upload::read(headers, b, (boundary, m), limits, timeout).await? {
+                upload::Intake::Whole(b) => Ok((b, None)),
+                upload::Intake::Streamed(u) => Ok((u.prefix.clone(), Some(u))),
+            }
+        }
+        (InboundBody::Http(b), ..) => {
+            let b = intake::read_body(headers, b, server.max_body_bytes, timeout).await?;
+            Ok((b, None))
+        }
+        (InboundBody::Read(b), ..) => {
+            let max = match form {
+                Some(_) => server.max_upload_bytes,
+                None => server.max_body_bytes,
+            };
+            Ok((intake::within(b, max)?, None))
+        }
     }
 }
 
