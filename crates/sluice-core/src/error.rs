@@ -55,6 +55,8 @@ pub enum ErrorKind {
     AgentNotFound,
     /// The agent hub: the agent's send queue is full (it is not keeping up).
     AgentQueueFull,
+    /// Local inference: the model's queue is full.
+    PredictQueueFull,
     /// The agent hub: no instruction by that id (unknown, or dropped).
     InstructionNotFound,
     /// The admin API: the admin token sent is not the configured one.
@@ -110,7 +112,7 @@ impl ErrorKind {
             | ErrorKind::KeyNotFound
             | ErrorKind::ResponseNotFound
             | ErrorKind::ObjectNotFound => 404,
-            ErrorKind::AgentQueueFull => 429,
+            ErrorKind::AgentQueueFull | ErrorKind::PredictQueueFull => 429,
             ErrorKind::AdminTokenInvalid => 401,
             ErrorKind::KeyConflict => 409,
             ErrorKind::InvalidConfig => 400,
@@ -139,7 +141,7 @@ impl ErrorKind {
             | ErrorKind::ResponseNotFound
             | ErrorKind::ObjectNotFound => "invalid_request_error",
             ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound => "not_found_error",
-            ErrorKind::AgentQueueFull => "rate_limit_error",
+            ErrorKind::AgentQueueFull | ErrorKind::PredictQueueFull => "rate_limit_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => "rate_limit_error",
@@ -180,6 +182,7 @@ impl ErrorKind {
             ErrorKind::AgentNotAllowed => "agent_not_allowed",
             ErrorKind::AgentNotFound => "agent_not_found",
             ErrorKind::AgentQueueFull => "agent_queue_full",
+            ErrorKind::PredictQueueFull => "predict_queue_full",
             ErrorKind::InstructionNotFound => "instruction_not_found",
             ErrorKind::AdminTokenInvalid => "invalid_admin_token",
             ErrorKind::AdminTokenRequired => "admin_token_required",
@@ -212,6 +215,7 @@ impl ErrorKind {
             | ErrorKind::AgentNotAllowed
             | ErrorKind::AgentNotFound
             | ErrorKind::AgentQueueFull
+            | ErrorKind::PredictQueueFull
             | ErrorKind::InstructionNotFound
             | ErrorKind::AdminTokenInvalid
             | ErrorKind::AdminTokenRequired
@@ -321,7 +325,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 32] = [
+    const ALL: [ErrorKind; 33] = [
+        ErrorKind::PredictQueueFull,
         ErrorKind::ObjectNotFound,
         ErrorKind::ResponseNotFound,
         ErrorKind::AgentNotAllowed,

@@ -50,7 +50,12 @@ pub(crate) fn validate(specs: &[KeySpec], config: &Config) -> Result<Vec<KeyConf
         keys: specs.to_vec(),
     })
     .map_err(|e| e.to_string())?;
-    let models: Vec<&str> = config.models.iter().map(|m| &*m.name).collect();
+    let models: Vec<&str> = config
+        .models
+        .iter()
+        .map(|m| &*m.name)
+        .chain(config.predictors.iter().map(|p| p.name.as_str()))
+        .collect();
     sluice_core::config::parse_keys(&text, "keys", &models).map_err(|errs| {
         errs.0
             .iter()

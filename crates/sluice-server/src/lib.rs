@@ -17,6 +17,7 @@ pub use hub_routes::gateway as hub_gateway;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod predict;
 pub mod proxy;
 pub mod reload;
 pub mod reply;

@@ -31,7 +31,7 @@ pub fn api(app: Arc<App>) -> Router {
         };
         router = router.route(m.route(), post(handler));
     }
-    crate::files::routes(router)
+    crate::predict::routes(crate::files::routes(router))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
@@ -265,6 +265,16 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics
         .refresh_targets(&snap.routes, &snap.config.providers);
     app.metrics.refresh_process();
+    for (name, p) in &app.predictors.by_name {
+        let labels = crate::metrics::predict::ModelLabels {
+            model: name.clone(),
+        };
+        app.metrics
+            .predict
+            .pending
+            .get_or_create(&labels)
+            .set(p.pending() as i64);
+    }
     if let Some(h) = &app.hub {
         app.metrics
             .agent_queue_depth

@@ -149,7 +149,15 @@ fn main() -> ExitCode {
             println!("{}", sluice_core::auth::token_hash_hex(&token));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { file } => match config::load_file(&file) {
+        Command::CheckConfig { file } => match config::load_file(&file).and_then(|c| {
+            // Every local model loads (operators, shapes, the file itself).
+            let errors = sluice_server::predict::check(&c);
+            if errors.is_empty() {
+                Ok(c)
+            } else {
+                Err(config::ConfigErrors(errors))
+            }
+        }) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} providers, {} models)",

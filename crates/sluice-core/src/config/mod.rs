@@ -8,12 +8,14 @@ mod env;
 mod files;
 mod keys;
 mod observability;
+mod predictors;
 mod providers;
 mod raw;
 mod redaction;
 mod server;
 mod shared;
 pub mod time;
+pub use predictors::PredictorConfig;
 mod validate;
 
 use std::fmt;
@@ -58,6 +60,8 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub responses: ResponsesConfig,
     pub files: FilesConfig,
+    /// Local models served at `/v1/predict` and `/v2/models/…`.
+    pub predictors: Vec<PredictorConfig>,
 }
 
 /// Where `/v1/files` and `/v1/batches` go.

@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub responses: RawResponses,
     #[serde(default)]
     pub files: RawFiles,
+    #[serde(default)]
+    pub predictors: Vec<Spanned<super::predictors::RawPredictor>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

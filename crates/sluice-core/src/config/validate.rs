@@ -130,10 +130,16 @@ pub(super) fn validate(
     let routing = routing(&mut c, &raw.routing);
     let logging = super::observability::logging(&mut c, &raw.logging);
     let telemetry = super::observability::telemetry(&mut c, &raw.telemetry, env);
+    // Keys may name routed models and local ones.
     let model_names: Vec<&str> = raw
         .models
         .iter()
         .map(|m| m.get_ref().name.get_ref().as_str())
+        .chain(
+            raw.predictors
+                .iter()
+                .map(|p| p.get_ref().name.get_ref().as_str()),
+        )
         .collect();
     let keys = super::keys::keys(&mut c, &raw.keys, &model_names);
     let admin_sha256 = raw.auth.admin_sha256.as_ref().and_then(|h| {
@@ -153,13 +159,13 @@ pub(super) fn validate(
     let agents = agents(&mut c, raw.agents.as_ref().unwrap_or(&Default::default()));
     // A file that serves nothing is a mistake (an empty file, a typo'd
     // table name): say so, unless it is a hub-only gateway.
-    if whole && raw.models.is_empty() && raw.agents.is_none() {
+    if whole && raw.models.is_empty() && raw.agents.is_none() && raw.predictors.is_empty() {
         c.errors.push(ConfigError {
             file: file.to_owned(),
             line: 1,
             column: 1,
             message: "no [[models]]: the gateway would serve nothing (add a [[models]] entry, \
-                      or an [agents] table for an agent hub alone)"
+                      a [[predictors]] entry, or an [agents] table for an agent hub alone)"
                 .into(),
         });
     }
@@ -347,6 +353,7 @@ pub(super) fn validate(
         ) as usize,
     );
     let files = super::files::files(&mut c, &raw.files, &providers);
+    let predictors = super::predictors::predictors(&mut c, &raw.predictors);
     let responses_redis = super::shared::backend(
         &mut c,
         raw.responses.backend.as_ref(),
@@ -380,6 +387,7 @@ pub(super) fn validate(
                 ttl: std::time::Duration::from_secs(responses_ttl * 3600),
             },
             files,
+            predictors,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,

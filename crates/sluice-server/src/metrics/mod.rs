@@ -73,6 +73,7 @@ pub struct TokenTypeLabels {
     pub gen_ai_token_type: &'static str,
 }
 
+pub mod predict;
 pub mod reload;
 
 pub use sluice_telemetry::OutcomeLabels;
@@ -145,6 +146,8 @@ pub struct Metrics {
     pub connections: crate::conn::ConnMetrics,
     /// Configuration reloads and the loaded file's hash.
     pub reload: reload::ReloadMetrics,
+    /// Local inference (`/v1/predict`, `/v2/models/…/infer`).
+    pub predict: std::sync::Arc<predict::PredictMetrics>,
     pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
@@ -198,6 +201,7 @@ impl Metrics {
         let connections = crate::conn::ConnMetrics::default();
         connections.precreate();
         let reload = reload::ReloadMetrics::default();
+        let predict = std::sync::Arc::new(predict::PredictMetrics::default());
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
@@ -251,6 +255,7 @@ impl Metrics {
         );
         connections.register(registry);
         reload.register(registry);
+        predict.register(registry);
         registry.register(
             "active_streams",
             "Streamed responses in flight",
@@ -414,6 +419,7 @@ impl Metrics {
             hub,
             connections,
             reload,
+            predict,
             agent_queue_depth,
             process_rss,
             process_cpu,

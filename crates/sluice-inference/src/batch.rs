@@ -1,0 +1,244 @@
+//! Dynamic batching: requests for one model wait in a bounded queue, and an
+//! inference thread merges what arrived — up to `max_batch_size` examples,
+//! or whatever came within `max_queue_delay` of the first — into one run,
+//! then splits the outputs back to their callers. Pending requests are
+//! counted with one atomic counter (no lock on the submit path beyond the
+//! channel's). Inference runs on its own threads, never on the async
+//! workers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::engine::{Data, Model};
+
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    pub max_batch_size: usize,
+    pub max_queue_delay: Duration,
+    pub threads: usize,
+    /// Requests waiting at most; more are refused.
+    pub queue_depth: usize,
+}
+
+/// What the batcher reports, for metrics.
+pub trait Observer: Send + Sync {
+    /// A batch of `size` examples ran in `took`.
+    fn batch(&self, model: &str, size: usize, took: Duration);
+    /// A request waited `waited` in the queue.
+    fn queued(&self, model: &str, waited: Duration);
+}
+
+/// The outputs for one request, or why there are none.
+pub type Answer = Result<Vec<Data>, String>;
+
+struct Job {
+    rows: usize,
+    inputs: Vec<Data>,
+    reply: oneshot::Sender<Answer>,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full.
+    QueueFull,
+    /// The inference threads are gone.
+    Stopped,
+}
+
+/// A model with its queue and inference threads.
+pub struct Predictor {
+    pub name: Arc<str>,
+    pub model: Arc<Model>,
+    pub config: BatchConfig,
+    tx: SyncSender<Job>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Predictor {
+    /// Starts the model's inference threads (they end when the predictor
+    /// is dropped).
+    pub fn start(
+        name: &str,
+        model: Arc<Model>,
+        config: BatchConfig,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_depth.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let name: Arc<str> = Arc::from(name);
+        for i in 0..config.threads.max(1) {
+            let w = Worker {
+                name: name.clone(),
+                model: model.clone(),
+                config: config.clone(),
+                rx: rx.clone(),
+                pending: pending.clone(),
+                observer: observer.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("predict-{name}-{i}"))
+                .spawn(move || w.run());
+            if let Err(e) = spawned {
+                tracing::error!(model = %name, error = %e, "could not start an inference thread");
+            }
+        }
+        Self {
+            name,
+            model,
+            config,
+            tx,
+            pending,
+        }
+    }
+
+    /// Queues `rows` examples; the receiver gets their outputs.
+    pub fn submit(
+        &self,
+        rows: usize,
+        inputs: Vec<Data>,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Answer>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            rows,
+            inputs,
+            reply,
+            enqueued: Instant::now(),
+            deadline,
+        };
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::QueueFull,
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+
+    /// Requests waiting for a batch.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+struct Worker {
+    name: Arc<str>,
+    model: Arc<Model>,
+    config: BatchConfig,
+    rx: Arc<Mutex<Receiver<Job>>>,
+    pending: Arc<AtomicUsize>,
+    observer: Arc<dyn Observer>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut carry: Option<Job> = None;
+        loop {
+            let Some(jobs) = self.gather(&mut carry) else {
+                return;
+            };
+            self.execute(jobs);
+        }
+    }
+
+    /// The next batch: the first job waiting (or the one left over from
+    /// the last batch), then whatever joins it in time and fits.
+    fn gather(&self, carry: &mut Option<Job>) -> Option<Vec<Job>> {
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let first = match carry.take() {
+            Some(j) => j,
+            None => {
+                let j = rx.recv().ok()?;
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                j
+            }
+        };
+        let until = first.enqueued + self.config.max_queue_delay;
+        let mut rows = first.rows;
+        let mut jobs = vec![first];
+        while rows < self.config.max_batch_size {
+            let left = until.saturating_duration_since(Instant::now());
+            let next = if left.is_zero() {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(left)
+            };
+            let Ok(j) = next else { break };
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            if rows + j.rows > self.config.max_batch_size {
+                *carry = Some(j);
+                break;
+            }
+            rows += j.rows;
+            jobs.push(j);
+        }
+        Some(jobs)
+    }
+
+    fn execute(&self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        // Callers that went away or ran out of time are not computed for.
+        let jobs: Vec<Job> = jobs
+            .into_iter()
+            .filter(|j| {
+                self.observer
+                    .queued(&self.name, now.saturating_duration_since(j.enqueued));
+                !j.reply.is_closed() && j.deadline.is_none_or(|d| d > now)
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let rows: usize = jobs.iter().map(|j| j.rows).sum();
+        let inputs: Vec<Data> = self
+            .model
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let mut d = Data::with_capacity(spec.dtype, rows * spec.per_row());
+                for j in &jobs {
+                    if let Some(x) = j.inputs.get(i) {
+                        d.extend(x);
+                    }
+                }
+                d
+            })
+            .collect();
+        let started = Instant::now();
+        let result = self.model.run(rows, &inputs);
+        self.observer.batch(&self.name, rows, started.elapsed());
+        match result {
+            Ok(outputs) => {
+                let mut at = 0;
+                for j in jobs {
+                    let mine = outputs
+                        .iter()
+                        .map(|o| {
+                            let per = o.len() / rows.max(1);
+                            o.slice(at * per..(at + j.rows) * per)
+                        })
+                        .collect();
+                    at += j.rows;
+                    let _ = j.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Local model serving: ONNX models run on the CPU by tract (pure Rust,
+//! compiled into the binary: no system library), behind a dynamic batcher
+//! per model. The server wires endpoints to [`Predictor`]s; it does not
+//! see the engine.
+
+pub mod batch;
+pub mod engine;
+
+pub use batch::{Answer, BatchConfig, Observer, Predictor, SubmitError};
+pub use engine::{DType, Data, Model, TensorSpec, load};

@@ -1,0 +1,254 @@
+//! The Open Inference Protocol (KServe v2; what Triton, KServe and MLServer
+//! clients speak), JSON form: health, model metadata and readiness, and
+//! `POST /v2/models/{name}/infer` with one or more examples per request.
+//! Errors are the protocol's `{"error": "…"}` with the HTTP status.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::StatusCode;
+use serde_json::{Value, json};
+use sluice_core::{ErrorKind, GatewayError};
+use sluice_inference::{Data, TensorSpec};
+
+use super::{bad, data_of, deadline, find, infer, json_of};
+use crate::app::App;
+use crate::extract::ApiPath;
+use crate::proxy::Recorder;
+
+pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
+    router
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer_handler))
+}
+
+/// The protocol's error body.
+fn error(e: &GatewayError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({"error": e.message}))).into_response()
+}
+
+async fn server_metadata() -> Response {
+    Json(json!({"name": "sluice", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
+        .into_response()
+}
+
+async fn live() -> Response {
+    Json(json!({"live": true})).into_response()
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let ok = app.ready.load(std::sync::atomic::Ordering::Acquire);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"ready": ok}))).into_response()
+}
+
+fn caller<'a>(
+    access: &'a crate::access::Access,
+    headers: &http::HeaderMap,
+) -> Result<Option<&'a sluice_core::config::KeyConfig>, GatewayError> {
+    crate::access::authenticate(access, headers)
+}
+
+fn tensor_json(t: &TensorSpec) -> Value {
+    let mut shape = vec![-1i64];
+    shape.extend(t.shape.iter().map(|&d| d as i64));
+    json!({"name": t.name, "datatype": t.dtype.oip_name(), "shape": shape})
+}
+
+async fn metadata(
+    State(app): State<Arc<App>>,
+    ApiPath(name): ApiPath<String>,
+    headers: http::HeaderMap,
+) -> Response {
+    let access = app.access.load_full();
+    let p = match caller(&access, &headers).and_then(|k| find(&app, k, &name)) {
+        Ok(p) => p,
+        Err(e) => return error(&e),
+    };
+    Json(json!({
+        "name": name,
+        "versions": ["1"],
+        "platform": "onnx_onnxv1",
+        "inputs": p.model.inputs.iter().map(tensor_json).collect::<Vec<_>>(),
+        "outputs": p.model.outputs.iter().map(tensor_json).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn model_ready(
+    State(app): State<Arc<App>>,
+    ApiPath(name): ApiPath<String>,
+    headers: http::HeaderMap,
+) -> Response {
+    let access = app.access.load_full();
+    match caller(&access, &headers).and_then(|k| find(&app, k, &name)) {
+        Ok(_) => Json(json!({"name": name, "ready": true})).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+async fn infer_handler(
+    State(app): State<Arc<App>>,
+    ApiPath(name): ApiPath<String>,
+    req: Request,
+) -> Response {
+    let mut rec = Recorder::start(&app, "/v2/models/{name}/infer");
+    rec.provider = Arc::from("local");
+    rec.model = Arc::from(name.as_str());
+    let (parts, body) = req.into_parts();
+    match run(&app, &mut rec, &name, &parts.headers, body).await {
+        Ok(v) => {
+            rec.set_status(200);
+            rec.finish();
+            Json(v).into_response()
+        }
+        Err(e) => {
+            let out = error(&e);
+            rec.set_status(out.status().as_u16());
+            rec.finish();
+            out
+        }
+    }
+}
+
+async fn run(
+    app: &Arc<App>,
+    rec: &mut Recorder,
+    name: &str,
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Value, GatewayError> {
+    let access = app.access.load_full();
+    let key = caller(&access, headers)?;
+    rec.key = key.map(|k| k.name.clone());
+    let p = find(app, key, name)?;
+    crate::extract::not_a_form(headers)?;
+    let server = &app.snapshot.load().config.server;
+    let body = crate::proxy::intake::read_body(
+        headers,
+        body,
+        server.max_body_bytes,
+        server.body_read_timeout,
+    )
+    .await?;
+    let req: Value = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::new(ErrorKind::InvalidJson, format!("malformed JSON: {e}")))?;
+    let given = req["inputs"]
+        .as_array()
+        .ok_or_else(|| bad("'inputs' must be an array of tensors"))?;
+    let (rows, inputs) = inputs_for(&p.model.inputs, given)?;
+    let out = infer(&p, rows, inputs, deadline(headers)).await?;
+    let wanted: Option<Vec<&str>> = req["outputs"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|x| x["name"].as_str()).collect());
+    let outputs: Vec<Value> = p
+        .model
+        .outputs
+        .iter()
+        .zip(&out)
+        .filter(|(spec, _)| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| w.contains(&spec.name.as_str()))
+        })
+        .map(|(spec, d)| output_json(spec, d, rows))
+        .collect();
+    let mut answer = json!({"model_name": name, "model_version": "1", "outputs": outputs});
+    if let Some(id) = req.get("id") {
+        answer["id"] = id.clone();
+    }
+    Ok(answer)
+}
+
+fn output_json(spec: &TensorSpec, d: &Data, rows: usize) -> Value {
+    let mut shape = vec![rows];
+    shape.extend(&spec.shape);
+    if spec.shape.contains(&0) {
+        // A dimension the model leaves open: from the data.
+        shape = vec![rows, d.len() / rows.max(1)];
+    }
+    json!({"name": spec.name, "datatype": d.dtype().oip_name(), "shape": shape, "data": json_of(d)})
+}
+
+/// The request's tensors in the model's input order, checked against the
+/// model (name, datatype, shape, element count); and the examples in them.
+fn inputs_for(specs: &[TensorSpec], given: &[Value]) -> Result<(usize, Vec<Data>), GatewayError> {
+    let mut rows = None;
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let t = given
+            .iter()
+            .find(|t| t["name"] == spec.name.as_str())
+            .or_else(|| (specs.len() == 1 && given.len() == 1).then(|| &given[i]))
+            .ok_or_else(|| bad(format!("missing input '{}'", spec.name)))?;
+        let dtype = t["datatype"].as_str().unwrap_or_default();
+        if dtype != spec.dtype.oip_name() {
+            return Err(bad(format!(
+                "input '{}': datatype {} expected, received '{dtype}'",
+                spec.name,
+                spec.dtype.oip_name()
+            )));
+        }
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| {
+                bad(format!(
+                    "input '{}': 'shape' must be an array of sizes",
+                    spec.name
+                ))
+            })?;
+        let expected_rest = &spec.shape;
+        // [rows, …] — or one example given without its batch dimension.
+        let (n, rest) = match shape.split_first() {
+            Some((n, rest)) if rest == expected_rest.as_slice() => (*n, rest),
+            _ if shape == *expected_rest => (1, shape.as_slice()),
+            _ => {
+                return Err(bad(format!(
+                    "input '{}': shape [batch, {}] expected, received {shape:?}",
+                    spec.name,
+                    expected_rest
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
+        let _ = rest;
+        let data = data_of(
+            &t["data"],
+            spec.dtype,
+            &format!("input '{}' data", spec.name),
+        )?;
+        if data.len() != n * spec.per_row() {
+            return Err(bad(format!(
+                "input '{}': shape {shape:?} holds {} values, received {}",
+                spec.name,
+                n * spec.per_row(),
+                data.len()
+            )));
+        }
+        if *rows.get_or_insert(n) != n {
+            return Err(bad("inputs disagree on the number of examples"));
+        }
+        out.push(data);
+    }
+    let rows = rows.unwrap_or(0);
+    if rows == 0 {
+        return Err(bad("no examples in the request"));
+    }
+    Ok((rows, out))
+}
