@@ -228,6 +228,25 @@ pub(crate) fn json_of(d: &Data) -> Value {
     }
 }
 
+/// A JSON request body within the body limits.
+pub(crate) async fn read_json(
+    app: &App,
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Value, GatewayError> {
+    crate::extract::not_a_form(headers)?;
+    let (max, timeout) = {
+        let snap = app.snapshot.load();
+        (
+            snap.config.server.max_body_bytes,
+            snap.config.server.body_read_timeout,
+        )
+    };
+    let body = crate::proxy::intake::read_body(headers, body, max, timeout).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::new(ErrorKind::InvalidJson, format!("malformed JSON: {e}")))
+}
+
 pub(crate) fn bad(message: impl Into<String>) -> GatewayError {
     GatewayError::new(ErrorKind::InvalidRequest, message.into())
 }
@@ -261,17 +280,7 @@ async fn predict_one(
     let access = app.access.load_full();
     let key = crate::access::authenticate(&access, headers)?;
     rec.key = key.map(|k| k.name.clone());
-    crate::extract::not_a_form(headers)?;
-    let server = &app.snapshot.load().config.server;
-    let body = crate::proxy::intake::read_body(
-        headers,
-        body,
-        server.max_body_bytes,
-        server.body_read_timeout,
-    )
-    .await?;
-    let req: Value = serde_json::from_slice(&body)
-        .map_err(|e| GatewayError::new(ErrorKind::InvalidJson, format!("malformed JSON: {e}")))?;
+    let req = read_json(app, headers, body).await?;
     let name = req["model"]
         .as_str()
         .ok_or_else(|| bad("missing required field 'model' (a string)").with_param("model"))?;

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
 use serde_json::{Value, json};
-use sluice_core::{ErrorKind, GatewayError};
+use sluice_core::GatewayError;
 use sluice_inference::{Data, TensorSpec};
 
 use super::{bad, data_of, deadline, find, infer, json_of};
@@ -134,17 +134,7 @@ async fn run(
     let key = caller(&access, headers)?;
     rec.key = key.map(|k| k.name.clone());
     let p = find(app, key, name)?;
-    crate::extract::not_a_form(headers)?;
-    let server = &app.snapshot.load().config.server;
-    let body = crate::proxy::intake::read_body(
-        headers,
-        body,
-        server.max_body_bytes,
-        server.body_read_timeout,
-    )
-    .await?;
-    let req: Value = serde_json::from_slice(&body)
-        .map_err(|e| GatewayError::new(ErrorKind::InvalidJson, format!("malformed JSON: {e}")))?;
+    let req = super::read_json(app, headers, body).await?;
     let given = req["inputs"]
         .as_array()
         .ok_or_else(|| bad("'inputs' must be an array of tensors"))?;
