@@ -5,10 +5,6 @@ wrk.headers["Content-Type"] = "application/json"
 -- Ignored unless the target has keys (the security run of bench/run.sh).
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
 
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
-end
+-- The JSON summary, from bench/summary.lua (found beside this script).
+local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(dir .. "summary.lua")

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::engine::{Data, Model};
+use crate::engine::{Data, Model, Shaped};
 
 #[derive(Clone, Debug)]
 pub struct BatchConfig {
@@ -22,6 +22,10 @@ pub struct BatchConfig {
     pub threads: usize,
     /// Requests waiting at most; more are refused.
     pub queue_depth: usize,
+    /// The inference threads' niceness (Linux: per thread; 0 = the
+    /// process's own): above 0, the async workers win the CPU when both
+    /// want it, so predict load does not stall the proxy.
+    pub nice: u8,
 }
 
 /// What the batcher reports, for metrics.
@@ -33,11 +37,18 @@ pub trait Observer: Send + Sync {
 }
 
 /// The outputs for one request, or why there are none.
-pub type Answer = Result<Vec<Data>, String>;
+pub type Answer = Result<Vec<Shaped>, String>;
+
+/// What a request asks to run.
+enum Work {
+    /// `rows` examples of a batched model, each input flat.
+    Rows(usize, Vec<Data>),
+    /// A request run alone, with its own shapes.
+    Alone(Vec<Shaped>),
+}
 
 struct Job {
-    rows: usize,
-    inputs: Vec<Data>,
+    work: Work,
     reply: oneshot::Sender<Answer>,
     enqueued: Instant,
     deadline: Option<Instant>,
@@ -98,17 +109,35 @@ impl Predictor {
         }
     }
 
-    /// Queues `rows` examples; the receiver gets their outputs.
+    /// Queues `rows` examples (of a batched model); the receiver gets
+    /// their outputs.
     pub fn submit(
         &self,
         rows: usize,
         inputs: Vec<Data>,
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<Answer>, SubmitError> {
+        self.queue(Work::Rows(rows, inputs), deadline)
+    }
+
+    /// Queues one run with the shapes given (checked by the caller with
+    /// [`Model::check`]); it is never merged with another.
+    pub fn submit_alone(
+        &self,
+        inputs: Vec<Shaped>,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Answer>, SubmitError> {
+        self.queue(Work::Alone(inputs), deadline)
+    }
+
+    fn queue(
+        &self,
+        work: Work,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Answer>, SubmitError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            rows,
-            inputs,
+            work,
             reply,
             enqueued: Instant::now(),
             deadline,
@@ -143,6 +172,13 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        if self.config.nice > 0 {
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), self.config.nice.into())
+            {
+                tracing::warn!(model = %self.name, error = %e, "could not lower the inference thread's priority");
+            }
+        }
         let mut carry: Option<Job> = None;
         loop {
             let Some(jobs) = self.gather(&mut carry) else {
@@ -164,8 +200,10 @@ impl Worker {
                 j
             }
         };
+        let Work::Rows(mut rows, _) = first.work else {
+            return Some(vec![first]);
+        };
         let until = first.enqueued + self.config.max_queue_delay;
-        let mut rows = first.rows;
         let mut jobs = vec![first];
         while rows < self.config.max_batch_size {
             let left = until.saturating_duration_since(Instant::now());
@@ -176,12 +214,16 @@ impl Worker {
             };
             let Ok(j) = next else { break };
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            if rows + j.rows > self.config.max_batch_size {
-                *carry = Some(j);
-                break;
+            match j.work {
+                Work::Rows(n, _) if rows + n <= self.config.max_batch_size => {
+                    rows += n;
+                    jobs.push(j);
+                }
+                _ => {
+                    *carry = Some(j);
+                    break;
+                }
             }
-            rows += j.rows;
-            jobs.push(j);
         }
         Some(jobs)
     }
@@ -189,7 +231,7 @@ impl Worker {
     fn execute(&self, jobs: Vec<Job>) {
         let now = Instant::now();
         // Callers that went away or ran out of time are not computed for.
-        let jobs: Vec<Job> = jobs
+        let mut jobs: Vec<Job> = jobs
             .into_iter()
             .filter(|j| {
                 self.observer
@@ -200,7 +242,27 @@ impl Worker {
         if jobs.is_empty() {
             return;
         }
-        let rows: usize = jobs.iter().map(|j| j.rows).sum();
+        if let [only] = jobs.as_slice()
+            && matches!(only.work, Work::Alone(_))
+            && let Some(j) = jobs.pop()
+            && let Work::Alone(inputs) = &j.work
+        {
+            let started = Instant::now();
+            let result = self.model.run_shaped(inputs);
+            self.observer.batch(&self.name, 1, started.elapsed());
+            let _ = j.reply.send(result);
+            return;
+        }
+        self.run_rows(jobs);
+    }
+
+    /// One run of the examples of `jobs` (all `Work::Rows`), split back.
+    fn run_rows(&self, jobs: Vec<Job>) {
+        let rows_of = |j: &Job| match &j.work {
+            Work::Rows(n, _) => *n,
+            Work::Alone(_) => 0,
+        };
+        let rows: usize = jobs.iter().map(rows_of).sum();
         let inputs: Vec<Data> = self
             .model
             .inputs
@@ -209,7 +271,9 @@ impl Worker {
             .map(|(i, spec)| {
                 let mut d = Data::with_capacity(spec.dtype, rows * spec.per_row());
                 for j in &jobs {
-                    if let Some(x) = j.inputs.get(i) {
+                    if let Work::Rows(_, x) = &j.work
+                        && let Some(x) = x.get(i)
+                    {
                         d.extend(x);
                     }
                 }
@@ -223,14 +287,9 @@ impl Worker {
             Ok(outputs) => {
                 let mut at = 0;
                 for j in jobs {
-                    let mine = outputs
-                        .iter()
-                        .map(|o| {
-                            let per = o.len() / rows.max(1);
-                            o.slice(at * per..(at + j.rows) * per)
-                        })
-                        .collect();
-                    at += j.rows;
+                    let n = rows_of(&j);
+                    let mine = outputs.iter().map(|o| o.rows(at..at + n)).collect();
+                    at += n;
                     let _ = j.reply.send(Ok(mine));
                 }
             }

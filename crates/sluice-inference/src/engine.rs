@@ -1,6 +1,8 @@
-//! ONNX models on the CPU with tract (pure Rust, compiled in): loaded
-//! once with a symbolic batch dimension on every input, optimized, and run
-//! on whole batches.
+//! ONNX models on the CPU with tract (pure Rust, compiled in): loaded once
+//! with the shapes the file declares (dimensions it leaves open become
+//! symbols), optimized, and run on whole batches — or, for a model whose
+//! inputs do not share a leading batch dimension, one request at a time
+//! with the shapes the request gives.
 
 use std::path::Path;
 
@@ -8,155 +10,71 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-/// The element types the endpoints take and give.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    I64,
-    I32,
-    U8,
+pub use crate::data::{DType, Data, Shaped};
+
+/// One dimension of a model's input or output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// The batch dimension: examples of a batched model.
+    Batch,
+    /// A size the model fixes.
+    Fixed(usize),
+    /// A size the request chooses (inputs sharing a name share the size).
+    Open(String),
 }
 
-impl DType {
-    /// The Open Inference Protocol's name (`FP32`, `INT64`, …).
-    pub fn oip_name(self) -> &'static str {
-        match self {
-            Self::F32 => "FP32",
-            Self::I64 => "INT64",
-            Self::I32 => "INT32",
-            Self::U8 => "UINT8",
-        }
-    }
-
-    pub fn from_oip(name: &str) -> Option<Self> {
-        Some(match name {
-            "FP32" => Self::F32,
-            "INT64" => Self::I64,
-            "INT32" => Self::I32,
-            "UINT8" => Self::U8,
-            _ => return None,
-        })
-    }
-
-    fn of(dt: DatumType) -> Option<Self> {
-        Some(match dt {
-            DatumType::F32 => Self::F32,
-            DatumType::I64 => Self::I64,
-            DatumType::I32 => Self::I32,
-            DatumType::U8 => Self::U8,
-            _ => return None,
-        })
-    }
-}
-
-/// A model input or output: its name, element type and shape without the
-/// batch dimension.
+/// A model input or output: its name, element type and dimensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
-    pub shape: Vec<usize>,
+    pub dims: Vec<Dim>,
 }
 
 impl TensorSpec {
-    /// Elements in one example.
+    /// The shape of one example: without the batch dimension, open sizes
+    /// as 0.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims
+            .iter()
+            .filter(|d| **d != Dim::Batch)
+            .map(|d| match d {
+                Dim::Fixed(n) => *n,
+                _ => 0,
+            })
+            .collect()
+    }
+
+    /// Elements in one example (0 when a size is open).
     pub fn per_row(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// A tensor's elements, flat and row-major.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Data {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-    I32(Vec<i32>),
-    U8(Vec<u8>),
-}
-
-impl Data {
-    pub fn len(&self) -> usize {
-        match self {
-            Self::F32(v) => v.len(),
-            Self::I64(v) => v.len(),
-            Self::I32(v) => v.len(),
-            Self::U8(v) => v.len(),
-        }
+        self.shape().iter().product()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Every size but the batch is fixed.
+    pub fn is_fixed(&self) -> bool {
+        self.dims.iter().all(|d| !matches!(d, Dim::Open(_)))
     }
 
-    pub fn dtype(&self) -> DType {
-        match self {
-            Self::F32(_) => DType::F32,
-            Self::I64(_) => DType::I64,
-            Self::I32(_) => DType::I32,
-            Self::U8(_) => DType::U8,
-        }
-    }
-
-    /// An empty tensor of `dtype` with room for `n` elements.
-    pub fn with_capacity(dtype: DType, n: usize) -> Self {
-        match dtype {
-            DType::F32 => Self::F32(Vec::with_capacity(n)),
-            DType::I64 => Self::I64(Vec::with_capacity(n)),
-            DType::I32 => Self::I32(Vec::with_capacity(n)),
-            DType::U8 => Self::U8(Vec::with_capacity(n)),
-        }
-    }
-
-    /// Appends `other` (of the same type; a different one is ignored).
-    pub fn extend(&mut self, other: &Data) {
-        match (self, other) {
-            (Self::F32(a), Self::F32(b)) => a.extend_from_slice(b),
-            (Self::I64(a), Self::I64(b)) => a.extend_from_slice(b),
-            (Self::I32(a), Self::I32(b)) => a.extend_from_slice(b),
-            (Self::U8(a), Self::U8(b)) => a.extend_from_slice(b),
-            _ => {}
-        }
-    }
-
-    /// Elements `range` as their own tensor.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Data {
-        match self {
-            Self::F32(v) => Self::F32(v[range].to_vec()),
-            Self::I64(v) => Self::I64(v[range].to_vec()),
-            Self::I32(v) => Self::I32(v[range].to_vec()),
-            Self::U8(v) => Self::U8(v[range].to_vec()),
-        }
-    }
-
-    fn tensor(&self, shape: &[usize]) -> TractResult<Tensor> {
-        match self {
-            Self::F32(v) => Tensor::from_shape(shape, v),
-            Self::I64(v) => Tensor::from_shape(shape, v),
-            Self::I32(v) => Tensor::from_shape(shape, v),
-            Self::U8(v) => Tensor::from_shape(shape, v),
-        }
-    }
-
-    fn of(t: &Tensor) -> TractResult<Data> {
-        let v = t.try_as_plain_ram()?;
-        Ok(match t.datum_type() {
-            DatumType::I64 => Self::I64(v.as_slice::<i64>()?.to_vec()),
-            DatumType::I32 => Self::I32(v.as_slice::<i32>()?.to_vec()),
-            DatumType::U8 => Self::U8(v.as_slice::<u8>()?.to_vec()),
-            DatumType::F32 => Self::F32(v.as_slice::<f32>()?.to_vec()),
-            _ => {
-                let f = t.cast_to::<f32>()?;
-                Self::F32(f.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
-            }
-        })
+    /// The Open Inference Protocol's shape: -1 for sizes the request picks.
+    pub fn oip_shape(&self) -> Vec<i64> {
+        self.dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n as i64,
+                _ => -1,
+            })
+            .collect()
     }
 }
 
 type Plan = std::sync::Arc<TypedSimplePlan>;
 
-/// A loaded model, ready to run batches.
+/// A loaded model, ready to run.
 pub struct Model {
     plan: Plan,
+    /// Every input and output leads with one batch dimension, so requests
+    /// can be merged into one run.
+    pub batched: bool,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }
@@ -164,6 +82,7 @@ pub struct Model {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
+            .field("batched", &self.batched)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .finish()
@@ -172,95 +91,199 @@ impl std::fmt::Debug for Model {
 
 /// Loads an ONNX model. The message of an error says what is wrong: a
 /// missing or unreadable file, an operator the engine cannot run, an input
-/// whose shape is not known past its batch dimension.
+/// of a type or shape that cannot be served.
 pub fn load(path: &Path) -> Result<Model, String> {
     let mut model = tract_onnx::onnx()
         .model_for_path(path)
         .map_err(|e| format!("cannot read the ONNX model: {e:#}"))?;
-    let batch = model.symbols.sym("N");
-    let mut inputs = Vec::new();
+    let mut declared = Vec::new();
     for i in 0..model.inputs.len() {
-        let fact = model.input_fact(i).map_err(|e| format!("{e:#}"))?.clone();
-        let name = model.node(model.inputs[i].node).name.clone();
-        let dt = fact
-            .datum_type
-            .concretize()
-            .ok_or_else(|| format!("input '{name}' has no known element type"))?;
-        let dtype = DType::of(dt).ok_or_else(|| {
-            format!("input '{name}' is {dt:?}: only f32, i64, i32 and u8 inputs are served")
-        })?;
-        let dims: Vec<TDim> = fact
-            .shape
-            .dims()
-            .map(|d| d.concretize())
-            .collect::<Option<_>>()
-            .ok_or_else(|| format!("input '{name}' has no known shape"))?;
-        let rest: Vec<usize> = dims
-            .iter()
-            .skip(1)
-            .map(|d| d.to_usize().ok())
-            .collect::<Option<_>>()
-            .filter(|_| !dims.is_empty())
-            .ok_or_else(|| format!("input '{name}' must be [batch, fixed dimensions…]"))?;
-        let mut shape: TVec<TDim> = tvec![batch.to_dim()];
-        shape.extend(rest.iter().map(|&d| d.to_dim()));
+        let (spec, dt, dims) = declared_input(&mut model, i)?;
         model
-            .set_input_fact(i, InferenceFact::dt_shape(dt, shape))
+            .set_input_fact(i, InferenceFact::dt_shape(dt, dims.clone()))
             .map_err(|e| format!("{e:#}"))?;
-        inputs.push(TensorSpec {
-            name,
-            dtype,
-            shape: rest,
-        });
+        declared.push((spec, dims));
     }
+    let batch = shared_batch(&declared);
     let typed = model
         .into_optimized()
         .map_err(|e| format!("the engine cannot run this model: {e:#}"))?;
     let mut outputs = Vec::new();
     for (i, outlet) in typed.outputs.iter().enumerate() {
         let fact = typed.output_fact(i).map_err(|e| format!("{e:#}"))?;
-        let name = typed.node(outlet.node).name.clone();
+        // The graph's output name (the tensor's), not its node's.
+        let name = typed
+            .outlet_label(*outlet)
+            .map_or_else(|| typed.node(outlet.node).name.clone(), str::to_owned);
         let dtype = DType::of(fact.datum_type).unwrap_or(DType::F32);
-        let shape = fact
-            .shape
-            .iter()
-            .skip(1)
-            .map(|d| d.to_usize().unwrap_or(0))
-            .collect();
-        outputs.push(TensorSpec { name, dtype, shape });
+        let dims = fact.shape.iter().map(dim_of).collect();
+        outputs.push((TensorSpec { name, dtype, dims }, fact.shape.to_tvec()));
     }
+    // Batched only if every output leads with the batch too: otherwise a
+    // merged run could not be split back.
+    let batch = batch.filter(|b| {
+        outputs
+            .iter()
+            .all(|(_, dims)| dims.first() == Some(&b.to_dim()))
+    });
+    let mark = |mut spec: TensorSpec| {
+        if batch.is_some() {
+            spec.dims[0] = Dim::Batch;
+        }
+        spec
+    };
+    let inputs = declared.into_iter().map(|(s, _)| mark(s)).collect();
+    let outputs = outputs.into_iter().map(|(s, _)| mark(s)).collect();
     let plan = typed
         .into_runnable()
         .map_err(|e| format!("the engine cannot run this model: {e:#}"))?;
     Ok(Model {
         plan,
+        batched: batch.is_some(),
         inputs,
         outputs,
     })
 }
 
+/// Input `i` as the file declares it; a size it leaves unknown becomes a
+/// symbol of its own.
+fn declared_input(
+    model: &mut InferenceModel,
+    i: usize,
+) -> Result<(TensorSpec, DatumType, TVec<TDim>), String> {
+    let fact = model.input_fact(i).map_err(|e| format!("{e:#}"))?.clone();
+    let name = model.node(model.inputs[i].node).name.clone();
+    let dt = fact
+        .datum_type
+        .concretize()
+        .ok_or_else(|| format!("input '{name}' has no known element type"))?;
+    let dtype = DType::of(dt).ok_or_else(|| {
+        format!("input '{name}' is {dt:?}: only f32, i64, i32 and u8 inputs are served")
+    })?;
+    if fact.shape.is_open() {
+        return Err(format!("input '{name}' has no known rank"));
+    }
+    let dims: TVec<TDim> = fact
+        .shape
+        .dims()
+        .enumerate()
+        .map(|(k, d)| {
+            d.concretize()
+                .unwrap_or_else(|| model.symbols.sym(&format!("{name}_{k}")).to_dim())
+        })
+        .collect();
+    let spec = TensorSpec {
+        name,
+        dtype,
+        dims: dims.iter().map(dim_of).collect(),
+    };
+    Ok((spec, dt, dims))
+}
+
+/// The symbol every input leads with, when all other sizes are fixed.
+fn shared_batch(inputs: &[(TensorSpec, TVec<TDim>)]) -> Option<Symbol> {
+    let mut batch: Option<Symbol> = None;
+    for (_, dims) in inputs {
+        let (TDim::Sym(s), rest) = dims.split_first()? else {
+            return None;
+        };
+        if batch.get_or_insert_with(|| s.clone()) != s || rest.iter().any(|d| d.to_usize().is_err())
+        {
+            return None;
+        }
+    }
+    batch
+}
+
+fn dim_of(d: &TDim) -> Dim {
+    match d.to_usize() {
+        Ok(n) => Dim::Fixed(n),
+        Err(_) => Dim::Open(d.to_string()),
+    }
+}
+
 impl Model {
-    /// Runs `rows` examples at once: each input holds `rows` examples,
-    /// flat; each output likewise.
-    pub fn run(&self, rows: usize, inputs: &[Data]) -> Result<Vec<Data>, String> {
+    /// Runs `rows` examples at once on a batched model: each input holds
+    /// `rows` examples, flat; each output likewise.
+    pub fn run(&self, rows: usize, inputs: &[Data]) -> Result<Vec<Shaped>, String> {
         let tensors: TVec<TValue> = inputs
             .iter()
             .zip(&self.inputs)
             .map(|(d, spec)| {
-                let mut shape = Vec::with_capacity(spec.shape.len() + 1);
+                let mut shape = Vec::with_capacity(spec.dims.len());
                 shape.push(rows);
-                shape.extend_from_slice(&spec.shape);
+                shape.extend(spec.shape());
                 d.tensor(&shape).map(IntoTValue::into_tvalue)
             })
             .collect::<TractResult<_>>()
             .map_err(|e| format!("{e:#}"))?;
+        self.execute(tensors)
+    }
+
+    /// Runs one request with the shapes it gives (checked with
+    /// [`Model::check`]).
+    pub fn run_shaped(&self, inputs: &[Shaped]) -> Result<Vec<Shaped>, String> {
+        let tensors: TVec<TValue> = inputs
+            .iter()
+            .map(|t| t.data.tensor(&t.shape).map(IntoTValue::into_tvalue))
+            .collect::<TractResult<_>>()
+            .map_err(|e| format!("{e:#}"))?;
+        self.execute(tensors)
+    }
+
+    fn execute(&self, tensors: TVec<TValue>) -> Result<Vec<Shaped>, String> {
         let out = self
             .plan
             .run(tensors)
             .map_err(|e| format!("inference failed: {e:#}"))?;
         out.iter()
-            .map(|t| Data::of(t))
+            .map(|t| Shaped::of(t))
             .collect::<TractResult<_>>()
             .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Whether `inputs` (in the model's order) fit it: element types,
+    /// ranks, fixed sizes, open sizes the same wherever they share a name,
+    /// and as many elements as each shape holds.
+    pub fn check(&self, inputs: &[Shaped]) -> Result<(), String> {
+        let mut open: Vec<(&str, usize)> = Vec::new();
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            let name = &spec.name;
+            if t.data.dtype() != spec.dtype {
+                return Err(format!(
+                    "input '{name}': datatype {} expected, received {}",
+                    spec.dtype.oip_name(),
+                    t.data.dtype().oip_name()
+                ));
+            }
+            let fits = t.shape.len() == spec.dims.len()
+                && spec.dims.iter().zip(&t.shape).all(|(d, &n)| match d {
+                    Dim::Fixed(f) => *f == n,
+                    Dim::Batch => true,
+                    Dim::Open(sym) => match open.iter().find(|(s, _)| *s == sym.as_str()) {
+                        Some((_, m)) => *m == n,
+                        None => {
+                            open.push((sym.as_str(), n));
+                            true
+                        }
+                    },
+                });
+            if !fits {
+                return Err(format!(
+                    "input '{name}': shape {:?} expected (-1: any size, the same for the same name), received {:?}",
+                    spec.oip_shape(),
+                    t.shape
+                ));
+            }
+            let holds: usize = t.shape.iter().product();
+            if holds != t.data.len() {
+                return Err(format!(
+                    "input '{name}': shape {:?} holds {holds} values, received {}",
+                    t.shape,
+                    t.data.len()
+                ));
+            }
+        }
+        Ok(())
     }
 }

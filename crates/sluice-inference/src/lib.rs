@@ -4,7 +4,8 @@
 //! see the engine.
 
 pub mod batch;
+mod data;
 pub mod engine;
 
 pub use batch::{Answer, BatchConfig, Observer, Predictor, SubmitError};
-pub use engine::{DType, Data, Model, TensorSpec, load};
+pub use engine::{DType, Data, Dim, Model, Shaped, TensorSpec, load};

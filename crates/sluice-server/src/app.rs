@@ -123,8 +123,9 @@ pub struct App {
     pub audit: Option<crate::audit::Auditor>,
     /// Stored Responses (`previous_response_id`, `GET /v1/responses/{id}`).
     pub responses: Arc<crate::responses_store::ResponseStore>,
-    /// Local models (`[[predictors]]`), loaded at start.
-    pub predictors: crate::predict::Predictors,
+    /// Local models (`[[predictors]]`), loaded at start and swapped on a
+    /// reload.
+    pub predictors: ArcSwap<crate::predict::Predictors>,
     /// Files and batches kept in memory when `[files]` names the mock.
     pub local_files: crate::files::LocalFiles,
     /// Where the configuration came from, for reloads.
@@ -198,10 +199,10 @@ impl App {
             responses = responses.with_redis(conn, config.responses.ttl);
         }
         let responses = Arc::new(responses);
-        let predictors = crate::predict::load(&config, metrics.predict.clone())
+        let predictors = crate::predict::load(&config, metrics.predict.clone(), None)
             .map_err(|errs| anyhow::anyhow!(sluice_core::config::ConfigErrors(errs).to_string()))?;
         Ok(Arc::new(Self {
-            predictors,
+            predictors: ArcSwap::from_pointee(predictors),
             responses,
             local_files: crate::files::LocalFiles::default(),
             source,

@@ -90,11 +90,24 @@ fn try_reload(
     }
     let snapshot = Snapshot::build_from(config, Some(&prev)).map_err(|e| e.message.to_string())?;
     let models = snapshot.config.models.len();
+    // Models whose entry or file changed are loaded before anything is
+    // swapped: one that fails refuses the reload, the running ones stay.
+    let predictors = {
+        let running = app.predictors.load();
+        let metrics = app.metrics.predict.clone();
+        let load = || crate::predict::load(&snapshot.config, metrics, Some(&running));
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
+            _ => load(),
+        }
+        .map_err(|errs| config::ConfigErrors(errs).to_string())?
+    };
     let access = app.access.load();
     let access = Access::build(&snapshot.config, api_keys, Some(&access));
     // Keys first: a request that sees the new routes sees the new keys.
     app.access.store(Arc::new(access));
     app.snapshot.store(Arc::new(snapshot));
+    app.predictors.store(Arc::new(predictors));
     *key_specs = specs;
     for m in moved {
         let _ = app.source.moves.send(m);

@@ -265,7 +265,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics
         .refresh_targets(&snap.routes, &snap.config.providers);
     app.metrics.refresh_process();
-    for (name, p) in &app.predictors.by_name {
+    for (name, p) in &app.predictors.load().by_name {
         let labels = crate::metrics::predict::ModelLabels {
             model: name.clone(),
         };

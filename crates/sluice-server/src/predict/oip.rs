@@ -12,12 +12,11 @@ use axum::{Json, Router};
 use http::StatusCode;
 use serde_json::{Value, json};
 use sluice_core::GatewayError;
-use sluice_inference::{Data, TensorSpec};
+use sluice_inference::{Data, Shaped, TensorSpec};
 
-use super::{bad, data_of, deadline, find, infer, json_of};
+use super::{Call, bad, data_of, deadline, find, infer, infer_alone, json_of};
 use crate::app::App;
 use crate::extract::ApiPath;
-use crate::proxy::Recorder;
 
 pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
     router
@@ -30,7 +29,7 @@ pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
 }
 
 /// The protocol's error body.
-fn error(e: &GatewayError) -> Response {
+pub(crate) fn error(e: &GatewayError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(json!({"error": e.message}))).into_response()
 }
@@ -62,9 +61,7 @@ fn caller<'a>(
 }
 
 fn tensor_json(t: &TensorSpec) -> Value {
-    let mut shape = vec![-1i64];
-    shape.extend(t.shape.iter().map(|&d| d as i64));
-    json!({"name": t.name, "datatype": t.dtype.oip_name(), "shape": shape})
+    json!({"name": t.name, "datatype": t.dtype.oip_name(), "shape": t.oip_shape()})
 }
 
 async fn metadata(
@@ -104,42 +101,31 @@ async fn infer_handler(
     ApiPath(name): ApiPath<String>,
     req: Request,
 ) -> Response {
-    let mut rec = Recorder::start(&app, "/v2/models/{name}/infer");
-    rec.provider = Arc::from("local");
-    rec.model = Arc::from(name.as_str());
     let (parts, body) = req.into_parts();
-    match run(&app, &mut rec, &name, &parts.headers, body).await {
-        Ok(v) => {
-            rec.set_status(200);
-            rec.finish();
-            Json(v).into_response()
-        }
-        Err(e) => {
-            let out = error(&e);
-            rec.set_status(out.status().as_u16());
-            rec.finish();
-            out
-        }
-    }
+    let mut call = Call::start(&app, "/v2/models/{name}/infer", &parts.headers);
+    let result = run(&app, &mut call, &name, &parts.headers, body).await;
+    call.respond(result, true)
 }
 
 async fn run(
     app: &Arc<App>,
-    rec: &mut Recorder,
+    call: &mut Call,
     name: &str,
     headers: &http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Value, GatewayError> {
-    let access = app.access.load_full();
-    let key = caller(&access, headers)?;
-    rec.key = key.map(|k| k.name.clone());
-    let p = find(app, key, name)?;
+    let p = call.admit(app, headers, name).await?;
     let req = super::read_json(app, headers, body).await?;
     let given = req["inputs"]
         .as_array()
         .ok_or_else(|| bad("'inputs' must be an array of tensors"))?;
-    let (rows, inputs) = inputs_for(&p.model.inputs, given)?;
-    let out = infer(&p, rows, inputs, deadline(headers)).await?;
+    let out = if p.model.batched {
+        let (rows, inputs) = inputs_for(&p.model.inputs, given)?;
+        infer(&p, rows, inputs, deadline(headers)).await?
+    } else {
+        let inputs = shaped_inputs(&p.model.inputs, given)?;
+        infer_alone(&p, inputs, deadline(headers)).await?
+    };
     let wanted: Option<Vec<&str>> = req["outputs"]
         .as_array()
         .map(|o| o.iter().filter_map(|x| x["name"].as_str()).collect());
@@ -153,7 +139,14 @@ async fn run(
                 .as_ref()
                 .is_none_or(|w| w.contains(&spec.name.as_str()))
         })
-        .map(|(spec, d)| output_json(spec, d, rows))
+        .map(|(spec, t)| {
+            json!({
+                "name": spec.name,
+                "datatype": t.data.dtype().oip_name(),
+                "shape": t.shape,
+                "data": json_of(&t.data),
+            })
+        })
         .collect();
     let mut answer = json!({"model_name": name, "model_version": "1", "outputs": outputs});
     if let Some(id) = req.get("id") {
@@ -162,14 +155,62 @@ async fn run(
     Ok(answer)
 }
 
-fn output_json(spec: &TensorSpec, d: &Data, rows: usize) -> Value {
-    let mut shape = vec![rows];
-    shape.extend(&spec.shape);
-    if spec.shape.contains(&0) {
-        // A dimension the model leaves open: from the data.
-        shape = vec![rows, d.len() / rows.max(1)];
+/// The request's tensor for `spec`: by name, or the only one for a
+/// model with one input.
+fn given_for<'a>(
+    specs: &[TensorSpec],
+    i: usize,
+    given: &'a [Value],
+) -> Result<&'a Value, GatewayError> {
+    let spec = &specs[i];
+    given
+        .iter()
+        .find(|t| t["name"] == spec.name.as_str())
+        .or_else(|| (specs.len() == 1 && given.len() == 1).then(|| &given[0]))
+        .ok_or_else(|| bad(format!("missing input '{}'", spec.name)))
+}
+
+fn datatype_of(spec: &TensorSpec, t: &Value) -> Result<(), GatewayError> {
+    let dtype = t["datatype"].as_str().unwrap_or_default();
+    if dtype != spec.dtype.oip_name() {
+        return Err(bad(format!(
+            "input '{}': datatype {} expected, received '{dtype}'",
+            spec.name,
+            spec.dtype.oip_name()
+        )));
     }
-    json!({"name": spec.name, "datatype": d.dtype().oip_name(), "shape": shape, "data": json_of(d)})
+    Ok(())
+}
+
+fn shape_of(spec: &TensorSpec, t: &Value) -> Result<Vec<usize>, GatewayError> {
+    t["shape"]
+        .as_array()
+        .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+        .ok_or_else(|| {
+            bad(format!(
+                "input '{}': 'shape' must be an array of sizes",
+                spec.name
+            ))
+        })
+}
+
+/// For a model without a batch dimension: every input with the shape the
+/// request gives (checked against the model before it runs).
+fn shaped_inputs(specs: &[TensorSpec], given: &[Value]) -> Result<Vec<Shaped>, GatewayError> {
+    (0..specs.len())
+        .map(|i| {
+            let spec = &specs[i];
+            let t = given_for(specs, i, given)?;
+            datatype_of(spec, t)?;
+            let shape = shape_of(spec, t)?;
+            let data = data_of(
+                &t["data"],
+                spec.dtype,
+                &format!("input '{}' data", spec.name),
+            )?;
+            Ok(Shaped { shape, data })
+        })
+        .collect()
 }
 
 /// The request's tensors in the model's input order, checked against the
@@ -178,33 +219,14 @@ fn inputs_for(specs: &[TensorSpec], given: &[Value]) -> Result<(usize, Vec<Data>
     let mut rows = None;
     let mut out = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        let t = given
-            .iter()
-            .find(|t| t["name"] == spec.name.as_str())
-            .or_else(|| (specs.len() == 1 && given.len() == 1).then(|| &given[i]))
-            .ok_or_else(|| bad(format!("missing input '{}'", spec.name)))?;
-        let dtype = t["datatype"].as_str().unwrap_or_default();
-        if dtype != spec.dtype.oip_name() {
-            return Err(bad(format!(
-                "input '{}': datatype {} expected, received '{dtype}'",
-                spec.name,
-                spec.dtype.oip_name()
-            )));
-        }
-        let shape: Vec<usize> = t["shape"]
-            .as_array()
-            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-            .ok_or_else(|| {
-                bad(format!(
-                    "input '{}': 'shape' must be an array of sizes",
-                    spec.name
-                ))
-            })?;
-        let expected_rest = &spec.shape;
+        let t = given_for(specs, i, given)?;
+        datatype_of(spec, t)?;
+        let shape = shape_of(spec, t)?;
+        let expected_rest = spec.shape();
         // [rows, …] — or one example given without its batch dimension.
-        let (n, rest) = match shape.split_first() {
-            Some((n, rest)) if rest == expected_rest.as_slice() => (*n, rest),
-            _ if shape == *expected_rest => (1, shape.as_slice()),
+        let n = match shape.split_first() {
+            Some((n, rest)) if rest == expected_rest.as_slice() => *n,
+            _ if shape == expected_rest => 1,
             _ => {
                 return Err(bad(format!(
                     "input '{}': shape [batch, {}] expected, received {shape:?}",
@@ -217,7 +239,6 @@ fn inputs_for(specs: &[TensorSpec], given: &[Value]) -> Result<(usize, Vec<Data>
                 )));
             }
         };
-        let _ = rest;
         let data = data_of(
             &t["data"],
             spec.dtype,

@@ -12,7 +12,7 @@ use sluice_core::{ErrorKind, GatewayError};
 
 pub use crate::extract::read_body;
 
-pub(super) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's own deadline for the whole request, in seconds (e.g. `2.5`).
 /// It can only narrow the route's timeout.
 static REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout");
@@ -46,7 +46,7 @@ pub(super) fn client_timeout(h: &HeaderMap) -> Result<Option<Duration>, GatewayE
 }
 
 /// The client's `x-request-id` when it is sane, else a fresh one.
-pub(super) fn request_id(h: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(h: &HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&REQUEST_ID)
         && !v.is_empty()
         && v.len() <= 128

@@ -32,10 +32,11 @@ use sluice_providers::translate::Wire;
 use tokio::time::Instant;
 
 use crate::app::App;
+pub(crate) use admit::{RateInfo, rate_limit};
 use call::Call;
 pub use call::operation_name;
 pub use deliver::copy_response_headers;
-use intake::REQUEST_ID;
+pub(crate) use intake::REQUEST_ID;
 pub use record::Recorder;
 
 /// A request for the proxy path.

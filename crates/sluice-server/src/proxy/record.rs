@@ -167,6 +167,13 @@ impl Recorder {
         self.stream_failed = true;
     }
 
+    /// Counts `e` as the answer (its status and code), for a caller that
+    /// renders its own body.
+    pub fn set_error(&mut self, e: &GatewayError) {
+        self.status = e.status();
+        self.error_code = Some(e.kind.code());
+    }
+
     /// Counts `e` as the answer and renders it as the OpenAI error body.
     pub fn reply_error(mut self, e: &GatewayError) -> Response<Body> {
         self.status = e.status();
