@@ -33,6 +33,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 300); do curl -fs "http://127.0.0.1:$1$2" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer on :$1$2" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# Anonymous memory (heap, stacks: what the process itself holds, without
+# the mapped pages of its binary and libraries).
+anon_mb() { awk '/RssAnon/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 core_ticks() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
@@ -78,9 +81,9 @@ TOML
   wait_http "$PORT" /v2/health/ready
 }
 
-# run_wrk port script conns dur values -> the JSON summary line
+# run_wrk port script conns dur values [path] -> the JSON summary line
 run_wrk() {
-  BENCH_MODEL=m BENCH_VALUES=$5 taskset -c 1 wrk -t1 -c"$3" -d"$4s" -s "$2" "http://127.0.0.1:$1" | tail -n 1
+  BENCH_MODEL=m BENCH_VALUES=$5 taskset -c 1 wrk -t1 -c"$3" -d"$4s" -s "$2" "http://127.0.0.1:$1${6:-/v1/predict}" | tail -n 1
 }
 
 # measure label values -> a result line for the server at $PORT/$PID
@@ -90,9 +93,9 @@ measure() {
   t0=$(cpu_ticks "$PID"); c0=$(core_ticks 1)
   out=$(run_wrk "$PORT" bench/predict/predict.lua "$CONNS" "$DUR" "$values")
   t1=$(cpu_ticks "$PID"); c1=$(core_ticks 1)
-  python3 - "$label" "$out" "$t0" "$t1" "$c0" "$c1" "$HZ" "$DUR" "$(hwm_mb "$PID")" <<'PY' | tee -a "$WORK/results"
+  python3 - "$label" "$out" "$t0" "$t1" "$c0" "$c1" "$HZ" "$DUR" "$(hwm_mb "$PID")" "$(anon_mb "$PID")" <<'PY' | tee -a "$WORK/results"
 import json, sys
-label, out, t0, t1, c0, c1, hz, dur, hwm = sys.argv[1:]
+label, out, t0, t1, c0, c1, hz, dur, hwm, anon = sys.argv[1:]
 r = json.loads(out)
 bad = r["non2xx"] + r["socket_errors"]
 busy0, all0 = map(int, c0.split()); busy1, all1 = map(int, c1.split())
@@ -100,11 +103,11 @@ rps = r["requests"] / (r["duration_us"] / 1e6)
 print(json.dumps({"case": label, "rps": round(rps), "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
                   "server_cpu": round((int(t1) - int(t0)) / int(hz) / float(dur), 2),
                   "wrk_core": round((busy1 - busy0) / max(1, all1 - all0), 2),
-                  "rss_mb": float(hwm), "failed": bad}))
+                  "rss_mb": float(hwm), "anon_mb": float(anon), "failed": bad}))
 PY
 }
 
-for model in mlp wide; do
+for model in ${MODELS-mlp wide}; do
   if [ $model = mlp ]; then path=$MLP values=4; else path=$WIDE values=64; fi
   start_python "$path"; measure "python-$model" $values; kill "$PID"; wait "$PID" 2>/dev/null || true
   start_sluice "$path" 32; measure "sluice-$model" $values; kill "$PID"; wait "$PID" 2>/dev/null || true
@@ -112,15 +115,19 @@ for model in mlp wide; do
 done
 
 # Chat p99 alone, then while predict load (the wide model, 16 connections)
-# saturates the inference thread; chat at 8 connections to the in-process mock.
+# keeps the inference thread busy; chat at 4 connections to the in-process
+# mock. The async workers stay on core 0; the inference thread is moved to
+# core 1 (beside wrk, which it yields to: nice 10), as a deployment gives
+# inference its own cores.
 start_sluice "$WIDE" 32
-chat_p99() { run_wrk "$PORT" bench/chat.lua 8 "$DUR" 0 | python3 -c 'import json,sys; r=json.load(sys.stdin); assert not r["non2xx"]; print(r["p99_us"] / 1000, round(r["requests"] / r["duration_us"] * 1e6))'; }
-run_wrk "$PORT" bench/chat.lua 8 2 0 >/dev/null
+tid=$(grep -l '^predict-m-0$' /proc/"$PID"/task/*/comm | head -1 | xargs dirname)
+taskset -pc 1 "${tid##*/}" >/dev/null
+chat_p99() { run_wrk "$PORT" bench/chat.lua "${CHAT_CONNS:-4}" "$DUR" 0 /v1/chat/completions | python3 -c 'import json,sys; r=json.load(sys.stdin); assert not r["non2xx"]; print(r["p99_us"] / 1000, round(r["requests"] / r["duration_us"] * 1e6))'; }
+run_wrk "$PORT" bench/chat.lua 4 2 0 /v1/chat/completions >/dev/null
 alone=$(chat_p99)
 run_wrk "$PORT" bench/predict/predict.lua 16 $((DUR + 3)) 64 >/dev/null &
 LOADPID=$!
 sleep 1
-tid=$(grep -l '^predict-m-0$' /proc/"$PID"/task/*/comm | head -1 | xargs dirname)
 i0=$(awk '{print $14 + $15}' "$tid/stat")
 loaded=$(chat_p99)
 i1=$(awk '{print $14 + $15}' "$tid/stat")
@@ -135,18 +142,19 @@ print(json.dumps({"case": "chat-p99-under-predict-load", "chat_p99_alone_ms": fl
                   "inference_thread_cpu": round((int(i1) - int(i0)) / int(hz) / float(dur), 2)}))
 PY
 
+[ -z "${MODELS-x}" ] && { cat "$WORK/results"; exit 0; }
 python3 - "$WORK/results" <<'PY'
 import json, sys
 rows = {r["case"]: r for r in map(json.loads, open(sys.argv[1]))}
-print("\n| case | req/s | p50 ms | p99 ms | server CPU | wrk core | peak RSS MB |")
-print("|---|---|---|---|---|---|---|")
+print("\n| case | req/s | p50 ms | p99 ms | server CPU | wrk core | peak RSS MB | anon MB at end |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows.values():
     if "rps" in r:
-        print(f'| {r["case"]} | {r["rps"]} | {r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["server_cpu"]:.0%} | {r["wrk_core"]:.0%} | {r["rss_mb"]} |')
+        print(f'| {r["case"]} | {r["rps"]} | {r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["server_cpu"]:.0%} | {r["wrk_core"]:.0%} | {r["rss_mb"]} | {r["anon_mb"]} |')
 for m in ["mlp", "wide"]:
     py, s, s1 = rows[f"python-{m}"], rows[f"sluice-{m}"], rows[f"sluice-{m}-batch1"]
     print(f"{m}: sluice/python throughput {s['rps'] / py['rps']:.2f}x, peak RSS {s['rss_mb'] / py['rss_mb']:.2f}x, "
-          f"p99 {s['p99_ms'] / py['p99_ms']:.2f}x; batching {s['rps'] / s1['rps']:.2f}x of max_batch_size = 1")
+          f"anon {s['anon_mb'] / py['anon_mb']:.2f}x, p99 {s['p99_ms'] / py['p99_ms']:.2f}x; batching {s['rps'] / s1['rps']:.2f}x of max_batch_size = 1")
 c = rows["chat-p99-under-predict-load"]
 print(f"chat p99 {c['chat_p99_alone_ms']} ms alone, {c['chat_p99_loaded_ms']} ms under predict load "
       f"({c['p99_ratio']}x; inference thread at {c['inference_thread_cpu']:.0%} of a core)")

@@ -4,7 +4,6 @@ local n = tonumber(os.getenv("BENCH_VALUES") or "4")
 local vals = {}
 for i = 1, n do vals[i] = string.format("%.3f", ((i * 37) % 100) / 50 - 1) end
 wrk.method = "POST"
-wrk.path = "/v1/predict"
 wrk.body = '{"model":"' .. (os.getenv("BENCH_MODEL") or "m") .. '","data":[' .. table.concat(vals, ",") .. ']}'
 wrk.headers["Content-Type"] = "application/json"
 

@@ -22,10 +22,10 @@ pub struct BatchConfig {
     pub threads: usize,
     /// Requests waiting at most; more are refused.
     pub queue_depth: usize,
-    /// The inference threads' niceness (Linux: per thread; 0 = the
-    /// process's own): above 0, the async workers win the CPU when both
-    /// want it, so predict load does not stall the proxy.
-    pub nice: u8,
+    /// Run the inference threads at idle priority (Linux `SCHED_IDLE`):
+    /// any other thread of the process (or of its cgroup) that wants the
+    /// CPU gets it first, so predict load never delays the proxy.
+    pub idle_priority: bool,
 }
 
 /// What the batcher reports, for metrics.
@@ -172,11 +172,15 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        if self.config.nice > 0 {
-            let tid = rustix::thread::gettid();
-            if let Err(e) = rustix::process::setpriority_process(Some(tid), self.config.nice.into())
-            {
-                tracing::warn!(model = %self.name, error = %e, "could not lower the inference thread's priority");
+        if self.config.idle_priority {
+            use thread_priority::unix::{
+                NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+                thread_native_id,
+            };
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let min = thread_priority::ThreadPriority::Min;
+            if let Err(e) = set_thread_priority_and_policy(thread_native_id(), min, idle) {
+                tracing::warn!(model = %self.name, error = ?e, "inference thread left at normal priority");
             }
         }
         let mut carry: Option<Job> = None;

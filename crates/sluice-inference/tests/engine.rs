@@ -92,7 +92,7 @@ async fn concurrent_requests_share_batches_and_get_their_own_answers() {
             max_queue_delay: Duration::from_millis(30),
             threads: 1,
             queue_depth: 64,
-            nice: 0,
+            idle_priority: false,
         },
         count.clone(),
     ));
@@ -138,7 +138,7 @@ fn a_full_queue_refuses() {
             max_queue_delay: Duration::ZERO,
             threads: 1,
             queue_depth: 2,
-            nice: 0,
+            idle_priority: false,
         },
         Arc::new(Count::default()),
     );
@@ -217,7 +217,7 @@ async fn unbatched_requests_each_run_alone() {
             max_queue_delay: Duration::from_millis(20),
             threads: 1,
             queue_depth: 16,
-            nice: 5,
+            idle_priority: true,
         },
         count.clone(),
     );

@@ -22,7 +22,7 @@ pub struct RawPredictor {
     pub max_queue_delay_us: Option<Spanned<u64>>,
     pub threads: Option<Spanned<u64>>,
     pub queue_depth: Option<Spanned<u64>>,
-    pub nice: Option<Spanned<u64>>,
+    pub priority: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +39,11 @@ pub struct PredictorConfig {
     pub threads: usize,
     /// Requests waiting at most; more get 429 `predict_queue_full`.
     pub queue_depth: usize,
-    /// The inference threads' scheduling niceness (0–19): above 0 they
-    /// yield the CPU to the proxy's async workers when both want it.
-    pub nice: u8,
+    /// `true` (`priority = "idle"`, the default): the inference threads run
+    /// only when nothing else in the process (or its cgroup) wants the
+    /// CPU, so predict load never delays the proxy; `"normal"`: as the
+    /// proxy's own threads.
+    pub idle_priority: bool,
     /// Where the entry's `path` is, for load errors (`file:line:col`).
     pub at: ConfigError,
 }
@@ -111,13 +113,16 @@ pub(super) fn predictors(
             threads: c.positive(p.threads.as_ref(), 1, 256, "threads") as usize,
             queue_depth: c.positive(p.queue_depth.as_ref(), 1024, 1_000_000, "queue_depth")
                 as usize,
-            nice: match &p.nice {
-                None => 10,
-                Some(v) if *v.get_ref() > 19 => {
-                    c.at(v.span(), "nice must be between 0 and 19");
-                    10
+            idle_priority: match p.priority.as_ref().map(|v| (v, v.get_ref().as_str())) {
+                None | Some((_, "idle")) => true,
+                Some((_, "normal")) => false,
+                Some((v, other)) => {
+                    c.at(
+                        v.span(),
+                        format!("priority must be \"idle\" or \"normal\", not \"{other}\""),
+                    );
+                    true
                 }
-                Some(v) => *v.get_ref() as u8,
             },
             at: ConfigError {
                 file: c.file.to_owned(),

@@ -89,7 +89,7 @@ pub fn load(
                         max_queue_delay: p.max_queue_delay,
                         threads: p.threads,
                         queue_depth: p.queue_depth,
-                        nice: p.nice,
+                        idle_priority: p.idle_priority,
                     };
                     tracing::info!(model = %p.name, path = %p.path.display(), batched = model.batched, "predictor loaded");
                     Arc::new(Predictor::start(
