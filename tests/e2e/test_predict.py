@@ -174,3 +174,14 @@ models = ["mlp"]
         assert r.status_code == 403
     finally:
         g.stop()
+
+
+def test_check_config_names_bad_predictor_settings(models, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[predictors]]\nname = "m"\npath = "{models}/mlp.onnx"\n'
+                   'max_batch_size = 0\npriority = "high"\nmax_queue_delay_us = 99999999\n')
+    r = subprocess.run([str(SLUICE), "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert f"{cfg}:4:18" in r.stderr and "max_batch_size" in r.stderr, r.stderr
+    assert f'{cfg}:5:12: priority must be "idle" or "normal", not "high"' in r.stderr, r.stderr
+    assert f"{cfg}:6:22" in r.stderr and "max_queue_delay_us" in r.stderr, r.stderr
