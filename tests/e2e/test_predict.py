@@ -185,3 +185,17 @@ def test_check_config_names_bad_predictor_settings(models, tmp_path):
     assert f"{cfg}:4:18" in r.stderr and "max_batch_size" in r.stderr, r.stderr
     assert f'{cfg}:5:12: priority must be "idle" or "normal", not "high"' in r.stderr, r.stderr
     assert f"{cfg}:6:22" in r.stderr and "max_queue_delay_us" in r.stderr, r.stderr
+
+
+def test_nested_data_is_flattened_and_bad_types_are_400(gw):
+    r = httpx.post(f"{gw.base_url}/predict", json={"model": "mlp", "data": [[0.1, 0.2], [0.3, 0.4]]})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["prediction"], make_models.mlp_reference(X[0])[0], atol=1e-5)
+    r = httpx.post(f"{gw.base_url}/predict", json={"model": 5, "data": [0] * 4})
+    assert r.status_code == 400 and "model" in r.json()["error"]["message"], r.text
+    base = gw.base_url.removesuffix("/v1")
+    r = httpx.post(f"{base}/v2/models/adder/infer", json={
+        "inputs": [{"name": "ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2.5, 3]}]})
+    assert r.status_code == 400 and "is not an integer" in r.json()["error"], r.text
+    r = httpx.post(f"{base}/v2/models/adder/infer", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json(), r.text

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::app::App;
 use crate::proxy::Recorder;
 
-pub(crate) use json::{bad, data_of, deadline, json_of, read_json};
+pub(crate) use json::{DataJson, Numbers, bad, data_of, deadline, read_json};
 
 /// A model as loaded: what it was loaded from, to know on a reload
 /// whether it can be kept.
@@ -225,19 +225,21 @@ impl Call {
         Ok(p)
     }
 
-    /// The answer, recorded and with the request's headers; `oip` errors
+    /// The answer (JSON, already serialized), recorded and with the
+    /// request's headers; `oip` errors
     /// are the protocol's `{"error": …}`, others OpenAI's.
     pub fn respond(
         mut self,
-        result: Result<serde_json::Value, GatewayError>,
+        result: Result<Vec<u8>, GatewayError>,
         oip: bool,
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
         let mut resp = match result {
-            Ok(v) => {
+            Ok(json) => {
                 self.rec.set_status(200);
                 self.rec.finish();
-                axum::Json(v).into_response()
+                let json_type = http::HeaderValue::from_static("application/json");
+                ([(http::header::CONTENT_TYPE, json_type)], json).into_response()
             }
             Err(e) if oip => {
                 self.rec.set_error(&e);

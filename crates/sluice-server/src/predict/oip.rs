@@ -10,11 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sluice_core::GatewayError;
+use sluice_core::{ErrorKind, GatewayError};
 use sluice_inference::{Data, Shaped, TensorSpec};
 
-use super::{Call, bad, data_of, deadline, find, infer, infer_alone, json_of};
+use super::{Call, DataJson, Numbers, bad, data_of, deadline, find, infer, infer_alone};
 use crate::app::App;
 use crate::extract::ApiPath;
 
@@ -107,52 +108,91 @@ async fn infer_handler(
     call.respond(result, true)
 }
 
+/// `POST /v2/models/{name}/infer`'s body; tensors' numbers are read
+/// straight into flat vectors.
+#[derive(Deserialize)]
+struct InferBody {
+    #[serde(default)]
+    id: Option<Value>,
+    inputs: Vec<InTensor>,
+    #[serde(default)]
+    outputs: Option<Vec<Wanted>>,
+}
+
+#[derive(Deserialize)]
+struct InTensor {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    shape: Vec<usize>,
+    #[serde(default)]
+    datatype: String,
+    data: Numbers,
+}
+
+#[derive(Deserialize)]
+struct Wanted {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    model_name: &'a str,
+    model_version: &'static str,
+    outputs: Vec<OutTensor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct OutTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    data: DataJson<'a>,
+}
+
 async fn run(
     app: &Arc<App>,
     call: &mut Call,
     name: &str,
     headers: &http::HeaderMap,
     body: axum::body::Body,
-) -> Result<Value, GatewayError> {
+) -> Result<Vec<u8>, GatewayError> {
     let p = call.admit(app, headers, name).await?;
-    let req = super::read_json(app, headers, body).await?;
-    let given = req["inputs"]
-        .as_array()
-        .ok_or_else(|| bad("'inputs' must be an array of tensors"))?;
+    let req: InferBody = super::read_json(app, headers, body).await?;
     let out = if p.model.batched {
-        let (rows, inputs) = inputs_for(&p.model.inputs, given)?;
+        let (rows, inputs) = inputs_for(&p.model.inputs, &req.inputs)?;
         infer(&p, rows, inputs, deadline(headers)).await?
     } else {
-        let inputs = shaped_inputs(&p.model.inputs, given)?;
+        let inputs = shaped_inputs(&p.model.inputs, &req.inputs)?;
         infer_alone(&p, inputs, deadline(headers)).await?
     };
-    let wanted: Option<Vec<&str>> = req["outputs"]
-        .as_array()
-        .map(|o| o.iter().filter_map(|x| x["name"].as_str()).collect());
-    let outputs: Vec<Value> = p
+    let wanted = |spec: &TensorSpec| {
+        req.outputs
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|w| w.name == spec.name))
+    };
+    let outputs = p
         .model
         .outputs
         .iter()
         .zip(&out)
-        .filter(|(spec, _)| {
-            wanted
-                .as_ref()
-                .is_none_or(|w| w.contains(&spec.name.as_str()))
-        })
-        .map(|(spec, t)| {
-            json!({
-                "name": spec.name,
-                "datatype": t.data.dtype().oip_name(),
-                "shape": t.shape,
-                "data": json_of(&t.data),
-            })
+        .filter(|(spec, _)| wanted(spec))
+        .map(|(spec, t)| OutTensor {
+            name: &spec.name,
+            datatype: t.data.dtype().oip_name(),
+            shape: &t.shape,
+            data: DataJson(&t.data),
         })
         .collect();
-    let mut answer = json!({"model_name": name, "model_version": "1", "outputs": outputs});
-    if let Some(id) = req.get("id") {
-        answer["id"] = id.clone();
-    }
-    Ok(answer)
+    let answer = Answer {
+        model_name: name,
+        model_version: "1",
+        outputs,
+        id: req.id.as_ref(),
+    };
+    serde_json::to_vec(&answer).map_err(|e| GatewayError::new(ErrorKind::Internal, e.to_string()))
 }
 
 /// The request's tensor for `spec`: by name, or the only one for a
@@ -160,73 +200,63 @@ async fn run(
 fn given_for<'a>(
     specs: &[TensorSpec],
     i: usize,
-    given: &'a [Value],
-) -> Result<&'a Value, GatewayError> {
+    given: &'a [InTensor],
+) -> Result<&'a InTensor, GatewayError> {
     let spec = &specs[i];
     given
         .iter()
-        .find(|t| t["name"] == spec.name.as_str())
+        .find(|t| t.name == spec.name)
         .or_else(|| (specs.len() == 1 && given.len() == 1).then(|| &given[0]))
         .ok_or_else(|| bad(format!("missing input '{}'", spec.name)))
 }
 
-fn datatype_of(spec: &TensorSpec, t: &Value) -> Result<(), GatewayError> {
-    let dtype = t["datatype"].as_str().unwrap_or_default();
-    if dtype != spec.dtype.oip_name() {
+fn datatype_of(spec: &TensorSpec, t: &InTensor) -> Result<(), GatewayError> {
+    if t.datatype != spec.dtype.oip_name() {
         return Err(bad(format!(
-            "input '{}': datatype {} expected, received '{dtype}'",
+            "input '{}': datatype {} expected, received '{}'",
             spec.name,
-            spec.dtype.oip_name()
+            spec.dtype.oip_name(),
+            t.datatype
         )));
     }
     Ok(())
 }
 
-fn shape_of(spec: &TensorSpec, t: &Value) -> Result<Vec<usize>, GatewayError> {
-    t["shape"]
-        .as_array()
-        .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-        .ok_or_else(|| {
-            bad(format!(
-                "input '{}': 'shape' must be an array of sizes",
-                spec.name
-            ))
-        })
-}
-
 /// For a model without a batch dimension: every input with the shape the
 /// request gives (checked against the model before it runs).
-fn shaped_inputs(specs: &[TensorSpec], given: &[Value]) -> Result<Vec<Shaped>, GatewayError> {
+fn shaped_inputs(specs: &[TensorSpec], given: &[InTensor]) -> Result<Vec<Shaped>, GatewayError> {
     (0..specs.len())
         .map(|i| {
             let spec = &specs[i];
             let t = given_for(specs, i, given)?;
             datatype_of(spec, t)?;
-            let shape = shape_of(spec, t)?;
-            let data = data_of(
-                &t["data"],
-                spec.dtype,
-                &format!("input '{}' data", spec.name),
-            )?;
-            Ok(Shaped { shape, data })
+            let what = format!("input '{}' data", spec.name);
+            let data = data_of(&t.data, spec.dtype, &what)?;
+            Ok(Shaped {
+                shape: t.shape.clone(),
+                data,
+            })
         })
         .collect()
 }
 
 /// The request's tensors in the model's input order, checked against the
 /// model (name, datatype, shape, element count); and the examples in them.
-fn inputs_for(specs: &[TensorSpec], given: &[Value]) -> Result<(usize, Vec<Data>), GatewayError> {
+fn inputs_for(
+    specs: &[TensorSpec],
+    given: &[InTensor],
+) -> Result<(usize, Vec<Data>), GatewayError> {
     let mut rows = None;
     let mut out = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let t = given_for(specs, i, given)?;
         datatype_of(spec, t)?;
-        let shape = shape_of(spec, t)?;
+        let shape = &t.shape;
         let expected_rest = spec.shape();
         // [rows, …] — or one example given without its batch dimension.
         let n = match shape.split_first() {
             Some((n, rest)) if rest == expected_rest.as_slice() => *n,
-            _ if shape == expected_rest => 1,
+            _ if *shape == expected_rest => 1,
             _ => {
                 return Err(bad(format!(
                     "input '{}': shape [batch, {}] expected, received {shape:?}",
@@ -239,11 +269,7 @@ fn inputs_for(specs: &[TensorSpec], given: &[Value]) -> Result<(usize, Vec<Data>
                 )));
             }
         };
-        let data = data_of(
-            &t["data"],
-            spec.dtype,
-            &format!("input '{}' data", spec.name),
-        )?;
+        let data = data_of(&t.data, spec.dtype, &format!("input '{}' data", spec.name))?;
         if data.len() != n * spec.per_row() {
             return Err(bad(format!(
                 "input '{}': shape {shape:?} holds {} values, received {}",

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_inference::{Shaped, TensorSpec};
 
-use super::{Call, bad, data_of, deadline, infer, infer_alone, json_of, read_json};
+use super::{Call, DataJson, Numbers, bad, data_of, deadline, infer, infer_alone, read_json};
 use crate::app::App;
 
 pub(super) async fn predict(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -19,6 +19,21 @@ pub(super) async fn predict(State(app): State<Arc<App>>, req: Request) -> Respon
     let mut call = Call::start(&app, "/v1/predict", &parts.headers);
     let result = predict_one(&app, &mut call, &parts.headers, body).await;
     call.respond(result, false)
+}
+
+#[derive(Deserialize)]
+struct Body {
+    /// Any JSON, so that a model that is not a string is named as such.
+    model: Option<serde_json::Value>,
+    data: Option<Numbers>,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    model: &'a str,
+    prediction: DataJson<'a>,
+    shape: &'a [usize],
+    input_len: usize,
 }
 
 fn shape_text(spec: &TensorSpec) -> String {
@@ -30,12 +45,14 @@ async fn predict_one(
     call: &mut Call,
     headers: &http::HeaderMap,
     body: axum::body::Body,
-) -> Result<Value, GatewayError> {
+) -> Result<Vec<u8>, GatewayError> {
     // The key first: an unauthenticated caller learns nothing of the body.
     crate::access::authenticate(&app.access.load_full(), headers)?;
-    let req = read_json(app, headers, body).await?;
-    let name = req["model"]
-        .as_str()
+    let req: Body = read_json(app, headers, body).await?;
+    let name = req
+        .model
+        .as_ref()
+        .and_then(|m| m.as_str())
         .ok_or_else(|| bad("missing required field 'model' (a string)").with_param("model"))?;
     let p = call.admit(app, headers, name).await?;
     let [input] = p.model.inputs.as_slice() else {
@@ -53,7 +70,8 @@ async fn predict_one(
         )));
     }
     let data = req
-        .get("data")
+        .data
+        .as_ref()
         .ok_or_else(|| bad("missing required field 'data'").with_param("data"))?;
     let data = data_of(data, input.dtype, "data")?;
     if data.len() != input.per_row() {
@@ -79,14 +97,15 @@ async fn predict_one(
         .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "no output"))?;
     // The example's shape: without the batch dimension of a batched model.
     let shape = if p.model.batched {
-        first.shape.get(1..).unwrap_or_default().to_vec()
+        first.shape.get(1..).unwrap_or_default()
     } else {
-        first.shape.clone()
+        &first.shape
     };
-    Ok(json!({
-        "model": name,
-        "prediction": json_of(&first.data),
-        "shape": shape,
-        "input_len": input_len,
-    }))
+    let answer = Answer {
+        model: name,
+        prediction: DataJson(&first.data),
+        shape,
+        input_len,
+    };
+    serde_json::to_vec(&answer).map_err(|e| GatewayError::new(ErrorKind::Internal, e.to_string()))
 }
