@@ -18,7 +18,9 @@ cd "$(dirname "$0")/.."
 DUR=${1:-10} CONNS=${2:-64}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --locked --bin sluice -q
+# SLUICE_BIN=path measures another build (e.g. a base commit's) instead.
+[ -n "${SLUICE_BIN:-}" ] || cargo build --release --locked --bin sluice -q
+SLUICE_BIN=${SLUICE_BIN:-$TARGET/release/sluice}
 VENV=bench/.venv-predict
 if [ ! -x "$VENV/bin/uvicorn" ]; then
   python3 -m venv "$VENV"
@@ -75,7 +77,7 @@ kind = "mock"
 name = "bench"
 targets = [{ provider = "mock" }]
 TOML
-  SLUICE_LOG=warn taskset -c 0 "$TARGET/release/sluice" serve --config "$WORK/sluice-$PORT.toml" >/dev/null 2>&1 &
+  SLUICE_LOG=warn taskset -c 0 "$SLUICE_BIN" serve --config "$WORK/sluice-$PORT.toml" >/dev/null 2>&1 &
   PID=$!
   PIDS+=($PID)
   wait_http "$PORT" /v2/health/ready
