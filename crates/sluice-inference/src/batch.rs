@@ -32,8 +32,9 @@ pub struct BatchConfig {
 pub trait Observer: Send + Sync {
     /// A batch of `size` examples ran in `took`.
     fn batch(&self, model: &str, size: usize, took: Duration);
-    /// A request waited `waited` in the queue.
-    fn queued(&self, model: &str, waited: Duration);
+    /// The requests of one batch waited these times in the queue (one
+    /// call per batch, so a metrics sink looks its series up once).
+    fn queued(&self, model: &str, waited: &mut dyn Iterator<Item = Duration>);
 }
 
 /// The outputs for one request, or why there are none.
@@ -234,14 +235,16 @@ impl Worker {
 
     fn execute(&self, jobs: Vec<Job>) {
         let now = Instant::now();
+        self.observer.queued(
+            &self.name,
+            &mut jobs
+                .iter()
+                .map(|j| now.saturating_duration_since(j.enqueued)),
+        );
         // Callers that went away or ran out of time are not computed for.
         let mut jobs: Vec<Job> = jobs
             .into_iter()
-            .filter(|j| {
-                self.observer
-                    .queued(&self.name, now.saturating_duration_since(j.enqueued));
-                !j.reply.is_closed() && j.deadline.is_none_or(|d| d > now)
-            })
+            .filter(|j| !j.reply.is_closed() && j.deadline.is_none_or(|d| d > now))
             .collect();
         if jobs.is_empty() {
             return;

@@ -77,7 +77,7 @@ impl Observer for Count {
         self.examples.fetch_add(size, Ordering::SeqCst);
         self.largest.fetch_max(size, Ordering::SeqCst);
     }
-    fn queued(&self, _: &str, _: Duration) {}
+    fn queued(&self, _: &str, _: &mut dyn Iterator<Item = Duration>) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

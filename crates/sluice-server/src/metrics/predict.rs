@@ -82,9 +82,10 @@ impl sluice_inference::Observer for PredictMetrics {
         self.inference.get_or_create(&l).observe(took.as_secs_f64());
     }
 
-    fn queued(&self, model: &str, waited: Duration) {
-        self.queue
-            .get_or_create(&labels(model))
-            .observe(waited.as_secs_f64());
+    fn queued(&self, model: &str, waited: &mut dyn Iterator<Item = Duration>) {
+        let h = self.queue.get_or_create(&labels(model));
+        for w in waited {
+            h.observe(w.as_secs_f64());
+        }
     }
 }
