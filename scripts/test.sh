@@ -20,6 +20,8 @@ command -v curl >/dev/null || need_pkgs+=(curl)
 # Node runs the Vercel AI SDK test (tests/node).
 command -v node >/dev/null || need_pkgs+=(nodejs)
 command -v npm >/dev/null || need_pkgs+=(npm)
+# wrk loads the gateway in the batching test (a Python client saturates first).
+command -v wrk >/dev/null || need_pkgs+=(wrk)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
