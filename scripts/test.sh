@@ -22,6 +22,8 @@ command -v node >/dev/null || need_pkgs+=(nodejs)
 command -v npm >/dev/null || need_pkgs+=(npm)
 # wrk loads the gateway in the batching test (a Python client saturates first).
 command -v wrk >/dev/null || need_pkgs+=(wrk)
+# flatc generates the Python reader of the FlatBuffers token stream.
+command -v flatc >/dev/null || need_pkgs+=(flatbuffers-compiler)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

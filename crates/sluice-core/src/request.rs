@@ -236,6 +236,26 @@ pub fn force_include_usage(body: &[u8]) -> bytes::Bytes {
     }
 }
 
+/// The body asking for a stream with usage at its end (`stream: true`,
+/// `stream_options.include_usage: true`), whatever it asked; for clients
+/// that are always answered with a stream. A body that is not a JSON object
+/// is returned as it is (its error comes from the usual checks).
+pub fn as_usage_stream(body: &[u8]) -> bytes::Bytes {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) if v.is_object() => {
+            v["stream"] = serde_json::Value::Bool(true);
+            if !v["stream_options"].is_object() {
+                v["stream_options"] = serde_json::json!({});
+            }
+            v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            serde_json::to_vec(&v)
+                .expect("a Value always serializes")
+                .into()
+        }
+        _ => bytes::Bytes::copy_from_slice(body),
+    }
+}
+
 fn missing(field: &'static str) -> GatewayError {
     GatewayError::new(
         ErrorKind::InvalidRequest,

@@ -17,6 +17,7 @@ pub mod openai;
 pub mod responses;
 pub mod sse;
 pub mod template;
+pub mod tokens;
 pub mod translate;
 pub mod transport;
 pub mod wire;

@@ -6,6 +6,7 @@
 //! only parses the events that carry usage. JSON bodies are converted whole.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -18,6 +19,7 @@ use crate::check;
 use crate::gemini::translate as gemini;
 use crate::openai::types as ot;
 use crate::sse::{self, Decoder};
+use crate::tokens::TokenEncoder;
 use crate::{BodyError, BoxBody};
 
 pub use crate::wire::{Delivery, Wire};
@@ -25,20 +27,29 @@ pub use crate::wire::{Delivery, Wire};
 /// Largest single SSE event accepted from an upstream.
 pub const MAX_EVENT: usize = 1 << 20;
 
-/// Token usage found by a translator, read when the response settles.
+/// Token usage found by a translator, read when the response settles; and
+/// the chunks a token stream sent (an error after them is numbered next).
 #[derive(Debug, Default)]
-pub struct UsageCell(Mutex<Option<Usage>>);
+pub struct UsageCell {
+    usage: Mutex<Option<Usage>>,
+    chunks: AtomicU64,
+}
 
 impl UsageCell {
     pub fn set(&self, prompt: u64, completion: u64) {
-        *self.0.lock().expect("usage lock is never poisoned") = Some(Usage {
+        *self.usage.lock().expect("usage lock is never poisoned") = Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
         });
     }
 
     pub fn get(&self) -> Option<Usage> {
-        *self.0.lock().expect("usage lock is never poisoned")
+        *self.usage.lock().expect("usage lock is never poisoned")
+    }
+
+    /// Token chunks sent so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
     }
 }
 
@@ -53,6 +64,7 @@ enum Encode {
     Anthropic(inbound::StreamFromOpenAi),
     Responses(Box<crate::responses::stream::StreamFromChat>),
     Completions(crate::completions::StreamFromChat),
+    Tokens(TokenEncoder),
 }
 
 enum Mode {
@@ -97,7 +109,9 @@ impl StreamBody {
             (up, cl) => Mode::Translate(Box::new((
                 match up {
                     // No adapter answers in the Responses format (yet).
-                    Wire::OpenAi | Wire::Responses | Wire::Completions => Decode::OpenAi,
+                    Wire::OpenAi | Wire::Responses | Wire::Completions | Wire::Tokens(_) => {
+                        Decode::OpenAi
+                    }
                     Wire::Anthropic => Decode::Anthropic(outbound::StreamToOpenAi::new(created)),
                     Wire::Gemini => {
                         Decode::Gemini(gemini::StreamToOpenAi::new(client_model, created))
@@ -116,6 +130,7 @@ impl StreamBody {
                     (Wire::Anthropic, _) => {
                         Encode::Anthropic(inbound::StreamFromOpenAi::new(client_model))
                     }
+                    (Wire::Tokens(f), _) => Encode::Tokens(TokenEncoder::new(f)),
                 },
             ))),
         };
@@ -253,7 +268,11 @@ impl StreamBody {
                     Encode::Anthropic(enc) => enc.chunk(c, out),
                     Encode::Responses(enc) => enc.chunk(c, out),
                     Encode::Completions(enc) => enc.chunk(c, out),
+                    Encode::Tokens(enc) => enc.chunk(c, out),
                 }
+            }
+            if let Encode::Tokens(enc) = &pair.1 {
+                self.usage.chunks.store(enc.next_id(), Ordering::Relaxed);
             }
         }
     }
@@ -289,6 +308,11 @@ impl StreamBody {
                 Encode::Anthropic(enc) => enc.finish(out),
                 Encode::Responses(enc) => enc.finish(out),
                 Encode::Completions(enc) => enc.finish(out),
+                Encode::Tokens(enc) => {
+                    let usage = self.usage.get();
+                    enc.finish(usage.map(|u| (u.prompt_tokens, u.completion_tokens)), out);
+                    self.usage.chunks.store(enc.next_id(), Ordering::Relaxed);
+                }
             }
         }
         Ok(())
@@ -415,7 +439,7 @@ pub fn json_response(
     responses: Option<&crate::responses::Echo>,
 ) -> Result<(Vec<u8>, Option<Usage>), String> {
     let canonical: ot::ChatResponse = match upstream {
-        Wire::OpenAi | Wire::Responses | Wire::Completions => {
+        Wire::OpenAi | Wire::Responses | Wire::Completions | Wire::Tokens(_) => {
             serde_json::from_slice(body).map_err(|e| e.to_string())?
         }
         Wire::Gemini => {
@@ -440,7 +464,9 @@ pub fn json_response(
         (Wire::Completions, _) => {
             serde_json::to_vec(&crate::completions::response(&canonical, client_model))
         }
-        (Wire::OpenAi | Wire::Gemini | Wire::Responses, _) => serde_json::to_vec(&canonical),
+        (Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Tokens(_), _) => {
+            serde_json::to_vec(&canonical)
+        }
         (Wire::Anthropic, _) => serde_json::to_vec(&inbound::response(canonical, client_model)),
     }
     .expect("serializing to a Vec cannot fail");
@@ -451,7 +477,7 @@ pub fn json_response(
 pub fn error_message(wire: Wire, body: &[u8]) -> String {
     match wire {
         // Gemini's error body has the same `error.message`.
-        Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Completions => {
+        Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Completions | Wire::Tokens(_) => {
             serde_json::from_slice::<ot::ErrorBody>(body)
                 .map(|e| e.error.message)
                 .ok()
@@ -466,7 +492,12 @@ pub fn error_message(wire: Wire, body: &[u8]) -> String {
 /// An upstream error body re-stated in the client's format (status kept).
 pub fn error_body(upstream: Wire, client: Wire, status: u16, body: &[u8]) -> Option<Vec<u8>> {
     // The same error shape: relayed as it is.
-    let openai_error = |w| matches!(w, Wire::OpenAi | Wire::Responses | Wire::Completions);
+    let openai_error = |w| {
+        matches!(
+            w,
+            Wire::OpenAi | Wire::Responses | Wire::Completions | Wire::Tokens(_)
+        )
+    };
     if upstream == client || (openai_error(upstream) && openai_error(client)) {
         return None;
     }
@@ -474,7 +505,7 @@ pub fn error_body(upstream: Wire, client: Wire, status: u16, body: &[u8]) -> Opt
     Some(
         match client {
             Wire::Anthropic => serde_json::to_vec(&inbound::error_body(status, message)),
-            Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Completions => {
+            Wire::OpenAi | Wire::Gemini | Wire::Responses | Wire::Completions | Wire::Tokens(_) => {
                 serde_json::to_vec(&serde_json::json!({
                     "error": {"message": message, "type": "upstream_error", "param": null,
                               "code": format!("upstream_{status}")}

@@ -5,6 +5,7 @@ use sluice_core::GatewayError;
 use sluice_core::request::Usage;
 
 use crate::anthropic::types as at;
+use crate::tokens::{self, TokenFormat};
 
 /// A wire format, of a client or of an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +20,9 @@ pub enum Wire {
     /// OpenAI's legacy completions: passed through to OpenAI-format
     /// upstreams, translated through the chat shape for the others.
     Completions,
+    /// Client only: a chat request (OpenAI's shape) answered as a stream
+    /// of binary token chunks (FlatBuffers or gRPC).
+    Tokens(TokenFormat),
 }
 
 /// How a committed upstream response reaches the client.
@@ -55,22 +59,40 @@ impl Wire {
     pub fn error_json(self, e: &GatewayError) -> Vec<u8> {
         match self {
             Self::Anthropic => e.to_anthropic_json(),
-            Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions => e.to_openai_json(),
+            Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions | Self::Tokens(_) => {
+                e.to_openai_json()
+            }
         }
     }
 
     /// `e` as this format's server-sent event, for a stream that fails
     /// after it started.
     pub fn error_event(self, e: &GatewayError) -> Vec<u8> {
+        self.error_event_at(e, 0)
+    }
+
+    /// [`Self::error_event`] for a stream that sent `sent` chunks before
+    /// (a token stream numbers its chunks).
+    pub fn error_event_at(self, e: &GatewayError, sent: u64) -> Vec<u8> {
         let mut event = Vec::with_capacity(160);
         match self {
             Self::OpenAi | Self::Gemini | Self::Completions => event.extend_from_slice(b"data: "),
             Self::Anthropic => event.extend_from_slice(b"event: error\ndata: "),
             Self::Responses => return crate::responses::stream::error_event(e),
+            Self::Tokens(f) => return tokens::error_chunk(f, sent, &e.message),
         }
         event.extend_from_slice(&self.error_json(e));
         event.extend_from_slice(b"\n\n");
         event
+    }
+
+    /// The content type of a stream delivered to a client of this format,
+    /// when it is not the upstream's.
+    pub fn stream_content_type(self) -> Option<&'static str> {
+        match self {
+            Self::Tokens(f) => Some(f.content_type()),
+            _ => None,
+        }
     }
 
     /// How a response in this (upstream) format reaches a `client`.
@@ -104,7 +126,9 @@ impl Wire {
                     completion_tokens: r.usage.output_tokens,
                 }),
             // Passed through: their usage is read from the tail.
-            Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions => None,
+            Self::OpenAi | Self::Gemini | Self::Responses | Self::Completions | Self::Tokens(_) => {
+                None
+            }
         }
     }
 }

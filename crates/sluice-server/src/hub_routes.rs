@@ -52,6 +52,7 @@ impl sluice_hub::Gateway for AppGateway {
             route: sluice_hub::chat::ROUTE,
             headers,
             body: crate::proxy::InboundBody::Read(body),
+            client: None,
         };
         Box::pin(crate::proxy::serve(self.0.clone(), inbound))
     }

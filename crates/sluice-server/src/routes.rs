@@ -20,6 +20,7 @@ use crate::app::App;
 use crate::extract::wire_of;
 use crate::proxy;
 use crate::reply::error_response;
+use sluice_providers::tokens::TokenFormat;
 use sluice_providers::translate::Wire;
 
 pub fn api(app: Arc<App>) -> Router {
@@ -33,6 +34,7 @@ pub fn api(app: Arc<App>) -> Router {
     }
     crate::predict::routes(crate::files::routes(router))
         .route("/v1/chat/completions", post(chat))
+        .route("/api/v2/chat/completions", post(chat_v2))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
         .route(
@@ -92,6 +94,31 @@ pub fn admin(app: Arc<App>) -> Router {
 
 async fn chat(State(app): State<Arc<App>>, req: Request) -> Response {
     proxy::handle(app, Operation::Chat, "/v1/chat/completions", req).await
+}
+
+/// Chat with a binary answer: with `Accept: application/x-flatbuffers`, a
+/// stream of size-prefixed FlatBuffers token chunks; otherwise as
+/// `/v1/chat/completions`.
+async fn chat_v2(State(app): State<Arc<App>>, req: Request) -> Response {
+    let flat = req
+        .headers()
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/x-flatbuffers"));
+    let route = "/api/v2/chat/completions";
+    if !flat {
+        return proxy::handle(app, Operation::Chat, route, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let inbound = proxy::Inbound {
+        op: Operation::Chat,
+        route,
+        headers: parts.headers,
+        body: proxy::InboundBody::Http(body),
+        client: Some(Wire::Tokens(TokenFormat::FlatBuffers)),
+    };
+    proxy::serve(app, inbound).await
 }
 
 async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {

@@ -146,6 +146,7 @@ async fn run(
             route,
             headers: headers.clone(),
             body: InboundBody::Read(body),
+            client: None,
         };
         let resp = crate::proxy::serve(app.clone(), inbound).await;
         let status = resp.status().as_u16();

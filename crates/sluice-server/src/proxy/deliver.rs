@@ -73,6 +73,9 @@ pub(crate) async fn deliver(
             body
         }
         Delivery::Stream => {
+            if let Some(ct) = call.client.stream_content_type() {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            }
             let cell = Arc::new(UsageCell::default());
             watch.usage_cell = Some(cell.clone());
             StreamBody::new(

@@ -46,6 +46,9 @@ pub struct Inbound {
     pub route: &'static str,
     pub headers: HeaderMap,
     pub body: InboundBody,
+    /// The client's wire format when the route does not tell it (a token
+    /// stream asked for with `Accept`).
+    pub client: Option<Wire>,
 }
 
 /// A request body: still arriving, or already in hand.
@@ -69,6 +72,7 @@ pub async fn handle(
             route,
             headers: parts.headers,
             body: InboundBody::Http(body),
+            client: None,
         },
     )
     .await
@@ -122,8 +126,15 @@ async fn proxy(
     limits: &mut admit::RateInfo,
 ) -> Response<Body> {
     let Inbound {
-        op, headers, body, ..
+        op,
+        headers,
+        body,
+        client,
+        ..
     } = inbound;
+    if let Some(w) = client {
+        rec.wire = w;
+    }
     let snap = app.snapshot.load_full();
     match op {
         Operation::Messages => rec.wire = Wire::Anthropic,
@@ -178,6 +189,11 @@ async fn proxy(
         Ok(Some(b)) => b,
         Ok(None) => body,
         Err(e) => return rec.reply_error(&e),
+    };
+    // Token streams are always streams, and end with the usage.
+    let body = match rec.wire {
+        Wire::Tokens(_) => request::as_usage_stream(&body),
+        _ => body,
     };
     let peeked = match &content_type {
         Some(ct) => media_peek(&body, ct, op, upload.is_some()),

@@ -152,7 +152,8 @@ impl ObservedBody {
         }
         self.settle();
         if self.sse {
-            let event = self.wire.error_event(&e);
+            let sent = self.usage_cell.as_ref().map_or(0, |c| c.chunks());
+            let event = self.wire.error_event_at(&e, sent);
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
         } else {
             Poll::Ready(Some(Err(Box::new(e))))
