@@ -86,6 +86,16 @@ impl Wire {
         event
     }
 
+    /// Whether a stream that fails after it started tells the client in
+    /// its own body (an error event or chunk); gRPC streams end with a
+    /// status in their trailers instead.
+    pub fn errors_in_band(self) -> bool {
+        !matches!(
+            self,
+            Self::Tokens(TokenFormat::GrpcProto | TokenFormat::GrpcJson)
+        )
+    }
+
     /// The content type of a stream delivered to a client of this format,
     /// when it is not the upstream's.
     pub fn stream_content_type(self) -> Option<&'static str> {

@@ -130,6 +130,8 @@ pub struct App {
     pub local_files: crate::files::LocalFiles,
     /// Where the configuration came from, for reloads.
     pub source: Source,
+    /// The standard gRPC services (health, reflection).
+    pub grpc: crate::grpc::Standard,
 }
 
 /// Where the running configuration came from, and what the command line
@@ -206,6 +208,7 @@ impl App {
             responses,
             local_files: crate::files::LocalFiles::default(),
             source,
+            grpc: crate::grpc::Standard::new()?,
             access: ArcSwap::from_pointee(access),
             key_specs: tokio::sync::Mutex::new(key_specs),
             audit,

@@ -9,6 +9,7 @@ pub mod conn;
 mod count_tokens;
 pub mod extract;
 mod files;
+mod grpc;
 pub mod keys_file;
 mod layers;
 pub use sluice_hub as hub;
@@ -110,6 +111,7 @@ pub async fn run(mut config: Config, log_control: LogControl, start: Start) -> a
     let app = app::App::new(config, log_control, api_keys, source)?;
     let mut serving = serving::Serving::start(bound, &app, &server_cfg, tls)?;
     app.ready.store(true, Ordering::Release);
+    app.grpc.set_ready(true).await;
     // After a handover, the old process stops accepting only now that
     // this one serves; then this one owns the upgrade socket.
     serving.took_over().await?;
@@ -136,6 +138,7 @@ pub async fn run(mut config: Config, log_control: LogControl, start: Start) -> a
     };
     drop(offer);
     app.ready.store(false, Ordering::Release);
+    app.grpc.set_ready(false).await;
     match stop {
         Stop::Signal => {
             tracing::info!("shutting down");

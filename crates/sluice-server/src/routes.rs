@@ -32,7 +32,7 @@ pub fn api(app: Arc<App>) -> Router {
         };
         router = router.route(m.route(), post(handler));
     }
-    crate::predict::routes(crate::files::routes(router))
+    crate::grpc::routes(crate::predict::routes(crate::files::routes(router)))
         .route("/v1/chat/completions", post(chat))
         .route("/api/v2/chat/completions", post(chat_v2))
         .route("/v1/embeddings", post(embeddings))

@@ -6,7 +6,7 @@
 
 mod json;
 pub mod oip;
-mod v1;
+pub(crate) mod v1;
 
 use std::collections::HashMap;
 use std::sync::Arc;

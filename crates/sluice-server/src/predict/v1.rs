@@ -14,7 +14,7 @@ use sluice_inference::{Shaped, TensorSpec};
 use super::{Call, DataJson, Numbers, bad, data_of, deadline, infer, infer_alone, read_json};
 use crate::app::App;
 
-pub(super) async fn predict(State(app): State<Arc<App>>, req: Request) -> Response {
+pub(crate) async fn predict(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut call = Call::start(&app, "/v1/predict", &parts.headers);
     let result = predict_one(&app, &mut call, &parts.headers, body).await;

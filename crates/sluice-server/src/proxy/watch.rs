@@ -151,7 +151,7 @@ impl ObservedBody {
             t.record(Outcome::Failure, now_nanos());
         }
         self.settle();
-        if self.sse {
+        if self.sse && self.wire.errors_in_band() {
             let sent = self.usage_cell.as_ref().map_or(0, |c| c.chunks());
             let event = self.wire.error_event_at(&e, sent);
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
