@@ -4,8 +4,10 @@ streamed chat, embeddings and predict; errors and their codes, keys,
 deadlines, cancellation reaching the upstream; the standard health and
 reflection services; the same calls as application/grpc+json."""
 
+import concurrent.futures
 import importlib
 import json
+import queue
 import struct
 import sys
 import time
@@ -46,6 +48,10 @@ def pb(tmp_path_factory):
 def gw(upstream, tmp_path_factory):
     models = make_models.write(tmp_path_factory.mktemp("models"))
     g = Gateway(f"""
+[agents]
+heartbeat_ms = 200
+missed_heartbeats = 2
+
 [[keys]]
 name = "team"
 sha256 = "{key_hash(KEY)}"
@@ -315,3 +321,79 @@ targets = [{{ provider = "mock" }}]
             assert "".join(c.text for c in chunks) and chunks[-1].is_last
     finally:
         g.stop()
+
+
+class GrpcAgent:
+    """An agent on the gRPC Connect stream: frames it sends go through a
+    queue; frames it receives are read from the call."""
+
+    def __init__(self, pb, stub, hello, metadata=AUTH):
+        self.out = queue.Queue()
+        self.out.put(hello)
+
+        def frames():
+            while (f := self.out.get()) is not None:
+                yield pb[0].AgentFrame(json=json.dumps(f))
+
+        self.call = stub.Connect(frames(), metadata=metadata, timeout=30)
+
+    def send(self, frame):
+        self.out.put(frame)
+
+    def recv(self):
+        return json.loads(next(self.call).json)
+
+    def end(self):
+        self.out.put(None)
+
+
+def test_an_agent_over_grpc_takes_an_instruction_posted_over_http(pb, stub, gw):
+    agent = GrpcAgent(pb, stub, {"type": "hello", "agent_id": "grpc-1", "groups": ["g"]})
+    welcome = agent.recv()
+    assert welcome["type"] == "welcome" and welcome["agent_id"] == "grpc-1"
+    api = httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {KEY}"}, timeout=10)
+    assert api.get("/agents/grpc-1").json()["groups"] == ["g"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(api.post, "/agents/grpc-1/instructions",
+                             json={"payload": {"print": "a.pdf"}, "wait_result_ms": 5000})
+        ins = agent.recv()
+        assert ins["type"] == "instruction" and ins["payload"] == {"print": "a.pdf"}
+        agent.send({"type": "result", "id": ins["id"], "payload": {"pages": 3}})
+        r = posted.result()
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "completed" and r.json()["result"] == {"pages": 3}
+    # Silent past several heartbeats (the transport answers them): still there.
+    time.sleep(1.2)
+    assert api.get("/agents/grpc-1").status_code == 200
+    agent.send({"type": "ping"})
+    assert agent.recv() == {"type": "pong"}
+    agent.end()
+    with pytest.raises(StopIteration):
+        agent.recv()
+    wait_for(lambda: api.get("/agents/grpc-1").status_code == 404, what="the agent to be gone")
+
+
+def test_a_second_grpc_agent_with_the_same_id_replaces_the_first(pb, stub):
+    first = GrpcAgent(pb, stub, {"type": "hello", "agent_id": "grpc-dup"})
+    assert first.recv()["type"] == "welcome"
+    second = GrpcAgent(pb, stub, {"type": "hello", "agent_id": "grpc-dup"})
+    assert second.recv()["type"] == "welcome"
+    close = first.recv()
+    assert close["type"] == "close" and close["code"] == 4000
+    with pytest.raises(grpc.RpcError) as e:
+        first.recv()
+    assert e.value.code() == grpc.StatusCode.ABORTED
+    second.end()
+
+
+def test_connect_needs_a_key_and_a_hello(pb, stub):
+    bad = GrpcAgent(pb, stub, {"type": "hello", "agent_id": "x"}, metadata=())
+    with pytest.raises(grpc.RpcError) as e:
+        bad.recv()
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    rude = GrpcAgent(pb, stub, {"type": "event", "payload": 1})
+    close = rude.recv()
+    assert close["type"] == "close" and close["code"] == 1008
+    with pytest.raises(grpc.RpcError) as e:
+        rude.recv()
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED

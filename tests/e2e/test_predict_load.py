@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import Gateway
@@ -56,6 +57,9 @@ max_queue_delay_us = 2000
 queue_depth = 256
 """, tmp_path=tmp_path)
     try:
+        # One answer first (the series exists from then on), then a warm-up.
+        r = httpx.post(f"{g.base_url}/predict", json=BODY, timeout=60)
+        assert r.status_code == 200, r.text
         hammer(g, 1, tmp_path)
         size = 'sluice_predict_batch_size_{}{{model="wide"}}'
         n0, s0 = g.metric(size.format("count")), g.metric(size.format("sum"))

@@ -15,6 +15,7 @@ pub enum Code {
     NotFound = 5,
     PermissionDenied = 7,
     ResourceExhausted = 8,
+    Aborted = 10,
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,

@@ -1,12 +1,16 @@
-//! One agent's WebSocket: hello, then a single task that reads the agent's
+//! One agent's connection: hello, then a single task that reads the agent's
 //! frames, writes its queued frames, pings it, and evicts it when it goes
-//! quiet. A slow agent only ever blocks its own task.
+//! quiet. A slow agent only ever blocks its own task. The connection is a
+//! WebSocket, or anything else that carries the same frames ([`Socket`]:
+//! the server's gRPC `Connect` stream).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+pub use axum::extract::ws::Utf8Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::json;
 use sluice_core::resilience::now_nanos;
 
@@ -15,16 +19,78 @@ use super::{AgentHandle, Hub, Kick, Outbound, Status};
 pub use super::frame::code;
 use super::frame::{AgentFrame, Hello};
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason.to_owned()),
-    };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        socket.send(Message::Close(Some(frame))),
-    )
-    .await;
+/// What an agent's connection delivered.
+pub enum Incoming {
+    /// One frame of the protocol (JSON text).
+    Text(Utf8Bytes),
+    /// Something that is not a JSON text frame.
+    Binary,
+    /// The agent closed the connection.
+    Close,
+    /// A sign of life with no frame (a pong).
+    Life,
+}
+
+/// Why a read failed.
+pub struct ReadError {
+    /// A frame over `max_frame_bytes`.
+    pub too_big: bool,
+    pub message: String,
+}
+
+/// A connection that carries the agent protocol's frames.
+pub trait Socket: Send {
+    /// The next thing the agent sent; `None` when the connection ended.
+    /// Cancel-safe: a call dropped before it returns loses nothing.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Incoming, ReadError>>> + Send;
+    /// Writes one frame; `Err` when the connection is gone.
+    fn send_text(&mut self, text: String) -> impl Future<Output = Result<(), ()>> + Send;
+    /// A heartbeat the agent answers with a sign of life.
+    fn ping(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Ends the connection with a close code and reason.
+    fn close(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+impl Socket for WebSocket {
+    async fn recv(&mut self) -> Option<Result<Incoming, ReadError>> {
+        let msg = WebSocket::recv(self).await?;
+        Some(match msg {
+            Ok(Message::Text(t)) => Ok(Incoming::Text(t)),
+            Ok(Message::Binary(_)) => Ok(Incoming::Binary),
+            Ok(Message::Close(_)) => Ok(Incoming::Close),
+            // Pings are answered by the library; pongs only count as life.
+            Ok(Message::Ping(_) | Message::Pong(_)) => Ok(Incoming::Life),
+            Err(e) => {
+                let message = e.to_string();
+                Err(ReadError {
+                    too_big: too_big(e),
+                    message,
+                })
+            }
+        })
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), ()> {
+        self.send(Message::text(text)).await.map_err(drop)
+    }
+
+    async fn ping(&mut self) -> Result<(), ()> {
+        self.send(Message::Ping(bytes::Bytes::new()))
+            .await
+            .map_err(drop)
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_owned()),
+        };
+        let _ = self.send(Message::Close(Some(frame))).await;
+    }
+}
+
+async fn close<S: Socket>(socket: &mut S, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(code, reason)).await;
 }
 
 /// Whether a read failed on a frame or message over `max_frame_bytes`.
@@ -37,10 +103,10 @@ fn too_big(e: axum::Error) -> bool {
 }
 
 /// Parses the hello; on a bad one, the close code and why.
-fn parse_hello(msg: Message, max_groups: usize) -> Result<Hello, (u16, String)> {
+fn parse_hello(msg: Incoming, max_groups: usize) -> Result<Hello, (u16, String)> {
     match msg {
-        Message::Text(t) => super::frame::parse_hello(t.as_str(), max_groups),
-        Message::Binary(_) => Err((code::UNSUPPORTED, "frames are JSON text".into())),
+        Incoming::Text(t) => super::frame::parse_hello(t.as_str(), max_groups),
+        Incoming::Binary => Err((code::UNSUPPORTED, "frames are JSON text".into())),
         _ => Err((code::POLICY, "the first frame must be a hello".into())),
     }
 }
@@ -61,10 +127,10 @@ fn allowed(h: Hello, scope: &super::Scope) -> Result<Hello, (u16, String)> {
 
 /// Runs one connection to its end. `auth` is the caller's Authorization
 /// header, kept for the chat requests the agent makes over the socket.
-pub async fn run(
+pub async fn run<S: Socket>(
     hub: Arc<Hub>,
     gateway: Arc<dyn super::Gateway>,
-    mut socket: WebSocket,
+    mut socket: S,
     auth: Option<http::HeaderValue>,
     scope: super::Scope,
 ) {
@@ -87,7 +153,7 @@ pub async fn run(
         Ok(None) => return,
         Ok(Some(Err(e))) => {
             // Too big a first frame gets the same 1009 close as a later one.
-            if too_big(e) {
+            if e.too_big {
                 let why = format!("frame over {} bytes", hub.cfg.max_frame_bytes);
                 close(&mut socket, code::TOO_BIG, &why).await;
             }
@@ -114,11 +180,7 @@ pub async fn run(
         "max_frame_bytes": hub.cfg.max_frame_bytes,
         "replica": hub.replica,
     });
-    let (reason, evicted) = if socket
-        .send(Message::text(welcome.to_string()))
-        .await
-        .is_err()
-    {
+    let (reason, evicted) = if socket.send_text(welcome.to_string()).await.is_err() {
         ("write failed".to_owned(), false)
     } else {
         serve(
@@ -140,11 +202,11 @@ pub async fn run(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve(
+async fn serve<S: Socket>(
     hub: &Arc<Hub>,
     gateway: &Arc<dyn super::Gateway>,
     handle: &Arc<AgentHandle>,
-    socket: &mut WebSocket,
+    socket: &mut S,
     rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
     kick: &mut tokio::sync::watch::Receiver<Kick>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
@@ -174,8 +236,8 @@ async fn serve(
                 let msg = match msg {
                     None => return ("closed by the agent".into(), false),
                     Some(Err(e)) => {
-                        let why = e.to_string();
-                        if too_big(e) {
+                        let why = e.message;
+                        if e.too_big {
                             close(socket, code::TOO_BIG, &format!("frame over {} bytes", hub.cfg.max_frame_bytes)).await;
                             return ("frame too big".into(), false);
                         }
@@ -185,32 +247,31 @@ async fn serve(
                 };
                 handle.last_seen.store(now_nanos(), Ordering::Relaxed);
                 match msg {
-                    Message::Text(t) => {
+                    Incoming::Text(t) => {
                         if let Err((c, why)) = on_frame(hub, gateway, handle, t.as_str(), &auth) {
                             close(socket, c, &why).await;
                             return (why, false);
                         }
                     }
-                    Message::Binary(_) => {
+                    Incoming::Binary => {
                         close(socket, code::UNSUPPORTED, "frames are JSON text").await;
                         return ("binary frame".into(), false);
                     }
-                    Message::Close(_) => return ("closed by the agent".into(), false),
-                    // Pings are answered by the library; pongs only count as life.
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Incoming::Close => return ("closed by the agent".into(), false),
+                    Incoming::Life => {}
                 }
             }
             out = rx.recv() => {
                 let Some(out) = out else { return ("queue closed".into(), false) };
                 match out {
                     Outbound::Text(t) => {
-                        if let Err(end) = send(socket, Message::text(*t), write_limit).await {
+                        if let Err(end) = send(socket, *t, write_limit).await {
                             return end;
                         }
                     }
                     Outbound::Instruction(i) => {
                         let (id, frame) = *i;
-                        if let Err(end) = send(socket, Message::text(frame), write_limit).await {
+                        if let Err(end) = send(socket, frame, write_limit).await {
                             return end;
                         }
                         hub.set_status(&id, Status::Delivered, None);
@@ -223,8 +284,10 @@ async fn serve(
                     close(socket, code::HEARTBEAT_TIMEOUT, "missed heartbeats").await;
                     return (format!("missed {} heartbeats", hub.cfg.missed_heartbeats), true);
                 }
-                if let Err(end) = send(socket, Message::Ping(bytes::Bytes::new()), write_limit).await {
-                    return end;
+                match tokio::time::timeout(write_limit, socket.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => return ("write failed".into(), false),
+                    Err(_) => return (format!("not reading: a ping waited {} ms", write_limit.as_millis()), true),
                 }
             }
         }
@@ -233,8 +296,12 @@ async fn serve(
 
 /// Sends one frame, or says why the session ends: a write error, or an
 /// agent that did not take the frame within `limit` (evicted).
-async fn send(socket: &mut WebSocket, msg: Message, limit: Duration) -> Result<(), (String, bool)> {
-    match tokio::time::timeout(limit, socket.send(msg)).await {
+async fn send<S: Socket>(
+    socket: &mut S,
+    text: String,
+    limit: Duration,
+) -> Result<(), (String, bool)> {
+    match tokio::time::timeout(limit, socket.send_text(text)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(("write failed".into(), false)),
         Err(_) => Err((

@@ -63,7 +63,7 @@ fn forbidden(what: String) -> Response {
 }
 
 /// The hub and the caller's scope, after the caller's key is checked.
-fn hub_for(app: &App, headers: &HeaderMap) -> Result<(Arc<Hub>, Scope), Box<Response>> {
+pub(crate) fn hub_for(app: &App, headers: &HeaderMap) -> Result<(Arc<Hub>, Scope), Box<Response>> {
     let Some(hub) = app.hub.clone() else {
         return Err(Box::new(error(
             ErrorKind::RouteNotFound,
@@ -80,6 +80,17 @@ fn hub_for(app: &App, headers: &HeaderMap) -> Result<(Arc<Hub>, Scope), Box<Resp
     }
 }
 
+/// The credential of chats made on an agent's behalf: its own, however it
+/// came (`Authorization` or `x-api-key`).
+pub(crate) fn agent_auth(headers: &HeaderMap) -> Option<http::HeaderValue> {
+    crate::access::api_token(headers)
+        .and_then(|t| http::HeaderValue::try_from(format!("Bearer {t}")).ok())
+        .map(|mut v| {
+            v.set_sensitive(true);
+            v
+        })
+}
+
 pub async fn connect(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -89,14 +100,7 @@ pub async fn connect(
         Ok(h) => h,
         Err(r) => return *r,
     };
-    // Chats made on the agent's behalf carry its credential, however it
-    // came (`Authorization` or `x-api-key`).
-    let auth = crate::access::api_token(&headers)
-        .and_then(|t| http::HeaderValue::try_from(format!("Bearer {t}")).ok())
-        .map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
+    let auth = agent_auth(&headers);
     let cfg = &hub.cfg;
     ws.read_buffer_size(cfg.read_buffer_bytes)
         .write_buffer_size(0)

@@ -11,6 +11,7 @@
 
 mod body;
 mod calls;
+mod connect;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -132,6 +133,9 @@ async fn gateway(
         return not_grpc();
     };
     let (parts, body) = req.into_parts();
+    if method == "Connect" {
+        return connect::connect(app, codec, &parts.headers, body).await;
+    }
     let headers = match call_headers(&parts.headers) {
         Ok(h) => h,
         Err(s) => return status_only(codec, &s, HeaderMap::new()),
