@@ -36,12 +36,19 @@ def pb(tmp_path_factory):
     rc = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
                       str(ROOT / "proto/sluice/v1/gateway.proto")])
     assert rc == 0
+    # The generated package is named `sluice`, as flatc's is in
+    # test_token_stream: imported aside, and the other one put back.
+    ours = lambda k: k == "sluice" or k.startswith("sluice.")  # noqa: E731
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if ours(k)}
     sys.path.insert(0, str(out))
     try:
         return (importlib.import_module("sluice.v1.gateway_pb2"),
                 importlib.import_module("sluice.v1.gateway_pb2_grpc"))
     finally:
         sys.path.remove(str(out))
+        for k in [k for k in sys.modules if ours(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 @pytest.fixture(scope="module")

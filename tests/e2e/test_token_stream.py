@@ -24,8 +24,13 @@ def token_chunk(tmp_path_factory):
     out = tmp_path_factory.mktemp("flatc")
     subprocess.run(["flatc", "--python", "-o", str(out), str(ROOT / "schema/token_chunk.fbs")],
                    check=True)
+    # flatc names the package `sluice` (as grpcio-tools does in test_grpc);
+    # both modules imported now, since TokenChunk.Usage() imports lazily.
+    for k in [k for k in sys.modules if k == "sluice" or k.startswith("sluice.")]:
+        del sys.modules[k]
     sys.path.insert(0, str(out))
     try:
+        importlib.import_module("sluice.Usage")
         return importlib.import_module("sluice.TokenChunk").TokenChunk
     finally:
         sys.path.remove(str(out))
