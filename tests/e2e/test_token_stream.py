@@ -176,3 +176,17 @@ def test_a_failure_after_the_first_chunk_is_a_last_error_chunk(gw, token_chunk):
         assert last["text"], "the error chunk carries the message"
         assert [c["id"] for c in chunks] == list(range(len(chunks)))
         assert not any(c["is_last"] for c in chunks[:-1])
+
+
+def test_the_examples_read_both_binary_streams(gw):
+    """examples/flatbuffers_stream.py and examples/grpc_client.py, run as a
+    user would, print the same text as the SSE path."""
+    text, _ = sse_text_and_usage(gw, "mock-1")
+    host = gw.url.removeprefix("http://")
+    for cmd in (["examples/flatbuffers_stream.py", "--url", gw.url],
+                ["examples/grpc_client.py", "--target", host]):
+        out = subprocess.run([sys.executable, *cmd, "--model", "mock-1", "Say it"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert text in out.stdout, out.stdout
+        assert "stop" in out.stdout

@@ -23,8 +23,9 @@
 //!
 //! `POST /_control` sets faults for every later request (fields optional):
 //! `{"fail_rate":0.3,"fail_next":2,"fail_status":503,"retry_after":"1",
-//!   "hang_ms":5000,"first_chunk_delay_ms":3000}` — fail a steady fraction of
-//! requests or the next N, answer after a delay, or hold a stream's first chunk.
+//!   "hang_ms":5000,"first_chunk_delay_ms":3000,"pace_us":1000}` — fail a steady
+//! fraction of requests or the next N, answer after a delay, hold a stream's
+//! first chunk, or pause between a stream's events (benchmarks: one event per read).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -86,6 +87,9 @@ impl Control {
         }
         if let Some(x) = v["first_chunk_delay_ms"].as_u64() {
             self.first_chunk_delay_ms = x;
+        }
+        if let Some(x) = v["pace_us"].as_u64() {
+            PACE_US.store(x, Ordering::Relaxed);
         }
     }
 
@@ -501,13 +505,33 @@ fn sse(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
-/// An SSE text sent one event per body frame, as model APIs stream.
+/// The pause between the events of a stream (`/_control` `pace_us`; 0:
+/// none, events go out as fast as the connection takes them).
+static PACE_US: AtomicU64 = AtomicU64::new(0);
+
+/// An SSE text sent one event per body frame, as model APIs stream; paced
+/// when `pace_us` is set, so that each event is its own write.
 fn framed(text: &str) -> Body {
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = text
         .split_inclusive("\n\n")
         .map(|ev| Ok(Frame::data(Bytes::copy_from_slice(ev.as_bytes()))))
         .collect();
-    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    let pace = PACE_US.load(Ordering::Relaxed);
+    if pace == 0 {
+        return StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    }
+    let pace = Duration::from_micros(pace);
+    let paced = futures_util::stream::unfold(
+        (frames.into_iter(), true),
+        move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first {
+                tokio::time::sleep(pace).await;
+            }
+            Some((next, (it, false)))
+        },
+    );
+    StreamBody::new(paced).boxed()
 }
 
 fn full(b: Vec<u8>) -> Body {

@@ -84,6 +84,31 @@ impl TokenEncoder {
         }
     }
 
+    /// An OpenAI chunk event read in place (no chunk value built; text,
+    /// finish reason, logprobs and usage borrowed from `data`): its first
+    /// choice's text as one token chunk. Returns the usage it carries;
+    /// `Err` when `data` is not a chunk.
+    pub fn openai_event(
+        &mut self,
+        data: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(u64, u64)>, serde_json::Error> {
+        let ev: OpenAiEvent<'_> = serde_json::from_str(data)?;
+        if let Some(c) = ev.choices.into_iter().find(|c| c.index == 0) {
+            let logprob = c
+                .logprobs
+                .and_then(|l| l.content)
+                .map_or(0.0, |v| v.iter().map(|t| t.logprob).sum());
+            if let Some(text) = c.delta.and_then(|d| d.content) {
+                self.text(&text, logprob, out);
+            }
+            if let Some(r) = c.finish_reason {
+                self.finish_reason = Some(r.into_owned());
+            }
+        }
+        Ok(ev.usage.map(|u| (u.prompt_tokens, u.completion_tokens)))
+    }
+
     /// One token chunk carrying `text` (nothing for empty text).
     pub fn text(&mut self, text: &str, logprob: f32, out: &mut Vec<u8>) {
         if text.is_empty() {
@@ -140,6 +165,44 @@ impl TokenEncoder {
             TokenFormat::GrpcJson => grpc_frame(out, |buf| json(&c, buf)),
         }
     }
+}
+
+/// The parts of an OpenAI chunk a token stream reads, borrowed.
+#[derive(serde::Deserialize)]
+struct OpenAiEvent<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<OpenAiChoice<'a>>,
+    #[serde(default)]
+    usage: Option<ot::UsageOut>,
+}
+
+#[derive(serde::Deserialize)]
+struct OpenAiChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(borrow, default)]
+    delta: Option<OpenAiDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
+}
+
+#[derive(serde::Deserialize)]
+struct OpenAiDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Logprobs {
+    #[serde(default)]
+    content: Option<Vec<TokenLogprob>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenLogprob {
+    logprob: f32,
 }
 
 /// One chunk written alone, as the first chunk of a stream would be (for

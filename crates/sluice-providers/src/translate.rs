@@ -24,6 +24,10 @@ use crate::{BodyError, BoxBody};
 
 pub use crate::wire::{Delivery, Wire};
 
+/// Most bytes of upstream frames that were ready together re-encoded into
+/// one frame for the client.
+const MERGE_BYTES: usize = 64 << 10;
+
 /// Largest single SSE event accepted from an upstream.
 pub const MAX_EVENT: usize = 1 << 20;
 
@@ -85,6 +89,9 @@ pub struct StreamBody {
     upstream_done: bool,
     ended: bool,
     pending_error: Option<String>,
+    /// The upstream body failed while a burst was being read: returned
+    /// once the events before it are out.
+    inner_error: Option<BodyError>,
 }
 
 impl StreamBody {
@@ -142,12 +149,47 @@ impl StreamBody {
             upstream_done: false,
             ended: false,
             pending_error: None,
+            inner_error: None,
         }
+    }
+
+    /// Feeds whatever else the upstream has ready now (frames that arrived
+    /// together: a burst of events), up to [`MERGE_BYTES`], so that they
+    /// go out as one frame. A failure after some of them is kept for after
+    /// their output; `Err` is a feed that failed.
+    fn take_ready(&mut self, cx: &mut Context<'_>, mut fed: usize) -> Result<(), BodyError> {
+        while fed < MERGE_BYTES && self.inner_error.is_none() {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        fed += data.len();
+                        self.sse.feed(&data).map_err(|e| Box::new(e) as BodyError)?;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => self.inner_error = Some(e),
+                Poll::Ready(None) => {
+                    self.sse.finish();
+                    self.ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
     }
 
     /// Handles decoded events; `Err` is an upstream error reported in-stream.
     fn handle(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
         let mut chunks = Vec::new();
+        let decoded = self.decode(&mut chunks, out);
+        // What was decoded before a failure still goes out, before the error.
+        self.encode(&chunks, out);
+        decoded
+    }
+
+    /// Decodes the events read, into `chunks` (or straight into `out` on
+    /// the fast paths); `Err` is an upstream error reported in-stream.
+    fn decode(&mut self, chunks: &mut Vec<ot::Chunk>, out: &mut Vec<u8>) -> Result<(), String> {
         for ev in self.sse.events() {
             if self.upstream_done {
                 break;
@@ -199,6 +241,19 @@ impl StreamBody {
                                 self.upstream_done = true;
                                 continue;
                             }
+                            if let (Encode::Tokens(enc), true) = (&mut pair.1, chunks.is_empty()) {
+                                // Token streams read the event in place.
+                                match enc.openai_event(&ev.data, out) {
+                                    Ok(Some((p, c))) => self.usage.set(p, c),
+                                    Ok(None) => {}
+                                    Err(_) if ev.data.contains("\"error\"") => {
+                                        return Err(upstream_error_message(&ev.data));
+                                    }
+                                    Err(_) => check::json_data(&ev.data)?,
+                                }
+                                self.usage.chunks.store(enc.next_id(), Ordering::Relaxed);
+                                continue;
+                            }
                             match serde_json::from_str::<ot::Chunk>(&ev.data) {
                                 Ok(c) => {
                                     if let Some(u) = c.usage {
@@ -217,7 +272,7 @@ impl StreamBody {
                             if let Ok(resp) =
                                 serde_json::from_str::<gemini::GenerateResponse>(&ev.data)
                             {
-                                t.event(resp, &mut chunks);
+                                t.event(resp, chunks);
                                 if let Some((p, c)) = t.usage() {
                                     self.usage.set(p, c);
                                 }
@@ -228,11 +283,24 @@ impl StreamBody {
                             }
                         }
                         Decode::Anthropic(t) => {
-                            if matches!(pair.1, Encode::OpenAi { .. })
-                                && chunks.is_empty()
-                                && t.text_delta_fast(&ev.data, out)
-                            {
-                                continue;
+                            // Text deltas, the bulk of a stream, skip the
+                            // chunk values when the client's format allows.
+                            if chunks.is_empty() {
+                                match &mut pair.1 {
+                                    Encode::OpenAi { .. } if t.text_delta_fast(&ev.data, out) => {
+                                        continue;
+                                    }
+                                    Encode::Tokens(enc) => {
+                                        if let Some(text) = t.text_delta(&ev.data) {
+                                            enc.text(&text, 0.0, out);
+                                            self.usage
+                                                .chunks
+                                                .store(enc.next_id(), Ordering::Relaxed);
+                                            continue;
+                                        }
+                                    }
+                                    _ => {}
+                                }
                             }
                             let Ok(event) = serde_json::from_str::<at::StreamEvent>(&ev.data)
                             else {
@@ -240,7 +308,7 @@ impl StreamBody {
                                 continue;
                             };
                             let stop = matches!(event, at::StreamEvent::MessageStop);
-                            t.event(event, &mut chunks)?;
+                            t.event(event, chunks)?;
                             let (p, c) = t.usage();
                             self.usage.set(p, c);
                             if stop {
@@ -251,7 +319,6 @@ impl StreamBody {
                 }
             }
         }
-        self.encode(&chunks, out);
         Ok(())
     }
 
@@ -378,6 +445,10 @@ impl Body for StreamBody {
             if let Some(msg) = this.pending_error.take() {
                 return Poll::Ready(Some(Err(Box::new(StreamError(msg)))));
             }
+            if let Some(e) = this.inner_error.take() {
+                this.ended = true;
+                return Poll::Ready(Some(Err(e)));
+            }
             if this.ended {
                 return Poll::Ready(None);
             }
@@ -396,6 +467,10 @@ impl Body for StreamBody {
                     if let Err(e) = this.sse.feed(&data) {
                         this.ended = true;
                         return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    if let Err(e) = this.take_ready(cx, data.len()) {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
                 Poll::Ready(None) => {

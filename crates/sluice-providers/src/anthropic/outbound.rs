@@ -280,10 +280,10 @@ impl StreamToOpenAi {
         Chunk::single(&self.id, self.created, &self.model, delta, finish)
     }
 
-    /// The hot path: a text delta written straight out as an OpenAI SSE
-    /// event, without building the event or the chunk as values. Returns
-    /// false when `data` is anything else (the caller takes the general path).
-    pub fn text_delta_fast(&mut self, data: &str, out: &mut Vec<u8>) -> bool {
+    /// A text delta's text, borrowed from the event when it has no escapes;
+    /// `None` when `data` is anything else (the caller takes the general
+    /// path) or the stream has not started.
+    pub fn text_delta<'a>(&self, data: &'a str) -> Option<std::borrow::Cow<'a, str>> {
         #[derive(serde::Deserialize)]
         struct Ev<'a> {
             #[serde(rename = "type")]
@@ -300,20 +300,22 @@ impl StreamToOpenAi {
         }
         // Key order is not fixed by the format: look for the delta kind.
         if self.text_prefix.is_empty() || !data.contains("\"text_delta\"") {
-            return false;
+            return None;
         }
-        let Ok(ev) = serde_json::from_str::<Ev<'_>>(data) else {
+        let ev = serde_json::from_str::<Ev<'_>>(data).ok()?;
+        if ev.kind != "content_block_delta" || ev.delta.kind != "text_delta" {
+            return None;
+        }
+        ev.delta.text
+    }
+
+    /// The hot path: a text delta written straight out as an OpenAI SSE
+    /// event, without building the event or the chunk as values. Returns
+    /// false when `data` is anything else (the caller takes the general path).
+    pub fn text_delta_fast(&mut self, data: &str, out: &mut Vec<u8>) -> bool {
+        let Some(text) = self.text_delta(data) else {
             return false;
         };
-        if ev.kind != "content_block_delta" {
-            return false;
-        }
-        let (kind, Some(text)) = (ev.delta.kind, ev.delta.text) else {
-            return false;
-        };
-        if kind != "text_delta" {
-            return false;
-        }
         out.extend_from_slice(&self.text_prefix);
         serde_json::to_writer(&mut *out, &text).expect("writing to a Vec cannot fail");
         out.extend_from_slice(b"},\"finish_reason\":null}]}\n\n");

@@ -191,3 +191,31 @@ fn grpc_json_frames_use_proto3_json_names() {
             "usage": {"promptTokens": 1, "completionTokens": 2, "totalTokens": 3}})
     );
 }
+
+#[test]
+fn openai_events_are_read_in_place_with_logprobs_and_usage() {
+    let mut enc = TokenEncoder::new(TokenFormat::GrpcProto);
+    let mut out = Vec::new();
+    let events = [
+        r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hé\n\"x\""},"logprobs":{"content":[{"token":"H","logprob":-0.5},{"token":"é","logprob":-0.25}]},"finish_reason":null}]}"#,
+        r#"{"id":"c","choices":[{"index":1,"delta":{"content":"other choice"}}]}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+        r#"{"id":"c","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#,
+    ];
+    let mut usage = None;
+    for e in events {
+        usage = enc.openai_event(e, &mut out).expect("a chunk").or(usage);
+    }
+    assert!(enc.openai_event("{not json", &mut out).is_err());
+    enc.finish(usage, &mut out);
+    use prost::Message as _;
+    let got: Vec<ProtoChunk> = frames(&out)
+        .into_iter()
+        .map(|m| ProtoChunk::decode(m).expect("a TokenChunk"))
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].text.as_str(), got[0].logprob), ("Hé\n\"x\"", -0.75));
+    assert_eq!((got[1].id, got[1].finish_reason.as_str()), (1, "length"));
+    assert_eq!(got[1].usage.clone().expect("usage").total_tokens, 6);
+}
