@@ -115,6 +115,10 @@ name = "drip"
 targets = [{{ provider = "oa", model = "drip-50" }}]
 
 [[models]]
+name = "reset"
+targets = [{{ provider = "oa", model = "reset" }}]
+
+[[models]]
 name = "mock-1"
 targets = [{{ provider = "mock" }}]
 
@@ -247,6 +251,18 @@ def test_a_cancelled_stream_cancels_the_upstream(pb, stub, upstream):
     assert first.text
     it.cancel()
     wait_for(lambda: upstream.stats()["cancelled"] > before, what="the upstream to see the cancel")
+
+
+def test_a_stream_that_breaks_ends_with_a_status(pb, stub):
+    """After the first chunk, a failure is the call's status (trailers), not
+    a chunk: the upstream cut its connection mid-stream."""
+    got = []
+    with pytest.raises(grpc.RpcError) as e:
+        for c in stub.ChatStream(chat_request(pb, "reset"), metadata=AUTH, timeout=10):
+            got.append(c)
+    assert got and not any(c.is_last for c in got)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+    assert e.value.details()
 
 
 def test_health_and_reflection(channel):
