@@ -50,11 +50,13 @@ impl Call {
         self.codec.decode_unary(&bytes, max)
     }
 
-    fn inbound(&self, op: Operation, route: &'static str, json: Vec<u8>) -> Inbound {
+    /// The API request of the call; its headers move into it (a call makes
+    /// one request).
+    fn inbound(&mut self, op: Operation, route: &'static str, json: Vec<u8>) -> Inbound {
         Inbound {
             op,
             route,
-            headers: self.headers.clone(),
+            headers: std::mem::take(&mut self.headers),
             body: InboundBody::Read(Bytes::from(json)),
             client: None,
         }
@@ -97,7 +99,7 @@ impl Call {
     /// Runs a unary method: the request message as an API request to
     /// `target` (labelled `route`), the answer converted by `from_json`.
     async fn unary<Req, Rep>(
-        &self,
+        mut self,
         body: Body,
         target: Target,
         route: &'static str,
@@ -118,7 +120,7 @@ impl Call {
             }
             Target::Predict => {
                 let mut req = http::Request::new(Body::from(json));
-                *req.headers_mut() = self.headers.clone();
+                *req.headers_mut() = std::mem::take(&mut self.headers);
                 crate::predict::v1::predict(axum::extract::State(self.app.clone()), req).await
             }
         };
@@ -166,7 +168,7 @@ impl Call {
 
     /// The chat as a stream of `TokenChunk` messages, framed on the request
     /// path as they are decoded from the upstream.
-    pub async fn chat_stream(self, body: Body) -> Response<Body> {
+    pub async fn chat_stream(mut self, body: Body) -> Response<Body> {
         let json = match self
             .message::<pb::ChatRequest>(body)
             .await
