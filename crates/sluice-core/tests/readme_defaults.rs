@@ -63,6 +63,15 @@ fn with(section: &str, key: &str, value: Option<&str>, row: &str) -> String {
             provider(""),
             model("")
         ),
+        "plugins[]" => format!(
+            "[[plugins]]\nname = \"x\"\npath = \"{}\"\n{set}\n{}\n{}",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/plugins/empty_filter.wat"
+            ),
+            provider(""),
+            model("")
+        ),
         s => format!("[{s}]\n{set}\n{}\n{}", provider(""), model("")),
     }
 }

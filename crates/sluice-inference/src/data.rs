@@ -23,6 +23,27 @@ impl DType {
         }
     }
 
+    /// The code of the WASM TensorView ABI: 0 = f32, 1 = i32, 2 = i64,
+    /// 3 = u8.
+    pub fn abi_code(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::I32 => 1,
+            Self::I64 => 2,
+            Self::U8 => 3,
+        }
+    }
+
+    pub fn from_abi_code(code: u32) -> Option<Self> {
+        Some(match code {
+            0 => Self::F32,
+            1 => Self::I32,
+            2 => Self::I64,
+            3 => Self::U8,
+            _ => return None,
+        })
+    }
+
     pub fn from_oip(name: &str) -> Option<Self> {
         Some(match name {
             "FP32" => Self::F32,
@@ -94,6 +115,36 @@ impl Data {
             (Self::I32(a), Self::I32(b)) => a.extend_from_slice(b),
             (Self::U8(a), Self::U8(b)) => a.extend_from_slice(b),
             _ => {}
+        }
+    }
+
+    /// The elements as little-endian bytes.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::U8(v) => v.clone(),
+        }
+    }
+
+    /// Elements of `dtype` from little-endian bytes (a partial element at
+    /// the end is ignored).
+    pub fn from_le_bytes(dtype: DType, b: &[u8]) -> Data {
+        fn each<const N: usize, T>(b: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+            b.chunks_exact(N)
+                .map(|c| {
+                    let mut a = [0u8; N];
+                    a.copy_from_slice(c);
+                    f(a)
+                })
+                .collect()
+        }
+        match dtype {
+            DType::F32 => Self::F32(each(b, f32::from_le_bytes)),
+            DType::I32 => Self::I32(each(b, i32::from_le_bytes)),
+            DType::I64 => Self::I64(each(b, i64::from_le_bytes)),
+            DType::U8 => Self::U8(b.to_vec()),
         }
     }
 

@@ -69,9 +69,21 @@ impl TensorSpec {
 
 type Plan = std::sync::Arc<TypedSimplePlan>;
 
+/// Another engine than tract (a WASM plugin, say), plugged in by the
+/// server: it runs the inputs with the shapes given, the batch first for a
+/// batched model.
+pub trait Engine: Send + Sync {
+    fn run(&self, inputs: &[(Vec<usize>, &Data)]) -> Result<Vec<Shaped>, String>;
+}
+
+enum Runner {
+    Tract(Plan),
+    Custom(Box<dyn Engine>),
+}
+
 /// A loaded model, ready to run.
 pub struct Model {
-    plan: Plan,
+    runner: Runner,
     /// Every input and output leads with one batch dimension, so requests
     /// can be merged into one run.
     pub batched: bool,
@@ -138,7 +150,7 @@ pub fn load(path: &Path) -> Result<Model, String> {
         .into_runnable()
         .map_err(|e| format!("the engine cannot run this model: {e:#}"))?;
     Ok(Model {
-        plan,
+        runner: Runner::Tract(plan),
         batched: batch.is_some(),
         inputs,
         outputs,
@@ -203,9 +215,45 @@ fn dim_of(d: &TDim) -> Dim {
 }
 
 impl Model {
+    /// A model run by another engine, with the inputs and outputs it
+    /// declares.
+    pub fn custom(
+        engine: Box<dyn Engine>,
+        batched: bool,
+        inputs: Vec<TensorSpec>,
+        outputs: Vec<TensorSpec>,
+    ) -> Self {
+        Self {
+            runner: Runner::Custom(engine),
+            batched,
+            inputs,
+            outputs,
+        }
+    }
+
     /// Runs `rows` examples at once on a batched model: each input holds
     /// `rows` examples, flat; each output likewise.
     pub fn run(&self, rows: usize, inputs: &[Data]) -> Result<Vec<Shaped>, String> {
+        if let Runner::Custom(engine) = &self.runner {
+            let shaped: Vec<(Vec<usize>, &Data)> = inputs
+                .iter()
+                .zip(&self.inputs)
+                .map(|(d, spec)| {
+                    let mut shape = vec![rows];
+                    shape.extend(spec.shape());
+                    (shape, d)
+                })
+                .collect();
+            let out = engine.run(&shaped)?;
+            // Split back by rows: every output must lead with them.
+            if let Some(o) = out.iter().find(|o| o.shape.first() != Some(&rows)) {
+                return Err(format!(
+                    "the engine answered shape {:?} for a batch of {rows}",
+                    o.shape
+                ));
+            }
+            return Ok(out);
+        }
         let tensors: TVec<TValue> = inputs
             .iter()
             .zip(&self.inputs)
@@ -223,6 +271,11 @@ impl Model {
     /// Runs one request with the shapes it gives (checked with
     /// [`Model::check`]).
     pub fn run_shaped(&self, inputs: &[Shaped]) -> Result<Vec<Shaped>, String> {
+        if let Runner::Custom(engine) = &self.runner {
+            let shaped: Vec<(Vec<usize>, &Data)> =
+                inputs.iter().map(|t| (t.shape.clone(), &t.data)).collect();
+            return engine.run(&shaped);
+        }
         let tensors: TVec<TValue> = inputs
             .iter()
             .map(|t| t.data.tensor(&t.shape).map(IntoTValue::into_tvalue))
@@ -232,8 +285,10 @@ impl Model {
     }
 
     fn execute(&self, tensors: TVec<TValue>) -> Result<Vec<Shaped>, String> {
-        let out = self
-            .plan
+        let Runner::Tract(plan) = &self.runner else {
+            return Err("not a tract model".into());
+        };
+        let out = plan
             .run(tensors)
             .map_err(|e| format!("inference failed: {e:#}"))?;
         out.iter()

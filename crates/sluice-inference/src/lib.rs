@@ -8,4 +8,4 @@ mod data;
 pub mod engine;
 
 pub use batch::{Answer, BatchConfig, Observer, Predictor, SubmitError};
-pub use engine::{DType, Data, Dim, Model, Shaped, TensorSpec, load};
+pub use engine::{DType, Data, Dim, Engine, Model, Shaped, TensorSpec, load};

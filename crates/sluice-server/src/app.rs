@@ -126,6 +126,9 @@ pub struct App {
     /// Local models (`[[predictors]]`), loaded at start and swapped on a
     /// reload.
     pub predictors: ArcSwap<crate::predict::Predictors>,
+    /// proxy-wasm filters (`[[plugins]]`), loaded at start and swapped on a
+    /// reload.
+    pub plugins: ArcSwap<crate::plugins::Plugins>,
     /// Files and batches kept in memory when `[files]` names the mock.
     pub local_files: crate::files::LocalFiles,
     /// Where the configuration came from, for reloads.
@@ -201,10 +204,16 @@ impl App {
             responses = responses.with_redis(conn, config.responses.ttl);
         }
         let responses = Arc::new(responses);
-        let predictors = crate::predict::load(&config, metrics.predict.clone(), None)
+        let predictors =
+            crate::predict::load(&config, metrics.predict.clone(), &metrics.plugins, None)
+                .map_err(|errs| {
+                    anyhow::anyhow!(sluice_core::config::ConfigErrors(errs).to_string())
+                })?;
+        let plugins = crate::plugins::load(&config, &metrics.plugins, None)
             .map_err(|errs| anyhow::anyhow!(sluice_core::config::ConfigErrors(errs).to_string()))?;
         Ok(Arc::new(Self {
             predictors: ArcSwap::from_pointee(predictors),
+            plugins: ArcSwap::from_pointee(plugins),
             responses,
             local_files: crate::files::LocalFiles::default(),
             source,

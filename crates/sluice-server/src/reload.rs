@@ -95,7 +95,23 @@ fn try_reload(
     let predictors = {
         let running = app.predictors.load();
         let metrics = app.metrics.predict.clone();
-        let load = || crate::predict::load(&snapshot.config, metrics, Some(&running));
+        let load = || {
+            crate::predict::load(
+                &snapshot.config,
+                metrics,
+                &app.metrics.plugins,
+                Some(&running),
+            )
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
+            _ => load(),
+        }
+        .map_err(|errs| config::ConfigErrors(errs).to_string())?
+    };
+    let plugins = {
+        let running = app.plugins.load();
+        let load = || crate::plugins::load(&snapshot.config, &app.metrics.plugins, Some(&running));
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
             _ => load(),
@@ -108,6 +124,7 @@ fn try_reload(
     app.access.store(Arc::new(access));
     app.snapshot.store(Arc::new(snapshot));
     app.predictors.store(Arc::new(predictors));
+    app.plugins.store(Arc::new(plugins));
     *key_specs = specs;
     for m in moved {
         let _ = app.source.moves.send(m);

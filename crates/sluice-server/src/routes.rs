@@ -69,6 +69,10 @@ pub fn api(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::plugins::run::filter,
+        ))
         .with_state(app)
 }
 

@@ -150,8 +150,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { file } => match config::load_file(&file).and_then(|c| {
-            // Every local model loads (operators, shapes, the file itself).
-            let errors = sluice_server::predict::check(&c);
+            // Every local model loads (operators, shapes, the file itself),
+            // every plugin starts with its configuration.
+            let mut errors = sluice_server::predict::check(&c);
+            errors.extend(sluice_server::plugins::check(&c));
             if errors.is_empty() {
                 Ok(c)
             } else {

@@ -8,6 +8,7 @@ mod env;
 mod files;
 mod keys;
 mod observability;
+mod plugins;
 mod predictors;
 mod providers;
 mod raw;
@@ -15,7 +16,8 @@ mod redaction;
 mod server;
 mod shared;
 pub mod time;
-pub use predictors::PredictorConfig;
+pub use plugins::{PluginConfig, SandboxLimits};
+pub use predictors::{PredictorConfig, PredictorEngine, WasmPredictor};
 mod validate;
 
 use std::fmt;
@@ -62,6 +64,8 @@ pub struct Config {
     pub files: FilesConfig,
     /// Local models served at `/v1/predict` and `/v2/models/…`.
     pub predictors: Vec<PredictorConfig>,
+    /// proxy-wasm filters on the API routes, in file order.
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// Where `/v1/files` and `/v1/batches` go.

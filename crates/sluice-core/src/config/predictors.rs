@@ -4,14 +4,14 @@
 //! named, found, and their batching settled.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::Collector;
-use super::{ConfigError, line_col};
+use super::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +23,35 @@ pub struct RawPredictor {
     pub threads: Option<Spanned<u64>>,
     pub queue_depth: Option<Spanned<u64>>,
     pub priority: Option<Spanned<String>>,
+    /// `"onnx"` (the default) or `"wasm"`.
+    pub engine: Option<Spanned<String>>,
+    pub model_path: Option<Spanned<String>>,
+    pub input_shape: Option<Spanned<Vec<u64>>>,
+    pub dtype: Option<Spanned<String>>,
+    pub max_memory_mb: Option<Spanned<u64>>,
+    pub max_call_ms: Option<Spanned<u64>>,
+}
+
+/// What runs a predictor's model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PredictorEngine {
+    /// An ONNX file, on tract.
+    Onnx,
+    /// A WASM module behind the TensorView ABI (`docs/wasm-abi.md`).
+    Wasm(WasmPredictor),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmPredictor {
+    /// Read and handed to the module's `init`.
+    pub model_path: Option<PathBuf>,
+    /// One example's shape (without the batch dimension): requests are
+    /// batched along a leading dimension. `None`: one 1-D tensor of any
+    /// length per call, never batched.
+    pub input_shape: Option<Vec<usize>>,
+    /// The input's element type: 0 = f32, 1 = i32, 2 = i64, 3 = u8.
+    pub dtype: u32,
+    pub limits: super::SandboxLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +73,7 @@ pub struct PredictorConfig {
     /// CPU, so predict load never delays the proxy; `"normal"`: as the
     /// proxy's own threads.
     pub idle_priority: bool,
+    pub engine: PredictorEngine,
     /// Where the entry's `path` is, for load errors (`file:line:col`).
     pub at: ConfigError,
 }
@@ -62,38 +92,16 @@ pub(super) fn predictors(
     c: &mut Collector<'_>,
     raw: &[Spanned<RawPredictor>],
 ) -> Vec<PredictorConfig> {
-    let base = Path::new(c.file)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for p in raw {
         let p = p.get_ref();
-        let name = p.name.get_ref();
-        if name.is_empty() || !seen.insert(name.clone()) {
-            c.at(
-                p.name.span(),
-                format!("predictor name '{name}' is empty or used twice"),
-            );
+        let Some(name) = super::plugins::fresh_name(c, &mut seen, &p.name, "predictor") else {
             continue;
-        }
-        let path = Path::new(p.path.get_ref());
-        let path = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            base.join(path)
         };
-        if std::fs::metadata(&path).is_err() {
-            c.at(
-                p.path.span(),
-                format!(
-                    "predictor '{name}': model file '{}' cannot be read",
-                    path.display()
-                ),
-            );
-        }
-        let (line, column) = line_col(c.text, p.path.span().start);
+        let path = super::plugins::module_path(c, &p.path, &format!("predictor '{name}'"));
+        let engine = engine(c, p, name);
+        let at = super::plugins::located(c, &p.path);
         out.push(PredictorConfig {
             name: name.clone(),
             path,
@@ -124,13 +132,80 @@ pub(super) fn predictors(
                     true
                 }
             },
-            at: ConfigError {
-                file: c.file.to_owned(),
-                line,
-                column,
-                message: String::new(),
-            },
+            engine,
+            at,
         });
     }
     out
+}
+
+/// `engine` and the keys only a WASM predictor takes.
+fn engine(c: &mut Collector<'_>, p: &RawPredictor, name: &str) -> PredictorEngine {
+    let wasm = match p.engine.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "onnx")) => false,
+        Some((_, "wasm")) => true,
+        Some((v, other)) => {
+            c.at(
+                v.span(),
+                format!("engine must be \"onnx\" or \"wasm\", not \"{other}\""),
+            );
+            false
+        }
+    };
+    if !wasm {
+        let only_wasm = [
+            p.model_path.as_ref().map(Spanned::span),
+            p.input_shape.as_ref().map(Spanned::span),
+            p.dtype.as_ref().map(Spanned::span),
+            p.max_memory_mb.as_ref().map(Spanned::span),
+            p.max_call_ms.as_ref().map(Spanned::span),
+        ];
+        if let Some(span) = only_wasm.into_iter().flatten().next() {
+            c.at(
+                span,
+                format!("predictor '{name}': this key needs engine = \"wasm\""),
+            );
+        }
+        return PredictorEngine::Onnx;
+    }
+    let model_path = p
+        .model_path
+        .as_ref()
+        .map(|m| super::plugins::module_path(c, m, &format!("predictor '{name}' model_path")));
+    let input_shape = p.input_shape.as_ref().and_then(|s| {
+        let dims = s.get_ref();
+        if dims.is_empty() || dims.len() > 3 || dims.iter().any(|d| *d == 0 || *d > 1 << 24) {
+            c.at(
+                s.span(),
+                "input_shape must list 1 to 3 sizes (the batch dimension comes first, not listed)",
+            );
+            return None;
+        }
+        Some(dims.iter().map(|d| *d as usize).collect())
+    });
+    let dtype = match p.dtype.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "f32")) => 0,
+        Some((_, "i32")) => 1,
+        Some((_, "i64")) => 2,
+        Some((_, "u8")) => 3,
+        Some((v, other)) => {
+            c.at(
+                v.span(),
+                format!("dtype must be \"f32\", \"i32\", \"i64\" or \"u8\", not \"{other}\""),
+            );
+            0
+        }
+    };
+    let limits = super::plugins::limits(
+        c,
+        p.max_memory_mb.as_ref(),
+        p.max_call_ms.as_ref(),
+        (256, 1000),
+    );
+    PredictorEngine::Wasm(WasmPredictor {
+        model_path,
+        input_shape,
+        dtype,
+        limits,
+    })
 }

@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub files: RawFiles,
     #[serde(default)]
     pub predictors: Vec<Spanned<super::predictors::RawPredictor>>,
+    #[serde(default)]
+    pub plugins: Vec<Spanned<super::plugins::RawPlugin>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

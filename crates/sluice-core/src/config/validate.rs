@@ -354,6 +354,7 @@ pub(super) fn validate(
     );
     let files = super::files::files(&mut c, &raw.files, &providers);
     let predictors = super::predictors::predictors(&mut c, &raw.predictors);
+    let plugins = super::plugins::plugins(&mut c, &raw.plugins);
     let responses_redis = super::shared::backend(
         &mut c,
         raw.responses.backend.as_ref(),
@@ -388,6 +389,7 @@ pub(super) fn validate(
             },
             files,
             predictors,
+            plugins,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,

@@ -73,6 +73,7 @@ pub struct TokenTypeLabels {
     pub gen_ai_token_type: &'static str,
 }
 
+pub mod plugins;
 pub mod predict;
 pub mod reload;
 
@@ -148,6 +149,8 @@ pub struct Metrics {
     pub reload: reload::ReloadMetrics,
     /// Local inference (`/v1/predict`, `/v2/models/…/infer`).
     pub predict: std::sync::Arc<predict::PredictMetrics>,
+    /// WASM plugins' failed calls.
+    pub plugins: std::sync::Arc<plugins::PluginMetrics>,
     pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
@@ -202,6 +205,7 @@ impl Metrics {
         connections.precreate();
         let reload = reload::ReloadMetrics::default();
         let predict = std::sync::Arc::new(predict::PredictMetrics::default());
+        let plugins = std::sync::Arc::new(plugins::PluginMetrics::default());
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
@@ -256,6 +260,7 @@ impl Metrics {
         connections.register(registry);
         reload.register(registry);
         predict.register(registry);
+        plugins.register(registry);
         registry.register(
             "active_streams",
             "Streamed responses in flight",
@@ -420,6 +425,7 @@ impl Metrics {
             connections,
             reload,
             predict,
+            plugins,
             agent_queue_depth,
             process_rss,
             process_cpu,

@@ -7,6 +7,7 @@
 mod json;
 pub mod oip;
 pub(crate) mod v1;
+mod wasm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use axum::routing::post;
 use http::HeaderValue;
-use sluice_core::config::{Config, ConfigError, KeyConfig, PredictorConfig};
+use sluice_core::config::{Config, ConfigError, KeyConfig, PredictorConfig, PredictorEngine};
 use sluice_core::{ErrorKind, GatewayError};
-use sluice_inference::{Answer, BatchConfig, Data, Predictor, Shaped, SubmitError};
+use sluice_inference::{Answer, BatchConfig, Data, Model, Predictor, Shaped, SubmitError};
 use tokio::sync::oneshot;
 
 use crate::app::App;
+use crate::metrics::plugins::PluginMetrics;
 use crate::proxy::Recorder;
 
 pub(crate) use json::{DataJson, Numbers, bad, data_of, deadline, read_json};
@@ -29,7 +31,7 @@ pub(crate) use json::{DataJson, Numbers, bad, data_of, deadline, read_json};
 /// whether it can be kept.
 struct Source {
     config: PredictorConfig,
-    stamp: Option<(u64, SystemTime)>,
+    stamp: Option<Vec<(u64, SystemTime)>>,
 }
 
 /// The loaded models, by name.
@@ -39,10 +41,28 @@ pub struct Predictors {
     sources: HashMap<String, Source>,
 }
 
-/// The file's size and modification time, to tell a changed model file.
-fn stamp(p: &PredictorConfig) -> Option<(u64, SystemTime)> {
-    let m = std::fs::metadata(&p.path).ok()?;
-    Some((m.len(), m.modified().ok()?))
+/// The files' sizes and modification times, to tell a changed model
+/// (and, for a WASM module, its `model_path`).
+fn stamp(p: &PredictorConfig) -> Option<Vec<(u64, SystemTime)>> {
+    let of = |path: &std::path::Path| {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    };
+    let mut out = vec![of(&p.path)?];
+    if let PredictorEngine::Wasm(w) = &p.engine
+        && let Some(m) = &w.model_path
+    {
+        out.push(of(m)?);
+    }
+    Some(out)
+}
+
+/// Loads one model with its engine.
+fn load_model(p: &PredictorConfig, plugins: &Arc<PluginMetrics>) -> Result<Model, String> {
+    match &p.engine {
+        PredictorEngine::Onnx => sluice_inference::load(&p.path),
+        PredictorEngine::Wasm(w) => wasm::load(p, w, plugins),
+    }
 }
 
 /// Settings that need a fresh load when they change (the entry's
@@ -54,12 +74,14 @@ fn same_settings(a: &PredictorConfig, b: &PredictorConfig) -> bool {
         a.max_queue_delay,
         a.threads,
         a.queue_depth,
+        &a.engine,
     ) == (
         &b.path,
         b.max_batch_size,
         b.max_queue_delay,
         b.threads,
         b.queue_depth,
+        &b.engine,
     )
 }
 
@@ -69,6 +91,7 @@ fn same_settings(a: &PredictorConfig, b: &PredictorConfig) -> bool {
 pub fn load(
     config: &Config,
     metrics: Arc<crate::metrics::predict::PredictMetrics>,
+    plugins: &Arc<PluginMetrics>,
     prev: Option<&Predictors>,
 ) -> Result<Predictors, Vec<ConfigError>> {
     let mut out = Predictors::default();
@@ -82,7 +105,7 @@ pub fn load(
         });
         let predictor = match kept {
             Some(k) => k,
-            None => match sluice_inference::load(&p.path) {
+            None => match load_model(p, plugins) {
                 Ok(model) => {
                     let cfg = BatchConfig {
                         max_batch_size: p.max_batch_size,
@@ -122,11 +145,12 @@ pub fn load(
 /// `sluice check-config`: every model file loads (an unsupported
 /// operator, a broken file, an unusable input say so).
 pub fn check(config: &Config) -> Vec<ConfigError> {
+    let plugins = Arc::new(PluginMetrics::default());
     config
         .predictors
         .iter()
         .filter_map(|p| {
-            sluice_inference::load(&p.path)
+            load_model(p, &plugins)
                 .err()
                 .map(|e| p.error(format!("predictor '{}': {e}", p.name)))
         })
@@ -311,6 +335,7 @@ async fn answer(
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, rx).await {
         Ok(Ok(Ok(out))) => Ok(out),
+        Ok(Ok(Err(e))) if e.starts_with(wasm::REFUSED) => Err(bad(e)),
         Ok(Ok(Err(e))) => Err(GatewayError::new(ErrorKind::Internal, e)),
         Ok(Err(_)) => Err(GatewayError::new(
             ErrorKind::UpstreamTimeout,
