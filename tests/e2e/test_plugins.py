@@ -10,6 +10,7 @@ the plugin, counted in sluice_plugin_errors_total) while others go on."""
 import concurrent.futures
 import json
 import os
+import re
 import struct
 import subprocess
 import time
@@ -19,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import SLUICE, UPSTREAM_KEY, Gateway, MockUpstream, key_hash
+from conftest import SLUICE, UPSTREAM_KEY, Gateway, MockUpstream, key_hash, wait_for
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 TOKEN = "sk-team-a-plugin-token"
@@ -53,7 +54,7 @@ sha256 = "{key_hash(TOKEN)}"
 [[plugins]]
 name = "sdk"
 path = "{PLUGINS}/sdk_filter.wasm"
-config = "add_response_header=x-sdk-filter:on; deny_header=x-block-me; count=requests; echo_properties=1"
+config = "add_response_header=x-sdk-filter:on; deny_header=x-block-me; count=requests; echo_properties=1; count_chunks=1"
 
 [[plugins]]
 name = "rewrite"
@@ -155,7 +156,14 @@ def test_shared_data_counts_every_request_across_instances(gw, client):
     assert counts == list(range(counts[0], counts[0] + 6)), counts
 
 
-def test_streamed_responses_go_through_the_filters(gw, client):
+def chunk_counts(gw):
+    return [int(n) for n in re.findall(r"response body chunks: (\d+)", gw.logs())]
+
+
+def test_streamed_responses_go_through_the_filters_chunk_by_chunk(gw, client):
+    client.chat.completions.create(model="gpt-big", **CHAT)
+    whole = wait_for(lambda: chunk_counts(gw), what="the filter's log")[-1]
+    seen = len(chunk_counts(gw))
     with client.chat.completions.with_streaming_response.create(
         model="gpt-big", stream=True, **CHAT
     ) as resp:
@@ -164,6 +172,10 @@ def test_streamed_responses_go_through_the_filters(gw, client):
         chunks = [c for c in resp.parse()]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(chunks) > 2 and text
+    # The filter was offered the stream in several chunks (plus the end),
+    # the whole answer in one (plus the end).
+    streamed = wait_for(lambda: chunk_counts(gw)[seen:], what="the stream's log")[-1]
+    assert whole == 2 and streamed > 2, (whole, streamed)
 
 
 @pytest.mark.parametrize("how,kind", [("loop", "timeout"), ("grow", "memory"), ("trap", "trap")])
@@ -329,6 +341,29 @@ config = "add_response_header=x-extra:1"
         assert httpx.post(f"{g.admin_url}/config/reload").status_code == 200
         raw = c.chat.completions.with_raw_response.create(model="gpt-big", **CHAT)
         assert "x-extra" not in raw.headers
+        g.assert_alive()
+    finally:
+        g.stop()
+
+
+def test_ticks_and_unimplemented_host_calls(up, tmp_path):
+    (tmp_path / "affine.bin").write_bytes(struct.pack("<ff", 2.0, 1.0))
+    g = Gateway(config(up.url, f"""
+[[plugins]]
+name = "ticker"
+path = "{PLUGINS}/ticker.wat"
+instances = 1
+"""), tmp_path=tmp_path, env={"SLUICE_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    try:
+        c = openai.OpenAI(base_url=g.base_url, api_key=TOKEN, max_retries=0)
+        raw = c.chat.completions.with_raw_response.create(model="gpt-big", **CHAT)
+        # An HTTP callout and a metric: UNIMPLEMENTED, answered, not trapped.
+        assert raw.headers["x-unimplemented"] == "yes"
+        ticks = lambda: g.logs().count("tick")
+        first = wait_for(ticks, what="a tick")
+        time.sleep(0.5)
+        assert ticks() >= first + 5, (first, ticks())
+        assert g.metric('sluice_plugin_errors_total{plugin="ticker",kind="trap"}') == 0
         g.assert_alive()
     finally:
         g.stop()

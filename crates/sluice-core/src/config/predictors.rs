@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::validate::Collector;
 use super::ConfigError;
+use super::validate::Collector;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -32,6 +32,8 @@ pub(super) struct Chain {
     pub streams: Vec<Stream>,
     pub names: Vec<Arc<str>>,
     pub app: Arc<App>,
+    /// The route's error shape.
+    pub wire: sluice_providers::translate::Wire,
 }
 
 impl Chain {
@@ -39,7 +41,7 @@ impl Chain {
     pub fn failed(&self, i: usize, f: &Failure) -> Response {
         self.count(i, f);
         let e = GatewayError::new(ErrorKind::Internal, f.message.clone());
-        crate::reply::error_response(&e, sluice_providers::translate::Wire::OpenAi)
+        crate::reply::error_response(&e, self.wire)
     }
 
     pub fn count(&self, i: usize, f: &Failure) {
@@ -76,6 +78,7 @@ pub(crate) async fn filter(State(app): State<Arc<App>>, req: Request, next: Next
         streams: Vec::with_capacity(filters.len()),
         names,
         app: app.clone(),
+        wire: crate::extract::wire_of(req.uri().path()),
     };
     for (i, f) in filters.iter().enumerate() {
         match f.open() {
@@ -115,10 +118,7 @@ async fn through(mut chain: Chain, req: Request, next: Next) -> Response {
                 x.request_body = b.to_vec();
                 None
             }
-            Err(e) => {
-                let wire = crate::extract::wire_of(parts.uri.path());
-                return crate::reply::error_response(&e, wire);
-            }
+            Err(e) => return crate::reply::error_response(&e, chain.wire),
         }
     } else {
         Some(body)
