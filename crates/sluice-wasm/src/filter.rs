@@ -42,6 +42,9 @@ pub struct Exchange {
     pub properties: Vec<(String, Vec<u8>)>,
     /// Set when a filter answers in the proxy's place.
     pub local: Option<LocalResponse>,
+    /// Which of `maps` a filter changed (the host need not rebuild the
+    /// others).
+    pub changed: [bool; 4],
 }
 
 pub const REQUEST_HEADERS: usize = 0;

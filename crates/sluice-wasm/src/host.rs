@@ -152,6 +152,14 @@ fn map<'a>(c: &'a mut C<'_>, id: i32) -> Option<&'a mut Fields> {
     c.data_mut().exchange.maps.get_mut(id as u32 as usize)
 }
 
+/// The map `id`, to change it (marked as changed).
+fn map_mut<'a>(c: &'a mut C<'_>, id: i32) -> Option<&'a mut Fields> {
+    let x = &mut c.data_mut().exchange;
+    let i = id as u32 as usize;
+    *x.changed.get_mut(i)? = true;
+    x.maps.get_mut(i)
+}
+
 fn buffer<'a>(c: &'a C<'_>, id: i32) -> Option<&'a [u8]> {
     let h = c.data();
     Some(match id {
@@ -324,7 +332,7 @@ fn headers(l: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(fields) = deserialize(&bytes) else {
                 return Ok(SERIALIZATION_FAILURE);
             };
-            match map(&mut c, m) {
+            match map_mut(&mut c, m) {
                 Some(f) => *f = fields,
                 None => return Ok(NOT_FOUND),
             }
@@ -359,7 +367,7 @@ fn headers(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 let (Some(key), Some(value)) = (text(&c, kp, kn), read(&c, vp, vn)) else {
                     return Ok(INVALID_MEMORY_ACCESS);
                 };
-                let Some(f) = map(&mut c, m) else {
+                let Some(f) = map_mut(&mut c, m) else {
                     return Ok(NOT_FOUND);
                 };
                 let key = key.to_ascii_lowercase();
@@ -387,7 +395,7 @@ fn headers(l: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(key) = text(&c, kp, kn) else {
                 return Ok(INVALID_MEMORY_ACCESS);
             };
-            let Some(f) = map(&mut c, m) else {
+            let Some(f) = map_mut(&mut c, m) else {
                 return Ok(NOT_FOUND);
             };
             f.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));

@@ -3,8 +3,8 @@
 //! (read whole, within `max_body_bytes`) through `proxy_on_request_body`;
 //! a local response from any of them answers instead of the handler. The
 //! response's headers go through `proxy_on_response_headers`, and its
-//! body, chunk by chunk as it streams, through `proxy_on_response_body`
-//! ([`super::body`]).
+//! body through `proxy_on_response_body`: whole when its size is known (a
+//! JSON answer), chunk by chunk as it streams otherwise ([`super::body`]).
 //!
 //! WebSocket upgrades, gRPC and uploads (bodies that are not JSON or text)
 //! are filtered on their headers only: their bodies stream through.
@@ -138,7 +138,9 @@ async fn through(mut chain: Chain, req: Request, next: Next) -> Response {
             }
         }
     }
-    set_headers(&mut parts.headers, &x.maps[REQUEST_HEADERS]);
+    if x.changed[REQUEST_HEADERS] {
+        set_headers(&mut parts.headers, &x.maps[REQUEST_HEADERS]);
+    }
     let body = match body {
         Some(b) => b,
         None => {
@@ -150,7 +152,7 @@ async fn through(mut chain: Chain, req: Request, next: Next) -> Response {
         }
     };
     let resp = next.run(Request::from_parts(parts, body)).await;
-    respond(chain, x, resp)
+    respond(chain, x, resp).await
 }
 
 /// After a request callback: a failure or a local response ends the
@@ -175,7 +177,11 @@ fn settle(
     }
 }
 
-fn respond(mut chain: Chain, mut x: Exchange, resp: Response) -> Response {
+/// A response body of a known size up to this is offered to the filters
+/// whole (one call, end of stream), and keeps a `content-length`.
+const WHOLE_BODY_MAX: u64 = 16 << 20;
+
+async fn respond(mut chain: Chain, mut x: Exchange, resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     let mut fields: Fields = vec![(":status".into(), parts.status.as_str().as_bytes().to_vec())];
     push_headers(&mut fields, &parts.headers);
@@ -190,16 +196,46 @@ fn respond(mut chain: Chain, mut x: Exchange, resp: Response) -> Response {
             return resp;
         }
     }
-    let status = x.maps[RESPONSE_HEADERS]
-        .iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok());
-    if let Some(s) = status {
-        parts.status = s;
+    if x.changed[RESPONSE_HEADERS] {
+        let status = x.maps[RESPONSE_HEADERS]
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok());
+        if let Some(s) = status {
+            parts.status = s;
+        }
+        set_headers(&mut parts.headers, &x.maps[RESPONSE_HEADERS]);
     }
-    set_headers(&mut parts.headers, &x.maps[RESPONSE_HEADERS]);
-    // Filters may change the body's length.
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n <= WHOLE_BODY_MAX)
+    {
+        // A whole answer (not a stream): offered at once, so that a filter
+        // failing on it still gets the client a clean 500.
+        let bytes = match http_body_util::BodyExt::collect(body).await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                chain.finish(&mut x);
+                let e = GatewayError::new(ErrorKind::Internal, format!("the response body: {e}"));
+                return crate::reply::error_response(&e, chain.wire);
+            }
+        };
+        x.response_body = Vec::from(bytes);
+        for i in 0..chain.streams.len() {
+            if let Err(f) = chain.streams[i].response_body(&mut x, true) {
+                let resp = chain.failed(i, &f);
+                chain.finish(&mut x);
+                return resp;
+            }
+        }
+        let out = std::mem::take(&mut x.response_body);
+        chain.finish(&mut x);
+        // hyper writes the length of the (maybe changed) body.
+        parts.headers.remove(CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(out));
+    }
+    // A stream: offered chunk by chunk; filters may change its length.
     parts.headers.remove(CONTENT_LENGTH);
     Response::from_parts(parts, Body::new(Filtered::new(body, chain, x)))
 }
