@@ -29,13 +29,7 @@ fi
 cargo build --release --locked --bin mock-upstream
 if [ "$(nproc)" -lt 2 ]; then echo "needs 2 cores" >&2; exit 1; fi
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. "$ROOT/bench/lib.sh"
 
 UP=$(free_port)
 taskset -c 1 "$TARGET/release/mock-upstream" "127.0.0.1:$UP" > "$WORK/mock.log" &
@@ -91,9 +85,13 @@ LUA
 run() { # case, round, port, path, lua
   local gw=${PID[$1]} t0 g0 m0 g1 m1 t1
   g0=$(cpu_ticks "$gw"); m0=$(cpu_ticks "$MOCK_PID"); t0=$(date +%s.%N)
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$5" "http://127.0.0.1:$3$4" > "$WORK/$1-$2.wrk" 2>&1
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$5" "http://127.0.0.1:$3$4" > "$WORK/$1-$2.wrk" 2>&1 &
+  local w=$! wt=0
+  # wrk's own ticks, read just before it exits.
+  while kill -0 "$w" 2>/dev/null; do wt=$(cpu_ticks "$w" 2>/dev/null || echo "$wt"); sleep 0.2; done
+  wait "$w"
   g1=$(cpu_ticks "$gw"); m1=$(cpu_ticks "$MOCK_PID"); t1=$(date +%s.%N)
-  echo "$((g1 - g0)) $((m1 - m0)) $t0 $t1" > "$WORK/$1-$2.cpu"
+  echo "$((g1 - g0)) $((m1 - m0)) $t0 $t1 $wt" > "$WORK/$1-$2.cpu"
 }
 # Warm-up, then three rounds of every case in turn.
 for c in plain empty header sdk; do
@@ -123,22 +121,23 @@ for c in cases:
         text = open(f"{work}/{c}-{r}.wrk").read()
         reqs = int(re.search(r"(\d+) requests in", text).group(1))
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-        g, m, t0, t1 = open(f"{work}/{c}-{r}.cpu").read().split()
+        g, m, t0, t1, w = open(f"{work}/{c}-{r}.cpu").read().split()
         wall = float(t1) - float(t0)
         per_round.append({
             "rps": reqs / wall, "cpu_us": int(g) / hz * 1e6 / max(reqs, 1),
             "gw_share": int(g) / hz / wall, "mock_share": int(m) / hz / wall,
+            "wrk_share": int(w) / hz / wall,
             "bad": int(bad.group(1)) if bad else 0,
         })
     rows[c] = per_round
 med = lambda c, k: statistics.median(r[k] for r in rows[c])
-print(f"{'case':34} {'req/s':>8} {'CPU µs/req':>11} {'added µs':>9} {'gw CPU':>7} {'mock CPU':>8} {'errors':>6}")
+print(f"{'case':34} {'req/s':>8} {'CPU µs/req':>11} {'added µs':>9} {'gw CPU':>7} {'mock CPU':>8} {'wrk CPU':>7} {'errors':>6}")
 for c in cases:
     # Added µs against the plain path of the same round, then the median.
     added = statistics.median(a["cpu_us"] - p["cpu_us"] for a, p in zip(rows[c], rows["plain"]))
     added = f"{added:9.1f}" if c not in ("plain", "predict") else f"{'-':>9}"
     print(f"{label[c]:34} {med(c, 'rps'):8.0f} {med(c, 'cpu_us'):11.1f} {added} "
-          f"{med(c, 'gw_share'):6.0%} {med(c, 'mock_share'):8.0%} {sum(r['bad'] for r in rows[c]):6d}")
-print("(wrk shares core 1 with the mock; the gateway is alone on core 0. 'added' is the"
+          f"{med(c, 'gw_share'):6.0%} {med(c, 'mock_share'):8.0%} {med(c, 'wrk_share'):7.0%} {sum(r['bad'] for r in rows[c]):6d}")
+print("(wrk and the mock share core 1 (their shares should sum below 100 %); the gateway is alone on core 0. 'added' is the"
       " filter's CPU per request over the plain path in the same round, median of 3.)")
 PY

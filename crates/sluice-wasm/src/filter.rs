@@ -295,6 +295,11 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The filter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Runs one callback with `x` as the request it sees. A lost instance
     /// is skipped (the request goes on as if the filter continued).
     fn call(

@@ -55,13 +55,16 @@ impl Filtered {
                 }
                 Ok(_) => data = std::mem::take(&mut self.x.response_body),
                 Err(f) => {
-                    self.chain.count(i, &f);
+                    self.chain.count(self.chain.streams[i].name(), &f);
                     self.end();
                     return Err(axum::Error::new(f.message));
                 }
             }
             if self.x.local.take().is_some() {
-                tracing::warn!(plugin = %self.chain.names[i], "a local response after the response started is ignored");
+                tracing::warn!(
+                    plugin = self.chain.streams[i].name(),
+                    "a local response after the response started is ignored"
+                );
             }
         }
         Ok(data)

@@ -26,28 +26,25 @@ use sluice_wasm::filter::{
 use super::body::Filtered;
 use crate::app::App;
 
-/// One request's filters: their streams (HTTP contexts), in order, and
-/// their names for errors and metrics.
+/// One request's filters: their streams (HTTP contexts), in order.
 pub(super) struct Chain {
     pub streams: Vec<Stream>,
-    pub names: Vec<Arc<str>>,
     pub app: Arc<App>,
     /// The route's error shape.
     pub wire: sluice_providers::translate::Wire,
 }
 
 impl Chain {
-    /// Counts a failure and turns it into the request's 500.
-    pub fn failed(&self, i: usize, f: &Failure) -> Response {
-        self.count(i, f);
+    /// Counts a failure of `plugin` and turns it into the request's 500.
+    pub fn failed(&self, plugin: &str, f: &Failure) -> Response {
+        self.count(plugin, f);
         let e = GatewayError::new(ErrorKind::Internal, f.message.clone());
         crate::reply::error_response(&e, self.wire)
     }
 
-    pub fn count(&self, i: usize, f: &Failure) {
-        let name = self.names.get(i).map_or("", |n| n);
-        self.app.metrics.plugins.failed(name, f.kind.label());
-        tracing::warn!(plugin = %name, kind = f.kind.label(), error = %f, "plugin failed; its request fails");
+    pub fn count(&self, plugin: &str, f: &Failure) {
+        self.app.metrics.plugins.failed(plugin, f.kind.label());
+        tracing::warn!(plugin, kind = f.kind.label(), error = %f, "plugin failed; its request fails");
     }
 
     pub fn finish(&mut self, x: &mut Exchange) {
@@ -58,33 +55,23 @@ impl Chain {
 }
 
 pub(crate) async fn filter(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let (filters, names): (Vec<_>, Vec<_>) = {
-        let plugins = app.plugins.load();
-        if plugins.filters.is_empty() {
-            return next.run(req).await;
-        }
-        let path = req.uri().path();
-        plugins
-            .filters
-            .iter()
-            .filter(|l| l.config.applies_to(path))
-            .map(|l| (l.filter.clone(), Arc::<str>::from(l.config.name.as_str())))
-            .unzip()
-    };
-    if filters.is_empty() {
-        return next.run(req).await;
-    }
     let mut chain = Chain {
-        streams: Vec::with_capacity(filters.len()),
-        names,
+        streams: Vec::new(),
         app: app.clone(),
         wire: crate::extract::wire_of(req.uri().path()),
     };
-    for (i, f) in filters.iter().enumerate() {
-        match f.open() {
-            Ok(s) => chain.streams.push(s),
-            Err(e) => return chain.failed(i, &e),
+    {
+        let plugins = app.plugins.load();
+        let path = req.uri().path();
+        for l in plugins.filters.iter().filter(|l| l.config.applies_to(path)) {
+            match l.filter.open() {
+                Ok(s) => chain.streams.push(s),
+                Err(e) => return chain.failed(l.filter.name(), &e),
+            }
         }
+    }
+    if chain.streams.is_empty() {
+        return next.run(req).await;
     }
     through(chain, req, next).await
 }
@@ -165,7 +152,7 @@ fn settle(
 ) -> Option<Response> {
     match r {
         Err(f) => {
-            let resp = chain.failed(i, &f);
+            let resp = chain.failed(chain.streams[i].name(), &f);
             chain.finish(x);
             Some(resp)
         }
@@ -224,7 +211,7 @@ async fn respond(mut chain: Chain, mut x: Exchange, resp: Response) -> Response 
         x.response_body = Vec::from(bytes);
         for i in 0..chain.streams.len() {
             if let Err(f) = chain.streams[i].response_body(&mut x, true) {
-                let resp = chain.failed(i, &f);
+                let resp = chain.failed(chain.streams[i].name(), &f);
                 chain.finish(&mut x);
                 return resp;
             }
@@ -319,7 +306,7 @@ fn properties(app: &App, parts: &http::request::Parts) -> Vec<(String, Vec<u8>)>
         ),
         (
             "request.protocol".into(),
-            format!("{:?}", parts.version).into_bytes(),
+            protocol(parts.version).as_bytes().to_vec(),
         ),
     ];
     if let Some(q) = parts.uri.query() {
@@ -351,5 +338,16 @@ fn model_of(body: &[u8]) -> Option<String> {
     match m.model? {
         serde_json::Value::String(s) => Some(s),
         _ => None,
+    }
+}
+
+/// `request.protocol`, as Envoy spells it.
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
