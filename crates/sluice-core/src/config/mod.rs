@@ -7,6 +7,7 @@ mod audit;
 mod env;
 mod files;
 mod keys;
+mod multimodal;
 mod observability;
 mod plugins;
 mod predictors;
@@ -16,6 +17,10 @@ mod redaction;
 mod server;
 mod shared;
 pub mod time;
+pub use multimodal::{
+    ConvertConfig, Converter, ImageFetchConfig, Modalities, Modality, OnFailure, ProcessorConfig,
+    ProcessorKind,
+};
 pub use plugins::{PluginConfig, SandboxLimits};
 pub use predictors::{PredictorConfig, PredictorEngine, WasmPredictor};
 mod validate;
@@ -66,6 +71,11 @@ pub struct Config {
     pub predictors: Vec<PredictorConfig>,
     /// proxy-wasm filters on the API routes, in file order.
     pub plugins: Vec<PluginConfig>,
+    /// Local processors that turn request parts into text (OCR) or trim
+    /// them (voice activity).
+    pub processors: Vec<ProcessorConfig>,
+    /// Image URLs the gateway may fetch for a processor.
+    pub image_fetch: ImageFetchConfig,
 }
 
 /// Where `/v1/files` and `/v1/batches` go.
@@ -368,6 +378,10 @@ pub struct ModelConfig {
     pub tpm: Option<u64>,
     /// US dollars per million (input, output) tokens, for cost budgets.
     pub price: Option<(f64, f64)>,
+    /// What the targets take natively.
+    pub modalities: Modalities,
+    /// How other parts become text; `None` = they are refused.
+    pub convert: Option<Arc<ConvertConfig>>,
 }
 
 #[derive(Debug, Clone)]

@@ -42,6 +42,10 @@ pub struct RawConfig {
     pub predictors: Vec<Spanned<super::predictors::RawPredictor>>,
     #[serde(default)]
     pub plugins: Vec<Spanned<super::plugins::RawPlugin>>,
+    #[serde(default)]
+    pub processors: Vec<Spanned<super::multimodal::RawProcessor>>,
+    #[serde(default)]
+    pub image_fetch: super::multimodal::RawImageFetch,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +294,8 @@ pub struct RawModel {
     pub tpm: Option<Spanned<u64>>,
     pub price_input_per_mtok: Option<Spanned<f64>>,
     pub price_output_per_mtok: Option<Spanned<f64>>,
+    pub modalities: Option<Spanned<Vec<String>>>,
+    pub convert: Option<Spanned<super::multimodal::RawConvert>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -185,6 +185,7 @@ pub(super) fn validate(
         }
     }
 
+    let processors = super::multimodal::processors(&mut c, &raw.processors);
     let mut models = Vec::with_capacity(raw.models.len());
     let mut model_names = HashSet::new();
     for m in &raw.models {
@@ -281,7 +282,18 @@ pub(super) fn validate(
             100,
             "max_attempts",
         ) as u32;
+        let modalities = super::multimodal::modalities(&mut c, m.modalities.as_ref());
+        let convert = m.convert.as_ref().and_then(|conv| {
+            let names: HashSet<&str> = raw
+                .models
+                .iter()
+                .map(|o| o.get_ref().name.get_ref().as_str())
+                .collect();
+            super::multimodal::convert(&mut c, conv, (name, modalities), &names, &processors)
+        });
         models.push(ModelConfig {
+            modalities,
+            convert,
             name: Arc::from(name.as_str()),
             targets,
             strategy,
@@ -355,6 +367,7 @@ pub(super) fn validate(
     let files = super::files::files(&mut c, &raw.files, &providers);
     let predictors = super::predictors::predictors(&mut c, &raw.predictors);
     let plugins = super::plugins::plugins(&mut c, &raw.plugins);
+    let image_fetch = super::multimodal::image_fetch(&mut c, &raw.image_fetch);
     let responses_redis = super::shared::backend(
         &mut c,
         raw.responses.backend.as_ref(),
@@ -390,6 +403,8 @@ pub(super) fn validate(
             files,
             predictors,
             plugins,
+            processors,
+            image_fetch,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,
