@@ -54,6 +54,9 @@ pub struct Event<'a> {
     pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<&'a Map<String, Value>>,
+    /// Parts converted to text before routing: which, by what, how it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversions: Option<&'a Value>,
 }
 
 /// One recorded field: its path, split, and whether it is encrypted.

@@ -15,6 +15,13 @@ pub enum ErrorKind {
     Unauthorized,
     /// The key may not use this model.
     Forbidden,
+    /// A request part of a kind (image, audio) the model's targets do not
+    /// take, with no converter configured for it.
+    UnsupportedModality,
+    /// A part's conversion to text failed (under `on_failure = "fail"`).
+    ConversionFailed,
+    /// A part's conversion ran past its deadline (under `on_failure = "fail"`).
+    ConversionTimeout,
     /// A key's or model's requests or tokens per minute are used up.
     RateLimited,
     /// Too many streams open at once for a key.
@@ -88,7 +95,11 @@ pub enum Source {
 impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
-            ErrorKind::InvalidJson | ErrorKind::InvalidRequest => 400,
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::UnsupportedModality => {
+                400
+            }
+            ErrorKind::ConversionFailed => 502,
+            ErrorKind::ConversionTimeout => 504,
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited | ErrorKind::BudgetExceeded => {
@@ -125,6 +136,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidJson
             | ErrorKind::InvalidRequest
+            | ErrorKind::UnsupportedModality
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
             | ErrorKind::MethodNotAllowed
@@ -151,7 +163,9 @@ impl ErrorKind {
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamAuth
-            | ErrorKind::NoHealthyTarget => "upstream_error",
+            | ErrorKind::NoHealthyTarget
+            | ErrorKind::ConversionFailed
+            | ErrorKind::ConversionTimeout => "upstream_error",
             ErrorKind::Internal => "server_error",
         }
     }
@@ -163,6 +177,9 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Unauthorized => "invalid_api_key",
             ErrorKind::Forbidden => "model_not_allowed",
+            ErrorKind::UnsupportedModality => "unsupported_modality",
+            ErrorKind::ConversionFailed => "conversion_failed",
+            ErrorKind::ConversionTimeout => "conversion_timeout",
             ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::ConcurrencyLimited => "concurrency_limit_exceeded",
             ErrorKind::RequestTimeout => "request_timeout",
@@ -199,6 +216,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidJson
             | ErrorKind::InvalidRequest
+            | ErrorKind::UnsupportedModality
             | ErrorKind::Unauthorized
             | ErrorKind::Forbidden
             | ErrorKind::RateLimited
@@ -228,7 +246,9 @@ impl ErrorKind {
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamAuth
-            | ErrorKind::NoHealthyTarget => Source::Upstream,
+            | ErrorKind::NoHealthyTarget
+            | ErrorKind::ConversionFailed
+            | ErrorKind::ConversionTimeout => Source::Upstream,
             ErrorKind::Internal => Source::Internal,
         }
     }
@@ -240,7 +260,13 @@ impl ErrorKind {
     /// client's own faults and the gateway's are not retried.
     pub fn retryable(self) -> bool {
         match self.source() {
-            Source::Upstream => self != ErrorKind::NoHealthyTarget,
+            // A conversion already had its own retries.
+            Source::Upstream => !matches!(
+                self,
+                ErrorKind::NoHealthyTarget
+                    | ErrorKind::ConversionFailed
+                    | ErrorKind::ConversionTimeout
+            ),
             Source::Downstream | Source::Internal => false,
         }
     }

@@ -72,6 +72,20 @@ fn with(section: &str, key: &str, value: Option<&str>, row: &str) -> String {
             provider(""),
             model("")
         ),
+        "processors[]" => {
+            // Any existing file stands for a model: nothing is loaded here.
+            let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+            let kind = if row.contains("VAD:") {
+                format!("kind = \"vad\"\nmodel = \"{file}\"")
+            } else {
+                format!("kind = \"ocr\"\ndet_model = \"{file}\"\nrec_model = \"{file}\"")
+            };
+            format!(
+                "[[processors]]\nname = \"x\"\n{kind}\n{set}\n{}\n{}",
+                provider(""),
+                model("")
+            )
+        }
         s => format!("[{s}]\n{set}\n{}\n{}", provider(""), model("")),
     }
 }

@@ -129,6 +129,9 @@ pub struct App {
     /// proxy-wasm filters (`[[plugins]]`), loaded at start and swapped on a
     /// reload.
     pub plugins: ArcSwap<crate::plugins::Plugins>,
+    /// Local processors (`[[processors]]`) and the image fetcher for
+    /// multimodal conversions, loaded at start and swapped on a reload.
+    pub media: ArcSwap<crate::multimodal::processors::Media>,
     /// Files and batches kept in memory when `[files]` names the mock.
     pub local_files: crate::files::LocalFiles,
     /// Where the configuration came from, for reloads.
@@ -211,7 +214,10 @@ impl App {
                 })?;
         let plugins = crate::plugins::load(&config, &metrics.plugins, None)
             .map_err(|errs| anyhow::anyhow!(sluice_core::config::ConfigErrors(errs).to_string()))?;
+        let media =
+            crate::multimodal::processors::load(&config, None).map_err(anyhow::Error::msg)?;
         Ok(Arc::new(Self {
+            media: ArcSwap::from_pointee(media),
             predictors: ArcSwap::from_pointee(predictors),
             plugins: ArcSwap::from_pointee(plugins),
             responses,

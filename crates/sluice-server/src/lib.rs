@@ -18,6 +18,7 @@ pub use hub_routes::gateway as hub_gateway;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod multimodal;
 pub mod plugins;
 pub mod predict;
 pub mod proxy;

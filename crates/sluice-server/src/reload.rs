@@ -118,6 +118,14 @@ fn try_reload(
         }
         .map_err(|errs| config::ConfigErrors(errs).to_string())?
     };
+    let media = {
+        let running = app.media.load();
+        let load = || crate::multimodal::processors::load(&snapshot.config, Some(&running));
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
+            _ => load(),
+        }?
+    };
     let access = app.access.load();
     let access = Access::build(&snapshot.config, api_keys, Some(&access));
     // Keys first: a request that sees the new routes sees the new keys.
@@ -125,6 +133,7 @@ fn try_reload(
     app.snapshot.store(Arc::new(snapshot));
     app.predictors.store(Arc::new(predictors));
     app.plugins.store(Arc::new(plugins));
+    app.media.store(Arc::new(media));
     *key_specs = specs;
     for m in moved {
         let _ = app.source.moves.send(m);

@@ -435,6 +435,25 @@ impl Tracing {
         Some(span)
     }
 
+    /// An internal span for work the gateway does within a request (a
+    /// part's conversion), child of `parent`; `None` when the parent is not
+    /// sampled.
+    pub fn internal_span(&self, parent: &Span, name: &'static str) -> Option<Span> {
+        if !parent.cx.sampled {
+            return None;
+        }
+        let cx = SpanContext {
+            span_id: random_id(),
+            ..parent.cx
+        };
+        let rec = self.recording(Some(parent.cx.span_id), false, Kind::Internal, name, None);
+        Some(Span {
+            cx,
+            trace_state: parent.trace_state.clone(),
+            rec: Some(rec),
+        })
+    }
+
     /// Sends what is batched; call once at shutdown.
     pub async fn shutdown(&self) {
         self.exporter.shutdown().await;

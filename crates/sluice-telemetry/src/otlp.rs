@@ -145,6 +145,7 @@ pub fn put_event(buf: &mut Vec<u8>, time_unix_nano: u64, name: &str) {
 /// `Span.kind` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    Internal = 1,
     Server = 2,
     Client = 3,
 }

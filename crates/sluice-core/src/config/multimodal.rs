@@ -395,7 +395,7 @@ pub(super) fn convert(
                 Some(p) if p.kind_name() != want => c.at(
                     n.span(),
                     format!(
-                        "{what}: processor '{}' is a {} processor; {} parts take a {want} one",
+                        "{what}: processor '{}' is of kind {}; {} parts need one of kind {want}",
                         n.get_ref(),
                         p.kind_name(),
                         m.as_str()
@@ -435,4 +435,135 @@ pub(super) fn convert(
         image,
         on_failure,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<super::super::Config, Vec<String>> {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let text = format!(
+            r#"
+[[providers]]
+name = "m"
+kind = "mock"
+
+[[processors]]
+name = "ocr"
+kind = "ocr"
+det_model = "{file}"
+rec_model = "{file}"
+
+[[processors]]
+name = "vad"
+kind = "vad"
+model = "{file}"
+
+[[models]]
+name = "whisper"
+targets = [{{ provider = "m" }}]
+{extra}"#
+        );
+        super::super::parse(&text, "t.toml", &|_| None)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn converters_and_processors_parse_with_their_defaults() {
+        let c = parse(
+            r#"
+[[models]]
+name = "bot"
+targets = [{ provider = "m" }]
+modalities = ["text"]
+[models.convert]
+audio = { model = "whisper", processor = "vad" }
+image = { processor = "ocr", timeout_ms = 900 }
+on_failure = "omit"
+
+[[models]]
+name = "plain"
+targets = [{ provider = "m" }]
+
+[image_fetch]
+allow_hosts = ["img.example.com", "*.CDN.example"]
+"#,
+        )
+        .unwrap();
+        let bot = &c.models[1];
+        assert_eq!(
+            bot.modalities,
+            Modalities {
+                image: false,
+                audio: false
+            }
+        );
+        let conv = bot.convert.as_ref().unwrap();
+        assert_eq!(conv.on_failure, OnFailure::Omit);
+        let audio = conv.audio.as_ref().unwrap();
+        assert_eq!(audio.timeout, Duration::from_millis(4000));
+        assert_eq!(audio.label(), "whisper");
+        let image = conv.image.as_ref().unwrap();
+        assert_eq!(
+            (image.timeout, image.label()),
+            (Duration::from_millis(900), "ocr")
+        );
+        assert_eq!(c.models[2].modalities, Modalities::default());
+        assert!(c.models[2].convert.is_none());
+        assert_eq!(c.processors.len(), 2);
+        assert!(
+            matches!(c.processors[1].kind, ProcessorKind::Vad { threshold, .. } if threshold == 0.5)
+        );
+        assert!(c.image_fetch.host_allowed("img.example.com"));
+        assert!(c.image_fetch.host_allowed("a.cdn.example"));
+        assert!(!c.image_fetch.host_allowed("cdn.example"));
+        assert!(!c.image_fetch.host_allowed("evilimg.example.com"));
+        assert!(!c.image_fetch.allow_private);
+        assert_eq!(c.image_fetch.max_bytes, 10 << 20);
+    }
+
+    #[test]
+    fn converter_problems_are_located() {
+        let errs = parse(
+            r#"
+[[models]]
+name = "bot"
+targets = [{ provider = "m" }]
+modalities = ["text", "smell"]
+[models.convert]
+audio = { processor = "vad" }
+image = { processor = "vad" }
+on_failure = "shrug"
+
+[[models]]
+name = "b2"
+targets = [{ provider = "m" }]
+modalities = ["image"]
+[models.convert]
+image = { model = "nope" }
+audio = { model = "whisper", processor = "ocr" }
+
+[[processors]]
+name = "x"
+kind = "sonar"
+"#,
+        )
+        .unwrap_err();
+        let all = errs.join("\n");
+        for want in [
+            "unknown modality 'smell'",
+            "a vad processor only trims silence",
+            "processor 'vad' is of kind vad; image parts need one of kind ocr",
+            "on_failure must be",
+            "modalities must include \"text\"",
+            "take image natively",
+            "unknown model 'nope'",
+            "processor 'ocr' is of kind ocr; audio parts need one of kind vad",
+            "unknown processor kind 'sonar'",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert!(errs.iter().all(|e| e.starts_with("t.toml:")), "{all}");
+    }
 }

@@ -44,6 +44,9 @@ pub struct ModelRoute {
     pub max_attempts: u32,
     /// US dollars per million (input, output) tokens, when configured.
     pub price: Option<(f64, f64)>,
+    /// What the targets take natively, and how other parts become text.
+    pub modalities: crate::config::Modalities,
+    pub convert: Option<Arc<crate::config::ConvertConfig>>,
     counter: AtomicU64,
 }
 
@@ -113,6 +116,8 @@ impl ModelRoute {
             ttft_timeout: m.ttft_timeout,
             max_attempts: m.max_attempts,
             price: m.price,
+            modalities: m.modalities,
+            convert: m.convert.clone(),
             counter: AtomicU64::new(0),
         }
     }

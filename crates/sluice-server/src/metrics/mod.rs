@@ -73,6 +73,7 @@ pub struct TokenTypeLabels {
     pub gen_ai_token_type: &'static str,
 }
 
+pub mod modality;
 pub mod plugins;
 pub mod predict;
 pub mod reload;
@@ -151,6 +152,8 @@ pub struct Metrics {
     pub predict: std::sync::Arc<predict::PredictMetrics>,
     /// WASM plugins' failed calls.
     pub plugins: std::sync::Arc<plugins::PluginMetrics>,
+    /// Multimodal parts' conversions.
+    pub modality: modality::ModalityMetrics,
     pub agent_queue_depth: Gauge,
     process_rss: Gauge,
     process_cpu: Gauge<f64, AtomicU64>,
@@ -206,6 +209,7 @@ impl Metrics {
         let reload = reload::ReloadMetrics::default();
         let predict = std::sync::Arc::new(predict::PredictMetrics::default());
         let plugins = std::sync::Arc::new(plugins::PluginMetrics::default());
+        let modality = modality::ModalityMetrics::default();
         // Series for every known outcome from the start, at zero: a rate()
         // over a series that appears later misses its first increments.
         for (family, outcomes) in [
@@ -261,6 +265,7 @@ impl Metrics {
         reload.register(registry);
         predict.register(registry);
         plugins.register(registry);
+        modality.register(registry);
         registry.register(
             "active_streams",
             "Streamed responses in flight",
@@ -426,6 +431,7 @@ impl Metrics {
             reload,
             predict,
             plugins,
+            modality,
             agent_queue_depth,
             process_rss,
             process_cpu,

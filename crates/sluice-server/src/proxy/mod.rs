@@ -251,10 +251,37 @@ async fn proxy(
         Ok(b) => b,
         Err(e) => return rec.reply_error(&e),
     };
+    // Parts the route's targets do not take become text first (all at
+    // once, each within its deadline); the request then goes on in the
+    // OpenAI chat shape, to every target alike.
+    let source = match op {
+        Operation::Chat => Some(&body),
+        Operation::Messages | Operation::Responses if untranslatable.is_none() => Some(&canonical),
+        _ => None,
+    };
+    let converted = match source {
+        Some(b) => {
+            let deadline = started + budget;
+            match crate::multimodal::convert(app, route, b, &headers, deadline, &mut rec).await {
+                Ok(c) => c,
+                Err(e) => return rec.reply_error(&e),
+            }
+        }
+        None => None,
+    };
     let canonical_peek;
-    let (op, body_ref, peek_ref, native) = match op {
-        Operation::Chat | Operation::Embeddings | Operation::Media(_) => (op, &body, &peek, None),
-        Operation::Messages | Operation::Responses | Operation::Completions => {
+    let (op, body_ref, peek_ref, native) = match (op, &converted) {
+        (_, Some(c)) => {
+            canonical_peek = match request::peek(c, Operation::Chat) {
+                Ok(p) => p,
+                Err(e) => return rec.reply_error(&e),
+            };
+            (Operation::Chat, c, &canonical_peek, None)
+        }
+        (Operation::Chat | Operation::Embeddings | Operation::Media(_), None) => {
+            (op, &body, &peek, None)
+        }
+        (Operation::Messages | Operation::Responses | Operation::Completions, None) => {
             let native = Some(sluice_providers::adapter::Native {
                 wire: rec.wire,
                 body: &body,

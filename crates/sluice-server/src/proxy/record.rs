@@ -67,6 +67,8 @@ pub struct Recorder {
     pub audit_fields: Option<serde_json::Map<String, serde_json::Value>>,
     /// The gateway's error code, when it answered with one.
     error_code: Option<&'static str>,
+    /// Parts converted to text (audit on only).
+    pub conversions: Option<serde_json::Value>,
     /// A committed stream broke: the answer failed though its status is 2xx.
     stream_failed: bool,
 }
@@ -102,6 +104,7 @@ impl Recorder {
             span: None,
             attempt_span: None,
             audit_fields: None,
+            conversions: None,
             error_code: None,
             stream_failed: false,
         }
@@ -297,6 +300,7 @@ impl Recorder {
             output_tokens: self.usage.map(|u| u.completion_tokens),
             error: self.error_code,
             fields: fields.as_ref(),
+            conversions: self.conversions.as_ref(),
         });
         if let (Some(rx), Some(slot)) = (durable, &self.audit_ack) {
             slot.put(rx);
