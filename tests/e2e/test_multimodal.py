@@ -100,7 +100,22 @@ class Upstream:
                         self._json(chat_answer("a red square on white"))
                     return
                 up.chats.append(req)
+                if req.get("stream"):
+                    return self._sse()
                 self._json(chat_answer("ok"))
+
+            def _sse(self):
+                chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"},
+                                      "finish_reason": "stop"}]}
+                usage = {**chunk, "choices": [],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+                body = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -359,6 +374,16 @@ def test_a_client_going_away_cancels_the_pending_transcription(env):
     assert g.metric('sluice_modality_duration_seconds_count{modality="audio",converter="whisper",outcome="cancelled"}') >= 1
 
 
+def test_a_streamed_request_streams_after_its_conversions(env):
+    g, up, _, _ = env
+    stream = oai(g).chat.completions.create(model="bot-vision", stream=True, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "hear this"}, audio_part()]}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "ok"
+    assert up.chats[-1]["stream"] is True
+    assert up.user_content()[1]["text"].startswith("[audio 1 transcript: heard ")
+
+
 def test_a_model_that_takes_images_gets_them_unchanged(env):
     g, up, _, _ = env
     url = "data:image/png;base64,iVBORw0KGgo="
@@ -476,3 +501,33 @@ def test_the_audit_event_says_what_was_converted(env):
     assert conv["image 1"]["converter"] == "ocr" and conv["image 1"]["outcome"] == "ok"
     assert conv["audio 1"]["model"] == "whisper" and conv["audio 1"]["processor"] == "vad"
     assert conv["audio 1"]["outcome"] == "ok" and conv["audio 1"]["ms"] > 0
+
+
+def test_each_branch_is_a_child_span_of_the_request(tmp_path):
+    from otlp_receiver import HttpReceiver
+
+    rx, up = HttpReceiver(), Upstream()
+    telemetry = f'\n[telemetry]\notlp_endpoint = "{rx.url}"\notlp_protocol = "http/protobuf"\n'
+    g = Gateway(config(up, tmp_path / "audit.jsonl", 'allow_hosts = []') + telemetry, tmp_path=tmp_path)
+    try:
+        oai(g).chat.completions.create(model="bot-vision", messages=[{"role": "user", "content": [
+            image_part("https://example.com/a.png"), audio_part()]}])
+    finally:
+        g.stop()
+    INTERNAL = 1
+    branches = [s for s in rx.spans if s["kind"] == INTERNAL]
+    assert len(branches) == 2, rx.spans
+    request = [s for s in rx.spans if s["name"] == "chat bot-vision"]
+    assert len(request) == 1, [s["name"] for s in rx.spans]
+    by_op = {b["attributes"]["gen_ai.operation.name"]: b for b in branches}
+    assert set(by_op) == {"chat", "transcription"}
+    assert by_op["chat"]["attributes"]["sluice.modality"] == "image"
+    assert by_op["chat"]["attributes"]["gen_ai.request.model"] == "vision"
+    assert by_op["transcription"]["attributes"]["sluice.modality"] == "audio"
+    assert by_op["transcription"]["name"] == "transcription whisper"
+    for b in branches:
+        assert b["parent_span_id"] == request[0]["span_id"]
+        assert b["trace_id"] == request[0]["trace_id"]
+    # The converter models' own requests are children of their branches.
+    inner = [s for s in rx.spans if s["parent_span_id"] in {b["span_id"] for b in branches}]
+    assert len(inner) == 2, inner

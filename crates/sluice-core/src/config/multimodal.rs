@@ -312,10 +312,19 @@ pub(super) fn processors(
     out
 }
 
-/// A model's `modalities` (text always among them).
-pub(super) fn modalities(c: &mut Collector<'_>, raw: Option<&Spanned<Vec<String>>>) -> Modalities {
+/// A model's `modalities` (text always among them). Left out: text and
+/// images, except a modality `[models.convert]` names a converter for.
+pub(super) fn modalities(
+    c: &mut Collector<'_>,
+    raw: Option<&Spanned<Vec<String>>>,
+    convert: Option<&Spanned<RawConvert>>,
+) -> Modalities {
     let Some(raw) = raw else {
-        return Modalities::default();
+        let converts_images = convert.is_some_and(|cv| cv.get_ref().image.is_some());
+        return Modalities {
+            image: !converts_images,
+            audio: false,
+        };
     };
     let mut m = Modalities {
         image: false,
@@ -369,7 +378,7 @@ pub(super) fn convert(
             c.at(
                 span.clone(),
                 format!(
-                    "{what}: the model's targets take {} natively (modalities), so nothing would be converted",
+                    "{what}: modalities says the targets take {} natively, so nothing would be converted",
                     m.as_str()
                 ),
             );
@@ -486,6 +495,12 @@ on_failure = "omit"
 name = "plain"
 targets = [{ provider = "m" }]
 
+[[models]]
+name = "implied"
+targets = [{ provider = "m" }]
+[models.convert]
+image = { model = "whisper" }
+
 [image_fetch]
 allow_hosts = ["img.example.com", "*.CDN.example"]
 "#,
@@ -511,6 +526,14 @@ allow_hosts = ["img.example.com", "*.CDN.example"]
         );
         assert_eq!(c.models[2].modalities, Modalities::default());
         assert!(c.models[2].convert.is_none());
+        // No modalities, an image converter: images are not taken natively.
+        assert_eq!(
+            c.models[3].modalities,
+            Modalities {
+                image: false,
+                audio: false
+            }
+        );
         assert_eq!(c.processors.len(), 2);
         assert!(
             matches!(c.processors[1].kind, ProcessorKind::Vad { threshold, .. } if threshold == 0.5)
@@ -557,7 +580,7 @@ kind = "sonar"
             "processor 'vad' is of kind vad; image parts need one of kind ocr",
             "on_failure must be",
             "modalities must include \"text\"",
-            "take image natively",
+            "modalities says the targets take image natively",
             "unknown model 'nope'",
             "processor 'ocr' is of kind ocr; audio parts need one of kind vad",
             "unknown processor kind 'sonar'",

@@ -282,7 +282,8 @@ pub(super) fn validate(
             100,
             "max_attempts",
         ) as u32;
-        let modalities = super::multimodal::modalities(&mut c, m.modalities.as_ref());
+        let modalities =
+            super::multimodal::modalities(&mut c, m.modalities.as_ref(), m.convert.as_ref());
         let convert = m.convert.as_ref().and_then(|conv| {
             let names: HashSet<&str> = raw
                 .models

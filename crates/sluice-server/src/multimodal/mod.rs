@@ -200,6 +200,7 @@ fn branch_span(
         _ => "chat",
     };
     let mut s = tracing.internal_span(parent, operation)?;
+    s.rename(operation, &Arc::from(conv.label()));
     s.str("gen_ai.operation.name", operation);
     s.str("sluice.modality", part.modality.as_str());
     s.int("sluice.part", part.ordinal as i64);
