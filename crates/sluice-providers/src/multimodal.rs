@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use sluice_core::config::Modality;
+use sluice_core::config::{Modalities, Modality};
 use sluice_core::{ErrorKind, GatewayError};
 
 /// An image or audio part of the request.
@@ -37,11 +37,12 @@ impl Part {
     }
 }
 
-/// Whether the body may hold parts other than text (a cheap scan first:
-/// most requests have none and are not parsed).
-pub fn may_have_media(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"image_url").is_some()
-        || memchr::memmem::find(body, b"input_audio").is_some()
+/// Whether the body may hold parts other than text that a model taking
+/// `native` does not (a cheap scan first: most requests have none, or
+/// only parts their model takes, and are not parsed).
+pub fn may_have_media(body: &[u8], native: Modalities) -> bool {
+    (!native.image && memchr::memmem::find(body, b"image_url").is_some())
+        || (!native.audio && memchr::memmem::find(body, b"input_audio").is_some())
 }
 
 /// The request, parsed, and its image and audio parts in order.
@@ -250,10 +251,22 @@ mod tests {
 
     #[test]
     fn parts_are_found_in_order_and_numbered_per_modality() {
-        assert!(may_have_media(REQ.as_bytes()));
-        assert!(!may_have_media(
-            br#"{"messages":[{"role":"user","content":"hi"}]}"#
-        ));
+        let text_only = Modalities {
+            image: false,
+            audio: false,
+        };
+        assert!(may_have_media(REQ.as_bytes(), text_only));
+        assert!(may_have_media(REQ.as_bytes(), Modalities::default()));
+        let all = Modalities {
+            image: true,
+            audio: true,
+        };
+        assert!(!may_have_media(REQ.as_bytes(), all));
+        let image_only =
+            br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":"x"}]}]}"#;
+        assert!(!may_have_media(image_only, Modalities::default()));
+        let plain = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(!may_have_media(plain, text_only));
         let (_, p) = parts(REQ.as_bytes()).unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(

@@ -40,7 +40,7 @@ pub(crate) async fn convert(
     deadline: Instant,
     rec: &mut Recorder,
 ) -> Result<Option<Bytes>, GatewayError> {
-    if headers.contains_key(&branch::INTERNAL) || !mm::may_have_media(body) {
+    if headers.contains_key(&branch::INTERNAL) || !mm::may_have_media(body, route.modalities) {
         return Ok(None);
     }
     let (parsed, parts) = mm::parts(body)?;
