@@ -44,16 +44,7 @@ pub(crate) async fn convert(
         return Ok(None);
     }
     let (parsed, parts) = mm::parts(body)?;
-    let mut branches: Vec<(&Part, &Converter)> = Vec::new();
-    for p in &parts {
-        if route.modalities.takes(p.modality) {
-            continue;
-        }
-        match route.convert.as_ref().and_then(|c| c.of(p.modality)) {
-            Some(conv) => branches.push((p, conv)),
-            None => return Err(unsupported(route, p.modality)),
-        }
-    }
+    let branches = plan(route, &parts)?;
     if branches.is_empty() {
         return Ok(None);
     }
@@ -103,38 +94,18 @@ pub(crate) async fn convert(
     let mut texts: Vec<Option<String>> = vec![None; branches.len()];
     while let Some((i, r)) = running.next().await {
         let (part, conv) = branches[i];
-        match r {
-            Ok(text) => {
-                tally.done(i, "ok");
-                texts[i] = Some(match part.modality {
-                    Modality::Audio => format!("[{} transcript: {}]", part.name(), text.trim()),
-                    _ => format!("[{}: {}]", part.name(), text.trim()),
-                });
+        tally.done(i, r.as_ref().map_or_else(outcome, |_| "ok"));
+        let own = deadline.min(started + conv.timeout);
+        match settle(part, conv, r, on_failure, (own, deadline)) {
+            Ok((text, omitted)) => {
+                if omitted {
+                    tally.omitted(i);
+                }
+                texts[i] = Some(text);
             }
-            Err(Failure::Input(e)) => {
-                tally.done(i, "error");
+            Err(e) => {
                 tally.audit(rec);
                 return Err(e);
-            }
-            Err(f) => {
-                tally.done(i, outcome(&f));
-                let why = describe(
-                    part,
-                    conv,
-                    &f,
-                    deadline.min(started + conv.timeout),
-                    deadline,
-                );
-                if on_failure == OnFailure::Fail {
-                    tally.audit(rec);
-                    let kind = match f {
-                        Failure::Timeout => ErrorKind::ConversionTimeout,
-                        _ => ErrorKind::ConversionFailed,
-                    };
-                    return Err(GatewayError::new(kind, why));
-                }
-                tally.omitted(i);
-                texts[i] = Some(format!("[{} omitted: {why}]", part.name()));
             }
         }
     }
@@ -148,6 +119,56 @@ pub(crate) async fn convert(
         .map(|((p, _), t)| (*p, t))
         .collect();
     Ok(Some(mm::replace(parsed, with)))
+}
+
+/// The parts to convert, each with its converter; a part the route's
+/// targets do not take and nothing converts fails the request.
+fn plan<'a>(
+    route: &'a ModelRoute,
+    parts: &'a [Part],
+) -> Result<Vec<(&'a Part, &'a Converter)>, GatewayError> {
+    let mut branches = Vec::new();
+    for p in parts {
+        if route.modalities.takes(p.modality) {
+            continue;
+        }
+        match route.convert.as_ref().and_then(|c| c.of(p.modality)) {
+            Some(conv) => branches.push((p, conv)),
+            None => return Err(unsupported(route, p.modality)),
+        }
+    }
+    Ok(branches)
+}
+
+/// What a finished branch puts in its part's place (and whether that is
+/// a note for an omitted part), or the error that ends the request.
+fn settle(
+    part: &Part,
+    conv: &Converter,
+    r: Result<String, Failure>,
+    on_failure: OnFailure,
+    (own, deadline): (Instant, Instant),
+) -> Result<(String, bool), GatewayError> {
+    let f = match r {
+        Ok(text) => {
+            let text = text.trim();
+            return Ok(match part.modality {
+                Modality::Audio => (format!("[{} transcript: {text}]", part.name()), false),
+                _ => (format!("[{}: {text}]", part.name()), false),
+            });
+        }
+        Err(Failure::Input(e)) => return Err(e),
+        Err(f) => f,
+    };
+    let why = describe(part, conv, &f, own, deadline);
+    if on_failure == OnFailure::Omit {
+        return Ok((format!("[{} omitted: {why}]", part.name()), true));
+    }
+    let kind = match f {
+        Failure::Timeout => ErrorKind::ConversionTimeout,
+        _ => ErrorKind::ConversionFailed,
+    };
+    Err(GatewayError::new(kind, why))
 }
 
 fn unsupported(route: &ModelRoute, m: Modality) -> GatewayError {
