@@ -3,6 +3,7 @@
 //! per model. The server wires endpoints to [`Predictor`]s; it does not
 //! see the engine.
 
+mod audio;
 pub mod batch;
 mod data;
 pub mod engine;

@@ -2,9 +2,9 @@
 //! `faster-whisper` wheel ships): where a recording has speech, so the
 //! silence can be cut before it is transcribed.
 
-use std::io::Cursor;
 use std::path::Path;
 
+pub use crate::audio::{Pcm, resample};
 use crate::engine::{self, Data, Model, Shaped};
 
 /// The model's rate, window and the context each window carries from the
@@ -37,6 +37,24 @@ impl std::fmt::Debug for Vad {
     }
 }
 
+/// Why a recording was not trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VadError {
+    /// The bytes are not a WAV recording this build decodes.
+    Audio(String),
+    Engine(String),
+    Cancelled,
+}
+
+impl std::fmt::Display for VadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Audio(e) | Self::Engine(e) => f.write_str(e),
+            Self::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
 /// A recording with its silence cut.
 #[derive(Debug)]
 pub struct Trimmed {
@@ -66,7 +84,7 @@ impl Vad {
         &self,
         audio: &[f32],
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, VadError> {
         let windows = audio.len().div_ceil(WINDOW);
         let mut out = Vec::with_capacity(windows);
         let mut h = vec![0f32; 128];
@@ -75,7 +93,7 @@ impl Vad {
         let mut first = 0;
         while first < windows {
             if cancelled() {
-                return Err("cancelled".into());
+                return Err(VadError::Cancelled);
             }
             let n = ROWS.min(windows - first);
             let mut rows = Vec::with_capacity(n * (WINDOW + CONTEXT));
@@ -104,18 +122,26 @@ impl Vad {
                     data: Data::F32(c),
                 },
             ];
-            let mut res = self.model.run_shaped(&inputs)?.into_iter();
+            let mut res = self
+                .model
+                .run_shaped(&inputs)
+                .map_err(VadError::Engine)?
+                .into_iter();
             let (Some(p), Some(hn), Some(cn)) = (res.next(), res.next(), res.next()) else {
-                return Err("the VAD model gave fewer than 3 outputs".into());
+                return Err(VadError::Engine(
+                    "the VAD model gave fewer than 3 outputs".into(),
+                ));
             };
             let (Data::F32(p), Data::F32(hn), Data::F32(cn)) = (p.data, hn.data, cn.data) else {
-                return Err("the VAD model's outputs are not f32".into());
+                return Err(VadError::Engine(
+                    "the VAD model's outputs are not f32".into(),
+                ));
             };
             if p.len() != n {
-                return Err(format!(
+                return Err(VadError::Engine(format!(
                     "the VAD model gave {} probabilities for {n} windows",
                     p.len()
-                ));
+                )));
             }
             out.extend(p);
             (h, c) = (hn, cn);
@@ -130,8 +156,8 @@ impl Vad {
         &self,
         wav: &[u8],
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<Trimmed>, String> {
-        let pcm = Pcm::decode(wav)?;
+    ) -> Result<Option<Trimmed>, VadError> {
+        let pcm = Pcm::decode(wav).map_err(VadError::Audio)?;
         let mono16k = resample(&pcm.mono(), pcm.rate, RATE);
         let probs = self.probabilities(&mono16k, cancelled)?;
         let spans = speech(&probs, self.settings);
@@ -148,7 +174,7 @@ impl Vad {
             .collect();
         let kept: usize = frames.iter().map(|(a, b)| b - a).sum();
         Ok(Some(Trimmed {
-            wav: pcm.encode(&frames)?,
+            wav: pcm.encode(&frames).map_err(VadError::Engine)?,
             speech_ms: kept as u64 * 1000 / u64::from(pcm.rate.max(1)),
             total_ms,
         }))
@@ -200,91 +226,6 @@ pub fn speech(probs: &[f32], s: VadSettings) -> Vec<(usize, usize)> {
     out
 }
 
-/// Linear interpolation to another rate (enough for speech detection;
-/// what is transcribed keeps the original samples).
-pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
-    if from == to || x.is_empty() {
-        return x.to_vec();
-    }
-    let n = (x.len() as u64 * u64::from(to) / u64::from(from.max(1))) as usize;
-    let step = f64::from(from) / f64::from(to);
-    (0..n)
-        .map(|i| {
-            let pos = i as f64 * step;
-            let k = pos as usize;
-            let frac = (pos - k as f64) as f32;
-            let a = x[k.min(x.len() - 1)];
-            let b = x[(k + 1).min(x.len() - 1)];
-            a + (b - a) * frac
-        })
-        .collect()
-}
-
-/// A decoded WAV recording: interleaved samples in [-1, 1].
-pub struct Pcm {
-    pub rate: u32,
-    pub channels: u16,
-    pub samples: Vec<f32>,
-}
-
-impl Pcm {
-    pub fn decode(wav: &[u8]) -> Result<Self, String> {
-        let mut r =
-            hound::WavReader::new(Cursor::new(wav)).map_err(|e| format!("not a WAV file: {e}"))?;
-        let spec = r.spec();
-        if spec.channels == 0 || spec.sample_rate == 0 {
-            return Err("a WAV file with no channels or rate".into());
-        }
-        let samples: Result<Vec<f32>, _> = match spec.sample_format {
-            hound::SampleFormat::Float => r.samples::<f32>().collect(),
-            hound::SampleFormat::Int => {
-                let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
-                r.samples::<i32>()
-                    .map(|s| s.map(|v| v as f32 * scale))
-                    .collect()
-            }
-        };
-        Ok(Self {
-            rate: spec.sample_rate,
-            channels: spec.channels,
-            samples: samples.map_err(|e| format!("a broken WAV file: {e}"))?,
-        })
-    }
-
-    pub fn frames(&self) -> usize {
-        self.samples.len() / usize::from(self.channels)
-    }
-
-    pub fn mono(&self) -> Vec<f32> {
-        let ch = usize::from(self.channels);
-        self.samples
-            .chunks_exact(ch)
-            .map(|f| f.iter().sum::<f32>() / ch as f32)
-            .collect()
-    }
-
-    /// The given frame ranges, one after another, as 16-bit PCM WAV.
-    pub fn encode(&self, frames: &[(usize, usize)]) -> Result<Vec<u8>, String> {
-        let spec = hound::WavSpec {
-            channels: self.channels,
-            sample_rate: self.rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut out = Cursor::new(Vec::new());
-        let mut w = hound::WavWriter::new(&mut out, spec).map_err(|e| e.to_string())?;
-        let ch = usize::from(self.channels);
-        for &(a, b) in frames {
-            for s in &self.samples[a * ch..b * ch] {
-                w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        w.finalize().map_err(|e| e.to_string())?;
-        Ok(out.into_inner())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,31 +262,5 @@ mod tests {
             ..S
         };
         assert_eq!(speech(&p, padded), vec![(6, 40)]);
-    }
-
-    #[test]
-    fn wav_round_trips_and_cuts_frames() {
-        let pcm = Pcm {
-            rate: 8000,
-            channels: 2,
-            samples: (0..16000)
-                .map(|i| ((i % 100) as f32 / 100.0) - 0.5)
-                .collect(),
-        };
-        assert_eq!(pcm.frames(), 8000);
-        let wav = pcm.encode(&[(0, 100), (200, 300)]).unwrap();
-        let back = Pcm::decode(&wav).unwrap();
-        assert_eq!((back.rate, back.channels, back.frames()), (8000, 2, 200));
-        assert!((back.samples[1] - pcm.samples[1]).abs() < 1e-3);
-        assert!((back.samples[200] - pcm.samples[400]).abs() < 1e-3);
-        assert!(Pcm::decode(b"RIFF nonsense").is_err());
-    }
-
-    #[test]
-    fn resampling_keeps_duration() {
-        let x: Vec<f32> = (0..48_000).map(|i| i as f32).collect();
-        let y = resample(&x, 48_000, 16_000);
-        assert_eq!(y.len(), 16_000);
-        assert!((y[100] - 300.0).abs() < 1e-3);
     }
 }

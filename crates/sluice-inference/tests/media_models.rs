@@ -7,14 +7,21 @@ use std::path::PathBuf;
 use sluice_inference::ocr::Ocr;
 use sluice_inference::vad::{Pcm, Vad, VadSettings};
 
-fn models() -> Option<PathBuf> {
-    match std::env::var_os("SLUICE_TEST_MODELS") {
-        Some(d) => Some(PathBuf::from(d)),
-        None => {
-            eprintln!("SLUICE_TEST_MODELS is not set (scripts/test.sh sets it): skipped");
-            None
-        }
-    }
+/// Where `scripts/test.sh` put the models (`SLUICE_TEST_MODELS`, else
+/// `tests/models/.media`). Missing models fail the test rather than skip
+/// it: a skipped test would read as passed.
+fn models() -> PathBuf {
+    let dir = std::env::var_os("SLUICE_TEST_MODELS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/.media"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("silero_vad_v6.onnx").exists(),
+        "no test models in {}: run scripts/test.sh, or tests/models/fetch_media_models.py DIR \
+         with SLUICE_TEST_MODELS=DIR",
+        dir.display()
+    );
+    dir
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -26,7 +33,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 #[test]
 fn ocr_reads_the_rendered_words_in_order() {
-    let Some(dir) = models() else { return };
+    let dir = models();
     let ocr = Ocr::load(
         &dir.join("ch_PP-OCRv4_det_infer.onnx"),
         &dir.join("ch_PP-OCRv4_rec_infer.onnx"),
@@ -55,7 +62,7 @@ fn ocr_reads_the_rendered_words_in_order() {
 
 #[test]
 fn vad_finds_the_speech_between_the_silences() {
-    let Some(dir) = models() else { return };
+    let dir = models();
     let settings = VadSettings {
         threshold: 0.5,
         min_silence_ms: 500,

@@ -16,7 +16,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_core::config::ImageFetchConfig;
 
 /// Why an image was not fetched.
@@ -126,16 +125,9 @@ impl ImageFetcher {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeout));
-        let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(b) => b,
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-        };
-        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
+        let client = crate::transport::builder()
             .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build(connector);
+            .build(crate::transport::with_tls(http, None));
         Self {
             client,
             config: config.clone(),

@@ -45,7 +45,7 @@ pub fn upload_client_for(p: &ProviderConfig) -> UploadClient {
         .build(connector(p.connect_timeout, p.ca_file.as_deref()))
 }
 
-fn builder() -> hyper_util::client::legacy::Builder {
+pub(crate) fn builder() -> hyper_util::client::legacy::Builder {
     let mut b = Client::builder(TokioExecutor::new());
     b.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
     b
@@ -62,6 +62,16 @@ fn connector(
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    with_tls(http, ca)
+}
+
+/// TLS (ALPN h2 and http/1.1) over a TCP connector, trusting the system
+/// roots (the bundled web PKI ones when there are none), plus `ca` when
+/// given; plain `http://` passes through.
+pub(crate) fn with_tls<R>(
+    http: HttpConnector<R>,
+    ca: Option<&std::path::Path>,
+) -> HttpsConnector<HttpConnector<R>> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match ca {
         Some(ca) => builder.with_tls_config(tls_with_ca(ca)),

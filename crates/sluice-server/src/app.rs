@@ -131,7 +131,7 @@ pub struct App {
     pub plugins: ArcSwap<crate::plugins::Plugins>,
     /// Local processors (`[[processors]]`) and the image fetcher for
     /// multimodal conversions, loaded at start and swapped on a reload.
-    pub media: ArcSwap<crate::multimodal::processors::Media>,
+    pub converters: ArcSwap<crate::multimodal::processors::Converters>,
     /// Files and batches kept in memory when `[files]` names the mock.
     pub local_files: crate::files::LocalFiles,
     /// Where the configuration came from, for reloads.
@@ -214,10 +214,10 @@ impl App {
                 })?;
         let plugins = crate::plugins::load(&config, &metrics.plugins, None)
             .map_err(|errs| anyhow::anyhow!(sluice_core::config::ConfigErrors(errs).to_string()))?;
-        let media =
+        let converters =
             crate::multimodal::processors::load(&config, None).map_err(anyhow::Error::msg)?;
         Ok(Arc::new(Self {
-            media: ArcSwap::from_pointee(media),
+            converters: ArcSwap::from_pointee(converters),
             predictors: ArcSwap::from_pointee(predictors),
             plugins: ArcSwap::from_pointee(plugins),
             responses,

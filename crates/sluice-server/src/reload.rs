@@ -103,28 +103,17 @@ fn try_reload(
                 Some(&running),
             )
         };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
-            _ => load(),
-        }
-        .map_err(|errs| config::ConfigErrors(errs).to_string())?
+        loading(load).map_err(|errs| config::ConfigErrors(errs).to_string())?
     };
     let plugins = {
         let running = app.plugins.load();
         let load = || crate::plugins::load(&snapshot.config, &app.metrics.plugins, Some(&running));
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
-            _ => load(),
-        }
-        .map_err(|errs| config::ConfigErrors(errs).to_string())?
+        loading(load).map_err(|errs| config::ConfigErrors(errs).to_string())?
     };
-    let media = {
-        let running = app.media.load();
+    let converters = {
+        let running = app.converters.load();
         let load = || crate::multimodal::processors::load(&snapshot.config, Some(&running));
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
-            _ => load(),
-        }?
+        loading(load)?
     };
     let access = app.access.load();
     let access = Access::build(&snapshot.config, api_keys, Some(&access));
@@ -133,7 +122,7 @@ fn try_reload(
     app.snapshot.store(Arc::new(snapshot));
     app.predictors.store(Arc::new(predictors));
     app.plugins.store(Arc::new(plugins));
-    app.media.store(Arc::new(media));
+    app.converters.store(Arc::new(converters));
     *key_specs = specs;
     for m in moved {
         let _ = app.source.moves.send(m);
@@ -227,5 +216,14 @@ fn keep_what_start_fixed(new: &mut Config, running: &Config) {
                 "this part of the configuration changed; it takes effect at the next restart"
             );
         }
+    }
+}
+
+/// Runs a model load (seconds of file reading and optimizing) without
+/// stalling the other tasks of a multi-threaded runtime's worker.
+fn loading<T>(load: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
+        _ => load(),
     }
 }

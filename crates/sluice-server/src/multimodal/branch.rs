@@ -14,11 +14,12 @@ use sluice_core::config::Converter;
 use sluice_core::media::Media as MediaOp;
 use sluice_core::request::Operation;
 use sluice_core::{ErrorKind, GatewayError};
+use sluice_inference::vad::VadError;
 use sluice_providers::fetch::FetchError;
 use sluice_providers::multimodal::{self as mm, Part, Source};
 use tokio::time::Instant;
 
-use super::processors::{Engine, Media};
+use super::processors::{Converters, Engine};
 use crate::app::App;
 use crate::proxy::{Inbound, InboundBody};
 
@@ -40,7 +41,7 @@ pub(super) enum Failure {
 
 pub(super) struct Ctx<'a> {
     pub app: &'a Arc<App>,
-    pub media: &'a Media,
+    pub converters: &'a Converters,
     /// The client's request headers (its credentials go with the calls).
     pub headers: &'a HeaderMap,
     pub request_id: &'a str,
@@ -111,11 +112,16 @@ async fn ocr(ctx: &Ctx<'_>, processor: &str, url: &str) -> Result<String, Failur
     let bytes = match mm::data_uri(url) {
         Some(Ok((_, b))) => Bytes::from(b),
         Some(Err(e)) => return Err(bad(e)),
-        None => ctx.media.fetcher.fetch(url).await.map_err(|e| match e {
-            FetchError::Refused(m) => bad(m),
-            FetchError::Failed(m) => Failure::Failed(m),
-            FetchError::TimedOut => Failure::Timeout,
-        })?,
+        None => ctx
+            .converters
+            .fetcher
+            .fetch(url)
+            .await
+            .map_err(|e| match e {
+                FetchError::Refused(m) => bad(m),
+                FetchError::Failed(m) => Failure::Failed(m),
+                FetchError::TimedOut => Failure::Timeout,
+            })?,
     };
     let p = loaded(ctx, processor)?;
     let read = p
@@ -150,24 +156,21 @@ async fn trim(
     let trimmed = p
         .run(move |engine, cancelled| match engine {
             Engine::Vad(v) => v.trim_wav(&audio, cancelled).map(|t| t.map(|t| t.wav)),
-            Engine::Ocr(_) => Err("not a voice-activity processor".into()),
+            Engine::Ocr(_) => Err(VadError::Engine("not a voice-activity processor".into())),
         })
         .await
         .map_err(Failure::Failed)?;
-    trimmed.map_err(|e| {
-        if e.starts_with("not a WAV") || e.starts_with("a broken WAV") {
-            Failure::Input(
-                GatewayError::new(ErrorKind::InvalidRequest, format!("input_audio: {e}"))
-                    .with_param("messages"),
-            )
-        } else {
-            Failure::Failed(e)
-        }
+    trimmed.map_err(|e| match e {
+        VadError::Audio(m) => Failure::Input(
+            GatewayError::new(ErrorKind::InvalidRequest, format!("input_audio: {m}"))
+                .with_param("messages"),
+        ),
+        other => Failure::Failed(other.to_string()),
     })
 }
 
 fn loaded<'a>(ctx: &'a Ctx<'_>, name: &str) -> Result<&'a super::processors::Processor, Failure> {
-    ctx.media
+    ctx.converters
         .processors
         .get(name)
         .map(|p| &**p)

@@ -52,7 +52,7 @@ pub(crate) async fn convert(
         .convert
         .as_ref()
         .map_or(OnFailure::Fail, |c| c.on_failure);
-    let media = app.media.load_full();
+    let converters = app.converters.load_full();
     let request_id = rec
         .request_id
         .as_ref()
@@ -61,7 +61,7 @@ pub(crate) async fn convert(
         .to_owned();
     let ctx = branch::Ctx {
         app,
-        media: &media,
+        converters: &converters,
         headers,
         request_id: &request_id,
     };
@@ -87,15 +87,14 @@ pub(crate) async fn convert(
                 if let (Some(s), Err(f)) = (span.as_mut(), &r) {
                     s.fail(outcome(f), &describe(part, conv, f, own, deadline));
                 }
-                (i, r)
+                (i, r, own)
             }
         })
         .collect();
     let mut texts: Vec<Option<String>> = vec![None; branches.len()];
-    while let Some((i, r)) = running.next().await {
+    while let Some((i, r, own)) = running.next().await {
         let (part, conv) = branches[i];
         tally.done(i, r.as_ref().map_or_else(outcome, |_| "ok"));
-        let own = deadline.min(started + conv.timeout);
         match settle(part, conv, r, on_failure, (own, deadline)) {
             Ok((text, omitted)) => {
                 if omitted {

@@ -25,16 +25,14 @@ pub struct Processor {
 }
 
 /// What conversions need besides the configuration snapshot.
-pub struct Media {
+pub struct Converters {
     pub processors: HashMap<Arc<str>, Arc<Processor>>,
     pub fetcher: Arc<ImageFetcher>,
 }
 
-impl Media {}
-
 /// Loads the processors `config` names, keeping those of `prev` whose
 /// entry is unchanged. The error names the processor.
-pub fn load(config: &Config, prev: Option<&Media>) -> Result<Media, String> {
+pub fn load(config: &Config, prev: Option<&Converters>) -> Result<Converters, String> {
     let mut processors = HashMap::new();
     for p in &config.processors {
         let kept = prev
@@ -54,7 +52,7 @@ pub fn load(config: &Config, prev: Option<&Media>) -> Result<Media, String> {
         Some(m) if m.fetcher.config() == &config.image_fetch => m.fetcher.clone(),
         _ => Arc::new(ImageFetcher::new(&config.image_fetch)),
     };
-    Ok(Media {
+    Ok(Converters {
         processors,
         fetcher,
     })
