@@ -7,6 +7,7 @@ pub use sluice_audit as audit;
 pub mod clock;
 pub mod conn;
 mod count_tokens;
+pub mod embed;
 pub mod extract;
 mod files;
 mod grpc;
