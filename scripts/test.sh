@@ -53,7 +53,14 @@ export SLUICE_TEST_MODELS=$ROOT/tests/models/.media
 "$VENV/bin/python" tests/models/fetch_media_models.py "$SLUICE_TEST_MODELS"
 
 log "build"
-cargo build --workspace --bins --examples --locked
+# Libraries too: the C ABI (libsluice.so/.a) and the Node addon.
+cargo build --workspace --lib --bins --examples --locked
+
+log "python package"
+# `pip install ./bindings/python` as a user would, in the dev profile and
+# the shared target dir so it reuses the build above (a user's gets release).
+PATH="$VENV/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev --locked" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" \
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 log "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
