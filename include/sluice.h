@@ -67,6 +67,18 @@ SluiceGateway *sluice_gateway_new(const char *config_toml, size_t len, char **er
 // call on it is running or will be made.
 void sluice_gateway_free(SluiceGateway *gw);
 
+// Swaps in a new configuration (`len` bytes of TOML), as the server's hot
+// reload does: what did not change keeps its state (breakers, pools,
+// rate-limit buckets). Returns [`SLUICE_OK`], or [`SLUICE_ERR_INVALID`]
+// with `*err_out` (when not null) set to the problems, the running
+// configuration staying.
+//
+// # Safety
+// `gw` came from [`sluice_gateway_new`]; `config_toml` points to `len`
+// readable bytes; `err_out` is null or points to writable storage for a
+// pointer.
+int32_t sluice_gateway_reload(const SluiceGateway *gw, const char *config_toml, size_t len, char **err_out);
+
 // Sets the API key in-process calls present (as `Authorization: Bearer`;
 // needed when the configuration has `[[keys]]`); null clears it.
 //

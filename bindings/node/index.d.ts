@@ -39,6 +39,8 @@ export class Gateway {
   stop(): void;
   metrics(): string;
   setApiKey(key: string | null): void;
+  /** Swaps in a new configuration (a hot reload); throws SluiceError when refused. */
+  reload(config: string): void;
 }
 
 export const version: string;

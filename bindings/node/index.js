@@ -141,6 +141,16 @@ class Gateway {
     return this._native.metrics();
   }
 
+  /** Swaps in a new configuration (a hot reload); throws when refused. */
+  reload(config) {
+    try {
+      this._native.reload(config);
+    } catch (e) {
+      if (e && e.code === 'InvalidArg') throw new SluiceError(400, 'invalid_config', e.message, undefined);
+      throw e;
+    }
+  }
+
   setApiKey(key) {
     this._native.setApiKey(key ?? null);
   }

@@ -92,4 +92,4 @@ def test_node_binding(tmp_path, upstream):
                          env={**os.environ, "SLUICE_TEST_UPSTREAM": upstream.url,
                               "SLUICE_NODE_ADDON": str(tmp_path / "sluice.node")})
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert "# fail 0" in out.stdout and "# pass 6" in out.stdout, out.stdout[-2000:]
+    assert "# fail 0" in out.stdout and "# pass 7" in out.stdout, out.stdout[-2000:]

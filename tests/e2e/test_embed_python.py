@@ -278,3 +278,62 @@ targets = [{{ provider = "mock" }}]
     with pytest.raises(sluice.SluiceError) as err:
         g.request("/v1/nothing-here", {})
     assert err.value.status == 404
+
+
+MOCK_ONLY = """
+[[providers]]
+name = "mock"
+kind = "mock"
+tokens_per_response = 3
+
+[[models]]
+name = "mock-1"
+targets = [{ provider = "mock" }]
+"""
+
+
+def test_reload_swaps_the_configuration_in_process():
+    g = sluice.Gateway(MOCK_ONLY)
+    with pytest.raises(sluice.SluiceError) as e:
+        g.chat({"model": "mock-2", "messages": msgs()})
+    assert e.value.status == 404
+    g.reload(MOCK_ONLY + '\n[[models]]\nname = "mock-2"\ntargets = [{ provider = "mock" }]\n')
+    assert g.chat({"model": "mock-2", "messages": msgs()})["choices"]
+    with pytest.raises(sluice.ConfigError) as e:
+        g.reload(MOCK_ONLY + '\n[[models]]\nname = "mock-3"\ntargets = [{ provider = "nope" }]\n')
+    assert "<config>:" in str(e.value) and "nope" in str(e.value)
+    # Refused: the running configuration stays.
+    assert g.chat({"model": "mock-2", "messages": msgs()})["choices"]
+
+
+def test_limits_and_the_audit_trail_apply_in_process(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    g = sluice.Gateway(MOCK_ONLY + f"""
+[[keys]]
+name = "embedded-app"
+sha256 = "{key_hash("sk-app")}"
+rpm = 2
+
+[audit]
+path = "{audit}"
+""", api_key="sk-app")
+    for i in range(2):
+        assert g.chat({"model": "mock-1", "messages": msgs()}, headers={"x-request-id": f"emb-{i}"})["choices"]
+    with pytest.raises(sluice.SluiceError) as e:
+        g.chat({"model": "mock-1", "messages": msgs()})
+    assert e.value.status == 429 and e.value.code == "rate_limit_exceeded"
+    # Dropping the gateway flushes its audit trail.
+    del g
+    import gc
+    gc.collect()
+    events = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
+    ids = {e.get("request_id") for e in events}
+    assert {"emb-0", "emb-1"} <= ids, events
+    assert all(e["key"] == "embedded-app" for e in events if e.get("request_id", "").startswith("emb-")), events
+    assert any(e["status"] == 429 for e in events), events
+
+
+def test_the_wheel_is_abi3():
+    from importlib.metadata import distribution
+    wheel = distribution("sluice").read_text("WHEEL")
+    assert "abi3" in wheel, wheel

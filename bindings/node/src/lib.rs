@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use sluice_server::embed::{Events, Gateway, Options, Reply, StartError, streaming_body};
+use sluice_server::embed::{Gateway, Options, Reply, StartError};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::AbortHandle;
 
@@ -74,6 +74,15 @@ impl NativeGateway {
         }
     }
 
+    /// Swaps in a new configuration (a hot reload); a refused one throws
+    /// with the problems, the running configuration staying.
+    #[napi]
+    pub fn reload(&self, config: String) -> Result<()> {
+        self.gw
+            .reload(&config)
+            .map_err(|m| Error::new(Status::InvalidArg, m))
+    }
+
     #[napi]
     pub fn set_api_key(&self, key: Option<String>) {
         self.gw.set_default_key(key);
@@ -99,21 +108,12 @@ impl NativeGateway {
         body: String,
         opts: Option<CallOptions>,
     ) -> NativeStream {
-        let opened = self
-            .gw
-            .stream(&path, streaming_body(body.as_bytes()), &options(opts));
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let task = self.gw.handle().spawn(async move {
-            match opened.await {
-                Ok(events) => forward(events, tx).await,
-                Err(r) => {
-                    let _ = tx.send(r).await;
-                }
-            }
-        });
+        let (rx, abort) =
+            self.gw
+                .stream_channel(&path, Bytes::from(body), &options(opts), STREAM_BUFFER);
         NativeStream {
             rx: Arc::new(Mutex::new(rx)),
-            abort: task.abort_handle(),
+            abort,
         }
     }
 
@@ -140,21 +140,6 @@ impl NativeGateway {
                 String::from_utf8_lossy(&r.body).into_owned(),
             )
         })
-    }
-}
-
-async fn forward(mut events: Events, tx: mpsc::Sender<Reply>) {
-    while let Some(item) = events.next().await {
-        let r = match item {
-            Ok(chunk) => Reply {
-                status: 200,
-                body: chunk,
-            },
-            Err(r) => r,
-        };
-        if tx.send(r).await.is_err() {
-            return;
-        }
     }
 }
 

@@ -98,3 +98,12 @@ test('serve answers HTTP clients', async () => {
     gw.stop();
   }
 });
+
+test('reload swaps the configuration; a refused one keeps the running', async () => {
+  const g = new Gateway(CONFIG);
+  await assert.rejects(g.chat({ model: 'tokens-3', messages: msgs() }), (e) => e.status === 404);
+  g.reload(`${CONFIG}\n[[models]]\nname = "tokens-3"\ntargets = [{ provider = "up" }]\n`);
+  assert.ok((await g.chat({ model: 'tokens-3', messages: msgs() })).choices);
+  assert.throws(() => g.reload('[[models]]\nname = "x"\ntargets = [{ provider = "nope" }]\n'), (e) => e.code === 'invalid_config');
+  assert.ok((await g.chat({ model: 'tokens-3', messages: msgs() })).choices);
+});

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use sluice_server::embed::{Events, Gateway, Options, Reply, StartError, streaming_body};
+use sluice_server::embed::{Gateway, Options, Reply, StartError};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::AbortHandle;
 
@@ -58,6 +58,13 @@ impl Native {
                 StartError::Start(m) => PyRuntimeError::new_err(m),
             })?;
         Ok(Self { gw: Arc::new(gw) })
+    }
+
+    /// Swaps in a new configuration (a hot reload); ValueError lists the
+    /// problems, the running configuration staying.
+    fn reload(&self, py: Python<'_>, config: String) -> PyResult<()> {
+        py.detach(|| self.gw.reload(&config))
+            .map_err(PyValueError::new_err)
     }
 
     #[pyo3(signature = (key=None))]
@@ -116,20 +123,13 @@ impl Native {
         headers: Option<Headers>,
     ) -> Stream {
         let opts = options(api_key, timeout_ms, headers);
-        let opened = self.gw.stream(&path, streaming_body(&body), &opts);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let task = self.gw.handle().spawn(async move {
-            match opened.await {
-                Ok(events) => forward(events, tx).await,
-                Err(Reply { status, body }) => {
-                    let _ = tx.send((status, body)).await;
-                }
-            }
-        });
+        let (rx, abort) = self
+            .gw
+            .stream_channel(&path, Bytes::from(body), &opts, STREAM_BUFFER);
         Stream {
             gw: self.gw.clone(),
             rx: Arc::new(Mutex::new(rx)),
-            abort: task.abort_handle(),
+            abort,
         }
     }
 
@@ -156,19 +156,6 @@ impl Native {
     }
 }
 
-/// Events into the channel until the reader goes away.
-async fn forward(mut events: Events, tx: mpsc::Sender<(u16, Bytes)>) {
-    while let Some(item) = events.next().await {
-        let (status, body) = match item {
-            Ok(chunk) => (200, chunk),
-            Err(Reply { status, body }) => (status, body),
-        };
-        if tx.send((status, body)).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// An async call in flight.
 #[pyclass(frozen, module = "sluice._sluice")]
 struct Task {
@@ -188,7 +175,7 @@ impl Task {
 #[pyclass(frozen, module = "sluice._sluice")]
 struct Stream {
     gw: Arc<Gateway>,
-    rx: Arc<Mutex<mpsc::Receiver<(u16, Bytes)>>>,
+    rx: Arc<Mutex<mpsc::Receiver<Reply>>>,
     abort: AbortHandle,
 }
 
@@ -203,7 +190,7 @@ impl Stream {
                     .block_on(async move { rx.lock().await.recv().await })
             })
             .map_err(|r| PyRuntimeError::new_err(String::from_utf8_lossy(&r.body).into_owned()))?;
-        Ok(item.map(|(s, b)| (s, PyBytes::new(py, &b).unbind())))
+        Ok(item.map(|r| (r.status, PyBytes::new(py, &r.body).unbind())))
     }
 
     /// The next item on the runtime: `done(status, body)`, or
@@ -212,7 +199,7 @@ impl Stream {
         let rx = self.rx.clone();
         self.gw.handle().spawn(async move {
             match rx.lock().await.recv().await {
-                Some((status, body)) => call_back(done, status, Some(body)),
+                Some(r) => call_back(done, r.status, Some(r.body)),
                 None => call_back(done, 0, None),
             }
         });

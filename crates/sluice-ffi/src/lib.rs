@@ -129,6 +129,50 @@ pub unsafe extern "C" fn sluice_gateway_free(gw: *mut SluiceGateway) {
     });
 }
 
+/// Swaps in a new configuration (`len` bytes of TOML), as the server's hot
+/// reload does: what did not change keeps its state (breakers, pools,
+/// rate-limit buckets). Returns [`SLUICE_OK`], or [`SLUICE_ERR_INVALID`]
+/// with `*err_out` (when not null) set to the problems, the running
+/// configuration staying.
+///
+/// # Safety
+/// `gw` came from [`sluice_gateway_new`]; `config_toml` points to `len`
+/// readable bytes; `err_out` is null or points to writable storage for a
+/// pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sluice_gateway_reload(
+    gw: *const SluiceGateway,
+    config_toml: *const c_char,
+    len: usize,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's word; null is checked by `gateway`.
+        let Some(g) = (unsafe { boundary::gateway(gw) }) else {
+            return SLUICE_ERR_NULL;
+        };
+        if config_toml.is_null() {
+            set_error("config_toml is null");
+            return SLUICE_ERR_NULL;
+        }
+        // SAFETY: not null, and the caller vouches for `len` bytes.
+        let bytes = unsafe { boundary::bytes(config_toml, len) };
+        let result = match std::str::from_utf8(bytes) {
+            Ok(text) => g.inner.reload(text),
+            Err(e) => Err(format!("<config>: not UTF-8: {e}")),
+        };
+        match result {
+            Ok(()) => SLUICE_OK,
+            Err(m) => {
+                set_error(&m);
+                // SAFETY: the caller vouches for err_out (null checked there).
+                unsafe { boundary::put(err_out, &m) };
+                SLUICE_ERR_INVALID
+            }
+        }
+    })
+}
+
 /// Sets the API key in-process calls present (as `Authorization: Bearer`;
 /// needed when the configuration has `[[keys]]`); null clears it.
 ///

@@ -180,3 +180,32 @@ fn a_stream_stops_when_the_callback_says_so() {
     // SAFETY: from sluice_gateway_new, freed once.
     unsafe { sluice_gateway_free(gw.0) };
 }
+
+#[test]
+fn reload_swaps_the_configuration() {
+    let gw = new_gateway(CONFIG).expect("gateway");
+    let two = r#"{"model":"mock-2","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(chat(&gw, two).0, 404);
+    let more =
+        format!("{CONFIG}\n[[models]]\nname = \"mock-2\"\ntargets = [{{ provider = \"mock\" }}]\n");
+    let mut err: *mut c_char = ptr::null_mut();
+    // SAFETY: a live gateway; `more` is `len` readable bytes; `err` is writable.
+    let rc = unsafe { sluice_gateway_reload(gw.0, more.as_ptr().cast(), more.len(), &mut err) };
+    assert_eq!(rc, SLUICE_OK);
+    assert!(err.is_null());
+    assert_eq!(chat(&gw, two).0, 200);
+    let bad = "[[models]]\nname = \"x\"\ntargets = [{ provider = \"nope\" }]\n";
+    // SAFETY: as above.
+    let rc = unsafe { sluice_gateway_reload(gw.0, bad.as_ptr().cast(), bad.len(), &mut err) };
+    assert_eq!(rc, SLUICE_ERR_INVALID);
+    // SAFETY: set by the library on failure; freed once.
+    let m = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: returned by the library, freed once.
+    unsafe { sluice_string_free(err) };
+    assert!(m.contains("nope"), "{m}");
+    assert_eq!(chat(&gw, two).0, 200);
+    // SAFETY: from sluice_gateway_new, freed once.
+    unsafe { sluice_gateway_free(gw.0) };
+}

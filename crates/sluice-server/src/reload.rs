@@ -34,9 +34,19 @@ pub struct Reloaded {
 
 /// Rereads, validates and swaps in the configuration. One at a time.
 pub async fn reload(app: &Arc<App>) -> Result<Reloaded, GatewayError> {
+    reload_with(app, None).await
+}
+
+/// Validates and swaps in `text` as the configuration (an embedded
+/// gateway's, which has no file), like [`reload`].
+pub async fn reload_text(app: &Arc<App>, text: &str) -> Result<Reloaded, GatewayError> {
+    reload_with(app, Some(text)).await
+}
+
+async fn reload_with(app: &Arc<App>, text: Option<&str>) -> Result<Reloaded, GatewayError> {
     // Serialised with itself and with the admin key API (same lock).
     let mut specs = app.key_specs.lock().await;
-    let outcome = try_reload(app, &mut specs)
+    let outcome = try_reload(app, &mut specs, text)
         .map_err(|problems| GatewayError::new(ErrorKind::InvalidConfig, problems));
     let label = if outcome.is_ok() { "ok" } else { "failed" };
     app.metrics
@@ -59,17 +69,24 @@ pub async fn reload(app: &Arc<App>) -> Result<Reloaded, GatewayError> {
 fn try_reload(
     app: &Arc<App>,
     key_specs: &mut Vec<crate::keys_file::KeySpec>,
+    given: Option<&str>,
 ) -> Result<Reloaded, String> {
-    let Some(path) = &app.source.path else {
-        return Err("running on the embedded default: there is no file to reload".into());
+    let (text, name) = match (given, &app.source.path) {
+        (Some(t), _) => (t.to_owned(), "<config>".to_owned()),
+        (None, Some(path)) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+            (text, path.display().to_string())
+        }
+        (None, None) => {
+            return Err("running on the embedded default: there is no file to reload".into());
+        }
     };
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let text =
-        String::from_utf8(bytes.clone()).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-    let mut config = config::parse_whole(&text, &path.display().to_string(), &|k| {
-        std::env::var(k).ok()
-    })
-    .map_err(|e| e.to_string())?;
+    let bytes = text.as_bytes();
+    let mut config =
+        config::parse_whole(&text, &name, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     let prev = app.snapshot.load_full();
     keep_what_start_fixed(&mut config, &prev.config);
     let moved = bind_moved(&mut config, &prev.config, &app.source)?;
@@ -128,7 +145,7 @@ fn try_reload(
         let _ = app.source.moves.send(m);
     }
     Ok(Reloaded {
-        sha256: file_hash(&bytes),
+        sha256: file_hash(bytes),
         models,
     })
 }

@@ -313,6 +313,16 @@ class Gateway:
         """The Prometheus metrics the admin port's ``/metrics`` shows."""
         return self._native.metrics()
 
+    def reload(self, config: str) -> None:
+        """Swaps in a new configuration, as the server's hot reload does:
+        what did not change keeps its state (breakers, connection pools,
+        rate-limit buckets). A refused one raises ``ConfigError`` and the
+        running configuration stays."""
+        try:
+            self._native.reload(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
     def set_api_key(self, key: Optional[str]) -> None:
         self._native.set_api_key(key)
 

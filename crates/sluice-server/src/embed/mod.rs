@@ -100,12 +100,13 @@ impl Gateway {
             .build()
             .map_err(|e| start(&e))?;
         let api_keys = crate::admin_keys::load(&cfg).map_err(|e| start(&e))?;
-        // No reload from a file here: what a reload moves has nowhere to go.
+        // Reloads come as text (no file); the listeners are serve()'s, so
+        // the configuration's addresses are pinned like a command line's.
         let (moves, _) = tokio::sync::mpsc::unbounded_channel();
         let source = crate::app::Source {
             path: None,
-            listen: None,
-            admin_listen: None,
+            listen: Some(cfg.server.listen),
+            admin_listen: Some(cfg.server.admin_listen),
             moves,
         };
         let app = {
@@ -199,6 +200,43 @@ impl Gateway {
         }
     }
 
+    /// A streamed call whose items arrive on a channel of `buffer` (for
+    /// readers outside the runtime): `Reply { status: 200, body: chunk }`
+    /// per event, or one error reply; the channel closes at the end.
+    /// Aborting the handle or dropping the receiver cancels the request.
+    pub fn stream_channel(
+        &self,
+        path: &str,
+        body: Bytes,
+        opts: &Options,
+        buffer: usize,
+    ) -> (tokio::sync::mpsc::Receiver<Reply>, tokio::task::AbortHandle) {
+        let opened = self.stream(path, streaming_body(&body), opts);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+        let task = self.handle().spawn(async move {
+            let mut events = match opened.await {
+                Ok(e) => e,
+                Err(r) => {
+                    let _ = tx.send(r).await;
+                    return;
+                }
+            };
+            while let Some(item) = events.next().await {
+                let r = match item {
+                    Ok(chunk) => Reply {
+                        status: 200,
+                        body: chunk,
+                    },
+                    Err(r) => r,
+                };
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, task.abort_handle())
+    }
+
     /// Blocks on `fut` on the gateway's runtime (refused from inside an
     /// async context, where blocking would stall it).
     pub fn block_on<T>(&self, fut: impl Future<Output = T>) -> Result<T, Reply> {
@@ -233,6 +271,27 @@ impl Gateway {
                 "cannot read the metrics",
             )),
         }
+    }
+
+    /// Swaps in a new configuration, as a hot reload does (what did not
+    /// change keeps its state: breakers, pools, rate-limit buckets);
+    /// refused with its `<config>:line:col` problems, the running one
+    /// staying.
+    pub fn reload(&self, config_toml: &str) -> Result<(), String> {
+        let app = self.app.clone();
+        let text = config_toml.to_owned();
+        let r = self
+            .block_on(async move {
+                tokio::spawn(async move {
+                    crate::reload::reload_text(&app, &text)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.message.to_string())
+                })
+                .await
+            })
+            .map_err(|r| r.error_message().unwrap_or_default())?;
+        r.map_err(|e| e.to_string())?
     }
 
     /// Opens the HTTP listeners (the API at `listen`, the admin API at
