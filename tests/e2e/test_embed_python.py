@@ -337,3 +337,17 @@ def test_the_wheel_is_abi3():
     from importlib.metadata import distribution
     wheel = distribution("sluice").read_text("WHEEL")
     assert "abi3" in wheel, wheel
+
+
+def test_logs_only_when_sluice_log_asks():
+    import subprocess
+    code = ("import sluice; g = sluice.Gateway(); g.serve(); "
+            "g.chat({'model': 'mock-1', 'messages': [{'role': 'user', 'content': 'x'}]}); g.stop()")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("SLUICE_LOG", "RUST_LOG")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "sluice serving" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, "SLUICE_LOG": "info"})
+    assert loud.returncode == 0, loud.stderr
+    assert "sluice serving (embedded)" in loud.stderr, loud.stderr

@@ -21,7 +21,47 @@ import asyncio
 import json
 from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import _sluice
+import os as _os
+import sys as _sys
+
+
+class _SubmodulePath:
+    """Where ``sluice.*`` submodules are looked for: this package's folder,
+    then every ``sluice`` folder on ``sys.path`` as it is at import time, so
+    the code generators' packages for Sluice's schemas (``protoc`` for
+    ``proto/sluice/v1``: ``sluice.v1``; ``flatc`` for the token stream)
+    import beside this one."""
+
+    def __init__(self, own):
+        self._own = [_os.path.realpath(p) for p in own]
+
+    def _entries(self):
+        found = list(self._own)
+        for entry in _sys.path:
+            d = _os.path.realpath(_os.path.join(entry or ".", "sluice"))
+            if d not in found and _os.path.isdir(d):
+                found.append(d)
+        return found
+
+    def __iter__(self):
+        return iter(self._entries())
+
+    def __len__(self):
+        return len(self._entries())
+
+    def __getitem__(self, i):
+        return self._entries()[i]
+
+    def __contains__(self, item):
+        return item in self._entries()
+
+    def __repr__(self):
+        return f"_SubmodulePath({self._entries()!r})"
+
+
+__path__ = _SubmodulePath(__path__)  # noqa: F821 (set by the import system)
+
+from . import _sluice  # noqa: E402
 
 __all__ = ["Gateway", "SluiceError", "ConfigError", "ChunkStream", "AsyncChunkStream", "__version__"]
 __version__: str = _sluice.__version__

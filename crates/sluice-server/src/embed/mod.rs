@@ -93,6 +93,7 @@ impl Gateway {
     }
 
     pub fn from_config(cfg: Config) -> Result<Self, StartError> {
+        log_from_env();
         let start = |e: &dyn std::fmt::Display| StartError::Start(e.to_string());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("sluice")
@@ -399,6 +400,28 @@ impl Drop for Gateway {
             }
         }
     }
+}
+
+/// An embedded gateway logs nothing unless `SLUICE_LOG` (a level or
+/// filter, e.g. `info` or `sluice_server=debug`) asks it to: then to
+/// stderr, once per process, unless the host already set a subscriber.
+fn log_from_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(level) = std::env::var("SLUICE_LOG") else {
+            return;
+        };
+        match tracing_subscriber::EnvFilter::try_new(&level) {
+            Ok(filter) => {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr)
+                    .try_init();
+            }
+            Err(e) => eprintln!("sluice: SLUICE_LOG '{level}': {e}"),
+        }
+    });
 }
 
 fn in_async_context() -> Reply {
