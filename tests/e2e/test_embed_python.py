@@ -16,7 +16,7 @@ import openai
 import pytest
 import sluice
 
-from conftest import UPSTREAM_KEY, key_hash, proxy_config, wait_for
+from conftest import MOCK_MODEL, UPSTREAM_KEY, key_hash, proxy_config, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
 import make_models  # noqa: E402
@@ -280,16 +280,8 @@ targets = [{{ provider = "mock" }}]
     assert err.value.status == 404
 
 
-MOCK_ONLY = """
-[[providers]]
-name = "mock"
-kind = "mock"
-tokens_per_response = 3
-
-[[models]]
-name = "mock-1"
-targets = [{ provider = "mock" }]
-"""
+# The built-in mock provider behind mock-1, as the other tests use it.
+MOCK_ONLY = MOCK_MODEL
 
 
 def test_reload_swaps_the_configuration_in_process():

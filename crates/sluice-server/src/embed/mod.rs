@@ -44,7 +44,8 @@ impl std::error::Error for StartError {}
 #[derive(Clone)]
 struct Core {
     router: axum::Router,
-    default_key: Arc<Mutex<Option<String>>>,
+    /// Read on every call: lock-free, no copy of the key.
+    default_key: Arc<arc_swap::ArcSwapOption<String>>,
 }
 
 impl Core {
@@ -54,12 +55,8 @@ impl Core {
         body: Bytes,
         opts: &Options,
     ) -> Result<http::Request<axum::body::Body>, Reply> {
-        let key = self
-            .default_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        call::request(path, body, opts, key.as_deref())
+        let key = self.default_key.load();
+        call::request(path, body, opts, key.as_deref().map(String::as_str))
     }
 }
 
@@ -118,7 +115,7 @@ impl Gateway {
         app.ready.store(true, Ordering::Release);
         let core = Core {
             router: crate::routes::api(app.clone()),
-            default_key: Arc::new(Mutex::new(None)),
+            default_key: Arc::new(arc_swap::ArcSwapOption::empty()),
         };
         Ok(Self {
             admin: crate::routes::admin(app.clone()),
@@ -139,11 +136,7 @@ impl Gateway {
 
     /// The key calls present when their [`Options`] name none.
     pub fn set_default_key(&self, key: Option<String>) {
-        *self
-            .core
-            .default_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = key;
+        self.core.default_key.store(key.map(Arc::new));
     }
 
     /// A POST to `path` on the API; the future runs on the gateway's
