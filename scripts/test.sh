@@ -22,6 +22,13 @@ command -v node >/dev/null || need_pkgs+=(nodejs)
 command -v npm >/dev/null || need_pkgs+=(npm)
 # wrk loads the gateway in the batching test (a Python client saturates first).
 command -v wrk >/dev/null || need_pkgs+=(wrk)
+# nats-server (JetStream) for the NATS audit sink's tests.
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
+# bpftrace attaches to the USDT probes; readelf (binutils) lists them.
+command -v bpftrace >/dev/null || need_pkgs+=(bpftrace)
+command -v readelf >/dev/null || need_pkgs+=(binutils)
+# kubectl kustomize builds the plain Kubernetes manifests in the deploy test.
+command -v kubectl >/dev/null || need_pkgs+=(kubernetes-client)
 # flatc generates the Python reader of the FlatBuffers token stream.
 command -v flatc >/dev/null || need_pkgs+=(flatbuffers-compiler)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -6,6 +6,8 @@ alive (no input may crash it).
 """
 
 import json
+import shutil
+import socket
 import os
 import subprocess
 import threading
@@ -342,6 +344,51 @@ class RedisServer:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+class NatsServer:
+    """A real nats-server (Debian's) with JetStream on a free loopback port.
+    Its store survives a stop and start on the same port (outage tests)."""
+
+    def __init__(self, store_dir):
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.store_dir = store_dir
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [shutil.which("nats-server") or "/usr/sbin/nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-sd", str(self.store_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self):
+        """SIGKILL: acknowledgements in flight are lost, stored messages kept."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    n = NatsServer(tmp_path / "nats-store")
+    yield n
+    n.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@
 
 pub mod cipher;
 pub mod durable;
+mod nats;
 mod sink;
 
 use std::sync::Arc;

@@ -87,6 +87,7 @@ pub enum Sink {
         maxlen: Option<u64>,
         timeout: Duration,
     },
+    Nats(crate::nats::Nats),
 }
 
 impl Sink {
@@ -109,6 +110,11 @@ impl Sink {
                     maxlen: cfg.stream_maxlen,
                     timeout: r.timeout,
                 }
+            }
+            AuditSinkKind::Nats => {
+                Sink::Nats(crate::nats::Nats::new(cfg.nats.clone().ok_or_else(
+                    || anyhow::anyhow!("[audit] sink = nats without its settings"),
+                )?))
             }
         })
     }
@@ -183,6 +189,7 @@ impl Sink {
                     Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "redis timed out")),
                 }
             }
+            Sink::Nats(n) => n.write(lines).await,
         }
     }
 
@@ -190,6 +197,7 @@ impl Sink {
         match self {
             Sink::File { path, .. } => format!("file {}", path.display()),
             Sink::Redis { stream, .. } => format!("redis stream {stream}"),
+            Sink::Nats(n) => n.describe(),
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum ErrorKind {
     AgentQueueFull,
     /// Local inference: the model's queue is full.
     PredictQueueFull,
+    /// The gateway's cgroup is near its memory limit: new work is refused
+    /// until it is not.
+    MemoryPressure,
     /// The agent hub: no instruction by that id (unknown, or dropped).
     InstructionNotFound,
     /// The admin API: the admin token sent is not the configured one.
@@ -116,7 +119,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamAuth => 502,
             ErrorKind::UpstreamTimeout => 504,
-            ErrorKind::NoHealthyTarget => 503,
+            ErrorKind::NoHealthyTarget | ErrorKind::MemoryPressure => 503,
             ErrorKind::AgentNotAllowed | ErrorKind::AdminTokenRequired => 403,
             ErrorKind::AgentNotFound
             | ErrorKind::InstructionNotFound
@@ -166,7 +169,7 @@ impl ErrorKind {
             | ErrorKind::NoHealthyTarget
             | ErrorKind::ConversionFailed
             | ErrorKind::ConversionTimeout => "upstream_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::MemoryPressure => "server_error",
         }
     }
 
@@ -200,6 +203,7 @@ impl ErrorKind {
             ErrorKind::AgentNotFound => "agent_not_found",
             ErrorKind::AgentQueueFull => "agent_queue_full",
             ErrorKind::PredictQueueFull => "predict_queue_full",
+            ErrorKind::MemoryPressure => "memory_pressure",
             ErrorKind::InstructionNotFound => "instruction_not_found",
             ErrorKind::AdminTokenInvalid => "invalid_admin_token",
             ErrorKind::AdminTokenRequired => "admin_token_required",
@@ -249,7 +253,7 @@ impl ErrorKind {
             | ErrorKind::NoHealthyTarget
             | ErrorKind::ConversionFailed
             | ErrorKind::ConversionTimeout => Source::Upstream,
-            ErrorKind::Internal => Source::Internal,
+            ErrorKind::Internal | ErrorKind::MemoryPressure => Source::Internal,
         }
     }
 }
@@ -351,7 +355,8 @@ impl std::error::Error for GatewayError {}
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 33] = [
+    const ALL: [ErrorKind; 34] = [
+        ErrorKind::MemoryPressure,
         ErrorKind::PredictQueueFull,
         ErrorKind::ObjectNotFound,
         ErrorKind::ResponseNotFound,

@@ -3,11 +3,13 @@
 //! error taxonomy, and the few request fields the gateway acts on.
 
 pub mod auth;
+pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod limits;
 pub mod media;
 pub mod pii;
+pub mod probes;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod request;

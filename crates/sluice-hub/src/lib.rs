@@ -259,6 +259,7 @@ impl Hub {
                 self.metrics.connected.inc();
             }
         }
+        sluice_core::probes::agent_connect(&id, handle.groups.len());
         self.event(json!({
             "type": "agent.connected",
             "agent_id": &*id,
@@ -293,6 +294,7 @@ impl Hub {
         if evicted {
             self.metrics.evictions.inc();
         }
+        sluice_core::probes::agent_disconnect(&handle.id, reason, evicted);
         let pending: Vec<Arc<str>> = handle
             .pending
             .lock()

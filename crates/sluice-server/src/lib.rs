@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod multimodal;
 pub mod plugins;
 pub mod predict;
+pub mod pressure;
 pub mod proxy;
 pub mod reload;
 pub mod reply;
@@ -52,6 +53,9 @@ pub struct Start {
     /// file's, at start and on every reload.
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// The cgroup's limits read at start and the worker threads sized
+    /// from them: reported, and memory watched for shedding.
+    pub cgroup: Option<(sluice_core::cgroup::Limits, usize)>,
 }
 
 /// Why the serving ended.
@@ -112,6 +116,9 @@ pub async fn run(mut config: Config, log_control: LogControl, start: Start) -> a
         moves,
     };
     let app = app::App::new(config, log_control, api_keys, source)?;
+    if let Some((limits, workers)) = start.cgroup {
+        pressure::start(&app, limits, workers);
+    }
     let mut serving = serving::Serving::start(bound, &app, &server_cfg, tls)?;
     app.ready.store(true, Ordering::Release);
     app.grpc.set_ready(true).await;

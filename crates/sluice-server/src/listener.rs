@@ -148,6 +148,18 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             _ = stop.changed() => break,
         };
+        if l.name == "api" {
+            crate::pressure::look();
+            if crate::pressure::shedding() {
+                // No task, no buffers: a fixed 503 and close (the admin
+                // listener keeps answering probes and scrapes).
+                if let Ok((stream, _)) = &accepted {
+                    crate::pressure::refuse(stream, l.tls.is_some());
+                }
+                l.metrics.closed(l.name, "memory_pressure");
+                continue;
+            }
+        }
         let (stream, peer) = match accepted {
             Ok(a) => {
                 accept_errors = 0;

@@ -73,6 +73,10 @@ pub fn api(app: Arc<App>) -> Router {
             app.clone(),
             crate::plugins::run::filter,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::pressure::shed,
+        ))
         .with_state(app)
 }
 
@@ -278,6 +282,14 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.metrics.cgroup.is_shedding() {
+        tracing::warn!(target: "sluice::access", route = "/readyz", status = 503, "memory pressure");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "memory_pressure"})),
+        )
+            .into_response();
+    }
     if app.ready.load(Ordering::Acquire) {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {

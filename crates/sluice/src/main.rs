@@ -42,6 +42,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Exit 0 when a local Sluice answers 200 at URL (a container's
+    /// HEALTHCHECK; the image has no curl). Plain HTTP on loopback only.
+    Healthcheck {
+        #[arg(default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Print the SHA-256 to put in a [[keys]] entry for a client token.
     HashKey {
         /// The token clients will send (read from stdin when omitted).
@@ -53,7 +62,7 @@ enum Command {
 enum AuditCommand {
     /// Restore the SM4-GCM encrypted fields of audit events (JSONL in, JSONL out).
     Decrypt {
-        /// An audit file (stdin when omitted).
+        /// An audit file (stdin when omitted or `-`).
         file: Option<PathBuf>,
         /// Environment variables holding keys (32 hex digits); several for rotated keys.
         #[arg(long = "key-env", default_value = "SLUICE_AUDIT_KEY")]
@@ -97,7 +106,7 @@ fn audit_decrypt(
             FieldCipher::from_hex(hex, key_id.as_deref()).map_err(|e| format!("{src}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let input: Box<dyn BufRead> = match &file {
+    let input: Box<dyn BufRead> = match file.as_ref().filter(|p| p.as_os_str() != "-") {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
         )),
@@ -131,6 +140,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sluice audit decrypt: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Healthcheck { url, timeout_ms } => match healthcheck(&url, timeout_ms) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice healthcheck: {e}");
                 ExitCode::from(1)
             }
         },
@@ -181,6 +197,13 @@ fn main() -> ExitCode {
             admin_listen,
             upgrade,
         } => {
+            // The cgroup's limits size the worker threads and the
+            // memory-bound defaults, so they are read before the config.
+            let limits = sluice_core::cgroup::Limits::detect();
+            if let Some(b) = limits.memory_budget() {
+                sluice_core::cgroup::set_memory_budget(b);
+            }
+            let workers = limits.workers();
             let loaded = match &path {
                 Some(p) => config::load_file(p),
                 None => config::embedded_default(&|k| std::env::var(k).ok()),
@@ -199,13 +222,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            // On one core a single-threaded scheduler does the same work with
-            // no cross-thread wakeups or work-stealing bookkeeping.
-            let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-            let mut builder = if one_core {
+            // On one core (or a quota of one) a single-threaded scheduler
+            // does the same work with no cross-thread wakeups or
+            // work-stealing bookkeeping.
+            let mut builder = if workers == 1 {
                 tokio::runtime::Builder::new_current_thread()
             } else {
-                tokio::runtime::Builder::new_multi_thread()
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(workers);
+                b
             };
             let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
@@ -222,6 +247,7 @@ fn main() -> ExitCode {
                     upgrade,
                     listen,
                     admin_listen,
+                    cgroup: Some((limits, workers)),
                 },
             )) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -231,6 +257,36 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// One HTTP/1.0 GET with a deadline: 200 or an error saying what came.
+fn healthcheck(url: &str, timeout_ms: u64) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs (the admin listener on loopback)")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let addr: std::net::SocketAddr = host
+        .parse()
+        .map_err(|_| format!("'{host}' is not an address:port"))?;
+    let t = std::time::Duration::from_millis(timeout_ms.max(1));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, t).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(t))
+        .and_then(|()| s.set_write_timeout(Some(t)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.split_whitespace().nth(1).unwrap_or("none");
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("{url}: status {status}"))
     }
 }
 

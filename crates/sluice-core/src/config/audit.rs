@@ -13,6 +13,27 @@ use crate::secret::Secret;
 pub enum AuditSinkKind {
     File,
     Redis,
+    /// A NATS JetStream stream (`url`, `subject`, `stream`).
+    Nats,
+}
+
+/// `sink = "nats"`: where and how events are published.
+#[derive(Debug, Clone)]
+pub struct NatsSinkConfig {
+    /// `nats://[user:pass@]host:port` (several comma-separated); `tls://`
+    /// for TLS. Secret: it may hold credentials.
+    pub url: Secret,
+    /// The subject events are published on (`sluice.audit`).
+    pub subject: String,
+    /// The JetStream stream holding the subject, created if missing
+    /// (`SLUICE_AUDIT`).
+    pub stream: String,
+    /// The stream's de-duplication window when Sluice creates it: a
+    /// replay within it of an event already stored is dropped by its
+    /// message id.
+    pub duplicate_window: Duration,
+    /// How long a batch waits for its acknowledgements.
+    pub timeout: Duration,
 }
 
 /// `[audit]`: one event per request, identifier fields SM4-GCM encrypted.
@@ -26,6 +47,8 @@ pub struct AuditConfig {
     pub max_files: u32,
     pub stream: String,
     pub stream_maxlen: Option<u64>,
+    /// `sink = "nats"` only.
+    pub nats: Option<NatsSinkConfig>,
     /// Where events wait while the sink is down; replayed when it is back.
     pub buffer_path: PathBuf,
     /// Request fields recorded (dot paths, e.g. `metadata.team`); the
@@ -68,10 +91,11 @@ pub(super) fn audit(
             }
             AuditSinkKind::Redis
         }
+        Some((_, "nats")) => AuditSinkKind::Nats,
         Some((s, other)) => {
             c.at(
                 s.span(),
-                format!("unknown audit sink '{other}' (file, redis)"),
+                format!("unknown audit sink '{other}' (file, redis, nats)"),
             );
             AuditSinkKind::File
         }
@@ -154,7 +178,16 @@ pub(super) fn audit(
             AuditDurability::Batched
         }
     };
+    let nats = (sink == AuditSinkKind::Nats).then(|| nats(c, a));
+    if sink != AuditSinkKind::Nats {
+        for (v, name) in [(&a.url, "url"), (&a.subject, "subject")] {
+            if let Some(v) = v {
+                c.at(v.span(), format!("`{name}` is for sink = \"nats\""));
+            }
+        }
+    }
     Some(AuditConfig {
+        nats,
         durability,
         sink,
         path,
@@ -178,10 +211,88 @@ pub(super) fn audit(
         encrypt_fields,
         key,
         key_id: a.key_id.as_ref().map(|k| k.get_ref().clone()),
-        queue_capacity: c.positive(a.queue_capacity.as_ref(), 8192, 1 << 24, "queue_capacity")
-            as usize,
+        queue_capacity: c.positive(
+            a.queue_capacity.as_ref(),
+            crate::cgroup::fit(8192, 2 << 10, 16, 256),
+            1 << 24,
+            "queue_capacity",
+        ) as usize,
         retry: Duration::from_millis(c.positive(a.retry_ms.as_ref(), 1000, 600_000, "retry_ms")),
     })
+}
+
+fn nats(c: &mut Collector<'_>, a: &RawAudit) -> NatsSinkConfig {
+    let url = a
+        .url
+        .as_ref()
+        .map_or("nats://127.0.0.1:4222", |u| u.get_ref().as_str());
+    if let Some(u) = &a.url {
+        let ok = url.split(',').all(|one| {
+            one.trim()
+                .split_once("://")
+                .is_some_and(|(scheme, rest)| matches!(scheme, "nats" | "tls") && !rest.is_empty())
+        });
+        if !ok {
+            c.at(
+                u.span(),
+                // Not echoed: it may hold credentials.
+                "url is not a NATS address (nats://[user:pass@]host:port, or tls://…; several comma-separated)",
+            );
+        }
+    }
+    let subject = a
+        .subject
+        .as_ref()
+        .map_or("sluice.audit", |s| s.get_ref().as_str());
+    if let Some(s) = &a.subject {
+        let bad = subject.is_empty()
+            || subject
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ', '\t']));
+        if bad {
+            c.at(
+                s.span(),
+                format!("subject: '{subject}' is not a literal NATS subject (tokens split by '.', no wildcards)"),
+            );
+        }
+    }
+    let stream = a
+        .stream
+        .as_ref()
+        .map_or("SLUICE_AUDIT", |s| s.get_ref().as_str());
+    if let Some(s) = &a.stream
+        && (stream.is_empty() || stream.contains(['.', '*', '>', ' ', '/', '\\']))
+    {
+        c.at(
+            s.span(),
+            format!(
+                "stream: '{stream}' is not a JetStream stream name (no '.', '*', '>', '/', spaces)"
+            ),
+        );
+    }
+    if let Some(m) = &a.stream_maxlen {
+        c.at(
+            m.span(),
+            "stream_maxlen is for sink = \"redis\" (limit the JetStream stream on the server)",
+        );
+    }
+    NatsSinkConfig {
+        url: Secret::new(url),
+        subject: subject.to_owned(),
+        stream: stream.to_owned(),
+        duplicate_window: Duration::from_millis(c.positive(
+            a.duplicate_window_ms.as_ref(),
+            600_000,
+            7 * 86_400_000,
+            "duplicate_window_ms",
+        )),
+        timeout: Duration::from_millis(c.positive(
+            a.timeout_ms.as_ref(),
+            5_000,
+            600_000,
+            "timeout_ms",
+        )),
+    }
 }
 
 /// A 128-bit key written as 32 hex digits.

@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::resilience::{BreakerConfig, WeightConfig};
 use crate::secret::Secret;
 
-pub use audit::{AuditConfig, AuditDurability, AuditSinkKind, parse_key_hex};
+pub use audit::{AuditConfig, AuditDurability, AuditSinkKind, NatsSinkConfig, parse_key_hex};
 pub use env::interpolate;
 pub use redaction::RedactionConfig;
 pub use shared::{LimitsBackend, LimitsConfig, RedisConfig};
@@ -290,6 +290,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Client connections open at once from one address; 0 = no cap.
     pub max_connections_per_ip: usize,
+    /// New requests are shed (503) while the cgroup's working set is at or
+    /// past this percentage of `memory.high` (else `memory.max`); 0 = never.
+    pub memory_shed_percent: u8,
+    /// How often memory use is read for shedding.
+    pub memory_check: Duration,
     /// How often an HTTP/2 client is pinged to see it is still there.
     pub http2_keepalive_interval: Duration,
     /// TLS on the API listener; `None` = plain HTTP.

@@ -158,7 +158,7 @@ pub(super) fn telemetry(
     let d = TelemetryConfig::default();
     let max_queue_spans = c.positive(
         t.max_queue_spans.as_ref(),
-        d.max_queue_spans as u64,
+        crate::cgroup::fit(d.max_queue_spans as u64, 1 << 10, 16, 1024),
         10_000_000,
         "max_queue_spans",
     ) as usize;

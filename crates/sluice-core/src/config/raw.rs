@@ -120,6 +120,10 @@ pub struct RawAudit {
     pub max_files: Option<Spanned<u64>>,
     pub stream: Option<Spanned<String>>,
     pub stream_maxlen: Option<Spanned<u64>>,
+    pub url: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
+    pub duplicate_window_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
     pub buffer_path: Option<Spanned<String>>,
     #[serde(default)]
     pub fields: Vec<Spanned<String>>,
@@ -246,6 +250,8 @@ pub struct RawServer {
     pub max_connections: Option<Spanned<u64>>,
     #[serde(alias = "max_connections_per_client")]
     pub max_connections_per_ip: Option<Spanned<u64>>,
+    pub memory_shed_percent: Option<Spanned<u64>>,
+    pub memory_check_ms: Option<Spanned<u64>>,
     pub http2_keepalive_interval_ms: Option<Spanned<u64>>,
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,

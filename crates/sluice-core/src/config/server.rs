@@ -44,9 +44,10 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             3_600_000,
             "body_read_timeout_ms",
         )),
+        // Memory-bound defaults fit the cgroup's budget (crate::cgroup).
         max_connections: c.positive(
             s.max_connections.as_ref(),
-            65_536,
+            crate::cgroup::fit(65_536, 16 << 10, 4, 256),
             10_000_000,
             "max_connections",
         ) as usize,
@@ -62,6 +63,11 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             3_600_000,
             "http2_keepalive_interval_ms",
         )),
+        memory_shed_percent: match &s.memory_shed_percent {
+            Some(v) if *v.get_ref() == 0 => 0,
+            v => c.positive(v.as_ref(), 90, 100, "memory_shed_percent") as u8,
+        },
+        memory_check: ms(c.positive(s.memory_check_ms.as_ref(), 250, 60_000, "memory_check_ms")),
         tls: tls(c, s),
         upgrade_socket: upgrade_socket(c, s),
         cors_origins: cors_origins(c, s),

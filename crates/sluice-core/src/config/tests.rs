@@ -537,3 +537,28 @@ fn a_file_to_serve_must_serve_something_and_have_its_folders() {
         "the working folder exists"
     );
 }
+
+#[test]
+fn nats_audit_sink_defaults_and_mistakes() {
+    let c = parse("[audit]\nsink = \"nats\"\n", "t.toml", &env).unwrap();
+    let a = c.audit.unwrap();
+    assert_eq!(a.sink, AuditSinkKind::Nats);
+    let n = a.nats.unwrap();
+    assert_eq!(n.url.expose(), "nats://127.0.0.1:4222");
+    assert_eq!(n.subject, "sluice.audit");
+    assert_eq!(n.stream, "SLUICE_AUDIT");
+    assert_eq!(n.duplicate_window.as_secs(), 600);
+    let e = errors(
+        "[audit]\nsink = \"nats\"\nurl = \"http://x:4222\"\nsubject = \"a.*\"\nstream = \"a.b\"\nstream_maxlen = 5\n",
+    );
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(e[0].contains("t.toml:3:") && e[0].contains("not a NATS address"));
+    assert!(e[1].contains(":4:") && e[1].contains("literal NATS subject"));
+    assert!(e[2].contains(":5:") && e[2].contains("stream name"));
+    assert!(e[3].contains(":6:") && e[3].contains("stream_maxlen"));
+    let e = errors("[audit]\nurl = \"nats://x:4222\"\n");
+    assert!(
+        e[0].contains(":2:") && e[0].contains("sink = \"nats\""),
+        "{e:?}"
+    );
+}

@@ -444,13 +444,13 @@ fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConf
         ) as usize,
         max_instructions: c.positive(
             a.max_instructions.as_ref(),
-            100_000,
+            crate::cgroup::fit(100_000, 1 << 10, 8, 1024),
             100_000_000,
             "max_instructions",
         ) as usize,
         max_result_bytes: c.positive(
             a.max_result_bytes.as_ref(),
-            64 << 20,
+            crate::cgroup::fit(64 << 20, 1, 4, 1 << 20),
             1 << 40,
             "max_result_bytes",
         ) as usize,

@@ -73,6 +73,7 @@ pub struct TokenTypeLabels {
     pub gen_ai_token_type: &'static str,
 }
 
+pub mod cgroup;
 pub mod modality;
 pub mod plugins;
 pub mod predict;
@@ -148,6 +149,8 @@ pub struct Metrics {
     pub connections: crate::conn::ConnMetrics,
     /// Configuration reloads and the loaded file's hash.
     pub reload: reload::ReloadMetrics,
+    /// `sluice_cgroup_*`, and the shedding flag requests read.
+    pub cgroup: cgroup::CgroupMetrics,
     /// Local inference (`/v1/predict`, `/v2/models/…/infer`).
     pub predict: std::sync::Arc<predict::PredictMetrics>,
     /// WASM plugins' failed calls.
@@ -207,6 +210,7 @@ impl Metrics {
         let connections = crate::conn::ConnMetrics::default();
         connections.precreate();
         let reload = reload::ReloadMetrics::default();
+        let cgroup = cgroup::CgroupMetrics::default();
         let predict = std::sync::Arc::new(predict::PredictMetrics::default());
         let plugins = std::sync::Arc::new(plugins::PluginMetrics::default());
         let modality = modality::ModalityMetrics::default();
@@ -263,6 +267,7 @@ impl Metrics {
         );
         connections.register(registry);
         reload.register(registry);
+        cgroup.register(registry);
         predict.register(registry);
         plugins.register(registry);
         modality.register(registry);
@@ -429,6 +434,7 @@ impl Metrics {
             hub,
             connections,
             reload,
+            cgroup,
             predict,
             plugins,
             modality,

@@ -320,6 +320,15 @@ fn note(rec: &Recorder, adm: &mut Admitted, outcome: Outcome) {
     let transition = adm.record(outcome, now_nanos());
     let m = &rec.app().metrics;
     m.record_attempt(&rec.model, &rec.provider, outcome);
+    let code = match outcome {
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Neutral => 2,
+    };
+    sluice_core::probes::upstream_attempt(&rec.model, &rec.provider, rec.attempts, code);
+    if transition != Transition::None {
+        sluice_core::probes::breaker(&rec.model, &rec.provider, transition == Transition::Tripped);
+    }
     if transition == Transition::Tripped {
         tracing::warn!(model = %rec.model, provider = %rec.provider, "circuit opened");
     } else if transition == Transition::Closed {

@@ -76,6 +76,7 @@ pub struct Recorder {
 impl Recorder {
     pub fn start(app: &Arc<App>, route: &'static str) -> Self {
         app.metrics.active_requests.inc();
+        sluice_core::probes::request_start(route);
         let logging = &app.snapshot.load().config.logging;
         let (sampling, access_log) = (logging.sampling_for(route), logging.access_log);
         Self {
@@ -213,6 +214,12 @@ impl Drop for Recorder {
             status: self.status,
         };
         m.record_request(&labels, elapsed);
+        sluice_core::probes::request_end(
+            self.route,
+            &self.model,
+            self.status,
+            elapsed.as_micros() as u64,
+        );
         if !self.provider.is_empty() {
             let upstream = self.upstream_started.map(|t| t.elapsed());
             m.record_genai(&crate::metrics::GenAi {
