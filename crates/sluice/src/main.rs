@@ -203,7 +203,6 @@ fn main() -> ExitCode {
             if let Some(b) = limits.memory_budget() {
                 sluice_core::cgroup::set_memory_budget(b);
             }
-            let workers = limits.workers();
             let loaded = match &path {
                 Some(p) => config::load_file(p),
                 None => config::embedded_default(&|k| std::env::var(k).ok()),
@@ -221,6 +220,10 @@ fn main() -> ExitCode {
                     eprintln!("sluice: {e}");
                     return ExitCode::from(1);
                 }
+            };
+            let workers = match cfg.server.workers {
+                0 => limits.workers(),
+                n => n,
             };
             // On one core (or a quota of one) a single-threaded scheduler
             // does the same work with no cross-thread wakeups or

@@ -293,6 +293,9 @@ pub struct ServerConfig {
     /// New requests are shed (503) while the cgroup's working set is at or
     /// past this percentage of `memory.high` (else `memory.max`); 0 = never.
     pub memory_shed_percent: u8,
+    /// Async worker threads; 0 = one per CPU the cgroup quota and the
+    /// affinity mask allow (`crate::cgroup::Limits::workers`).
+    pub workers: usize,
     /// How often memory use is read for shedding.
     pub memory_check: Duration,
     /// How often an HTTP/2 client is pinged to see it is still there.

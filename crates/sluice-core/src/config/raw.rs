@@ -252,6 +252,7 @@ pub struct RawServer {
     pub max_connections_per_ip: Option<Spanned<u64>>,
     pub memory_shed_percent: Option<Spanned<u64>>,
     pub memory_check_ms: Option<Spanned<u64>>,
+    pub workers: Option<Spanned<u64>>,
     pub http2_keepalive_interval_ms: Option<Spanned<u64>>,
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,

@@ -68,6 +68,10 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             v => c.positive(v.as_ref(), 90, 100, "memory_shed_percent") as u8,
         },
         memory_check: ms(c.positive(s.memory_check_ms.as_ref(), 250, 60_000, "memory_check_ms")),
+        workers: match &s.workers {
+            Some(v) if *v.get_ref() == 0 => 0,
+            v => c.positive(v.as_ref(), 0, 1024, "workers") as usize,
+        },
         tls: tls(c, s),
         upgrade_socket: upgrade_socket(c, s),
         cors_origins: cors_origins(c, s),
