@@ -1,0 +1,21 @@
+-- wrk script for bench/proxy.py: a ~1 KB chat completion request (system
+-- prompt, a user turn, `user` and `metadata`), streamed when STREAM=1 (then
+-- asking for the usage chunk, so every proxy forwards the bytes as they come).
+local model = os.getenv("MODEL") or "bench"
+local stream = os.getenv("STREAM") == "1"
+local system = string.rep("You are a careful assistant for the benchmark team. Answer briefly and cite the runbook. ", 6)
+local user = "Summarise yesterday's incident for bench-user@example.com: the gateway's p99 rose after the deploy "
+  .. "of build 4812, retries doubled on the EU pool, and the on-call paged twice before the rollback finished. "
+  .. "List the three follow-ups we agreed on and who owns each one."
+wrk.method = "POST"
+wrk.body = '{"model":"' .. model .. '",'
+  .. (stream and '"stream":true,"stream_options":{"include_usage":true},' or '')
+  .. '"messages":[{"role":"system","content":"' .. system .. '"},'
+  .. '{"role":"user","content":"' .. user .. '"}],'
+  .. '"temperature":0.2,"max_tokens":256,"user":"bench-user@example.com","metadata":{"team":"bench"}}'
+wrk.headers["Content-Type"] = "application/json"
+-- Ignored unless the target has keys (the production-shaped Sluice).
+wrk.headers["Authorization"] = "Bearer sk-bench-client"
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(dir .. "summary.lua")
