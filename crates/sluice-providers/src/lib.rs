@@ -16,6 +16,7 @@ mod mock_shape;
 mod mock_text;
 pub mod multimodal;
 pub mod openai;
+mod pool;
 pub mod responses;
 pub mod sse;
 pub mod template;

@@ -5,11 +5,11 @@
 //! provider's own connect timeout. Plain `http://` upstreams (vLLM, Ollama on
 //! the next box) use HTTP/1.1 keep-alive.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,6 +18,23 @@ use sluice_core::config::ProviderConfig;
 use sluice_core::{ErrorKind, GatewayError};
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub use crate::pool::UpstreamBody;
+
+/// A provider's connections: the lean HTTP/1.1 pool for its own plain
+/// `http://` host, hyper-util's client (TLS, HTTP/2 by ALPN) otherwise.
+#[derive(Clone)]
+pub struct ProviderClient {
+    plain: Option<Arc<crate::pool::H1Pool>>,
+    client: UpstreamClient,
+}
+
+impl ProviderClient {
+    /// Idle connections in the plain pool (0 for TLS upstreams).
+    pub fn idle_connections(&self) -> usize {
+        self.plain.as_ref().map_or(0, |p| p.idle_count())
+    }
+}
 /// A provider's client for request bodies streamed from the client (large
 /// uploads), made when the first one comes.
 pub type UploadClient = Client<HttpsConnector<HttpConnector>, crate::BoxBody>;
@@ -28,7 +45,28 @@ pub fn https_client(connect_timeout: Duration) -> UpstreamClient {
     builder().build(connector(connect_timeout, None))
 }
 
-pub fn client_for(p: &ProviderConfig) -> UpstreamClient {
+pub fn client_for(p: &ProviderConfig) -> ProviderClient {
+    let plain = p
+        .base_url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("http"))
+        .and_then(|u| u.authority().cloned())
+        .map(|a| {
+            crate::pool::H1Pool::new(
+                a,
+                p.max_idle_connections,
+                Duration::from_secs(90),
+                p.connect_timeout,
+            )
+        });
+    ProviderClient {
+        plain,
+        client: legacy_client_for(p),
+    }
+}
+
+fn legacy_client_for(p: &ProviderConfig) -> UpstreamClient {
     builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(p.max_idle_connections)
@@ -121,18 +159,29 @@ fn tls_with_ca(ca: &std::path::Path) -> rustls::ClientConfig {
 
 /// Sends `req` and waits for the response head; the caller bounds the wait.
 pub async fn send(
-    client: &UpstreamClient,
+    client: &ProviderClient,
     req: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Incoming>, GatewayError> {
-    client.request(req).await.map_err(|e| classify(&e))
+) -> Result<http::Response<UpstreamBody>, GatewayError> {
+    if let Some(pool) = &client.plain
+        && pool.serves(req.uri())
+    {
+        return pool.send(req).await;
+    }
+    match client.client.request(req).await {
+        Ok(resp) => Ok(resp.map(UpstreamBody::plain)),
+        Err(e) => Err(classify(&e)),
+    }
 }
 
 /// [`send`] for a streamed request body.
 pub async fn send_upload(
     client: &UploadClient,
     req: http::Request<crate::BoxBody>,
-) -> Result<http::Response<Incoming>, GatewayError> {
-    client.request(req).await.map_err(|e| classify(&e))
+) -> Result<http::Response<UpstreamBody>, GatewayError> {
+    match client.request(req).await {
+        Ok(resp) => Ok(resp.map(UpstreamBody::plain)),
+        Err(e) => Err(classify(&e)),
+    }
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
@@ -171,7 +220,7 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

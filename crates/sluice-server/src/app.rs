@@ -10,7 +10,7 @@ use sluice_core::GatewayError;
 use sluice_core::config::Config;
 use sluice_core::route::RouteTable;
 use sluice_providers::adapter::Adapter;
-use sluice_providers::transport::{self, UpstreamClient};
+use sluice_providers::transport::{self, ProviderClient};
 
 use crate::metrics::Metrics;
 
@@ -28,7 +28,7 @@ pub struct Snapshot {
 
 /// A provider's adapter, and its pooled client when it is on the network.
 pub struct Upstream {
-    pub client: Option<UpstreamClient>,
+    pub client: Option<ProviderClient>,
     pub adapter: Adapter,
     /// For uploads streamed through (made on the first one).
     pub upload_client: std::sync::OnceLock<transport::UploadClient>,

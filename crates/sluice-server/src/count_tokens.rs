@@ -82,7 +82,7 @@ async fn count(app: &Arc<App>, headers: &HeaderMap, body: Bytes) -> Result<Respo
 }
 
 async fn relay(
-    resp: http::Response<hyper::body::Incoming>,
+    resp: http::Response<sluice_providers::transport::UpstreamBody>,
     scrubber: &sluice_core::scrub::Scrubber,
 ) -> Response {
     let status = resp.status();

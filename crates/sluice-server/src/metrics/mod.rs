@@ -17,7 +17,29 @@ use prometheus_client::registry::Registry;
 use sluice_core::request::Usage;
 use sluice_core::resilience::Outcome;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The request-path label sets hash their fields with foldhash into one
+/// word: prometheus-client's families key a std `HashMap` (SipHash), whose
+/// cost is per byte and per `write`, ten lookups a request.
+macro_rules! fast_hash {
+    ($t:ty: $($f:ident),+) => {
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                use std::hash::BuildHasher;
+                let mut h = foldhash::fast::FixedState::default().build_hasher();
+                $(std::hash::Hash::hash(&self.$f, &mut h);)+
+                state.write_u64(std::hash::Hasher::finish(&h));
+            }
+        }
+    };
+}
+fast_hash!(RequestLabels: route, model, provider, status);
+fast_hash!(TargetLabels: model, provider);
+fast_hash!(TokenLabels: model, provider, kind);
+fast_hash!(AttemptLabels: model, provider, outcome);
+fast_hash!(GenAiLabels: gen_ai_operation_name, gen_ai_request_model, gen_ai_provider_name);
+fast_hash!(TokenTypeLabels: gen_ai_operation_name, gen_ai_request_model, gen_ai_provider_name, gen_ai_token_type);
+
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
     pub model: Arc<str>,
@@ -25,20 +47,20 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub model: Arc<str>,
     pub provider: Arc<str>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub model: Arc<str>,
     pub provider: Arc<str>,
     pub kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub model: Arc<str>,
     pub provider: Arc<str>,
@@ -58,14 +80,14 @@ pub struct ErrorLabels {
     pub code: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct GenAiLabels {
     pub gen_ai_operation_name: &'static str,
     pub gen_ai_request_model: Arc<str>,
     pub gen_ai_provider_name: Arc<str>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenTypeLabels {
     pub gen_ai_operation_name: &'static str,
     pub gen_ai_request_model: Arc<str>,

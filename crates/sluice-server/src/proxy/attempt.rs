@@ -348,7 +348,7 @@ async fn attempt(
     let provider = &call.snap.config.providers[target.provider];
     let upstream = &call.snap.upstreams[target.provider];
     let whole;
-    let body = match super::upload::before_attempt(call, upstream).await {
+    let body = match Box::pin(super::upload::before_attempt(call, upstream)).await {
         Ok(Some(b)) => {
             whole = b;
             &whole
@@ -404,7 +404,7 @@ async fn attempt(
     let head_deadline = (started + provider.timeout).min(call.deadline);
     let send = async {
         match call.upload {
-            Some(u) => super::upload::send(u, upstream, provider, req).await,
+            Some(u) => Box::pin(super::upload::send(u, upstream, provider, req)).await,
             None => transport::send(client, req).await,
         }
     };
@@ -438,7 +438,7 @@ async fn accepted(
     model: &ModelRoute,
     started: Instant,
     head: http::response::Parts,
-    mut incoming: hyper::body::Incoming,
+    mut incoming: transport::UpstreamBody,
     wire: Wire,
 ) -> Attempt {
     let first_deadline = if call.peek.stream {
@@ -503,7 +503,7 @@ async fn refused(
     call: &Call<'_>,
     provider: &sluice_core::config::ProviderConfig,
     head: http::response::Parts,
-    incoming: hyper::body::Incoming,
+    incoming: transport::UpstreamBody,
     wire: Wire,
 ) -> Attempt {
     let status = head.status;
@@ -554,7 +554,7 @@ async fn refused(
 /// some servers send to keep a slow non-streamed answer alive) is joined to
 /// what follows, so the start of the body can be judged.
 async fn first_frame(
-    body: &mut hyper::body::Incoming,
+    body: &mut transport::UpstreamBody,
 ) -> Option<Result<Frame<Bytes>, hyper::Error>> {
     const MAX_HELD: usize = 64 * 1024;
     let mut held: Option<bytes::BytesMut> = None;

@@ -142,7 +142,14 @@ pub(crate) async fn deliver(
             }
         }
     };
-    let mut out = Response::new(Body::new(ObservedBody::new(body, rec, watch)));
+    let observed = ObservedBody::new(body, rec, watch);
+    // Streams: events that arrive together leave together (coalesce.rs).
+    let body = if stream {
+        Body::new(super::coalesce::Coalesce::new(observed))
+    } else {
+        Body::new(observed)
+    };
+    let mut out = Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out

@@ -12,6 +12,7 @@
 mod admit;
 mod attempt;
 mod call;
+mod coalesce;
 mod deliver;
 pub mod intake;
 pub mod record;
@@ -58,14 +59,19 @@ pub enum InboundBody {
 }
 
 /// Serves an HTTP request.
-pub async fn handle(
+///
+/// The request's whole state machine is large (kilobytes): it is put on
+/// the heap once, here, so the router's and middlewares' own futures, each
+/// boxed and moved on the way in, stay a pointer wide instead of copying it
+/// three times per request.
+pub fn handle(
     app: Arc<App>,
     op: Operation,
     route: &'static str,
     req: Request<Body>,
-) -> Response<Body> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
     let (parts, body) = req.into_parts();
-    serve(
+    Box::pin(serve(
         app,
         Inbound {
             op,
@@ -74,8 +80,7 @@ pub async fn handle(
             body: InboundBody::Http(body),
             client: None,
         },
-    )
-    .await
+    ))
 }
 
 /// Runs a request through the whole path; the response is in the client's
@@ -231,7 +236,7 @@ async fn proxy(
     let mut untranslatable = None;
     let canonical = match op {
         Operation::Messages => inbound::canonical(&body),
-        Operation::Responses => match responses_turn(app, &body, &mut rec).await {
+        Operation::Responses => match Box::pin(responses_turn(app, &body, &mut rec)).await {
             Ok((chat, e)) => {
                 echo = Some(e);
                 Ok(chat)
@@ -262,7 +267,11 @@ async fn proxy(
     let converted = match source {
         Some(b) => {
             let deadline = started + budget;
-            match crate::multimodal::convert(app, route, b, &headers, deadline, &mut rec).await {
+            match Box::pin(crate::multimodal::convert(
+                app, route, b, &headers, deadline, &mut rec,
+            ))
+            .await
+            {
                 Ok(c) => c,
                 Err(e) => return rec.reply_error(&e),
             }
@@ -399,7 +408,7 @@ async fn read_intake(
                 .and_then(media::boundary)
                 .unwrap_or_default();
             let limits = (server.max_body_bytes, server.max_upload_bytes);
-            match upload::read(headers, b, (boundary, m), limits, timeout).await? {
+            match Box::pin(upload::read(headers, b, (boundary, m), limits, timeout)).await? {
                 upload::Intake::Whole(b) => Ok((b, None)),
                 upload::Intake::Streamed(u) => Ok((u.prefix.clone(), Some(u))),
             }

@@ -206,7 +206,7 @@ pub(super) async fn send(
     upstream: &crate::app::Upstream,
     provider: &sluice_core::config::ProviderConfig,
     req: http::Request<http_body_util::Full<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, GatewayError> {
+) -> Result<http::Response<sluice_providers::transport::UpstreamBody>, GatewayError> {
     let (mut parts, head) = req.into_parts();
     let head = head
         .collect()

@@ -53,6 +53,9 @@ pub struct ObservedBody {
     tail: Option<UsageTail>,
     timer: Option<Pin<Box<Sleep>>>,
     idle: Option<Duration>,
+    /// When the last frame came: the idle timer is moved only when it
+    /// fires (not reset per frame, a timer-wheel update each).
+    last_frame: Instant,
     deadline: Option<Instant>,
     sse: bool,
     wire: Wire,
@@ -88,6 +91,7 @@ impl ObservedBody {
             tail,
             timer: None,
             idle: w.idle,
+            last_frame: Instant::now(),
             deadline: w.deadline,
             sse: w.sse,
             wire: w.wire,
@@ -107,7 +111,7 @@ impl ObservedBody {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let idle = self.idle.map(|d| Instant::now() + d);
+        let idle = self.idle.map(|d| self.last_frame + d);
         match (idle, self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -197,10 +201,8 @@ impl ObservedBody {
             // A sized body may not be polled again once its last byte is out.
             self.done = true;
             self.settle();
-        } else if self.idle.is_some()
-            && let (Some(at), Some(timer)) = (self.next_wake(), &mut self.timer)
-        {
-            timer.as_mut().reset(at);
+        } else if self.idle.is_some() {
+            self.last_frame = Instant::now();
         }
     }
 
@@ -214,6 +216,26 @@ impl ObservedBody {
             }
             if let Some(t) = &mut self.meta_tail {
                 t.observe(data);
+            }
+        }
+    }
+}
+
+impl ObservedBody {
+    /// Whether the idle or deadline timer has run out; a timer that fired
+    /// early (frames came since it was set) is moved to the next wake.
+    fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let wake = self.next_wake();
+            let Some(timer) = &mut self.timer else {
+                return false;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            match wake {
+                Some(at) if at > timer.deadline() => timer.as_mut().reset(at),
+                _ => return true,
             }
         }
     }
@@ -268,9 +290,7 @@ impl http_body::Body for ObservedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some(timer) = &mut this.timer
-                    && timer.as_mut().poll(cx).is_ready()
-                {
+                if this.timer_fired(cx) {
                     let now = Instant::now();
                     let msg = match (this.deadline, this.idle) {
                         (Some(d), _) if now >= d => "request deadline exceeded".to_owned(),
