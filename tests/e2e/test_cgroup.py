@@ -57,6 +57,19 @@ class Growing:
         self.thread.join()
 
 
+def settled(read, gap=0.2, timeout=5.0):
+    """`read()` once it returns the same value twice `gap` seconds apart."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(gap)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"never settled (last {last})")
+
+
 def test_recorded_v2_limits_size_the_gateway_and_pressure_sheds(tmp_path):
     root = tmp_path / "cgroup"
     root.mkdir()
@@ -112,7 +125,9 @@ def test_recorded_v2_limits_size_the_gateway_and_pressure_sheds(tmp_path):
         growing = Growing(root, 178)
         wait_for(lambda: g.metric("sluice_cgroup_shedding") == 1, what="shedding")
         growing.end()
-        flat = g.metric("sluice_cgroup_memory_working_set_bytes")
+        # The watcher reads every 50 ms: the gauge has the last written
+        # value once two reads a few checks apart agree.
+        flat = settled(lambda: g.metric("sluice_cgroup_memory_working_set_bytes"))
         assert flat > 0.9 * 192 * MIB
         wait_for(lambda: g.metric("sluice_cgroup_shedding") == 0, timeout=5, what="shedding over while flat")
         assert chat(g).status_code == 200
