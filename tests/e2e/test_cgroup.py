@@ -203,3 +203,19 @@ def test_a_real_cgroup_child_with_limits(tmp_path):
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+def test_server_workers_overrides_the_cgroup_quota(tmp_path):
+    """`[server] workers` wins over the quota: half a core would give one."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    v2_files(root, 40 * MIB)
+    g = Gateway(MOCK_MODEL + "\n[server]\nworkers = 3\n", tmp_path=tmp_path,
+                env={"SLUICE_CGROUP_ROOT": str(root)})
+    try:
+        assert g.metric("sluice_cgroup_cpu_limit_cores") == 0.5
+        assert g.metric("tokio_workers") == 3
+        assert g.metric("sluice_cgroup_workers") == 3
+        assert chat(g).status_code == 200
+    finally:
+        g.stop()

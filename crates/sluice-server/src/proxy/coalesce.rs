@@ -4,11 +4,12 @@
 //! one at a time through its connection task: passed on as they come, every
 //! event is one `writev` to the client, even when a single read brought
 //! dozens (a model answering faster than the client reads). Here, once a
-//! frame is in hand and the next is not, the task yields one scheduler turn
-//! so the connection task can hand over what it has already read, and frames
-//! gathered that way go out as one. A paced stream (an event per read) pays
-//! one extra poll per event and no wait: the turn finds nothing and the frame
-//! goes at once.
+//! frame is in hand and the next is not, the task yields up to [`SPINS`]
+//! scheduler turns so the connection task can hand over what it has already
+//! read (it takes two: one to decode the next chunk, one to pass it), and
+//! frames gathered that way go out as one. A paced stream (an event per read)
+//! pays those extra polls per event and no wait: the turns find nothing and
+//! the frame goes at once.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 
 /// The most bytes gathered into one frame.
 const MAX_BATCH: usize = 16 << 10;
+/// Empty turns yielded before what is gathered goes out.
 const SPINS: u8 = 2;
 
 pub struct Coalesce<B: Body> {
@@ -26,8 +28,7 @@ pub struct Coalesce<B: Body> {
     /// The frame in hand when gathering began (moved into `buf` only when a
     /// second one joins it: a lone frame goes out without a copy).
     held: Option<Bytes>,
-    /// A new frame came since the last yield: worth another turn.
-    fresh: bool,
+    /// Turns yielded since the last frame came.
     spins: u8,
     /// What ended the gathering (a trailer, an error, the end), sent next.
     after: Option<Option<Result<Frame<Bytes>, B::Error>>>,
@@ -39,7 +40,6 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
             inner,
             buf: BytesMut::new(),
             held: None,
-            fresh: false,
             spins: 0,
             after: None,
         }
@@ -56,7 +56,7 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
                 self.buf.extend_from_slice(&data);
             }
         }
-        self.fresh = true;
+        self.spins = 0;
     }
 
     fn gathered(&self) -> usize {
@@ -65,7 +65,6 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
 
     fn take(&mut self) -> Option<Frame<Bytes>> {
         self.spins = 0;
-        self.fresh = false;
         match self.held.take() {
             Some(b) => Some(Frame::data(b)),
             None if !self.buf.is_empty() => Some(Frame::data(self.buf.split().freeze())),
@@ -103,14 +102,10 @@ where
                 },
                 Poll::Ready(end) => return this.flush_then(end),
                 Poll::Pending if this.gathered() == 0 => return Poll::Pending,
-                Poll::Pending if this.fresh || this.spins < SPINS => {
-                    // One turn for the upstream connection to hand over
-                    // what it already holds.
-                    if this.fresh {
-                        this.spins = 0;
-                    }
+                Poll::Pending if this.spins < SPINS => {
+                    // A turn for the upstream connection to hand over what
+                    // it already holds.
                     this.spins += 1;
-                    this.fresh = false;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Instructions per proxied chat request (user space), under callgrind.
+
+    python3 bench/instructions.py BIN [BIN ...] [--n 250] [--model bench] [--stream]
+
+Each binary serves bench/proxy.py's static nginx upstream with its bare
+configuration under `valgrind --tool=callgrind --instr-atstart=no`. After 30
+warm-up requests per connection, instrumentation goes on
+(`callgrind_control -i on`), 8 keep-alive connections send N requests each
+(the ~1 KB request of bench/proxy.lua), the counters are dumped and their
+total divided by the request count. The count repeats to a fraction of a
+percent whatever else the machine does, so it shows changes smaller than the
+wall-clock noise of bench/proxy.py. Kernel time is not counted.
+"""
+import argparse
+import glob
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy  # noqa: E402
+
+CONNECTIONS = 8
+SYSTEM = "You are a careful assistant for the benchmark team. Answer briefly and cite the runbook. " * 6
+USER = ("Summarise yesterday's incident for bench-user@example.com: the gateway's p99 rose after the "
+        "deploy of build 4812, retries doubled on the EU pool, and the on-call paged twice before the "
+        "rollback finished. List the three follow-ups we agreed on and who owns each one.")
+
+
+def body(model, stream):
+    b = {"model": model, "messages": [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": USER}],
+         "temperature": 0.2, "max_tokens": 256, "user": "bench-user@example.com",
+         "metadata": {"team": "bench"}}
+    if stream:
+        b.update(stream=True, stream_options={"include_usage": True})
+    return json.dumps(b)
+
+
+def load(port, n, payload):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(n):
+        c.request("POST", "/v1/chat/completions", payload, {"content-type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"status {r.status}")
+
+
+def burst(port, n, payload):
+    threads = [threading.Thread(target=load, args=(port, n, payload)) for _ in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def measure(procs, work, up, i, binary, args, payload):
+    port, admin = proxy.free_port(), proxy.free_port()
+    conf = work / f"ir{i}.toml"
+    conf.write_text(proxy.sluice_conf(work, port, admin, up))
+    out = work / f"cg.{i}"
+    p = procs.start(f"ir{i}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               "--instr-atstart=no", binary, "serve", "--config", str(conf)],
+                    "0", {**os.environ, "SLUICE_LOG": "warn"})
+    for _ in range(600):
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+            break
+        except OSError:
+            time.sleep(0.1)
+    burst(port, 30, payload)
+    subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
+    burst(port, args.n, payload)
+    subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
+    time.sleep(1)
+    procs.stop(p)
+    total = sum(int(line.split()[1]) for f in glob.glob(f"{out}*") for line in open(f)
+                if line.startswith("summary:"))
+    return total / (args.n * CONNECTIONS)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("binaries", nargs="+")
+    ap.add_argument("--n", type=int, default=250, help="requests per connection")
+    ap.add_argument("--model", default="bench", help="bench (chat JSON) or burst/frames (streams)")
+    ap.add_argument("--stream", action="store_true")
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "nginx"):
+        if not subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).stdout:
+            raise SystemExit(f"needs {tool} (Debian: valgrind, nginx, libnginx-mod-http-echo)")
+    payload = body(args.model, args.stream)
+    work = Path(proxy.tempfile.mkdtemp(prefix="sluice-instr-"))
+    procs = proxy.Procs(work)
+    try:
+        up, _ = proxy.start_upstream(procs, work)
+        for i, b in enumerate(args.binaries):
+            per = measure(procs, work, up, i, b, args, payload)
+            print(f"{b}: {per:,.0f} instructions per request", flush=True)
+    finally:
+        procs.stop_all()
+        proxy.shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
