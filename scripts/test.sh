@@ -53,6 +53,8 @@ if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.sluice-lock 2>
   log "node clients"
   (cd tests/node && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.sluice-lock)
 fi
+# The MCP reference server at the path the docs use from the repository root.
+ln -sfn tests/node/node_modules node_modules
 
 # The OCR and voice-activity models, taken out of the PyPI wheels that ship them.
 log "media models"

@@ -58,6 +58,30 @@ pub struct Event<'a> {
     /// Parts converted to text before routing: which, by what, how it went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversions: Option<&'a Value>,
+    /// An MCP tool call (`/mcp`): which server and tool, how it ended,
+    /// its arguments.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCall<'a>>,
+}
+
+/// The part of an event that says which tool was called.
+#[derive(serde::Serialize)]
+pub struct ToolCall<'a> {
+    /// `"mcp_tool_call"`.
+    pub kind: &'static str,
+    /// The upstream server (or `agent.{id}` for an agent's tool).
+    pub server: &'a str,
+    /// The tool's own name on that server.
+    pub tool: &'a str,
+    /// The name the client called (`server__tool`).
+    pub called: &'a str,
+    /// `ok`, `tool_error`, `error`, `timeout`, `unavailable`,
+    /// `rate_limited`, `cancelled`.
+    pub outcome: &'a str,
+    pub duration_ms: f64,
+    /// Redacted, with `encrypt_fields` under `arguments.` encrypted
+    /// (see [`Auditor::arguments`]).
+    pub arguments: Value,
 }
 
 /// One recorded field: its path, split, and whether it is encrypted.
@@ -175,6 +199,34 @@ impl Auditor {
         Some(out)
     }
 
+    /// A tool call's arguments as recorded: PII redacted from every
+    /// string; each `encrypt_fields` path under `arguments` (e.g.
+    /// `arguments.patient_id`, or `arguments` for all of them) encrypted.
+    pub fn arguments(&self, args: &Value) -> Value {
+        let mut out = self.redacted(args);
+        let Some(c) = &self.cipher else { return out };
+        for f in self.fields.iter().filter(|f| f.encrypt) {
+            let Some((first, rest)) = f.parts.split_first() else {
+                continue;
+            };
+            if first != "arguments" {
+                continue;
+            }
+            if rest.is_empty() {
+                return c.encrypt(&f.path, args);
+            }
+            let (mut src, mut dst) = (Some(args), Some(&mut out));
+            for p in rest {
+                src = src.and_then(|v| v.get(p));
+                dst = dst.and_then(|v| v.get_mut(p));
+            }
+            if let (Some(s), Some(d)) = (src, dst) {
+                *d = c.encrypt(&f.path, s);
+            }
+        }
+        out
+    }
+
     /// `v` with PII redacted from every string in it.
     fn redacted(&self, v: &Value) -> Value {
         let Some(r) = &self.redactor else {
@@ -262,7 +314,30 @@ pub fn decrypt_line(line: &str, keys: &[FieldCipher]) -> Result<String, String> 
             *v = c.decrypt(name, v)?;
         }
     }
+    // A tool call's arguments: encrypted values anywhere inside, each
+    // under its own path (`arguments.city`).
+    if let Some(args) = event.get_mut("arguments") {
+        decrypt_within(args, "arguments", keys)?;
+    }
     Ok(event.to_string())
+}
+
+fn decrypt_within(v: &mut Value, path: &str, keys: &[FieldCipher]) -> Result<(), String> {
+    if v.get("enc").and_then(Value::as_str) == Some("SM4-GCM") {
+        let kid = v.get("kid").and_then(Value::as_str).unwrap_or_default();
+        let c = keys
+            .iter()
+            .find(|c| c.kid() == kid)
+            .ok_or_else(|| format!("field '{path}': no key with id '{kid}' was given"))?;
+        *v = c.decrypt(path, v)?;
+        return Ok(());
+    }
+    if let Value::Object(o) = v {
+        for (k, x) in o.iter_mut() {
+            decrypt_within(x, &format!("{path}.{k}"), keys)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -270,24 +345,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[tokio::test]
-    async fn fields_are_found_on_their_paths_encrypted_or_redacted() {
-        let dir = std::env::temp_dir().join(format!("sluice-audit-fields-{}", std::process::id()));
+    /// An auditor writing to a temporary folder, with `fields` (TOML)
+    /// added to its `[audit]` table and the key 00…0f.
+    fn auditor(name: &str, fields: &str) -> Auditor {
+        let dir = std::env::temp_dir().join(format!("sluice-audit-{name}-{}", std::process::id()));
         let text = format!(
-            "[audit]\npath = \"{}/a.jsonl\"\nfields = [\"metadata.note\", \"user\", \"a.b.c\", \"missing.x\"]\nencrypt_fields = [\"metadata.id\"]\nkey_env = \"K\"\n",
+            "[audit]\npath = \"{}/a.jsonl\"\n{fields}\nkey_env = \"K\"\n",
             dir.display()
         );
         let cfg = sluice_core::config::parse(&text, "t", &|k| {
             (k == "K").then(|| "000102030405060708090a0b0c0d0e0f".to_owned())
         })
         .unwrap();
-        let a = Auditor::start(
+        Auditor::start(
             cfg.audit.as_ref().unwrap(),
             None,
             Some(Arc::new(Redactor::builtin())),
             Counts::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn fields_are_found_on_their_paths_encrypted_or_redacted() {
+        let a = auditor(
+            "fields",
+            "fields = [\"metadata.note\", \"user\", \"a.b.c\", \"missing.x\"]\nencrypt_fields = [\"metadata.id\"]",
+        );
         let body = br#"{"model":"m","user":"bob@example.com","metadata":{"id":42,"note":"call +44 20 7946 0958","x\"y":1},"a":{"b":{"c":[1,"10.0.0.1"]}},"missing":3}"#;
         let f = a.fields_of(body).unwrap();
         assert_eq!(f["user"], "[EMAIL]");
@@ -304,5 +388,22 @@ mod tests {
         );
         assert!(a.fields_of(b"not json").is_none());
         assert!(a.fields_of(b"[1,2]").is_none());
+    }
+
+    #[tokio::test]
+    async fn tool_arguments_are_redacted_and_encrypted_by_path() {
+        let a = auditor("args", "encrypt_fields = [\"arguments.patient.id\"]");
+        let args =
+            json!({"note": "mail bob@example.com", "patient": {"id": 42, "ward": 3}, "n": [1]});
+        let rec = a.arguments(&args);
+        assert_eq!(rec["note"], "mail [EMAIL]");
+        assert_eq!(rec["patient"]["ward"], 3);
+        assert_eq!(rec["patient"]["id"]["enc"], "SM4-GCM");
+        assert!(!rec.to_string().contains("42"));
+        let line = json!({"kind": "mcp_tool_call", "arguments": rec}).to_string();
+        let c = FieldCipher::from_hex("000102030405060708090a0b0c0d0e0f", None).unwrap();
+        let back: Value = serde_json::from_str(&decrypt_line(&line, &[c]).unwrap()).unwrap();
+        assert_eq!(back["arguments"]["patient"]["id"], 42);
+        assert_eq!(back["arguments"]["note"], "mail [EMAIL]");
     }
 }

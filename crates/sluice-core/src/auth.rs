@@ -64,6 +64,39 @@ impl KeyConfig {
             .as_ref()
             .is_none_or(|ms| ms.iter().any(|m| &**m == model))
     }
+
+    /// Whether this key sees and may call the MCP tool (or prompt)
+    /// `name` (`server__tool`): its `mcp_tools` globs, none = all.
+    pub fn allows_tool(&self, name: &str) -> bool {
+        self.mcp_tools
+            .as_ref()
+            .is_none_or(|gs| gs.iter().any(|g| glob(g, name)))
+    }
+}
+
+/// `*` matches any run of characters (also none), `?` one character;
+/// everything else itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it now covers up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// The lowercase hex SHA-256 of a token, as the configuration wants it.
@@ -81,6 +114,26 @@ pub fn token_hash_hex(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_globs() {
+        for (p, t, want) in [
+            ("weather__*", "weather__forecast", true),
+            ("weather__*", "weather__", true),
+            ("weather__*", "everything__echo", false),
+            ("everything__echo", "everything__echo", true),
+            ("everything__echo", "everything__echo2", false),
+            ("*__echo", "everything__echo", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("agent.*__*", "agent.a1__lookup", true),
+        ] {
+            assert_eq!(glob(p, t), want, "{p} ~ {t}");
+        }
+    }
 
     fn table() -> KeyTable {
         let text = format!(

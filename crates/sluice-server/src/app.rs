@@ -138,6 +138,13 @@ pub struct App {
     pub source: Source,
     /// The standard gRPC services (health, reflection).
     pub grpc: crate::grpc::Standard,
+    /// The MCP gateway's upstream servers (`[[mcp_servers]]`), swapped on
+    /// a reload (unchanged servers are kept).
+    pub mcp: ArcSwap<sluice_mcp::Federation>,
+    /// MCP clients' sessions (handshake revisions).
+    pub mcp_sessions: crate::mcp::Sessions,
+    /// `mcp_rpm` buckets.
+    pub mcp_limits: crate::mcp::ToolLimits,
 }
 
 /// Where the running configuration came from, and what the command line
@@ -216,7 +223,11 @@ impl App {
             .map_err(|errs| anyhow::anyhow!(sluice_core::config::ConfigErrors(errs).to_string()))?;
         let converters =
             crate::multimodal::processors::load(&config, None).map_err(anyhow::Error::msg)?;
+        let mcp = sluice_mcp::Federation::start(&config.mcp, None);
         Ok(Arc::new(Self {
+            mcp: ArcSwap::new(mcp),
+            mcp_sessions: crate::mcp::Sessions::default(),
+            mcp_limits: crate::mcp::ToolLimits::default(),
             converters: ArcSwap::from_pointee(converters),
             predictors: ArcSwap::from_pointee(predictors),
             plugins: ArcSwap::from_pointee(plugins),

@@ -18,6 +18,7 @@ mod hub_routes;
 pub use hub_routes::gateway as hub_gateway;
 pub mod listener;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod multimodal;
 pub mod plugins;
@@ -100,7 +101,15 @@ pub async fn run(mut config: Config, log_control: LogControl, start: Start) -> a
         .models
         .first()
         .map(|m| m.name.to_string())
-        .unwrap_or_else(|| "MODEL".to_owned());
+        .unwrap_or_else(|| {
+            // No model: an MCP gateway is shown its endpoint instead.
+            let word = if config.mcp.servers.is_empty() {
+                "MODEL"
+            } else {
+                ""
+            };
+            word.to_owned()
+        });
     let server_cfg = config.server.clone();
     let tls = match &config.server.tls {
         Some(t) => Some(tls::acceptor(t)?),
@@ -172,6 +181,8 @@ pub async fn run(mut config: Config, log_control: LogControl, start: Start) -> a
             finished.await;
         }
     }
+    // Tool servers' children are stopped.
+    app.mcp.load().shutdown();
     if let Some(a) = &app.audit {
         a.flush(std::time::Duration::from_secs(5)).await;
     }
@@ -203,6 +214,12 @@ pub fn ready_line(
     } else {
         ""
     };
+    if model.is_empty() {
+        // Nothing to chat with (an MCP or agent-hub gateway): list the tools.
+        return format!(
+            "sluice ready: api {scheme}://{api} admin http://{admin} | try: curl -s {scheme}://{api}/mcp{auth} -H 'content-type: application/json' -H 'mcp-protocol-version: 2026-07-28' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\",\"params\":{{}}}}'"
+        );
+    }
     format!(
         "sluice ready: api {scheme}://{api} admin http://{admin} | try: curl -s {scheme}://{api}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
     )

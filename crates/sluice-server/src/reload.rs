@@ -140,6 +140,11 @@ fn try_reload(
     app.predictors.store(Arc::new(predictors));
     app.plugins.store(Arc::new(plugins));
     app.converters.store(Arc::new(converters));
+    if app.snapshot.load().config.mcp != app.mcp.load().config {
+        let running = app.mcp.load_full();
+        let next = sluice_mcp::Federation::start(&app.snapshot.load().config.mcp, Some(&running));
+        app.mcp.store(next);
+    }
     *key_specs = specs;
     for m in moved {
         let _ = app.source.moves.send(m);

@@ -32,52 +32,54 @@ pub fn api(app: Arc<App>) -> Router {
         };
         router = router.route(m.route(), post(handler));
     }
-    crate::grpc::routes(crate::predict::routes(crate::files::routes(router)))
-        .route("/v1/chat/completions", post(chat))
-        .route("/api/v2/chat/completions", post(chat_v2))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/messages", post(messages))
-        .route(
-            "/v1/messages/count_tokens",
-            post(crate::count_tokens::count_tokens),
-        )
-        .route("/v1/responses", post(responses))
-        .route("/v1/completions", post(completions))
-        .route(
-            "/v1/responses/{id}",
-            get(crate::responses_api::get).delete(crate::responses_api::delete),
-        )
-        .route("/v1/models", get(models))
-        .route("/v1/models/{*id}", get(model))
-        .route("/v1/agents", get(crate::hub_routes::list))
-        .route("/v1/agents/connect", get(crate::hub_routes::connect))
-        .route("/v1/agents/events", get(crate::hub_routes::events))
-        .route(
-            "/v1/agents/instructions/{id}",
-            get(crate::hub_routes::instruction),
-        )
-        .route("/v1/agents/{id}", get(crate::hub_routes::get_agent))
-        .route(
-            "/v1/agents/{id}/instructions",
-            post(crate::hub_routes::instruct),
-        )
-        .route(
-            "/v1/agent-groups/{group}/instructions",
-            post(crate::hub_routes::broadcast),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::plugins::run::filter,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            crate::pressure::shed,
-        ))
-        .with_state(app)
+    crate::mcp::routes(crate::grpc::routes(crate::predict::routes(
+        crate::files::routes(router),
+    )))
+    .route("/v1/chat/completions", post(chat))
+    .route("/api/v2/chat/completions", post(chat_v2))
+    .route("/v1/embeddings", post(embeddings))
+    .route("/v1/messages", post(messages))
+    .route(
+        "/v1/messages/count_tokens",
+        post(crate::count_tokens::count_tokens),
+    )
+    .route("/v1/responses", post(responses))
+    .route("/v1/completions", post(completions))
+    .route(
+        "/v1/responses/{id}",
+        get(crate::responses_api::get).delete(crate::responses_api::delete),
+    )
+    .route("/v1/models", get(models))
+    .route("/v1/models/{*id}", get(model))
+    .route("/v1/agents", get(crate::hub_routes::list))
+    .route("/v1/agents/connect", get(crate::hub_routes::connect))
+    .route("/v1/agents/events", get(crate::hub_routes::events))
+    .route(
+        "/v1/agents/instructions/{id}",
+        get(crate::hub_routes::instruction),
+    )
+    .route("/v1/agents/{id}", get(crate::hub_routes::get_agent))
+    .route(
+        "/v1/agents/{id}/instructions",
+        post(crate::hub_routes::instruct),
+    )
+    .route(
+        "/v1/agent-groups/{group}/instructions",
+        post(crate::hub_routes::broadcast),
+    )
+    .route("/healthz", get(healthz))
+    .route("/readyz", get(readyz))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::plugins::run::filter,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::pressure::shed,
+    ))
+    .with_state(app)
 }
 
 pub fn admin(app: Arc<App>) -> Router {
@@ -85,6 +87,7 @@ pub fn admin(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/log-level", get(log_level).put(set_log_level))
         .route("/config/reload", post(reload_config))
+        .route("/v1/mcp/servers", get(crate::mcp::servers))
         .route(
             "/keys",
             get(crate::admin_keys::list).post(crate::admin_keys::create),
@@ -318,6 +321,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             .get_or_create(&labels)
             .set(p.pending() as i64);
     }
+    app.metrics.mcp.refresh(&app.mcp.load());
+    app.metrics.mcp.sessions.set(app.mcp_sessions.len() as i64);
     if let Some(h) = &app.hub {
         app.metrics
             .agent_queue_depth

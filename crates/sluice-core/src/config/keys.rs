@@ -141,6 +141,24 @@ pub(super) fn keys(
                     })
                     .collect()
             }),
+            mcp_tools: k.mcp_tools.as_ref().map(|gs| {
+                gs.iter()
+                    .map(|g| {
+                        let s = g.get_ref();
+                        if s.is_empty() || s.len() > 256 || s.chars().any(char::is_whitespace) {
+                            c.at(
+                                g.span(),
+                                "an mcp_tools entry is a glob of tool names like \"weather__*\"",
+                            );
+                        }
+                        Arc::from(s.as_str())
+                    })
+                    .collect()
+            }),
+            mcp_rpm: k
+                .mcp_rpm
+                .as_ref()
+                .map(|v| c.positive(Some(v), 1, 100_000_000, "mcp_rpm")),
             max_streams: k
                 .max_streams
                 .as_ref()

@@ -7,6 +7,7 @@ mod audit;
 mod env;
 mod files;
 mod keys;
+mod mcp;
 mod multimodal;
 mod observability;
 mod plugins;
@@ -17,6 +18,7 @@ mod redaction;
 mod server;
 mod shared;
 pub mod time;
+pub use mcp::{McpConfig, McpServerConfig, McpTransport, valid_server_name};
 pub use multimodal::{
     ConvertConfig, Converter, ImageFetchConfig, Modalities, Modality, OnFailure, ProcessorConfig,
     ProcessorKind,
@@ -76,6 +78,8 @@ pub struct Config {
     pub processors: Vec<ProcessorConfig>,
     /// Image URLs the gateway may fetch for a processor.
     pub image_fetch: ImageFetchConfig,
+    /// The MCP gateway (`/mcp`) and its upstream tool servers.
+    pub mcp: McpConfig,
 }
 
 /// Where `/v1/files` and `/v1/batches` go.
@@ -148,6 +152,11 @@ pub struct KeyConfig {
     /// US dollars this key may spend per the same period, priced by the
     /// models' `price_*_per_mtok`.
     pub budget_usd: Option<(f64, crate::limits::BudgetPeriod)>,
+    /// Globs of the MCP tools (`server__tool`) this key sees and may
+    /// call; `None` = all.
+    pub mcp_tools: Option<Vec<Arc<str>>>,
+    /// Calls per minute to each MCP tool for this key.
+    pub mcp_rpm: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

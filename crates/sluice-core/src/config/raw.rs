@@ -46,6 +46,10 @@ pub struct RawConfig {
     pub processors: Vec<Spanned<super::multimodal::RawProcessor>>,
     #[serde(default)]
     pub image_fetch: super::multimodal::RawImageFetch,
+    #[serde(default)]
+    pub mcp: super::mcp::RawMcp,
+    #[serde(default)]
+    pub mcp_servers: Vec<Spanned<super::mcp::RawMcpServer>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +165,8 @@ pub struct RawKey {
     pub budget_tokens: Option<Spanned<u64>>,
     pub budget_usd: Option<Spanned<f64>>,
     pub budget_period: Option<Spanned<String>>,
+    pub mcp_tools: Option<Vec<Spanned<String>>>,
+    pub mcp_rpm: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

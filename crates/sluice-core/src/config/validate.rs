@@ -159,7 +159,12 @@ pub(super) fn validate(
     let agents = agents(&mut c, raw.agents.as_ref().unwrap_or(&Default::default()));
     // A file that serves nothing is a mistake (an empty file, a typo'd
     // table name): say so, unless it is a hub-only gateway.
-    if whole && raw.models.is_empty() && raw.agents.is_none() && raw.predictors.is_empty() {
+    if whole
+        && raw.models.is_empty()
+        && raw.agents.is_none()
+        && raw.predictors.is_empty()
+        && raw.mcp_servers.is_empty()
+    {
         c.errors.push(ConfigError {
             file: file.to_owned(),
             line: 1,
@@ -369,6 +374,7 @@ pub(super) fn validate(
     let predictors = super::predictors::predictors(&mut c, &raw.predictors);
     let plugins = super::plugins::plugins(&mut c, &raw.plugins);
     let image_fetch = super::multimodal::image_fetch(&mut c, &raw.image_fetch);
+    let mcp = super::mcp::mcp(&mut c, &raw.mcp, &raw.mcp_servers, env);
     let responses_redis = super::shared::backend(
         &mut c,
         raw.responses.backend.as_ref(),
@@ -406,6 +412,7 @@ pub(super) fn validate(
             plugins,
             processors,
             image_fetch,
+            mcp,
             allow_open_non_loopback: raw.auth.allow_open_non_loopback.unwrap_or(false),
             keys_file: raw.auth.keys_file.as_ref().map(|f| f.get_ref().into()),
             admin_sha256,

@@ -96,6 +96,7 @@ pub struct TokenTypeLabels {
 }
 
 pub mod cgroup;
+pub mod mcp;
 pub mod modality;
 pub mod plugins;
 pub mod predict;
@@ -175,6 +176,8 @@ pub struct Metrics {
     pub cgroup: cgroup::CgroupMetrics,
     /// Local inference (`/v1/predict`, `/v2/models/…/infer`).
     pub predict: std::sync::Arc<predict::PredictMetrics>,
+    /// The MCP gateway (`/mcp`).
+    pub mcp: mcp::McpMetrics,
     /// WASM plugins' failed calls.
     pub plugins: std::sync::Arc<plugins::PluginMetrics>,
     /// Multimodal parts' conversions.
@@ -234,6 +237,7 @@ impl Metrics {
         let reload = reload::ReloadMetrics::default();
         let cgroup = cgroup::CgroupMetrics::default();
         let predict = std::sync::Arc::new(predict::PredictMetrics::default());
+        let mcp = mcp::McpMetrics::default();
         let plugins = std::sync::Arc::new(plugins::PluginMetrics::default());
         let modality = modality::ModalityMetrics::default();
         // Series for every known outcome from the start, at zero: a rate()
@@ -291,6 +295,7 @@ impl Metrics {
         reload.register(registry);
         cgroup.register(registry);
         predict.register(registry);
+        mcp.register(registry);
         plugins.register(registry);
         modality.register(registry);
         registry.register(
@@ -458,6 +463,7 @@ impl Metrics {
             reload,
             cgroup,
             predict,
+            mcp,
             plugins,
             modality,
             agent_queue_depth,

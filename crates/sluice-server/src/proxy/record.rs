@@ -308,6 +308,7 @@ impl Recorder {
             error: self.error_code,
             fields: fields.as_ref(),
             conversions: self.conversions.as_ref(),
+            tool_call: None,
         });
         if let (Some(rx), Some(slot)) = (durable, &self.audit_ack) {
             slot.put(rx);

@@ -1,0 +1,200 @@
+//! `tools/call`: what the key may call, the rate limits, the call routed
+//! to its server, and a record of it (audit event, span, metrics) however
+//! it ends — also when the client cancels or goes away.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sluice_mcp::rpc::{self, RpcError};
+use tokio::sync::mpsc;
+
+use super::Ctx;
+use crate::app::App;
+use crate::metrics::mcp::{CallLabels, ToolLabels};
+
+pub async fn tool(
+    ctx: &Ctx,
+    params: Option<Value>,
+    progress: Option<mpsc::Sender<Value>>,
+) -> Result<Value, RpcError> {
+    let mut params = params.unwrap_or_default();
+    let Some(name) = params
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return Err(RpcError::new(
+            rpc::INVALID_PARAMS,
+            "tools/call needs params.name",
+        ));
+    };
+    // A tool the key may not see answers exactly as one that does not exist.
+    let unknown = || RpcError::new(rpc::INVALID_PARAMS, format!("Unknown tool: {name}"));
+    if !ctx.allows_tool(&name) {
+        return Err(unknown());
+    }
+    let (server, theirs) = sluice_mcp::split(&name).ok_or_else(unknown)?;
+    let upstream = ctx.fed.upstream(server).ok_or_else(unknown)?.clone();
+    if upstream.is_ready() && !upstream.catalog().tools.iter().any(|t| t["name"] == theirs) {
+        return Err(unknown());
+    }
+    let mut rec = Record {
+        app: ctx.app.clone(),
+        server: server.to_owned(),
+        tool: theirs.to_owned(),
+        called: name.clone(),
+        key: ctx.key.as_ref().map(|k| k.name.clone()),
+        arguments: params
+            .get("arguments")
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+        started: Instant::now(),
+        span: ctx.app.tracing.as_ref().map(|t| {
+            let mut s = t.server_span(&ctx.headers, "/mcp");
+            s.rename("execute_tool", &Arc::from(name.as_str()));
+            s
+        }),
+        outcome: None,
+        error: None,
+    };
+    let key_rpm = ctx
+        .key
+        .as_ref()
+        .and_then(|k| k.mcp_rpm.map(|r| (&k.name, r)));
+    if let Err(wait) = ctx.app.mcp_limits.take(key_rpm, &name, upstream.cfg.rpm) {
+        let e = RpcError::new(
+            rpc::RATE_LIMITED,
+            format!("rate limit for tool {name} reached (mcp_rpm): retry in {wait:.1} s"),
+        )
+        .with_data(json!({"retry_after_ms": (wait * 1000.0).ceil() as u64}));
+        rec.finish(&Err(e.clone()));
+        return Err(e);
+    }
+    params["name"] = json!(theirs);
+    let result = upstream.request("tools/call", Some(params), progress).await;
+    rec.finish(&result);
+    result
+}
+
+/// One tool call's record, written when it is dropped: an unfinished one
+/// was cancelled.
+struct Record {
+    app: Arc<App>,
+    server: String,
+    tool: String,
+    called: String,
+    key: Option<Arc<str>>,
+    arguments: Value,
+    started: Instant,
+    span: Option<sluice_telemetry::Span>,
+    outcome: Option<&'static str>,
+    error: Option<String>,
+}
+
+impl Record {
+    fn finish(&mut self, result: &Result<Value, RpcError>) {
+        self.outcome = Some(match result {
+            Ok(r) if r.get("isError").and_then(Value::as_bool) == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(e) => {
+                self.error = Some(e.message.clone());
+                e.outcome()
+            }
+        });
+    }
+}
+
+/// The status an audit event gives each outcome.
+fn status(outcome: &str) -> u16 {
+    match outcome {
+        "ok" | "tool_error" => 200,
+        "rate_limited" => 429,
+        "timeout" => 504,
+        "unavailable" => 502,
+        "cancelled" => 499,
+        "not_found" => 404,
+        _ => 500,
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or("cancelled");
+        let elapsed = self.started.elapsed();
+        let m = &self.app.metrics.mcp;
+        m.tool_calls
+            .get_or_create(&CallLabels {
+                server: self.server.clone(),
+                tool: self.tool.clone(),
+                outcome,
+            })
+            .inc();
+        m.duration
+            .get_or_create(&ToolLabels {
+                server: self.server.clone(),
+                tool: self.tool.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(mut span) = self.span.take() {
+            span.str("gen_ai.operation.name", "execute_tool");
+            span.str("gen_ai.tool.name", &self.called);
+            span.str("mcp.method.name", "tools/call");
+            span.str("sluice.mcp.server", &self.server);
+            span.str("sluice.mcp.outcome", outcome);
+            if let Some(k) = &self.key {
+                span.str("sluice.key", k);
+            }
+            match (outcome, &self.error) {
+                ("ok", _) => {}
+                (o, Some(e)) => span.fail(o, e),
+                (o, None) => span.fail(o, o),
+            }
+            span.end();
+        }
+        tracing::info!(
+            target: "sluice::access",
+            route = "/mcp",
+            tool = %self.called,
+            outcome,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "tool call"
+        );
+        let Some(auditor) = &self.app.audit else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        auditor.record(&crate::audit::Event {
+            id: crate::audit::Auditor::new_id(),
+            ts: sluice_core::config::time::format_rfc3339_millis(now_ms),
+            request_id: None,
+            client_request_id: None,
+            key: self.key.as_deref(),
+            route: "/mcp",
+            model: None,
+            provider: None,
+            status: status(outcome),
+            latency_ms: ms,
+            stream: false,
+            attempts: 1,
+            cancelled: outcome == "cancelled",
+            input_tokens: None,
+            output_tokens: None,
+            error: self.error.as_deref(),
+            fields: None,
+            conversions: None,
+            tool_call: Some(crate::audit::ToolCall {
+                kind: "mcp_tool_call",
+                server: &self.server,
+                tool: &self.tool,
+                called: &self.called,
+                outcome,
+                duration_ms: ms,
+                arguments: auditor.arguments(&self.arguments),
+            }),
+        });
+    }
+}
