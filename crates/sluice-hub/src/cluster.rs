@@ -47,6 +47,9 @@ fn presence_key(id: &str) -> String {
     format!("sluice:agent:{id}")
 }
 
+/// The set of agents that declared tools (their presence holds them).
+const TOOL_AGENTS: &str = "sluice:agent-tools";
+
 fn group_key(g: &str) -> String {
     format!("sluice:group:{g}")
 }
@@ -83,6 +86,7 @@ impl Cluster {
             "session_key": self.session_key(a),
             "groups": a.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
             "capabilities": a.capabilities,
+            "tools": a.tools,
             "connected_at": sluice_core::config::time::format_rfc3339_millis(a.connected_unix_ms),
         })
         .to_string()
@@ -115,6 +119,9 @@ impl Cluster {
             .arg("GET");
         for g in &a.groups {
             pipe.cmd("SADD").arg(group_key(g)).arg(&*a.id).ignore();
+        }
+        if !a.tools.is_empty() {
+            pipe.cmd("SADD").arg(TOOL_AGENTS).arg(&*a.id).ignore();
         }
         let me = self.clone();
         let agent_id = a.id.to_string();
@@ -150,7 +157,10 @@ impl Cluster {
         let script = redis::Script::new(WITHDRAW);
         let key = presence_key(&a.id);
         let session_key = self.session_key(a);
-        let groups: Vec<String> = a.groups.iter().map(|g| group_key(g)).collect();
+        let mut groups: Vec<String> = a.groups.iter().map(|g| group_key(g)).collect();
+        if !a.tools.is_empty() {
+            groups.push(TOOL_AGENTS.to_owned());
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut inv = script.prepare_invoke();
@@ -185,15 +195,35 @@ impl Cluster {
 
     /// Members of a group connected to any replica.
     pub async fn group_members(&self, group: &str) -> Vec<String> {
+        self.present(&group_key(group))
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The presence (with its tools) of every agent that declared tools,
+    /// on any replica.
+    pub async fn tool_agents(&self) -> Vec<Value> {
+        self.present(TOOL_AGENTS)
+            .await
+            .into_iter()
+            .filter_map(|(_, p)| serde_json::from_str(&p).ok())
+            .collect()
+    }
+
+    /// The agent ids in a set whose presence key still exists, with it
+    /// (stale ids, of agents gone with their replica, are left out).
+    async fn present(&self, set: &str) -> Vec<(String, String)> {
         let mut conn = self.conn.clone();
-        let members = redis::cmd("SMEMBERS").arg(group_key(group)).to_owned();
+        let members = redis::cmd("SMEMBERS").arg(set).to_owned();
         let ids: Vec<String> =
             match tokio::time::timeout(self.timeout, members.query_async(&mut conn)).await {
                 Ok(Ok(v)) => v,
                 _ => return Vec::new(),
             };
         if ids.is_empty() {
-            return ids;
+            return Vec::new();
         }
         let keys: Vec<String> = ids.iter().map(|i| presence_key(i)).collect();
         let mget = redis::cmd("MGET").arg(&keys).to_owned();
@@ -204,7 +234,7 @@ impl Cluster {
             };
         ids.into_iter()
             .zip(present)
-            .filter_map(|(id, p)| p.map(|_| id))
+            .filter_map(|(id, p)| Some((id, p?)))
             .collect()
     }
 

@@ -26,6 +26,49 @@ pub struct Hello {
     pub groups: Vec<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Tools the agent serves (federated into `/mcp` as
+    /// `agent.{agent_id}__{name}`), normalized to MCP's shape.
+    #[serde(default)]
+    pub tools: Vec<Value>,
+}
+
+/// Tools one agent may declare at most.
+pub const MAX_TOOLS: usize = 64;
+
+/// A tool name: 1-64 of letters, digits, `_`, `-` and `.`, without `__`.
+pub fn valid_tool_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        && !s.contains("__")
+}
+
+/// A declared tool as MCP lists it: `name`, `description`, `inputSchema`
+/// (an object schema; `input_schema` is accepted too), `outputSchema`,
+/// `title` and `annotations` when given.
+fn tool(v: &Value) -> Result<Value, String> {
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| valid_tool_name(n))
+        .ok_or("a tool needs a name of 1-64 letters, digits, '_', '-' or '.' (no '__')")?;
+    let schema = v
+        .get("inputSchema")
+        .or_else(|| v.get("input_schema"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(format!(
+            "tool '{name}': its input schema must be {{\"type\": \"object\", …}}"
+        ));
+    }
+    let mut out = serde_json::json!({"name": name, "inputSchema": schema});
+    for k in ["description", "title", "outputSchema", "annotations"] {
+        if let Some(x) = v.get(k) {
+            out[k] = x.clone();
+        }
+    }
+    Ok(out)
 }
 
 /// Every frame after the hello.
@@ -74,7 +117,21 @@ pub fn parse_hello(text: &str, max_groups: usize) -> Result<Hello, Refusal> {
     if hello.capabilities.len() > 64 || hello.capabilities.iter().any(|c| c.len() > 128) {
         return Err((code::POLICY, "at most 64 capabilities of 128 bytes".into()));
     }
-    Ok(hello)
+    if hello.tools.len() > MAX_TOOLS {
+        return Err((code::POLICY, format!("at most {MAX_TOOLS} tools")));
+    }
+    let mut tools = Vec::with_capacity(hello.tools.len());
+    for t in &hello.tools {
+        let t = tool(t).map_err(|e| (code::POLICY, e))?;
+        if tools.iter().any(|o: &Value| o["name"] == t["name"]) {
+            return Err((
+                code::POLICY,
+                format!("tool {} is declared twice", t["name"]),
+            ));
+        }
+        tools.push(t);
+    }
+    Ok(Hello { tools, ..hello })
 }
 
 #[derive(Deserialize)]
@@ -154,6 +211,31 @@ mod tests {
         );
         let long = format!(r#"{{"type":"ack","id":"{}"}}"#, "x".repeat(129));
         assert_eq!(parse(&long).unwrap_err().0, code::POLICY);
+    }
+
+    #[test]
+    fn tools_in_a_hello_are_checked_and_normalized() {
+        let h = parse_hello(
+            r#"{"type":"hello","agent_id":"a1","tools":[{"name":"lookup","description":"d","input_schema":{"type":"object","properties":{"q":{"type":"string"}}}},{"name":"ping"}]}"#,
+            32,
+        )
+        .unwrap();
+        assert_eq!(h.tools.len(), 2);
+        assert_eq!(
+            h.tools[0]["inputSchema"]["properties"]["q"]["type"],
+            "string"
+        );
+        assert_eq!(h.tools[0]["description"], "d");
+        assert_eq!(h.tools[1]["inputSchema"]["type"], "object");
+        for bad in [
+            r#"{"type":"hello","agent_id":"a","tools":[{"name":"a__b"}]}"#,
+            r#"{"type":"hello","agent_id":"a","tools":[{"name":""}]}"#,
+            r#"{"type":"hello","agent_id":"a","tools":[{"description":"x"}]}"#,
+            r#"{"type":"hello","agent_id":"a","tools":[{"name":"x","inputSchema":{"type":"string"}}]}"#,
+            r#"{"type":"hello","agent_id":"a","tools":[{"name":"x"},{"name":"x"}]}"#,
+        ] {
+            assert_eq!(parse_hello(bad, 32).unwrap_err().0, code::POLICY, "{bad}");
+        }
     }
 
     #[test]

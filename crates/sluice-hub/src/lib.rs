@@ -85,6 +85,8 @@ pub struct AgentHandle {
     pub id: Arc<str>,
     pub groups: Vec<Arc<str>>,
     pub capabilities: Vec<String>,
+    /// Tools it serves (MCP's shape, its own names).
+    pub tools: Vec<Value>,
     pub session: u64,
     pub connected_unix_ms: u64,
     /// Monotonic nanoseconds of the last frame (or pong) from the agent.
@@ -107,6 +109,7 @@ impl AgentHandle {
             "agent_id": &*self.id,
             "groups": self.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
             "capabilities": self.capabilities,
+            "tools": self.tools.iter().map(|t| &t["name"]).collect::<Vec<_>>(),
             "connected_at": sluice_core::config::time::format_rfc3339_millis(self.connected_unix_ms),
             "last_seen_ms_ago": seen / 1_000_000,
             "queue_depth": self.queue_depth(),
@@ -227,7 +230,7 @@ impl Hub {
         &self,
         id: Arc<str>,
         groups: Vec<Arc<str>>,
-        capabilities: Vec<String>,
+        (capabilities, tools): (Vec<String>, Vec<Value>),
     ) -> (
         Arc<AgentHandle>,
         mpsc::Receiver<Outbound>,
@@ -239,6 +242,7 @@ impl Hub {
             id: id.clone(),
             groups,
             capabilities,
+            tools,
             session: self.next_session.fetch_add(1, Ordering::Relaxed),
             connected_unix_ms: unix_ms(),
             last_seen: AtomicU64::new(sluice_core::resilience::now_nanos()),

@@ -170,7 +170,7 @@ pub async fn run<S: Socket>(
     let (handle, mut rx, mut kick) = hub.register(
         Arc::from(hello.agent_id),
         hello.groups.into_iter().map(Arc::from).collect(),
-        hello.capabilities,
+        (hello.capabilities, hello.tools),
     );
     let welcome = json!({
         "type": "welcome",

@@ -12,7 +12,7 @@ fn hub() -> Arc<Hub> {
 #[tokio::test]
 async fn statuses_only_move_forward_and_wake_waiters() {
     let h = hub();
-    let (a, mut rx, _kick) = h.register(Arc::from("a1"), vec![], vec![]);
+    let (a, mut rx, _kick) = h.register(Arc::from("a1"), vec![], (vec![], vec![]));
     let id = h.new_instruction_id();
     h.send_local(&a, id.clone(), &json!({"x": 1})).unwrap();
     assert!(matches!(rx.try_recv(), Ok(Outbound::Instruction(_))));
@@ -32,7 +32,7 @@ async fn statuses_only_move_forward_and_wake_waiters() {
     );
     assert_eq!(h.record_view(&id).unwrap()["result"], 7);
     // Another agent cannot answer for it.
-    let (b, _rxb, _) = h.register(Arc::from("b1"), vec![], vec![]);
+    let (b, _rxb, _) = h.register(Arc::from("b1"), vec![], (vec![], vec![]));
     let id2 = h.new_instruction_id();
     h.send_local(&a, id2.clone(), &json!(null)).unwrap();
     assert!(!h.agent_reply(&b, &id2, Status::Acked, None));
@@ -45,7 +45,7 @@ async fn statuses_only_move_forward_and_wake_waiters() {
 #[tokio::test]
 async fn queue_full_and_replacement() {
     let h = hub();
-    let (a, _rx, _kick) = h.register(Arc::from("a"), vec![Arc::from("g")], vec![]);
+    let (a, _rx, _kick) = h.register(Arc::from("a"), vec![Arc::from("g")], (vec![], vec![]));
     for _ in 0..h.cfg.queue_depth {
         h.send_local(&a, h.new_instruction_id(), &json!(1)).unwrap();
     }
@@ -57,7 +57,7 @@ async fn queue_full_and_replacement() {
         })
     );
     assert_eq!(a.queue_depth(), h.cfg.queue_depth);
-    let (b, _rxb, _) = h.register(Arc::from("a"), vec![], vec![]);
+    let (b, _rxb, _) = h.register(Arc::from("a"), vec![], (vec![], vec![]));
     assert_eq!(h.get("a").unwrap().session, b.session);
     assert_eq!(h.connected(), 1);
     // The old session ending does not remove the new one.
@@ -70,7 +70,7 @@ async fn queue_full_and_replacement() {
         cfg.max_result_bytes = 100;
         Hub::new(cfg, HubMetrics::default())
     };
-    let (x, _rxx, _) = small.register(Arc::from("x"), vec![], vec![]);
+    let (x, _rxx, _) = small.register(Arc::from("x"), vec![], (vec![], vec![]));
     let first = small.new_instruction_id();
     let second = small.new_instruction_id();
     for id in [&first, &second] {

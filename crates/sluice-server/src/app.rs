@@ -224,7 +224,7 @@ impl App {
         let converters =
             crate::multimodal::processors::load(&config, None).map_err(anyhow::Error::msg)?;
         let mcp = sluice_mcp::Federation::start(&config.mcp, None);
-        Ok(Arc::new(Self {
+        let app = Arc::new(Self {
             mcp: ArcSwap::new(mcp),
             mcp_sessions: crate::mcp::Sessions::default(),
             mcp_limits: crate::mcp::ToolLimits::default(),
@@ -249,6 +249,8 @@ impl App {
                 .map_or(0, |d| d.as_secs()),
             log_control,
             tracing,
-        }))
+        });
+        crate::mcp::watch_agents(&app);
+        Ok(app)
     }
 }

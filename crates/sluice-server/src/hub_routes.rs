@@ -149,7 +149,7 @@ fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
 
 /// Queues one instruction for `agent_id`, here or (with Redis) on the
 /// replica it is connected to.
-async fn queue(
+pub(crate) async fn queue(
     hub: &Arc<Hub>,
     scope: &Scope,
     agent_id: &str,

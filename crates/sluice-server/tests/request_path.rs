@@ -221,7 +221,7 @@ async fn delivery_converts_both_ways_and_streams_with_usage() {
 async fn the_hub_runs_chats_through_the_request_path_and_routes_instructions() {
     let app = app(&format!("{MODELS}\n[agents]\n")).await;
     let hub = app.hub.clone().expect("the hub is on");
-    let (agent, mut rx, _kick) = hub.register("a-1".into(), vec!["g".into()], vec![]);
+    let (agent, mut rx, _kick) = hub.register("a-1".into(), vec!["g".into()], (vec![], vec![]));
 
     sluice_hub::chat::start(
         sluice_server::hub_gateway(app.clone()),

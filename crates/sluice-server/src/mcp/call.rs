@@ -34,47 +34,57 @@ pub async fn tool(
     if !ctx.allows_tool(&name) {
         return Err(unknown());
     }
+    let arguments = params
+        .get("arguments")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(rest) = name.strip_prefix(super::agents::PREFIX) {
+        let (agent, theirs) = rest.split_once(sluice_mcp::SEPARATOR).ok_or_else(unknown)?;
+        let mut rec = Record::new(
+            ctx,
+            &format!("{}{agent}", super::agents::PREFIX),
+            theirs,
+            &name,
+            arguments.clone(),
+        );
+        limit(ctx, &mut rec, None)?;
+        let result = super::agents::call(ctx, agent, theirs, arguments).await;
+        rec.finish(&result);
+        return result;
+    }
     let (server, theirs) = sluice_mcp::split(&name).ok_or_else(unknown)?;
     let upstream = ctx.fed.upstream(server).ok_or_else(unknown)?.clone();
     if upstream.is_ready() && !upstream.catalog().tools.iter().any(|t| t["name"] == theirs) {
         return Err(unknown());
     }
-    let mut rec = Record {
-        app: ctx.app.clone(),
-        server: server.to_owned(),
-        tool: theirs.to_owned(),
-        called: name.clone(),
-        key: ctx.key.as_ref().map(|k| k.name.clone()),
-        arguments: params
-            .get("arguments")
-            .cloned()
-            .unwrap_or_else(|| json!({})),
-        started: Instant::now(),
-        span: ctx.app.tracing.as_ref().map(|t| {
-            let mut s = t.server_span(&ctx.headers, "/mcp");
-            s.rename("execute_tool", &Arc::from(name.as_str()));
-            s
-        }),
-        outcome: None,
-        error: None,
-    };
-    let key_rpm = ctx
-        .key
-        .as_ref()
-        .and_then(|k| k.mcp_rpm.map(|r| (&k.name, r)));
-    if let Err(wait) = ctx.app.mcp_limits.take(key_rpm, &name, upstream.cfg.rpm) {
-        let e = RpcError::new(
-            rpc::RATE_LIMITED,
-            format!("rate limit for tool {name} reached (mcp_rpm): retry in {wait:.1} s"),
-        )
-        .with_data(json!({"retry_after_ms": (wait * 1000.0).ceil() as u64}));
-        rec.finish(&Err(e.clone()));
-        return Err(e);
-    }
+    let mut rec = Record::new(ctx, server, theirs, &name, arguments);
+    limit(ctx, &mut rec, upstream.cfg.rpm)?;
     params["name"] = json!(theirs);
     let result = upstream.request("tools/call", Some(params), progress).await;
     rec.finish(&result);
     result
+}
+
+/// Takes the call from the key's and the tool's `mcp_rpm` buckets; a
+/// refused call is recorded as `rate_limited`.
+fn limit(ctx: &Ctx, rec: &mut Record, tool_rpm: Option<u64>) -> Result<(), RpcError> {
+    let key_rpm = ctx
+        .key
+        .as_ref()
+        .and_then(|k| k.mcp_rpm.map(|r| (&k.name, r)));
+    let Err(wait) = ctx.app.mcp_limits.take(key_rpm, &rec.called, tool_rpm) else {
+        return Ok(());
+    };
+    let e = RpcError::new(
+        rpc::RATE_LIMITED,
+        format!(
+            "rate limit for tool {} reached (mcp_rpm): retry in {wait:.1} s",
+            rec.called
+        ),
+    )
+    .with_data(json!({"retry_after_ms": (wait * 1000.0).ceil() as u64}));
+    rec.finish(&Err(e.clone()));
+    Err(e)
 }
 
 /// One tool call's record, written when it is dropped: an unfinished one
@@ -93,6 +103,25 @@ struct Record {
 }
 
 impl Record {
+    fn new(ctx: &Ctx, server: &str, tool: &str, called: &str, arguments: Value) -> Self {
+        Self {
+            app: ctx.app.clone(),
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            called: called.to_owned(),
+            key: ctx.key.as_ref().map(|k| k.name.clone()),
+            arguments,
+            started: Instant::now(),
+            span: ctx.app.tracing.as_ref().map(|t| {
+                let mut s = t.server_span(&ctx.headers, "/mcp");
+                s.rename("execute_tool", &Arc::from(called));
+                s
+            }),
+            outcome: None,
+            error: None,
+        }
+    }
+
     fn finish(&mut self, result: &Result<Value, RpcError>) {
         self.outcome = Some(match result {
             Ok(r) if r.get("isError").and_then(Value::as_bool) == Some(true) => "tool_error",

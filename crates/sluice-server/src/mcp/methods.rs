@@ -34,8 +34,9 @@ pub async fn dispatch(
         "ping" | "logging/setLevel" => Ok(json!({})),
         "server/discover" => Ok(discover()),
         "tools/list" => {
-            let tools = fed
-                .tools()
+            let mut tools = fed.tools();
+            tools.extend(super::agents::tools(ctx).await);
+            let tools = tools
                 .into_iter()
                 .filter(|t| t["name"].as_str().is_some_and(|n| ctx.allows_tool(n)))
                 .collect();

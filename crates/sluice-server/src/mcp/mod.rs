@@ -7,6 +7,7 @@
 //! stateless 2026-07-28 (`server/discover`, the revision in each
 //! request's `_meta`). The upstream side is `sluice-mcp`.
 
+mod agents;
 mod call;
 mod methods;
 mod reply;
@@ -52,6 +53,35 @@ impl Ctx {
     pub fn allows_tool(&self, name: &str) -> bool {
         self.key.as_ref().is_none_or(|k| k.allows_tool(name))
     }
+}
+
+/// Tells MCP clients the tool list changed when an agent connects or goes
+/// (agents' tools are part of it).
+pub fn watch_agents(app: &Arc<App>) {
+    let Some(hub) = &app.hub else { return };
+    let mut events = hub.subscribe();
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        loop {
+            let e = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let comes_or_goes = [
+                "\"agent.connected\"",
+                "\"agent.disconnected\"",
+                "\"agent.evicted\"",
+            ]
+            .iter()
+            .any(|t| e.contains(t));
+            if !comes_or_goes {
+                continue;
+            }
+            let Some(app) = app.upgrade() else { return };
+            app.mcp.load().notify_changed("tools");
+        }
+    });
 }
 
 /// `GET /v1/mcp/servers` (admin): each upstream's state, tool count and
