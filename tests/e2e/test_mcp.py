@@ -394,3 +394,48 @@ mcp_tools = ["has space"]
     ok.write_text(f'[[mcp_servers]]\nname = "w"\nurl = "http://127.0.0.1:9000/mcp"\n')
     out = subprocess.run([str(SLUICE), "check-config", str(ok)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_session_opened_on_one_replica_continues_on_another(tmp_path, redis_server):
+    cfg = f"""
+[redis]
+url = "{redis_server.url}"
+
+[[mcp_servers]]
+name = "everything"
+command = ["node", "{EVERYTHING}"]
+"""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(cfg, tmp_path=tmp_path / "a")
+    b = Gateway(cfg, tmp_path=tmp_path / "b")
+    try:
+        for g in (a, b):
+            wait_for(lambda: server(g, "everything")["state"] == "ready", timeout=30, what="ready")
+        h = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "t", "version": "1"}}}
+        r = httpx.post(f"{a.url}/mcp", json=init, headers=h)
+        assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == "2025-06-18"
+        sid = r.headers["mcp-session-id"]
+        s = {**h, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+        assert httpx.post(f"{b.url}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                          headers=s).status_code == 202
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "everything__echo", "arguments": {"message": "on b"}}}
+        r = wait_for(lambda: (r := httpx.post(f"{b.url}/mcp", json=call, headers=s)).status_code == 200 and r,
+                     what="b knows the session")
+        assert r.json()["result"]["content"][0]["text"] == "Echo: on b"
+        assert "resultType" not in r.json()["result"], "a 2025-06-18 session gets 2025-06-18 results"
+        assert redis_server.client.exists(f"sluice:mcp:session:{sid}")
+        assert httpx.delete(f"{b.url}/mcp", headers=s).status_code == 200
+        assert not redis_server.client.exists(f"sluice:mcp:session:{sid}") or wait_for(
+            lambda: not redis_server.client.exists(f"sluice:mcp:session:{sid}"), what="deleted")
+        assert httpx.post(f"{b.url}/mcp", json=call, headers=s).status_code == 404
+        # A session nobody opened is unknown everywhere.
+        bogus = {**s, "mcp-session-id": "0" * 32}
+        assert httpx.post(f"{a.url}/mcp", json=call, headers=bogus).status_code == 404
+    finally:
+        a.stop()
+        b.stop()

@@ -224,9 +224,16 @@ impl App {
         let converters =
             crate::multimodal::processors::load(&config, None).map_err(anyhow::Error::msg)?;
         let mcp = sluice_mcp::Federation::start(&config.mcp, None);
+        let mcp_sessions = match &config.redis {
+            Some(r) => crate::mcp::Sessions::with_redis(
+                sluice_core::redis_conn::connect(r).map_err(anyhow::Error::msg)?,
+                r.timeout,
+            ),
+            None => crate::mcp::Sessions::default(),
+        };
         let app = Arc::new(Self {
             mcp: ArcSwap::new(mcp),
-            mcp_sessions: crate::mcp::Sessions::default(),
+            mcp_sessions,
             mcp_limits: crate::mcp::ToolLimits::default(),
             converters: ArcSwap::from_pointee(converters),
             predictors: ArcSwap::from_pointee(predictors),

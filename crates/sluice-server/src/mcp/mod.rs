@@ -145,7 +145,7 @@ fn key_of(app: &App, headers: &HeaderMap) -> Result<Option<KeyConfig>, Box<Respo
 
 /// The session the request names (`None` when it names none), or the 404
 /// that says it is gone.
-fn session_of(
+async fn session_of(
     app: &App,
     headers: &HeaderMap,
     key: Option<&KeyConfig>,
@@ -154,10 +154,10 @@ fn session_of(
         return Ok(None);
     };
     let ttl = app.snapshot.load().config.mcp.session_ttl;
-    let s = id
-        .to_str()
-        .ok()
-        .and_then(|id| app.mcp_sessions.get(id, ttl));
+    let s = match id.to_str() {
+        Ok(id) => app.mcp_sessions.get(id, ttl).await,
+        Err(_) => None,
+    };
     match s {
         Some(s) if s.key.as_deref() == key.map(|k| &*k.name) => Ok(Some(s)),
         _ => Err(Box::new(reply::http_error(
@@ -227,7 +227,7 @@ async fn post_mcp(State(app): State<Arc<App>>, req: Request) -> Response {
             );
         }
     };
-    let session = match session_of(&app, &headers, key.as_ref()) {
+    let session = match session_of(&app, &headers, key.as_ref()).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -343,7 +343,7 @@ async fn get_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    match session_of(&app, &headers, key.as_ref()) {
+    match session_of(&app, &headers, key.as_ref()).await {
         Ok(Some(s)) => reply::changes(app, s),
         Ok(None) => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -360,7 +360,7 @@ async fn delete_mcp(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         Ok(k) => k,
         Err(r) => return *r,
     };
-    match session_of(&app, &headers, key.as_ref()) {
+    match session_of(&app, &headers, key.as_ref()).await {
         Ok(Some(s)) => {
             app.mcp_sessions.close(&s.id);
             StatusCode::OK.into_response()

@@ -234,7 +234,7 @@ pub fn changes(app: Arc<App>, session: Arc<Session>) -> Response {
                 },
                 _ = tick.tick() => {
                     let ttl = app.snapshot.load().config.mcp.session_ttl;
-                    if app.mcp_sessions.get(&session.id, ttl).is_none() {
+                    if app.mcp_sessions.get(&session.id, ttl).await.is_none() {
                         return;
                     }
                     if out.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() { return }

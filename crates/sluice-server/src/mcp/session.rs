@@ -4,7 +4,9 @@
 //! the key that opened it, and its requests in flight (so a
 //! `notifications/cancelled` can stop one). Upstream sessions are the
 //! gateway's own, shared by every client, so a client's session needs no
-//! mapping to upstream ones.
+//! mapping to upstream ones. With `[redis]` a session is written there too
+//! (`sluice:mcp:session:{id}`, expiring with the TTL), so any replica can
+//! continue it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +22,8 @@ pub struct Session {
     /// The key that opened it: only that key may use it.
     pub key: Option<Arc<str>>,
     last_used_ms: AtomicU64,
+    /// When its Redis copy's expiry was last pushed back.
+    redis_touched_ms: AtomicU64,
     inflight: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
 
@@ -70,9 +74,37 @@ fn now_ms() -> u64 {
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    redis: Option<(redis::aio::ConnectionManager, Duration)>,
+}
+
+fn redis_key(id: &str) -> String {
+    format!("sluice:mcp:session:{id}")
 }
 
 impl Sessions {
+    /// Sessions kept in Redis as well (shared by every replica).
+    pub fn with_redis(conn: redis::aio::ConnectionManager, timeout: Duration) -> Self {
+        Self {
+            map: Mutex::default(),
+            redis: Some((conn, timeout)),
+        }
+    }
+
+    /// Runs one Redis command in the background (a slow Redis never holds
+    /// a request).
+    fn spawn_redis(&self, cmd: redis::Cmd) {
+        let Some((conn, timeout)) = self.redis.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let r = tokio::time::timeout(timeout, cmd.query_async::<()>(&mut conn)).await;
+            if !matches!(r, Ok(Ok(()))) {
+                tracing::warn!(target: "sluice::mcp", "mcp session: redis write failed or timed out");
+            }
+        });
+    }
+
     /// A new session; the oldest are forgotten past `max`, and any unused
     /// for `ttl`.
     pub fn open(
@@ -88,8 +120,18 @@ impl Sessions {
             version: version.to_owned(),
             key,
             last_used_ms: AtomicU64::new(now_ms()),
+            redis_touched_ms: AtomicU64::new(now_ms()),
             inflight: Mutex::new(HashMap::new()),
         });
+        let record = serde_json::json!({"version": version, "key": s.key.as_deref()});
+        self.spawn_redis(
+            redis::cmd("SET")
+                .arg(redis_key(&id))
+                .arg(record.to_string())
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .to_owned(),
+        );
         let mut map = lock(&self.map);
         let now = now_ms();
         let ttl = ttl.as_millis() as u64;
@@ -108,20 +150,59 @@ impl Sessions {
         s
     }
 
-    /// The live session `id`, touched.
-    pub fn get(&self, id: &str, ttl: Duration) -> Option<Arc<Session>> {
+    /// The live session `id`, touched: this replica's, else (with Redis)
+    /// one another replica opened.
+    pub async fn get(&self, id: &str, ttl: Duration) -> Option<Arc<Session>> {
+        if let Some(s) = self.local(id, ttl) {
+            return Some(s);
+        }
+        let (conn, timeout) = self.redis.clone()?;
+        let mut conn = conn;
+        let get = redis::cmd("GET").arg(redis_key(id)).to_owned();
+        let v: Option<String> = tokio::time::timeout(timeout, get.query_async(&mut conn))
+            .await
+            .ok()?
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&v?).ok()?;
+        let now = now_ms();
+        let s = Arc::new(Session {
+            id: id.to_owned(),
+            version: v["version"].as_str()?.to_owned(),
+            key: v["key"].as_str().map(Arc::from),
+            last_used_ms: AtomicU64::new(now),
+            redis_touched_ms: AtomicU64::new(now),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        lock(&self.map).insert(id.to_owned(), s.clone());
+        Some(s)
+    }
+
+    fn local(&self, id: &str, ttl: Duration) -> Option<Arc<Session>> {
         let mut map = lock(&self.map);
         let s = map.get(id)?.clone();
         let now = now_ms();
-        if now.saturating_sub(s.last_used_ms.load(Ordering::Relaxed)) >= ttl.as_millis() as u64 {
+        let ttl_ms = ttl.as_millis() as u64;
+        if now.saturating_sub(s.last_used_ms.load(Ordering::Relaxed)) >= ttl_ms {
             map.remove(id);
             return None;
         }
+        drop(map);
         s.last_used_ms.store(now, Ordering::Relaxed);
+        // The shared copy lives as long as the session is used anywhere.
+        if now.saturating_sub(s.redis_touched_ms.load(Ordering::Relaxed)) > ttl_ms / 4 {
+            s.redis_touched_ms.store(now, Ordering::Relaxed);
+            self.spawn_redis(
+                redis::cmd("PEXPIRE")
+                    .arg(redis_key(id))
+                    .arg(ttl_ms)
+                    .to_owned(),
+            );
+        }
         Some(s)
     }
 
     pub fn close(&self, id: &str) -> bool {
+        self.spawn_redis(redis::cmd("DEL").arg(redis_key(id)).to_owned());
         lock(&self.map).remove(id).is_some()
     }
 
@@ -208,19 +289,19 @@ mod tests {
         assert!(l.take(Some((&k2, 5)), "e__x", Some(1)).is_err());
     }
 
-    #[test]
-    fn sessions_expire_and_cancel() {
+    #[tokio::test]
+    async fn sessions_expire_and_cancel() {
         let s = Sessions::default();
         let one = s.open("2025-11-25", None, Duration::from_secs(60), 2);
-        assert!(s.get(&one.id, Duration::from_secs(60)).is_some());
+        assert!(s.get(&one.id, Duration::from_secs(60)).await.is_some());
         let (_g, rx) = one.start(&serde_json::json!(7));
         assert!(one.cancel(&serde_json::json!(7)));
-        assert!(rx.blocking_recv().is_ok());
+        assert!(rx.await.is_ok());
         assert!(!one.cancel(&serde_json::json!(8)));
         s.open("2025-11-25", None, Duration::from_secs(60), 2);
         s.open("2025-11-25", None, Duration::from_secs(60), 2);
         assert_eq!(s.len(), 2, "the oldest is forgotten past max");
-        assert!(s.get(&one.id, Duration::from_secs(60)).is_none());
-        assert!(s.get("nope", Duration::from_secs(60)).is_none());
+        assert!(s.get(&one.id, Duration::from_secs(60)).await.is_none());
+        assert!(s.get("nope", Duration::from_secs(60)).await.is_none());
     }
 }
