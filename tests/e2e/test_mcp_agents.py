@@ -118,11 +118,17 @@ mcp_tools = ["agent.*__lookup"]
         async def go():
             _, t1, _ = await agent(g, "in-ops", groups=["ops"], token="sk-ops")
             _, t2, _ = await agent(g, "elsewhere", groups=["lab"], token="sk-lookups")
-            assert await names(g, token="sk-ops") == ["agent.in-ops__lookup", "agent.in-ops__weather"]
+            assert await names(g, token="sk-ops") == [
+                "agent.in-ops__lookup", "agent.in-ops__weather", "group.ops__lookup", "group.ops__weather"]
             assert await names(g, token="sk-lookups") == ["agent.elsewhere__lookup", "agent.in-ops__lookup"]
             async with mcp(g, token="sk-ops") as c:
                 with pytest.raises(MCPError, match="Unknown tool"):
                     await c.call_tool("agent.elsewhere__lookup", {"q": "x"})
+                with pytest.raises(MCPError, match="Unknown tool"):
+                    await c.call_tool("group.lab__lookup", {"q": "x"})
+                # A group's tool goes to a member that has it.
+                r = await c.call_tool("group.ops__lookup", {"q": "g"})
+                assert r.content[0].text == "in-ops found g"
             t1.cancel()
             t2.cancel()
         asyncio.run(go())
@@ -158,3 +164,41 @@ def test_a_call_entering_one_replica_reaches_the_agent_on_another(tmp_path, redi
     finally:
         a.stop()
         b.stop()
+
+
+def test_clients_are_told_when_an_agent_brings_or_takes_tools(tmp_path):
+    g = Gateway(HUB, tmp_path=tmp_path)
+    try:
+        async def modern():
+            # 2026-07-28: subscriptions/listen.
+            async with mcp(g) as c:
+                async with c.listen(tools_list_changed=True) as sub:
+                    assert sub.honored.tools_list_changed is True
+                    ws, task, _ = await agent(g, "newcomer")
+                    event = await asyncio.wait_for(sub.__anext__(), 10)
+                    assert type(event).__name__ == "ToolsListChanged"
+                    assert "agent.newcomer__lookup" in [t.name for t in (await c.list_tools()).tools]
+                    await ws.close()
+                    task.cancel()
+
+        async def legacy():
+            # The handshake revisions: the session's GET stream.
+            seen = asyncio.Event()
+
+            async def on_message(m):
+                if getattr(getattr(m, "root", m), "method", "") == "notifications/tools/list_changed":
+                    seen.set()
+            headers = {}
+            http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30))
+            async with Client(streamable_http_client(f"{g.url}/mcp", http_client=http), mode="legacy",
+                              message_handler=on_message) as c:
+                await c.list_tools()
+                await asyncio.sleep(0.3)  # the GET stream is opened in the background
+                ws, task, _ = await agent(g, "another")
+                await asyncio.wait_for(seen.wait(), 10)
+                await ws.close()
+                task.cancel()
+        asyncio.run(modern())
+        asyncio.run(legacy())
+    finally:
+        g.stop()

@@ -3,6 +3,8 @@
 //! A call is an instruction (`{"type":"tool_call","tool","arguments"}`) to
 //! that agent — through Redis when it is connected to another replica —
 //! and its `result` frame is the answer. The key's `agent_groups` apply.
+//! A group's members' tools are also served as `group.{group}__{tool}`: a
+//! call goes to one member that declared the tool (this replica's first).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +17,15 @@ use super::Ctx;
 
 /// How tools of agents are named: `agent.{id}__{tool}`.
 pub const PREFIX: &str = "agent.";
+/// And of groups: `group.{group}__{tool}`.
+pub const GROUP_PREFIX: &str = "group.";
+
+/// An agent that declared tools, here or on another replica.
+struct Provider {
+    id: String,
+    groups: Vec<Arc<str>>,
+    tools: Vec<Value>,
+}
 
 fn scope(ctx: &Ctx) -> sluice_hub::Scope {
     ctx.key.as_ref().and_then(|k| k.agent_groups.clone())
@@ -35,37 +46,79 @@ fn groups_of(presence: &Value) -> Vec<Arc<str>> {
         .unwrap_or_default()
 }
 
-/// Every connected agent's tools this key may reach: this replica's
-/// agents, then (with Redis) the others'.
-pub async fn tools(ctx: &Ctx) -> Vec<Value> {
+/// The agents with tools this key may reach: this replica's first, then
+/// (with Redis) the others'.
+async fn providers(ctx: &Ctx) -> Vec<Provider> {
     let Some(hub) = &ctx.app.hub else {
         return Vec::new();
     };
     let scope = scope(ctx);
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for a in hub.list(None) {
-        if a.tools.is_empty() || !in_scope(&scope, &a.groups) {
-            continue;
-        }
-        seen.insert(a.id.to_string());
-        out.extend(a.tools.iter().map(|t| named(&a.id, t)));
-    }
+    let mut out: Vec<Provider> = hub
+        .list(None)
+        .into_iter()
+        .filter(|a| !a.tools.is_empty() && in_scope(&scope, &a.groups))
+        .map(|a| Provider {
+            id: a.id.to_string(),
+            groups: a.groups.clone(),
+            tools: a.tools.clone(),
+        })
+        .collect();
     if let Some(c) = hub.cluster.get() {
+        let seen: HashSet<String> = out.iter().map(|p| p.id.clone()).collect();
         for p in c.tool_agents().await {
             let Some(id) = p["agent_id"].as_str() else {
                 continue;
             };
-            if seen.contains(id) || !in_scope(&scope, &groups_of(&p)) {
+            let groups = groups_of(&p);
+            if seen.contains(id) || !in_scope(&scope, &groups) {
                 continue;
             }
-            seen.insert(id.to_owned());
-            if let Some(ts) = p["tools"].as_array() {
-                out.extend(ts.iter().map(|t| named(id, t)));
-            }
+            out.push(Provider {
+                id: id.to_owned(),
+                groups,
+                tools: p["tools"].as_array().cloned().unwrap_or_default(),
+            });
         }
     }
     out
+}
+
+/// Every connected agent's tools this key may reach, by agent and by
+/// group (a group's tool named once, as its first member declared it).
+pub async fn tools(ctx: &Ctx) -> Vec<Value> {
+    let providers = providers(ctx).await;
+    let mut out = Vec::new();
+    let mut by_group = Vec::new();
+    let mut seen = HashSet::new();
+    for p in &providers {
+        out.extend(p.tools.iter().map(|t| named(&p.id, t)));
+        for g in &p.groups {
+            for t in &p.tools {
+                let Some(n) = t["name"].as_str() else {
+                    continue;
+                };
+                if seen.insert(format!("{g}__{n}")) {
+                    let mut t = t.clone();
+                    t["name"] = json!(format!("{GROUP_PREFIX}{g}__{n}"));
+                    by_group.push(t);
+                }
+            }
+        }
+    }
+    out.extend(by_group);
+    out
+}
+
+/// The member of `group` that takes a call to `tool`: one that declared
+/// it, this replica's first.
+pub async fn member_for(ctx: &Ctx, group: &str, tool: &str) -> Option<String> {
+    providers(ctx)
+        .await
+        .into_iter()
+        .find(|p| {
+            p.groups.iter().any(|g| &**g == group) && p.tools.iter().any(|t| t["name"] == tool)
+        })
+        .map(|p| p.id)
 }
 
 /// Whether `agent` (here or on another replica) declared `tool` and the

@@ -38,6 +38,18 @@ pub async fn tool(
         .get("arguments")
         .cloned()
         .unwrap_or_else(|| json!({}));
+    if let Some(rest) = name.strip_prefix(super::agents::GROUP_PREFIX) {
+        let (group, theirs) = rest.split_once(sluice_mcp::SEPARATOR).ok_or_else(unknown)?;
+        let agent = super::agents::member_for(ctx, group, theirs)
+            .await
+            .ok_or_else(unknown)?;
+        let server = format!("{}{group}", super::agents::GROUP_PREFIX);
+        let mut rec = Record::new(ctx, &server, theirs, &name, arguments.clone());
+        limit(ctx, &mut rec, None)?;
+        let result = super::agents::call(ctx, &agent, theirs, arguments).await;
+        rec.finish(&result);
+        return result;
+    }
     if let Some(rest) = name.strip_prefix(super::agents::PREFIX) {
         let (agent, theirs) = rest.split_once(sluice_mcp::SEPARATOR).ok_or_else(unknown)?;
         let mut rec = Record::new(

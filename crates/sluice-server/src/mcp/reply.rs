@@ -123,6 +123,9 @@ fn event(msg: &Value) -> Bytes {
 /// A cancelled request (`notifications/cancelled`, or the client gone)
 /// is cancelled upstream.
 pub async fn answer(ctx: Ctx, id: Value, method: String, params: Option<Value>) -> Response {
+    if method == "subscriptions/listen" {
+        return listen(&ctx, id, params.as_ref());
+    }
     let wants_progress = rpc::progress_token(params.as_ref()).is_some();
     let sse = accepts_sse(&ctx) && (wants_progress || !accepts_json(&ctx));
     if !sse {
@@ -216,6 +219,57 @@ fn sse_response(stream: impl futures_util::Stream<Item = Bytes> + Send + 'static
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
+}
+
+/// `subscriptions/listen` (2026-07-28): the acknowledgment with the
+/// honored filter, then the list changes it asked for, on one stream.
+fn listen(ctx: &Ctx, id: Value, params: Option<&Value>) -> Response {
+    let want = params.and_then(|p| p.get("notifications"));
+    let honored: serde_json::Map<String, Value> = [
+        "toolsListChanged",
+        "promptsListChanged",
+        "resourcesListChanged",
+    ]
+    .into_iter()
+    .filter(|k| want.and_then(|w| w.get(*k)).and_then(Value::as_bool) == Some(true))
+    .map(|k| (k.to_owned(), json!(true)))
+    .collect();
+    let meta = json!({"io.modelcontextprotocol/subscriptionId": id});
+    let ack = rpc::notification(
+        "notifications/subscriptions/acknowledged",
+        Some(json!({"_meta": meta, "notifications": honored})),
+    );
+    let mut changed = ctx.fed.subscribe();
+    let stream = async_stream(move |out| async move {
+        if out.send(event(&ack)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        loop {
+            let what = tokio::select! {
+                c = changed.recv() => match c {
+                    Ok(what) => what,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
+                _ = tick.tick() => {
+                    if out.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() { return }
+                    continue;
+                }
+            };
+            if !honored.contains_key(&format!("{what}ListChanged")) {
+                continue;
+            }
+            let n = rpc::notification(
+                &format!("notifications/{what}/list_changed"),
+                Some(json!({"_meta": meta})),
+            );
+            if out.send(event(&n)).await.is_err() {
+                return;
+            }
+        }
+    });
+    sse_response(stream)
 }
 
 /// A session's `GET /mcp` stream: `notifications/*/list_changed` when an
