@@ -439,3 +439,49 @@ command = ["node", "{EVERYTHING}"]
     finally:
         a.stop()
         b.stop()
+
+
+def test_timeouts_cancel_upstream_and_a_reload_keeps_unchanged_servers(tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    weather = Weather(markers)
+    base = f"""
+[[mcp_servers]]
+name = "everything"
+command = ["node", "{EVERYTHING}"]
+"""
+    slow = f'\n[[mcp_servers]]\nname = "weather"\nurl = "{weather.url}"\ntimeout_ms = 500\n'
+    g = Gateway(base, tmp_path=tmp_path)
+    try:
+        first = wait_for(lambda: (s := server(g, "everything"))["state"] == "ready" and s, timeout=30, what="ready")
+        (tmp_path / "sluice.toml").write_text(base + slow)
+        r = httpx.post(f"{g.admin_url}/config/reload")
+        assert r.status_code == 200, r.text
+        wait_for(lambda: len(servers(g)) == 2 and server(g, "weather")["state"] == "ready", what="weather added")
+        kept = server(g, "everything")
+        assert kept["pid"] == first["pid"] and kept["restarts"] == first["restarts"], "unchanged: not restarted"
+
+        async def go():
+            async with client(g, token=None) as c:
+                assert "weather__forecast" in [t.name for t in (await c.list_tools()).tools]
+                t0 = time.monotonic()
+                with pytest.raises(MCPError, match="within 500 ms"):
+                    await c.call_tool("weather__slow", {"seconds": 10, "tag": "timeout"})
+                assert time.monotonic() - t0 < 3
+        run(go)
+        wait_for(lambda: (markers / "cancelled-timeout").exists(), what="the upstream call cancelled")
+        assert g.metric('sluice_mcp_tool_calls_total{server="weather",tool="slow",outcome="timeout"}') == 1
+
+        # Removed from the file: its tools go.
+        (tmp_path / "sluice.toml").write_text(base)
+        assert httpx.post(f"{g.admin_url}/config/reload").status_code == 200
+        assert [s["name"] for s in servers(g)] == ["everything"]
+
+        async def gone():
+            async with client(g, token=None) as c:
+                names = [t.name for t in (await c.list_tools()).tools]
+                assert names and not any(n.startswith("weather__") for n in names)
+        run(gone)
+    finally:
+        g.stop()
+        weather.stop()

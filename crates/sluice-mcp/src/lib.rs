@@ -55,9 +55,14 @@ impl Federation {
             let kept = prev
                 .and_then(|p| p.upstreams.iter().find(|u| same(&u.cfg, s)))
                 .cloned();
-            upstreams.push(
-                kept.unwrap_or_else(|| Upstream::start(s.clone(), changed.clone(), client.clone())),
-            );
+            upstreams.push(kept.unwrap_or_else(|| {
+                Upstream::start(
+                    s.clone(),
+                    changed.clone(),
+                    client.clone(),
+                    cfg.max_message_bytes,
+                )
+            }));
         }
         if let Some(p) = prev {
             for u in &p.upstreams {

@@ -34,6 +34,7 @@ pub struct RawMcp {
     pub page_size: Option<Spanned<u64>>,
     pub session_ttl_ms: Option<Spanned<u64>>,
     pub max_sessions: Option<Spanned<u64>>,
+    pub max_message_bytes: Option<Spanned<u64>>,
 }
 
 /// How the gateway reaches one upstream MCP server.
@@ -80,6 +81,9 @@ pub struct McpConfig {
     pub session_ttl: Duration,
     /// Sessions kept at most (oldest forgotten first).
     pub max_sessions: usize,
+    /// Largest message an upstream server may send (a stdio line, an HTTP
+    /// answer or event); past it the connection is dropped and restarted.
+    pub max_message_bytes: usize,
     pub servers: Vec<McpServerConfig>,
 }
 
@@ -90,6 +94,7 @@ impl Default for McpConfig {
             page_size: 100,
             session_ttl: Duration::from_secs(3600),
             max_sessions: 10_000,
+            max_message_bytes: 16 << 20,
             servers: Vec::new(),
         }
     }
@@ -140,6 +145,12 @@ pub(super) fn mcp(
         10_000_000,
         "max_sessions",
     );
+    let max_message_bytes = c.positive(
+        raw.max_message_bytes.as_ref(),
+        16 << 20,
+        1 << 30,
+        "max_message_bytes",
+    ) as usize;
     let mut names = HashSet::new();
     let servers = servers
         .iter()
@@ -159,6 +170,7 @@ pub(super) fn mcp(
         page_size,
         session_ttl: Duration::from_millis(ttl),
         max_sessions: max_sessions as usize,
+        max_message_bytes,
         servers,
     }
 }

@@ -15,9 +15,6 @@ use sluice_providers::transport::UpstreamClient;
 use super::router::{Inbound, Router};
 use crate::rpc::{self, RpcError};
 
-/// Largest JSON answer (an SSE event is held to the same).
-const MAX_BODY: usize = 64 << 20;
-
 pub struct Http {
     client: UpstreamClient,
     url: http::Uri,
@@ -25,6 +22,8 @@ pub struct Http {
     /// `Mcp-Session-Id` and `MCP-Protocol-Version` once initialized.
     session: Mutex<(Option<HeaderValue>, Option<HeaderValue>)>,
     router: Arc<Router>,
+    /// Largest answer or event.
+    max_body: usize,
 }
 
 impl Http {
@@ -33,6 +32,7 @@ impl Http {
         url: &str,
         headers: &[(String, sluice_core::secret::Secret)],
         router: Arc<Router>,
+        max_body: usize,
     ) -> Result<Self, String> {
         let url = url.parse().map_err(|e| format!("url: {e}"))?;
         let headers = headers
@@ -50,6 +50,7 @@ impl Http {
             headers,
             session: Mutex::new((None, None)),
             router,
+            max_body,
         })
     }
 
@@ -152,7 +153,7 @@ impl Http {
     }
 
     async fn read_json(self: &Arc<Self>, body: Incoming) -> Result<(), String> {
-        let bytes = http_body_util::Limited::new(body, MAX_BODY)
+        let bytes = http_body_util::Limited::new(body, self.max_body)
             .collect()
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
@@ -182,7 +183,7 @@ impl Http {
                     self.take(v);
                 }
             }
-            if buf.len() > MAX_BODY {
+            if buf.len() > self.max_body {
                 return Err("an event over the size limit".into());
             }
         }

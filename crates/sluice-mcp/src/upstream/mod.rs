@@ -98,6 +98,8 @@ pub struct Upstream {
     /// Which list changed (`tools`, `resources`, `prompts`), for clients.
     changed: broadcast::Sender<&'static str>,
     client: sluice_providers::transport::UpstreamClient,
+    /// Largest message the server may send.
+    max_message: usize,
 }
 
 impl Upstream {
@@ -106,6 +108,7 @@ impl Upstream {
         cfg: McpServerConfig,
         changed: broadcast::Sender<&'static str>,
         client: sluice_providers::transport::UpstreamClient,
+        max_message: usize,
     ) -> Arc<Self> {
         for v in &cfg.unset_vars {
             tracing::warn!(target: "sluice::mcp", server = %cfg.name, var = %v, "environment variable is not set: using an empty value");
@@ -127,6 +130,7 @@ impl Upstream {
             stop,
             changed,
             client,
+            max_message,
         });
         tokio::spawn(me.clone().supervise(stopped));
         me
@@ -299,14 +303,19 @@ impl Upstream {
     ) -> Result<(Conn, Option<tokio::process::Child>), String> {
         match &self.cfg.transport {
             McpTransport::Stdio { command, env, cwd } => {
-                let (s, child) =
-                    stdio::Stdio::spawn(&self.name, command, env, cwd.as_deref(), router)
-                        .map_err(|e| format!("cannot start {:?}: {e}", command[0]))?;
+                let (s, child) = stdio::Stdio::spawn(
+                    &self.name,
+                    (command, env, cwd.as_deref()),
+                    router,
+                    self.max_message,
+                )
+                .map_err(|e| format!("cannot start {:?}: {e}", command[0]))?;
                 self.set(|st| st.pid = s.pid);
                 Ok((Conn::Stdio(s), Some(child)))
             }
             McpTransport::Http { url, headers } => {
-                let h = http::Http::new(self.client.clone(), url, headers, router)?;
+                let h =
+                    http::Http::new(self.client.clone(), url, headers, router, self.max_message)?;
                 Ok((Conn::Http(Arc::new(h)), None))
             }
         }

@@ -12,8 +12,6 @@ use tokio::sync::mpsc;
 use super::router::{Inbound, Router};
 use sluice_core::secret::Secret;
 
-/// Largest message a child may write (one line).
-const MAX_LINE: u64 = 64 << 20;
 /// Messages waiting to be written to the child.
 const WRITE_QUEUE: usize = 1024;
 
@@ -27,10 +25,9 @@ impl Stdio {
     /// returned to the caller, who waits on it and kills it.
     pub fn spawn(
         name: &str,
-        command: &[String],
-        env: &[(String, Secret)],
-        cwd: Option<&std::path::Path>,
+        (command, env, cwd): (&[String], &[(String, Secret)], Option<&std::path::Path>),
         router: Arc<Router>,
+        max_line: usize,
     ) -> std::io::Result<(Self, Child)> {
         let mut cmd = Command::new(&command[0]);
         cmd.args(&command[1..])
@@ -51,7 +48,7 @@ impl Stdio {
         );
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write(stdin, rx));
-        tokio::spawn(read(stdout, router, tx.clone()));
+        tokio::spawn(read(stdout, router, tx.clone(), max_line as u64));
         tokio::spawn(log_stderr(name.to_owned(), stderr));
         Ok((Self { tx, pid }, child))
     }
@@ -73,18 +70,23 @@ async fn write(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<Vec
     }
 }
 
-async fn read(stdout: tokio::process::ChildStdout, router: Arc<Router>, tx: mpsc::Sender<Vec<u8>>) {
+async fn read(
+    stdout: tokio::process::ChildStdout,
+    router: Arc<Router>,
+    tx: mpsc::Sender<Vec<u8>>,
+    max_line: u64,
+) {
     let mut reader = BufReader::new(stdout);
     let mut buf = Vec::with_capacity(8 << 10);
     let why = loop {
         buf.clear();
         match (&mut reader)
-            .take(MAX_LINE + 1)
+            .take(max_line + 1)
             .read_until(b'\n', &mut buf)
             .await
         {
             Ok(0) => break "its stdout closed (exited)".to_owned(),
-            Ok(n) if n as u64 > MAX_LINE => break format!("a message over {MAX_LINE} bytes"),
+            Ok(n) if n as u64 > max_line => break format!("a message over {max_line} bytes"),
             Ok(_) => {}
             Err(e) => break format!("reading its stdout: {e}"),
         }
@@ -109,5 +111,47 @@ async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "sluice::mcp", server = %name, "stderr: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::router::Event;
+    use std::time::Duration;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_closes_the_connection() {
+        let (etx, mut events) = mpsc::unbounded_channel();
+        let router = Arc::new(Router::new("big", etx));
+        let cmd = sh("printf '%02000d\\n' 0; sleep 5");
+        let (_s, _child) = Stdio::spawn("big", (&cmd, &[], None), router, 1000).unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(Event::Closed(why))) => assert!(why.contains("over 1000 bytes"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_are_written_and_answers_read_back() {
+        let (etx, _events) = mpsc::unbounded_channel();
+        let router = Arc::new(Router::new("cat", etx));
+        // An echo server of sorts: answers each request line with a result.
+        let cmd = sh(
+            r#"while read -r l; do id=$(echo "$l" | sed 's/.*"id":\([0-9]*\).*/\1/'); echo "{\"jsonrpc\":\"2.0\",\"id\":$id,\"result\":{\"ok\":$id}}"; done"#,
+        );
+        let (s, _child) = Stdio::spawn("cat", (&cmd, &[], None), router.clone(), 1 << 20).unwrap();
+        let (id, rx) = router.register(&mut None, None);
+        assert!(s.send(&crate::rpc::request(&serde_json::json!(id), "ping", None)));
+        let r = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r["ok"], id);
     }
 }
