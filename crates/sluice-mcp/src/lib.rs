@@ -8,7 +8,6 @@ pub mod rpc;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_core::config::{McpConfig, McpServerConfig};
@@ -49,19 +48,13 @@ impl Federation {
     /// on); the rest of `prev` is stopped.
     pub fn start(cfg: &McpConfig, prev: Option<&Federation>) -> Arc<Self> {
         let changed = prev.map_or_else(|| broadcast::channel(64).0, |p| p.changed.clone());
-        let client = sluice_providers::transport::https_client(Duration::from_secs(10));
         let mut upstreams = Vec::with_capacity(cfg.servers.len());
         for s in &cfg.servers {
             let kept = prev
                 .and_then(|p| p.upstreams.iter().find(|u| same(&u.cfg, s)))
                 .cloned();
             upstreams.push(kept.unwrap_or_else(|| {
-                Upstream::start(
-                    s.clone(),
-                    changed.clone(),
-                    client.clone(),
-                    cfg.max_message_bytes,
-                )
+                Upstream::start(s.clone(), changed.clone(), cfg.max_message_bytes)
             }));
         }
         if let Some(p) = prev {

@@ -46,24 +46,40 @@ pub fn https_client(connect_timeout: Duration) -> UpstreamClient {
 }
 
 pub fn client_for(p: &ProviderConfig) -> ProviderClient {
-    let plain = p
-        .base_url
+    ProviderClient {
+        plain: plain_pool(&p.base_url, p.max_idle_connections, p.connect_timeout),
+        client: legacy_client_for(p),
+    }
+}
+
+/// A client for one base URL that is not a provider's (the MCP gateway's
+/// HTTP servers): the lean pool for its plain `http://` host, hyper-util's
+/// client (system CA roots) otherwise.
+pub fn client_for_url(
+    base_url: &str,
+    max_idle: usize,
+    connect_timeout: Duration,
+) -> ProviderClient {
+    ProviderClient {
+        plain: plain_pool(base_url, max_idle, connect_timeout),
+        client: builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(max_idle)
+            .build(connector(connect_timeout, None)),
+    }
+}
+
+fn plain_pool(
+    base_url: &str,
+    max_idle: usize,
+    connect_timeout: Duration,
+) -> Option<Arc<crate::pool::H1Pool>> {
+    base_url
         .parse::<http::Uri>()
         .ok()
         .filter(|u| u.scheme_str() == Some("http"))
         .and_then(|u| u.authority().cloned())
-        .map(|a| {
-            crate::pool::H1Pool::new(
-                a,
-                p.max_idle_connections,
-                Duration::from_secs(90),
-                p.connect_timeout,
-            )
-        });
-    ProviderClient {
-        plain,
-        client: legacy_client_for(p),
-    }
+        .map(|a| crate::pool::H1Pool::new(a, max_idle, Duration::from_secs(90), connect_timeout))
 }
 
 fn legacy_client_for(p: &ProviderConfig) -> UpstreamClient {

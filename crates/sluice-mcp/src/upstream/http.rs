@@ -8,15 +8,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use serde_json::Value;
-use sluice_providers::transport::UpstreamClient;
+use sluice_providers::transport::{self, ProviderClient, UpstreamBody};
 
 use super::router::{Inbound, Router};
 use crate::rpc::{self, RpcError};
 
 pub struct Http {
-    client: UpstreamClient,
+    client: ProviderClient,
     url: http::Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `Mcp-Session-Id` and `MCP-Protocol-Version` once initialized.
@@ -28,7 +27,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(
-        client: UpstreamClient,
+        client: ProviderClient,
         url: &str,
         headers: &[(String, sluice_core::secret::Secret)],
         router: Arc<Router>,
@@ -94,14 +93,11 @@ impl Http {
     pub async fn post(self: &Arc<Self>, msg: &Value, id: Option<u64>) {
         let body = Bytes::from(serde_json::to_vec(msg).expect("a message serializes"));
         let initialize = msg.get("method").and_then(Value::as_str) == Some("initialize");
-        let res = match self
-            .client
-            .request(self.request(http::Method::POST, Some(body)))
-            .await
-        {
+        let req = self.request(http::Method::POST, Some(body));
+        let res = match transport::send(&self.client, req).await {
             Ok(r) => r,
             Err(e) => {
-                let why = format!("cannot reach {}: {}", self.url, error_chain(&e));
+                let why = format!("cannot reach {}: {}", self.url, e.message);
                 self.router.closed(why);
                 return;
             }
@@ -152,7 +148,7 @@ impl Http {
         }
     }
 
-    async fn read_json(self: &Arc<Self>, body: Incoming) -> Result<(), String> {
+    async fn read_json(self: &Arc<Self>, body: UpstreamBody) -> Result<(), String> {
         let bytes = http_body_util::Limited::new(body, self.max_body)
             .collect()
             .await
@@ -170,7 +166,7 @@ impl Http {
     }
 
     /// Reads an SSE stream to its end, dispatching each event's message.
-    async fn read_events(self: &Arc<Self>, mut body: Incoming) -> Result<(), String> {
+    async fn read_events(self: &Arc<Self>, mut body: UpstreamBody) -> Result<(), String> {
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("the event stream broke: {e}"))?;
@@ -202,7 +198,7 @@ impl Http {
     pub async fn listen(self: Arc<Self>) {
         loop {
             let req = self.request(http::Method::GET, None);
-            let Ok(res) = self.client.request(req).await else {
+            let Ok(res) = transport::send(&self.client, req).await else {
                 return;
             };
             if res.status() != http::StatusCode::OK {
@@ -225,7 +221,8 @@ impl Http {
             return;
         }
         let req = self.request(http::Method::DELETE, None);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), transport::send(&self.client, req)).await;
     }
 }
 
@@ -252,17 +249,6 @@ pub fn next_event(buf: &mut BytesMut) -> Option<Vec<u8>> {
             return Some(data);
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

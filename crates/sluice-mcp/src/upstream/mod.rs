@@ -97,7 +97,8 @@ pub struct Upstream {
     stop: watch::Sender<bool>,
     /// Which list changed (`tools`, `resources`, `prompts`), for clients.
     changed: broadcast::Sender<&'static str>,
-    client: sluice_providers::transport::UpstreamClient,
+    /// An HTTP server's pooled connections (kept across reconnects).
+    client: Option<sluice_providers::transport::ProviderClient>,
     /// Largest message the server may send.
     max_message: usize,
 }
@@ -107,9 +108,15 @@ impl Upstream {
     pub fn start(
         cfg: McpServerConfig,
         changed: broadcast::Sender<&'static str>,
-        client: sluice_providers::transport::UpstreamClient,
         max_message: usize,
     ) -> Arc<Self> {
+        let client =
+            match &cfg.transport {
+                McpTransport::Http { url, .. } => Some(
+                    sluice_providers::transport::client_for_url(url, 16, Duration::from_secs(10)),
+                ),
+                McpTransport::Stdio { .. } => None,
+            };
         for v in &cfg.unset_vars {
             tracing::warn!(target: "sluice::mcp", server = %cfg.name, var = %v, "environment variable is not set: using an empty value");
         }
@@ -314,8 +321,13 @@ impl Upstream {
                 Ok((Conn::Stdio(s), Some(child)))
             }
             McpTransport::Http { url, headers } => {
-                let h =
-                    http::Http::new(self.client.clone(), url, headers, router, self.max_message)?;
+                let h = http::Http::new(
+                    self.client.clone().expect("an HTTP server has a client"),
+                    url,
+                    headers,
+                    router,
+                    self.max_message,
+                )?;
                 Ok((Conn::Http(Arc::new(h)), None))
             }
         }
@@ -488,8 +500,32 @@ async fn call(
         armed: true,
         reason: "the client went away",
     };
-    guard.task = send(live, &msg, Some(id));
-    match tokio::time::timeout(timeout, rx).await {
+    let answer = match &live.conn {
+        // The answer comes on the POST's own response: read it here, not
+        // in a task of its own (one wake-up less per call).
+        Conn::Http(h) => {
+            let post = h.post(&msg, Some(id));
+            tokio::pin!(post);
+            let mut rx = rx;
+            let both = async {
+                tokio::select! {
+                    r = &mut rx => {
+                        // The stream ends right after the answer; let it, so
+                        // the connection goes back to the pool.
+                        let _ = tokio::time::timeout(Duration::from_millis(100), &mut post).await;
+                        r
+                    }
+                    () = &mut post => rx.await,
+                }
+            };
+            tokio::time::timeout(timeout, both).await
+        }
+        Conn::Stdio(_) => {
+            guard.task = send(live, &msg, Some(id));
+            tokio::time::timeout(timeout, rx).await
+        }
+    };
+    match answer {
         Ok(answer) => {
             guard.armed = false;
             answer.unwrap_or_else(|_| {
