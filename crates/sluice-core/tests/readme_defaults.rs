@@ -86,6 +86,11 @@ fn with(section: &str, key: &str, value: Option<&str>, row: &str) -> String {
                 model("")
             )
         }
+        "mcp_servers[]" => format!(
+            "[[mcp_servers]]\nname = \"x\"\nurl = \"http://127.0.0.1:1/mcp\"\n{set}\n{}\n{}",
+            provider(""),
+            model("")
+        ),
         s => format!("[{s}]\n{set}\n{}\n{}", provider(""), model("")),
     }
 }

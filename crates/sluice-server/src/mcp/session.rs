@@ -298,7 +298,10 @@ mod tests {
         assert!(one.cancel(&serde_json::json!(7)));
         assert!(rx.await.is_ok());
         assert!(!one.cancel(&serde_json::json!(8)));
+        // Sessions are told apart by when they were last used (ms).
+        tokio::time::sleep(Duration::from_millis(3)).await;
         s.open("2025-11-25", None, Duration::from_secs(60), 2);
+        tokio::time::sleep(Duration::from_millis(3)).await;
         s.open("2025-11-25", None, Duration::from_secs(60), 2);
         assert_eq!(s.len(), 2, "the oldest is forgotten past max");
         assert!(s.get(&one.id, Duration::from_secs(60)).await.is_none());
