@@ -238,6 +238,17 @@ def proxy_gateway(upstream, tmp_path_factory):
     g.stop()
 
 
+def replicas(cfg, tmp_path, n=2):
+    """`n` gateways with the same configuration (a Redis in it makes them
+    replicas of one cluster), each in its own folder."""
+    out = []
+    for i in range(n):
+        folder = tmp_path / f"replica{i}"
+        folder.mkdir()
+        out.append(Gateway(cfg, tmp_path=folder))
+    return out
+
+
 def wait_for(pred, timeout=10.0, what="condition"):
     """Polls `pred` until it returns something true; fails after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import DEAD, ROOT, SLUICE, Gateway, free_port, key_hash, wait_for
+from conftest import DEAD, ROOT, SLUICE, Gateway, free_port, key_hash, replicas, wait_for
 from otlp_receiver import HttpReceiver
 
 EVERYTHING = ROOT / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -405,10 +405,7 @@ url = "{redis_server.url}"
 name = "everything"
 command = ["node", "{EVERYTHING}"]
 """
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = Gateway(cfg, tmp_path=tmp_path / "a")
-    b = Gateway(cfg, tmp_path=tmp_path / "b")
+    a, b = replicas(cfg, tmp_path)
     try:
         for g in (a, b):
             wait_for(lambda: server(g, "everything")["state"] == "ready", timeout=30, what="ready")

@@ -14,7 +14,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import Gateway, key_hash
+from conftest import Gateway, key_hash, replicas
 
 HUB = """
 [agents]
@@ -138,10 +138,7 @@ mcp_tools = ["agent.*__lookup"]
 
 def test_a_call_entering_one_replica_reaches_the_agent_on_another(tmp_path, redis_server):
     cfg = f'[redis]\nurl = "{redis_server.url}"\n' + HUB + "presence_ttl_ms = 3000\n"
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = Gateway(cfg, tmp_path=tmp_path / "a")
-    b = Gateway(cfg, tmp_path=tmp_path / "b")
+    a, b = replicas(cfg, tmp_path)
     try:
         async def go():
             ws, task, calls = await agent(b, "roamer")

@@ -1,6 +1,9 @@
 //! Load tool for the agent hub.
 //!
 //! `agents-load --url http://127.0.0.1:8080 --agents 10000 --pid <sluice pid>`
+//! `[--id-prefix P]` (agent ids `P0`, `P1`, …: several processes side by side)
+//! `[--push-url URL [--push-pid PID]]` (instructions posted to another
+//! replica than the agents' own: the cross-replica path)
 //!
 //! Connects N idle agents (spread over several 127.0.0.x source addresses,
 //! past the ephemeral-port limit of one), then reports:
@@ -10,7 +13,9 @@
 //! - instruction push latency: POSTs to random agents at a fixed rate; each
 //!   agent notes when the instruction frame arrives (one-way, on this
 //!   process's monotonic clock: the POST carries its send time);
-//! - agents lost on the way (should be 0).
+//! - agents lost on the way (should be 0);
+//! - the gateway's CPU per pushed instruction, also net of the heartbeat
+//!   share measured while idle (`push_gateway_cpu_us_net`).
 //!
 //! Prints one JSON object on stdout.
 
@@ -39,6 +44,9 @@ struct Args {
     idle_secs: u64,
     heartbeat_ms: u64,
     pid: Option<u32>,
+    id_prefix: String,
+    push_url: Option<String>,
+    push_pid: Option<u32>,
 }
 
 fn args() -> Args {
@@ -51,6 +59,9 @@ fn args() -> Args {
         idle_secs: 10,
         heartbeat_ms: 5000,
         pid: None,
+        id_prefix: "a".into(),
+        push_url: None,
+        push_pid: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -64,6 +75,9 @@ fn args() -> Args {
             "--idle-secs" => a.idle_secs = v.parse().expect("--idle-secs N"),
             "--heartbeat-ms" => a.heartbeat_ms = v.parse().expect("--heartbeat-ms N"),
             "--pid" => a.pid = Some(v.parse().expect("--pid N")),
+            "--id-prefix" => a.id_prefix = v,
+            "--push-url" => a.push_url = Some(v),
+            "--push-pid" => a.push_pid = Some(v.parse().expect("--push-pid N")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -102,7 +116,7 @@ struct Shared {
     latencies_us: Mutex<Vec<u64>>,
 }
 
-async fn agent(i: usize, ws_url: String, source: IpAddr, shared: Arc<Shared>) {
+async fn agent(id: String, ws_url: String, source: IpAddr, shared: Arc<Shared>) {
     let addr: SocketAddr = {
         let rest = ws_url.trim_start_matches("ws://");
         let hostport = rest.split('/').next().expect("host:port");
@@ -113,7 +127,7 @@ async fn agent(i: usize, ws_url: String, source: IpAddr, shared: Arc<Shared>) {
     let stream = match sock.connect(addr).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("agent {i}: connect: {e}");
+            eprintln!("agent {id}: connect: {e}");
             shared.closed.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -127,13 +141,13 @@ async fn agent(i: usize, ws_url: String, source: IpAddr, shared: Arc<Shared>) {
         {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("agent {i}: handshake: {e}");
+                eprintln!("agent {id}: handshake: {e}");
                 shared.closed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
-    let hello =
-        json!({"type": "hello", "agent_id": format!("a{i}"), "groups": [format!("g{}", i % 100)]});
+    let group = format!("g{}", id.bytes().map(usize::from).sum::<usize>() % 100);
+    let hello = json!({"type": "hello", "agent_id": id, "groups": [group]});
     if ws.send(Message::text(hello.to_string())).await.is_err() {
         shared.closed.fetch_add(1, Ordering::Relaxed);
         return;
@@ -195,7 +209,8 @@ async fn main() {
         let batch = (a.agents - started).min(250);
         for i in started..started + batch {
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % a.sources as usize) as u8));
-            tokio::spawn(agent(i, ws_url.clone(), source, shared.clone()));
+            let id = format!("{}{i}", a.id_prefix);
+            tokio::spawn(agent(id, ws_url.clone(), source, shared.clone()));
         }
         started += batch;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -226,17 +241,22 @@ async fn main() {
     let interval_us = 1_000_000 / a.rate.max(1);
     let mut tick = tokio::time::interval(Duration::from_micros(interval_us));
     let http_errors = Arc::new(AtomicUsize::new(0));
+    let push_url = a.push_url.clone().unwrap_or_else(|| a.url.clone());
     let p0 = cpu_ticks(a.pid);
+    let q0 = cpu_ticks(a.push_pid);
     let pt = Instant::now();
     for n in 0..a.pushes {
         tick.tick().await;
         let target = (n * 7919) % connected.max(1);
         let t = shared.base.elapsed().as_micros() as u64;
         let body = json!({"payload": {"t": t, "n": n}}).to_string();
-        let req = hyper::Request::post(format!("{}/v1/agents/a{target}/instructions", a.url))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+        let req = hyper::Request::post(format!(
+            "{push_url}/v1/agents/{}{target}/instructions",
+            a.id_prefix
+        ))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
         let client = client.clone();
         let errors = http_errors.clone();
         tokio::spawn(async move {
@@ -255,7 +275,15 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let push_cpu_s = (cpu_ticks(a.pid) - p0) as f64 / hz;
+    let push_replica_cpu_s = (cpu_ticks(a.push_pid) - q0) as f64 / hz;
     let push_wall = pt.elapsed().as_secs_f64();
+    // What the agents' gateway would have spent on heartbeats anyway.
+    let idle_share = if idle_wall > 0.0 {
+        idle_cpu_s / idle_wall
+    } else {
+        0.0
+    };
+    let push_net_s = (push_cpu_s - idle_share * push_wall).max(0.0);
     let mut lat = shared.latencies_us.lock().await.clone();
     lat.sort_unstable();
 
@@ -281,6 +309,10 @@ async fn main() {
         "push_latency_us_p99": percentile(&lat, 0.99),
         "push_latency_us_max": lat.last().copied().unwrap_or(0),
         "push_gateway_cpu_us_each": (push_cpu_s * 1e6 / a.pushes.max(1) as f64).round(),
+        "push_gateway_cpu_us_net": (push_net_s * 1e6 / a.pushes.max(1) as f64).round(),
+        "push_replica_cpu_us_each": a.push_pid.map(|_| (push_replica_cpu_s * 1e6 / a.pushes.max(1) as f64).round()),
+        "id_prefix": a.id_prefix,
+        "push_url": push_url,
         "push_seconds": (push_wall * 10.0).round() / 10.0,
     });
     println!("{out}");

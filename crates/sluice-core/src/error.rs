@@ -62,6 +62,9 @@ pub enum ErrorKind {
     AgentNotFound,
     /// The agent hub: the agent's send queue is full (it is not keeping up).
     AgentQueueFull,
+    /// The agent hub: new connections come faster than
+    /// `[agents] max_connects_per_sec` (a reconnect storm is paced).
+    AgentConnectsPaced,
     /// Local inference: the model's queue is full.
     PredictQueueFull,
     /// The gateway's cgroup is near its memory limit: new work is refused
@@ -119,7 +122,9 @@ impl ErrorKind {
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamAuth => 502,
             ErrorKind::UpstreamTimeout => 504,
-            ErrorKind::NoHealthyTarget | ErrorKind::MemoryPressure => 503,
+            ErrorKind::NoHealthyTarget
+            | ErrorKind::MemoryPressure
+            | ErrorKind::AgentConnectsPaced => 503,
             ErrorKind::AgentNotAllowed | ErrorKind::AdminTokenRequired => 403,
             ErrorKind::AgentNotFound
             | ErrorKind::InstructionNotFound
@@ -157,6 +162,7 @@ impl ErrorKind {
             | ErrorKind::ObjectNotFound => "invalid_request_error",
             ErrorKind::AgentNotFound | ErrorKind::InstructionNotFound => "not_found_error",
             ErrorKind::AgentQueueFull | ErrorKind::PredictQueueFull => "rate_limit_error",
+            ErrorKind::AgentConnectsPaced => "rate_limit_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited | ErrorKind::ConcurrencyLimited => "rate_limit_error",
@@ -202,6 +208,7 @@ impl ErrorKind {
             ErrorKind::AgentNotAllowed => "agent_not_allowed",
             ErrorKind::AgentNotFound => "agent_not_found",
             ErrorKind::AgentQueueFull => "agent_queue_full",
+            ErrorKind::AgentConnectsPaced => "agent_connects_paced",
             ErrorKind::PredictQueueFull => "predict_queue_full",
             ErrorKind::MemoryPressure => "memory_pressure",
             ErrorKind::InstructionNotFound => "instruction_not_found",
@@ -237,6 +244,7 @@ impl ErrorKind {
             | ErrorKind::AgentNotAllowed
             | ErrorKind::AgentNotFound
             | ErrorKind::AgentQueueFull
+            | ErrorKind::AgentConnectsPaced
             | ErrorKind::PredictQueueFull
             | ErrorKind::InstructionNotFound
             | ErrorKind::AdminTokenInvalid

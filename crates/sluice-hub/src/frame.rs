@@ -44,7 +44,8 @@ pub fn valid_tool_name(s: &str) -> bool {
 }
 
 /// A declared tool as MCP lists it: `name`, `description`, `inputSchema`
-/// (an object schema; `input_schema` is accepted too), `outputSchema`,
+/// (an object schema; `input_schema` and OpenAI's `parameters` are accepted
+/// too), `outputSchema`,
 /// `title` and `annotations` when given.
 fn tool(v: &Value) -> Result<Value, String> {
     let name = v
@@ -55,6 +56,7 @@ fn tool(v: &Value) -> Result<Value, String> {
     let schema = v
         .get("inputSchema")
         .or_else(|| v.get("input_schema"))
+        .or_else(|| v.get("parameters"))
         .cloned()
         .unwrap_or_else(|| serde_json::json!({"type": "object"}));
     if schema.get("type").and_then(Value::as_str) != Some("object") {
@@ -216,11 +218,12 @@ mod tests {
     #[test]
     fn tools_in_a_hello_are_checked_and_normalized() {
         let h = parse_hello(
-            r#"{"type":"hello","agent_id":"a1","tools":[{"name":"lookup","description":"d","input_schema":{"type":"object","properties":{"q":{"type":"string"}}}},{"name":"ping"}]}"#,
+            r#"{"type":"hello","agent_id":"a1","tools":[{"name":"lookup","description":"d","input_schema":{"type":"object","properties":{"q":{"type":"string"}}}},{"name":"ping"},{"name":"fn","parameters":{"type":"object","required":["x"]}}]}"#,
             32,
         )
         .unwrap();
-        assert_eq!(h.tools.len(), 2);
+        assert_eq!(h.tools.len(), 3);
+        assert_eq!(h.tools[2]["inputSchema"]["required"][0], "x");
         assert_eq!(
             h.tools[0]["inputSchema"]["properties"]["q"]["type"],
             "string"

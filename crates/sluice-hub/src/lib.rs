@@ -144,6 +144,8 @@ pub struct Hub {
     pub replica: String,
     /// Set when Redis is configured: instructions reach other replicas.
     pub cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
+    /// `max_connects_per_sec`'s bucket: (tokens, when last filled, s).
+    pacer: Mutex<(f64, f64)>,
 }
 
 #[derive(Clone)]
@@ -179,7 +181,9 @@ impl Hub {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
+        let pacer = Mutex::new((cfg_rate(&cfg), now_secs()));
         Arc::new(Self {
+            pacer,
             replica: format!("{}-{:08x}", hostname(), id_seed as u32),
             cfg,
             agents: RwLock::new(HashMap::new()),
@@ -192,6 +196,45 @@ impl Hub {
             metrics,
             cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Admits one new connection under `max_connects_per_sec` (a bucket
+    /// one second deep); `Err` with how long until one would be.
+    pub fn admit_connect(&self) -> Result<(), Duration> {
+        let rate = cfg_rate(&self.cfg);
+        if rate == 0.0 {
+            return Ok(());
+        }
+        let now = now_secs();
+        let mut p = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
+        let level = (p.0 + (now - p.1).max(0.0) * rate).min(rate);
+        if level >= 1.0 {
+            *p = (level - 1.0, now);
+            Ok(())
+        } else {
+            *p = (level, now);
+            Err(Duration::from_secs_f64((1.0 - level) / rate))
+        }
+    }
+
+    /// How widely agents should spread a reconnect: the time every agent
+    /// here would take to get back in at `max_connects_per_sec` (at least
+    /// a second).
+    pub fn reconnect_jitter_ms(&self) -> u64 {
+        let rate = self.cfg.max_connects_per_sec;
+        if rate == 0 {
+            return 1000;
+        }
+        (self.connected() as u64 * 1000 / rate).max(1000)
+    }
+
+    /// The close reason agents get at shutdown: reconnect elsewhere,
+    /// spread over the jitter.
+    pub fn going_away_reason(&self) -> String {
+        format!(
+            "server shutting down; reconnect elsewhere after a random 0-{} ms",
+            self.reconnect_jitter_ms()
+        )
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<AgentHandle>> {
@@ -546,6 +589,14 @@ impl Hub {
 
 fn names(groups: &[Arc<str>]) -> Vec<&str> {
     groups.iter().map(|g| &**g).collect()
+}
+
+fn cfg_rate(cfg: &AgentsConfig) -> f64 {
+    cfg.max_connects_per_sec as f64
+}
+
+fn now_secs() -> f64 {
+    sluice_core::resilience::now_nanos() as f64 / 1e9
 }
 
 pub fn unix_ms() -> u64 {

@@ -136,12 +136,7 @@ pub async fn run<S: Socket>(
 ) {
     let mut shutdown = hub.shutdown.subscribe();
     if *shutdown.borrow() {
-        close(
-            &mut socket,
-            code::GOING_AWAY,
-            "server shutting down; reconnect elsewhere",
-        )
-        .await;
+        close(&mut socket, code::GOING_AWAY, &hub.going_away_reason()).await;
         return;
     }
     let first = tokio::time::timeout(hub.cfg.hello_timeout, socket.recv()).await;
@@ -179,6 +174,9 @@ pub async fn run<S: Socket>(
         "heartbeat_ms": hub.cfg.heartbeat.as_millis() as u64,
         "max_frame_bytes": hub.cfg.max_frame_bytes,
         "replica": hub.replica,
+        // How widely to spread a reconnect (random 0..this), so a replica
+        // going away does not bring every agent back at the same instant.
+        "reconnect_jitter_ms": hub.reconnect_jitter_ms(),
     });
     let (reason, evicted) = if socket.send_text(welcome.to_string()).await.is_err() {
         ("write failed".to_owned(), false)
@@ -229,7 +227,7 @@ async fn serve<S: Socket>(
                 }
             }
             _ = shutdown.changed() => {
-                close(socket, code::GOING_AWAY, "server shutting down; reconnect elsewhere").await;
+                close(socket, code::GOING_AWAY, &hub.going_away_reason()).await;
                 return ("server shutdown".into(), false);
             }
             msg = socket.recv() => {

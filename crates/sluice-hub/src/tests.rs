@@ -96,3 +96,30 @@ async fn queue_full_and_replacement() {
     assert!(h.record_view(&ids[0]).is_none());
     assert!(h.record_view(ids.last().unwrap()).is_some());
 }
+
+#[test]
+fn connects_are_paced_by_a_bucket_one_second_deep() {
+    let unpaced = hub();
+    assert!((0..10_000).all(|_| unpaced.admit_connect().is_ok()));
+    assert_eq!(unpaced.reconnect_jitter_ms(), 1000);
+    let cfg = sluice_core::config::parse("[agents]\nmax_connects_per_sec = 4\n", "t", &|_| None)
+        .unwrap()
+        .agents;
+    let h = Hub::new(cfg, HubMetrics::default());
+    for _ in 0..4 {
+        assert!(h.admit_connect().is_ok());
+    }
+    let wait = h.admit_connect().unwrap_err();
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(250),
+        "{wait:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(h.admit_connect().is_ok(), "refilled at 4 per second");
+    assert!(
+        sluice_core::config::parse("[agents]\nmax_connects_per_sec = 20000000\n", "t", &|_| {
+            None
+        })
+        .is_err()
+    );
+}

@@ -100,6 +100,9 @@ pub async fn connect(
         Ok(h) => h,
         Err(r) => return *r,
     };
+    if let Err(wait) = hub.admit_connect() {
+        return paced(&hub, wait);
+    }
     let auth = agent_auth(&headers);
     let cfg = &hub.cfg;
     ws.read_buffer_size(cfg.read_buffer_bytes)
@@ -107,6 +110,28 @@ pub async fn connect(
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
         .on_upgrade(move |socket| sluice_hub::session::run(hub, gateway(app), socket, auth, scope))
+}
+
+/// `503` + `Retry-After` for a connection past `max_connects_per_sec`;
+/// the body suggests a jittered wait (`retry_after_ms`) so refused agents
+/// do not all come back at the same instant.
+fn paced(hub: &Hub, wait: Duration) -> Response {
+    let jitter = hub.reconnect_jitter_ms();
+    let retry_ms = wait.as_millis() as u64 + rand::random::<u64>() % jitter.max(1);
+    let e = sluice_core::GatewayError::new(
+        ErrorKind::AgentConnectsPaced,
+        format!(
+            "agent connections are paced at {} per second: retry after a random 0-{jitter} ms",
+            hub.cfg.max_connects_per_sec
+        ),
+    );
+    let mut r = crate::reply::error_response(&e, sluice_providers::translate::Wire::OpenAi);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    r.headers_mut()
+        .insert("x-sluice-retry-after-ms", http::HeaderValue::from(retry_ms));
+    r
 }
 
 #[derive(Deserialize)]
@@ -182,6 +207,41 @@ pub(crate) async fn queue(
     }
 }
 
+/// [`queue`], but an agent that is not connected anywhere yet (between
+/// replicas, reconnecting) is waited for while the caller waits for its
+/// ack or result (`wait_ack_ms` / `wait_result_ms`), instead of a 404.
+async fn queue_in_transit(
+    hub: &Arc<Hub>,
+    scope: &Scope,
+    agent_id: &str,
+    b: &InstructionBody,
+) -> Result<Arc<str>, SendError> {
+    let deadline = b
+        .wanted(hub)
+        .map(|(_, wait)| tokio::time::Instant::now() + wait);
+    let mut events = hub.subscribe();
+    loop {
+        match queue(hub, scope, agent_id, &b.payload).await {
+            Err(SendError::NotConnected) => {}
+            other => return other,
+        }
+        let Some(deadline) = deadline.filter(|d| tokio::time::Instant::now() < *d) else {
+            return Err(SendError::NotConnected);
+        };
+        // Woken when an agent connects here; polled for one on another
+        // replica (its presence appears in Redis).
+        let poll = tokio::time::Instant::now() + Duration::from_millis(50);
+        let _ = tokio::time::timeout_at(poll.min(deadline), async {
+            while let Ok(e) = events.recv().await {
+                if e.contains("\"agent.connected\"") && e.contains(agent_id) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
 fn presence_groups(p: &Value) -> Vec<Arc<str>> {
     p.get("groups")
         .and_then(Value::as_array)
@@ -224,7 +284,8 @@ pub async fn instruct(
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let id = match queue(&hub, &scope, &agent_id, &b.payload).await {
+    let started = tokio::time::Instant::now();
+    let id = match queue_in_transit(&hub, &scope, &agent_id, &b).await {
         Ok(id) => id,
         Err(e) => return send_error(&agent_id, e),
     };
@@ -235,7 +296,9 @@ pub async fn instruct(
         )
             .into_response();
     };
-    let status = hub.wait(&id, want, wait).await;
+    let status = hub
+        .wait(&id, want, wait.saturating_sub(started.elapsed()))
+        .await;
     let view = hub
         .record_view(&id)
         .unwrap_or_else(|| json!({"id": &*id, "status": "unknown"}));

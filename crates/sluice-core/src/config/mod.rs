@@ -128,6 +128,9 @@ pub struct AgentsConfig {
     pub events_buffer: usize,
     /// With Redis: how long an agent's presence key lives unrefreshed.
     pub presence_ttl: Duration,
+    /// New agent connections admitted per second at most (a reconnect
+    /// storm is paced: `503` + `Retry-After` past it); 0 = not paced.
+    pub max_connects_per_sec: u64,
 }
 
 /// A virtual key: clients send the token, the configuration holds its hash.

@@ -82,6 +82,7 @@ pub struct RawAgents {
     pub max_wait_ms: Option<Spanned<u64>>,
     pub events_buffer: Option<Spanned<u64>>,
     pub presence_ttl_ms: Option<Spanned<u64>>,
+    pub max_connects_per_sec: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

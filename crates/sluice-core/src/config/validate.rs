@@ -470,6 +470,17 @@ fn agents(c: &mut Collector<'_>, a: &super::raw::RawAgents) -> super::AgentsConf
             3_600_000,
             "presence_ttl_ms",
         )),
+        max_connects_per_sec: match &a.max_connects_per_sec {
+            Some(v) if *v.get_ref() > 10_000_000 => {
+                c.at(
+                    v.span(),
+                    "max_connects_per_sec must be at most 10000000 (0 = not paced)",
+                );
+                0
+            }
+            Some(v) => *v.get_ref(),
+            None => 0,
+        },
     }
 }
 
