@@ -251,6 +251,9 @@ def test_unauthenticated_and_foreign_origins_are_refused(env):
     auth = {**h, "authorization": f"Bearer {FULL}"}
     r = httpx.post(f"{env.url}/mcp", json=body, headers={**auth, "origin": "http://evil.example"})
     assert r.status_code == 403 and "origin" in r.json()["error"]["message"]
+    # The servers' state is on the API listener too, behind the admin check.
+    s = httpx.get(f"{env.url}/v1/mcp/servers")
+    assert s.status_code == 200 and {x["name"] for x in s.json()["data"]} == {"everything", "weather"}
     r = httpx.post(f"{env.url}/mcp", json=body, headers={**auth, "origin": "http://localhost:5173"})
     assert r.status_code == 200 and r.json()["result"]["tools"]
     # A session that does not exist is 404; a body that is not JSON-RPC, 400.
@@ -416,6 +419,7 @@ command = ["node", "{EVERYTHING}"]
         r = httpx.post(f"{a.url}/mcp", json=init, headers=h)
         assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == "2025-06-18"
         sid = r.headers["mcp-session-id"]
+        assert a.metric("sluice_mcp_sessions") == 1
         s = {**h, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
         assert httpx.post(f"{b.url}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"},
                           headers=s).status_code == 202
@@ -427,8 +431,7 @@ command = ["node", "{EVERYTHING}"]
         assert "resultType" not in r.json()["result"], "a 2025-06-18 session gets 2025-06-18 results"
         assert redis_server.client.exists(f"sluice:mcp:session:{sid}")
         assert httpx.delete(f"{b.url}/mcp", headers=s).status_code == 200
-        assert not redis_server.client.exists(f"sluice:mcp:session:{sid}") or wait_for(
-            lambda: not redis_server.client.exists(f"sluice:mcp:session:{sid}"), what="deleted")
+        wait_for(lambda: not redis_server.client.exists(f"sluice:mcp:session:{sid}"), what="deleted")
         assert httpx.post(f"{b.url}/mcp", json=call, headers=s).status_code == 404
         # A session nobody opened is unknown everywhere.
         bogus = {**s, "mcp-session-id": "0" * 32}

@@ -10,7 +10,7 @@ pub mod upstream;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use sluice_core::config::{McpConfig, McpServerConfig};
+use sluice_core::config::McpConfig;
 use tokio::sync::broadcast;
 
 pub use upstream::{State, Status, Upstream};
@@ -51,7 +51,7 @@ impl Federation {
         let mut upstreams = Vec::with_capacity(cfg.servers.len());
         for s in &cfg.servers {
             let kept = prev
-                .and_then(|p| p.upstreams.iter().find(|u| same(&u.cfg, s)))
+                .and_then(|p| p.upstreams.iter().find(|u| u.cfg == *s))
                 .cloned();
             upstreams.push(kept.unwrap_or_else(|| {
                 Upstream::start(s.clone(), changed.clone(), cfg.max_message_bytes)
@@ -184,9 +184,4 @@ impl Federation {
             u.shutdown();
         }
     }
-}
-
-/// The same server, so its connection can be kept across a reload.
-fn same(a: &McpServerConfig, b: &McpServerConfig) -> bool {
-    a == b
 }

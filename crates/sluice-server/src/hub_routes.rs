@@ -219,7 +219,10 @@ async fn queue_in_transit(
     let deadline = b
         .wanted(hub)
         .map(|(_, wait)| tokio::time::Instant::now() + wait);
-    let mut events = hub.subscribe();
+    // Subscribed only once the agent is found missing: the common case
+    // (it is connected) costs no subscription. A connect in between is
+    // caught by the 50 ms poll.
+    let mut events = None;
     loop {
         match queue(hub, scope, agent_id, &b.payload).await {
             Err(SendError::NotConnected) => {}
@@ -230,6 +233,7 @@ async fn queue_in_transit(
         };
         // Woken when an agent connects here; polled for one on another
         // replica (its presence appears in Redis).
+        let events = events.get_or_insert_with(|| hub.subscribe());
         let poll = tokio::time::Instant::now() + Duration::from_millis(50);
         let _ = tokio::time::timeout_at(poll.min(deadline), async {
             while let Ok(e) = events.recv().await {

@@ -224,7 +224,8 @@ impl Drop for Record {
             cancelled: outcome == "cancelled",
             input_tokens: None,
             output_tokens: None,
-            error: self.error.as_deref(),
+            // A code, as on every other event (the message is the span's).
+            error: (outcome != "ok").then_some(outcome),
             fields: None,
             conversions: None,
             tool_call: Some(crate::audit::ToolCall {
