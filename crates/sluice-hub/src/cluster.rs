@@ -1,11 +1,18 @@
 //! More than one replica: agents' presence lives in Redis, and an
 //! instruction for an agent connected elsewhere travels by pub/sub.
 //!
-//! - `sluice:agent:{id}` — JSON presence (replica, session, groups, …) with
-//!   a TTL, refreshed by its replica every third of it; removed on
-//!   disconnect only by the session that wrote it.
+//! - `sluice:replica:{replica}` — the replica's liveness: TTL
+//!   `presence_ttl_ms`, refreshed every third of it (one key per replica,
+//!   whatever its agents' count). An agent whose replica's key is gone is
+//!   not present: a dead replica's agents vanish within the TTL.
+//! - `sluice:agent:{id}` — JSON presence (replica, session, groups, …),
+//!   written on hello; removed on disconnect only by the session that wrote
+//!   it. Its own TTL is long (an hour, or four presence TTLs) and refreshed
+//!   a slice of agents per tick, so idle agents cost Redis nearly nothing;
+//!   when the replica's key was found missing (Redis restarted, or this
+//!   process stalled past the TTL) every agent's key is written again.
 //! - `sluice:group:{g}` — a set of agent ids (stale ids are filtered out by
-//!   their missing presence key).
+//!   their missing presence).
 //! - channel `sluice:hub:{replica}` — each replica listens on its own:
 //!   `deliver` (an instruction for one of its agents) and `status` (an
 //!   instruction it sent elsewhere moved on: delivered, acked, completed,
@@ -25,11 +32,15 @@ use super::{AgentHandle, Hub, SendError, Status};
 pub struct Cluster {
     conn: ConnectionManager,
     replica: String,
+    /// The replica key's lifetime (`presence_ttl_ms`).
     ttl: Duration,
+    /// An agent key's lifetime: long, refreshed slowly.
+    agent_ttl: Duration,
     timeout: Duration,
     hub: Weak<Hub>,
     /// Instructions delivered here for another replica: id → that replica.
     origins: Mutex<HashMap<String, String>>,
+    lookup: redis::Script,
 }
 
 /// Deletes a presence key only if it is still this session's.
@@ -43,8 +54,24 @@ end
 return 0
 ";
 
+/// An agent's presence, if its replica is alive: one round trip.
+const LOOKUP: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local ok, p = pcall(cjson.decode, v)
+if not ok or type(p['replica']) ~= 'string' then return false end
+if redis.call('EXISTS', ARGV[1] .. p['replica']) == 1 then return v end
+return false
+";
+
 fn presence_key(id: &str) -> String {
     format!("sluice:agent:{id}")
+}
+
+const REPLICA_PREFIX: &str = "sluice:replica:";
+
+fn replica_key(replica: &str) -> String {
+    format!("{REPLICA_PREFIX}{replica}")
 }
 
 /// The set of agents that declared tools (their presence holds them).
@@ -65,9 +92,11 @@ impl Cluster {
             conn: sluice_core::redis_conn::connect(redis).map_err(anyhow::Error::msg)?,
             replica: hub.replica.clone(),
             ttl: hub.cfg.presence_ttl,
+            agent_ttl: (hub.cfg.presence_ttl * 4).max(Duration::from_secs(3600)),
             timeout: redis.timeout,
             hub: Arc::downgrade(hub),
             origins: Mutex::new(HashMap::new()),
+            lookup: redis::Script::new(LOOKUP),
         });
         let client = redis::Client::open(redis.url.expose())?;
         tokio::spawn(listen(c.clone(), client));
@@ -107,22 +136,33 @@ impl Cluster {
         }
     }
 
-    /// A session started here: its presence and groups, in the background;
-    /// a session with the same id on another replica is told to go.
-    pub fn announce(self: &Arc<Self>, a: &AgentHandle) {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+    /// An agent's presence key and set memberships; with `get`, the SET
+    /// answers the value it replaced.
+    fn write_presence(&self, pipe: &mut redis::Pipeline, a: &AgentHandle, get: bool) {
+        let set = pipe
+            .cmd("SET")
             .arg(presence_key(&a.id))
             .arg(self.presence_value(a))
             .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .arg("GET");
+            .arg(self.agent_ttl.as_millis() as u64);
+        if get {
+            set.arg("GET");
+        } else {
+            set.ignore();
+        }
         for g in &a.groups {
             pipe.cmd("SADD").arg(group_key(g)).arg(&*a.id).ignore();
         }
         if !a.tools.is_empty() {
             pipe.cmd("SADD").arg(TOOL_AGENTS).arg(&*a.id).ignore();
         }
+    }
+
+    /// A session started here: its presence and groups, in the background;
+    /// a session with the same id on another replica is told to go.
+    pub fn announce(self: &Arc<Self>, a: &AgentHandle) {
+        let mut pipe = redis::pipe();
+        self.write_presence(&mut pipe, a, true);
         let me = self.clone();
         let agent_id = a.id.to_string();
         tokio::spawn(async move {
@@ -175,8 +215,9 @@ impl Cluster {
 
     async fn lookup(&self, agent_id: &str) -> Option<Value> {
         let mut conn = self.conn.clone();
-        let get = redis::cmd("GET").arg(presence_key(agent_id)).to_owned();
-        let v: Option<String> = tokio::time::timeout(self.timeout, get.query_async(&mut conn))
+        let mut inv = self.lookup.key(presence_key(agent_id));
+        inv.arg(REPLICA_PREFIX);
+        let v: Option<String> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
             .ok()?
             .ok()?;
@@ -232,9 +273,39 @@ impl Cluster {
                 Ok(Ok(v)) => v,
                 _ => return Vec::new(),
             };
-        ids.into_iter()
+        let found: Vec<(String, String, Value)> = ids
+            .into_iter()
             .zip(present)
-            .filter_map(|(id, p)| Some((id, p?)))
+            .filter_map(|(id, p)| {
+                let p = p?;
+                let v = serde_json::from_str::<Value>(&p).ok()?;
+                Some((id, p, v))
+            })
+            .collect();
+        // Only agents whose replica is alive.
+        let mut replicas: Vec<&str> = found
+            .iter()
+            .filter_map(|(_, _, v)| v.get("replica")?.as_str())
+            .collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        let mut pipe = redis::pipe();
+        for r in &replicas {
+            pipe.cmd("EXISTS").arg(replica_key(r));
+        }
+        let alive: Vec<bool> =
+            match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                _ => return Vec::new(),
+            };
+        let live = |r: Option<&str>| {
+            r.and_then(|r| replicas.binary_search(&r).ok())
+                .is_some_and(|i| alive.get(i).copied().unwrap_or(false))
+        };
+        found
+            .iter()
+            .filter(|(_, _, v)| live(v.get("replica").and_then(Value::as_str)))
+            .map(|(id, p, _)| (id.clone(), p.clone()))
             .collect()
     }
 
@@ -270,8 +341,12 @@ impl Cluster {
             .to_owned();
         match tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn)).await {
             Ok(Ok(n)) if n > 0 => Ok(()),
+            // Nobody listens there (the replica is gone and its presence
+            // keys not expired yet): the agent is not connected, and the
+            // record never existed — a caller waiting for the agent to
+            // come back retries with a fresh one, so no junk accumulates.
             _ => {
-                hub.set_status(&id, Status::Undelivered, None);
+                hub.forget(&id);
                 Err(SendError::NotConnected)
             }
         }
@@ -382,24 +457,45 @@ async fn listen(c: Arc<Cluster>, client: redis::Client) {
     }
 }
 
-/// Refreshes every local agent's presence key every third of its TTL.
+/// Every third of `presence_ttl_ms`: this replica's liveness key, and the
+/// presence of a slice of its agents (each once per third of their long
+/// TTL) — or of all of them when the liveness key was missing (the first
+/// tick, Redis restarted or flushed, this process stalled past the TTL).
 async fn refresh(c: Arc<Cluster>) {
-    let mut tick = tokio::time::interval(c.ttl / 3);
-    tick.tick().await;
+    let period = c.ttl / 3;
+    let slots = (c.agent_ttl.as_millis() / 3 / period.as_millis().max(1)).max(1) as u64;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slot = 0u64;
     loop {
         tick.tick().await;
         let Some(hub) = c.hub.upgrade() else { return };
-        let agents = hub.list(None);
+        let mut conn = c.conn.clone();
+        let alive = redis::cmd("SET")
+            .arg(replica_key(&c.replica))
+            .arg(super::unix_ms())
+            .arg("PX")
+            .arg(c.ttl.as_millis() as u64)
+            .arg("GET")
+            .to_owned();
+        let was =
+            match tokio::time::timeout(c.timeout, alive.query_async::<Option<String>>(&mut conn))
+                .await
+            {
+                Ok(Ok(was)) => was,
+                _ => continue,
+            };
+        slot += 1;
+        let agents: Vec<Arc<AgentHandle>> = if was.is_none() {
+            hub.list(None)
+        } else {
+            hub.select(|a| a.session % slots == slot % slots)
+        };
         drop(hub);
-        for chunk in agents.chunks(1000) {
+        for chunk in agents.chunks(500) {
             let mut pipe = redis::pipe();
             for a in chunk {
-                pipe.cmd("SET")
-                    .arg(presence_key(&a.id))
-                    .arg(c.presence_value(a))
-                    .arg("PX")
-                    .arg(c.ttl.as_millis() as u64)
-                    .ignore();
+                c.write_presence(&mut pipe, a, false);
             }
             let _ = c.run(pipe).await;
         }

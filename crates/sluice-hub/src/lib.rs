@@ -181,7 +181,7 @@ impl Hub {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
-        let pacer = Mutex::new((cfg_rate(&cfg), now_secs()));
+        let pacer = Mutex::new((burst(&cfg), now_secs()));
         Arc::new(Self {
             pacer,
             replica: format!("{}-{:08x}", hostname(), id_seed as u32),
@@ -198,8 +198,12 @@ impl Hub {
         })
     }
 
-    /// Admits one new connection under `max_connects_per_sec` (a bucket
-    /// one second deep); `Err` with how long until one would be.
+    /// Admits one new connection under `max_connects_per_sec`; `Err` with
+    /// how long until one would be. The bucket holds a tenth of a second's
+    /// worth (at least 10, at most the rate): a storm is admitted at an
+    /// even pace, not a second's worth at once — a thousand handshakes in
+    /// the same instant would queue everything else on the replica behind
+    /// them.
     pub fn admit_connect(&self) -> Result<(), Duration> {
         let rate = cfg_rate(&self.cfg);
         if rate == 0.0 {
@@ -207,7 +211,7 @@ impl Hub {
         }
         let now = now_secs();
         let mut p = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
-        let level = (p.0 + (now - p.1).max(0.0) * rate).min(rate);
+        let level = (p.0 + (now - p.1).max(0.0) * rate).min(burst(&self.cfg));
         if level >= 1.0 {
             *p = (level - 1.0, now);
             Ok(())
@@ -254,6 +258,12 @@ impl Hub {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// The connected agents `pick` selects (unsorted).
+    pub fn select(&self, pick: impl Fn(&AgentHandle) -> bool) -> Vec<Arc<AgentHandle>> {
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        agents.values().filter(|a| pick(a)).cloned().collect()
     }
 
     pub fn connected(&self) -> usize {
@@ -589,6 +599,12 @@ impl Hub {
 
 fn names(groups: &[Arc<str>]) -> Vec<&str> {
     groups.iter().map(|g| &**g).collect()
+}
+
+/// The pacing bucket's depth (see [`Hub::admit_connect`]).
+fn burst(cfg: &AgentsConfig) -> f64 {
+    let rate = cfg_rate(cfg);
+    (rate / 10.0).max(10.0).min(rate)
 }
 
 fn cfg_rate(cfg: &AgentsConfig) -> f64 {

@@ -98,7 +98,7 @@ async fn queue_full_and_replacement() {
 }
 
 #[test]
-fn connects_are_paced_by_a_bucket_one_second_deep() {
+fn connects_are_paced_by_a_bucket_a_tenth_of_a_second_deep() {
     let unpaced = hub();
     assert!((0..10_000).all(|_| unpaced.admit_connect().is_ok()));
     assert_eq!(unpaced.reconnect_jitter_ms(), 1000);
@@ -116,6 +116,14 @@ fn connects_are_paced_by_a_bucket_one_second_deep() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(h.admit_connect().is_ok(), "refilled at 4 per second");
+    // At 1,000 per second a storm gets 100 at once (a tenth of a second's
+    // worth), then one per millisecond — not a thousand in one instant.
+    let cfg = sluice_core::config::parse("[agents]\nmax_connects_per_sec = 1000\n", "t", &|_| None)
+        .unwrap()
+        .agents;
+    let h = Hub::new(cfg, HubMetrics::default());
+    let admitted = (0..1000).take_while(|_| h.admit_connect().is_ok()).count();
+    assert!((100..=102).contains(&admitted), "{admitted}");
     assert!(
         sluice_core::config::parse("[agents]\nmax_connects_per_sec = 20000000\n", "t", &|_| {
             None

@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""The agent hub across replicas: N Sluice replicas + Redis + N load processes
+(`bench/agents`, each under the 20,000 open-files limit), one table.
+
+    python3 bench/cluster.py [--agents 19000] [--rate 1000] [--seconds 5]
+                             [--only single,single-redis,three-idle,three,five,kill]
+
+Every replica gets the same configuration (`[redis]` when the row has it;
+`[agents] heartbeat_ms = 5000`). Replica i is pinned to core i % 2 and load
+process k to core (k + 1) % 2, so on this 2-core machine each core carries a
+mix; Redis (Debian's redis-server) is unpinned. Load process k connects
+`--agents` agents (ids `r{k}-…`) to replica k — one replica after another, or
+all at once (row `five`) — then, once all are connected, every process posts
+instructions at rate/N per second with `wait_ack_ms` (the figure is the
+instruction -> ack round trip seen by the poster): process 0 to its own
+replica (in-replica), the others through replica k+1 (cross-replica, the
+instruction travels by Redis pub/sub). Per-push latencies are merged over the
+processes before percentiles are taken.
+
+Row `kill`: two replicas; 19,000 agents on A, which is SIGKILLed 2 s into the
+pushes (posted through B with wait_ack_ms = 10000); the agents reconnect to B
+(spread over welcome's reconnect_jitter_ms). Reported: the time until all are
+back, and instructions lost (not acked within their wait).
+
+Each row also prints each process's CPU share over the row (sluice replicas,
+load processes, redis), so a row where the load tool, not the gateway, is
+the bottleneck shows it.
+"""
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ticks(pid):
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except (OSError, IndexError):
+        return 0
+
+
+def wait_port(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def fds(n):
+    """preexec: the open-files limit a process with `n` sockets needs."""
+    def set_limit():
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return set_limit
+
+
+def pct(xs, p):
+    if not xs:
+        return 0
+    xs = sorted(xs)
+    return xs[round((len(xs) - 1) * p)]
+
+
+class Cluster:
+    def __init__(self, work, replicas, redis, ttl_ms=None):
+        self.work, self.procs, self.urls, self.pids = work, [], [], []
+        self.redis = None
+        cfg = "[agents]\nheartbeat_ms = 5000\nqueue_depth = 64\n"
+        if ttl_ms:
+            cfg += f"presence_ttl_ms = {ttl_ms}\n"
+        if redis:
+            port = free_port()
+            self.redis = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                 "--maxclients", "1000"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port)
+            cfg = f'[redis]\nurl = "redis://127.0.0.1:{port}"\n' + cfg
+        (work / "hub.toml").write_text(cfg)
+        for i in range(replicas):
+            port, admin = free_port(), free_port()
+            p = subprocess.Popen(
+                ["taskset", "-c", str(i % 2), str(TARGET / "sluice"), "serve",
+                 "--config", str(work / "hub.toml"),
+                 "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
+                stdout=subprocess.DEVNULL, stderr=open(work / f"replica{i}.log", "w"),
+                env={**os.environ, "SLUICE_LOG": "warn"}, preexec_fn=fds(0))
+            self.procs.append(p)
+            self.urls.append(f"http://127.0.0.1:{port}")
+            self.pids.append(p.pid)
+            wait_port(port)
+
+    def stop(self):
+        for p in self.procs + ([self.redis] if self.redis else []):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+def load(c, k, agents, extra, work):
+    """Starts load process k against replica k; returns (proc, stderr path)."""
+    err = work / f"load{k}.err"
+    cmd = ["taskset", "-c", str((k + 1) % 2), str(TARGET / "agents-load"),
+           "--url", c.urls[k], "--agents", str(agents), "--id-prefix", f"r{k}-",
+           "--pid", str(c.pids[k]), "--idle-secs", "2", "--sources", "4"] + extra
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(err, "w"),
+                         text=True, preexec_fn=fds(agents))
+    return p, err
+
+
+def wait_connected(err, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "connected " in err.read_text():
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"load process failed: {err.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise SystemExit("agents did not connect in time")
+
+
+def row(name, replicas, redis, agents, rate, seconds, at_once=False):
+    work = Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
+    c = Cluster(work, replicas, redis)
+    try:
+        start = work / "start"
+        per_rate = max(1, rate // replicas)
+        pushes = per_rate * seconds
+        loads = []
+        for k in range(replicas):
+            target = k if k == 0 or replicas == 1 else (k + 1) % replicas
+            extra = ["--rate", str(per_rate), "--pushes", str(pushes), "--wait-ack-ms", "10000",
+                     "--push-url", c.urls[target], "--push-pid", str(c.pids[target]),
+                     "--start-file", str(start), "--linger-secs", "3",
+                     "--samples-out", str(work / f"samples{k}.json")]
+            loads.append(load(c, k, agents, extra, work))
+            if not at_once:
+                wait_connected(loads[-1][1], loads[-1][0])
+        for p, err in loads:
+            wait_connected(err, p)
+        time.sleep(2.5)  # every process past its idle window
+        procs = c.pids + [p.pid for p, _ in loads] + ([c.redis.pid] if c.redis else [])
+        t0, cpu0 = time.monotonic(), {pid: ticks(pid) for pid in procs}
+        start.touch()
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p, _ in loads]
+        wall = time.monotonic() - t0
+        share = {pid: (ticks(pid) - cpu0[pid]) / HZ / wall for pid in procs}
+        samples = [json.loads((work / f"samples{k}.json").read_text()) for k in range(replicas)]
+        local = samples[0]["round_trip_us"]
+        cross = [x for s in samples[1:] for x in s["round_trip_us"]]
+        net = [o["push_gateway_cpu_us_net"] for o in outs]
+        return {
+            "row": name,
+            "connect_seconds": [o["connect_seconds"] for o in outs],
+            "agents": sum(o["agents_connected"] for o in outs),
+            "lost": sum(o["agents_lost"] for o in outs),
+            "errors": sum(o["push_http_errors"] for o in outs),
+            "local_p99_ms": pct(local, 0.99) / 1000,
+            "cross_ms": [pct(cross, 0.5) / 1000, pct(cross, 0.99) / 1000, max(cross, default=0) / 1000]
+            if cross else None,
+            "rate": per_rate * replicas,
+            "net_cpu_us_agents_replica": net,
+            "cpu_share": {
+                "sluice": [round(share[p], 2) for p in c.pids],
+                "load": [round(share[p.pid], 2) for p, _ in loads],
+                "redis": round(share[c.redis.pid], 2) if c.redis else None,
+            },
+        }
+    finally:
+        c.stop()
+
+
+def kill_row(agents, rate):
+    work = Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
+    c = Cluster(work, 2, True, ttl_ms=3000)
+    try:
+        extra = ["--rate", str(rate), "--pushes", str(rate * 8), "--wait-ack-ms", "10000",
+                 "--push-url", c.urls[1], "--push-pid", str(c.pids[1]),
+                 "--failover-url", c.urls[1], "--kill-pid", str(c.pids[0]),
+                 "--kill-after-ms", "2000"]
+        p, err = load(c, 0, agents, extra, work)
+        out = json.loads(p.communicate()[0].strip().splitlines()[-1])
+        return {
+            "row": "kill", "agents": out["agents_connected"],
+            "dropped": out["agents_dropped"], "reconnected": out["agents_reconnected"],
+            "reconnect_seconds": out["reconnect_seconds"],
+            "refused_paced": out["connects_refused_paced"],
+            "pushes": out["pushes"], "lost": out["push_http_errors"],
+            "ack_round_trip_us": [out["ack_round_trip_us_p50"], out["ack_round_trip_us_p99"],
+                                  out["ack_round_trip_us_max"]],
+        }
+    finally:
+        c.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=19000, help="agents per replica")
+    ap.add_argument("--rate", type=int, default=1000, help="instructions/s over the cluster")
+    ap.add_argument("--seconds", type=int, default=5, help="seconds of pushes per row")
+    ap.add_argument("--only", default="single,single-redis,three-idle,three,five,kill")
+    a = ap.parse_args()
+    for b in ("sluice", "agents-load"):
+        if not (TARGET / b).exists():
+            raise SystemExit(f"build first: cargo build --release -p sluice --bin sluice -p agents-load ({TARGET / b})")
+    rows = {
+        "single": lambda: row("one replica, no [redis]", 1, False, a.agents, a.rate, a.seconds),
+        "single-redis": lambda: row("one replica, [redis]", 1, True, a.agents, a.rate, a.seconds),
+        "three-idle": lambda: row("three replicas + Redis, 100 agents", 3, True, 34, a.rate, a.seconds),
+        "three": lambda: row(f"three replicas + Redis, {3 * a.agents} agents (one replica after another)",
+                             3, True, a.agents, a.rate, a.seconds),
+        "five": lambda: row(f"five replicas + Redis, {5 * a.agents} agents (at once)",
+                            5, True, a.agents, a.rate, a.seconds, at_once=True),
+        "kill": lambda: kill_row(a.agents, a.rate // 2),
+    }
+    results = []
+    for name in a.only.split(","):
+        r = rows[name]()
+        results.append(r)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    print("\n| setup | connect s (per replica) | in-replica round trip p99 ms | cross-replica round trip p50 / p99 / max ms | errors | CPU share sluice / load / redis |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        if r["row"] == "kill":
+            continue
+        cross = " / ".join(f"{x:.1f}" for x in r["cross_ms"]) if r["cross_ms"] else "–"
+        cs = r["cpu_share"]
+        print(f"| {r['row']} ({r['agents']} agents, {r['rate']}/s) | {', '.join(map(str, r['connect_seconds']))}"
+              f" | {r['local_p99_ms']:.1f} | {cross} | {r['errors']} lost agents {r['lost']}"
+              f" | {cs['sluice']} / {cs['load']} / {cs['redis']} |")
+    for r in results:
+        if r["row"] == "kill":
+            print(f"\nreplica killed with {r['agents']} agents: {r['dropped']} dropped, {r['reconnected']} back"
+                  f" on the survivor in {r['reconnect_seconds']} s ({r['refused_paced']} connects paced);"
+                  f" {r['lost']} of {r['pushes']} instructions (wait_ack_ms 10000) lost;"
+                  f" round trip p50/p99/max {r['ack_round_trip_us']} µs")
+    out = ROOT / "bench" / "results" / "cluster.json"
+    out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
