@@ -167,9 +167,12 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
         procs = c.pids + [p.pid for p, _ in loads] + ([c.redis.pid] if c.redis else [])
         t0, cpu0 = time.monotonic(), {pid: ticks(pid) for pid in procs}
         start.touch()
-        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p, _ in loads]
+        # Each prints its JSON, then lingers: CPU is read before they exit.
+        outs = [json.loads(p.stdout.readline()) for p, _ in loads]
         wall = time.monotonic() - t0
         share = {pid: (ticks(pid) - cpu0[pid]) / HZ / wall for pid in procs}
+        for p, _ in loads:
+            p.wait()
         samples = [json.loads((work / f"samples{k}.json").read_text()) for k in range(replicas)]
         local = samples[0]["round_trip_us"]
         cross = [x for s in samples[1:] for x in s["round_trip_us"]]

@@ -255,3 +255,36 @@ def test_a_killed_replicas_agents_reconnect_and_get_what_was_posted_meanwhile(tm
     finally:
         a.stop()
         b.stop()
+
+
+def test_an_instruction_in_flight_when_its_replica_dies_is_sent_again(tmp_path, redis_server):
+    """An instruction posted to B reached the agent on A, which died before the
+    ack came back; the agent reconnects to B and gets the same instruction
+    (same id) again — at least once — and the caller's wait ends acked."""
+    cfg = f'[redis]\nurl = "{redis_server.url}"\n' + HUB + "presence_ttl_ms = 2000\n"
+    a, b = replicas(cfg, tmp_path)
+    try:
+        async def go():
+            ws, _ = await hello(a, "flier")
+            async with httpx.AsyncClient(timeout=15) as c:
+                for _ in range(100):  # presence is written in the background
+                    if (await c.get(f"{b.base_url}/agents/flier")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                post = asyncio.create_task(c.post(f"{b.base_url}/agents/flier/instructions",
+                                                  json={"payload": {"job": 7}, "wait_ack_ms": 10000}))
+                first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                while first["type"] != "instruction":
+                    first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                a.proc.kill()  # before the agent acks
+                a.proc.wait()
+                ws2, _ = await hello(b, "flier")
+                again = await ack_one(ws2)
+                assert again["id"] == first["id"] and again["payload"] == {"job": 7}
+                r = await post
+                assert r.status_code == 200 and r.json()["status"] == "acked", r.text
+                await ws2.close()
+        asyncio.run(go())
+    finally:
+        a.stop()
+        b.stop()

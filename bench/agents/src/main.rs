@@ -390,10 +390,12 @@ async fn main() {
     let push_net_s = (push_cpu_s - idle_share * push_wall).max(0.0);
     let mut lat = shared.latencies_us.lock().await.clone();
     lat.sort_unstable();
-    let mut rtt = push.round_trips_us;
+    let mut rtt: Vec<u64> = push.round_trips_us.iter().map(|(_, r)| *r).collect();
     rtt.sort_unstable();
     if let Some(f) = &a.samples_out {
-        let lines = json!({"one_way_us": lat, "round_trip_us": rtt}).to_string();
+        let lines = json!({"one_way_us": lat, "round_trip_us": rtt,
+                           "sent_at_and_round_trip_us": push.round_trips_us})
+        .to_string();
         std::fs::write(f, lines).expect("write --samples-out");
     }
 
@@ -439,7 +441,8 @@ async fn main() {
 struct Pushed {
     /// Posts that did not end as asked (202, or 200 = acked when waiting).
     errors: usize,
-    round_trips_us: Vec<u64>,
+    /// (sent at, round trip), µs, in the order they ended.
+    round_trips_us: Vec<(u64, u64)>,
 }
 
 /// Posts instructions to agents at a fixed rate (with `--wait-ack-ms`,
@@ -475,7 +478,9 @@ async fn push(a: &Args, connected: usize, shared: &Arc<Shared>) -> Pushed {
             let sent = Instant::now();
             match client.request(req).await {
                 Ok(r) if r.status().as_u16() == want => {
-                    rtts.lock().await.push(sent.elapsed().as_micros() as u64);
+                    rtts.lock()
+                        .await
+                        .push((t, sent.elapsed().as_micros() as u64));
                 }
                 _ => {
                     errors.fetch_add(1, Ordering::Relaxed);

@@ -224,6 +224,12 @@ impl Cluster {
         serde_json::from_str(&v?).ok()
     }
 
+    /// The replica an agent is connected to, if it is alive.
+    pub async fn replica_of(&self, agent_id: &str) -> Option<String> {
+        let p = self.lookup(agent_id).await?;
+        p.get("replica")?.as_str().map(str::to_owned)
+    }
+
     /// An agent's presence wherever it is connected.
     pub async fn presence(&self, agent_id: &str) -> Option<Value> {
         self.lookup(agent_id).await.map(|mut v| {
@@ -311,13 +317,15 @@ impl Cluster {
 
     /// Sends an instruction to the replica `agent_id` is connected to; the
     /// record stays here and follows the status updates that come back.
+    /// Returns that replica's name. Sending the same id again (the agent
+    /// moved) starts its record over.
     pub async fn route(
         &self,
         hub: &Hub,
         agent_id: &str,
         id: Arc<str>,
         payload: &Value,
-    ) -> Result<(), SendError> {
+    ) -> Result<String, SendError> {
         let presence = self.lookup(agent_id).await.ok_or(SendError::NotConnected)?;
         let replica = presence
             .get("replica")
@@ -340,7 +348,7 @@ impl Cluster {
             .arg(msg)
             .to_owned();
         match tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn)).await {
-            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(Ok(n)) if n > 0 => Ok(replica),
             // Nobody listens there (the replica is gone and its presence
             // keys not expired yet): the agent is not connected, and the
             // record never existed — a caller waiting for the agent to

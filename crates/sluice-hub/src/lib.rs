@@ -18,7 +18,7 @@ pub mod session;
 use records::Records;
 pub use records::{Record, Status};
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -156,18 +156,26 @@ pub struct HubMetrics {
         OutcomeLabels,
         prometheus_client::metrics::counter::Counter,
     >,
+    /// `instructions`' series, looked up once (a push counts without
+    /// hashing its label).
+    outcomes: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
 }
 
 impl Default for HubMetrics {
     /// Every instruction outcome's series from the start, at zero.
     fn default() -> Self {
-        let m = Self {
+        let mut m = Self {
             connected: Default::default(),
             evictions: Default::default(),
             instructions: Default::default(),
+            outcomes: Vec::new(),
         };
         for outcome in ["queued", "overflow", "acked", "completed", "undelivered"] {
-            let _ = m.instructions.get_or_create(&OutcomeLabels { outcome });
+            let c = m
+                .instructions
+                .get_or_create(&OutcomeLabels { outcome })
+                .clone();
+            m.outcomes.push((outcome, c));
         }
         m
     }
@@ -388,7 +396,19 @@ impl Hub {
         id: Arc<str>,
         payload: &Value,
     ) -> Result<(), SendError> {
-        let frame = json!({"type": "instruction", "id": &*id, "payload": payload}).to_string();
+        // Serialized straight from the caller's payload (no copy of it).
+        #[derive(serde::Serialize)]
+        struct Frame<'a> {
+            r#type: &'static str,
+            id: &'a str,
+            payload: &'a Value,
+        }
+        let frame = serde_json::to_string(&Frame {
+            r#type: "instruction",
+            id: &id,
+            payload,
+        })
+        .unwrap_or_default();
         self.create_record(&id, agent.id.clone(), agent.groups.clone());
         agent
             .pending
@@ -422,10 +442,14 @@ impl Hub {
     }
 
     fn count(&self, outcome: &'static str) {
-        self.metrics
-            .instructions
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        match self.metrics.outcomes.iter().find(|(o, _)| *o == outcome) {
+            Some((_, c)) => c.inc(),
+            None => self
+                .metrics
+                .instructions
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc(),
+        };
     }
 
     pub fn create_record(&self, id: &Arc<str>, agent_id: Arc<str>, groups: Vec<Arc<str>>) {
@@ -493,6 +517,9 @@ impl Hub {
         }
         if status != Status::Delivered {
             self.count(status.name());
+            if self.events.receiver_count() == 0 {
+                return true;
+            }
             let mut e = json!({
                 "type": format!("instruction.{}", status.name()),
                 "id": id,

@@ -1,7 +1,9 @@
 //! Instruction records: each instruction's status and result, kept for
 //! polling and waiting, bounded by count and bytes (oldest dropped first).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};

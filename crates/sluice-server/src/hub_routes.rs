@@ -181,33 +181,46 @@ pub(crate) async fn queue(
     payload: &Value,
 ) -> Result<Arc<str>, SendError> {
     let id = hub.new_instruction_id();
+    place(hub, scope, agent_id, id.clone(), payload).await?;
+    Ok(id)
+}
+
+/// Where an instruction went: `None` here, else the replica's name.
+type Placed = Option<String>;
+
+/// Queues instruction `id` for `agent_id` here or where it is connected
+/// (the same id again starts its record over: the agent moved).
+async fn place(
+    hub: &Arc<Hub>,
+    scope: &Scope,
+    agent_id: &str,
+    id: Arc<str>,
+    payload: &Value,
+) -> Result<Placed, SendError> {
     if let Some(agent) = hub.get(agent_id) {
         if !in_scope(scope, &agent.groups) {
             return Err(SendError::NotAllowed);
         }
-        hub.send_local(&agent, id.clone(), payload)?;
-        return Ok(id);
+        hub.send_local(&agent, id, payload)?;
+        return Ok(None);
     }
-    match hub.cluster.get() {
-        Some(c) => {
-            if scope.is_some() {
-                let groups = c.presence(agent_id).await.map(|p| presence_groups(&p));
-                if !groups.as_ref().is_some_and(|g| in_scope(scope, g)) {
-                    return Err(if groups.is_none() {
-                        SendError::NotConnected
-                    } else {
-                        SendError::NotAllowed
-                    });
-                }
-            }
-            c.route(hub, agent_id, id.clone(), payload).await?;
-            Ok(id)
+    let Some(c) = hub.cluster.get() else {
+        return Err(SendError::NotConnected);
+    };
+    if scope.is_some() {
+        let groups = c.presence(agent_id).await.map(|p| presence_groups(&p));
+        if !groups.as_ref().is_some_and(|g| in_scope(scope, g)) {
+            return Err(if groups.is_none() {
+                SendError::NotConnected
+            } else {
+                SendError::NotAllowed
+            });
         }
-        None => Err(SendError::NotConnected),
     }
+    c.route(hub, agent_id, id, payload).await.map(Some)
 }
 
-/// [`queue`], but an agent that is not connected anywhere yet (between
+/// [`place`], but an agent that is not connected anywhere yet (between
 /// replicas, reconnecting) is waited for while the caller waits for its
 /// ack or result (`wait_ack_ms` / `wait_result_ms`), instead of a 404.
 async fn queue_in_transit(
@@ -215,7 +228,8 @@ async fn queue_in_transit(
     scope: &Scope,
     agent_id: &str,
     b: &InstructionBody,
-) -> Result<Arc<str>, SendError> {
+) -> Result<(Arc<str>, Placed), SendError> {
+    let id = hub.new_instruction_id();
     let deadline = b
         .wanted(hub)
         .map(|(_, wait)| tokio::time::Instant::now() + wait);
@@ -224,9 +238,9 @@ async fn queue_in_transit(
     // caught by the 50 ms poll.
     let mut events = None;
     loop {
-        match queue(hub, scope, agent_id, &b.payload).await {
+        match place(hub, scope, agent_id, id.clone(), &b.payload).await {
             Err(SendError::NotConnected) => {}
-            other => return other,
+            other => return other.map(|p| (id, p)),
         }
         let Some(deadline) = deadline.filter(|d| tokio::time::Instant::now() < *d) else {
             return Err(SendError::NotConnected);
@@ -243,6 +257,59 @@ async fn queue_in_transit(
             }
         })
         .await;
+    }
+}
+
+/// How long an instruction sent to another replica may go unacknowledged
+/// before the gateway looks whether its agent is still there.
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// Waits (until `deadline`) for an instruction to reach `want`. One sent
+/// to another replica and not acknowledged within [`RECHECK`] is sent
+/// again, with the same id, if its agent is now connected somewhere else —
+/// its replica died, or it moved — so an instruction in flight when a
+/// replica goes away is not lost. Delivery is at least once: an agent may
+/// see an id twice (the first copy reached it, its ack did not come back).
+async fn follow(
+    hub: &Arc<Hub>,
+    scope: &Scope,
+    agent_id: &str,
+    payload: &Value,
+    (id, mut placed): (&Arc<str>, Placed),
+    want: Status,
+    deadline: tokio::time::Instant,
+) -> Option<Status> {
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let step = if placed.is_some() {
+            left.min(RECHECK)
+        } else {
+            left
+        };
+        let status = hub.wait(id, want, step).await?;
+        if status >= want || status.is_final() || left == step {
+            return Some(status);
+        }
+        if status >= Status::Acked {
+            placed = None; // it reached the agent: only its result is awaited
+            continue;
+        }
+        let Some(c) = hub.cluster.get() else {
+            continue;
+        };
+        let now: Placed = match hub.get(agent_id) {
+            Some(_) => None,
+            None => match c.replica_of(agent_id).await {
+                Some(r) => Some(r),
+                None => continue, // in transit: wait for it to show up
+            },
+        };
+        if now != placed {
+            tracing::debug!(agent_id, id = &**id, from = ?placed, to = ?now, "agent hub: agent moved; instruction sent again");
+            if let Ok(p) = place(hub, scope, agent_id, id.clone(), payload).await {
+                placed = p;
+            }
+        }
     }
 }
 
@@ -289,8 +356,8 @@ pub async fn instruct(
         Err(r) => return *r,
     };
     let started = tokio::time::Instant::now();
-    let id = match queue_in_transit(&hub, &scope, &agent_id, &b).await {
-        Ok(id) => id,
+    let (id, placed) = match queue_in_transit(&hub, &scope, &agent_id, &b).await {
+        Ok(x) => x,
         Err(e) => return send_error(&agent_id, e),
     };
     let Some((want, wait)) = b.wanted(&hub) else {
@@ -300,9 +367,9 @@ pub async fn instruct(
         )
             .into_response();
     };
-    let status = hub
-        .wait(&id, want, wait.saturating_sub(started.elapsed()))
-        .await;
+    let deadline = started + wait;
+    let sent = (&id, placed);
+    let status = follow(&hub, &scope, &agent_id, &b.payload, sent, want, deadline).await;
     let view = hub
         .record_view(&id)
         .unwrap_or_else(|| json!({"id": &*id, "status": "unknown"}));
