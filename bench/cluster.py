@@ -28,8 +28,10 @@ the bottleneck shows it.
 """
 
 import argparse
+import itertools
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -42,6 +44,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 HZ = os.sysconf("SC_CLK_TCK")
+HEARTBEAT_MS = 5000
+# Each load process connects from its own 127.X.0.0/24, X fresh per process
+# and row (starting at random): a source port that an earlier run left in
+# TIME_WAIT towards the same address never comes up again, which would
+# otherwise stall connects by SYN retransmits (1 s, 3 s, …) — erratic
+# connect times that are the load generator's, not the gateway's.
+SOURCE_NETS = itertools.cycle(random.sample(range(1, 255), 254))
 
 
 def free_port():
@@ -90,15 +99,15 @@ class Cluster:
     def __init__(self, work, replicas, redis, ttl_ms=None):
         self.work, self.procs, self.urls, self.pids = work, [], [], []
         self.redis = None
-        cfg = "[agents]\nheartbeat_ms = 5000\nqueue_depth = 64\n"
+        cfg = f"[agents]\nheartbeat_ms = {HEARTBEAT_MS}\nqueue_depth = 64\n"
         if ttl_ms:
             cfg += f"presence_ttl_ms = {ttl_ms}\n"
         if redis:
             port = free_port()
             self.redis = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--maxclients", "1000"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--maxclients", "1000"],
+                stdout=open(work / "redis.log", "w"), stderr=subprocess.STDOUT)
             wait_port(port)
             cfg = f'[redis]\nurl = "redis://127.0.0.1:{port}"\n' + cfg
         (work / "hub.toml").write_text(cfg)
@@ -127,7 +136,9 @@ def load(c, k, agents, extra, work):
     err = work / f"load{k}.err"
     cmd = ["taskset", "-c", str((k + 1) % 2), str(TARGET / "agents-load"),
            "--url", c.urls[k], "--agents", str(agents), "--id-prefix", f"r{k}-",
-           "--pid", str(c.pids[k]), "--idle-secs", "2", "--sources", "4"] + extra
+           "--pid", str(c.pids[k]), "--idle-secs", "2", "--sources", "4",
+           "--source-net", str(next(SOURCE_NETS)),
+           "--heartbeat-ms", str(HEARTBEAT_MS)] + extra
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(err, "w"),
                          text=True, preexec_fn=fds(agents))
     return p, err
@@ -213,7 +224,7 @@ def kill_row(agents, rate):
             "dropped": out["agents_dropped"], "reconnected": out["agents_reconnected"],
             "reconnect_seconds": out["reconnect_seconds"],
             "refused_paced": out["connects_refused_paced"],
-            "pushes": out["pushes"], "lost": out["push_http_errors"],
+            "pushes": out["pushes"], "lost": out["push_http_errors"], "failures": out["push_failures"],
             "ack_round_trip_us": [out["ack_round_trip_us_p50"], out["ack_round_trip_us_p99"],
                                   out["ack_round_trip_us_max"]],
         }
@@ -227,7 +238,10 @@ def main():
     ap.add_argument("--rate", type=int, default=1000, help="instructions/s over the cluster")
     ap.add_argument("--seconds", type=int, default=5, help="seconds of pushes per row")
     ap.add_argument("--only", default="single,single-redis,three-idle,three,five,kill")
+    ap.add_argument("--heartbeat-ms", type=int, default=5000, help="[agents] heartbeat_ms")
     a = ap.parse_args()
+    global HEARTBEAT_MS
+    HEARTBEAT_MS = a.heartbeat_ms
     for b in ("sluice", "agents-load"):
         if not (TARGET / b).exists():
             raise SystemExit(f"build first: cargo build --release -p sluice --bin sluice -p agents-load ({TARGET / b})")

@@ -29,6 +29,8 @@ command -v bpftrace >/dev/null || need_pkgs+=(bpftrace)
 command -v readelf >/dev/null || need_pkgs+=(binutils)
 # kubectl kustomize builds the plain Kubernetes manifests in the deploy test.
 command -v kubectl >/dev/null || need_pkgs+=(kubernetes-client)
+# ss (iproute2) shows a listener's accept-queue size (listen_backlog test).
+command -v ss >/dev/null || need_pkgs+=(iproute2)
 # flatc generates the Python reader of the FlatBuffers token stream.
 command -v flatc >/dev/null || need_pkgs+=(flatbuffers-compiler)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

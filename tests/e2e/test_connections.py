@@ -176,3 +176,43 @@ def test_a_full_listener_evicts_silent_connections_for_new_ones(tmp_path):
         for s in held:
             s.close()
         g.stop()
+
+
+def _port(url):
+    return int(url.rsplit(":", 1)[1])
+
+
+def _backlog(port):
+    """A listening socket's accept-queue size (`ss`: Send-Q of a LISTEN row)."""
+    import subprocess
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[2])
+
+
+def test_each_listeners_accept_queue_is_listen_backlog(tmp_path):
+    """`[server] listen_backlog` sizes both listeners' accept queues (std and
+    tokio fix it at 128, so a burst of connects had SYNs dropped and retried
+    a second later); the kernel caps it at net.core.somaxconn. Out of range
+    is a configuration error."""
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    g = Gateway(MOCK_MODEL, tmp_path=tmp_path)
+    try:
+        assert _backlog(_port(g.url)) == min(4096, somaxconn)
+        assert _backlog(_port(g.admin_url)) == min(4096, somaxconn)
+    finally:
+        g.stop()
+    (tmp_path / "b").mkdir()
+    g = Gateway(MOCK_MODEL + "[server]\nlisten_backlog = 300\n", tmp_path=tmp_path / "b")
+    try:
+        assert _backlog(_port(g.url)) == min(300, somaxconn)
+        assert httpx.get(f"{g.base_url}/models").status_code == 200
+    finally:
+        g.stop()
+    import subprocess
+
+    from conftest import SLUICE
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MOCK_MODEL + "[server]\nlisten_backlog = 0\n")
+    r = subprocess.run([str(SLUICE), "check-config", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0 and "listen_backlog must be between 1 and 65535" in r.stdout + r.stderr

@@ -12,6 +12,9 @@
 //! `[--kill-pid PID [--kill-after-ms MS]]` (SIGKILLs the agents' replica
 //! that long into the pushes; `reconnect_seconds` is the time until every
 //! dropped agent is back, `push_http_errors` the instructions lost)
+//! `[--sources N] [--source-net X]` (source addresses 127.X.0.2 to
+//! 127.X.0.N+1; a fresh X per process and run avoids the TIME_WAIT ports
+//! of earlier ones, which otherwise stall connects for seconds)
 //! `[--start-file F]` (pushes wait until F exists: processes side by side
 //! push at the same time), `[--linger-secs S]` (agents stay S s after the
 //! pushes), `[--samples-out F]` (each push's latencies as JSON lines, for
@@ -51,6 +54,9 @@ struct Args {
     url: String,
     agents: usize,
     sources: u8,
+    /// The second octet of the source addresses (127.N.0.2…): processes
+    /// and runs on distinct ones never meet each other's TIME_WAIT ports.
+    source_net: u8,
     pushes: usize,
     rate: u64,
     idle_secs: u64,
@@ -73,6 +79,7 @@ fn args() -> Args {
         url: "http://127.0.0.1:8080".into(),
         agents: 1000,
         sources: 4,
+        source_net: 0,
         pushes: 5000,
         rate: 1000,
         idle_secs: 10,
@@ -96,6 +103,7 @@ fn args() -> Args {
             "--url" => a.url = v,
             "--agents" => a.agents = v.parse().expect("--agents N"),
             "--sources" => a.sources = v.parse().expect("--sources N"),
+            "--source-net" => a.source_net = v.parse().expect("--source-net N (0-255)"),
             "--pushes" => a.pushes = v.parse().expect("--pushes N"),
             "--rate" => a.rate = v.parse().expect("--rate N"),
             "--idle-secs" => a.idle_secs = v.parse().expect("--idle-secs N"),
@@ -115,6 +123,17 @@ fn args() -> Args {
         }
     }
     a
+}
+
+/// This process's soft open-files limit (from /proc: no libc needed).
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("Max open files"))?;
+            l.split_whitespace().nth(3)?.parse().ok()
+        })
+        .unwrap_or(1024)
 }
 
 fn rss_kib(pid: Option<u32>) -> u64 {
@@ -228,6 +247,12 @@ async fn session(id: &str, ws_url: &str, source: IpAddr, shared: &Shared, first:
         hostport.parse().expect("an IP:port URL")
     };
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A source port still in TIME_WAIT from an earlier run (or an earlier
+    // connection of this one) may be taken again: without this, binding
+    // port 0 skips every such port and, with tens of thousands of them,
+    // connects stall for seconds — a property of the load tool, not of
+    // the gateway.
+    let _ = sock.set_reuseaddr(true);
     sock.bind(SocketAddr::new(source, 0)).expect("bind source");
     let stream = match sock.connect(addr).await {
         Ok(s) => s,
@@ -329,7 +354,8 @@ async fn main() {
     while started < a.agents {
         let batch = (a.agents - started).min(250);
         for i in started..started + batch {
-            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % a.sources as usize) as u8));
+            let host = 2 + (i % a.sources as usize) as u8;
+            let source = IpAddr::V4(Ipv4Addr::new(127, a.source_net, 0, host));
             let id = format!("{}{i}", a.id_prefix);
             let (url, f, sh) = (ws_url.clone(), failover.clone(), shared.clone());
             tokio::spawn(agent(id, url, f, source, sh));
@@ -418,6 +444,7 @@ async fn main() {
         "push_rate_per_s": a.rate,
         "pushes_received": lat.len(),
         "push_http_errors": push.errors,
+        "push_failures": push.failures,
         "push_latency_us_p50": percentile(&lat, 0.50),
         "push_latency_us_p99": percentile(&lat, 0.99),
         "push_latency_us_max": lat.last().copied().unwrap_or(0),
@@ -443,18 +470,28 @@ struct Pushed {
     errors: usize,
     /// (sent at, round trip), µs, in the order they ended.
     round_trips_us: Vec<(u64, u64)>,
+    /// What the failed ones got: status code or client error, counted.
+    failures: std::collections::BTreeMap<String, usize>,
 }
 
 /// Posts instructions to agents at a fixed rate (with `--wait-ack-ms`,
 /// each waits for the agent's ack and its round trip is timed).
 async fn push(a: &Args, connected: usize, shared: &Arc<Shared>) -> Pushed {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    // Posts waiting for acks hold a connection each: stay under the
+    // open-files limit the agents leave (the rest wait here to be sent).
+    // (Half of what is left: the client may open a connection while
+    // another is being freed.)
+    let budget = (open_files_limit().saturating_sub(connected + 100) / 2).max(16);
+    let inflight = Arc::new(tokio::sync::Semaphore::new(budget));
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(budget)
+        .build_http();
     let interval_us = 1_000_000 / a.rate.max(1);
     let mut tick = tokio::time::interval(Duration::from_micros(interval_us));
     let errors = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let rtts = Arc::new(Mutex::new(Vec::with_capacity(a.pushes)));
+    let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
     let push_url = a.push_url.clone().unwrap_or_else(|| a.url.clone());
     for n in 0..a.pushes {
         tick.tick().await;
@@ -473,8 +510,11 @@ async fn push(a: &Args, connected: usize, shared: &Arc<Shared>) -> Pushed {
         .expect("request");
         let (client, errors, done, rtts) =
             (client.clone(), errors.clone(), done.clone(), rtts.clone());
+        let statuses = statuses.clone();
+        let inflight = inflight.clone();
         let want = if a.wait_ack_ms.is_some() { 200 } else { 202 };
         tokio::spawn(async move {
+            let _permit = inflight.acquire_owned().await;
             let sent = Instant::now();
             match client.request(req).await {
                 Ok(r) if r.status().as_u16() == want => {
@@ -482,8 +522,13 @@ async fn push(a: &Args, connected: usize, shared: &Arc<Shared>) -> Pushed {
                         .await
                         .push((t, sent.elapsed().as_micros() as u64));
                 }
-                _ => {
+                other => {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    let why = match other {
+                        Ok(r) => r.status().as_u16().to_string(),
+                        Err(e) => format!("{e:?}").chars().take(300).collect(),
+                    };
+                    *statuses.lock().await.entry(why).or_insert(0usize) += 1;
                 }
             }
             done.fetch_add(1, Ordering::Relaxed);
@@ -495,9 +540,11 @@ async fn push(a: &Args, connected: usize, shared: &Arc<Shared>) -> Pushed {
     }
     let errors = errors.load(Ordering::Relaxed) + a.pushes - done.load(Ordering::Relaxed);
     let round_trips_us = rtts.lock().await.clone();
+    let failures = statuses.lock().await.clone();
     Pushed {
         errors,
         round_trips_us,
+        failures,
     }
 }
 

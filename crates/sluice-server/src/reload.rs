@@ -185,8 +185,7 @@ fn bind_moved(
         if *want == had {
             continue;
         }
-        let listener = std::net::TcpListener::bind(*want)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        let listener = crate::serving::listen_std(*want, new.server.listen_backlog)
             .map_err(|e| format!("cannot listen on {want} ({name}): {e}"))?;
         moved.push(crate::listener::Moved { name, listener });
     }

@@ -35,11 +35,9 @@ pub async fn bind(cfg: &ServerConfig, upgrade: bool) -> anyhow::Result<Bound> {
             Some(p) => Some(upgrade::bind_fresh(p)?),
             None => None,
         };
-        let api = TcpListener::bind(cfg.listen)
-            .await
+        let api = listen(cfg.listen, cfg.listen_backlog)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let admin = TcpListener::bind(cfg.admin_listen)
-            .await
+        let admin = listen(cfg.admin_listen, cfg.listen_backlog)
             .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
         return Ok(Bound {
             api,
@@ -54,8 +52,13 @@ pub async fn bind(cfg: &ServerConfig, upgrade: bool) -> anyhow::Result<Bound> {
     let (sockets, handover) =
         tokio::task::spawn_blocking(move || upgrade::receive(&path)).await??;
     Ok(Bound {
-        api: adopt(sockets.api, cfg.listen, "").await?,
-        admin: adopt(sockets.admin, cfg.admin_listen, " (admin)").await?,
+        api: adopt(sockets.api, cfg.listen, cfg.listen_backlog, "")?,
+        admin: adopt(
+            sockets.admin,
+            cfg.admin_listen,
+            cfg.listen_backlog,
+            " (admin)",
+        )?,
         handover: Some(handover),
         upgrade_socket: None,
     })
@@ -63,9 +66,10 @@ pub async fn bind(cfg: &ServerConfig, upgrade: bool) -> anyhow::Result<Bound> {
 
 /// A handed-over listener, when it is where the configuration wants one
 /// (port 0: any port); otherwise a new one at the configured address.
-async fn adopt(
+fn adopt(
     inherited: std::net::TcpListener,
     want: SocketAddr,
+    backlog: u32,
     what: &str,
 ) -> anyhow::Result<TcpListener> {
     let have = inherited.local_addr()?;
@@ -73,9 +77,25 @@ async fn adopt(
         return Ok(TcpListener::from_std(inherited)?);
     }
     tracing::info!(%have, %want, "the new configuration moves a listener; binding it anew");
-    TcpListener::bind(want)
-        .await
-        .with_context(|| format!("cannot listen on {want}{what}"))
+    listen(want, backlog).with_context(|| format!("cannot listen on {want}{what}"))
+}
+
+/// A listener whose accept queue holds `backlog` connections (the kernel
+/// caps it at `net.core.somaxconn`). std's and tokio's `bind` fix it at
+/// 128, which a burst of connects — a replica's agents reconnecting at
+/// once — overflows; a dropped SYN is retried only after 1 s, then 3 s, …
+pub(crate) fn listen_std(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(s.into())
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(listen_std(addr, backlog)?)
 }
 
 /// One listener's accept loop.

@@ -300,6 +300,9 @@ pub struct ServerConfig {
     /// Client connections open at once, per listener (also lowered at start
     /// to fit the process's descriptor limit).
     pub max_connections: usize,
+    /// The listeners' accept queue (`listen(2)` backlog; the kernel caps
+    /// it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Client connections open at once from one address; 0 = no cap.
     pub max_connections_per_ip: usize,
     /// New requests are shed (503) while the cgroup's working set is at or

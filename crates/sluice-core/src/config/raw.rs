@@ -255,6 +255,7 @@ pub struct RawServer {
     pub shutdown_grace_ms: Option<Spanned<u64>>,
     pub body_read_timeout_ms: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
+    pub listen_backlog: Option<Spanned<u64>>,
     #[serde(alias = "max_connections_per_client")]
     pub max_connections_per_ip: Option<Spanned<u64>>,
     pub memory_shed_percent: Option<Spanned<u64>>,

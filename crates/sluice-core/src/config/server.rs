@@ -51,6 +51,10 @@ pub(super) fn server(c: &mut Collector<'_>, s: &RawServer) -> ServerConfig {
             10_000_000,
             "max_connections",
         ) as usize,
+        // Connection bursts (a replica's agents reconnecting at once) must
+        // queue, not be dropped: a dropped SYN is retried after 1 s, 3 s, …
+        listen_backlog: c.positive(s.listen_backlog.as_ref(), 4096, 65_535, "listen_backlog")
+            as u32,
         max_connections_per_ip: match &s.max_connections_per_ip {
             // 0: no cap per address (the default: clients behind one NAT or
             // load balancer share an address).
