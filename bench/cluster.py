@@ -2,7 +2,7 @@
 """The agent hub across replicas: N Sluice replicas + Redis + N load processes
 (`bench/agents`, each under the 20,000 open-files limit), one table.
 
-    python3 bench/cluster.py [--agents 19000] [--rate 1000] [--seconds 5]
+    [SLUICE_BIN=…] python3 bench/cluster.py [--agents 19000] [--rate 1000] [--seconds 5]
                              [--only single,single-redis,three-idle,three,five,kill]
 
 Every replica gets the same configuration (`[redis]` when the row has it;
@@ -43,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+SLUICE = Path(os.environ.get("SLUICE_BIN", TARGET / "sluice"))
 HZ = os.sysconf("SC_CLK_TCK")
 HEARTBEAT_MS = 5000
 # Each load process connects from its own 127.X.0.0/24, X fresh per process
@@ -114,7 +115,7 @@ class Cluster:
         for i in range(replicas):
             port, admin = free_port(), free_port()
             p = subprocess.Popen(
-                ["taskset", "-c", str(i % 2), str(TARGET / "sluice"), "serve",
+                ["taskset", "-c", str(i % 2), str(SLUICE), "serve",
                  "--config", str(work / "hub.toml"),
                  "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
                 stdout=subprocess.DEVNULL, stderr=open(work / f"replica{i}.log", "w"),

@@ -215,7 +215,16 @@ async fn serve<S: Socket>(
     // A frame the agent does not take for as long as it may stay silent
     // (its socket full, not reading) gets it evicted like a silent one.
     let write_limit = beat * hub.cfg.missed_heartbeats;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    // The first ping comes after half to one whole interval, by session:
+    // agents that connected in one burst (a replica's, reconnecting) do
+    // not all get pinged — and answer — in the same instant ever after.
+    let phase = beat / 2
+        + beat.mul_f64(
+            (handle.session.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64
+                / (1u64 << 53) as f64
+                / 2.0,
+        );
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, beat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
