@@ -2,13 +2,17 @@
 """Instructions per proxied chat request (user space), under callgrind.
 
     python3 bench/instructions.py BIN [BIN ...] [--n 250] [--model bench] [--stream]
+                                  [--prod] [--keep DIR]
 
 Each binary serves bench/proxy.py's static nginx upstream with its bare
 configuration under `valgrind --tool=callgrind --instr-atstart=no`. After 30
 warm-up requests per connection, instrumentation goes on
 (`callgrind_control -i on`), 8 keep-alive connections send N requests each
 (the ~1 KB request of bench/proxy.lua), the counters are dumped and their
-total divided by the request count. The count repeats to a fraction of a
+total divided by the request count. `--prod` serves bench/proxy.py's
+production-shaped configuration instead of the bare one (the client sends its
+virtual key); `--keep DIR` keeps the callgrind files there for
+`callgrind_annotate --inclusive=yes`. The count repeats to a fraction of a
 percent whatever else the machine does, so it shows changes smaller than the
 wall-clock noise of bench/proxy.py. Kernel time is not counted.
 """
@@ -43,10 +47,13 @@ def body(model, stream):
     return json.dumps(b)
 
 
+HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-client"}
+
+
 def load(port, n, payload):
     c = http.client.HTTPConnection("127.0.0.1", port)
     for _ in range(n):
-        c.request("POST", "/v1/chat/completions", payload, {"content-type": "application/json"})
+        c.request("POST", "/v1/chat/completions", payload, HEADERS)
         r = c.getresponse()
         r.read()
         if r.status != 200:
@@ -64,11 +71,11 @@ def burst(port, n, payload):
 def measure(procs, work, up, i, binary, args, payload):
     port, admin = proxy.free_port(), proxy.free_port()
     conf = work / f"ir{i}.toml"
-    conf.write_text(proxy.sluice_conf(work, port, admin, up))
-    out = work / f"cg.{i}"
+    conf.write_text(proxy.sluice_conf(work, port, admin, up, prod=args.prod))
+    out = Path(args.keep or work) / f"cg.{i}"
     p = procs.start(f"ir{i}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                "--instr-atstart=no", binary, "serve", "--config", str(conf)],
-                    "0", {**os.environ, "SLUICE_LOG": "warn"})
+                    "0", {**os.environ, "SLUICE_LOG": "warn", "SLUICE_AUDIT_KEY": proxy.AUDIT_KEY})
     for _ in range(600):
         try:
             http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
@@ -92,6 +99,8 @@ def main():
     ap.add_argument("--n", type=int, default=250, help="requests per connection")
     ap.add_argument("--model", default="bench", help="bench (chat JSON) or burst/frames (streams)")
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--prod", action="store_true", help="the production-shaped configuration")
+    ap.add_argument("--keep", help="a directory to keep the callgrind files in")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).stdout:

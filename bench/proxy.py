@@ -447,10 +447,18 @@ def main():
     text, med = table(results, rss)
     print(f"\n{args.rounds} rounds of {args.duration} s, medians; {os.cpu_count()} cores\n")
     print(text)
+    # Rows this run measured replace their earlier figures; the others
+    # (an `--only` run) are kept, each with the date it was measured.
     out = ROOT / "bench" / "results" / "proxy.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "rounds": args.rounds, "duration_s": args.duration,
-                               "median": med, "peak_rss_mib": rss, "runs": results}, indent=1))
+    old = json.loads(out.read_text()) if out.exists() else {}
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    dates = old.get("measured", {}) or {k: old.get("date") for k in old.get("median", {})}
+    dates.update({k: now for k in med})
+    out.write_text(json.dumps({"date": now, "rounds": args.rounds, "duration_s": args.duration,
+                               "measured": dates,
+                               "median": {**old.get("median", {}), **med},
+                               "peak_rss_mib": {**old.get("peak_rss_mib", {}), **rss},
+                               "runs": {**old.get("runs", {}), **results}}, indent=1))
 
 
 if __name__ == "__main__":

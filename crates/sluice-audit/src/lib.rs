@@ -11,6 +11,7 @@
 pub mod cipher;
 pub mod durable;
 mod nats;
+mod pick;
 mod sink;
 
 use std::sync::Arc;
@@ -91,6 +92,12 @@ struct Field {
     encrypt: bool,
 }
 
+impl AsRef<[String]> for Field {
+    fn as_ref(&self) -> &[String] {
+        &self.parts
+    }
+}
+
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
     durability: AuditDurability,
@@ -164,30 +171,10 @@ impl Auditor {
         if self.fields.is_empty() {
             return None;
         }
-        type Obj<'a> = std::collections::BTreeMap<String, &'a serde_json::value::RawValue>;
-        let root: Obj<'_> = serde_json::from_slice(body).ok()?;
         let mut out = Map::new();
-        for f in &self.fields {
-            let (last, parents) = f.parts.split_last().expect("a path has a part");
-            let mut obj = std::borrow::Cow::Borrowed(&root);
-            let mut found = true;
-            for p in parents {
-                match obj
-                    .get(p)
-                    .and_then(|raw| serde_json::from_str::<Obj<'_>>(raw.get()).ok())
-                {
-                    Some(o) => obj = std::borrow::Cow::Owned(o),
-                    None => {
-                        found = false;
-                        break;
-                    }
-                }
-            }
-            let Some(v) = found
-                .then(|| obj.get(last))
-                .flatten()
-                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-            else {
+        let found = pick::pick(body, &self.fields)?;
+        for (f, raw) in self.fields.iter().zip(found) {
+            let Some(v) = raw.and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()) else {
                 continue;
             };
             let recorded = match (&self.cipher, f.encrypt) {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cgroup;
 pub mod config;
 pub mod error;
+pub mod json;
 pub mod limits;
 pub mod media;
 pub mod pii;

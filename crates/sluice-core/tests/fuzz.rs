@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sluice_core::pii::{Redactor, redact_request};
+use sluice_core::pii::{Redactor, redact_request, redact_request_json};
 use sluice_core::request::{self, Operation};
 
 fn redactor() -> &'static Redactor {
@@ -25,6 +25,13 @@ fn request_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|n| json!(n)),
         pii_like().prop_map(Value::String),
         any::<String>().prop_map(Value::String),
+        // Findings for sure, some in strings that need escapes.
+        prop_oneof![
+            Just("mail jane.doe@example.com"),
+            Just("line\n\"q\" +44 20 7946 0958\t"),
+            Just("card 4111 1111 1111 1111 \u{e9}"),
+        ]
+        .prop_map(|s| Value::String(s.to_owned())),
     ];
     let value = leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
@@ -35,6 +42,10 @@ fn request_json() -> impl Strategy<Value = Value> {
                     Just("text".to_owned()),
                     Just("role".to_owned()),
                     Just("stream".to_owned()),
+                    Just("input".to_owned()),
+                    Just("tool_calls".to_owned()),
+                    Just("function".to_owned()),
+                    Just("arguments".to_owned()),
                     "[a-z_]{1,8}",
                 ],
                 inner,
@@ -49,7 +60,8 @@ fn request_json() -> impl Strategy<Value = Value> {
             o.insert("model".into(), Value::String(model));
             o.insert("messages".into(), messages.clone());
             o.insert("input".into(), messages.clone());
-            o.insert("system".into(), messages);
+            o.insert("system".into(), messages.clone());
+            o.insert("metadata".into(), messages);
             if let Some(s) = stream {
                 o.insert("stream".into(), Value::Bool(s));
             }
@@ -105,5 +117,22 @@ proptest! {
         let again = redacted.clone();
         prop_assert!(!redact_request(&mut redacted, redactor()), "a second pass finds nothing");
         prop_assert_eq!(redacted, again);
+    }
+
+    #[test]
+    fn redaction_in_place_matches_redaction_of_the_value(v in request_json(), pretty in any::<bool>()) {
+        let body = if pretty {
+            serde_json::to_vec_pretty(&v).expect("serializes")
+        } else {
+            serde_json::to_vec(&v).expect("serializes")
+        };
+        let mut expected = v.clone();
+        let changed = redact_request(&mut expected, redactor());
+        let got = redact_request_json(&body, redactor()).expect("a JSON object");
+        prop_assert_eq!(got.is_some(), changed);
+        if let Some(b) = got {
+            let parsed: Value = serde_json::from_slice(&b).expect("still JSON");
+            prop_assert_eq!(parsed, expected);
+        }
     }
 }

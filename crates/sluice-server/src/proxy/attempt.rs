@@ -593,3 +593,31 @@ fn failure(e: GatewayError) -> Attempt {
         Attempt::Reject(e)
     }
 }
+
+#[cfg(test)]
+mod sizes {
+    /// What one in-flight request holds before anything it allocates: the
+    /// state machines of the request path, nested. Printed for the bench
+    /// notes (`--nocapture`), bounded so that growth is a decision. The
+    /// futures are typed, never created (`todo!()` is never reached).
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    #[test]
+    fn request_state_machines_stay_bounded() {
+        fn of<F>(_: impl FnOnce() -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let serve = of(|| super::super::serve(todo!(), todo!()));
+        let run = of(|| super::run(todo!(), todo!(), todo!()));
+        let attempt = of(|| super::attempt(todo!(), todo!(), todo!(), todo!()));
+        let recorder = std::mem::size_of::<super::Recorder>();
+        eprintln!("bytes: serve {serve}, run {run}, attempt {attempt}, recorder {recorder}");
+        // A debug build's layout is larger than a release one's.
+        let bound = if cfg!(debug_assertions) {
+            12 * 1024
+        } else {
+            8 * 1024
+        };
+        assert!(serve <= bound, "the request future grew to {serve} bytes");
+        assert!(run < serve && attempt < run);
+    }
+}

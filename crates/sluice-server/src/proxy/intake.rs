@@ -82,15 +82,15 @@ pub(super) fn redact_prompt(
     let Some(redactor) = r.redactor.as_ref().filter(|_| r.prompts) else {
         return Ok(None);
     };
-    request::peek(body, op)?;
-    let mut v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::new(ErrorKind::InvalidJson, format!("invalid JSON: {e}")))?;
-    if !sluice_core::pii::redact_request(&mut v, redactor) {
-        return Ok(None);
-    }
-    Ok(Some(Bytes::from(
-        serde_json::to_vec(&v).expect("serializing to a Vec cannot fail"),
-    )))
+    // The request is peeked after this (whatever was redacted, its shape
+    // and model stay); a body that is not a JSON object gets the peek's
+    // precise error here.
+    sluice_core::pii::redact_request_json(body, redactor)
+        .map(|b| b.map(Bytes::from))
+        .map_err(|e| match request::peek(body, op) {
+            Err(precise) => precise,
+            Ok(_) => GatewayError::new(ErrorKind::InvalidJson, format!("invalid JSON: {e}")),
+        })
 }
 
 #[cfg(test)]

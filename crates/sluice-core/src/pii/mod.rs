@@ -2,8 +2,11 @@
 //! a tag naming its kind (`[EMAIL]`, `[CARD]`, …).
 //!
 //! All patterns — the built-in kinds and the user's own — are compiled into
-//! one regex, so a text is scanned once however many kinds are on. A match
-//! is only a candidate: card numbers must pass the Luhn check, IBANs the
+//! one regex, so a text is scanned once however many kinds are on. Which
+//! kind a match is comes from each kind's own regex run anchored at the
+//! match (the first that matches there is the alternative the combined
+//! regex took): no capture groups, whose search over these large Unicode
+//! automata costs far more than the scan. A match is only a candidate: card numbers must pass the Luhn check, IBANs the
 //! ISO 7064 mod-97 check, mainland-China resident IDs their GB 11643
 //! check character, IP addresses must parse, phone numbers must have 7–15
 //! digits (E.164). A candidate that fails its check is left as it is.
@@ -14,7 +17,11 @@
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use regex::Regex;
+use regex_automata::meta::Regex;
+use regex_automata::{Anchored, Input};
+
+mod request;
+pub use request::{redact_request, redact_request_json};
 
 /// The kinds of personal data found by the built-in patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,22 +127,21 @@ impl Kind {
     }
 }
 
-/// What a capture group of the combined regex stands for.
+/// What an alternative of the combined regex stands for.
 #[derive(Debug, Clone)]
 enum Rule {
     Builtin(Kind),
-    /// `groups`: the pattern's own capture groups, which follow ours.
-    Custom {
-        tag: String,
-        groups: usize,
-    },
+    Custom { tag: String },
 }
 
 /// A compiled redactor. Cheap to share (`Arc`), safe across threads.
 #[derive(Debug, Clone)]
 pub struct Redactor {
+    /// Every rule as one alternation, in order: finds where a candidate
+    /// starts.
     re: Regex,
-    rules: Vec<Rule>,
+    /// Each rule alone: which one matched there, and where it ends.
+    rules: Vec<(Rule, Regex)>,
 }
 
 /// A user pattern that does not compile.
@@ -156,33 +162,31 @@ impl Redactor {
     pub fn new(kinds: &[Kind], custom: &[(String, String)]) -> Result<Self, PatternError> {
         let mut rules = Vec::new();
         let mut alts = Vec::new();
+        let compile = |name: &str, pat: &str| {
+            Regex::new(pat).map_err(|e| PatternError {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })
+        };
         for k in Kind::ALL.into_iter().filter(|k| kinds.contains(k)) {
-            alts.push(format!("({})", k.pattern()));
-            rules.push(Rule::Builtin(k));
+            alts.push(format!("(?:{})", k.pattern()));
+            rules.push((Rule::Builtin(k), compile(k.name(), k.pattern())?));
         }
         for (name, pat) in custom {
-            // Each user pattern alone first, for an error that names it,
-            // and to count its own groups (they shift the ones after it).
-            let alone = Regex::new(pat).map_err(|e| PatternError {
-                name: name.clone(),
-                message: e.to_string(),
-            })?;
-            alts.push(format!("({pat})"));
-            rules.push(Rule::Custom {
-                tag: format!("[{}]", name.to_ascii_uppercase()),
-                groups: alone.captures_len() - 1,
-            });
+            // Each user pattern alone: for an error that names it, and to
+            // tell its matches from the others'.
+            let alone = compile(name, pat)?;
+            alts.push(format!("(?:{pat})"));
+            let tag = format!("[{}]", name.to_ascii_uppercase());
+            rules.push((Rule::Custom { tag }, alone));
         }
-        let re = if alts.is_empty() {
-            // Matches nothing.
-            Regex::new(r"[^\s\S]")
+        // With no rule, a regex that matches nothing.
+        let combined = if alts.is_empty() {
+            r"[^\s\S]".to_owned()
         } else {
-            Regex::new(&alts.join("|"))
-        }
-        .map_err(|e| PatternError {
-            name: "(combined)".into(),
-            message: e.to_string(),
-        })?;
+            alts.join("|")
+        };
+        let re = compile("(combined)", &combined)?;
         Ok(Self { re, rules })
     }
 
@@ -217,13 +221,12 @@ impl Redactor {
     /// Calls `found(start, end, tag)` for each verified finding, in order.
     fn scan(&self, text: &str, mut found: impl FnMut(usize, usize, &str)) {
         let mut at = 0;
-        let mut locs = self.re.capture_locations();
         while at <= text.len() {
-            let Some(m) = self.re.captures_read_at(&mut locs, text, at) else {
+            let Some(m) = self.re.search(&Input::new(text).range(at..)) else {
                 break;
             };
             let start = m.start();
-            if let Some((tag, end)) = self.classify(&locs, text)
+            if let Some((tag, end)) = self.classify(text, start)
                 && end > start
             {
                 found(start, end, tag);
@@ -237,104 +240,27 @@ impl Redactor {
         }
     }
 
-    /// Which rule matched (the first participating top-level group — user
-    /// patterns may have groups of their own, so walk the rule groups in
-    /// order by their index), and whether its check passes.
-    fn classify(&self, locs: &regex::CaptureLocations, text: &str) -> Option<(&str, usize)> {
-        let mut group = 1;
-        for rule in &self.rules {
-            if let Some((s, e)) = locs.get(group) {
-                let found = &text[s..e];
-                return match rule {
-                    Rule::Builtin(k) => k.verified_len(found).map(|n| (k.tag(), s + n)),
-                    Rule::Custom { tag, .. } => Some((tag.as_str(), e)),
-                };
-            }
-            group += 1 + match rule {
-                Rule::Builtin(_) => 0,
-                Rule::Custom { groups, .. } => *groups,
-            };
+    /// Which rule matched at `start`: under leftmost-first alternation it
+    /// is the first rule that matches there on its own, and it ends where
+    /// that rule's own match ends. Then whether its check passes.
+    fn classify(&self, text: &str, start: usize) -> Option<(&str, usize)> {
+        let input = Input::new(text).range(start..).anchored(Anchored::Yes);
+        let (rule, m) = self
+            .rules
+            .iter()
+            .find_map(|(rule, re)| re.search(&input).map(|m| (rule, m)))?;
+        match rule {
+            Rule::Builtin(k) => k
+                .verified_len(&text[start..m.end()])
+                .map(|n| (k.tag(), start + n)),
+            Rule::Custom { tag } => Some((tag.as_str(), m.end())),
         }
-        None
     }
 
     /// True when `text` holds no verified finding.
     pub fn is_clean(&self, text: &str) -> bool {
         matches!(self.redact(text), Cow::Borrowed(_))
     }
-}
-
-/// Redacts the prompt text of a chat, messages or embeddings request in
-/// place: message contents (plain or text parts, tool results included),
-/// tool-call arguments (OpenAI's JSON text, Anthropic's `tool_use` input),
-/// `system`, `input`, `prompt`, `user` and every string in `metadata`.
-/// True when anything changed.
-pub fn redact_request(root: &mut serde_json::Value, r: &Redactor) -> bool {
-    use serde_json::Value;
-    fn text(v: &mut Value, r: &Redactor) -> bool {
-        match v {
-            Value::String(s) => match r.redact(s) {
-                Cow::Borrowed(_) => false,
-                Cow::Owned(o) => {
-                    *s = o;
-                    true
-                }
-            },
-            // Content parts: `{"type":"text","text":…}`, tool results with
-            // their own `content`, arrays of either.
-            Value::Array(a) => a.iter_mut().fold(false, |c, x| text(x, r) | c),
-            Value::Object(o) => ["text", "content"]
-                .into_iter()
-                .filter_map(|k| o.get_mut(k).map(|v| text(v, r)))
-                .fold(false, |c, x| c | x),
-            _ => false,
-        }
-    }
-    /// Every string anywhere inside `v` (free-form values: tool inputs,
-    /// metadata).
-    fn strings(v: &mut Value, r: &Redactor) -> bool {
-        match v {
-            Value::String(_) => text(v, r),
-            Value::Array(a) => a.iter_mut().fold(false, |c, x| strings(x, r) | c),
-            Value::Object(o) => o.values_mut().fold(false, |c, x| strings(x, r) | c),
-            _ => false,
-        }
-    }
-    let Some(obj) = root.as_object_mut() else {
-        return false;
-    };
-    let mut changed = false;
-    if let Some(Value::Array(msgs)) = obj.get_mut("messages") {
-        for m in msgs {
-            if let Some(c) = m.get_mut("content") {
-                changed |= text(c, r);
-                // Anthropic tool calls: `{"type":"tool_use","input":{…}}`.
-                if let Value::Array(parts) = c {
-                    for input in parts.iter_mut().filter_map(|p| p.get_mut("input")) {
-                        changed |= strings(input, r);
-                    }
-                }
-            }
-            // OpenAI tool calls: arguments are JSON text; a tag has no quote
-            // or backslash, so the text stays valid JSON.
-            if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
-                for call in calls {
-                    if let Some(args) = call.pointer_mut("/function/arguments") {
-                        changed |= text(args, r);
-                    }
-                }
-            }
-        }
-    }
-    for k in ["system", "input", "prompt", "user"] {
-        if let Some(v) = obj.get_mut(k) {
-            changed |= text(v, r);
-        }
-    }
-    if let Some(m) = obj.get_mut("metadata") {
-        changed |= strings(m, r);
-    }
-    changed
 }
 
 /// `text` with fullwidth ASCII forms (U+FF01–U+FF5E) and the ideographic

@@ -1,0 +1,246 @@
+//! Which parts of a request are prompt text, and their redaction: on a
+//! parsed `Value` ([`redact_request`], the reference), or on the raw body
+//! ([`redact_request_json`]), where only the strings with findings are
+//! rewritten and every other byte is forwarded as the client sent it.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde_json::value::RawValue;
+
+use super::Redactor;
+use crate::json::{self, Kind};
+
+/// Redacts the prompt text of a chat, messages or embeddings request in
+/// place: message contents (plain or text parts, tool results included),
+/// tool-call arguments (OpenAI's JSON text, Anthropic's `tool_use` input),
+/// `system`, `input`, `prompt`, `user` and every string in `metadata`.
+/// True when anything changed.
+pub fn redact_request(root: &mut serde_json::Value, r: &Redactor) -> bool {
+    use serde_json::Value;
+    fn text(v: &mut Value, r: &Redactor) -> bool {
+        match v {
+            Value::String(s) => match r.redact(s) {
+                Cow::Borrowed(_) => false,
+                Cow::Owned(o) => {
+                    *s = o;
+                    true
+                }
+            },
+            // Content parts: `{"type":"text","text":…}`, tool results with
+            // their own `content`, arrays of either.
+            Value::Array(a) => a.iter_mut().fold(false, |c, x| text(x, r) | c),
+            Value::Object(o) => ["text", "content"]
+                .into_iter()
+                .filter_map(|k| o.get_mut(k).map(|v| text(v, r)))
+                .fold(false, |c, x| c | x),
+            _ => false,
+        }
+    }
+    /// Every string anywhere inside `v` (free-form values: tool inputs,
+    /// metadata).
+    fn strings(v: &mut Value, r: &Redactor) -> bool {
+        match v {
+            Value::String(_) => text(v, r),
+            Value::Array(a) => a.iter_mut().fold(false, |c, x| strings(x, r) | c),
+            Value::Object(o) => o.values_mut().fold(false, |c, x| strings(x, r) | c),
+            _ => false,
+        }
+    }
+    let Some(obj) = root.as_object_mut() else {
+        return false;
+    };
+    let mut changed = false;
+    if let Some(Value::Array(msgs)) = obj.get_mut("messages") {
+        for m in msgs {
+            if let Some(c) = m.get_mut("content") {
+                changed |= text(c, r);
+                // Anthropic tool calls: `{"type":"tool_use","input":{…}}`.
+                if let Value::Array(parts) = c {
+                    for input in parts.iter_mut().filter_map(|p| p.get_mut("input")) {
+                        changed |= strings(input, r);
+                    }
+                }
+            }
+            // OpenAI tool calls: arguments are JSON text; a tag has no quote
+            // or backslash, so the text stays valid JSON.
+            if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+                for call in calls {
+                    if let Some(args) = call.pointer_mut("/function/arguments") {
+                        changed |= text(args, r);
+                    }
+                }
+            }
+        }
+    }
+    for k in ["system", "input", "prompt", "user"] {
+        if let Some(v) = obj.get_mut(k) {
+            changed |= text(v, r);
+        }
+    }
+    if let Some(m) = obj.get_mut("metadata") {
+        changed |= strings(m, r);
+    }
+    changed
+}
+
+/// How the strings of a value are prompt text (see [`redact_request`]).
+#[derive(Clone, Copy)]
+enum Shape {
+    /// A string, text parts (`text`, `content`), arrays of either.
+    Text,
+    /// Every string anywhere inside (tool inputs, metadata).
+    Strings,
+}
+
+/// `body` with exactly the strings [`redact_request`] redacts redacted,
+/// each rewritten in place; the rest is kept byte for byte (key order,
+/// spacing, numbers as written). `None` when nothing was found. The body
+/// is never built into a `Value`: only the members on the prompt's paths
+/// are looked into. An error when `body` is not a JSON object.
+pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Option<Vec<u8>>> {
+    let text = std::str::from_utf8(body).map_err(serde::de::Error::custom)?;
+    let mut e = Edits {
+        base: text,
+        r,
+        edits: Vec::new(),
+    };
+    for (k, v) in json::object(text)? {
+        match &*k {
+            "messages" => {
+                for m in json::elements(v)? {
+                    e.message(m)?;
+                }
+            }
+            "system" | "input" | "prompt" | "user" => e.walk(v, Shape::Text)?,
+            "metadata" => e.walk(v, Shape::Strings)?,
+            _ => {}
+        }
+    }
+    Ok(e.apply())
+}
+
+/// The rewrites found so far: a span of `base` and its new JSON text.
+struct Edits<'a> {
+    base: &'a str,
+    r: &'a Redactor,
+    edits: Vec<(Range<usize>, String)>,
+}
+
+impl<'a> Edits<'a> {
+    fn message(&mut self, m: &'a RawValue) -> serde_json::Result<()> {
+        for (k, v) in json::entries(m)? {
+            match &*k {
+                "content" => {
+                    self.walk(v, Shape::Text)?;
+                    // Anthropic tool calls: `{"type":"tool_use","input":{…}}`.
+                    for part in json::elements(v)? {
+                        for (pk, input) in json::entries(part)? {
+                            if pk == "input" {
+                                self.walk(input, Shape::Strings)?;
+                            }
+                        }
+                    }
+                }
+                // OpenAI tool calls: arguments are JSON text.
+                "tool_calls" => {
+                    for call in json::elements(v)? {
+                        for (ck, f) in json::entries(call)? {
+                            if ck != "function" {
+                                continue;
+                            }
+                            for (fk, args) in json::entries(f)? {
+                                if fk == "arguments" {
+                                    self.walk(args, Shape::Text)?;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, v: &'a RawValue, shape: Shape) -> serde_json::Result<()> {
+        match json::kind(v) {
+            Kind::String => self.string(v),
+            Kind::Array => json::elements(v)?
+                .into_iter()
+                .try_for_each(|x| self.walk(x, shape)),
+            Kind::Object => {
+                for (k, x) in json::entries(v)? {
+                    if matches!(shape, Shape::Strings) || k == "text" || k == "content" {
+                        self.walk(x, shape)?;
+                    }
+                }
+                Ok(())
+            }
+            Kind::Scalar => Ok(()),
+        }
+    }
+
+    fn string(&mut self, v: &'a RawValue) -> serde_json::Result<()> {
+        let Some(text) = json::text(v)? else {
+            return Ok(());
+        };
+        if let Cow::Owned(redacted) = self.r.redact(&text) {
+            let raw = v.get();
+            // `raw` is a slice of `base`: its offset is the distance between
+            // their starts.
+            let start = raw.as_ptr() as usize - self.base.as_ptr() as usize;
+            let json = serde_json::to_string(&redacted)?;
+            self.edits.push((start..start + raw.len(), json));
+        }
+        Ok(())
+    }
+
+    fn apply(mut self) -> Option<Vec<u8>> {
+        if self.edits.is_empty() {
+            return None;
+        }
+        self.edits.sort_by_key(|(span, _)| span.start);
+        let grow: usize = self.edits.iter().map(|(_, t)| t.len()).sum();
+        let mut out = Vec::with_capacity(self.base.len() + grow);
+        let mut at = 0;
+        for (span, text) in &self.edits {
+            if span.start < at {
+                continue; // the same string reached twice: rewritten once
+            }
+            out.extend_from_slice(&self.base.as_bytes()[at..span.start]);
+            out.extend_from_slice(text.as_bytes());
+            at = span.end;
+        }
+        out.extend_from_slice(&self.base.as_bytes()[at..]);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_strings_with_findings_change_byte_for_byte() {
+        let r = Redactor::builtin();
+        let body = br#"{ "user" : "a@b.io",
+  "model":"m-1", "temperature": 1.50, "metadata": {"n": [ "x", "+44 20 7946 0958" ]},
+  "messages": [ {"role":"user", "content": "mail \"jane@example.com\"\n"},
+                {"role":"assistant","tool_calls":[{"function":{"name":"a@b.io","arguments":"{\"to\":\"c@d.io\"}"}}]} ] }"#;
+        let out = redact_request_json(body, &r).unwrap().unwrap();
+        let expected = br#"{ "user" : "[EMAIL]",
+  "model":"m-1", "temperature": 1.50, "metadata": {"n": [ "x", "[PHONE]" ]},
+  "messages": [ {"role":"user", "content": "mail \"[EMAIL]\"\n"},
+                {"role":"assistant","tool_calls":[{"function":{"name":"a@b.io","arguments":"{\"to\":\"[EMAIL]\"}"}}]} ] }"#;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            std::str::from_utf8(expected).unwrap()
+        );
+        let clean = br#"{"model":"a@b.io","messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(redact_request_json(clean, &r).unwrap(), None);
+        for bad in [&b"[1]"[..], b"{\"a\":", b"\xff", b""] {
+            assert!(redact_request_json(bad, &r).is_err());
+        }
+    }
+}
