@@ -142,6 +142,9 @@ pub struct Redactor {
     re: Regex,
     /// Each rule alone: which one matched there, and where it ends.
     rules: Vec<(Rule, Regex)>,
+    /// Only built-in kinds: every one of them needs an ASCII digit, `@` or
+    /// `:` (or a fullwidth form of one), so text without any is clean.
+    builtin_only: bool,
 }
 
 /// A user pattern that does not compile.
@@ -187,13 +190,31 @@ impl Redactor {
             alts.join("|")
         };
         let re = compile("(combined)", &combined)?;
-        Ok(Self { re, rules })
+        let builtin_only = custom.is_empty();
+        Ok(Self {
+            re,
+            rules,
+            builtin_only,
+        })
+    }
+
+    /// Whether `text` could hold a finding at all: a byte loop that spares
+    /// the automaton the prose around the data (system prompts, most turns).
+    fn may_match(&self, text: &str) -> bool {
+        // 0xEF leads the fullwidth forms (U+FF00–U+FFEF), folded below.
+        !self.builtin_only
+            || text
+                .bytes()
+                .any(|b| matches!(b, b'0'..=b'9' | b'@' | b':' | 0xEF))
     }
 
     /// `text` with every verified finding replaced by its tag. Fullwidth
     /// forms (`１３８…`, `＠`, as CJK input methods type them) are read as
     /// their ASCII twins, so they are found too.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if !self.may_match(text) {
+            return Cow::Borrowed(text);
+        }
         let folded = fold_fullwidth(text);
         let (scanned, map) = match &folded {
             Some((f, map)) => (f.as_str(), Some(map)),

@@ -299,15 +299,24 @@ pub(crate) struct RateInfo {
 
 impl RateInfo {
     pub(crate) fn write(&self, h: &mut HeaderMap) {
+        // Names made at compile time (`from_static` checks them at run
+        // time otherwise, on every answer).
+        const NAMES: [HeaderName; 4] = [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        ];
         if let Some(s) = self.snapshot {
-            for (name, v) in [
-                ("x-ratelimit-limit-requests", s.requests.map(|r| r.0)),
-                ("x-ratelimit-remaining-requests", s.requests.map(|r| r.1)),
-                ("x-ratelimit-limit-tokens", s.tokens.map(|t| t.0)),
-                ("x-ratelimit-remaining-tokens", s.tokens.map(|t| t.1)),
-            ] {
+            let values = [
+                s.requests.map(|r| r.0),
+                s.requests.map(|r| r.1),
+                s.tokens.map(|t| t.0),
+                s.tokens.map(|t| t.1),
+            ];
+            for (name, v) in NAMES.into_iter().zip(values) {
                 if let Some(v) = v {
-                    h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+                    h.insert(name, HeaderValue::from(v));
                 }
             }
         }
