@@ -167,12 +167,26 @@ pub async fn read_body(
         ));
     };
     match read {
-        Ok(c) => Ok(c.to_bytes()),
+        Ok(c) => Ok(own(c.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(GatewayError::new(
             ErrorKind::InvalidRequest,
             format!("could not read the request body: {e}"),
         )),
+    }
+}
+
+/// A body that arrived in one read is a slice of the connection's read
+/// buffer (8 KiB or more). Kept for the whole request (retries, fallbacks),
+/// it would pin that buffer and make the connection allocate another for
+/// its next read; a small body is copied out instead, so the buffer is
+/// reused in place. (A body read in several chunks is already a copy.)
+fn own(body: Bytes) -> Bytes {
+    const COPY_UP_TO: usize = 16 * 1024;
+    if body.len() <= COPY_UP_TO {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body
     }
 }
 

@@ -6,10 +6,11 @@
 //! kind a match is comes from each kind's own regex run anchored at the
 //! match (the first that matches there is the alternative the combined
 //! regex took): no capture groups, whose search over these large Unicode
-//! automata costs far more than the scan. A match is only a candidate: card numbers must pass the Luhn check, IBANs the
-//! ISO 7064 mod-97 check, mainland-China resident IDs their GB 11643
-//! check character, IP addresses must parse, phone numbers must have 7–15
-//! digits (E.164). A candidate that fails its check is left as it is.
+//! automata costs far more than the scan. A match is only a candidate:
+//! card numbers must pass the Luhn check, IBANs the ISO 7064 mod-97 check,
+//! mainland-China resident IDs their GB 11643 check character, IP
+//! addresses must parse, phone numbers must have 7–15 digits (E.164). A
+//! candidate that fails its check is left as it is.
 //!
 //! Text with no finding is returned borrowed: nothing is allocated for the
 //! common case.

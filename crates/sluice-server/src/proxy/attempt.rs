@@ -611,13 +611,13 @@ mod sizes {
         let attempt = of(|| super::attempt(todo!(), todo!(), todo!(), todo!()));
         let recorder = std::mem::size_of::<super::Recorder>();
         eprintln!("bytes: serve {serve}, run {run}, attempt {attempt}, recorder {recorder}");
-        // A debug build's layout is larger than a release one's.
-        let bound = if cfg!(debug_assertions) {
-            12 * 1024
-        } else {
-            8 * 1024
-        };
-        assert!(serve <= bound, "the request future grew to {serve} bytes");
+        // 11,040 bytes in a debug build while the recorder (768 bytes) was
+        // held by value in four nested futures; 4,992 with it boxed.
+        assert!(
+            serve <= 6 * 1024,
+            "the request future grew to {serve} bytes"
+        );
+        assert!(recorder <= 16, "the recorder is a pointer");
         assert!(run < serve && attempt < run);
     }
 }

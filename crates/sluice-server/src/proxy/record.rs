@@ -24,7 +24,26 @@ use crate::app::App;
 /// nginx's convention for "the client closed the request".
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
 
-pub struct Recorder {
+/// A request's record. It lives on the heap: it travels by value through
+/// the nested futures of the request path and into a streamed body, and
+/// each of those would otherwise reserve room for its own ~770 bytes.
+pub struct Recorder(Box<RecordState>);
+
+impl std::ops::Deref for Recorder {
+    type Target = RecordState;
+    fn deref(&self) -> &RecordState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Recorder {
+    fn deref_mut(&mut self) -> &mut RecordState {
+        &mut self.0
+    }
+}
+
+/// What a [`Recorder`] knows about its request.
+pub struct RecordState {
     app: Arc<App>,
     route: &'static str,
     pub model: Arc<str>,
@@ -79,7 +98,7 @@ impl Recorder {
         sluice_core::probes::request_start(route);
         let logging = &app.snapshot.load().config.logging;
         let (sampling, access_log) = (logging.sampling_for(route), logging.access_log);
-        Self {
+        Self(Box::new(RecordState {
             app: app.clone(),
             route,
             model: app.none_label.clone(),
@@ -108,7 +127,7 @@ impl Recorder {
             conversions: None,
             error_code: None,
             stream_failed: false,
-        }
+        }))
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -126,7 +145,8 @@ impl Recorder {
     /// `gen_ai.response.model` and `gen_ai.response.finish_reasons` on the
     /// server span and the answering attempt's span.
     pub fn set_response_meta(&mut self, model: Option<String>, reasons: Vec<String>) {
-        for span in [self.span.as_mut(), self.attempt_span.as_mut()]
+        let st = &mut *self.0;
+        for span in [st.span.as_mut(), st.attempt_span.as_mut()]
             .into_iter()
             .flatten()
         {
@@ -195,6 +215,14 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
+        self.0.settle();
+    }
+}
+
+impl RecordState {
+    /// The request is over (its response sent, its stream ended, or its
+    /// client gone): every record of it is made.
+    fn settle(&mut self) {
         let m = &self.app.metrics;
         m.active_requests.dec();
         if !self.finished {
@@ -272,7 +300,7 @@ impl Drop for Recorder {
     }
 }
 
-impl Recorder {
+impl RecordState {
     /// Hands the request's audit event to the writer.
     fn audit(&mut self, elapsed: Duration) {
         let Some(auditor) = &self.app.audit else {
