@@ -167,7 +167,7 @@ pub async fn read_body(
         ));
     };
     match read {
-        Ok(c) => Ok(own(c.to_bytes())),
+        Ok(c) => Ok(own(c)),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(GatewayError::new(
             ErrorKind::InvalidRequest,
@@ -176,17 +176,23 @@ pub async fn read_body(
     }
 }
 
-/// A body that arrived in one read is a slice of the connection's read
-/// buffer (8 KiB or more). Kept for the whole request (retries, fallbacks),
-/// it would pin that buffer and make the connection allocate another for
-/// its next read; a small body is copied out instead, so the buffer is
-/// reused in place. (A body read in several chunks is already a copy.)
-fn own(body: Bytes) -> Bytes {
+/// The body as one buffer. A body that arrived in one read is a slice of
+/// the connection's read buffer (8 KiB or more): kept for the whole request
+/// (retries, fallbacks), it would pin that buffer and make the connection
+/// allocate another for its next read, so a small one is copied out and
+/// the buffer is reused in place. A body read in several chunks is joined
+/// into a fresh buffer once, not copied again.
+fn own(body: http_body_util::Collected<Bytes>) -> Bytes {
+    use bytes::Buf;
     const COPY_UP_TO: usize = 16 * 1024;
-    if body.len() <= COPY_UP_TO {
-        Bytes::copy_from_slice(&body)
+    let mut buf = body.aggregate();
+    let n = buf.remaining();
+    let one_chunk = buf.chunk().len() == n;
+    let bytes = buf.copy_to_bytes(n);
+    if one_chunk && n <= COPY_UP_TO {
+        Bytes::copy_from_slice(&bytes)
     } else {
-        body
+        bytes
     }
 }
 

@@ -93,8 +93,9 @@ enum Shape {
     Strings,
 }
 
-/// `body` with exactly the strings [`redact_request`] redacts redacted,
-/// each rewritten in place; the rest is kept byte for byte (key order,
+/// `body` with the strings [`redact_request`] redacts redacted (and, where
+/// the client repeated a key, every copy, not only the last), each
+/// rewritten in place; the rest is kept byte for byte (key order,
 /// spacing, numbers as written). `None` when nothing was found. The body
 /// is never built into a `Value`: only the members on the prompt's paths
 /// are looked into. An error when `body` is not a JSON object.
