@@ -7,6 +7,7 @@ pub use sluice_audit as audit;
 pub mod clock;
 pub mod conn;
 mod count_tokens;
+mod direct;
 pub mod embed;
 pub mod extract;
 mod files;

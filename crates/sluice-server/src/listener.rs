@@ -58,6 +58,9 @@ pub struct Spec {
     /// The same routes with the HTTP niceties (CORS, compression); only
     /// requests that ask for one of them take it (see `crate::layers`).
     pub layered: Option<Router>,
+    /// The API's gateway: its model routes are served past the router when
+    /// nothing around it applies (see `crate::direct`).
+    pub direct: Option<Arc<crate::app::App>>,
     pub cfg: ServerConfig,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Connections at once on this listener.
@@ -70,6 +73,7 @@ struct Conn {
     name: &'static str,
     router: Router,
     layered: Option<Router>,
+    direct: Option<Arc<crate::app::App>>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     /// The head timeout: also how long a connection may sit with no request.
@@ -116,6 +120,7 @@ pub async fn serve(
         name: l.name,
         router: l.router,
         layered: l.layered,
+        direct: l.direct,
         h1,
         h2,
         head: cfg.header_read_timeout,
@@ -286,16 +291,25 @@ impl Conn {
         let router = TowerToHyperService::new(self.router.clone());
         let layered = self.layered.clone().map(TowerToHyperService::new);
         let max_head = self.max_head_bytes;
+        let direct = self.direct.clone();
         let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            use futures_util::future::Either;
+            use futures_util::future::{Either, FutureExt};
             trim_trailing_slash(&mut req);
             if head_size(&req) > max_head {
                 let refused = head_too_large(req.uri().path(), max_head);
-                return Either::Left(std::future::ready(Ok(refused)));
+                return Either::Left(Either::Left(std::future::ready(Ok(refused))));
             }
             let target = match &layered {
                 Some(l) if crate::layers::wanted(req.headers()) => l,
-                _ => &router,
+                _ => {
+                    if let Some(app) = &direct
+                        && let Some(to) = crate::direct::route(app, &req)
+                    {
+                        let served = crate::direct::serve(app, to, req);
+                        return Either::Left(Either::Right(served.map(Ok)));
+                    }
+                    &router
+                }
             };
             Either::Right(hyper::service::Service::call(target, req))
         });

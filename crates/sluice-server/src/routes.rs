@@ -32,19 +32,21 @@ pub fn api(app: Arc<App>) -> Router {
         };
         router = router.route(m.route(), post(handler));
     }
+    // The model APIs: also served past the router (`crate::direct`).
+    for (path, op) in crate::direct::PROXIED {
+        let handler = move |State(app): State<Arc<App>>, req: Request| async move {
+            proxy::handle(app, op, path, req).await
+        };
+        router = router.route(path, post(handler));
+    }
     crate::mcp::routes(crate::grpc::routes(crate::predict::routes(
         crate::files::routes(router),
     )))
-    .route("/v1/chat/completions", post(chat))
     .route("/api/v2/chat/completions", post(chat_v2))
-    .route("/v1/embeddings", post(embeddings))
-    .route("/v1/messages", post(messages))
     .route(
         "/v1/messages/count_tokens",
         post(crate::count_tokens::count_tokens),
     )
-    .route("/v1/responses", post(responses))
-    .route("/v1/completions", post(completions))
     .route(
         "/v1/responses/{id}",
         get(crate::responses_api::get).delete(crate::responses_api::delete),
@@ -103,10 +105,6 @@ pub fn admin(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn chat(State(app): State<Arc<App>>, req: Request) -> Response {
-    proxy::handle(app, Operation::Chat, "/v1/chat/completions", req).await
-}
-
 /// Chat with a binary answer: with `Accept: application/x-flatbuffers`, a
 /// stream of size-prefixed FlatBuffers token chunks; otherwise as
 /// `/v1/chat/completions`.
@@ -130,22 +128,6 @@ async fn chat_v2(State(app): State<Arc<App>>, req: Request) -> Response {
         client: Some(Wire::Tokens(TokenFormat::FlatBuffers)),
     };
     proxy::serve(app, inbound).await
-}
-
-async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
-    proxy::handle(app, Operation::Embeddings, "/v1/embeddings", req).await
-}
-
-async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
-    proxy::handle(app, Operation::Messages, "/v1/messages", req).await
-}
-
-async fn responses(State(app): State<Arc<App>>, req: Request) -> Response {
-    proxy::handle(app, Operation::Responses, "/v1/responses", req).await
-}
-
-async fn completions(State(app): State<Arc<App>>, req: Request) -> Response {
-    proxy::handle(app, Operation::Completions, "/v1/completions", req).await
 }
 
 /// A model in OpenAI's shape, or Anthropic's for Anthropic clients (they

@@ -140,10 +140,11 @@ impl Serving {
             bound.admin.as_fd().try_clone_to_owned()?,
         ];
         let (shutdown, _) = watch::channel(false);
-        let spec = |name, router, layered, tls, max_connections| Spec {
+        let spec = |name, router, layered, direct, tls, max_connections| Spec {
             name,
             router,
             layered,
+            direct,
             cfg: cfg.clone(),
             tls,
             max_connections,
@@ -158,13 +159,21 @@ impl Serving {
                         routes::api(app.clone()),
                         app.clone(),
                     )),
+                    Some(app.clone()),
                     tls,
                     api_cap,
                 ),
                 stop: watch::channel(false).0,
             },
             admin: Slot {
-                spec: spec("admin", routes::admin(app.clone()), None, None, admin_cap),
+                spec: spec(
+                    "admin",
+                    routes::admin(app.clone()),
+                    None,
+                    None,
+                    None,
+                    admin_cap,
+                ),
                 stop: watch::channel(false).0,
             },
             shutdown,
