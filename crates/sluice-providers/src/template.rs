@@ -65,7 +65,9 @@ pub fn request(
     body: Bytes,
     request_id: Option<&HeaderValue>,
 ) -> http::Request<Full<Bytes>> {
-    let mut headers = HeaderMap::with_capacity(template.len() + 2);
+    // Room for the length, the request id and `Host` (added by the HTTP/1.1
+    // pool): a seventh header past a capacity of six regrows the map.
+    let mut headers = HeaderMap::with_capacity(template.len() + 3);
     for (k, v) in template {
         headers.insert(k.clone(), v.clone());
     }

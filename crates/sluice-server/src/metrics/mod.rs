@@ -101,6 +101,7 @@ pub mod modality;
 pub mod plugins;
 pub mod predict;
 pub mod reload;
+mod series;
 
 pub use sluice_telemetry::OutcomeLabels;
 
@@ -156,6 +157,8 @@ pub struct Metrics {
     time_to_first_token: HistogramFamily<GenAiLabels>,
     time_per_output_token: HistogramFamily<GenAiLabels>,
     overhead: HistogramFamily<GenAiLabels>,
+    /// The handles of the series above, by a finished request's labels.
+    series: series::SeriesCache,
     pub active_requests: Gauge,
     pub active_streams: Gauge,
     /// Audit events by outcome (written, buffered, lost).
@@ -452,6 +455,7 @@ impl Metrics {
             time_to_first_token,
             time_per_output_token,
             overhead,
+            series: series::SeriesCache::default(),
             active_requests,
             active_streams,
             audit_events,
@@ -477,13 +481,6 @@ impl Metrics {
         }
     }
 
-    pub fn record_request(&self, labels: &RequestLabels, elapsed: Duration) {
-        self.requests.get_or_create(labels).inc();
-        self.duration
-            .get_or_create(labels)
-            .observe(elapsed.as_secs_f64());
-    }
-
     pub fn record_first_byte(&self, model: &Arc<str>, provider: &Arc<str>, elapsed: Duration) {
         let labels = TargetLabels {
             model: model.clone(),
@@ -492,20 +489,6 @@ impl Metrics {
         self.first_byte
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
-    }
-
-    pub fn record_usage(&self, model: &Arc<str>, provider: &Arc<str>, usage: Usage) {
-        for (kind, n) in [
-            ("input", usage.prompt_tokens),
-            ("output", usage.completion_tokens),
-        ] {
-            let labels = TokenLabels {
-                model: model.clone(),
-                provider: provider.clone(),
-                kind,
-            };
-            self.tokens.get_or_create(&labels).inc_by(n);
-        }
     }
 
     pub fn record_upstream_error(&self, provider: &Arc<str>, code: &'static str) {
@@ -535,58 +518,6 @@ impl Metrics {
             },
         };
         self.attempts.get_or_create(&labels).inc();
-    }
-
-    pub fn record_genai(&self, g: &GenAi<'_>) {
-        let operation = match g.route {
-            "/v1/embeddings" => "embeddings",
-            _ => "chat",
-        };
-        let labels = GenAiLabels {
-            gen_ai_operation_name: operation,
-            gen_ai_request_model: g.model.clone(),
-            gen_ai_provider_name: g.provider.clone(),
-        };
-        self.server_request_duration
-            .get_or_create(&labels)
-            .observe(g.total.as_secs_f64());
-        if let Some(u) = g.upstream {
-            self.operation_duration
-                .get_or_create(&labels)
-                .observe(u.as_secs_f64());
-        }
-        if let Some(o) = g.overhead {
-            self.overhead
-                .get_or_create(&labels)
-                .observe(o.as_secs_f64());
-        }
-        if let Some(t) = g.ttft {
-            self.time_to_first_token
-                .get_or_create(&labels)
-                .observe(t.as_secs_f64());
-            if let Some(u) = g.usage
-                && u.completion_tokens > 1
-            {
-                let per =
-                    g.total.saturating_sub(t).as_secs_f64() / (u.completion_tokens - 1) as f64;
-                self.time_per_output_token
-                    .get_or_create(&labels)
-                    .observe(per);
-            }
-        }
-        if let Some(u) = g.usage
-            && g.status < 400
-        {
-            for (kind, n) in [("input", u.prompt_tokens), ("output", u.completion_tokens)] {
-                let l = TokenTypeLabels {
-                    gen_ai_operation_name: operation,
-                    gen_ai_request_model: g.model.clone(),
-                    gen_ai_provider_name: g.provider.clone(),
-                    gen_ai_token_type: kind,
-                };
-                self.token_usage.get_or_create(&l).observe(n as f64);
-            }
-        }
     }
 
     /// Process and runtime gauges, read at scrape time.

@@ -229,39 +229,27 @@ impl RecordState {
             self.status = STATUS_CLIENT_CLOSED;
             m.record_cancel(&self.model, &self.provider);
         }
-        if let Some(u) = self.usage {
-            m.record_usage(&self.model, &self.provider, u);
-        }
         self.accounting
             .settle(self.usage, self.finished && self.status == 200);
         let elapsed = self.start.elapsed();
-        let labels = crate::metrics::RequestLabels {
-            route: self.route,
-            model: self.model.clone(),
-            provider: self.provider.clone(),
-            status: self.status,
-        };
-        m.record_request(&labels, elapsed);
         sluice_core::probes::request_end(
             self.route,
             &self.model,
             self.status,
             elapsed.as_micros() as u64,
         );
-        if !self.provider.is_empty() {
-            let upstream = self.upstream_started.map(|t| t.elapsed());
-            m.record_genai(&crate::metrics::GenAi {
-                route: self.route,
-                model: &self.model,
-                provider: &self.provider,
-                status: self.status,
-                total: elapsed,
-                upstream,
-                overhead: upstream.map(|u| elapsed.saturating_sub(u).saturating_sub(self.excluded)),
-                ttft: self.first_byte_at.filter(|_| self.streamed),
-                usage: self.usage,
-            });
-        }
+        let upstream = self.upstream_started.map(|t| t.elapsed());
+        m.record_finished(&crate::metrics::GenAi {
+            route: self.route,
+            model: &self.model,
+            provider: &self.provider,
+            status: self.status,
+            total: elapsed,
+            upstream,
+            overhead: upstream.map(|u| elapsed.saturating_sub(u).saturating_sub(self.excluded)),
+            ttft: self.first_byte_at.filter(|_| self.streamed),
+            usage: self.usage,
+        });
         // Logged with the access line: set whenever tracing is on, sampled
         // or not (the id also went upstream in `traceparent`).
         let trace_id = self.span.as_ref().map(|s| s.context().trace_id);
