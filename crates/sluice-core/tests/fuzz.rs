@@ -32,8 +32,9 @@ fn request_json() -> impl Strategy<Value = Value> {
             Just("card 4111 1111 1111 1111 \u{e9}"),
         ]
         .prop_map(|s| Value::String(s.to_owned())),
-    ];
-    let value = leaf.prop_recursive(3, 24, 4, |inner| {
+    ]
+    .boxed();
+    let value = leaf.clone().prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             proptest::collection::btree_map(
@@ -54,20 +55,51 @@ fn request_json() -> impl Strategy<Value = Value> {
             .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     });
-    (value, any::<String>(), proptest::option::of(any::<bool>())).prop_map(
-        |(messages, model, stream)| {
+    // Messages as clients send them (deeper than `value` reaches: OpenAI
+    // tool calls' arguments sit five levels down), or anything at all.
+    let call = (leaf, any::<bool>()).prop_map(|(arguments, typed)| {
+        let mut c = json!({"id": "call_1", "function": {"name": "f", "arguments": arguments}});
+        if typed {
+            c["type"] = json!("function");
+        }
+        c
+    });
+    let message = (
+        value.clone(),
+        proptest::option::of(proptest::collection::vec(call, 0..3)),
+        "[a-z]{1,9}",
+    )
+        .prop_map(|(content, calls, role)| {
+            let mut m = json!({"role": role, "content": content});
+            if let Some(c) = calls {
+                m["tool_calls"] = Value::Array(c);
+            }
+            m
+        });
+    let messages = prop_oneof![
+        3 => proptest::collection::vec(message, 0..4).prop_map(Value::Array),
+        1 => value.clone(),
+    ];
+    (
+        messages,
+        value,
+        any::<String>(),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(|(messages, other, model, stream)| {
             let mut o = serde_json::Map::new();
             o.insert("model".into(), Value::String(model));
             o.insert("messages".into(), messages.clone());
-            o.insert("input".into(), messages.clone());
+            o.insert("input".into(), other.clone());
             o.insert("system".into(), messages.clone());
-            o.insert("metadata".into(), messages);
+            o.insert("prompt".into(), other.clone());
+            o.insert("user".into(), other.clone());
+            o.insert("metadata".into(), other);
             if let Some(s) = stream {
                 o.insert("stream".into(), Value::Bool(s));
             }
             Value::Object(o)
-        },
-    )
+        })
 }
 
 proptest! {

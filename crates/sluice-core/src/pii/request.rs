@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 use super::Redactor;
 use crate::json::{self, Kind};
 
+mod walk;
+
 /// Redacts the prompt text of a chat, messages or embeddings request in
 /// place: message contents (plain or text parts, tool results included),
 /// tool-call arguments (OpenAI's JSON text, Anthropic's `tool_use` input),
@@ -106,18 +108,11 @@ pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Opti
         r,
         edits: Vec::new(),
     };
-    for (k, v) in json::object(text)? {
-        match &*k {
-            "messages" => {
-                for m in json::elements(v)? {
-                    e.message(m)?;
-                }
-            }
-            "system" | "input" | "prompt" | "user" => e.walk(v, Shape::Text)?,
-            "metadata" => e.walk(v, Shape::Strings)?,
-            _ => {}
-        }
-    }
+    // One pass: the members on the prompt's paths are taken as raw slices
+    // as the parser reaches them, everything else is skipped as it is read.
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(walk::Top(&mut e), &mut de)?;
+    de.end()?;
     Ok(e.apply())
 }
 
@@ -125,40 +120,36 @@ pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Opti
 struct Edits<'a> {
     base: &'a str,
     r: &'a Redactor,
-    edits: Vec<(Range<usize>, String)>,
+    edits: Vec<(Range<usize>, Vec<u8>)>,
 }
 
 impl<'a> Edits<'a> {
-    fn message(&mut self, m: &'a RawValue) -> serde_json::Result<()> {
-        for (k, v) in json::entries(m)? {
-            match &*k {
-                "content" => {
-                    self.walk(v, Shape::Text)?;
-                    // Anthropic tool calls: `{"type":"tool_use","input":{…}}`.
-                    for part in json::elements(v)? {
-                        for (pk, input) in json::entries(part)? {
-                            if pk == "input" {
-                                self.walk(input, Shape::Strings)?;
-                            }
-                        }
+    /// A message's `content`: text, and Anthropic's tool calls
+    /// (`{"type":"tool_use","input":{…}}`).
+    fn content(&mut self, v: &'a RawValue) -> serde_json::Result<()> {
+        self.walk(v, Shape::Text)?;
+        for part in json::elements(v)? {
+            for (pk, input) in json::entries(part)? {
+                if pk == "input" {
+                    self.walk(input, Shape::Strings)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message's `tool_calls` (OpenAI's): arguments are JSON text.
+    fn tool_calls(&mut self, v: &'a RawValue) -> serde_json::Result<()> {
+        for call in json::elements(v)? {
+            for (ck, f) in json::entries(call)? {
+                if ck != "function" {
+                    continue;
+                }
+                for (fk, args) in json::entries(f)? {
+                    if fk == "arguments" {
+                        self.walk(args, Shape::Text)?;
                     }
                 }
-                // OpenAI tool calls: arguments are JSON text.
-                "tool_calls" => {
-                    for call in json::elements(v)? {
-                        for (ck, f) in json::entries(call)? {
-                            if ck != "function" {
-                                continue;
-                            }
-                            for (fk, args) in json::entries(f)? {
-                                if fk == "arguments" {
-                                    self.walk(args, Shape::Text)?;
-                                }
-                            }
-                        }
-                    }
-                }
-                _ => {}
             }
         }
         Ok(())
@@ -191,7 +182,10 @@ impl<'a> Edits<'a> {
             // `raw` is a slice of `base`: its offset is the distance between
             // their starts.
             let start = raw.as_ptr() as usize - self.base.as_ptr() as usize;
-            let json = serde_json::to_string(&redacted)?;
+            // Sized for the text, its quotes and a few escapes: grown from
+            // empty, a prompt's worth of JSON was reallocated several times.
+            let mut json = Vec::with_capacity(redacted.len() + redacted.len() / 8 + 8);
+            serde_json::to_writer(&mut json, &*redacted)?;
             self.edits.push((start..start + raw.len(), json));
         }
         Ok(())
@@ -210,7 +204,7 @@ impl<'a> Edits<'a> {
                 continue; // the same string reached twice: rewritten once
             }
             out.extend_from_slice(&self.base.as_bytes()[at..span.start]);
-            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(text);
             at = span.end;
         }
         out.extend_from_slice(&self.base.as_bytes()[at..]);

@@ -307,6 +307,9 @@ impl RateInfo {
             HeaderName::from_static("x-ratelimit-limit-tokens"),
             HeaderName::from_static("x-ratelimit-remaining-tokens"),
         ];
+        // Room for all five at once: inserted one by one into a map sized
+        // for the upstream's headers, they regrew it.
+        h.reserve(5);
         if let Some(s) = self.snapshot {
             let values = [
                 s.requests.map(|r| r.0),
