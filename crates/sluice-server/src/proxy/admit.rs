@@ -307,20 +307,25 @@ impl RateInfo {
             HeaderName::from_static("x-ratelimit-limit-tokens"),
             HeaderName::from_static("x-ratelimit-remaining-tokens"),
         ];
-        // Room for all five at once: inserted one by one into a map sized
-        // for the upstream's headers, they regrew it.
-        h.reserve(5);
-        if let Some(s) = self.snapshot {
-            let values = [
+        let values = self.snapshot.map(|s| {
+            [
                 s.requests.map(|r| r.0),
                 s.requests.map(|r| r.1),
                 s.tokens.map(|t| t.0),
                 s.tokens.map(|t| t.1),
-            ];
-            for (name, v) in NAMES.into_iter().zip(values) {
-                if let Some(v) = v {
-                    h.insert(name, HeaderValue::from(v));
-                }
+            ]
+        });
+        // Room for them all at once: inserted one by one into a map sized
+        // for the upstream's headers, they regrew it. Nothing reserved
+        // when nothing is written (no limit on the key).
+        let n = values.iter().flatten().flatten().count() + usize::from(self.retry_after.is_some());
+        if n == 0 {
+            return;
+        }
+        h.reserve(n);
+        for (name, v) in NAMES.into_iter().zip(values.into_iter().flatten()) {
+            if let Some(v) = v {
+                h.insert(name, HeaderValue::from(v));
             }
         }
         if let Some(secs) = self.retry_after {
