@@ -11,7 +11,10 @@ and on io_uring set up with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN —
 the same code, only the driver differs; and Sluice bare. Reported per
 request: the proxy's user and system CPU µs (from /proc), its system calls
 (`perf stat -e raw_syscalls:sys_enter`, when perf is there), req/s and
-p99; three rounds, medians, written to bench/results/uring.json. The
+p99, and each process's CPU share: a row whose proxy is under 90 % of its
+core is flagged (the generator's core set the pace; per-request CPU of an
+unsaturated proxy includes more idle wake-ups). Three rounds, medians,
+written to bench/results/uring.json. The
 probe's epoll → io_uring difference is what the driver alone could take off
 a request; compare it with Sluice's user time to see where its cost is.
 """
@@ -52,13 +55,22 @@ def syscalls(pid, secs):
 def one(t, up_pid, conns, dur):
     env = {"MODEL": "bench", "STREAM": "0"}
     P.wrk(t.url + t.path, conns, 1, env)  # warm-up
-    (u0, s0) = cpu(t.pid)
+    (u0, s0), up0, b0 = cpu(t.pid), P.ticks(up_pid), P.core_busy()
+    r0 = P.resource.getrusage(P.resource.RUSAGE_CHILDREN)
     s = P.wrk(t.url + t.path, conns, dur, env)
-    (u1, s1) = cpu(t.pid)
+    r1 = P.resource.getrusage(P.resource.RUSAGE_CHILDREN)
+    (u1, s1), up1, b1 = cpu(t.pid), P.ticks(up_pid), P.core_busy()
     n = max(s["requests"], 1)
-    row = {"rps": s["requests"] / (s["duration_us"] / 1e6), "p99_ms": s["p99_us"] / 1e3,
+    secs = s["duration_us"] / 1e6
+    row = {"rps": s["requests"] / secs, "p99_ms": s["p99_us"] / 1e3,
            "errors": s["socket_errors"] + s["non2xx"],
-           "user_us": (u1 - u0) / P.HZ * 1e6 / n, "sys_us": (s1 - s0) / P.HZ * 1e6 / n}
+           "user_us": (u1 - u0) / P.HZ * 1e6 / n, "sys_us": (s1 - s0) / P.HZ * 1e6 / n,
+           # Who set the pace: the proxy's share of its core, the upstream's
+           # and wrk's (both on core 1), and core 1's busy share.
+           "proxy_share": (u1 - u0 + s1 - s0) / P.HZ / secs,
+           "upstream_share": (up1 - up0) / P.HZ / secs,
+           "wrk_share": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / secs,
+           "core1_busy": (b1[1][0] - b0[1][0]) / max(b1[1][1] - b0[1][1], 1)}
     row["cpu_us"] = row["user_us"] + row["sys_us"]
     # System calls per request, over a second wrk run of its own (perf's
     # counting costs a little; it is kept out of the CPU figures above).
@@ -110,7 +122,9 @@ def main():
                     results.setdefault(f"{t.name} c={c}", []).append(row)
                     print(f"  {t.name} c={c}: {row['rps']:.0f}/s p99 {row['p99_ms']:.2f} ms, "
                           f"user {row['user_us']:.2f} sys {row['sys_us']:.2f} µs/req, "
-                          f"syscalls/req {row['syscalls'] or 0:.2f}", flush=True)
+                          f"syscalls/req {row['syscalls'] or 0:.2f}, proxy {row['proxy_share']:.0%} "
+                          f"upstream {row['upstream_share']:.0%} wrk {row['wrk_share']:.0%}"
+                          f"{P.check(t.name, row)}", flush=True)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -119,12 +133,14 @@ def main():
            for k, v in results.items()}
     print(f"\n{args.rounds} rounds of {args.duration} s, medians; proxy on core 0, "
           "upstream nginx and wrk on core 1\n")
-    print("| proxy | req/s | p99 ms | user µs/req | sys µs/req | CPU µs/req | syscalls/req |")
-    print("|---|---|---|---|---|---|---|")
+    print("| proxy | req/s | p99 ms | user µs/req | sys µs/req | CPU µs/req | syscalls/req "
+          "| proxy / upstream / wrk CPU share | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for k, m in med.items():
         calls = f"{m['syscalls']:.2f}" if m["syscalls"] is not None else "–"
         print(f"| {k} | {m['rps']:,.0f} | {m['p99_ms']:.2f} | {m['user_us']:.2f} | "
-              f"{m['sys_us']:.2f} | {m['cpu_us']:.2f} | {calls} |")
+              f"{m['sys_us']:.2f} | {m['cpu_us']:.2f} | {calls} | {m['proxy_share']:.0%} / "
+              f"{m['upstream_share']:.0%} / {m['wrk_share']:.0%} |{P.check(k, m)} |")
     out = P.ROOT / "bench" / "results" / "uring.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "rounds": args.rounds, "duration_s": args.duration,

@@ -92,19 +92,26 @@ def test_recorded_v2_limits_size_the_gateway_and_pressure_sheds(tmp_path):
         # already open by the API's middleware, a new connection with a fixed
         # 503 at accept (no task, no buffers) — health passes on the admin
         # listener, readiness fails so load balancers send traffic elsewhere.
+        # Two kept connections: one through the router (httpx asks for
+        # compression), one that asks for none and so may skip the router
+        # (`crate::direct`): both must be refused.
         kept = httpx.Client()
-        assert kept.post(f"{g.base_url}/chat/completions",
-                         json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        plain = httpx.Client(headers={"accept-encoding": "identity"})
+        for c in (kept, plain):
+            assert c.post(f"{g.base_url}/chat/completions",
+                          json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
         growing = Growing(root, 175)
         wait_for(lambda: g.metric("sluice_cgroup_shedding") == 1, what="shedding")
-        r = kept.post(f"{g.base_url}/chat/completions",
-                      json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 503, r.text
-        assert r.headers["retry-after"] == "1"
-        assert r.headers["connection"] == "close", "its buffers go too"
-        assert r.json()["error"]["code"] == "memory_pressure"
-        assert g.metric("sluice_cgroup_shed_requests_total") >= 1
+        for c in (kept, plain):
+            r = c.post(f"{g.base_url}/chat/completions",
+                       json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            assert r.headers["connection"] == "close", "its buffers go too"
+            assert r.json()["error"]["code"] == "memory_pressure"
+        assert g.metric("sluice_cgroup_shed_requests_total") >= 2
         kept.close()
+        plain.close()
         r = chat(g)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] == "memory_pressure"

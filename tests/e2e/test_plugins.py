@@ -112,6 +112,17 @@ def client(gw):
     return openai.OpenAI(base_url=gw.base_url, api_key=TOKEN, max_retries=0)
 
 
+def test_filters_run_for_a_client_that_asks_for_no_compression(gw, up):
+    # The SDK asks for compression, which takes the router; a client that
+    # asks for none may skip it (`crate::direct`): the filters run all the same.
+    r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "gpt-big", **CHAT},
+                   headers={"authorization": f"Bearer {TOKEN}", "accept-encoding": "identity"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-sdk-filter"] == "on" and r.headers["x-wasm-filter"] == "on"
+    assert r.headers["x-seen-path"] == "/v1/chat/completions"
+    assert json.loads(up.last()["body"])["model"] == "small-upstream"
+
+
 def test_filters_add_headers_read_properties_and_rewrite_the_model(gw, up, client):
     raw = client.chat.completions.with_raw_response.create(model="gpt-big", **CHAT)
     r = raw.parse()

@@ -27,6 +27,15 @@ pub struct Plugins {
     pub filters: Vec<Loaded>,
 }
 
+impl Plugins {
+    /// The filters that apply to a request for `path`, in order.
+    pub fn filters_for<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Loaded> + 'a {
+        self.filters
+            .iter()
+            .filter(move |l| l.config.applies_to(path))
+    }
+}
+
 fn stamp(p: &PluginConfig) -> Option<(u64, SystemTime)> {
     let m = std::fs::metadata(&p.path).ok()?;
     Some((m.len(), m.modified().ok()?))

@@ -63,7 +63,7 @@ pub(crate) async fn filter(State(app): State<Arc<App>>, req: Request, next: Next
     {
         let plugins = app.plugins.load();
         let path = req.uri().path();
-        for l in plugins.filters.iter().filter(|l| l.config.applies_to(path)) {
+        for l in plugins.filters_for(path) {
             match l.filter.open() {
                 Ok(s) => chain.streams.push(s),
                 Err(e) => return chain.failed(l.filter.name(), &e),
