@@ -2,7 +2,7 @@
 """Instructions per proxied chat request (user space), under callgrind.
 
     python3 bench/instructions.py BIN [BIN ...] [--n 250] [--model bench] [--stream]
-                                  [--prod] [--keep DIR]
+                                  [--prod] [--sdk] [--keep DIR]
 
 Each binary serves bench/proxy.py's static nginx upstream with its bare
 configuration under `valgrind --tool=callgrind --instr-atstart=no`. After 30
@@ -12,7 +12,8 @@ warm-up requests per connection, instrumentation goes on
 total divided by the request count. `--prod` serves bench/proxy.py's
 production-shaped configuration instead of the bare one (the client sends its
 virtual key); `--keep DIR` keeps the callgrind files there for
-`callgrind_annotate --inclusive=yes`. The count repeats to a fraction of a
+`callgrind_annotate --inclusive=yes`; `--sdk` sends the headers the official
+`openai` SDK sends (with `Accept-Encoding: gzip, deflate`). The count repeats to a fraction of a
 percent whatever else the machine does, so it shows changes smaller than the
 wall-clock noise of bench/proxy.py. Kernel time is not counted.
 """
@@ -48,20 +49,29 @@ def body(model, stream):
 
 
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-client"}
+# What the official `openai` Python SDK (3.57, over httpx) sends with a chat
+# completion, captured from one: `Accept-Encoding` among them.
+SDK_HEADERS = {**HEADERS, "accept-encoding": "gzip, deflate", "accept": "application/json",
+               "user-agent": "OpenAI/Python 3.57.0", "x-stainless-lang": "python",
+               "x-stainless-package-version": "3.57.0", "x-stainless-os": "Linux",
+               "x-stainless-arch": "x64", "x-stainless-runtime": "CPython",
+               "x-stainless-runtime-version": "3.11.7", "x-stainless-async": "false",
+               "x-stainless-retry-count": "0", "x-stainless-read-timeout": "600"}
 
 
-def load(port, n, payload):
+def load(port, n, payload, headers):
     c = http.client.HTTPConnection("127.0.0.1", port)
     for _ in range(n):
-        c.request("POST", "/v1/chat/completions", payload, HEADERS)
+        c.request("POST", "/v1/chat/completions", payload, headers)
         r = c.getresponse()
         r.read()
         if r.status != 200:
             raise SystemExit(f"status {r.status}")
 
 
-def burst(port, n, payload):
-    threads = [threading.Thread(target=load, args=(port, n, payload)) for _ in range(CONNECTIONS)]
+def burst(port, n, payload, headers=HEADERS):
+    threads = [threading.Thread(target=load, args=(port, n, payload, headers))
+               for _ in range(CONNECTIONS)]
     for t in threads:
         t.start()
     for t in threads:
@@ -82,9 +92,10 @@ def measure(procs, work, up, i, binary, args, payload):
             break
         except OSError:
             time.sleep(0.1)
-    burst(port, 30, payload)
+    headers = SDK_HEADERS if args.sdk else HEADERS
+    burst(port, 30, payload, headers)
     subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
-    burst(port, args.n, payload)
+    burst(port, args.n, payload, headers)
     subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
     time.sleep(1)
     procs.stop(p)
@@ -101,6 +112,8 @@ def main():
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--prod", action="store_true", help="the production-shaped configuration")
     ap.add_argument("--keep", help="a directory to keep the callgrind files in")
+    ap.add_argument("--sdk", action="store_true",
+                    help="send the headers the official openai SDK sends (Accept-Encoding among them)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).stdout:

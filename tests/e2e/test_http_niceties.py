@@ -10,6 +10,7 @@ import json
 
 import anthropic
 import httpx
+import openai
 
 from conftest import MOCK_MODEL, Gateway
 
@@ -101,9 +102,28 @@ targets = [{{ provider = "mock" }}]
             assert r.status_code == 200
             assert r.headers.get("content-encoding") == "gzip"
             assert len(r.json()["data"][0]["embedding"]) == 1024
+            assert "accept-encoding" in r.headers.get("vary", "").lower()
             plain = c.post(f"{g.base_url}/embeddings", json={"model": "embed", "input": "x"},
                            headers={"accept-encoding": "identity"})
             assert "content-encoding" not in plain.headers
+            assert len(plain.content) > 1024
+            # Every encoding the layered router offers, chosen by the
+            # client's weights; none when it refuses them all.
+            for asked, got in [("deflate", "deflate"), ("br", "br"), ("zstd", "zstd"),
+                               ("gzip;q=0.1, br;q=0.9", "br"), ("gzip;q=0", None)]:
+                r = c.post(f"{g.base_url}/embeddings", json={"model": "embed", "input": "x"},
+                           headers={"accept-encoding": asked})
+                assert r.status_code == 200, asked
+                assert r.headers.get("content-encoding") == got, asked
+                if got in ("br", "zstd"):  # not decoded by this httpx: still compressed
+                    assert len(r.content) < len(plain.content) // 2, asked
+                else:
+                    assert len(r.json()["data"][0]["embedding"]) == 1024, asked
+        # The official SDK asks for gzip and reads the answer it gets.
+        raw = openai.OpenAI(base_url=g.base_url, api_key="k").embeddings.with_raw_response.create(
+            model="embed", input="x", encoding_format="float")
+        assert raw.headers.get("content-encoding") == "gzip"
+        assert len(raw.parse().data[0].embedding) == 1024
     finally:
         g.stop()
 

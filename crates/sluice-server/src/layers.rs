@@ -5,8 +5,10 @@
 //! (JSON of 1 KiB or more; never event streams).
 //!
 //! The layers cost about a sixth of a plain request's CPU, so only requests
-//! that ask for one of them ([`wanted`]: an `Origin`, a `Content-Encoding`,
-//! an `Accept-Encoding` other than identity) take the layered router.
+//! that ask for one of them ([`asks`]: an `Origin`, a `Content-Encoding`,
+//! an `Accept-Encoding` other than identity) take the layered router — and
+//! a model route's request that asks only for compression does not take it
+//! either: `crate::direct` wraps the proxy in the same compression.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method};
 use tower_http::compression::CompressionLayer;
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::predicate::{And, NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::decompression::RequestDecompressionLayer;
 
@@ -33,21 +35,43 @@ const EXPOSED: [&str; 6] = [
 /// Smallest response body worth compressing.
 const COMPRESS_ABOVE: u16 = 1024;
 
-/// Whether a request asks for something the layers do.
-pub fn wanted(h: &http::HeaderMap) -> bool {
-    h.contains_key(http::header::ORIGIN)
-        || h.contains_key(http::header::CONTENT_ENCODING)
-        || h.get(http::header::ACCEPT_ENCODING)
-            .is_some_and(|v| v.as_bytes() != b"identity")
+/// What a request asks of the layers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Asks {
+    /// Nothing: the plain routes serve it.
+    Nothing,
+    /// Only a compressed response (`Accept-Encoding` other than identity),
+    /// which the model routes give without the layered router
+    /// (`crate::direct`): every official SDK asks for it.
+    Compression,
+    /// CORS (`Origin`) or a compressed request body (`Content-Encoding`).
+    More,
+}
+
+pub fn asks(h: &http::HeaderMap) -> Asks {
+    if h.contains_key(http::header::ORIGIN) || h.contains_key(http::header::CONTENT_ENCODING) {
+        return Asks::More;
+    }
+    match h.get(http::header::ACCEPT_ENCODING) {
+        Some(v) if v.as_bytes() != b"identity" => Asks::Compression,
+        _ => Asks::Nothing,
+    }
+}
+
+/// Which responses are compressed (when the client accepts it).
+pub type Compress =
+    And<And<And<SizeAbove, NotForContentType>, NotForContentType>, NotForContentType>;
+
+pub fn compress_when() -> Compress {
+    SizeAbove::new(COMPRESS_ABOVE)
+        .and(NotForContentType::const_new("text/event-stream"))
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
 }
 
 pub fn around_api(router: Router, app: Arc<App>) -> Router {
-    let compress = SizeAbove::new(COMPRESS_ABOVE)
-        .and(NotForContentType::const_new("text/event-stream"))
-        .and(NotForContentType::GRPC)
-        .and(NotForContentType::IMAGES);
     router
-        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(CompressionLayer::new().compress_when(compress_when()))
         .layer(RequestDecompressionLayer::new())
         .layer(cors(app))
 }

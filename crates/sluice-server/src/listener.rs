@@ -299,17 +299,21 @@ impl Conn {
                 let refused = head_too_large(req.uri().path(), max_head);
                 return Either::Left(Either::Left(std::future::ready(Ok(refused))));
             }
-            let target = match &layered {
-                Some(l) if crate::layers::wanted(req.headers()) => l,
-                _ => {
-                    if let Some(app) = &direct
-                        && let Some(to) = crate::direct::route(app, &req)
-                    {
-                        let served = crate::direct::serve(app, to, req);
-                        return Either::Left(Either::Right(served.map(Ok)));
-                    }
-                    &router
-                }
+            use crate::layers::Asks;
+            let asks = match layered {
+                Some(_) => crate::layers::asks(req.headers()),
+                None => Asks::Nothing,
+            };
+            if asks != Asks::More
+                && let Some(app) = &direct
+                && let Some(to) = crate::direct::route(app, &req)
+            {
+                let served = crate::direct::serve(app, to, req, asks == Asks::Compression);
+                return Either::Left(Either::Right(served.map(Ok)));
+            }
+            let target = match (&layered, asks) {
+                (Some(l), Asks::Compression | Asks::More) => l,
+                _ => &router,
             };
             Either::Right(hyper::service::Service::call(target, req))
         });
