@@ -16,6 +16,19 @@ wrk.body = '{"model":"' .. model .. '",'
 wrk.headers["Content-Type"] = "application/json"
 -- Ignored unless the target has keys (the production-shaped Sluice).
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
+-- SDK=1: also the headers the official openai Python SDK sends (captured
+-- from it), Accept-Encoding among them.
+if os.getenv("SDK") == "1" then
+  local sdk = {
+    ["Accept-Encoding"] = "gzip, deflate", ["Accept"] = "application/json",
+    ["User-Agent"] = "OpenAI/Python 3.57.0", ["X-Stainless-Lang"] = "python",
+    ["X-Stainless-Package-Version"] = "3.57.0", ["X-Stainless-OS"] = "Linux",
+    ["X-Stainless-Arch"] = "x64", ["X-Stainless-Runtime"] = "CPython",
+    ["X-Stainless-Runtime-Version"] = "3.11.7", ["X-Stainless-Async"] = "false",
+    ["X-Stainless-Retry-Count"] = "0", ["X-Stainless-Read-Timeout"] = "600",
+  }
+  for k, v in pairs(sdk) do wrk.headers[k] = v end
+end
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "summary.lua")

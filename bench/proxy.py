@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The proxy measured, not the load generator: Sluice against nginx `proxy_pass`.
 
-    python3 bench/proxy.py [--duration 5] [--rounds 3] [--only chat,stream,c2000,cores]
+    python3 bench/proxy.py [--duration 5] [--rounds 3] [--only chat,sdk,stream,c2000,cores]
 
 The upstream is a second nginx (one worker, core 1) answering a static chat
 completion, a static 64-token SSE body (burst: one write), the same events one
@@ -15,8 +15,9 @@ writes bench/results/proxy.json.
 Cases: nginx (1 worker, upstream keep-alive), Sluice bare (defaults), Sluice
 production-shaped (a virtual key with rpm/tpm, audit to a file with one
 SM4-GCM-encrypted field, metrics, OTLP tracing sampled at 0.1, prompts
-redacted before they go upstream), at 16 and 64 connections; streams (CPU per
-token); 2,000 connections against the 150 ms upstream (fresh processes, peak
+redacted before they go upstream), at 16 and 64 connections; the same chat
+request with the headers the official openai SDK sends (`sdk`, c=16: its
+`Accept-Encoding` among them); streams (CPU per token); 2,000 connections against the 150 ms upstream (fresh processes, peak
 RSS); Sluice with 1 and 2 worker threads.
 """
 import argparse
@@ -340,8 +341,8 @@ def path_for(t, model):
     return "/v1/chat/completions"
 
 
-def run_case(results, key, t, up_pid, conns, dur, model, stream=False, timeout=5):
-    env = {"MODEL": model, "STREAM": "1" if stream else "0"}
+def run_case(results, key, t, up_pid, conns, dur, model, stream=False, timeout=5, sdk=False):
+    env = {"MODEL": model, "STREAM": "1" if stream else "0", "SDK": "1" if sdk else "0"}
     t.path = path_for(t, model)
     row = measure(t, up_pid, conns, dur, env, TOKENS if stream else 1, timeout)
     results.setdefault(key, []).append(row)
@@ -364,6 +365,10 @@ def section_chat(args, procs, work, up, up_pid, results, rss):
             for c in (16, 64):
                 for t in targets:
                     run_case(results, f"chat {t.name} c={c}", t, up_pid, c, args.duration, "bench")
+        if "sdk" in args.only:
+            for t in targets:
+                run_case(results, f"sdk {t.name} c=16", t, up_pid, 16, args.duration, "bench",
+                         sdk=True)
         if "stream" in args.only:
             for mode in ("burst", "frames"):
                 for t in targets[:-1]:
@@ -423,7 +428,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="chat,stream,c2000,cores")
+    ap.add_argument("--only", default="chat,sdk,stream,c2000,cores")
     ap.add_argument("--base", help="another Sluice binary measured bare beside this one (before/after)")
     args = ap.parse_args()
     args.only = set(args.only.split(","))
@@ -435,7 +440,7 @@ def main():
     results, rss = {}, {}
     try:
         up, up_pid = start_upstream(procs, work)
-        if args.only & {"chat", "stream"}:
+        if args.only & {"chat", "sdk", "stream"}:
             section_chat(args, procs, work, up, up_pid, results, rss)
         if "c2000" in args.only:
             section_c2000(args, procs, work, up, up_pid, results, rss)
