@@ -119,6 +119,11 @@ targets = [{{ provider = "mock" }}]
                     assert len(r.content) < len(plain.content) // 2, asked
                 else:
                     assert len(r.json()["data"][0]["embedding"]) == 1024, asked
+            # The header on two lines: both are read (the first alone
+            # would refuse every encoding).
+            r = c.post(f"{g.base_url}/embeddings", json={"model": "embed", "input": "x"},
+                       headers=[("accept-encoding", "identity"), ("accept-encoding", "gzip")])
+            assert r.headers.get("content-encoding") == "gzip"
         # The official SDK asks for gzip and reads the answer it gets.
         raw = openai.OpenAI(base_url=g.base_url, api_key="k").embeddings.with_raw_response.create(
             model="embed", input="x", encoding_format="float")

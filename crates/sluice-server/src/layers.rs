@@ -52,9 +52,13 @@ pub fn asks(h: &http::HeaderMap) -> Asks {
     if h.contains_key(http::header::ORIGIN) || h.contains_key(http::header::CONTENT_ENCODING) {
         return Asks::More;
     }
-    match h.get(http::header::ACCEPT_ENCODING) {
-        Some(v) if v.as_bytes() != b"identity" => Asks::Compression,
-        _ => Asks::Nothing,
+    let mut accepts = h.get_all(http::header::ACCEPT_ENCODING).iter();
+    match (accepts.next(), accepts.next()) {
+        (None, _) => Asks::Nothing,
+        (Some(v), None) if v.as_bytes() == b"identity" => Asks::Nothing,
+        (Some(_), None) => Asks::Compression,
+        // Several lines: the layered router's compression reads them all.
+        (Some(_), Some(_)) => Asks::More,
     }
 }
 
