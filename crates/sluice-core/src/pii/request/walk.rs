@@ -22,10 +22,15 @@ struct Messages<'e, 'a>(&'e mut Edits<'a>);
 /// One element of `messages` (only an object is looked into).
 struct Message<'e, 'a>(&'e mut Edits<'a>);
 
-/// Values other than the ones a visitor looks into are taken and dropped,
-/// as `redact_request` passes over them.
+/// A visitor of any JSON value: what it does not look into (`visit_seq`,
+/// `visit_map`, written by each) is taken and dropped, as
+/// `redact_request` passes over it.
 macro_rules! pass_over_others {
     () => {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
             Ok(())
         }
@@ -46,6 +51,21 @@ macro_rules! pass_over_others {
         }
     };
 }
+
+/// The seed of a [`pass_over_others`] visitor: it takes any value.
+macro_rules! any_value_seed {
+    ($t:ident) => {
+        impl<'a> DeserializeSeed<'a> for $t<'_, 'a> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
+any_value_seed!(Messages);
+any_value_seed!(Message);
 
 fn raw<'a, A: MapAccess<'a>>(map: &mut A) -> Result<&'a RawValue, A::Error> {
     map.next_value()
@@ -88,18 +108,7 @@ impl<'a> Visitor<'a> for Top<'_, 'a> {
     }
 }
 
-impl<'a> DeserializeSeed<'a> for Messages<'_, 'a> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'a> Visitor<'a> for Messages<'_, 'a> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
     pass_over_others!();
     fn visit_seq<S: SeqAccess<'a>>(self, mut seq: S) -> Result<(), S::Error> {
         while seq.next_element_seed(Message(&mut *self.0))?.is_some() {}
@@ -111,18 +120,7 @@ impl<'a> Visitor<'a> for Messages<'_, 'a> {
     }
 }
 
-impl<'a> DeserializeSeed<'a> for Message<'_, 'a> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'a> Visitor<'a> for Message<'_, 'a> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
     pass_over_others!();
     fn visit_seq<S: SeqAccess<'a>>(self, mut seq: S) -> Result<(), S::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
