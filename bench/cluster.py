@@ -70,6 +70,50 @@ def ticks(pid):
         return 0
 
 
+def runq_ns(pid):
+    """Nanoseconds the process's threads spent runnable but waiting for a
+    CPU (second field of /proc/PID/task/TID/schedstat, summed)."""
+    total = 0
+    try:
+        for t in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((t / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        pass
+    return total
+
+
+def steal_ticks():
+    """The machine's steal time so far (the hypervisor ran someone else
+    while a vCPU wanted to run), from /proc/stat, in clock ticks."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(f[8]), sum(int(x) for x in f[1:9])
+
+
+def time_wait():
+    """TCP sockets in TIME_WAIT on this machine (/proc/net/sockstat)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            f = line.split()
+            return int(f[f.index("tw") + 1])
+    return 0
+
+
+def settle_time_wait(limit=1000, timeout=70):
+    """Waits for earlier runs' TIME_WAIT sockets to expire: the kernel
+    frees them in bursts (10–30 ms of softirq on whatever process runs),
+    which would otherwise land in this row's latencies."""
+    deadline = time.monotonic() + timeout
+    n = time_wait()
+    if n > limit:
+        print(f"waiting for {n} TIME_WAIT sockets of earlier runs to expire", file=sys.stderr)
+    while n > limit and time.monotonic() < deadline:
+        time.sleep(1)
+        n = time_wait()
+
+
 def wait_port(port, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -156,6 +200,7 @@ def wait_connected(err, proc, timeout=300):
 
 
 def row(name, replicas, redis, agents, rate, seconds, at_once=False):
+    settle_time_wait()
     work = Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
     c = Cluster(work, replicas, redis)
     try:
@@ -177,11 +222,17 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
         time.sleep(2.5)  # every process past its idle window
         procs = c.pids + [p.pid for p, _ in loads] + ([c.redis.pid] if c.redis else [])
         t0, cpu0 = time.monotonic(), {pid: ticks(pid) for pid in procs}
+        rq0, st0 = {pid: runq_ns(pid) for pid in procs}, steal_ticks()
         start.touch()
         # Each prints its JSON, then lingers: CPU is read before they exit.
         outs = [json.loads(p.stdout.readline()) for p, _ in loads]
         wall = time.monotonic() - t0
         share = {pid: (ticks(pid) - cpu0[pid]) / HZ / wall for pid in procs}
+        # Run-queue wait per second of the row: a process that had work
+        # but no CPU — time that lands in the push latencies.
+        runq = {pid: (runq_ns(pid) - rq0[pid]) / 1e6 / wall for pid in procs}
+        st1 = steal_ticks()
+        steal = (st1[0] - st0[0]) / max(1, st1[1] - st0[1])
         for p, _ in loads:
             p.wait()
         samples = [json.loads((work / f"samples{k}.json").read_text()) for k in range(replicas)]
@@ -204,12 +255,19 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
                 "load": [round(share[p.pid], 2) for p, _ in loads],
                 "redis": round(share[c.redis.pid], 2) if c.redis else None,
             },
+            "runq_ms_per_s": {
+                "sluice": [round(runq[p], 1) for p in c.pids],
+                "load": [round(runq[p.pid], 1) for p, _ in loads],
+                "redis": round(runq[c.redis.pid], 1) if c.redis else None,
+            },
+            "steal": round(steal, 3),
         }
     finally:
         c.stop()
 
 
 def kill_row(agents, rate):
+    settle_time_wait()
     work = Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
     c = Cluster(work, 2, True, ttl_ms=3000)
     try:
@@ -260,16 +318,17 @@ def main():
         r = rows[name]()
         results.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
-    print("\n| setup | connect s (per replica) | in-replica round trip p99 ms | cross-replica round trip p50 / p99 / max ms | errors | CPU share sluice / load / redis |")
-    print("|---|---|---|---|---|---|")
+    print("\n| setup | connect s (per replica) | in-replica round trip p99 ms | cross-replica round trip p50 / p99 / max ms | errors | CPU share sluice / load / redis | run-queue wait ms/s sluice / load / redis | steal |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         if r["row"] == "kill":
             continue
         cross = " / ".join(f"{x:.1f}" for x in r["cross_ms"]) if r["cross_ms"] else "–"
-        cs = r["cpu_share"]
+        cs, rq = r["cpu_share"], r["runq_ms_per_s"]
         print(f"| {r['row']} ({r['agents']} agents, {r['rate']}/s) | {', '.join(map(str, r['connect_seconds']))}"
               f" | {r['local_p99_ms']:.1f} | {cross} | {r['errors']} lost agents {r['lost']}"
-              f" | {cs['sluice']} / {cs['load']} / {cs['redis']} |")
+              f" | {cs['sluice']} / {cs['load']} / {cs['redis']}"
+              f" | {rq['sluice']} / {rq['load']} / {rq['redis']} | {r['steal']:.0%} |")
     for r in results:
         if r["row"] == "kill":
             print(f"\nreplica killed with {r['agents']} agents: {r['dropped']} dropped, {r['reconnected']} back"

@@ -253,6 +253,11 @@ async fn session(id: &str, ws_url: &str, source: IpAddr, shared: &Shared, first:
     // connects stall for seconds — a property of the load tool, not of
     // the gateway.
     let _ = sock.set_reuseaddr(true);
+    // Closed with a reset, not a FIN: the tens of thousands of connections
+    // of a run leave no TIME_WAIT sockets behind, whose expiry 60 s later
+    // (the kernel frees them in bursts of 10–30 ms, in softirq on whatever
+    // process runs) would land in the next run's latencies.
+    let _ = sock.set_zero_linger();
     sock.bind(SocketAddr::new(source, 0)).expect("bind source");
     let stream = match sock.connect(addr).await {
         Ok(s) => s,

@@ -12,6 +12,7 @@
 pub mod chat;
 pub mod cluster;
 pub mod frame;
+mod heartbeat;
 mod records;
 pub mod session;
 
@@ -64,6 +65,8 @@ pub enum Outbound {
     /// An instruction (its id, its frame): its record is marked delivered
     /// once it is written.
     Instruction(Box<(Arc<str>, String)>),
+    /// A heartbeat ([`heartbeat`]).
+    Ping,
 }
 
 impl Outbound {
@@ -78,6 +81,8 @@ pub enum Kick {
     None,
     Replaced,
     Shutdown,
+    /// Silent for longer than `missed_heartbeats` allow.
+    Silent,
 }
 
 /// One connected agent, as the rest of the hub sees it.
@@ -146,6 +151,7 @@ pub struct Hub {
     pub cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
     /// `max_connects_per_sec`'s bucket: (tokens, when last filled, s).
     pacer: Mutex<(f64, f64)>,
+    beats: heartbeat::Beats,
 }
 
 #[derive(Clone)]
@@ -192,6 +198,7 @@ impl Hub {
         let pacer = Mutex::new((burst(&cfg), now_secs()));
         Arc::new(Self {
             pacer,
+            beats: heartbeat::Beats::new(cfg.heartbeat),
             replica: format!("{}-{:08x}", hostname(), id_seed as u32),
             cfg,
             agents: RwLock::new(HashMap::new()),
@@ -311,11 +318,17 @@ impl Hub {
             pending: Mutex::new(HashSet::new()),
             kick,
         });
-        let old = self
-            .agents
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), handle.clone());
+        let old = {
+            let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+            // Read under the registry's lock: `close_all` raises the flag,
+            // then kicks whatever the registry holds — a session is either
+            // in it by then or sees the flag here.
+            if *self.shutdown.borrow() {
+                let _ = handle.kick.send(Kick::Shutdown);
+            }
+            agents.insert(id.clone(), handle.clone())
+        };
+        self.beats.add(&handle);
         match old {
             Some(old) => {
                 let _ = old.kick.send(Kick::Replaced);
@@ -350,6 +363,7 @@ impl Hub {
                 _ => false,
             }
         };
+        self.beats.remove(handle);
         if removed {
             self.metrics.connected.dec();
             if let Some(c) = self.cluster.get() {
@@ -616,7 +630,16 @@ impl Hub {
     /// Tells every session to close with a "reconnect elsewhere" frame and
     /// waits (up to `max`) for them to go.
     pub async fn close_all(&self, max: Duration) {
-        let _ = self.shutdown.send(true);
+        // Stored even with no receiver (`register` reads it).
+        self.shutdown.send_replace(true);
+        for a in self
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let _ = a.kick.send(Kick::Shutdown);
+        }
         let deadline = tokio::time::Instant::now() + max;
         while self.connected() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -134,8 +134,7 @@ pub async fn run<S: Socket>(
     auth: Option<http::HeaderValue>,
     scope: super::Scope,
 ) {
-    let mut shutdown = hub.shutdown.subscribe();
-    if *shutdown.borrow() {
+    if *hub.shutdown.borrow() {
         close(&mut socket, code::GOING_AWAY, &hub.going_away_reason()).await;
         return;
     }
@@ -162,7 +161,8 @@ pub async fn run<S: Socket>(
             }
         },
     };
-    let (handle, mut rx, mut kick) = hub.register(
+    hub.start_heartbeats();
+    let (handle, mut rx, kick) = hub.register(
         Arc::from(hello.agent_id),
         hello.groups.into_iter().map(Arc::from).collect(),
         (hello.capabilities, hello.tools),
@@ -181,17 +181,7 @@ pub async fn run<S: Socket>(
     let (reason, evicted) = if socket.send_text(welcome.to_string()).await.is_err() {
         ("write failed".to_owned(), false)
     } else {
-        serve(
-            &hub,
-            &gateway,
-            &handle,
-            &mut socket,
-            &mut rx,
-            &mut kick,
-            &mut shutdown,
-            auth,
-        )
-        .await
+        serve(&hub, &gateway, &handle, &mut socket, &mut rx, kick, auth).await
     };
     // Frames still queued were never sent: their instructions are
     // undelivered (unregister reports every unacknowledged one).
@@ -199,46 +189,29 @@ pub async fn run<S: Socket>(
     hub.unregister(&handle, &reason, evicted);
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve<S: Socket>(
     hub: &Arc<Hub>,
     gateway: &Arc<dyn super::Gateway>,
     handle: &Arc<AgentHandle>,
     socket: &mut S,
     rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
-    kick: &mut tokio::sync::watch::Receiver<Kick>,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    mut kick: tokio::sync::watch::Receiver<Kick>,
     auth: Option<http::HeaderValue>,
 ) -> (String, bool) {
-    let beat = hub.cfg.heartbeat;
-    let allowed_silence = beat.as_nanos() as u64 * u64::from(hub.cfg.missed_heartbeats);
     // A frame the agent does not take for as long as it may stay silent
     // (its socket full, not reading) gets it evicted like a silent one.
-    let write_limit = beat * hub.cfg.missed_heartbeats;
-    // The first ping comes after half to one whole interval, by session:
-    // agents that connected in one burst (a replica's, reconnecting) do
-    // not all get pinged — and answer — in the same instant ever after.
-    let phase = beat / 2
-        + beat.mul_f64(
-            (handle.session.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64
-                / (1u64 << 53) as f64
-                / 2.0,
-        );
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, beat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let write_limit = hub.cfg.heartbeat * hub.cfg.missed_heartbeats;
+    // One wait for a kick for the whole session (not a new one, registered
+    // and dropped again, at every frame): every kick ends the session.
+    let kicked = async move {
+        let _ = kick.changed().await;
+        *kick.borrow()
+    };
+    tokio::pin!(kicked);
     loop {
         tokio::select! {
             biased;
-            _ = kick.changed() => {
-                if *kick.borrow() == Kick::Replaced {
-                    close(socket, code::REPLACED, "replaced by a newer connection with the same agent_id").await;
-                    return ("replaced".into(), false);
-                }
-            }
-            _ = shutdown.changed() => {
-                close(socket, code::GOING_AWAY, &hub.going_away_reason()).await;
-                return ("server shutdown".into(), false);
-            }
+            k = &mut kicked => return kicked_out(hub, socket, k).await,
             msg = socket.recv() => {
                 let msg = match msg {
                     None => return ("closed by the agent".into(), false),
@@ -283,20 +256,33 @@ async fn serve<S: Socket>(
                         }
                         hub.set_status(&id, Status::Delivered, None);
                     }
+                    Outbound::Ping => match tokio::time::timeout(write_limit, socket.ping()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => return ("write failed".into(), false),
+                        Err(_) => return (format!("not reading: a ping waited {} ms", write_limit.as_millis()), true),
+                    },
                 }
             }
-            _ = tick.tick() => {
-                let silent = now_nanos().saturating_sub(handle.last_seen.load(Ordering::Relaxed));
-                if silent > allowed_silence {
-                    close(socket, code::HEARTBEAT_TIMEOUT, "missed heartbeats").await;
-                    return (format!("missed {} heartbeats", hub.cfg.missed_heartbeats), true);
-                }
-                match tokio::time::timeout(write_limit, socket.ping()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(())) => return ("write failed".into(), false),
-                    Err(_) => return (format!("not reading: a ping waited {} ms", write_limit.as_millis()), true),
-                }
-            }
+        }
+    }
+}
+
+/// Closes a session told to end from outside; why it ended.
+async fn kicked_out<S: Socket>(hub: &Hub, socket: &mut S, kick: Kick) -> (String, bool) {
+    match kick {
+        Kick::Replaced => {
+            let why = "replaced by a newer connection with the same agent_id";
+            close(socket, code::REPLACED, why).await;
+            ("replaced".into(), false)
+        }
+        Kick::Silent => {
+            close(socket, code::HEARTBEAT_TIMEOUT, "missed heartbeats").await;
+            let why = format!("missed {} heartbeats", hub.cfg.missed_heartbeats);
+            (why, true)
+        }
+        Kick::Shutdown | Kick::None => {
+            close(socket, code::GOING_AWAY, &hub.going_away_reason()).await;
+            ("server shutdown".into(), false)
         }
     }
 }

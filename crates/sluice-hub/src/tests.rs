@@ -131,3 +131,53 @@ fn connects_are_paced_by_a_bucket_a_tenth_of_a_second_deep() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn one_task_pings_each_session_once_per_beat_and_ends_the_silent() {
+    let toml = "[agents]\nheartbeat_ms = 100\nmissed_heartbeats = 2\n";
+    let cfg = sluice_core::config::parse(toml, "t", &|_| None)
+        .unwrap()
+        .agents;
+    let h = Hub::new(cfg, HubMetrics::default());
+    let (a, mut rx_a, kick_a) = h.register(Arc::from("a"), vec![], (vec![], vec![]));
+    let (_b, _rx_b, mut kick_b) = h.register(Arc::from("b"), vec![], (vec![], vec![]));
+    let t0 = tokio::time::Instant::now();
+    let b_kicked = tokio::spawn(async move {
+        kick_b.changed().await.unwrap();
+        let k = *kick_b.borrow();
+        (t0.elapsed(), k)
+    });
+    h.start_heartbeats();
+    h.start_heartbeats(); // once: a second task would ping twice per beat
+    // `a` answers every ping, `b` never does.
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_millis(450) {
+        while let Ok(f) = rx_a.try_recv() {
+            assert!(matches!(f, Outbound::Ping));
+            pings += 1;
+            a.last_seen
+                .store(sluice_core::resilience::now_nanos(), Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        (3..=6).contains(&pings),
+        "{pings} pings in 450 ms at 100 ms"
+    );
+    assert_eq!(*kick_a.borrow(), Kick::None, "an answering agent stays");
+    // `b`, silent past two beats, was told to go — not before.
+    let (after, kick) = tokio::time::timeout(Duration::from_secs(2), b_kicked)
+        .await
+        .expect("the silent agent was never told to go")
+        .unwrap();
+    assert_eq!(kick, Kick::Silent);
+    assert!(
+        after >= Duration::from_millis(200) && after < Duration::from_millis(500),
+        "{after:?}"
+    );
+    // A session that ended is not pinged any more.
+    h.unregister(&a, "test", false);
+    while rx_a.try_recv().is_ok() {}
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(rx_a.try_recv().is_err(), "pinged after it ended");
+}
