@@ -152,6 +152,8 @@ pub struct Hub {
     /// `max_connects_per_sec`'s bucket: (tokens, when last filled, s).
     pacer: Mutex<(f64, f64)>,
     beats: heartbeat::Beats,
+    /// Bumped whenever an agent comes or goes here ([`Hub::membership`]).
+    members: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -199,6 +201,7 @@ impl Hub {
         Arc::new(Self {
             pacer,
             beats: heartbeat::Beats::new(cfg.heartbeat),
+            members: watch::Sender::new(0),
             replica: format!("{}-{:08x}", hostname(), id_seed as u32),
             cfg,
             agents: RwLock::new(HashMap::new()),
@@ -329,6 +332,7 @@ impl Hub {
             agents.insert(id.clone(), handle.clone())
         };
         self.beats.add(&handle);
+        self.members.send_modify(|n| *n += 1);
         match old {
             Some(old) => {
                 let _ = old.kick.send(Kick::Replaced);
@@ -365,6 +369,7 @@ impl Hub {
         };
         self.beats.remove(handle);
         if removed {
+            self.members.send_modify(|n| *n += 1);
             self.metrics.connected.dec();
             if let Some(c) = self.cluster.get() {
                 c.withdraw(handle);
@@ -625,6 +630,13 @@ impl Hub {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.events.subscribe()
+    }
+
+    /// Changes whenever an agent connects here or leaves (its tools come or
+    /// go with it). Watching this, unlike [`Hub::subscribe`], does not make
+    /// every instruction's status change build and send an event.
+    pub fn membership(&self) -> watch::Receiver<u64> {
+        self.members.subscribe()
     }
 
     /// Tells every session to close with a "reconnect elsewhere" frame and

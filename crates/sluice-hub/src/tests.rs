@@ -181,3 +181,18 @@ async fn one_task_pings_each_session_once_per_beat_and_ends_the_silent() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(rx_a.try_recv().is_err(), "pinged after it ended");
 }
+
+#[tokio::test]
+async fn membership_changes_when_agents_come_and_go_not_with_instructions() {
+    let h = hub();
+    let mut members = h.membership();
+    let (a, _rx, _kick) = h.register(Arc::from("a"), vec![], (vec![], vec![]));
+    assert!(members.has_changed().unwrap(), "a connect is a change");
+    members.mark_unchanged();
+    let id = h.new_instruction_id();
+    h.send_local(&a, id.clone(), &json!(1)).unwrap();
+    assert!(h.agent_reply(&a, &id, Status::Acked, None));
+    assert!(!members.has_changed().unwrap(), "an instruction is not");
+    h.unregister(&a, "test", false);
+    assert!(members.has_changed().unwrap(), "leaving is a change");
+}

@@ -56,28 +56,15 @@ impl Ctx {
 }
 
 /// Tells MCP clients the tool list changed when an agent connects or goes
-/// (agents' tools are part of it).
+/// (agents' tools are part of it). Watches the hub's membership, not its
+/// event stream: a subscriber there makes every instruction's status change
+/// build an event (~10,000 instructions per push) only to be ignored here.
 pub fn watch_agents(app: &Arc<App>) {
     let Some(hub) = &app.hub else { return };
-    let mut events = hub.subscribe();
+    let mut members = hub.membership();
     let app = Arc::downgrade(app);
     tokio::spawn(async move {
-        loop {
-            let e = match events.recv().await {
-                Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
-            };
-            let comes_or_goes = [
-                "\"agent.connected\"",
-                "\"agent.disconnected\"",
-                "\"agent.evicted\"",
-            ]
-            .iter()
-            .any(|t| e.contains(t));
-            if !comes_or_goes {
-                continue;
-            }
+        while members.changed().await.is_ok() {
             let Some(app) = app.upgrade() else { return };
             app.mcp.load().notify_changed("tools");
         }
