@@ -25,6 +25,9 @@ use super::{AgentHandle, Hub, Kick, Outbound};
 /// How far apart slots are visited: pings of the agents in one slot are
 /// written in one wake-up.
 const SLOT: Duration = Duration::from_millis(10);
+/// At most this many slots (a long `heartbeat_ms` visits them further
+/// apart instead of holding 360,000 slots for an hour's interval).
+const MAX_SLOTS: u128 = 1024;
 
 /// The sessions to ping, by slot.
 pub(crate) struct Beats {
@@ -34,7 +37,7 @@ pub(crate) struct Beats {
 
 impl Beats {
     pub(crate) fn new(heartbeat: Duration) -> Self {
-        let n = (heartbeat.as_millis() / SLOT.as_millis()).max(1) as usize;
+        let n = (heartbeat.as_millis() / SLOT.as_millis()).clamp(1, MAX_SLOTS) as usize;
         Self {
             slots: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             started: AtomicBool::new(false),
@@ -108,5 +111,19 @@ async fn run(hub: Weak<Hub>) {
         let Some(h) = hub.upgrade() else { return };
         h.beats.visit(slot, allowed_silence);
         slot = (slot + 1) % n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_ten_ms_apart_and_bounded() {
+        assert_eq!(Beats::new(Duration::from_millis(5000)).slots.len(), 500);
+        assert_eq!(Beats::new(Duration::from_millis(200)).slots.len(), 20);
+        assert_eq!(Beats::new(Duration::from_millis(3)).slots.len(), 1);
+        let hour = Beats::new(Duration::from_secs(3600)).slots.len();
+        assert_eq!(hour, MAX_SLOTS as usize);
     }
 }
