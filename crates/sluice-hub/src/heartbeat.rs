@@ -14,11 +14,13 @@
 //! (and their pongs come back together), the wheel holds one timer for
 //! the whole hub, and a session's task holds none for heartbeats.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sluice_core::resilience::now_nanos;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::{AgentHandle, Hub, Kick, Outbound};
 
@@ -33,6 +35,11 @@ const MAX_SLOTS: u128 = 1024;
 pub(crate) struct Beats {
     slots: Vec<Mutex<Vec<Arc<AgentHandle>>>>,
     started: AtomicBool,
+    /// A session went into an empty slot: the task, which sleeps past
+    /// empty slots, plans again.
+    filled: Arc<Notify>,
+    /// Slots visited so far (each a wake-up of the task).
+    visits: AtomicU64,
 }
 
 impl Beats {
@@ -41,6 +48,8 @@ impl Beats {
         Self {
             slots: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             started: AtomicBool::new(false),
+            filled: Arc::new(Notify::new()),
+            visits: AtomicU64::new(0),
         }
     }
 
@@ -53,7 +62,19 @@ impl Beats {
             .slot(handle.session)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let was_empty = slot.is_empty();
         slot.push(handle.clone());
+        drop(slot);
+        if was_empty {
+            self.filled.notify_one();
+        }
+    }
+
+    fn is_empty(&self, slot: usize) -> bool {
+        self.slots[slot]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     pub(crate) fn remove(&self, handle: &AgentHandle) {
@@ -71,6 +92,7 @@ impl Beats {
     /// session whose queue is full is not reading: its pending write
     /// evicts it (`write_limit`), a ping more would not help.
     fn visit(&self, slot: usize, allowed_silence: u64) {
+        self.visits.fetch_add(1, Ordering::Relaxed);
         let now = now_nanos();
         let slot = self.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
         for h in slot.iter() {
@@ -94,23 +116,47 @@ impl Hub {
     }
 }
 
+/// Visits slot `t % n` at `start + t × period`, t = 0, 1, 2, …, sleeping
+/// past empty slots (a hub with a few agents wakes a few times per
+/// interval, not every 10 ms) — until a session goes into an empty slot.
 async fn run(hub: Weak<Hub>) {
-    let (period, n, allowed_silence) = {
+    let (period, n, allowed_silence, filled) = {
         let Some(h) = hub.upgrade() else { return };
-        let n = h.beats.slots.len();
+        let n = h.beats.slots.len() as u64;
         let silence = h.cfg.heartbeat.as_nanos() as u64 * u64::from(h.cfg.missed_heartbeats);
-        (h.cfg.heartbeat / n as u32, n, silence)
+        let period = (h.cfg.heartbeat.as_nanos() as u64 / n).max(1);
+        (period, n, silence, h.beats.filled.clone())
     };
-    let mut tick = tokio::time::interval(period);
-    // Late (the process stalled): go on from where it was, do not visit
-    // the slots missed in a burst.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slot = 0;
+    let at = |start: Instant, t: u64| start + Duration::from_nanos(period.saturating_mul(t));
+    let mut start = Instant::now();
+    let mut t = 0u64;
     loop {
-        tick.tick().await;
-        let Some(h) = hub.upgrade() else { return };
-        h.beats.visit(slot, allowed_silence);
-        slot = (slot + 1) % n;
+        // The next slot with sessions, at most one cycle ahead.
+        let next = {
+            let Some(h) = hub.upgrade() else { return };
+            (t..t + n).find(|k| !h.beats.is_empty((k % n) as usize))
+        };
+        let k = next.unwrap_or(t + n);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at(start, k)) => {}
+            _ = filled.notified() => {
+                // Plan again from the slot due now.
+                let due = Instant::now().saturating_duration_since(start).as_nanos() as u64 / period;
+                t = due.max(t);
+                continue;
+            }
+        }
+        if next.is_some() {
+            let Some(h) = hub.upgrade() else { return };
+            h.beats.visit((k % n) as usize, allowed_silence);
+        }
+        t = k + 1;
+        // Late (the process stalled): the schedule moves, so the slots
+        // missed are visited in turn, not in one burst.
+        let now = Instant::now();
+        if now > at(start, t) {
+            start += now - at(start, t);
+        }
     }
 }
 
@@ -125,5 +171,32 @@ mod tests {
         assert_eq!(Beats::new(Duration::from_millis(3)).slots.len(), 1);
         let hour = Beats::new(Duration::from_secs(3600)).slots.len();
         assert_eq!(hour, MAX_SLOTS as usize);
+    }
+
+    #[tokio::test]
+    async fn a_few_agents_wake_the_task_a_few_times_per_interval() {
+        let toml = "[agents]\nheartbeat_ms = 200\n";
+        let cfg = sluice_core::config::parse(toml, "t", &|_| None)
+            .unwrap()
+            .agents;
+        let h = Hub::new(cfg, crate::HubMetrics::default());
+        h.start_heartbeats();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // 20 slots of 10 ms, all empty: the task sleeps through them.
+        assert_eq!(h.beats.visits.load(Ordering::Relaxed), 0);
+        let (a, mut rx, _kick) = h.register(Arc::from("a"), vec![], (vec![], vec![]));
+        let t0 = tokio::time::Instant::now();
+        let mut pings = 0;
+        while t0.elapsed() < Duration::from_millis(650) {
+            while let Ok(Outbound::Ping) = rx.try_recv() {
+                pings += 1;
+                a.last_seen.store(now_nanos(), Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // One slot holds the agent: ~3 visits in 650 ms, not ~65.
+        let visits = h.beats.visits.load(Ordering::Relaxed);
+        assert!((2..=5).contains(&visits), "{visits} visits");
+        assert_eq!(pings, visits, "each visit pinged the agent");
     }
 }
