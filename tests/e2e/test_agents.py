@@ -394,6 +394,15 @@ def test_two_replicas_through_redis(tmp_path, redis_server):
                 # The record on b follows too.
                 assert (await c.get(f"{b.base_url}/agents/instructions/{m['id']}")).json()["status"] == "completed"
 
+                # Payloads cross as they were sent: null, escapes, big numbers, deep nesting.
+                for payload in (None, {"s": "é \"q\" \u2028 \\", "n": None, "f": 1.5e300, "i": -(2**63)},
+                                [[[{"k": [1, "2", False]}]]]):
+                    r = await c.post(f"{b.base_url}/agents/roamer/instructions", json={"payload": payload})
+                    assert r.status_code == 202, r.text
+                    m = await next_of(ws, "instruction")
+                    assert m["id"] == r.json()["id"] and m["payload"] == payload
+                    await ws.send(json.dumps({"type": "ack", "id": m["id"]}))
+
                 # Group broadcast from b reaches the member on a.
                 t = asyncio.create_task(answer())
                 r = await c.post(f"{b.base_url}/agent-groups/fleet/instructions",
@@ -516,3 +525,32 @@ def test_an_agent_that_stops_reading_is_evicted_even_mid_write(hub):
         ws.transport.abort()
     run(go())
     hub.assert_alive()
+
+
+def test_instructions_past_the_router_answer_as_through_it(hub):
+    """`POST /v1/agents/{id}/instructions` skips the router when the id is
+    plain (`crate::direct`); an id the router must decode takes it. Both
+    answer alike: queued and delivered, a form body refused (415), a bad
+    body (400), an unknown agent (404)."""
+    async def go():
+        plain, slashed = await connect(hub, "w-3"), await connect(hub, "team/w-3")
+        async with httpx.AsyncClient(base_url=hub.base_url, headers={"accept-encoding": "identity"}) as c:
+            for ws, path in ((plain, "/agents/w-3/instructions"), (slashed, "/agents/team%2Fw-3/instructions")):
+                r = await c.post(path, json={"payload": {"to": path}})
+                assert r.status_code == 202, r.text
+                assert sorted(r.json()) == ["agent_id", "id", "status"]
+                assert r.json()["agent_id"] == ("w-3" if ws is plain else "team/w-3")
+                m = await next_of(ws, "instruction")
+                assert m["id"] == r.json()["id"] and m["payload"] == {"to": path}
+                r = await c.post(path, content=b'{"payload": 1}', headers={"content-type": "text/plain"})
+                assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+                r = await c.post(path, content=b'{"payload": ', headers={"content-type": "application/json"})
+                assert r.status_code == 400 and "invalid instruction" in r.json()["error"]["message"]
+            r = await c.post("/agents/w-4/instructions", json={"payload": 1})
+            assert r.status_code == 404 and r.json()["error"]["code"] == "agent_not_found"
+            # A fixed path of the hub is not an agent, whichever way it is asked.
+            r = await c.post("/agents/instructions/instructions", json={"payload": 1})
+            assert r.status_code == 405
+        await plain.close()
+        await slashed.close()
+    run(go())

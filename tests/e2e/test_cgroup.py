@@ -100,6 +100,9 @@ def test_recorded_v2_limits_size_the_gateway_and_pressure_sheds(tmp_path):
         for c in (kept, plain):
             assert c.post(f"{g.base_url}/chat/completions",
                           json={"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        pushing = httpx.Client(headers={"accept-encoding": "identity"})
+        r = pushing.post(f"{g.base_url}/agents/a1/instructions", json={"payload": 1})
+        assert r.status_code == 404, r.text
         growing = Growing(root, 175)
         wait_for(lambda: g.metric("sluice_cgroup_shedding") == 1, what="shedding")
         for c in (kept, plain):
@@ -109,7 +112,11 @@ def test_recorded_v2_limits_size_the_gateway_and_pressure_sheds(tmp_path):
             assert r.headers["retry-after"] == "1"
             assert r.headers["connection"] == "close", "its buffers go too"
             assert r.json()["error"]["code"] == "memory_pressure"
-        assert g.metric("sluice_cgroup_shed_requests_total") >= 2
+        # An instruction to an agent, which may skip the router too.
+        r = pushing.post(f"{g.base_url}/agents/a1/instructions", json={"payload": 1})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "memory_pressure", r.text
+        pushing.close()
+        assert g.metric("sluice_cgroup_shed_requests_total") >= 3
         kept.close()
         plain.close()
         r = chat(g)

@@ -123,6 +123,19 @@ def test_filters_run_for_a_client_that_asks_for_no_compression(gw, up):
     assert json.loads(up.last()["body"])["model"] == "small-upstream"
 
 
+def test_filters_run_for_instructions_posted_to_agents(gw):
+    # Instructions to an agent may skip the router too (`crate::direct`);
+    # a filter on every route still sees them, and may deny them.
+    url = f"{gw.base_url}/agents/a1/instructions"
+    for encoding in ("identity", "gzip"):
+        h = {"authorization": f"Bearer {TOKEN}", "accept-encoding": encoding}
+        r = httpx.post(url, json={"payload": 1}, headers=h)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "agent_not_found", r.text
+        assert r.headers["x-sdk-filter"] == "on" and r.headers["x-seen-path"] == "/v1/agents/a1/instructions"
+        r = httpx.post(url, json={"payload": 1}, headers={**h, "x-block-me": "1"})
+        assert r.status_code == 403 and r.headers["x-denied-by"] == "sdk-filter", r.text
+
+
 def test_filters_add_headers_read_properties_and_rewrite_the_model(gw, up, client):
     raw = client.chat.completions.with_raw_response.create(model="gpt-big", **CHAT)
     r = raw.parse()

@@ -18,6 +18,12 @@
 //! that router with CORS and request decompression around it: with the
 //! openai SDK's headers a request cost 123,545 instructions through the
 //! layered router and 89,958 here (`bench/instructions.py --sdk`).
+//!
+//! An instruction posted to an agent (`POST /v1/agents/{id}/instructions`,
+//! the hub's busiest call) goes the same way: through the router its
+//! cloned services, boxed futures and path extraction were ~13,000 of the
+//! ~63,500 user-space instructions a pushed instruction cost the gateway,
+//! answer and ack included (callgrind, `bench/agents`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,32 +53,62 @@ pub const PROXIED: [(&str, Operation); 5] = [
 
 pub type Served = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
-/// The route and operation of a request the proxy may serve directly.
-pub fn route(app: &App, req: &Request<Incoming>) -> Option<(&'static str, Operation)> {
+/// What serves a request past the router.
+#[derive(Debug, PartialEq)]
+pub enum Direct {
+    /// The proxy, for one of the [`PROXIED`] routes.
+    Proxy(&'static str, Operation),
+    /// An instruction for this agent.
+    Instruct(String),
+}
+
+/// What may serve a request directly, if anything.
+pub fn route(app: &App, req: &Request<Incoming>) -> Option<Direct> {
     if req.method() != Method::POST {
         return None;
     }
-    let &(route, op) = PROXIED.iter().find(|(p, _)| *p == req.uri().path())?;
+    let path = req.uri().path();
+    let to = match PROXIED.iter().find(|(p, _)| *p == path) {
+        Some(&(route, op)) => Direct::Proxy(route, op),
+        None => Direct::Instruct(instructed_agent(path)?.to_owned()),
+    };
     crate::pressure::look();
-    if crate::pressure::shedding() || filtered(app, route) {
+    if crate::pressure::shedding() || filtered(app, path) {
         return None;
     }
-    Some((route, op))
+    Some(to)
+}
+
+/// The agent of `/v1/agents/{id}/instructions` when the router would take
+/// `{id}` as it is: one segment, nothing percent-encoded, not one of the
+/// hub's fixed paths (`/v1/agents/instructions/{id}` is a GET route, so
+/// the router answers a POST there with 405). Any other id takes the router.
+fn instructed_agent(path: &str) -> Option<&str> {
+    let id = path
+        .strip_prefix("/v1/agents/")?
+        .strip_suffix("/instructions")?;
+    let plain = !id.is_empty()
+        && !id.contains(['/', '%'])
+        && !["connect", "events", "instructions"].contains(&id);
+    plain.then_some(id)
 }
 
 /// Serves a request [`route`] let through; its response compressed as the
 /// layered router would (`crate::layers`) when `compress` (the client
 /// accepts an encoding).
-pub fn serve(
-    app: &Arc<App>,
-    to: (&'static str, Operation),
-    req: Request<Incoming>,
-    compress: bool,
-) -> Served {
+pub fn serve(app: &Arc<App>, to: Direct, req: Request<Incoming>, compress: bool) -> Served {
     let accepts = compress
         .then(|| req.headers().get(ACCEPT_ENCODING).cloned())
         .flatten();
-    let served = crate::proxy::handle(app.clone(), to.1, to.0, req.map(Body::new));
+    let req = req.map(Body::new);
+    let served = match to {
+        Direct::Proxy(route, op) => crate::proxy::handle(app.clone(), op, route, req),
+        Direct::Instruct(agent) => Box::pin(crate::hub_routes::instruct_directly(
+            app.clone(),
+            agent,
+            req,
+        )),
+    };
     match accepts {
         None => served,
         Some(accepts) => Box::pin(compressed(served, accepts)),
@@ -110,4 +146,32 @@ async fn compressed(served: Served, accepts: HeaderValue) -> Response<Body> {
 /// `Plugins::filters_for`).
 fn filtered(app: &App, path: &str) -> bool {
     app.plugins.load().filters_for(path).next().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instructed_agent;
+
+    #[test]
+    fn an_instruction_path_names_its_agent_when_the_router_would_take_it_as_is() {
+        assert_eq!(instructed_agent("/v1/agents/a-1/instructions"), Some("a-1"));
+        assert_eq!(
+            instructed_agent("/v1/agents/a.b_c/instructions"),
+            Some("a.b_c")
+        );
+        for routed in [
+            "/v1/agents//instructions",
+            "/v1/agents/a/b/instructions",
+            "/v1/agents/a%2Fb/instructions",
+            "/v1/agents/instructions/instructions",
+            "/v1/agents/connect/instructions",
+            "/v1/agents/events/instructions",
+            "/v1/agents/instructions",
+            "/v1/agents/a-1",
+            "/v1/agent-groups/g/instructions",
+            "/v2/agents/a/instructions",
+        ] {
+            assert_eq!(instructed_agent(routed), None, "{routed}");
+        }
+    }
 }

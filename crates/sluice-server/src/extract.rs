@@ -106,11 +106,32 @@ impl FromRequest<Arc<App>> for JsonBody {
     type Rejection = Response;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Response> {
-        if let Err(e) = not_a_form(req.headers()) {
-            return Err(error_response(&e, wire_of(req.uri().path())));
-        }
-        ApiBody::from_request(req, app).await.map(|b| Self(b.0))
+        let wire = wire_of(req.uri().path());
+        let (parts, body) = req.into_parts();
+        json_body(app, &parts.headers, body, wire).await.map(Self)
     }
+}
+
+/// A JSON request body as [`JsonBody`] takes it, for a handler called
+/// without the router (`crate::direct`); a refusal in `wire`'s error body.
+pub async fn json_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    wire: Wire,
+) -> Result<Bytes, Response> {
+    not_a_form(headers).map_err(|e| error_response(&e, wire))?;
+    let (max, timeout) = body_limits(app);
+    read_body(headers, body, max, timeout)
+        .await
+        .map_err(|e| error_response(&e, wire))
+}
+
+/// `server.max_body_bytes` and `server.body_read_timeout_ms`.
+fn body_limits(app: &App) -> (usize, Duration) {
+    let snap = app.snapshot.load();
+    let s = &snap.config.server;
+    (s.max_body_bytes, s.body_read_timeout)
 }
 
 /// The whole request body, within `server.max_body_bytes` (413) and
@@ -122,11 +143,7 @@ impl FromRequest<Arc<App>> for ApiBody {
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Response> {
         let wire = wire_of(req.uri().path());
-        let (max, timeout) = {
-            let snap = app.snapshot.load();
-            let s = &snap.config.server;
-            (s.max_body_bytes, s.body_read_timeout)
-        };
+        let (max, timeout) = body_limits(app);
         let (parts, body) = req.into_parts();
         read_body(&parts.headers, body, max, timeout)
             .await

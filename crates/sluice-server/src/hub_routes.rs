@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{ErrorKind, GatewayError};
@@ -351,7 +351,20 @@ pub async fn instruct(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Response {
-    let (hub, scope, b) = match checked(&app, &headers, &body) {
+    instructed(&app, agent_id, &headers, &body).await
+}
+
+/// `POST /v1/agents/{id}/instructions` past the router (`crate::direct`).
+pub async fn instruct_directly(app: Arc<App>, agent_id: String, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    match crate::extract::json_body(&app, &parts.headers, body, Wire::OpenAi).await {
+        Ok(body) => instructed(&app, agent_id, &parts.headers, &body).await,
+        Err(refused) => refused,
+    }
+}
+
+async fn instructed(app: &App, agent_id: String, headers: &HeaderMap, body: &Bytes) -> Response {
+    let (hub, scope, b) = match checked(app, headers, body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
