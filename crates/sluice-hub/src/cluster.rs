@@ -18,14 +18,19 @@
 //!   instruction it sent elsewhere moved on: delivered, acked, completed,
 //!   undelivered).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sluice_core::config::RedisConfig;
+use tokio::sync::mpsc;
 
 use super::{AgentHandle, Hub, SendError, Status};
 
@@ -41,6 +46,47 @@ pub struct Cluster {
     /// Instructions delivered here for another replica: id → that replica.
     origins: Mutex<HashMap<String, String>>,
     lookup: redis::Script,
+    /// Status updates for other replicas (channel, message), sent by
+    /// [`publisher`].
+    statuses: mpsc::Sender<(String, String)>,
+    /// Status updates dropped because [`STATUS_QUEUE`] was full.
+    dropped: AtomicU64,
+}
+
+/// Status updates waiting for Redis; past it they are dropped (with a
+/// warning), as they were lost when Redis timed out.
+const STATUS_QUEUE: usize = 1024;
+
+/// A message on a replica's channel (`on_message`), read in place.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    agent_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    origin: Cow<'a, str>,
+    #[serde(default, borrow)]
+    session_key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    status: Cow<'a, str>,
+    /// Passed on to the agent as it came (no tree built for it).
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+/// A status update for the replica an instruction came from.
+#[derive(Serialize)]
+struct StatusMessage<'a> {
+    op: &'static str,
+    id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
 }
 
 /// Deletes a presence key only if it is still this session's.
@@ -88,8 +134,11 @@ fn channel(replica: &str) -> String {
 impl Cluster {
     /// Connects (lazily) and starts the listener and presence refresher.
     pub fn start(hub: &Arc<Hub>, redis: &RedisConfig) -> anyhow::Result<Arc<Self>> {
+        let conn = sluice_core::redis_conn::connect(redis).map_err(anyhow::Error::msg)?;
+        let (statuses, queued) = mpsc::channel(STATUS_QUEUE);
+        tokio::spawn(publisher(conn.clone(), redis.timeout, queued));
         let c = Arc::new(Self {
-            conn: sluice_core::redis_conn::connect(redis).map_err(anyhow::Error::msg)?,
+            conn,
             replica: hub.replica.clone(),
             ttl: hub.cfg.presence_ttl,
             agent_ttl: (hub.cfg.presence_ttl * 4).max(Duration::from_secs(3600)),
@@ -97,6 +146,8 @@ impl Cluster {
             hub: Arc::downgrade(hub),
             origins: Mutex::new(HashMap::new()),
             lookup: redis::Script::new(LOOKUP),
+            statuses,
+            dropped: AtomicU64::new(0),
         });
         let client = redis::Client::open(redis.url.expose())?;
         tokio::spawn(listen(c.clone(), client));
@@ -339,9 +390,22 @@ impl Cluster {
             .map(|a| a.iter().filter_map(Value::as_str).map(Arc::from).collect())
             .unwrap_or_default();
         hub.create_record(&id, Arc::from(agent_id), groups);
-        let msg = json!({"op": "deliver", "id": &*id, "agent_id": agent_id,
-                         "payload": payload, "origin": self.replica})
-        .to_string();
+        #[derive(Serialize)]
+        struct Deliver<'a> {
+            op: &'static str,
+            id: &'a str,
+            agent_id: &'a str,
+            payload: &'a Value,
+            origin: &'a str,
+        }
+        let msg = serde_json::to_string(&Deliver {
+            op: "deliver",
+            id: &id,
+            agent_id,
+            payload,
+            origin: &self.replica,
+        })
+        .unwrap_or_default();
         let mut conn = self.conn.clone();
         let publish = redis::cmd("PUBLISH")
             .arg(channel(&replica))
@@ -361,7 +425,7 @@ impl Cluster {
     }
 
     /// An instruction's status moved here: tell the replica it came from.
-    pub fn status_changed(self: &Arc<Self>, id: &str, status: Status, result: Option<&Value>) {
+    pub fn status_changed(&self, id: &str, status: Status, result: Option<&Value>) {
         let origin = {
             let mut o = self.origins.lock().unwrap_or_else(|p| p.into_inner());
             if status.is_final() {
@@ -371,69 +435,88 @@ impl Cluster {
             }
         };
         let Some(origin) = origin else { return };
-        let mut msg = json!({"op": "status", "id": id, "status": status.name()});
-        if let Some(r) = result {
-            msg["result"] = r.clone();
+        let msg = StatusMessage {
+            op: "status",
+            id,
+            status: status.name(),
+            result,
+        };
+        let msg = serde_json::to_string(&msg).unwrap_or_default();
+        if self.statuses.try_send((channel(&origin), msg)).is_err() {
+            // Logged at the 1st, 2nd, 4th, 8th… drop: Redis down under
+            // load must not flood the log.
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "agent hub: {STATUS_QUEUE} status updates wait for redis; further ones are dropped"
+                );
+            }
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH")
-            .arg(channel(&origin))
-            .arg(msg.to_string())
-            .ignore();
-        let me = self.clone();
-        tokio::spawn(async move {
-            let _ = me.run(pipe).await;
-        });
     }
 
     fn on_message(self: &Arc<Self>, text: &str) {
         let Some(hub) = self.hub.upgrade() else {
             return;
         };
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
+        let Ok(m) = serde_json::from_str::<Message>(text) else {
             return;
         };
-        let s = |k: &str| {
-            v.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        match v.get("op").and_then(Value::as_str) {
-            Some("deliver") => {
-                let (id, agent_id, origin) = (s("id"), s("agent_id"), s("origin"));
-                let payload = v.get("payload").cloned().unwrap_or(Value::Null);
-                let id: Arc<str> = Arc::from(id);
+        match &*m.op {
+            "deliver" => {
+                let id: Arc<str> = Arc::from(&*m.id);
                 self.origins
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.to_string(), origin.clone());
-                let sent = match hub.get(&agent_id) {
-                    Some(agent) => hub.send_local(&agent, id.clone(), &payload).is_ok(),
-                    None => false,
+                    .insert(m.id.into_owned(), m.origin.into_owned());
+                let sent = match (hub.get(&m.agent_id), m.payload) {
+                    (Some(agent), Some(raw)) => hub.send_local(&agent, id.clone(), raw).is_ok(),
+                    (Some(agent), None) => hub.send_local(&agent, id.clone(), &Value::Null).is_ok(),
+                    (None, _) => false,
                 };
                 if !sent {
                     self.status_changed(&id, Status::Undelivered, None);
                 }
             }
-            Some("kick") => {
-                if let Some(agent) = hub.get(&s("agent_id"))
-                    && self.session_key(&agent) == s("session_key")
+            "kick" => {
+                if let Some(agent) = hub.get(&m.agent_id)
+                    && self.session_key(&agent) == m.session_key
                 {
                     hub.kick_replaced(&agent);
                 }
             }
-            Some("status") => {
-                let status = match s("status").as_str() {
+            "status" => {
+                let status = match &*m.status {
                     "delivered" => Status::Delivered,
                     "acked" => Status::Acked,
                     "completed" => Status::Completed,
                     "undelivered" => Status::Undelivered,
                     _ => return,
                 };
-                hub.set_status(&s("id"), status, v.get("result").cloned());
+                hub.set_status(&m.id, status, m.result);
             }
             _ => {}
+        }
+    }
+}
+
+/// Sends status updates in the order they were made, one pipeline for
+/// whatever queued while the last was on its way (no task per update).
+async fn publisher(
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    mut queued: mpsc::Receiver<(String, String)>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while queued.recv_many(&mut batch, 256).await > 0 {
+        let mut pipe = redis::pipe();
+        for (channel, msg) in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel).arg(msg).ignore();
+        }
+        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "agent hub: redis error"),
+            Err(_) => tracing::warn!("agent hub: redis timed out"),
         }
     }
 }

@@ -409,18 +409,18 @@ impl Hub {
     }
 
     /// Records and queues an instruction for a local agent.
-    pub fn send_local(
+    pub fn send_local<P: serde::Serialize + ?Sized>(
         &self,
         agent: &AgentHandle,
         id: Arc<str>,
-        payload: &Value,
+        payload: &P,
     ) -> Result<(), SendError> {
         // Serialized straight from the caller's payload (no copy of it).
         #[derive(serde::Serialize)]
-        struct Frame<'a> {
+        struct Frame<'a, P: ?Sized> {
             r#type: &'static str,
             id: &'a str,
-            payload: &'a Value,
+            payload: &'a P,
         }
         let frame = serde_json::to_string(&Frame {
             r#type: "instruction",
