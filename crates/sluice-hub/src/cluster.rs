@@ -43,12 +43,13 @@ pub struct Cluster {
     agent_ttl: Duration,
     timeout: Duration,
     hub: Weak<Hub>,
-    /// Instructions delivered here for another replica: id → that replica.
-    origins: Mutex<HashMap<String, String>>,
+    /// Instructions delivered here for another replica: id → the channel
+    /// of the replica it came from (shared: a status update allocates none).
+    origins: Mutex<HashMap<Arc<str>, Arc<str>>>,
     lookup: redis::Script,
     /// Status updates for other replicas (channel, message), sent by
     /// [`publisher`].
-    statuses: mpsc::Sender<(String, String)>,
+    statuses: mpsc::Sender<(Arc<str>, String)>,
     /// Status updates dropped because [`STATUS_QUEUE`] was full.
     dropped: AtomicU64,
 }
@@ -442,7 +443,7 @@ impl Cluster {
             result,
         };
         let msg = serde_json::to_string(&msg).unwrap_or_default();
-        if self.statuses.try_send((channel(&origin), msg)).is_err() {
+        if self.statuses.try_send((origin, msg)).is_err() {
             // Logged at the 1st, 2nd, 4th, 8th… drop: Redis down under
             // load must not flood the log.
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -468,7 +469,7 @@ impl Cluster {
                 self.origins
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(m.id.into_owned(), m.origin.into_owned());
+                    .insert(id.clone(), Arc::from(channel(&m.origin)));
                 let sent = match (hub.get(&m.agent_id), m.payload) {
                     (Some(agent), Some(raw)) => hub.send_local(&agent, id.clone(), raw).is_ok(),
                     (Some(agent), None) => hub.send_local(&agent, id.clone(), &Value::Null).is_ok(),
@@ -505,13 +506,13 @@ impl Cluster {
 async fn publisher(
     mut conn: ConnectionManager,
     timeout: Duration,
-    mut queued: mpsc::Receiver<(String, String)>,
+    mut queued: mpsc::Receiver<(Arc<str>, String)>,
 ) {
     let mut batch = Vec::with_capacity(64);
     while queued.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
         for (channel, msg) in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel).arg(msg).ignore();
+            pipe.cmd("PUBLISH").arg(&*channel).arg(msg).ignore();
         }
         match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {}

@@ -175,11 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_few_agents_wake_the_task_a_few_times_per_interval() {
-        let toml = "[agents]\nheartbeat_ms = 200\n";
-        let cfg = sluice_core::config::parse(toml, "t", &|_| None)
-            .unwrap()
-            .agents;
-        let h = Hub::new(cfg, crate::HubMetrics::default());
+        let h = crate::tests::hub_with("[agents]\nheartbeat_ms = 200\n");
         h.start_heartbeats();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // 20 slots of 10 ms, all empty: the task sleeps through them.

@@ -3,7 +3,12 @@
 use super::*;
 
 fn hub() -> Arc<Hub> {
-    let cfg = sluice_core::config::parse("", "t", &|_| None)
+    hub_with("")
+}
+
+/// A hub with this configuration (`[agents]` and all).
+pub(crate) fn hub_with(toml: &str) -> Arc<Hub> {
+    let cfg = sluice_core::config::parse(toml, "t", &|_| None)
         .unwrap()
         .agents;
     Hub::new(cfg, HubMetrics::default())
@@ -102,10 +107,7 @@ fn connects_are_paced_by_a_bucket_a_tenth_of_a_second_deep() {
     let unpaced = hub();
     assert!((0..10_000).all(|_| unpaced.admit_connect().is_ok()));
     assert_eq!(unpaced.reconnect_jitter_ms(), 1000);
-    let cfg = sluice_core::config::parse("[agents]\nmax_connects_per_sec = 4\n", "t", &|_| None)
-        .unwrap()
-        .agents;
-    let h = Hub::new(cfg, HubMetrics::default());
+    let h = hub_with("[agents]\nmax_connects_per_sec = 4\n");
     for _ in 0..4 {
         assert!(h.admit_connect().is_ok());
     }
@@ -118,10 +120,7 @@ fn connects_are_paced_by_a_bucket_a_tenth_of_a_second_deep() {
     assert!(h.admit_connect().is_ok(), "refilled at 4 per second");
     // At 1,000 per second a storm gets 100 at once (a tenth of a second's
     // worth), then one per millisecond — not a thousand in one instant.
-    let cfg = sluice_core::config::parse("[agents]\nmax_connects_per_sec = 1000\n", "t", &|_| None)
-        .unwrap()
-        .agents;
-    let h = Hub::new(cfg, HubMetrics::default());
+    let h = hub_with("[agents]\nmax_connects_per_sec = 1000\n");
     let admitted = (0..1000).take_while(|_| h.admit_connect().is_ok()).count();
     assert!((100..=102).contains(&admitted), "{admitted}");
     assert!(
@@ -134,11 +133,7 @@ fn connects_are_paced_by_a_bucket_a_tenth_of_a_second_deep() {
 
 #[tokio::test]
 async fn one_task_pings_each_session_once_per_beat_and_ends_the_silent() {
-    let toml = "[agents]\nheartbeat_ms = 100\nmissed_heartbeats = 2\n";
-    let cfg = sluice_core::config::parse(toml, "t", &|_| None)
-        .unwrap()
-        .agents;
-    let h = Hub::new(cfg, HubMetrics::default());
+    let h = hub_with("[agents]\nheartbeat_ms = 100\nmissed_heartbeats = 2\n");
     let (a, mut rx_a, kick_a) = h.register(Arc::from("a"), vec![], (vec![], vec![]));
     let (_b, _rx_b, mut kick_b) = h.register(Arc::from("b"), vec![], (vec![], vec![]));
     let t0 = tokio::time::Instant::now();
