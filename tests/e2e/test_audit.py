@@ -8,6 +8,7 @@ import subprocess
 
 import httpx
 import openai
+import pytest
 
 from conftest import MOCK_MODEL, SLUICE, Gateway, wait_for
 
@@ -22,20 +23,26 @@ def read_events(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def test_file_audit_encrypts_identifiers_and_decrypts_exactly(tmp_path):
+# With prompt redaction on, the recorded fields come from the redaction's
+# own pass over the body: they must be the same (the client's values, the
+# encrypted ones unredacted), `messages` included.
+@pytest.mark.parametrize("redact", [False, True], ids=["plain", "with_prompt_redaction"])
+def test_file_audit_encrypts_identifiers_and_decrypts_exactly(tmp_path, redact):
     audit = tmp_path / "audit.jsonl"
     cfg = MOCK + f"""
 [audit]
 path = "{audit}"
 fields = ["metadata.note", "metadata.team"]
-encrypt_fields = ["user", "metadata.patient_id"]
+encrypt_fields = ["user", "metadata.patient_id", "messages"]
 """
+    if redact:
+        cfg += "[redaction]\nprompts = true\n"
     g = Gateway(cfg, tmp_path=tmp_path, env={"SLUICE_AUDIT_KEY": AUDIT_KEY})
     try:
         client = openai.OpenAI(base_url=g.base_url, api_key="unused")
         r = client.chat.completions.create(
             model="mock-1",
-            messages=[{"role": "user", "content": "hi"}],
+            messages=[{"role": "user", "content": "hi, I am carol@example.net"}],
             user="alice@example.com",
             extra_body={"metadata": {"patient_id": 12345, "team": "cardio",
                                      "note": "call +44 20 7946 0958 or bob@example.org"}},
@@ -50,7 +57,7 @@ encrypt_fields = ["user", "metadata.patient_id"]
         g.stop()
     raw = audit.read_text()
     # No identifier or PII in the clear, anywhere in the file.
-    for secret in ["alice@example.com", "12345", "7946", "bob@example.org"]:
+    for secret in ["alice@example.com", "12345", "7946", "bob@example.org", "carol@"]:
         assert secret not in raw, secret
     ok, missing = {e["request_id"]: e for e in events}["audit-1"], {e["request_id"]: e for e in events}["audit-2"]
     assert ok["status"] == 200 and ok["model"] == "mock-1" and ok["provider"] == "mock"
@@ -72,6 +79,8 @@ encrypt_fields = ["user", "metadata.patient_id"]
     assert restored["audit-1"]["fields"]["user"] == "alice@example.com"
     assert restored["audit-1"]["fields"]["metadata.patient_id"] == 12345
     assert restored["audit-1"]["fields"]["metadata.note"] == "call [PHONE] or [EMAIL]"
+    assert restored["audit-1"]["fields"]["messages"] == [
+        {"role": "user", "content": "hi, I am carol@example.net"}]
 
     # The wrong key does not.
     bad = subprocess.run([str(SLUICE), "audit", "decrypt", str(audit)], capture_output=True,

@@ -14,11 +14,14 @@ mod nats;
 mod pick;
 mod sink;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_core::config::{AuditConfig, AuditDurability, RedisConfig};
+use sluice_core::json;
 use sluice_core::pii::Redactor;
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,18 +95,14 @@ struct Field {
     encrypt: bool,
 }
 
-impl AsRef<[String]> for Field {
-    fn as_ref(&self) -> &[String] {
-        &self.parts
-    }
-}
-
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
     durability: AuditDurability,
     spill: Arc<Spill>,
     cipher: Option<FieldCipher>,
     fields: Vec<Field>,
+    /// The request members the fields are under (their paths' first parts).
+    heads: Vec<String>,
     redactor: Option<Arc<Redactor>>,
     counts: sink::Counts,
 }
@@ -134,7 +133,7 @@ impl Auditor {
             cfg.retry,
             counts.clone(),
         ));
-        let fields = cfg
+        let fields: Vec<Field> = cfg
             .fields
             .iter()
             .map(|f| Field {
@@ -143,12 +142,19 @@ impl Auditor {
                 encrypt: cfg.encrypt_fields.contains(f),
             })
             .collect();
+        let mut heads: Vec<String> = fields
+            .iter()
+            .filter_map(|f| f.parts.first().cloned())
+            .collect();
+        heads.sort_unstable();
+        heads.dedup();
         Ok(Self {
             tx,
             durability: cfg.durability,
             spill,
             cipher,
             fields,
+            heads,
             redactor,
             counts,
         })
@@ -171,8 +177,23 @@ impl Auditor {
         if self.fields.is_empty() {
             return None;
         }
+        let root = json::object(std::str::from_utf8(body).ok()?).ok()?;
+        Some(self.fields_in(&root))
+    }
+
+    /// The top-level request members the recorded fields are found under:
+    /// what [`Auditor::fields_in`] needs of a body.
+    pub fn field_heads(&self) -> &[String] {
+        &self.heads
+    }
+
+    /// [`Auditor::fields_of`] a body whose top-level members (at least those
+    /// named by [`Auditor::field_heads`]) were read already, e.g. by
+    /// `sluice_core::pii::redact_request_json_keeping`: the body is not
+    /// parsed again.
+    pub fn fields_in(&self, members: &[(Cow<'_, str>, &RawValue)]) -> Map<String, Value> {
         let mut out = Map::new();
-        let found = pick::pick(body, &self.fields)?;
+        let found = self.fields.iter().map(|f| pick::find(members, &f.parts));
         for (f, raw) in self.fields.iter().zip(found) {
             let Some(raw) = raw else { continue };
             let recorded = match (&self.cipher, f.encrypt) {
@@ -185,7 +206,7 @@ impl Auditor {
             };
             out.insert(f.path.clone(), recorded);
         }
-        Some(out)
+        out
     }
 
     /// A tool call's arguments as recorded: PII redacted from every
@@ -376,6 +397,21 @@ mod tests {
             json!({"n": 42, "s": "ab"}),
             "the value as written (spacing, escapes) decrypts to the same value"
         );
+        // The same fields from the members the redaction pass kept.
+        let mut kept = Vec::new();
+        let r = Redactor::builtin();
+        sluice_core::pii::redact_request_json_keeping(body, &r, a.field_heads(), &mut kept)
+            .unwrap();
+        assert_eq!(a.field_heads(), ["a", "metadata", "missing", "user"]);
+        let g = a.fields_in(&kept);
+        assert_eq!(g.keys().collect::<Vec<_>>(), f.keys().collect::<Vec<_>>());
+        for (k, v) in &g {
+            if k == "metadata.id" {
+                assert_eq!(c.decrypt(k, v).unwrap(), c.decrypt(k, &f[k]).unwrap());
+            } else {
+                assert_eq!(v, &f[k], "{k}");
+            }
+        }
         assert!(a.fields_of(b"not json").is_none());
         assert!(a.fields_of(b"[1,2]").is_none());
     }

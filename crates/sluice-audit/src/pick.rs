@@ -1,25 +1,18 @@
-//! The values at a few dotted paths of a JSON document: members read as
-//! raw slices with borrowed keys (`sluice_core::json`), only the objects on
-//! the paths looked into, nothing built.
+//! The value at a dotted path of a JSON document: members read as raw
+//! slices with borrowed keys (`sluice_core::json`), only the objects on
+//! the path looked into, nothing built.
 
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 use sluice_core::json;
 
-/// For each path (its parts), the raw value there when the document has
-/// one; `None` when the document is not a JSON object.
-pub(crate) fn pick<'a, P: AsRef<[String]>>(
-    body: &'a [u8],
-    paths: &[P],
-) -> Option<Vec<Option<&'a RawValue>>> {
-    let root = json::object(std::str::from_utf8(body).ok()?).ok()?;
-    Some(paths.iter().map(|p| find(&root, p.as_ref())).collect())
-}
-
 /// The value at `path` below an object's members (a repeated key: its
 /// last value, as a parser building the object would keep).
-fn find<'a>(members: &[(Cow<'a, str>, &'a RawValue)], path: &[String]) -> Option<&'a RawValue> {
+pub(crate) fn find<'a>(
+    members: &[(Cow<'a, str>, &'a RawValue)],
+    path: &[String],
+) -> Option<&'a RawValue> {
     let (first, rest) = path.split_first()?;
     let (_, v) = members.iter().rev().find(|(k, _)| k == first)?;
     if rest.is_empty() {
@@ -38,12 +31,20 @@ mod tests {
             .collect()
     }
 
+    /// For each path, the raw value there (`None` for all when the body
+    /// is not a JSON object).
+    fn pick(body: &str, p: &[&str]) -> Option<Vec<Option<String>>> {
+        let root = json::object(body).ok()?;
+        Some(
+            paths(p)
+                .iter()
+                .map(|path| find(&root, path).map(|r| r.get().to_owned()))
+                .collect(),
+        )
+    }
+
     fn got(body: &str, p: &[&str]) -> Vec<Option<String>> {
-        pick(body.as_bytes(), &paths(p))
-            .unwrap_or_else(|| vec![None; p.len()])
-            .into_iter()
-            .map(|r| r.map(|r| r.get().to_owned()))
-            .collect()
+        pick(body, p).unwrap_or_else(|| vec![None; p.len()])
     }
 
     #[test]
@@ -85,7 +86,7 @@ mod tests {
             vec![None, None]
         );
         for bad in [r#"{"user":"a""#, r#"{"user":"a"} trailing"#, "[1,2]", " 7"] {
-            assert!(pick(bad.as_bytes(), &paths(&["user"])).is_none(), "{bad}");
+            assert!(pick(bad, &["user"]).is_none(), "{bad}");
         }
     }
 }

@@ -102,6 +102,23 @@ enum Shape {
 /// is never built into a `Value`: only the members on the prompt's paths
 /// are looked into. An error when `body` is not a JSON object.
 pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Option<Vec<u8>>> {
+    redact_request_json_keeping(body, r, &[] as &[&str], &mut Vec::new())
+}
+
+/// The top-level members of a request (key, raw value), in body order.
+pub type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// [`redact_request_json`], which also hands over the raw values of the
+/// top-level members named in `keep` as the same pass reads them (into
+/// `kept`, repeated keys included, in body order): a caller that wants a
+/// few members (the audit's recorded fields) does not parse the body again.
+/// The values are the body's, as the client sent them, not redacted.
+pub fn redact_request_json_keeping<'a, K: AsRef<str>>(
+    body: &'a [u8],
+    r: &'a Redactor,
+    keep: &[K],
+    kept: &mut Members<'a>,
+) -> serde_json::Result<Option<Vec<u8>>> {
     let text = std::str::from_utf8(body).map_err(serde::de::Error::custom)?;
     let mut e = Edits {
         base: text,
@@ -111,7 +128,12 @@ pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Opti
     // One pass: the members on the prompt's paths are taken as raw slices
     // as the parser reaches them, everything else is skipped as it is read.
     let mut de = serde_json::Deserializer::from_str(text);
-    serde::de::DeserializeSeed::deserialize(walk::Top(&mut e), &mut de)?;
+    let top = walk::Top {
+        edits: &mut e,
+        keep,
+        kept,
+    };
+    serde::de::DeserializeSeed::deserialize(top, &mut de)?;
     de.end()?;
     Ok(e.apply())
 }
@@ -215,6 +237,39 @@ impl<'a> Edits<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_members_are_the_bodys_and_keeping_changes_no_redaction() {
+        let r = Redactor::builtin();
+        let body =
+            br#"{"us\u0065r":"a@b.io","model":"m","metadata":{"team":"x","n":"+44 20 7946 0958"},
+            "messages":[{"role":"user","content":"c@d.io"}],"temperature":0.5,"model":"n"}"#;
+        let plain = redact_request_json(body, &r).unwrap();
+        let text = std::str::from_utf8(body).unwrap();
+        for keep in [
+            &["user", "metadata", "model"][..],
+            &["messages", "temperature"],
+            &["nope"],
+            &[],
+        ] {
+            let mut kept = Vec::new();
+            let out = redact_request_json_keeping(body, &r, keep, &mut kept).unwrap();
+            assert_eq!(out, plain, "keeping {keep:?} changed the redaction");
+            let want: Vec<(String, String)> = json::object(text)
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| keep.contains(&&**k))
+                .map(|(k, v)| (k.into_owned(), v.get().to_owned()))
+                .collect();
+            let got: Vec<(String, String)> = kept
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.get().to_owned()))
+                .collect();
+            assert_eq!(got, want, "keeping {keep:?}");
+        }
+        let mut kept = Vec::new();
+        assert!(redact_request_json_keeping(b"[1]", &r, &["a"], &mut kept).is_err());
+    }
 
     #[test]
     fn only_the_strings_with_findings_change_byte_for_byte() {

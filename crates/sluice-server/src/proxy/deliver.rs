@@ -25,6 +25,9 @@ use super::watch::{ObservedBody, Watch};
 /// Largest non-streamed response converted between formats in memory.
 const CONVERT_LIMIT: usize = 32 << 20;
 
+/// The most headers the gateway adds to an upstream's answer.
+const ADDED_HEADERS: usize = 8;
+
 /// Hands a committed response to the client in the client's format.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn deliver(
@@ -38,7 +41,10 @@ pub(crate) async fn deliver(
     adm: Admitted,
 ) -> Response<Body> {
     let status = head.status;
-    let mut headers = HeaderMap::new();
+    // Room for what the gateway adds (request id, content type, rate-limit
+    // headers, Retry-After): grown from empty, then reserved for the
+    // rate-limit headers, the map was rebuilt twice per answer.
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + ADDED_HEADERS);
     copy_response_headers(&head.headers, &mut headers);
     let stream = call.peek.stream && status.is_success();
     let delivery = match call.op {

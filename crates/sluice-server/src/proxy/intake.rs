@@ -73,20 +73,33 @@ pub(crate) fn request_id(h: &HeaderMap) -> HeaderValue {
 
 /// The body with PII redacted from its prompt text, when prompt redaction
 /// is on and there was something to redact.
-pub(super) fn redact_prompt(
-    snap: &crate::app::Snapshot,
-    body: &Bytes,
+/// What [`redact_prompt`] did.
+pub(super) enum Redacted {
+    /// Prompt redaction is off: the body was not read.
+    Off,
+    /// The body as redacted, or `None` when nothing was found.
+    Read(Option<Bytes>),
+}
+
+/// The body with its prompts redacted, when configured. The top-level
+/// members named in `keep` are handed over (to `kept`) as the same pass
+/// reads them.
+pub(super) fn redact_prompt<'a>(
+    snap: &'a crate::app::Snapshot,
+    body: &'a Bytes,
     op: Operation,
-) -> Result<Option<Bytes>, GatewayError> {
+    keep: &[String],
+    kept: &mut sluice_core::pii::Members<'a>,
+) -> Result<Redacted, GatewayError> {
     let r = &snap.config.redaction;
     let Some(redactor) = r.redactor.as_ref().filter(|_| r.prompts) else {
-        return Ok(None);
+        return Ok(Redacted::Off);
     };
     // The request is peeked after this (whatever was redacted, its shape
     // and model stay); a body that is not a JSON object gets the peek's
     // precise error here.
-    sluice_core::pii::redact_request_json(body, redactor)
-        .map(|b| b.map(Bytes::from))
+    sluice_core::pii::redact_request_json_keeping(body, redactor, keep, kept)
+        .map(|b| Redacted::Read(b.map(Bytes::from)))
         .map_err(|e| match request::peek(body, op) {
             Err(precise) => precise,
             Ok(_) => GatewayError::new(ErrorKind::InvalidJson, format!("invalid JSON: {e}")),

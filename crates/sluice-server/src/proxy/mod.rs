@@ -180,19 +180,28 @@ async fn proxy(
     };
     // Reading the client's body is the client's time, not the gateway's.
     rec.excluded = started.elapsed();
-    if let Some(a) = app.audit.as_ref().filter(|a| a.wants_fields()) {
-        rec.audit_fields = a.fields_of(&body);
-    }
-    // Prompts redacted before they go anywhere, when configured (the body
-    // is checked first, for the precise error a malformed one deserves).
     // OpenAI makes the moderation model optional.
     let body = match op {
         Operation::Media(Media::Moderation) => request::with_model(body, DEFAULT_MODERATION_MODEL),
         _ => body,
     };
-    let body = match intake::redact_prompt(&snap, &body, op) {
-        Ok(Some(b)) => b,
-        Ok(None) => body,
+    // Prompts redacted before they go anywhere, when configured (the body
+    // is checked first, for the precise error a malformed one deserves);
+    // the audit's recorded fields read from the same pass.
+    let audit = app.audit.as_ref().filter(|a| a.wants_fields());
+    let keep = audit.map_or(&[][..], |a| a.field_heads());
+    let mut kept = Vec::new();
+    let redacted = intake::redact_prompt(&snap, &body, op, keep, &mut kept);
+    if let Some(a) = audit {
+        rec.audit_fields = match &redacted {
+            Ok(intake::Redacted::Read(_)) => Some(a.fields_in(&kept)),
+            _ => a.fields_of(&body),
+        };
+    }
+    drop(kept);
+    let body = match redacted {
+        Ok(intake::Redacted::Read(Some(b))) => b,
+        Ok(_) => body,
         Err(e) => return rec.reply_error(&e),
     };
     // Token streams are always streams, and end with the usage.

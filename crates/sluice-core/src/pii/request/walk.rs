@@ -13,8 +13,12 @@ use serde_json::value::RawValue;
 use super::{Edits, Shape};
 use crate::json::Key;
 
-/// The request object.
-pub(super) struct Top<'e, 'a>(pub &'e mut Edits<'a>);
+/// The request object, and the top-level members a caller keeps.
+pub(super) struct Top<'e, 'a, 'k, K> {
+    pub edits: &'e mut Edits<'a>,
+    pub keep: &'k [K],
+    pub kept: &'e mut super::Members<'a>,
+}
 
 /// The `messages` member, whatever it holds (only an array is looked into).
 struct Messages<'e, 'a>(&'e mut Edits<'a>);
@@ -75,33 +79,52 @@ fn walked<E: de::Error>(r: serde_json::Result<()>) -> Result<(), E> {
     r.map_err(E::custom)
 }
 
-impl<'a> DeserializeSeed<'a> for Top<'_, 'a> {
+impl<'a, K: AsRef<str>> DeserializeSeed<'a> for Top<'_, 'a, '_, K> {
     type Value = ();
     fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'a> Visitor<'a> for Top<'_, 'a> {
+impl<'a, K: AsRef<str>> Visitor<'a> for Top<'_, 'a, '_, K> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(Key(k)) = map.next_key()? {
-            match &*k {
-                "messages" => map.next_value_seed(Messages(&mut *self.0))?,
+            let keep = self.keep.iter().any(|w| w.as_ref() == k);
+            let v = match &*k {
+                // Walked as it is read, unless kept (rare: the whole
+                // prompt recorded): then read again from its raw slice.
+                "messages" if !keep => {
+                    map.next_value_seed(Messages(&mut *self.edits))?;
+                    continue;
+                }
+                "messages" => {
+                    let v = raw(&mut map)?;
+                    let mut de = serde_json::Deserializer::from_str(v.get());
+                    walked(Messages(&mut *self.edits).deserialize(&mut de))?;
+                    v
+                }
                 "system" | "input" | "prompt" | "user" => {
                     let v = raw(&mut map)?;
-                    walked(self.0.walk(v, Shape::Text))?;
+                    walked(self.edits.walk(v, Shape::Text))?;
+                    v
                 }
                 "metadata" => {
                     let v = raw(&mut map)?;
-                    walked(self.0.walk(v, Shape::Strings))?;
+                    walked(self.edits.walk(v, Shape::Strings))?;
+                    v
                 }
+                _ if keep => raw(&mut map)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
+                    continue;
                 }
+            };
+            if keep {
+                self.kept.push((k, v));
             }
         }
         Ok(())
