@@ -16,7 +16,8 @@ use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sm4::Sm4;
 
@@ -28,6 +29,8 @@ pub const ALGORITHM: &str = "SM4-GCM";
 pub struct FieldCipher {
     aead: Sm4Gcm,
     kid: String,
+    /// `kid` as a JSON string, written into every encrypted field.
+    kid_json: String,
 }
 
 impl std::fmt::Debug for FieldCipher {
@@ -43,6 +46,7 @@ impl FieldCipher {
         let kid = kid.map_or_else(|| key_id(key), str::to_owned);
         Self {
             aead: Sm4Gcm::new(key.into()),
+            kid_json: Value::from(kid.as_str()).to_string(),
             kid,
         }
     }
@@ -60,13 +64,14 @@ impl FieldCipher {
 
     /// The encrypted form of `value`, bound to `field`.
     pub fn encrypt(&self, field: &str, value: &Value) -> Value {
-        self.encrypt_json(field, &value.to_string())
+        serde_json::from_str(self.encrypt_raw(field, &value.to_string()).get())
+            .expect("an encrypted field is a JSON object")
     }
 
-    /// The encrypted form of a value given as its JSON text (`plain`, as
-    /// the client wrote it: no `Value` built and written out again),
-    /// bound to `field`.
-    pub fn encrypt_json(&self, field: &str, plain: &str) -> Value {
+    /// The encrypted form, as JSON text, of a value given as its JSON text
+    /// (`plain`, as the client wrote it: no `Value` built and written out
+    /// again), bound to `field`.
+    pub fn encrypt_raw(&self, field: &str, plain: &str) -> Box<RawValue> {
         // A fresh random nonce per field, from a CSPRNG seeded by the OS
         // (no system call per field).
         let mut nonce = Nonce::default();
@@ -81,12 +86,33 @@ impl FieldCipher {
                 },
             )
             .expect("GCM encryption of a short message cannot fail");
-        json!({
-            "enc": ALGORITHM,
-            "kid": self.kid,
-            "nonce": B64.encode(nonce),
-            "ct": B64.encode(ct),
-        })
+        // Written once, at its final size (no regrowth, no copy when boxed).
+        let (head, kid_key, nonce_key, ct_key, tail) = (
+            r#"{"enc":""#,
+            r#"","kid":"#,
+            r#","nonce":""#,
+            r#"","ct":""#,
+            r#""}"#,
+        );
+        let b64 = |n| base64::encoded_len(n, true).unwrap_or_default();
+        let len = head.len()
+            + ALGORITHM.len()
+            + kid_key.len()
+            + self.kid_json.len()
+            + nonce_key.len()
+            + b64(nonce.len())
+            + ct_key.len()
+            + b64(ct.len())
+            + tail.len();
+        let mut out = String::with_capacity(len);
+        for part in [head, ALGORITHM, kid_key, &self.kid_json, nonce_key] {
+            out.push_str(part);
+        }
+        B64.encode_string(nonce, &mut out);
+        out.push_str(ct_key);
+        B64.encode_string(&ct, &mut out);
+        out.push_str(tail);
+        RawValue::from_string(out).expect("an encrypted field is JSON")
     }
 
     /// The original value of an encrypted `field`.
@@ -136,6 +162,7 @@ pub fn key_id(key: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use sm4::cipher::{BlockCipherDecrypt, BlockCipherEncrypt};
 
     fn hex(s: &str) -> Vec<u8> {
@@ -218,6 +245,16 @@ mod tests {
             assert!(!a.to_string().contains("patient-42"));
             assert_eq!(c.decrypt("metadata.patient_id", &a).unwrap(), v);
         }
+    }
+
+    #[test]
+    fn a_key_id_needing_escapes_is_written_as_json() {
+        let c = FieldCipher::new(&[3u8; 16], Some("k\"1\\é"));
+        let raw = c.encrypt_raw("user", r#" "alice" "#);
+        let enc: Value = serde_json::from_str(raw.get()).unwrap();
+        assert_eq!(enc["kid"], "k\"1\\é");
+        assert_eq!(enc["enc"], ALGORITHM);
+        assert_eq!(c.decrypt("user", &enc).unwrap(), json!("alice"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod cipher;
 pub mod durable;
+mod fields;
 mod nats;
 mod pick;
 mod sink;
@@ -18,8 +19,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use sluice_core::config::{AuditConfig, AuditDurability, RedisConfig};
 use sluice_core::json;
 use sluice_core::pii::Redactor;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::cipher::FieldCipher;
 use self::sink::{Msg, Spill};
 
+pub use fields::Fields;
 pub use sink::{Counts, Outcome, OutcomeLabels};
 
 /// One audit event, as written (one JSON line).
@@ -58,7 +60,7 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fields: Option<&'a Map<String, Value>>,
+    pub fields: Option<&'a Fields>,
     /// Parts converted to text before routing: which, by what, how it went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversions: Option<&'a Value>,
@@ -133,7 +135,7 @@ impl Auditor {
             cfg.retry,
             counts.clone(),
         ));
-        let fields: Vec<Field> = cfg
+        let mut fields: Vec<Field> = cfg
             .fields
             .iter()
             .map(|f| Field {
@@ -142,6 +144,9 @@ impl Auditor {
                 encrypt: cfg.encrypt_fields.contains(f),
             })
             .collect();
+        // Recorded in path order, each once (an event's `fields` object).
+        fields.sort_by(|a, b| a.path.cmp(&b.path));
+        fields.dedup_by(|a, b| a.path == b.path);
         let mut heads: Vec<String> = fields
             .iter()
             .filter_map(|f| f.parts.first().cloned())
@@ -173,7 +178,7 @@ impl Auditor {
     /// The recorded fields of a JSON request body: encrypted or redacted.
     /// Fields the request does not have are left out. Only the objects on
     /// the fields' paths are parsed (as raw slices), never the whole body.
-    pub fn fields_of(&self, body: &[u8]) -> Option<Map<String, Value>> {
+    pub fn fields_of(&self, body: &[u8]) -> Option<Fields> {
         if self.fields.is_empty() {
             return None;
         }
@@ -191,22 +196,39 @@ impl Auditor {
     /// named by [`Auditor::field_heads`]) were read already, e.g. by
     /// `sluice_core::pii::redact_request_json_keeping`: the body is not
     /// parsed again.
-    pub fn fields_in(&self, members: &[(Cow<'_, str>, &RawValue)]) -> Map<String, Value> {
-        let mut out = Map::new();
+    pub fn fields_in(&self, members: &[(Cow<'_, str>, &RawValue)]) -> Fields {
+        let mut out = Fields::default();
         let found = self.fields.iter().map(|f| pick::find(members, &f.parts));
         for (f, raw) in self.fields.iter().zip(found) {
             let Some(raw) = raw else { continue };
             let recorded = match (&self.cipher, f.encrypt) {
                 // The picked slice is valid JSON (the parser read it).
-                (Some(c), true) => c.encrypt_json(&f.path, raw.get()),
-                _ => match serde_json::from_str::<Value>(raw.get()) {
-                    Ok(v) => self.redacted(&v),
-                    Err(_) => continue,
+                (Some(c), true) => c.encrypt_raw(&f.path, raw.get()),
+                _ => match self.redacted_raw(raw) {
+                    Some(r) => r,
+                    None => continue,
                 },
             };
-            out.insert(f.path.clone(), recorded);
+            out.push(f.path.clone(), recorded);
         }
         out
+    }
+
+    /// A recorded field's JSON with PII redacted from every string in it: a
+    /// string with nothing found is kept as the client wrote it.
+    fn redacted_raw(&self, raw: &RawValue) -> Option<Box<RawValue>> {
+        let Some(r) = &self.redactor else {
+            return Some(raw.to_owned());
+        };
+        if json::kind(raw) == json::Kind::String {
+            let text = json::text(raw).ok()??;
+            return match r.redact(&text) {
+                Cow::Borrowed(_) => Some(raw.to_owned()),
+                Cow::Owned(o) => serde_json::value::to_raw_value(&o).ok(),
+            };
+        }
+        let v = serde_json::from_str::<Value>(raw.get()).ok()?;
+        serde_json::value::to_raw_value(&self.redacted(&v)).ok()
     }
 
     /// A tool call's arguments as recorded: PII redacted from every
@@ -380,15 +402,24 @@ mod tests {
     async fn fields_are_found_on_their_paths_encrypted_or_redacted() {
         let a = auditor(
             "fields",
-            "fields = [\"metadata.note\", \"user\", \"a.b.c\", \"missing.x\"]\nencrypt_fields = [\"metadata.id\"]",
+            "fields = [\"metadata.note\", \"user\", \"a.b.c\", \"missing.x\", \"x\", \"user\"]\nencrypt_fields = [\"metadata.id\"]",
         );
-        let body = br#"{"model":"m","user":"bob@example.com","metadata":{"id": { "n" : 42 , "s":"a\u0062" },"note":"call +44 20 7946 0958","x\"y":1},"a":{"b":{"c":[1,"10.0.0.1"]}},"missing":3}"#;
-        let f = a.fields_of(body).unwrap();
+        let body = br#"{"model":"m","user":"bob@example.com","metadata":{"id": { "n" : 42 , "s":"a\u0062" },"note":"call +44 20 7946 0958","x\"y":1},"a":{"b":{"c":[1,"10.0.0.1"]}},"missing":3,"x":"caf\u00e9"}"#;
+        let fields = a.fields_of(body).unwrap();
+        // As written into the event, each field's JSON verbatim: a string
+        // with nothing to redact keeps its escapes.
+        assert_eq!(
+            fields.paths().collect::<Vec<_>>(),
+            ["a.b.c", "metadata.id", "metadata.note", "user", "x"]
+        );
+        assert_eq!(fields.get("x").unwrap().get(), r#""caf\u00e9""#);
+        let f = serde_json::to_value(&fields).unwrap();
+        assert_eq!(f["x"], "café");
         assert_eq!(f["user"], "[EMAIL]");
         assert_eq!(f["metadata.note"], "call [PHONE]");
         assert_eq!(f["a.b.c"], json!([1, "[IP]"]));
         assert!(
-            !f.contains_key("missing.x"),
+            f.get("missing.x").is_none(),
             "a parent that is not an object"
         );
         let c = FieldCipher::from_hex("000102030405060708090a0b0c0d0e0f", None).unwrap();
@@ -402,10 +433,11 @@ mod tests {
         let r = Redactor::builtin();
         sluice_core::pii::redact_request_json_keeping(body, &r, a.field_heads(), &mut kept)
             .unwrap();
-        assert_eq!(a.field_heads(), ["a", "metadata", "missing", "user"]);
-        let g = a.fields_in(&kept);
-        assert_eq!(g.keys().collect::<Vec<_>>(), f.keys().collect::<Vec<_>>());
-        for (k, v) in &g {
+        assert_eq!(a.field_heads(), ["a", "metadata", "missing", "user", "x"]);
+        let g = serde_json::to_value(a.fields_in(&kept)).unwrap();
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&g), keys(&f));
+        for (k, v) in g.as_object().unwrap() {
             if k == "metadata.id" {
                 assert_eq!(c.decrypt(k, v).unwrap(), c.decrypt(k, &f[k]).unwrap());
             } else {

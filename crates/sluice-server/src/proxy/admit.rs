@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use http::HeaderMap;
 use http::header::HeaderName;
-use http::{HeaderMap, HeaderValue};
 use sluice_core::limits;
 use sluice_core::{ErrorKind, GatewayError};
 
@@ -325,14 +325,14 @@ impl RateInfo {
         h.reserve(n);
         for (name, v) in NAMES.into_iter().zip(values.into_iter().flatten()) {
             if let Some(v) = v {
-                h.insert(name, HeaderValue::from(v));
+                h.insert(name, sluice_providers::template::number(v));
             }
         }
         if let Some(secs) = self.retry_after {
             // Whole seconds, rounded up, so a client that waits is let in.
             h.insert(
                 http::header::RETRY_AFTER,
-                HeaderValue::from(secs.ceil().max(1.0) as u64),
+                sluice_providers::template::number(secs.ceil().max(1.0) as u64),
             );
         }
     }

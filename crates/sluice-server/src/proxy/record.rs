@@ -83,7 +83,7 @@ pub struct RecordState {
     pub attempt_span: Option<Span>,
     /// The request's recorded fields, already encrypted or redacted
     /// (audit on only).
-    pub audit_fields: Option<serde_json::Map<String, serde_json::Value>>,
+    pub audit_fields: Option<crate::audit::Fields>,
     /// The gateway's error code, when it answered with one.
     error_code: Option<&'static str>,
     /// Parts converted to text (audit on only).
