@@ -358,7 +358,10 @@ def section_chat(args, procs, work, up, up_pid, results, rss):
     targets = [ng, bare, prod]
     if args.base:
         base, _ = start_sluice(procs, work, up, "sluice-base", binary=args.base)
-        targets.insert(2, base)
+        base_prod, _ = start_sluice(procs, work, up, "sluice-base-prod", prod=True,
+                                    binary=args.base)
+        targets[2:2] = [base]
+        targets.append(base_prod)
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}", flush=True)
         if "chat" in args.only:
@@ -371,7 +374,7 @@ def section_chat(args, procs, work, up, up_pid, results, rss):
                          sdk=True)
         if "stream" in args.only:
             for mode in ("burst", "frames"):
-                for t in targets[:-1]:
+                for t in (t for t in targets if not t.name.endswith("prod")):
                     run_case(results, f"stream-{mode} {t.name} c=64", t, up_pid, 64, args.duration,
                              mode, stream=True)
     for t in targets:
@@ -429,7 +432,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="chat,sdk,stream,c2000,cores")
-    ap.add_argument("--base", help="another Sluice binary measured bare beside this one (before/after)")
+    ap.add_argument("--base", help="another Sluice binary measured beside this one, bare and "
+                    "production-shaped (before/after)")
     args = ap.parse_args()
     args.only = set(args.only.split(","))
     ensure_tools()
