@@ -21,10 +21,6 @@ impl Fields {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(p, _)| p.as_str())
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl Serialize for Fields {
