@@ -71,8 +71,6 @@ pub(crate) fn request_id(h: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
-/// The body with PII redacted from its prompt text, when prompt redaction
-/// is on and there was something to redact.
 /// What [`redact_prompt`] did.
 pub(super) enum Redacted {
     /// Prompt redaction is off: the body was not read.
@@ -81,7 +79,8 @@ pub(super) enum Redacted {
     Read(Option<Bytes>),
 }
 
-/// The body with its prompts redacted, when configured. The top-level
+/// The body with PII redacted from its prompt text, when prompt redaction
+/// is on (`Read(None)`: nothing to redact). The top-level
 /// members named in `keep` are handed over (to `kept`) as the same pass
 /// reads them.
 pub(super) fn redact_prompt<'a>(
