@@ -170,6 +170,10 @@ base_url = "{upstream.url}/v1"
 name = "gpt-test"
 targets = [{{ provider = "up" }}]
 
+[[models]]
+name = "alias"
+targets = [{{ provider = "up", model = "upstream-model-with-a-longer-name" }}]
+
 [redaction]
 prompts = true
 custom = [{{ name = "mrn", pattern = "MRN-[0-9]{{6}}" }}]
@@ -189,5 +193,19 @@ custom = [{{ name = "mrn", pattern = "MRN-[0-9]{{6}}" }}]
             assert leaked not in body, leaked
         for tag in ["[EMAIL]", "[CARD]", "[CN_ID]", "[MRN]"]:
             assert tag in body, tag
+        # `messages` before `model`: the redacted text moves the model, which
+        # the route then renames in place.
+        for stream in [False, True]:
+            body = json.dumps({"messages": [{"role": "user", "content": "mail jane@example.com, MRN-123456 \u00e9"}],
+                               "model": "alias", "stream": stream, "max_tokens": 7})
+            r = httpx.post(f"{g.base_url}/chat/completions", content=body,
+                           headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            assert ("data: [DONE]" in r.text) is stream
+            sent = json.loads(upstream.last()["body"])
+            assert list(sent)[:4] == ["messages", "model", "stream", "max_tokens"], sent
+            assert sent["model"] == "upstream-model-with-a-longer-name"
+            assert sent["messages"][0]["content"] == "mail [EMAIL], [MRN] \u00e9"
+            assert sent["stream"] is stream and sent["max_tokens"] == 7
     finally:
         g.stop()

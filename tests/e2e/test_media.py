@@ -17,9 +17,8 @@ import pytest
 from conftest import Gateway, key_hash
 
 
-@pytest.fixture(scope="module")
-def gw(upstream, tmp_path_factory):
-    g = Gateway(f"""
+def media_config(upstream):
+    return f"""
 [server]
 max_body_bytes = 4096
 max_upload_bytes = 200000
@@ -71,7 +70,12 @@ targets = [{{ provider = "up", model = "jina-reranker-v2" }}]
 [[models]]
 name = "claude"
 targets = [{{ provider = "claude", model = "claude-x" }}]
-""", tmp_path=tmp_path_factory.mktemp("media"))
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(upstream, tmp_path_factory):
+    g = Gateway(media_config(upstream), tmp_path=tmp_path_factory.mktemp("media"))
     yield g
     g.assert_alive()
     g.stop()
@@ -365,3 +369,33 @@ def test_a_large_file_before_its_model_is_still_served(gw):
     r = httpx.post(f"{gw.base_url}/audio/transcriptions", content=body,
                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert r.status_code == 200 and "(20000 bytes)" in r.json()["text"]
+
+
+def test_uploads_and_media_json_with_prompt_redaction_on(upstream, tmp_path):
+    """Prompt redaction reads JSON bodies; a form upload is not one and must
+    still be served (its `prompt` field redacted where it is text), while a
+    JSON media body (images) has its prompt redacted before the upstream."""
+    g = Gateway(media_config(upstream) + "\n[redaction]\nprompts = true\n", tmp_path=tmp_path)
+    try:
+        c = client(g)
+        audio = wav_bytes()
+        r = c.audio.transcriptions.create(model="mock-1", file=("hello.wav", audio, "audio/wav"))
+        assert r.text.startswith("This is a mock transcription of hello.wav")
+        # Read whole (under max_body_bytes), and streamed on as it arrives
+        # (over it: the first bytes, with the prompt, redacted).
+        for audio in [wav_bytes(seconds=0.1), wav_bytes(seconds=1.0)]:
+            before = upstream.last()
+            t = c.audio.transcriptions.create(model="whisper", file=("a.wav", audio, "audio/wav"),
+                                              prompt="spell jane@example.com right")
+            sent = upstream.last()
+            assert sent != before and sent["path"] == "/v1/audio/transcriptions"
+            assert t.text.startswith("upstream transcriptions by whisper-1 of ")
+            # The upload arrived whole (the upstream counts raw bytes).
+            assert int(t.text.rsplit(" of ", 1)[1].split()[0]) > len(audio)
+            assert "jane@example.com" not in sent["body"] and "[EMAIL]" in sent["body"]
+            assert 'name="model"\r\n\r\nwhisper-1\r\n' in sent["body"]
+        c.images.generate(model="img", prompt="a card for jane@example.com")
+        body = json.loads(upstream.last()["body"])
+        assert body["prompt"] == "a card for [EMAIL]" and body["model"] == "gpt-image-1"
+    finally:
+        g.stop()

@@ -466,8 +466,13 @@ mod tests {
         // The same fields from the members the redaction pass kept.
         let mut kept = Vec::new();
         let r = Redactor::builtin();
-        sluice_core::pii::redact_request_json_keeping(body, &r, a.field_heads(), &mut kept)
-            .unwrap();
+        sluice_core::pii::redact_request_json_keeping(
+            body,
+            &r,
+            |k| a.field_heads().iter().any(|h| h == k),
+            &mut kept,
+        )
+        .unwrap();
         assert_eq!(a.field_heads(), ["a", "metadata", "missing", "user", "x"]);
         let g = serde_json::to_value(a.fields_in(&kept)).unwrap();
         let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();

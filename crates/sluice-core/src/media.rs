@@ -332,6 +332,44 @@ pub fn rewrite_form_model(body: &[u8], span: Range<usize>, model: &str) -> Vec<u
     out
 }
 
+/// The form fields that are prompt text (transcription, translation and
+/// image-edit prompts): what prompt redaction rewrites in a form.
+pub const PROMPT_FIELDS: [&str; 1] = ["prompt"];
+
+/// The form with the text of its [`PROMPT_FIELDS`] passed through
+/// `redact`, every other byte as sent (files untouched). Of an upload
+/// still arriving (`body` its first bytes), the fields complete so far.
+/// `None` when nothing changed.
+pub fn redact_form(
+    body: &[u8],
+    boundary: &str,
+    redact: impl Fn(&str) -> Cow<'_, str>,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let parts = match scan(body, boundary)? {
+        Scan::Whole(parts) | Scan::Partial(parts, _) => parts,
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut at = 0;
+    for p in parts {
+        if p.filename.is_some() || !PROMPT_FIELDS.contains(&&*p.name) {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&body[p.span.clone()]) else {
+            continue;
+        };
+        if let Cow::Owned(new) = redact(text) {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
+            o.extend_from_slice(&body[at..p.span.start]);
+            o.extend_from_slice(new.as_bytes());
+            at = p.span.end;
+        }
+    }
+    Ok(out.map(|mut o| {
+        o.extend_from_slice(&body[at..]);
+        o
+    }))
+}
+
 fn missing(field: &'static str) -> GatewayError {
     GatewayError::new(
         ErrorKind::InvalidRequest,
@@ -368,6 +406,35 @@ mod tests {
         }
         b.extend_from_slice(b"--XyZ--\r\n");
         b
+    }
+
+    #[test]
+    fn prompt_fields_are_redacted_and_files_kept() {
+        fn tag(t: &str) -> Cow<'_, str> {
+            match t.contains("jane") {
+                true => Cow::Owned(t.replace("jane@example.com", "[EMAIL]")),
+                false => Cow::Borrowed(t),
+            }
+        }
+        let file: &[u8] = b"RIFF\xffjane@example.com";
+        let body = form(&[
+            ("model", None, b"whisper"),
+            ("prompt", None, b"spell jane@example.com"),
+            ("prompt", Some("p.wav"), file),
+        ]);
+        let out = redact_form(&body, "XyZ", tag).unwrap().unwrap();
+        let want = form(&[
+            ("model", None, b"whisper"),
+            ("prompt", None, b"spell [EMAIL]"),
+            ("prompt", Some("p.wav"), file),
+        ]);
+        assert_eq!(out, want);
+        // Nothing to redact, and a prompt still arriving: unchanged.
+        assert_eq!(redact_form(&want, "XyZ", tag).unwrap(), None);
+        let cut = &body[..body.len() - 30];
+        let head = memchr::memmem::find(cut, b"spell").unwrap();
+        assert!(redact_form(&cut[..head + 8], "XyZ", tag).unwrap().is_none());
+        assert!(redact_form(b"no form", "XyZ", tag).is_err());
     }
 
     #[test]

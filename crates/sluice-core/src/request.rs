@@ -14,6 +14,9 @@ use serde_json::value::RawValue;
 
 use crate::error::{ErrorKind, GatewayError};
 
+mod members;
+pub use members::{PEEKED, peek_members};
+
 /// Which endpoint a body was sent to: decides which fields are required.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -41,7 +44,20 @@ pub struct RequestPeek<'a> {
     pub max_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
+impl RequestPeek<'_> {
+    /// The peek with its model name its own, not the body's.
+    pub fn into_owned(self) -> RequestPeek<'static> {
+        RequestPeek {
+            model: Cow::Owned(self.model.into_owned()),
+            model_span: self.model_span,
+            stream: self.stream,
+            include_usage: self.include_usage,
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
 struct Raw<'a> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
@@ -95,84 +111,100 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
         ));
     }
     let raw: Raw<'_> = serde_json::from_slice(body).map_err(json_error)?;
-
-    let model_raw = raw.model.ok_or_else(|| missing("model"))?;
-    let text = model_raw.get();
-    if !text.starts_with('"') {
-        return Err(
-            GatewayError::new(ErrorKind::InvalidRequest, "'model' must be a string")
-                .with_param("model"),
-        );
-    }
-    // Borrowed unless the name has escapes: no allocation on the common path.
-    #[derive(Deserialize)]
-    struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
-    let Name(model) = serde_json::from_str(text).map_err(json_error)?;
-    if model.is_empty() {
-        return Err(
-            GatewayError::new(ErrorKind::InvalidRequest, "'model' must not be empty")
-                .with_param("model"),
-        );
-    }
+    let model = raw.model.ok_or_else(|| missing("model"))?.get();
     // The raw value borrows from `body`, so its address lies inside it.
-    let start = text.as_ptr() as usize - body.as_ptr() as usize;
-    let model_span = start..start + text.len();
+    raw.peek(model, model.as_ptr() as usize - body.as_ptr() as usize, op)
+}
 
-    match op {
-        Operation::Chat | Operation::Messages => match raw.messages {
-            None => return Err(missing("messages")),
-            Some(m) if m.is_empty() => {
-                return Err(GatewayError::new(
-                    ErrorKind::InvalidRequest,
-                    "'messages' must contain at least one message",
-                )
-                .with_param("messages"));
-            }
-            Some(_) => {}
-        },
-        Operation::Embeddings => {
-            if raw.input.is_none() {
-                return Err(missing("input"));
-            }
+impl Raw<'_> {
+    /// The peek of a request read into `self`, whose `model` token is
+    /// `text`, found at `start` of the body it is for.
+    fn peek<'t>(
+        self,
+        text: &'t str,
+        start: usize,
+        op: Operation,
+    ) -> Result<RequestPeek<'t>, GatewayError> {
+        let raw = self;
+        if !text.starts_with('"') {
+            return Err(
+                GatewayError::new(ErrorKind::InvalidRequest, "'model' must be a string")
+                    .with_param("model"),
+            );
         }
-        Operation::Responses => {}
-        Operation::Completions => {
-            if raw.prompt.is_none() {
-                return Err(missing("prompt"));
-            }
+        // Borrowed unless the name has escapes: no allocation on the common path.
+        #[derive(Deserialize)]
+        struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+        let Name(model) = serde_json::from_str(text).map_err(json_error)?;
+        if model.is_empty() {
+            return Err(
+                GatewayError::new(ErrorKind::InvalidRequest, "'model' must not be empty")
+                    .with_param("model"),
+            );
         }
-        Operation::Media(m) => {
-            for &field in m.required_field() {
-                let present = match field {
-                    "input" => raw.input.is_some(),
-                    "prompt" => raw.prompt.is_some(),
-                    "query" => raw.query.is_some(),
-                    _ => raw.documents.is_some(),
-                };
-                if !present {
-                    return Err(missing(field));
+        let model_span = start..start + text.len();
+        raw.check(op)?;
+        let max_tokens = raw
+            .max_completion_tokens
+            .or(raw.max_output_tokens)
+            .or_else(|| raw.max_tokens.as_ref().and_then(serde_json::Value::as_u64));
+        Ok(RequestPeek {
+            max_tokens,
+            model,
+            model_span,
+            stream: raw.stream.unwrap_or(false),
+            include_usage: raw
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        })
+    }
+
+    /// The fields `op` requires are there.
+    fn check(&self, op: Operation) -> Result<(), GatewayError> {
+        let raw = self;
+        match op {
+            Operation::Chat | Operation::Messages => match &raw.messages {
+                None => return Err(missing("messages")),
+                Some(m) if m.is_empty() => {
+                    return Err(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        "'messages' must contain at least one message",
+                    )
+                    .with_param("messages"));
+                }
+                Some(_) => {}
+            },
+            Operation::Embeddings => {
+                if raw.input.is_none() {
+                    return Err(missing("input"));
+                }
+            }
+            Operation::Responses => {}
+            Operation::Completions => {
+                if raw.prompt.is_none() {
+                    return Err(missing("prompt"));
+                }
+            }
+            Operation::Media(m) => {
+                for &field in m.required_field() {
+                    let present = match field {
+                        "input" => raw.input.is_some(),
+                        "prompt" => raw.prompt.is_some(),
+                        "query" => raw.query.is_some(),
+                        _ => raw.documents.is_some(),
+                    };
+                    if !present {
+                        return Err(missing(field));
+                    }
                 }
             }
         }
+        if op == Operation::Messages && raw.max_tokens.is_none() {
+            return Err(missing("max_tokens"));
+        }
+        Ok(())
     }
-    if op == Operation::Messages && raw.max_tokens.is_none() {
-        return Err(missing("max_tokens"));
-    }
-
-    let max_tokens = raw
-        .max_completion_tokens
-        .or(raw.max_output_tokens)
-        .or_else(|| raw.max_tokens.as_ref().and_then(serde_json::Value::as_u64));
-    Ok(RequestPeek {
-        max_tokens,
-        model,
-        model_span,
-        stream: raw.stream.unwrap_or(false),
-        include_usage: raw
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
-    })
 }
 
 /// The body with `"model": model` added when it has no `model` (for the

@@ -4,7 +4,9 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sluice_core::pii::{Redactor, redact_request, redact_request_json};
+use sluice_core::pii::{
+    Redactor, redact_request, redact_request_json, redact_request_json_keeping,
+};
 use sluice_core::request::{self, Operation};
 
 fn redactor() -> &'static Redactor {
@@ -102,6 +104,58 @@ fn request_json() -> impl Strategy<Value = Value> {
         })
 }
 
+/// [`request_json`] with the members the peek reads holding small values
+/// of every kind, and maybe one member written twice (serde refuses that).
+fn request_body_with_options() -> impl Strategy<Value = (Value, Vec<u8>)> {
+    let key = prop_oneof![
+        Just("model"),
+        Just("messages"),
+        Just("input"),
+        Just("prompt"),
+        Just("query"),
+        Just("documents"),
+        Just("max_tokens"),
+        Just("max_completion_tokens"),
+        Just("max_output_tokens"),
+        Just("stream"),
+        Just("stream_options"),
+    ];
+    let small = prop_oneof![
+        Just(Value::Null),
+        any::<u32>().prop_map(|n| json!(n)),
+        Just(json!(-1)),
+        Just(json!(2.5)),
+        any::<bool>().prop_map(Value::Bool),
+        Just(json!({"include_usage": true})),
+        Just(json!({"include_usage": null, "x": 1})),
+        Just(json!("x")),
+        Just(json!([])),
+        Just(json!([{"role": "user", "content": "a@b.io"}])),
+    ];
+    let options = proptest::collection::vec((key.clone(), small.clone()), 0..4);
+    (
+        request_json(),
+        options,
+        proptest::option::of((key, small)),
+        any::<bool>(),
+    )
+        .prop_map(|(mut v, options, twice, pretty)| {
+            for (k, x) in options {
+                v[k] = x;
+            }
+            let mut body = if pretty {
+                serde_json::to_vec_pretty(&v).expect("serializes")
+            } else {
+                serde_json::to_vec(&v).expect("serializes")
+            };
+            if let Some((k, x)) = twice {
+                let member = format!("{}:{},", json!(k), x);
+                body.splice(1..1, member.into_bytes());
+            }
+            (v, body)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
@@ -178,6 +232,40 @@ proptest! {
         if let Some(b) = got {
             let parsed: Value = serde_json::from_slice(&b).expect("still JSON");
             prop_assert_eq!(parsed, expected);
+        }
+    }
+
+    #[test]
+    fn the_peek_from_the_redaction_pass_is_the_peek_of_the_body((_v, body) in request_body_with_options()) {
+        let mut kept = Vec::new();
+        let keep = |k: &str| request::PEEKED.contains(&k);
+        let Ok(pass) = redact_request_json_keeping(&body, redactor(), keep, &mut kept) else {
+            return Err(TestCaseError::fail("a JSON object"));
+        };
+        let sent = pass.redacted.as_ref().map_or(&body[..], |d| &d.body[..]);
+        let moved = |at| pass.redacted.as_ref().map_or(at, |d| d.moved(at));
+        for op in [
+            Operation::Chat,
+            Operation::Messages,
+            Operation::Embeddings,
+            Operation::Completions,
+            Operation::Responses,
+            Operation::Media(sluice_core::media::Media::ImageGeneration),
+            Operation::Media(sluice_core::media::Media::Rerank),
+        ] {
+            let want = request::peek(sent, op);
+            let got = request::peek_members(sent, &body, &kept, pass.messages, moved, op);
+            match (want, got) {
+                (Ok(w), Some(g)) => {
+                    prop_assert_eq!(&w.model, &g.model);
+                    prop_assert_eq!(&w.model_span, &g.model_span);
+                    prop_assert_eq!(w.stream, g.stream);
+                    prop_assert_eq!(w.include_usage, g.include_usage);
+                    prop_assert_eq!(w.max_tokens, g.max_tokens);
+                }
+                (Err(_), None) => {}
+                (w, g) => prop_assert!(false, "{op:?}: peek {w:?}, from members {g:?}"),
+            }
         }
     }
 }

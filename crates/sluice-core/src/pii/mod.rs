@@ -22,7 +22,9 @@ use regex_automata::meta::Regex;
 use regex_automata::{Anchored, Input};
 
 mod request;
-pub use request::{Members, redact_request, redact_request_json, redact_request_json_keeping};
+pub use request::{
+    Members, Pass, Redacted, Seen, redact_request, redact_request_json, redact_request_json_keeping,
+};
 
 /// The kinds of personal data found by the built-in patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,40 +102,86 @@ enum Shape {
 /// is never built into a `Value`: only the members on the prompt's paths
 /// are looked into. An error when `body` is not a JSON object.
 pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Option<Vec<u8>>> {
-    redact_request_json_keeping(body, r, &[] as &[&str], &mut Vec::new())
+    let pass = redact_request_json_keeping(body, r, |_| false, &mut Vec::new())?;
+    Ok(pass.redacted.map(|d| d.body))
 }
 
 /// The top-level members of a request (key, raw value), in body order.
 pub type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
+/// What [`redact_request_json_keeping`] read of a request.
+#[derive(Debug)]
+pub struct Pass {
+    /// The body redacted, `None` when nothing was found.
+    pub redacted: Option<Redacted>,
+    /// The request's `messages` member as the pass saw it.
+    pub messages: Seen,
+}
+
+/// A top-level member the pass walked without keeping its text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Seen {
+    #[default]
+    Absent,
+    Null,
+    /// An array of this many elements.
+    Array(usize),
+    /// Another kind of value, or the key more than once.
+    Other,
+}
+
+/// A request body with its prompt redacted, and where its bytes moved.
+#[derive(Debug)]
+pub struct Redacted {
+    pub body: Vec<u8>,
+    /// For each rewritten span: its end in the original body and how far
+    /// the bytes after it moved.
+    moves: Vec<(usize, isize)>,
+}
+
+impl Redacted {
+    /// Where the byte at `at` of the original body lies in [`Redacted::body`]
+    /// (`at` outside every rewritten string, e.g. the `model` token).
+    pub fn moved(&self, at: usize) -> usize {
+        let before = self.moves.iter().take_while(|(end, _)| *end <= at).last();
+        at.wrapping_add_signed(before.map_or(0, |m| m.1))
+    }
+}
+
 /// [`redact_request_json`], which also hands over the raw values of the
-/// top-level members named in `keep` as the same pass reads them (into
-/// `kept`, repeated keys included, in body order): a caller that wants a
-/// few members (the audit's recorded fields) does not parse the body again.
+/// top-level members `keep` names as the same pass reads them (into
+/// `kept`, repeated keys included, in body order) and says what
+/// `messages` was: a caller that wants a few members (the audit's
+/// recorded fields, the request's peek) does not parse the body again.
 /// The values are the body's, as the client sent them, not redacted.
-pub fn redact_request_json_keeping<'a, K: AsRef<str>>(
+pub fn redact_request_json_keeping<'a>(
     body: &'a [u8],
     r: &'a Redactor,
-    keep: &[K],
+    keep: impl Fn(&str) -> bool,
     kept: &mut Members<'a>,
-) -> serde_json::Result<Option<Vec<u8>>> {
+) -> serde_json::Result<Pass> {
     let text = std::str::from_utf8(body).map_err(serde::de::Error::custom)?;
     let mut e = Edits {
         base: text,
         r,
         edits: Vec::new(),
     };
+    let mut messages = Seen::Absent;
     // One pass: the members on the prompt's paths are taken as raw slices
     // as the parser reaches them, everything else is skipped as it is read.
     let mut de = serde_json::Deserializer::from_str(text);
     let top = walk::Top {
         edits: &mut e,
-        keep,
+        keep: &keep,
         kept,
+        messages: &mut messages,
     };
     serde::de::DeserializeSeed::deserialize(top, &mut de)?;
     de.end()?;
-    Ok(e.apply())
+    Ok(Pass {
+        redacted: e.apply(),
+        messages,
+    })
 }
 
 /// The rewrites found so far: a span of `base` and its new JSON text.
@@ -213,13 +259,14 @@ impl<'a> Edits<'a> {
         Ok(())
     }
 
-    fn apply(mut self) -> Option<Vec<u8>> {
+    fn apply(mut self) -> Option<Redacted> {
         if self.edits.is_empty() {
             return None;
         }
         self.edits.sort_by_key(|(span, _)| span.start);
         let grow: usize = self.edits.iter().map(|(_, t)| t.len()).sum();
         let mut out = Vec::with_capacity(self.base.len() + grow);
+        let mut moves = Vec::with_capacity(self.edits.len());
         let mut at = 0;
         for (span, text) in &self.edits {
             if span.start < at {
@@ -228,9 +275,10 @@ impl<'a> Edits<'a> {
             out.extend_from_slice(&self.base.as_bytes()[at..span.start]);
             out.extend_from_slice(text);
             at = span.end;
+            moves.push((at, out.len() as isize - at as isize));
         }
         out.extend_from_slice(&self.base.as_bytes()[at..]);
-        Some(out)
+        Some(Redacted { body: out, moves })
     }
 }
 
@@ -253,8 +301,11 @@ mod tests {
             &[],
         ] {
             let mut kept = Vec::new();
-            let out = redact_request_json_keeping(body, &r, keep, &mut kept).unwrap();
+            let pass =
+                redact_request_json_keeping(body, &r, |k| keep.contains(&k), &mut kept).unwrap();
+            let out = pass.redacted.map(|d| d.body);
             assert_eq!(out, plain, "keeping {keep:?} changed the redaction");
+            assert_eq!(pass.messages, Seen::Array(1));
             let want: Vec<(String, String)> = json::object(text)
                 .unwrap()
                 .into_iter()
@@ -268,7 +319,7 @@ mod tests {
             assert_eq!(got, want, "keeping {keep:?}");
         }
         let mut kept = Vec::new();
-        assert!(redact_request_json_keeping(b"[1]", &r, &["a"], &mut kept).is_err());
+        assert!(redact_request_json_keeping(b"[1]", &r, |_| true, &mut kept).is_err());
     }
 
     #[test]
@@ -291,6 +342,31 @@ mod tests {
         assert_eq!(redact_request_json(clean, &r).unwrap(), None);
         for bad in [&b"[1]"[..], b"{\"a\":", b"\xff", b""] {
             assert!(redact_request_json(bad, &r).is_err());
+        }
+    }
+
+    #[test]
+    fn offsets_move_with_the_rewrites_and_messages_are_seen() {
+        let r = Redactor::builtin();
+        let body = br#"{"a":"m","user":"a@b.io","model":"m","metadata":{"x":"+44 20 7946 0958"},
+            "b":"z","messages":null}"#;
+        let pass = redact_request_json_keeping(body, &r, |_| false, &mut Vec::new()).unwrap();
+        assert_eq!(pass.messages, Seen::Null);
+        let d = pass.redacted.unwrap();
+        for token in [&br#""a":"m""#[..], br#""model":"m""#, br#""b":"z""#] {
+            let at = memchr::memmem::find(body, token).unwrap();
+            assert_eq!(&d.body[d.moved(at)..][..token.len()], token);
+        }
+        for (messages, seen) in [
+            ("[]", Seen::Array(0)),
+            ("[1,{},[2]]", Seen::Array(3)),
+            ("{}", Seen::Other),
+            ("\"x\"", Seen::Other),
+            ("[],\"messages\":[]", Seen::Other),
+        ] {
+            let body = format!(r#"{{"model":"m","messages":{messages}}}"#);
+            let pass = redact_request_json_keeping(body.as_bytes(), &r, |_| false, &mut Vec::new());
+            assert_eq!(pass.unwrap().messages, seen, "{body}");
         }
     }
 }

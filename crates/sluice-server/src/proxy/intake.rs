@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
+use sluice_core::media;
 use sluice_core::request::{self, Operation};
 use sluice_core::{ErrorKind, GatewayError};
 
@@ -75,34 +76,59 @@ pub(crate) fn request_id(h: &HeaderMap) -> HeaderValue {
 pub(super) enum Redacted {
     /// Prompt redaction is off: the body was not read.
     Off,
-    /// The body as redacted, or `None` when nothing was found.
-    Read(Option<Bytes>),
+    /// A form: its prompt fields redacted (`None`: nothing found).
+    Form(Option<Bytes>),
+    /// A JSON body: what the redaction pass read of it.
+    Read(sluice_core::pii::Pass),
 }
 
 /// The body with PII redacted from its prompt text, when prompt redaction
-/// is on (`Read(None)`: nothing to redact). The top-level
-/// members named in `keep` are handed over (to `kept`) as the same pass
-/// reads them.
+/// is on. The top-level members `keep` names are handed over (to `kept`)
+/// as the same pass reads them.
 pub(super) fn redact_prompt<'a>(
     snap: &'a crate::app::Snapshot,
     body: &'a Bytes,
     op: Operation,
-    keep: &[String],
+    form: Option<&HeaderValue>,
+    keep: impl Fn(&str) -> bool,
     kept: &mut sluice_core::pii::Members<'a>,
 ) -> Result<Redacted, GatewayError> {
     let r = &snap.config.redaction;
     let Some(redactor) = r.redactor.as_ref().filter(|_| r.prompts) else {
         return Ok(Redacted::Off);
     };
+    if let Some(ct) = form {
+        let boundary = ct.to_str().ok().and_then(media::boundary);
+        // A malformed form gets its precise error from the peek after this.
+        let redacted =
+            media::redact_form(body, boundary.unwrap_or_default(), |t| redactor.redact(t));
+        return Ok(Redacted::Form(redacted.ok().flatten().map(Bytes::from)));
+    }
     // The request is peeked after this (whatever was redacted, its shape
     // and model stay); a body that is not a JSON object gets the peek's
     // precise error here.
     sluice_core::pii::redact_request_json_keeping(body, redactor, keep, kept)
-        .map(|b| Redacted::Read(b.map(Bytes::from)))
+        .map(Redacted::Read)
         .map_err(|e| match request::peek(body, op) {
             Err(precise) => precise,
             Ok(_) => GatewayError::new(ErrorKind::InvalidJson, format!("invalid JSON: {e}")),
         })
+}
+
+/// The peek of `body` (as it goes on) from the members of `original` the
+/// redaction pass read, when they settle it (else `peek` of the body will
+/// say what is wrong). Its model name is its own: the body it was read
+/// from moves on.
+pub(super) fn peek_from_pass(
+    body: &[u8],
+    original: &[u8],
+    kept: &[(std::borrow::Cow<'_, str>, &serde_json::value::RawValue)],
+    pass: &sluice_core::pii::Pass,
+    op: Operation,
+) -> Option<request::RequestPeek<'static>> {
+    let moved = |at| pass.redacted.as_ref().map_or(at, |d| d.moved(at));
+    request::peek_members(body, original, kept, pass.messages, moved, op)
+        .map(request::RequestPeek::into_owned)
 }
 
 #[cfg(test)]

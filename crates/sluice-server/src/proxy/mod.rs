@@ -187,31 +187,48 @@ async fn proxy(
     };
     // Prompts redacted before they go anywhere, when configured (the body
     // is checked first, for the precise error a malformed one deserves);
-    // the audit's recorded fields read from the same pass.
+    // the audit's recorded fields and the peek read from the same pass.
     let audit = app.audit.as_ref().filter(|a| a.wants_fields());
-    let keep = audit.map_or(&[][..], |a| a.field_heads());
+    let heads = audit.map_or(&[][..], |a| a.field_heads());
+    let keep = |k: &str| request::PEEKED.contains(&k) || heads.iter().any(|h| h == k);
     let mut kept = Vec::new();
-    let redacted = intake::redact_prompt(&snap, &body, op, keep, &mut kept);
+    let original = body;
+    let form = content_type.as_ref();
+    let redacted = intake::redact_prompt(&snap, &original, op, form, keep, &mut kept);
     if let Some(a) = audit {
         rec.audit_fields = match &redacted {
             Ok(intake::Redacted::Read(_)) => Some(a.fields_in(&kept)),
-            _ => a.fields_of(&body),
+            _ => a.fields_of(&original),
         };
     }
-    drop(kept);
-    let body = match redacted {
-        Ok(intake::Redacted::Read(Some(b))) => b,
-        Ok(_) => body,
+    let tokens = matches!(rec.wire, Wire::Tokens(_));
+    let (body, peeked) = match redacted {
+        Ok(intake::Redacted::Read(mut p)) => {
+            let new = p
+                .redacted
+                .as_mut()
+                .map(|d| Bytes::from(std::mem::take(&mut d.body)));
+            let sent = new.as_ref().unwrap_or(&original);
+            let peeked = match tokens {
+                false => intake::peek_from_pass(sent, &original, &kept, &p, op),
+                true => None,
+            };
+            drop(kept);
+            (new.unwrap_or(original), peeked)
+        }
+        Ok(intake::Redacted::Form(b)) => (b.unwrap_or(original), None),
+        Ok(intake::Redacted::Off) => (original, None),
         Err(e) => return rec.reply_error(&e),
     };
     // Token streams are always streams, and end with the usage.
-    let body = match rec.wire {
-        Wire::Tokens(_) => request::as_usage_stream(&body),
-        _ => body,
+    let body = match tokens {
+        true => request::as_usage_stream(&body),
+        false => body,
     };
-    let peeked = match &content_type {
-        Some(ct) => media_peek(&body, ct, op, upload.is_some()),
-        None => request::peek(&body, op),
+    let peeked = match (&content_type, peeked) {
+        (Some(ct), _) => media_peek(&body, ct, op, upload.is_some()),
+        (None, Some(p)) => Ok(p),
+        (None, None) => request::peek(&body, op),
     };
     let peek = match peeked {
         Ok(p) => p,

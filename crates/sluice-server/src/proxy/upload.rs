@@ -146,9 +146,10 @@ impl StreamedUpload {
             .is_some()
     }
 
-    /// The rest read into memory (for an in-process target), within the
-    /// limit.
-    pub async fn read_all(&self, timeout: Duration) -> Result<Bytes, GatewayError> {
+    /// The whole upload in memory (for an in-process target): `head` (the
+    /// first bytes as the request goes on, prompt redacted) then the rest,
+    /// read within the limit.
+    pub async fn read_all(&self, head: &[u8], timeout: Duration) -> Result<Bytes, GatewayError> {
         let Some(rest) = self.rest.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Err(GatewayError::new(
                 ErrorKind::UpstreamUnreachable,
@@ -168,8 +169,8 @@ impl StreamedUpload {
             )
         })?;
         let rest = read.map_err(|_| too_large(self.max))?.to_bytes();
-        let mut all = BytesMut::with_capacity(self.prefix.len() + rest.len());
-        all.extend_from_slice(&self.prefix);
+        let mut all = BytesMut::with_capacity(head.len() + rest.len());
+        all.extend_from_slice(head);
         all.extend_from_slice(&rest);
         Ok(all.freeze())
     }
@@ -196,7 +197,7 @@ pub(super) async fn before_attempt(
     let left = call
         .deadline
         .saturating_duration_since(tokio::time::Instant::now());
-    u.read_all(left).await.map(Some)
+    u.read_all(call.body, left).await.map(Some)
 }
 
 /// Sends a prepared upload request (its body the rewritten first bytes)
