@@ -100,17 +100,18 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
         return Err(GatewayError::new(ErrorKind::InvalidJson, msg));
     }
     // JSON is UTF-8 (RFC 8259). serde skips the strings it ignores without
-    // checking them, so check once here rather than forward bad bytes.
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(GatewayError::new(
+    // checking them, so check once here rather than forward bad bytes; and
+    // parsed as text, serde does not check again each string it reads.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        GatewayError::new(
             ErrorKind::InvalidJson,
             format!(
                 "request body is not valid UTF-8 (at byte {})",
                 e.valid_up_to()
             ),
-        ));
-    }
-    let raw: Raw<'_> = serde_json::from_slice(body).map_err(json_error)?;
+        )
+    })?;
+    let raw: Raw<'_> = serde_json::from_str(text).map_err(json_error)?;
     let model = raw.model.ok_or_else(|| missing("model"))?.get();
     // The raw value borrows from `body`, so its address lies inside it.
     raw.peek(model, model.as_ptr() as usize - body.as_ptr() as usize, op)
