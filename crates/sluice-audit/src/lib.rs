@@ -11,6 +11,7 @@
 pub mod cipher;
 pub mod durable;
 mod fields;
+mod line;
 mod nats;
 mod pick;
 mod sink;
@@ -219,19 +220,21 @@ impl Auditor {
 
     /// A recorded field's JSON with PII redacted from every string in it: a
     /// string with nothing found is kept as the client wrote it.
-    fn redacted_raw(&self, raw: &RawValue) -> Option<Box<RawValue>> {
+    fn redacted_raw(&self, raw: &RawValue) -> Option<Box<str>> {
         let Some(r) = &self.redactor else {
-            return Some(raw.to_owned());
+            return Some(raw.get().into());
         };
         if json::kind(raw) == json::Kind::String {
             let text = json::text(raw).ok()??;
             return match r.redact(&text) {
-                Cow::Borrowed(_) => Some(raw.to_owned()),
-                Cow::Owned(o) => serde_json::value::to_raw_value(&o).ok(),
+                Cow::Borrowed(_) => Some(raw.get().into()),
+                Cow::Owned(o) => serde_json::to_string(&o).ok().map(String::into_boxed_str),
             };
         }
         let v = serde_json::from_str::<Value>(raw.get()).ok()?;
-        serde_json::value::to_raw_value(&self.redacted(&v)).ok()
+        serde_json::to_string(&self.redacted(&v))
+            .ok()
+            .map(String::into_boxed_str)
     }
 
     /// A tool call's arguments as recorded: PII redacted from every
@@ -286,8 +289,8 @@ impl Auditor {
         // Sized for a typical event: grown from serde_json's 128 bytes, a
         // line was reallocated three times.
         let mut buf = Vec::with_capacity(EVENT_CAPACITY);
-        serde_json::to_writer(&mut buf, event).expect("an event serializes");
-        let line = String::from_utf8(buf).expect("serde_json writes UTF-8");
+        event.write_line(&mut buf);
+        let line = String::from_utf8(buf).expect("the line is JSON text, UTF-8");
         let (msg, durable) = match self.durability {
             AuditDurability::Batched => (Msg::Event(line), None),
             AuditDurability::Sync => {
@@ -447,7 +450,7 @@ mod tests {
             fields.paths().collect::<Vec<_>>(),
             ["a.b.c", "metadata.id", "metadata.note", "user", "x"]
         );
-        assert_eq!(fields.get("x").unwrap().get(), r#""caf\u00e9""#);
+        assert_eq!(fields.get("x").unwrap(), r#""caf\u00e9""#);
         let f = serde_json::to_value(&fields).unwrap();
         assert_eq!(f["x"], "café");
         assert_eq!(f["user"], "[EMAIL]");
