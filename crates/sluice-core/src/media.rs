@@ -3,7 +3,8 @@
 //! upload the gateway acts on, read without copying the file.
 //!
 //! Uploads go upstream as the client sent them; only the `model` field's
-//! value is spliced when the route maps it to another upstream model.
+//! value is spliced when the route maps it to another upstream model, and
+//! the `prompt` field's text when prompt redaction finds data in it.
 
 use std::borrow::Cow;
 use std::ops::Range;

@@ -345,9 +345,16 @@ mod tests {
         );
         let err = Redactor::new(&[], &[("bad".into(), "(".into())]).unwrap_err();
         assert_eq!(err.name, "bad");
-        // Nothing on: nothing changes.
+        // Nothing on: nothing changes; one kind: nothing else.
         let none = Redactor::new(&[], &[]).unwrap();
         assert_eq!(none.redact("a@b.io"), "a@b.io");
+        let email = Redactor::new(&[Kind::Email], &[]).unwrap();
+        assert_eq!(
+            email.redact("a@b.io +44 20 7946 0958"),
+            "[EMAIL] +44 20 7946 0958"
+        );
+        let phone = Redactor::new(&[Kind::Phone], &[]).unwrap();
+        assert_eq!(phone.redact("a@b.io +44 20 7946 0958"), "a@b.io [PHONE]");
     }
 
     #[test]
