@@ -21,11 +21,16 @@ impl<'b> Object<'b> {
         Self { out, first: true }
     }
 
-    /// A member's key; `key` is a literal with nothing to escape.
-    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+    /// The comma before every member but the first.
+    fn next(&mut self) {
         if !std::mem::take(&mut self.first) {
             self.out.push(b',');
         }
+    }
+
+    /// A member's key; `key` is a literal with nothing to escape.
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        self.next();
         self.out.push(b'"');
         self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
@@ -42,6 +47,14 @@ impl<'b> Object<'b> {
         if let Some(v) = v {
             self.value(key, v);
         }
+    }
+
+    /// A member's key that may need escapes (a field's path).
+    fn key_escaped(&mut self, key: &str) -> &mut Vec<u8> {
+        self.next();
+        serde_json::to_writer(&mut *self.out, key).expect("writing JSON to a Vec cannot fail");
+        self.out.push(b':');
+        self.out
     }
 
     fn end(self) {
@@ -95,18 +108,6 @@ impl Fields {
             out.extend_from_slice(json.as_bytes());
         }
         o.end();
-    }
-}
-
-impl Object<'_> {
-    /// A member's key that may need escapes (a field's path).
-    fn key_escaped(&mut self, key: &str) -> &mut Vec<u8> {
-        if !std::mem::take(&mut self.first) {
-            self.out.push(b',');
-        }
-        serde_json::to_writer(&mut *self.out, key).expect("writing JSON to a Vec cannot fail");
-        self.out.push(b':');
-        self.out
     }
 }
 
