@@ -34,7 +34,6 @@ use axum::body::Body;
 use http::HeaderValue;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_RANGE};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use sluice_core::request::Operation;
 use tower::Service;
 use tower_http::compression::Compression;
@@ -63,7 +62,7 @@ pub enum Direct {
 }
 
 /// What may serve a request directly, if anything.
-pub fn route(app: &App, req: &Request<Incoming>) -> Option<Direct> {
+pub fn route<B>(app: &App, req: &Request<B>) -> Option<Direct> {
     if req.method() != Method::POST {
         return None;
     }
@@ -101,11 +100,10 @@ fn instructed_agent(path: &str) -> Option<&str> {
 /// Serves a request [`route`] let through; its response compressed as the
 /// layered router would (`crate::layers`) when `compress` (the client
 /// accepts an encoding).
-pub fn serve(app: &Arc<App>, to: Direct, req: Request<Incoming>, compress: bool) -> Served {
+pub fn serve(app: &Arc<App>, to: Direct, req: Request<Body>, compress: bool) -> Served {
     let accepts = compress
         .then(|| req.headers().get(ACCEPT_ENCODING).cloned())
         .flatten();
-    let req = req.map(Body::new);
     let served = match to {
         Direct::Proxy(route, op) => crate::proxy::handle(app.clone(), op, route, req),
         Direct::Instruct(agent) => Box::pin(crate::hub_routes::instruct_directly(

@@ -12,6 +12,7 @@ pub mod embed;
 pub mod extract;
 mod files;
 mod grpc;
+mod h1;
 pub mod keys_file;
 mod layers;
 pub use sluice_hub as hub;

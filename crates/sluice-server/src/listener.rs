@@ -85,6 +85,8 @@ struct Conn {
     /// Set once the listener stops accepting: HTTP/1.1 responses then say
     /// `connection: close`.
     draining: Arc<AtomicBool>,
+    /// The API listener's lean HTTP/1.1 loop (`crate::h1`).
+    lean: Option<Arc<crate::h1::Lean>>,
 }
 
 /// Accepts on `listener` until `shutdown` (or `stop`, when the listener
@@ -116,6 +118,18 @@ pub async fn serve(
         // still thinking); an unanswered ping closes the connection.
         .keep_alive_interval(cfg.http2_keepalive_interval)
         .keep_alive_timeout(cfg.header_read_timeout);
+    let draining = Arc::new(AtomicBool::new(false));
+    let lean = l.direct.clone().map(|app| {
+        Arc::new(crate::h1::Lean {
+            app,
+            head: cfg.header_read_timeout,
+            max_head: cfg.max_header_bytes,
+            max_buf: cfg.max_header_bytes.saturating_mul(2).max(8192),
+            layered: l.layered.is_some(),
+            drain: cfg.header_read_timeout.min(H1_DRAIN),
+            draining: draining.clone(),
+        })
+    });
     let conn = Conn {
         name: l.name,
         router: l.router,
@@ -127,7 +141,8 @@ pub async fn serve(
         max_head_bytes: cfg.max_header_bytes,
         metrics: l.metrics.clone(),
         waiting: Waiting::default(),
-        draining: Arc::default(),
+        draining,
+        lean,
     };
     let limits = Limits::new(l.max_connections, cfg.max_connections_per_ip);
     // Each connection task holds a sender; all gone = all connections done.
@@ -250,7 +265,7 @@ impl Conn {
             };
             drop(evicted);
             match proto {
-                Some(proto) => self.serve(TokioIo::new(stream), proto, shutdown).await,
+                Some(proto) => self.serve(stream, proto, shutdown).await,
                 None => self.metrics.closed(self.name, "no_request"),
             }
             return;
@@ -281,10 +296,10 @@ impl Conn {
             Some(b"h2") => Proto::Http2,
             _ => Proto::Http1,
         };
-        self.serve(TokioIo::new(stream), proto, shutdown).await;
+        self.serve(stream, proto, shutdown).await;
     }
 
-    async fn serve<I>(&self, io: TokioIo<I>, proto: Proto, shutdown: watch::Receiver<bool>)
+    async fn serve<I>(&self, mut io: I, proto: Proto, mut shutdown: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -308,6 +323,7 @@ impl Conn {
                 && let Some(app) = &direct
                 && let Some(to) = crate::direct::route(app, &req)
             {
+                let req = req.map(axum::body::Body::new);
                 let served = crate::direct::serve(app, to, req, asks == Asks::Compression);
                 return Either::Left(Either::Right(served.map(Ok)));
             }
@@ -341,6 +357,15 @@ impl Conn {
                         })
                     }))
                 });
+                // The lean loop serves what it can; hyper takes the rest.
+                let read = match &self.lean {
+                    Some(lean) => match lean.serve(&mut io, &mut shutdown).await {
+                        crate::h1::Ended::Closed => return,
+                        crate::h1::Ended::ToHyper(read) => read,
+                    },
+                    None => bytes::Bytes::new(),
+                };
+                let io = TokioIo::new(crate::h1::Prefixed::new(read, io));
                 let conn = self.h1.serve_connection(io, svc).with_upgrades();
                 let drain = self.head.min(H1_DRAIN);
                 drive(conn, shutdown, None, self.head, drain).await
@@ -356,7 +381,7 @@ impl Conn {
                         Ok::<_, std::convert::Infallible>(r.map(|b| TrackedBody::new(b, open)))
                     }
                 });
-                let conn = self.h2.serve_connection(io, svc);
+                let conn = self.h2.serve_connection(TokioIo::new(io), svc);
                 let closed =
                     drive(conn, shutdown, Some(&activity), self.head, Duration::ZERO).await;
                 if closed == Ended::Idle {
@@ -373,7 +398,7 @@ impl Conn {
 
 /// `/v1/chat/completions/` is `/v1/chat/completions`: clients that join a
 /// base URL ending in `/` with a path are served, not sent a 404.
-fn trim_trailing_slash<B>(req: &mut http::Request<B>) {
+pub(crate) fn trim_trailing_slash<B>(req: &mut http::Request<B>) {
     let path = req.uri().path();
     if path.len() < 2 || !path.ends_with('/') {
         return;
@@ -395,7 +420,7 @@ fn trim_trailing_slash<B>(req: &mut http::Request<B>) {
 
 /// The size of a request head as sent in HTTP/1.1: the request line and
 /// each header line.
-fn head_size<B>(req: &http::Request<B>) -> usize {
+pub(crate) fn head_size<B>(req: &http::Request<B>) -> usize {
     let line = req.method().as_str().len()
         + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
         + 12;
@@ -494,12 +519,18 @@ async fn drive<C: Graceful>(
     drain: Duration,
 ) -> Ended {
     tokio::pin!(conn);
-    let mut closing = *shutdown.borrow();
+    // Started after shutdown (a connection the lean loop hands over while
+    // draining): the same drain as the connections already open.
+    let late = *shutdown.borrow();
+    let mut closing = late && drain.is_zero();
     if closing {
         conn.as_mut().graceful();
     }
-    let mut draining = false;
-    let drained = tokio::time::sleep(Duration::MAX);
+    let mut draining = late && !closing;
+    let drained = tokio::time::sleep(match draining {
+        true => drain,
+        false => Duration::MAX,
+    });
     tokio::pin!(drained);
     let mut idle_closed = false;
     let idle = async {

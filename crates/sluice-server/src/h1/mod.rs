@@ -1,0 +1,508 @@
+//! A lean HTTP/1.1 loop for the API listener's busiest requests.
+//!
+//! Nearly every request a gateway serves is a POST of a small JSON body to
+//! a model route, on a kept-alive connection. Behind hyper's server such a
+//! request cost 71,300 user-space instructions, here 66,900, and a stream
+//! of 64 events 1,102,000 against 908,000 (callgrind,
+//! `bench/instructions.py`, and `--stream --model frames`): no dispatcher
+//! state machine or body channel between the connection and the handler,
+//! and the events that are ready together go out in one write. hyper also
+//! holds two 8 KiB buffers per connection however small its requests.
+//!
+//! The loop reads the head and body into one buffer, parses the head with
+//! httparse (as hyper does), serves the request through `crate::direct`
+//! and writes the answer. A body that is all there with its head (nearly
+//! every one) is handed over as a slice of that buffer; the rest of a
+//! longer or slower one is fed to the handler as it arrives, and the
+//! handler applies `server.max_body_bytes` and `server.body_read_timeout_ms`
+//! as it does behind hyper.
+//!
+//! It serves only what it can serve as hyper would: an HTTP/1.1 POST with
+//! a `content-length` body, no `transfer-encoding`, `expect` or `upgrade`,
+//! that `crate::direct` would take. At the first request that is anything
+//! else — another route or method, a chunked body, HTTP/1.0, a head past
+//! hyper's buffer or over `server.max_header_bytes` — the connection goes
+//! to hyper with what was read put back in front ([`Prefixed`]), and hyper
+//! serves it from then on. So every other rule hyper and the router apply
+//! still applies, from the same code.
+//!
+//! `server.header_read_timeout_ms` bounds each head, and so how long an
+//! idle connection stays open, as with hyper. `connection: close` (from
+//! the client or the handler), a body the handler did not read to its end,
+//! or the gateway draining closes the connection after the response. A
+//! client that closes its side while its request is served is gone: the
+//! request is dropped (its upstream call cancelled), as hyper does.
+
+mod prefixed;
+mod write;
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body::Frame;
+use http_body_util::channel::{Channel, Sender};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use prefixed::Prefixed;
+
+use crate::app::App;
+use crate::layers::Asks;
+
+/// Room made in the read buffer before each read.
+const READ_AHEAD: usize = 2048;
+/// Headers a request may have here; more go to hyper (which allows 100).
+const MAX_HEADERS: usize = 48;
+
+/// How the API listener's connections are served before hyper.
+pub struct Lean {
+    pub app: Arc<App>,
+    /// `server.header_read_timeout`.
+    pub head: Duration,
+    /// `server.max_header_bytes`: larger heads go to hyper, which refuses.
+    pub max_head: usize,
+    /// hyper's read buffer: a head not ended within it goes to hyper.
+    pub max_buf: usize,
+    /// Whether the listener has the layered router (CORS, compression).
+    pub layered: bool,
+    /// After shutdown, how long a connection waits for one more request.
+    pub drain: Duration,
+    /// Set while the listener drains.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// How a connection left the lean loop.
+pub enum Ended {
+    Closed,
+    /// hyper serves it from here, reading these bytes first.
+    ToHyper(Bytes),
+}
+
+/// One request parsed and accepted here.
+struct Parsed {
+    req: Request<()>,
+    length: usize,
+    close: bool,
+}
+
+impl Lean {
+    /// Serves requests on `io` until it closes or a request needs hyper.
+    pub async fn serve<I>(&self, io: &mut I, shutdown: &mut watch::Receiver<bool>) -> Ended
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        if *shutdown.borrow() {
+            return Ended::ToHyper(Bytes::new());
+        }
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut drain_by: Option<Instant> = None;
+        loop {
+            let Some(head_len) = self.read_head(io, &mut buf, shutdown, &mut drain_by).await else {
+                return Ended::Closed;
+            };
+            let head = buf.split_to(head_len).freeze();
+            let Some((parsed, to, compress)) = self.accept(&head) else {
+                return to_hyper(head, buf);
+            };
+            drop(head);
+            let (body, mut feed) = Feed::body(&mut buf, parsed.length);
+            let served = crate::direct::serve(&self.app, to, parsed.req.map(|()| body), compress);
+            let Some(mut res) = until_done(io, &mut buf, served, &mut feed).await else {
+                return Ended::Closed;
+            };
+            // A body the handler did not read to its end leaves the
+            // connection out of step: it closes after the answer.
+            let unread = feed.is_some_and(|f| f.left > 0);
+            let close = parsed.close
+                || unread
+                || drain_by.is_some()
+                || self.draining.load(Ordering::Relaxed)
+                || res
+                    .headers()
+                    .get(CONNECTION)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            if close {
+                res.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            let framing = write::head(&mut res, &mut out);
+            let written = write::body(io, &mut out, framing, res.into_body(), &mut buf).await;
+            if out.capacity() > 64 * 1024 {
+                out = Vec::new();
+            }
+            if written.is_err() {
+                return Ended::Closed;
+            }
+            if close {
+                let _ = io.shutdown().await;
+                return Ended::Closed;
+            }
+        }
+    }
+
+    /// Reads until `buf` holds a whole head; its length, or `None` when the
+    /// connection should close (the client left, was silent past the head
+    /// timeout, or the drain after shutdown ended with nothing sent). A
+    /// head that does not end within hyper's buffer is returned whole for
+    /// hyper to refuse.
+    async fn read_head<I: AsyncRead + Unpin>(
+        &self,
+        io: &mut I,
+        buf: &mut BytesMut,
+        shutdown: &mut watch::Receiver<bool>,
+        drain_by: &mut Option<Instant>,
+    ) -> Option<usize> {
+        let deadline = Instant::now() + self.head;
+        loop {
+            if let Some(end) = head_end(buf) {
+                return Some(end);
+            }
+            if buf.len() >= self.max_buf {
+                return Some(buf.len());
+            }
+            let until = match drain_by {
+                Some(d) if buf.is_empty() => deadline.min(*d),
+                _ => deadline,
+            };
+            buf.reserve(READ_AHEAD);
+            tokio::select! {
+                r = io.read_buf(buf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return None,
+                },
+                () = tokio::time::sleep_until(until) => return None,
+                _ = shutdown.changed(), if drain_by.is_none() => {
+                    *drain_by = Some(Instant::now() + self.drain);
+                }
+            }
+        }
+    }
+
+    /// The request in `head`, if this loop serves it: where it goes and
+    /// whether its answer may be compressed.
+    fn accept(&self, head: &Bytes) -> Option<(Parsed, crate::direct::Direct, bool)> {
+        let mut parsed = parse(head)?;
+        crate::listener::trim_trailing_slash(&mut parsed.req);
+        if crate::listener::head_size(&parsed.req) > self.max_head {
+            return None;
+        }
+        let asks = match self.layered {
+            true => crate::layers::asks(parsed.req.headers()),
+            false => Asks::Nothing,
+        };
+        if asks == Asks::More {
+            return None;
+        }
+        let to = crate::direct::route(&self.app, &parsed.req)?;
+        Some((parsed, to, asks == Asks::Compression))
+    }
+}
+
+/// The request head in `head` as an `http::Request`, if it is one this
+/// loop serves: an HTTP/1.1 POST in origin form with one valid
+/// `content-length`, no `transfer-encoding`, `expect` or `upgrade`, and a
+/// `connection` header (if any) of `keep-alive` or `close`.
+fn parse(head: &Bytes) -> Option<Parsed> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut p = httparse::Request::new(&mut slots);
+    match p.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    let path = p.path?;
+    if p.method? != "POST" || p.version? != 1 || !path.starts_with('/') {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(p.headers.len());
+    let mut length = None;
+    let mut close = false;
+    for h in p.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        if name == CONTENT_LENGTH {
+            if length.is_some() {
+                return None;
+            }
+            length = Some(std::str::from_utf8(h.value).ok()?.parse::<usize>().ok()?);
+        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return None;
+        } else if name == CONNECTION {
+            for token in value.to_str().ok()?.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case("keep-alive") {
+                    return None;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
+    *req.headers_mut() = headers;
+    Some(Parsed {
+        req,
+        length: length?,
+        close,
+    })
+}
+
+/// The length of the head at the start of `buf`, if it has all arrived.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    static END: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    if buf.is_empty() {
+        return None;
+    }
+    END.find(buf).map(|at| at + 4)
+}
+
+/// Hands the connection to hyper with the unserved request put back.
+fn to_hyper(head: Bytes, rest: BytesMut) -> Ended {
+    let mut all = BytesMut::with_capacity(head.len() + rest.len());
+    all.extend_from_slice(&head);
+    all.extend_from_slice(&rest);
+    Ended::ToHyper(all.freeze())
+}
+
+/// The rest of a request body still arriving, fed to the handler as it
+/// comes (the handler applies the body's size limit and timeout).
+struct Feed {
+    tx: Option<Sender<Bytes, std::io::Error>>,
+    /// Bytes of the body not read from the connection yet.
+    left: usize,
+    /// The handler dropped the body (refused it): stop reading.
+    refused: bool,
+}
+
+impl Feed {
+    /// The request body: the bytes in `buf` when it is all there (nearly
+    /// always), else a channel the loop feeds from the connection.
+    fn body(buf: &mut BytesMut, length: usize) -> (Body, Option<Feed>) {
+        if buf.len() >= length {
+            return (Body::from(buf.split_to(length).freeze()), None);
+        }
+        let (mut tx, rx) = Channel::new(4);
+        let first = buf.split().freeze();
+        let left = length - first.len();
+        if !first.is_empty() {
+            // A new channel has room.
+            let _ = tx.try_send(Frame::data(first));
+        }
+        let feed = Feed {
+            tx: Some(tx),
+            left,
+            refused: false,
+        };
+        (Body::new(rx), Some(feed))
+    }
+
+    /// Reads what arrived of the body and passes it on; `Ready(false)`
+    /// when the client left, `Pending` when nothing more can be done now.
+    fn poll<I: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut I) -> Poll<bool> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Poll::Pending;
+        };
+        if tx.capacity() == 0 {
+            // The handler has frames waiting; it runs in this task and is
+            // polled again when what it waits on wakes it.
+            return Poll::Pending;
+        }
+        let mut room = BytesMut::zeroed(self.left.min(16 * 1024));
+        let mut rb = ReadBuf::new(&mut room);
+        match std::pin::Pin::new(io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                let got = rb.filled().len();
+                room.truncate(got);
+                self.left -= got;
+                if tx.try_send(Frame::data(room.freeze())).is_err() {
+                    self.refused = true;
+                }
+                if self.left == 0 {
+                    self.tx = None; // the body ends
+                }
+                Poll::Ready(true)
+            }
+            Poll::Ready(_) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Runs `fut` to its end, feeding it the rest of its body if `feed`; `None`
+/// when the client closes its side first (what it sends past the body
+/// meanwhile is kept in `pending`).
+async fn until_done<I, F>(
+    io: &mut I,
+    pending: &mut BytesMut,
+    fut: F,
+    feed: &mut Option<Feed>,
+) -> Option<F::Output>
+where
+    I: AsyncRead + Unpin,
+    F: Future,
+{
+    let mut fut = pin!(fut);
+    let mut watching = pending.is_empty();
+    poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            if let Some(f) = feed.as_mut().filter(|f| f.left > 0 && !f.refused) {
+                match f.poll(cx, io) {
+                    // More of the body went to the handler: let it read.
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if watching && feed.as_ref().is_none_or(|f| f.left == 0) {
+                match client_left(cx, io, pending) {
+                    Poll::Ready(true) => return Poll::Ready(None),
+                    Poll::Ready(false) => watching = false,
+                    Poll::Pending => {}
+                }
+            }
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+/// Whether the client closed its side (`Ready(true)`) or sent more
+/// (`Ready(false)`, the bytes appended to `pending`), as hyper watches a
+/// connection while its request is served.
+fn client_left<I: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    pending: &mut BytesMut,
+) -> Poll<bool> {
+    let mut room = [0u8; 256];
+    let mut rb = ReadBuf::new(&mut room);
+    match std::pin::Pin::new(io).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(true),
+        Poll::Ready(Ok(())) => {
+            pending.extend_from_slice(rb.filled());
+            Poll::Ready(false)
+        }
+        Poll::Ready(Err(_)) => Poll::Ready(true),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    #[test]
+    fn plain_posts_with_a_length_are_served_here() {
+        let p = parse(&head(
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\
+             X-Custom: v\r\nConnection: keep-alive, Close\r\n\r\n",
+        ))
+        .unwrap();
+        assert_eq!(p.length, 12);
+        assert!(p.close);
+        assert_eq!(p.req.uri().path(), "/v1/chat/completions");
+        assert_eq!(p.req.uri().query(), Some("x=1"));
+        assert_eq!(p.req.headers()["x-custom"], "v");
+        assert_eq!(p.req.headers().len(), 4);
+
+        let kept = parse(&head("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n")).unwrap();
+        assert!(!kept.close);
+    }
+
+    #[test]
+    fn anything_else_goes_to_hyper() {
+        for other in [
+            "GET /v1/models HTTP/1.1\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.0\r\nContent-Length: 2\r\n\r\n",
+            "POST http://a/v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nBad Name: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\n",
+        ] {
+            assert!(parse(&head(other)).is_none(), "{other:?}");
+        }
+        let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let text = format!("POST / HTTP/1.1\r\nContent-Length: 2\r\n{many}\r\n");
+        assert!(parse(&head(&text)).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_is_fed_to_the_handler_as_it_comes() {
+        use http_body_util::BodyExt;
+        let (mut a, mut b) = tokio::io::duplex(8);
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        let (body, mut feed) = Feed::body(&mut buf, 40);
+        assert!(feed.is_some() && buf.is_empty());
+        let rest: Vec<u8> = (0..37u8).map(|i| b'd' + i % 20).collect();
+        let sent = rest.clone();
+        let writer = tokio::spawn(async move {
+            for piece in sent.chunks(5) {
+                b.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            b
+        });
+        let read = async { body.collect().await.unwrap().to_bytes() };
+        let got = until_done(&mut a, &mut buf, read, &mut feed).await.unwrap();
+        assert_eq!(&got[..3], b"abc");
+        assert_eq!(&got[3..], &rest[..]);
+        assert_eq!(feed.unwrap().left, 0);
+        drop(writer.await.unwrap());
+
+        // A whole body is the buffer's bytes, and what follows stays.
+        let mut buf = BytesMut::from(&b"0123456789NEXT"[..]);
+        let (body, feed) = Feed::body(&mut buf, 10);
+        assert!(feed.is_none());
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"0123456789");
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_cancels_its_request() {
+        let (mut a, b) = tokio::io::duplex(64);
+        drop(b);
+        let mut pending = BytesMut::new();
+        let never = std::future::pending::<()>();
+        assert!(
+            until_done(&mut a, &mut pending, never, &mut None)
+                .await
+                .is_none()
+        );
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"POST").await.unwrap();
+        let mut pending = BytesMut::new();
+        let soon = tokio::time::sleep(Duration::from_millis(20));
+        assert!(
+            until_done(&mut a, &mut pending, soon, &mut None)
+                .await
+                .is_some()
+        );
+        assert_eq!(&pending[..], b"POST");
+    }
+}

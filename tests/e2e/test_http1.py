@@ -1,0 +1,287 @@
+"""The API listener's HTTP/1.1 connections byte by byte: keep-alive,
+pipelining, heads and bodies in pieces, `connection: close`, a connection
+that turns to other routes or HTTP features half-way (the lean loop hands it
+to hyper), bodies that arrive slowly, too large or not at all, idle
+connections, and a client that leaves while its request is served."""
+
+import json
+import socket
+import time
+
+from conftest import MOCK_MODEL, UPSTREAM_KEY, Gateway, proxy_config, wait_for
+from test_connections import closed_within
+
+MSGS = [{"role": "user", "content": "hello there"}]
+CHAT = json.dumps({"model": "mock-1", "messages": MSGS}).encode()
+
+
+def post(path, body, *extra, version="HTTP/1.1"):
+    head = [f"POST {path} {version}", "host: x", "content-type: application/json",
+            f"content-length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class Conn:
+    """One client connection that reads HTTP/1.1 responses as they come."""
+
+    def __init__(self, g, timeout=10):
+        host, port = g.url.removeprefix("http://").split(":")
+        self.s = socket.create_connection((host, int(port)), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _fill(self):
+        data = self.s.recv(65536)
+        if not data:
+            raise EOFError("connection closed")
+        self.buf += data
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def _head(self):
+        status = int(self._line().split(b" ")[1])
+        headers = {}
+        while line := self._line():
+            k, v = line.split(b":", 1)
+            headers.setdefault(k.decode().lower(), []).append(v.strip().decode())
+        return status, headers
+
+    def response(self):
+        """(status, headers, body, framing) of the next final response."""
+        status, headers = self._head()
+        while 100 <= status < 200:
+            status, headers = self._head()
+        if "content-length" in headers:
+            assert len(headers["content-length"]) == 1, headers
+            assert "transfer-encoding" not in headers, headers
+            return status, headers, self._take(int(headers["content-length"][0])), "length"
+        assert headers.get("transfer-encoding") == ["chunked"], headers
+        body = b""
+        while True:
+            size = int(self._line().split(b";")[0], 16)
+            if size == 0:
+                while self._line():
+                    pass
+                return status, headers, body, "chunked"
+            body += self._take(size)
+            assert self._take(2) == b"\r\n"
+
+    def closed_within(self, limit):
+        """Seconds until the gateway closed the connection, or None."""
+        return closed_within(self.s, limit)
+
+    def close(self):
+        self.s.close()
+
+
+def chat_ok(resp):
+    status, headers, body, _ = resp
+    assert status == 200, body
+    assert headers["content-type"] == ["application/json"], headers
+    assert len(headers["date"]) == 1 and headers["date"][0].endswith(" GMT"), headers
+    reply = json.loads(body)
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"], reply
+    return reply
+
+
+def test_pipelined_split_and_streamed_requests_keep_one_connection(tmp_path):
+    g = Gateway(MOCK_MODEL, tmp_path=tmp_path)
+    c = Conn(g)
+    try:
+        # Two requests in one write: two answers, in order.
+        c.send(post("/v1/chat/completions", CHAT) + post("/v1/chat/completions/", CHAT))
+        chat_ok(c.response())
+        chat_ok(c.response())
+        # A head cut in the middle of its lines, then the body in two.
+        raw = post("/v1/chat/completions", CHAT)
+        cut = raw.index(b"\r\n\r\n") + 4
+        for piece in (raw[:7], raw[7:30], raw[30:cut - 1], raw[cut - 1:cut + 5], raw[cut + 5:]):
+            c.send(piece)
+            time.sleep(0.05)
+        chat_ok(c.response())
+        # A stream is chunked and ends, and the connection goes on.
+        streamed = json.dumps({"model": "mock-1", "messages": MSGS, "stream": True}).encode()
+        c.send(post("/v1/chat/completions", streamed))
+        status, headers, body, framing = c.response()
+        assert (status, framing) == (200, "chunked"), body
+        assert headers["content-type"][0].startswith("text/event-stream")
+        events = [l for l in body.decode().split("\n") if l.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 3, body
+        # An error answer is framed as well, and keeps the connection.
+        c.send(post("/v1/chat/completions", b'{"model": "nope", "messages": []}'))
+        status, _, body, _ = c.response()
+        assert status in (400, 404) and json.loads(body)["error"], body
+        c.send(post("/v1/chat/completions", CHAT, "connection: keep-alive"))
+        chat_ok(c.response())
+        assert c.buf == b""
+    finally:
+        c.close()
+        g.stop()
+
+
+def test_connection_close_is_honoured_and_answered(tmp_path):
+    g = Gateway(MOCK_MODEL, tmp_path=tmp_path)
+    try:
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT, "Connection: close"))
+        status, headers, body, _ = c.response()
+        chat_ok((status, headers, body, None))
+        assert headers["connection"] == ["close"], headers
+        assert c.closed_within(5) is not None
+        c.close()
+        # HTTP/1.0 without keep-alive: answered, then closed.
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT, version="HTTP/1.0"))
+        status, _, body, _ = c.response()
+        assert status == 200, body
+        assert c.closed_within(5) is not None
+        c.close()
+    finally:
+        g.stop()
+
+
+def test_a_connection_turning_to_other_routes_and_features_is_served_throughout(tmp_path):
+    g = Gateway(MOCK_MODEL, tmp_path=tmp_path)
+    try:
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT))
+        chat_ok(c.response())
+        c.send(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        status, _, body, _ = c.response()
+        assert status == 200 and any(m["id"] == "mock-1" for m in json.loads(body)["data"]), body
+        c.send(post("/v1/chat/completions", CHAT))
+        chat_ok(c.response())
+        c.close()
+
+        # Expect: 100-continue: the interim answer, then the body.
+        c = Conn(g)
+        raw = post("/v1/chat/completions", CHAT, "expect: 100-continue")
+        cut = raw.index(b"\r\n\r\n") + 4
+        c.send(raw[:cut])
+        assert c._line().startswith(b"HTTP/1.1 100"), c.buf
+        assert c._line() == b""
+        c.send(raw[cut:])
+        chat_ok(c.response())
+        c.close()
+
+        # A chunked request body.
+        c = Conn(g)
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")
+        half = len(CHAT) // 2
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (CHAT[:half], CHAT[half:]))
+        c.send(head + chunks + b"0\r\n\r\n")
+        chat_ok(c.response())
+        c.send(post("/v1/chat/completions", CHAT))
+        chat_ok(c.response())
+        c.close()
+    finally:
+        g.stop()
+
+
+def test_bodies_slow_large_or_missing_get_the_limits_answers(tmp_path):
+    g = Gateway("[server]\nbody_read_timeout_ms = 1000\nmax_body_bytes = 4000\n" + MOCK_MODEL,
+                tmp_path=tmp_path)
+    try:
+        # Half the body now, the rest later: served, and the connection
+        # stays in step for the next request.
+        c = Conn(g)
+        raw = post("/v1/chat/completions", CHAT)
+        c.send(raw[:-20])
+        time.sleep(0.3)
+        c.send(raw[-20:])
+        chat_ok(c.response())
+        c.send(post("/v1/chat/completions", CHAT))
+        chat_ok(c.response())
+        c.close()
+
+        # A body declared over the limit: 413, whole or still arriving.
+        big = json.dumps({"model": "mock-1", "messages": MSGS, "pad": "x" * 6000}).encode()
+        for split in (False, True):
+            c = Conn(g)
+            raw = post("/v1/chat/completions", big)
+            c.send(raw[:300] if split else raw)
+            if split:
+                time.sleep(0.1)
+                c.send(raw[300:])
+            status, _, body, _ = c.response()
+            assert status == 413 and json.loads(body)["error"], body
+            c.close()
+
+        # A body that never arrives whole: 408 after the timeout, not twice it.
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT)[:-10])
+        t0 = time.monotonic()
+        status, _, body, _ = c.response()
+        waited = time.monotonic() - t0
+        assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout", body
+        assert 0.9 <= waited < 1.8, waited
+        c.close()
+    finally:
+        g.stop()
+
+
+def test_heads_over_the_limit_and_idle_connections(tmp_path):
+    g = Gateway("[server]\nheader_read_timeout_ms = 1000\nmax_header_bytes = 1024\n" + MOCK_MODEL,
+                tmp_path=tmp_path)
+    try:
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT, "x-pad: " + "p" * 1500))
+        status, _, body, _ = c.response()
+        assert status == 431 and json.loads(body)["error"], body
+        c.close()
+        # After an answer, a silent connection is closed after the head timeout.
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT))
+        chat_ok(c.response())
+        t = c.closed_within(10)
+        assert t is not None and t >= 0.8, t
+        c.close()
+        # Half a head, then nothing: closed too.
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT)[:40])
+        t = c.closed_within(10)
+        assert t is not None and t >= 0.8, t
+        c.close()
+    finally:
+        g.stop()
+
+
+def test_a_client_that_leaves_cancels_its_upstream_call(tmp_path, upstream):
+    g = Gateway(proxy_config(upstream.url), tmp_path=tmp_path,
+                env={"SLUICE_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    try:
+        # Waiting for the answer (the upstream would time out after 1 s).
+        c = Conn(g)
+        body = json.dumps({"model": "slow-3000", "messages": MSGS}).encode()
+        c.send(post("/v1/chat/completions", body))
+        time.sleep(0.3)
+        c.close()
+        cancelled = 'sluice_requests_total{route="/v1/chat/completions",model="slow-3000"'
+        wait_for(lambda: any(l.startswith(cancelled) and 'status="499"' in l
+                             for l in g.metrics_text().splitlines()),
+                 timeout=5, what="a 499 for the request whose client left")
+        # Between two events of a stream.
+        before = upstream.stats()["cancelled"]
+        c = Conn(g)
+        body = json.dumps({"model": "drip-50", "messages": MSGS, "stream": True}).encode()
+        c.send(post("/v1/chat/completions", body))
+        status, headers = c._head()
+        assert status == 200 and headers["transfer-encoding"] == ["chunked"], headers
+        c._line()
+        c.close()
+        wait_for(lambda: upstream.stats()["cancelled"] > before, timeout=5, what="upstream cancel")
+    finally:
+        g.stop()
