@@ -303,6 +303,28 @@ impl Conn {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // The lean loop serves what it can; hyper takes the rest. hyper's
+        // connection is boxed: inline, its state would size every
+        // connection's task, lean or not.
+        let mut read = bytes::Bytes::new();
+        if let (Proto::Http1, Some(lean)) = (&proto, &self.lean) {
+            match lean.serve(&mut io, &mut shutdown).await {
+                crate::h1::Ended::Closed => return,
+                crate::h1::Ended::ToHyper(rest) => read = rest,
+            }
+        }
+        let io = crate::h1::Prefixed::new(read, io);
+        Box::pin(self.hyper(io, proto, shutdown)).await;
+    }
+
+    async fn hyper<I>(
+        &self,
+        io: crate::h1::Prefixed<I>,
+        proto: Proto,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let router = TowerToHyperService::new(self.router.clone());
         let layered = self.layered.clone().map(TowerToHyperService::new);
         let max_head = self.max_head_bytes;
@@ -357,16 +379,10 @@ impl Conn {
                         })
                     }))
                 });
-                // The lean loop serves what it can; hyper takes the rest.
-                let read = match &self.lean {
-                    Some(lean) => match lean.serve(&mut io, &mut shutdown).await {
-                        crate::h1::Ended::Closed => return,
-                        crate::h1::Ended::ToHyper(read) => read,
-                    },
-                    None => bytes::Bytes::new(),
-                };
-                let io = TokioIo::new(crate::h1::Prefixed::new(read, io));
-                let conn = self.h1.serve_connection(io, svc).with_upgrades();
+                let conn = self
+                    .h1
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades();
                 let drain = self.head.min(H1_DRAIN);
                 drive(conn, shutdown, None, self.head, drain).await
             }
