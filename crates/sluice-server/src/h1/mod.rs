@@ -2,12 +2,13 @@
 //!
 //! Nearly every request a gateway serves is a POST of a small JSON body to
 //! a model route, on a kept-alive connection. Behind hyper's server such a
-//! request cost 71,300 user-space instructions, here 66,900, and a stream
-//! of 64 events 1,102,000 against 908,000 (callgrind,
-//! `bench/instructions.py`, and `--stream --model frames`): no dispatcher
-//! state machine or body channel between the connection and the handler,
-//! and the events that are ready together go out in one write. hyper also
-//! holds two 8 KiB buffers per connection however small its requests.
+//! request cost 71,300 user-space instructions, here 65,900, and a stream
+//! of 64 events 1.08–1.14 million against 1.02 million (callgrind,
+//! `bench/instructions.py`, and `--stream --model frames`, whose counts
+//! vary by ~5 % from run to run): no dispatcher state machine or body
+//! channel between the connection and the handler, and the events that
+//! are ready together go out in one write. hyper also holds two 8 KiB
+//! buffers per connection however small its requests.
 //!
 //! The loop reads the head and body into one buffer, parses the head with
 //! httparse (as hyper does), serves the request through `crate::direct`
