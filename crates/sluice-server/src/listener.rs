@@ -99,6 +99,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cfg = &l.cfg;
+    // hyper's read buffer; the lean loop hands it a head that does not fit.
+    let max_buf = cfg.max_header_bytes.saturating_mul(2).max(8192);
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
@@ -107,7 +109,7 @@ pub async fn serve(
         // answer heads over `max_header_bytes` itself, with a JSON body. The
         // header count stays at hyper's default (100): a larger cap moves
         // hyper's per-request header arrays from the stack to the heap.
-        .max_buf_size(cfg.max_header_bytes.saturating_mul(2).max(8192));
+        .max_buf_size(max_buf);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(
@@ -124,7 +126,7 @@ pub async fn serve(
             app,
             head: cfg.header_read_timeout,
             max_head: cfg.max_header_bytes,
-            max_buf: cfg.max_header_bytes.saturating_mul(2).max(8192),
+            max_buf,
             layered: l.layered.is_some(),
             drain: cfg.header_read_timeout.min(H1_DRAIN),
             draining: draining.clone(),

@@ -234,6 +234,10 @@ fn parse(head: &Bytes) -> Option<Parsed> {
             if length.is_some() {
                 return None;
             }
+            // Digits only, as hyper reads it (`parse` would take "+5").
+            if h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
             length = Some(std::str::from_utf8(h.value).ok()?.parse::<usize>().ok()?);
         } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return None;
@@ -438,6 +442,10 @@ mod tests {
             "POST / HTTP/1.1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: -2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 2\r\nUpgrade: websocket\r\n\r\n",
