@@ -164,10 +164,14 @@ impl Lean {
         drain_by: &mut Option<Instant>,
     ) -> Option<usize> {
         let deadline = Instant::now() + self.head;
+        // Each search starts where the last one could not have matched: a
+        // head sent a byte at a time is not searched from its start again.
+        let mut searched = 0;
         loop {
-            if let Some(end) = head_end(buf) {
+            if let Some(end) = head_end(buf, searched) {
                 return Some(end);
             }
+            searched = buf.len().saturating_sub(3);
             if buf.len() >= self.max_buf {
                 return Some(buf.len());
             }
@@ -263,14 +267,13 @@ fn parse(head: &Bytes) -> Option<Parsed> {
     })
 }
 
-/// The length of the head at the start of `buf`, if it has all arrived.
-fn head_end(buf: &[u8]) -> Option<usize> {
+/// The length of the head at the start of `buf`, if it has all arrived;
+/// its end is searched for from `from` on.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     static END: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
-    if buf.is_empty() {
-        return None;
-    }
-    END.find(buf).map(|at| at + 4)
+    let rest = buf.get(from..).filter(|r| !r.is_empty())?;
+    END.find(rest).map(|at| from + at + 4)
 }
 
 /// Hands the connection to hyper with the unserved request put back.
@@ -458,6 +461,31 @@ mod tests {
         let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         let text = format!("POST / HTTP/1.1\r\nContent-Length: 2\r\n{many}\r\n");
         assert!(parse(&head(&text)).is_none());
+    }
+
+    #[test]
+    fn a_heads_end_is_found_across_the_reads_that_brought_it() {
+        let head = b"POST / HTTP/1.1\r\nA: b\r\n\r\nbody";
+        let end = head.len() - 4;
+        // A search from 3 bytes before where the last one (which found
+        // nothing) ended finds what a search from the start finds, at every
+        // pair of read boundaries.
+        for before in 0..head.len() {
+            if head_end(&head[..before], 0).is_some() {
+                continue;
+            }
+            for now in before..=head.len() {
+                let from = before.saturating_sub(3);
+                assert_eq!(
+                    head_end(&head[..now], from),
+                    head_end(&head[..now], 0),
+                    "{before} {now}"
+                );
+            }
+        }
+        assert_eq!(head_end(head, 21), Some(end));
+        assert_eq!(head_end(b"", 0), None);
+        assert_eq!(head_end(b"\r\n\r\n", 0), Some(4));
     }
 
     #[tokio::test]
