@@ -238,11 +238,7 @@ fn parse(head: &Bytes) -> Option<Parsed> {
             if length.is_some() {
                 return None;
             }
-            // Digits only, as hyper reads it (`parse` would take "+5").
-            if h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            length = Some(std::str::from_utf8(h.value).ok()?.parse::<usize>().ok()?);
+            length = Some(length_of(h.value)?);
         } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return None;
         } else if name == CONNECTION {
@@ -274,6 +270,15 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
     let rest = buf.get(from..).filter(|r| !r.is_empty())?;
     END.find(rest).map(|at| from + at + 4)
+}
+
+/// A `content-length` value: digits only, as hyper reads it (`parse`
+/// alone would take "+5").
+fn length_of(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Hands the connection to hyper with the unserved request put back.

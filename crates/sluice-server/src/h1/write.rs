@@ -47,7 +47,16 @@ pub fn head(res: &mut Response<Body>, out: &mut Vec<u8>) -> Framing {
         let set = res
             .headers()
             .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            .map(|v| super::length_of(v.as_bytes()));
+        let set = match set {
+            Some(None) => {
+                // Not a length: framed as if it were absent.
+                res.headers_mut().remove(CONTENT_LENGTH);
+                None
+            }
+            Some(Some(n)) => Some(n as u64),
+            None => None,
+        };
         match (set, res.body().size_hint().exact()) {
             (Some(n), _) => Framing::Length(n),
             (None, Some(n)) => Framing::Sized(n),
@@ -312,6 +321,14 @@ mod tests {
         let (text, f) = written(res);
         assert_eq!(f, Framing::Length(12));
         assert_eq!(text.matches("date: ").count(), 1);
+
+        let mut res = Response::new(Body::from("abc"));
+        res.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("+3"));
+        let (text, f) = written(res);
+        assert_eq!(f, Framing::Sized(3));
+        assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
     }
 
     #[test]
