@@ -9,6 +9,10 @@
 //! pings and are closed once no stream has been open for that timeout (as
 //! hyper does for idle HTTP/1.1 connections), and every connection holds a
 //! place under the listener's cap and its address's cap.
+//!
+//! On the API listener, HTTP/1.1 connections are served by the lean loop
+//! (`crate::h1`) until a request it does not serve; hyper takes the
+//! connection from there.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
