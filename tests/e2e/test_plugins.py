@@ -184,16 +184,22 @@ def chunk_counts(gw):
     return [int(n) for n in re.findall(r"response body chunks: (\d+)", gw.logs())]
 
 
-def test_streamed_responses_go_through_the_filters_chunk_by_chunk(gw, client):
+def test_streamed_responses_go_through_the_filters_chunk_by_chunk(gw, up, client):
     client.chat.completions.create(model="gpt-big", **CHAT)
     whole = wait_for(lambda: chunk_counts(gw), what="the filter's log")[-1]
     seen = len(chunk_counts(gw))
-    with client.chat.completions.with_streaming_response.create(
-        model="gpt-big", stream=True, **CHAT
-    ) as resp:
-        assert resp.headers["x-sdk-filter"] == "on"
-        assert resp.headers["x-wasm-filter"] == "on"
-        chunks = [c for c in resp.parse()]
+    # Events 20 ms apart, so that each arrives on its own (events that
+    # arrive together go on together, as one chunk).
+    up.control(pace_us=20_000)
+    try:
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-big", stream=True, **CHAT
+        ) as resp:
+            assert resp.headers["x-sdk-filter"] == "on"
+            assert resp.headers["x-wasm-filter"] == "on"
+            chunks = [c for c in resp.parse()]
+    finally:
+        up.control(pace_us=0)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(chunks) > 2 and text
     # The filter was offered the stream in several chunks (plus the end),

@@ -10,6 +10,7 @@ pub mod completions;
 pub mod fetch;
 pub mod fields;
 pub mod gemini;
+mod h1wire;
 pub mod mock;
 mod mock_media;
 mod mock_shape;

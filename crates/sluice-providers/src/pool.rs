@@ -1,12 +1,14 @@
 //! A lean HTTP/1.1 keep-alive pool for one plain `http://` upstream (a vLLM
-//! or Ollama box, a sidecar, the mock): hyper's connection API under a
-//! last-in-first-out stack of idle connections.
+//! or Ollama box, a sidecar, the mock): idle sockets on a last-in-first-out
+//! stack, and each request written, and its answer read, by the request's
+//! own task.
 //!
-//! Against hyper-util's general client it skips, per request, the pool-key
-//! hashing and cloning, the connector service, the per-request task that
-//! waits for the connection to be reusable, and the idle-reaper task: a
-//! connection goes back on the stack the moment its response body ends,
-//! inside the body's own poll.
+//! Against hyper's connection API (which this replaced) there is no task per
+//! connection and no channel between the request and that task: the head
+//! and body go out in one write, the answer's head is parsed where it is
+//! read, and the body is decoded in its own `poll_frame` (`h1wire.rs`). A
+//! connection goes back on the stack the moment its body's last byte is
+//! read; a body dropped before that closes its connection.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -14,19 +16,24 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
+use bytes::{Bytes, BytesMut};
+use http::header::HeaderValue;
+use http::uri::{Authority, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use sluice_core::{ErrorKind, GatewayError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-type Sender = SendRequest<Full<Bytes>>;
+use crate::BodyError;
+use crate::h1wire::{self, Framing, Step};
+
+/// Bodies up to this size go out in the same write as the head.
+const JOINED_BODY: usize = 16 * 1024;
+/// A read asks for room for at least this much.
+const READ_ROOM: usize = 8 * 1024;
 
 /// Idle connections of one upstream `host:port`.
 pub struct H1Pool {
@@ -39,8 +46,25 @@ pub struct H1Pool {
 }
 
 struct Idle {
-    tx: Sender,
+    conn: Conn,
     since: Instant,
+}
+
+/// One upstream connection and the bytes read from it but not yet used.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Whether an idle connection can take a request: nothing arrived on it
+    /// while idle, neither data nor the upstream's close.
+    fn alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.io.try_read(&mut probe),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 impl H1Pool {
@@ -73,74 +97,76 @@ impl H1Pool {
     }
 
     /// Sends `req` (absolute URI on this pool's authority) on an idle
-    /// connection, or a new one; waits for the response head.
+    /// connection, or a new one, in origin form with a `Host` header; waits
+    /// for the response head. The caller bounds the wait; dropping the
+    /// future closes the connection.
     pub async fn send(
         self: &Arc<Self>,
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<UpstreamBody>, GatewayError> {
-        let mut req = origin_form(req, &self.host);
-        // A reused connection the upstream closed as the request went out
-        // never saw it: send it again, once, on a new connection.
-        if let Some(mut tx) = self.checkout() {
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, tx)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(failed(e.error())),
+        let (parts, body) = req.into_parts();
+        let body = whole(body);
+        let mut wire = Vec::with_capacity(
+            512 + parts.headers.len() * 64
+                + if body.len() <= JOINED_BODY {
+                    body.len()
+                } else {
+                    0
                 },
-            }
+        );
+        h1wire::write_head(&mut wire, &parts, &self.host, body.len());
+        let joined = body.len() <= JOINED_BODY;
+        if joined {
+            wire.extend_from_slice(&body);
         }
-        let mut tx = self.connect().await?;
-        let resp = tx.send_request(req).await.map_err(|e| failed(&e))?;
-        Ok(self.wrap(resp, tx))
-    }
-
-    fn wrap(
-        self: &Arc<Self>,
-        resp: http::Response<Incoming>,
-        tx: Sender,
-    ) -> http::Response<UpstreamBody> {
-        let (head, inner) = resp.into_parts();
-        let mut body = UpstreamBody {
-            inner,
-            back: Some((self.clone(), tx)),
+        let tail = if joined { &[][..] } else { &body[..] };
+        // A reused connection the upstream closed as the request went out
+        // never read it: send it again, once, on a new connection.
+        let reused = match self.checkout() {
+            Some(mut c) => write(&mut c.io, &wire, tail).await.ok().map(|()| c),
+            None => None,
         };
-        // No body to read (204, Content-Length: 0): reusable now.
-        if body.inner.is_end_stream() {
-            body.give_back();
-        }
-        http::Response::from_parts(head, body)
+        let mut conn = match reused {
+            Some(c) => c,
+            None => {
+                let mut c = self.connect().await?;
+                write(&mut c.io, &wire, tail).await.map_err(|e| {
+                    unreachable_by(format!(
+                        "upstream connection failed: writing the request: {e}"
+                    ))
+                })?;
+                c
+            }
+        };
+        drop(wire);
+        let head = read_head(&mut conn, &parts.method).await?;
+        let (head_parts, ()) = head.response.into_parts();
+        let mut body = LeanBody {
+            conn: Some(conn),
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            pool: self.clone(),
+        };
+        // No body to read (204, `content-length: 0`), or all of it already
+        // here: settle now so the connection is reusable at once.
+        body.settle();
+        Ok(http::Response::from_parts(
+            head_parts,
+            UpstreamBody(Inner::Lean(body)),
+        ))
     }
 
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop_back() {
-            if c.tx.is_ready() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.tx);
+            if c.since.elapsed() < self.idle_timeout && c.conn.alive() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(self: Arc<Self>, tx: Sender) {
-        if tx.is_closed() {
-            return;
-        }
-        if !tx.is_ready() {
-            // The connection task has not yet finished the message whose
-            // body just ended (another thread): wait for it off this path.
-            tokio::spawn(async move {
-                let mut tx = tx;
-                if tx.ready().await.is_ok() {
-                    self.push(tx);
-                }
-            });
-            return;
-        }
-        self.push(tx);
-    }
-
-    fn push(&self, tx: Sender) {
+    fn checkin(&self, conn: Conn) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -150,137 +176,235 @@ impl H1Pool {
                 .front()
                 .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
         {
-            idle.pop_front();
+            if idle.pop_front().is_none() {
+                break;
+            }
         }
         if self.max_idle > 0 {
-            idle.push_back(Idle { tx, since: now });
+            idle.push_back(Idle { conn, since: now });
         }
     }
 
-    async fn connect(&self) -> Result<Sender, GatewayError> {
-        let addr = (
-            self.authority.host(),
-            self.authority.port_u16().unwrap_or(80),
-        );
-        let host = addr.0.trim_start_matches('[').trim_end_matches(']');
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, addr.1)))
-                .await
-            {
-                Err(_) => {
-                    return Err(GatewayError::new(
-                        ErrorKind::UpstreamTimeout,
-                        format!(
-                            "upstream connect timed out: {} after {} ms",
-                            self.authority,
-                            self.connect_timeout.as_millis()
-                        ),
-                    ));
-                }
-                Ok(Err(e)) => {
-                    return Err(GatewayError::new(
-                        ErrorKind::UpstreamUnreachable,
-                        format!("upstream unreachable: {}: {e}", self.authority),
-                    ));
-                }
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+    async fn connect(&self) -> Result<Conn, GatewayError> {
+        let port = self.authority.port_u16().unwrap_or(80);
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let io = match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
-            .map_err(|e| failed(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
+        {
+            Err(_) => {
+                return Err(GatewayError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "upstream connect timed out: {} after {} ms",
+                        self.authority,
+                        self.connect_timeout.as_millis()
+                    ),
+                ));
             }
-        });
-        Ok(tx)
+            Ok(Err(e)) => {
+                return Err(unreachable_by(format!(
+                    "upstream unreachable: {}: {e}",
+                    self.authority
+                )));
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = io.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
     }
 }
 
-/// Origin-form target (`/path?query`) and a `Host` header, as an HTTP/1.1
-/// origin server expects from a client.
-fn origin_form(req: http::Request<Full<Bytes>>, host: &HeaderValue) -> http::Request<Full<Bytes>> {
-    let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(pq);
-    if !parts.headers.contains_key(HOST) {
-        parts.headers.insert(HOST, host.clone());
+/// The bytes of a whole body (a `Full` is always ready).
+fn whole(mut body: Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
-    http::Request::from_parts(parts, body)
 }
 
-fn failed(e: &hyper::Error) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::UpstreamUnreachable,
-        format!(
-            "upstream connection failed: {}",
-            super::transport::error_chain(e)
-        ),
-    )
+async fn write(io: &mut TcpStream, wire: &[u8], tail: &[u8]) -> std::io::Result<()> {
+    io.write_all(wire).await?;
+    if !tail.is_empty() {
+        io.write_all(tail).await?;
+    }
+    Ok(())
 }
 
-/// An upstream response body. From the pool, its connection goes back to
-/// the pool when the body has been read to its end, and is closed if it is
-/// dropped before.
-pub struct UpstreamBody {
-    inner: Incoming,
-    back: Option<(Arc<H1Pool>, Sender)>,
+async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Head, GatewayError> {
+    loop {
+        match h1wire::parse_head(&mut conn.buf, method) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(why) => {
+                return Err(GatewayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("upstream sent a bad response: {why}"),
+                ));
+            }
+        }
+        conn.buf.reserve(READ_ROOM);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) => {
+                return Err(unreachable_by(
+                    "upstream connection failed: closed before the response head".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(unreachable_by(format!(
+                    "upstream connection failed: reading the response: {e}"
+                )));
+            }
+        }
+    }
+}
+
+fn unreachable_by(message: String) -> GatewayError {
+    GatewayError::new(ErrorKind::UpstreamUnreachable, message)
+}
+
+/// A response body read from a pooled connection.
+struct LeanBody {
+    /// `None` once the body has ended or failed.
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<H1Pool>,
+}
+
+impl LeanBody {
+    /// Moves past framing already read; at the end, the connection goes
+    /// back to the pool (when it may carry another request).
+    fn settle(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && self.framing.settle(&mut conn.buf).is_ok()
+            && self.framing.ended()
+            && let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            self.pool.checkin(conn);
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing.decode(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    self.settle();
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Step::End) => {
+                    self.settle();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(why) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(format!("upstream body: {why}").into())));
+                }
+            }
+            if conn.buf.capacity() - conn.buf.len() < READ_ROOM / 4 {
+                conn.buf.reserve(READ_ROOM);
+            }
+            let read = loop {
+                if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {
+                    break Err(e);
+                }
+                match conn.io.try_read_buf(&mut conn.buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => break other,
+                }
+            };
+            match read {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    let why = "upstream closed the connection before the body's end";
+                    return Poll::Ready(Some(Err(why.into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(format!("upstream body: {e}").into())));
+                }
+            }
+        }
+    }
+}
+
+/// An upstream response body: from the lean pool (its connection goes back
+/// when the body has been read to its end and is closed if it is dropped
+/// before), or hyper-util's client (TLS upstreams).
+pub struct UpstreamBody(Inner);
+
+enum Inner {
+    Lean(LeanBody),
+    Hyper(Incoming),
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("pooled", &self.back.is_some())
+            .field("pooled", &matches!(self.0, Inner::Lean(_)))
             .finish_non_exhaustive()
     }
 }
 
 impl UpstreamBody {
-    /// A body whose connection is not this pool's (hyper-util's client).
+    /// A body from hyper-util's client.
     pub fn plain(inner: Incoming) -> Self {
-        Self { inner, back: None }
-    }
-
-    fn give_back(&mut self) {
-        if let Some((pool, tx)) = self.back.take() {
-            pool.checkin(tx);
-        }
+        Self(Inner::Hyper(inner))
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            // A reader may stop at `is_end_stream` without polling for the end.
-            Some(Ok(_)) if this.inner.is_end_stream() => this.give_back(),
-            None => this.give_back(),
-            Some(Ok(_)) => {}
-            Some(Err(_)) => this.back = None,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.0 {
+            Inner::Lean(body) => body.poll_frame(cx).map(|f| f.map(|r| r.map(Frame::data))),
+            Inner::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BodyError))),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Inner::Lean(body) => body.conn.is_none() || body.framing.ended(),
+            Inner::Hyper(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Inner::Lean(body) => match body.framing {
+                Framing::Sized(n) => SizeHint::with_exact(n),
+                _ if body.conn.is_none() => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+            Inner::Hyper(body) => body.size_hint(),
+        }
     }
 }

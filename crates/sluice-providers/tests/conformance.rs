@@ -134,10 +134,7 @@ async fn exchange(
                     .await
                     .expect("the upstream answers");
                 let status = resp.status().as_u16();
-                let body = resp
-                    .into_body()
-                    .map_err(|e| -> sluice_providers::BodyError { Box::new(e) })
-                    .boxed_unsync();
+                let body = resp.into_body().boxed_unsync();
                 (status, body)
             }
         };

@@ -25,6 +25,13 @@ enum Mode {
     OneThenClose,
     /// A large chunked body, 64 KiB.
     Large,
+    /// A 1xx first, then a chunked body written a few bytes at a time with
+    /// a trailer.
+    Trickle,
+    /// No length: the body ends at the close.
+    UntilClose,
+    /// A length of 10 and 5 bytes, then the close.
+    Truncated,
 }
 
 struct Upstream {
@@ -95,13 +102,27 @@ async fn serve(mut sock: TcpStream, mode: Mode) {
                 r.push_str("0\r\n\r\n");
                 r
             }
+            Mode::Trickle => {
+                let reply = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
+                             transfer-encoding: chunked\r\n\r\n\
+                             2;x=y\r\nok\r\n3\r\n!!!\r\n0\r\nx-trailer: 1\r\n\r\n";
+                for piece in reply.as_bytes().chunks(7) {
+                    if sock.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                continue;
+            }
+            Mode::UntilClose => "HTTP/1.1 200 OK\r\n\r\nuntil close".to_owned(),
+            Mode::Truncated => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.".to_owned(),
             _ => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned(),
         };
         if sock.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
         match mode {
-            Mode::Close => return,
+            Mode::Close | Mode::UntilClose | Mode::Truncated => return,
             Mode::OneThenClose => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 return;
@@ -215,4 +236,39 @@ async fn a_refused_connection_is_unreachable() {
         .await
         .expect_err("pool test");
     assert_eq!(err.kind, ErrorKind::UpstreamUnreachable, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_body_in_small_pieces_after_an_interim_answer_comes_whole_and_keeps_the_connection() {
+    let up = upstream(Mode::Trickle).await;
+    let client = transport::client_for(&provider(up.addr));
+    for _ in 0..3 {
+        assert_eq!(call(&client, up.addr).await, "ok!!!");
+        assert_eq!(client.idle_connections(), 1);
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_without_length_runs_to_the_close_and_its_connection_is_not_kept() {
+    let up = upstream(Mode::UntilClose).await;
+    let client = transport::client_for(&provider(up.addr));
+    for _ in 0..2 {
+        assert_eq!(call(&client, up.addr).await, "until close");
+    }
+    assert_eq!(client.idle_connections(), 0);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_an_error_not_a_shorter_body() {
+    let up = upstream(Mode::Truncated).await;
+    let client = transport::client_for(&provider(up.addr));
+    let resp = transport::send(&client, request(up.addr))
+        .await
+        .expect("pool test");
+    assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(10));
+    let err = resp.into_body().collect().await.expect_err("pool test");
+    assert!(err.to_string().contains("before the body's end"), "{err}");
+    assert_eq!(client.idle_connections(), 0);
 }

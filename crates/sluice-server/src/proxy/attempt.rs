@@ -24,7 +24,7 @@ use sluice_providers::{BoxBody, transport};
 use tokio::time::{Instant, timeout_at};
 
 use super::call::{Call, deadline_error, retry_after};
-use super::deliver::{box_err, deliver, relay_error};
+use super::deliver::{deliver, relay_error};
 use super::record::Recorder;
 use crate::telemetry::Span;
 
@@ -487,7 +487,7 @@ async fn accepted(
     }
     Attempt::Commit(Committed {
         head,
-        body: incoming.map_err(box_err).boxed_unsync(),
+        body: incoming.boxed_unsync(),
         first,
         outcome: Outcome::Success,
         wire,
@@ -512,7 +512,7 @@ async fn refused(
         // target would say the same. Relay it.
         return Attempt::Commit(Committed {
             head,
-            body: incoming.map_err(box_err).boxed_unsync(),
+            body: incoming.boxed_unsync(),
             first: None,
             outcome: Outcome::Neutral,
             wire,
@@ -555,7 +555,7 @@ async fn refused(
 /// what follows, so the start of the body can be judged.
 async fn first_frame(
     body: &mut transport::UpstreamBody,
-) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+) -> Option<Result<Frame<Bytes>, sluice_providers::BodyError>> {
     const MAX_HELD: usize = 64 * 1024;
     let mut held: Option<bytes::BytesMut> = None;
     loop {

@@ -9,7 +9,10 @@
 //! read (it takes two: one to decode the next chunk, one to pass it), and
 //! frames gathered that way go out as one. A paced stream (an event per read)
 //! pays those extra polls per event and no wait: the turns find nothing and
-//! the frame goes at once.
+//! the frame goes at once. After [`GIVE_UP`] such rounds in a row, a stream
+//! stops spinning: its body is read in the request's own task (the lean
+//! upstream pool decodes every chunk a read brought before it says
+//! `Pending`), or its upstream is paced, and turns cannot find more.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,6 +24,9 @@ use http_body::{Body, Frame, SizeHint};
 const MAX_BATCH: usize = 16 << 10;
 /// Empty turns yielded before what is gathered goes out.
 const SPINS: u8 = 2;
+/// Spin rounds in a row that found nothing, after which frames go out as
+/// soon as none is ready.
+const GIVE_UP: u8 = 3;
 
 pub struct Coalesce<B: Body> {
     inner: B,
@@ -30,6 +36,8 @@ pub struct Coalesce<B: Body> {
     held: Option<Bytes>,
     /// Turns yielded since the last frame came.
     spins: u8,
+    /// Spin rounds in a row that ended with nothing new.
+    empty_rounds: u8,
     /// What ended the gathering (a trailer, an error, the end), sent next.
     after: Option<Option<Result<Frame<Bytes>, B::Error>>>,
 }
@@ -41,11 +49,15 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
             buf: BytesMut::new(),
             held: None,
             spins: 0,
+            empty_rounds: 0,
             after: None,
         }
     }
 
     fn add(&mut self, data: Bytes) {
+        if self.spins > 0 {
+            self.empty_rounds = 0;
+        }
         match self.held.take() {
             None if self.buf.is_empty() => self.held = Some(data),
             first => {
@@ -102,14 +114,19 @@ where
                 },
                 Poll::Ready(end) => return this.flush_then(end),
                 Poll::Pending if this.gathered() == 0 => return Poll::Pending,
-                Poll::Pending if this.spins < SPINS => {
+                Poll::Pending if this.spins < SPINS && this.empty_rounds < GIVE_UP => {
                     // A turn for the upstream connection to hand over what
                     // it already holds.
                     this.spins += 1;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                Poll::Pending => return Poll::Ready(this.take().map(Ok)),
+                Poll::Pending => {
+                    if this.spins == SPINS {
+                        this.empty_rounds += 1;
+                    }
+                    return Poll::Ready(this.take().map(Ok));
+                }
             }
         }
     }
@@ -196,6 +213,47 @@ mod tests {
         assert_eq!(got.unwrap().unwrap().into_data().unwrap(), "one");
         drop(tx);
         assert!(body.frame().await.is_none());
+    }
+
+    /// Counts the polls of the body it wraps.
+    struct Counted<B>(B, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<B: Body + Unpin> Body for Counted<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_turns_find_nothing_stops_spinning() {
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
+        let inner = Counted(StreamBody::new(tokio_stream_from(rx)), polls.clone());
+        let mut body = Coalesce::new(inner);
+        let mut per_frame = Vec::new();
+        for _ in 0..6 {
+            tx.send(Ok(Frame::data(Bytes::from_static(b"e"))))
+                .await
+                .unwrap();
+            let before = polls.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                body.frame().await.unwrap().unwrap().into_data().unwrap(),
+                "e"
+            );
+            per_frame.push(polls.load(std::sync::atomic::Ordering::SeqCst) - before);
+        }
+        // The frame, then a `Pending` per spin and one more; after
+        // `GIVE_UP` empty rounds, the frame and one `Pending`.
+        let spun = 2 + usize::from(SPINS);
+        let g = usize::from(GIVE_UP);
+        assert_eq!(per_frame[..g], vec![spun; g], "{per_frame:?}");
+        assert_eq!(per_frame[g..], vec![2; 6 - g], "{per_frame:?}");
     }
 
     #[tokio::test]

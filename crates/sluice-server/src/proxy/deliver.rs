@@ -223,10 +223,6 @@ async fn collect_limited(mut body: BoxBody, limit: usize) -> Result<Bytes, Gatew
     Ok(buf.freeze())
 }
 
-pub(crate) fn box_err(e: hyper::Error) -> sluice_providers::BodyError {
-    Box::new(e)
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

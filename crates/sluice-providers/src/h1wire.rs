@@ -1,0 +1,347 @@
+//! HTTP/1.1 on the wire for the plain upstream pool (`pool.rs`): a
+//! request's head written in one buffer, a response head parsed with
+//! httparse (the parser hyper uses), and the response body's framing
+//! decoded from the connection's read buffer.
+//!
+//! The rules are RFC 9112's, as hyper's client applies them: a `HEAD`
+//! request and a 204 or 304 answer have no body; a `transfer-encoding`
+//! ending in `chunked` wins over a `content-length` (and the connection is
+//! not reused then); several `content-length`s must agree; without either
+//! the body runs to the connection's close. 1xx answers before the final
+//! one are skipped.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, StatusCode, Version};
+
+/// Most headers a response head may carry (hyper's client default).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Longest response head (hyper's client default buffer limit).
+pub(crate) const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Longest chunk-size line, extensions included.
+const MAX_SIZE_LINE: usize = 4096;
+/// Most bytes of trailers after the last chunk (they are read and dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Writes `method target HTTP/1.1`, the headers (`host` when missing, the
+/// body's own `content-length` in place of any given length or transfer
+/// coding) and the blank line.
+pub(crate) fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    host: &HeaderValue,
+    body_len: usize,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(HOST) {
+        line(out, b"host", host.as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let bodiless = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    if body_len > 0 || !bodiless {
+        let mut n = itoa::Buffer::new();
+        line(out, b"content-length", n.format(body_len).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed final response head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub response: http::Response<()>,
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this body.
+    pub keep_alive: bool,
+}
+
+/// Parses the final response head at the start of `buf` and takes it out
+/// of `buf` (1xx heads before it too). `Ok(None)`: not all of it is here.
+pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, String> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(format!("response head over {MAX_HEAD} bytes"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(format!("malformed response head: {e}")),
+        };
+        let code = resp.code.unwrap_or(0);
+        if code == 101 {
+            return Err("the upstream switched protocols unasked".into());
+        }
+        if (100..200).contains(&code) {
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|e| format!("status {code}: {e}"))?;
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Where each header's name and value sit in `buf`, so the values
+        // can be slices of the head's bytes rather than copies.
+        let base = buf.as_ptr() as usize;
+        let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let n = resp.headers.len();
+        for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *slot = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        let head = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(n);
+        for &(ns, ne, vs, ve) in &at[..n] {
+            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+                format!(
+                    "bad header name {:?}",
+                    String::from_utf8_lossy(&head[ns..ne])
+                )
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| format!("bad value for header {name}"))?;
+            map.append(name, value);
+        }
+        let (framing, framed_apart) = framing(&map, method, status)?;
+        let keep_alive = !framed_apart && reusable(&map, version);
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = map;
+        return Ok(Some(Head {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body's framing, and whether it makes the connection unfit for reuse
+/// (a body that ends at the close, or both a transfer coding and a length).
+fn framing(
+    map: &HeaderMap,
+    method: &Method,
+    status: StatusCode,
+) -> Result<(Framing, bool), String> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Sized(0), false));
+    }
+    if map.contains_key(TRANSFER_ENCODING) {
+        let last = map
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        let also_length = map.contains_key(CONTENT_LENGTH);
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), also_length)
+        } else {
+            (Framing::Close, true)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in map.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = digits(part.trim_ascii()).ok_or("invalid content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("content-lengths that disagree".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Sized(n), false),
+        None => (Framing::Close, true),
+    })
+}
+
+fn digits(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+fn reusable(map: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        map.get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive") && !has("close")
+    } else {
+        !has("close")
+    }
+}
+
+/// How a response body is delimited, and how far it has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// This many bytes are still to come.
+    Sized(u64),
+    Chunked(Chunk),
+    /// Up to the connection's close.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data are next.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// Trailer lines (so many bytes of them so far), then the blank line.
+    Trailers(usize),
+    Done,
+}
+
+/// What the read buffer gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Data(Bytes),
+    /// More bytes must be read first.
+    More,
+    End,
+}
+
+impl Framing {
+    /// Takes the body's next data out of `buf`.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, String> {
+        self.settle(buf)?;
+        let (rem, next) = match self {
+            Framing::Sized(0) | Framing::Chunked(Chunk::Done) => return Ok(Step::End),
+            _ if buf.is_empty() => return Ok(Step::More),
+            Framing::Close => return Ok(Step::Data(buf.split().freeze())),
+            Framing::Sized(rem) => (rem, None),
+            Framing::Chunked(Chunk::Data(rem)) => (rem, Some(Chunk::DataEnd)),
+            Framing::Chunked(_) => return Ok(Step::More),
+        };
+        let n = (*rem).min(buf.len() as u64);
+        *rem -= n;
+        if *rem == 0
+            && let Some(next) = next
+        {
+            *self = Framing::Chunked(next);
+        }
+        // `n` is at most `buf.len()`, a usize.
+        Ok(Step::Data(buf.split_to(n as usize).freeze()))
+    }
+
+    /// Whether the whole body has been taken.
+    pub(crate) fn ended(&self) -> bool {
+        matches!(self, Framing::Sized(0) | Framing::Chunked(Chunk::Done))
+    }
+
+    /// Moves past chunk framing in `buf` up to the next data or the end,
+    /// so that [`Framing::ended`] is true as soon as the last byte is in.
+    pub(crate) fn settle(&mut self, buf: &mut BytesMut) -> Result<(), String> {
+        let Framing::Chunked(state) = self else {
+            return Ok(());
+        };
+        loop {
+            match *state {
+                Chunk::Data(_) | Chunk::Done => return Ok(()),
+                Chunk::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(());
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    let _ = buf.split_to(2);
+                    *state = Chunk::Size;
+                }
+                Chunk::Size => {
+                    let Some(line) = take_line(buf, MAX_SIZE_LINE)? else {
+                        return Ok(());
+                    };
+                    let size = chunk_size(&line)?;
+                    *state = if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Trailers(seen) => {
+                    let Some(line) = take_line(buf, MAX_TRAILERS - seen)? else {
+                        return Ok(());
+                    };
+                    *state = if line.len() == 2 {
+                        Chunk::Done
+                    } else {
+                        Chunk::Trailers(seen + line.len())
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The next CRLF-ended line of `buf`, CRLF included; `None` until it has
+/// all arrived; an error past `max` bytes.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, String> {
+    match memchr::memchr(b'\n', buf) {
+        Some(i) if i + 1 > max => Err("chunk framing line too long".into()),
+        Some(i) if i == 0 || buf[i - 1] != b'\r' => {
+            Err("chunk framing line not ended by CRLF".into())
+        }
+        Some(i) => Ok(Some(buf.split_to(i + 1))),
+        None if buf.len() >= max => Err("chunk framing line too long".into()),
+        None => Ok(None),
+    }
+}
+
+/// The hex size at the start of a chunk-size line (extensions ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, String> {
+    let hex = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[hex..line.len() - 2];
+    let rest_ok = rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t');
+    if hex == 0 || hex > 15 || !rest_ok {
+        return Err(format!(
+            "bad chunk size line {:?}",
+            String::from_utf8_lossy(&line[..line.len() - 2])
+        ));
+    }
+    // At most 15 hex digits: no overflow.
+    Ok(line[..hex].iter().fold(0u64, |n, &d| {
+        n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0))
+    }))
+}
+
+#[cfg(test)]
+#[path = "h1wire_tests.rs"]
+mod tests;

@@ -1,0 +1,223 @@
+use bytes::BytesMut;
+use http::{HeaderValue, Method};
+
+use super::*;
+
+fn head_of(text: &str, method: &Method) -> Result<Option<Head>, String> {
+    let mut buf = BytesMut::from(text.as_bytes());
+    parse_head(&mut buf, method)
+}
+
+fn framing_of(text: &str) -> (Framing, bool) {
+    let h = head_of(text, &Method::POST)
+        .expect("a good head")
+        .expect("a whole head");
+    (h.framing, h.keep_alive)
+}
+
+/// Decodes `wire` fed to the decoder `step` bytes at a time; the data, and
+/// whether the end was seen.
+fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, bool), String> {
+    let mut f = framing;
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for piece in wire.chunks(step.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match f.decode(&mut buf)? {
+                Step::Data(d) => {
+                    assert!(!d.is_empty(), "no empty data frames");
+                    out.extend_from_slice(&d);
+                }
+                Step::More => break,
+                Step::End => {
+                    assert!(f.ended());
+                    return Ok((out, buf.is_empty()));
+                }
+            }
+        }
+    }
+    Ok((out, false))
+}
+
+#[test]
+fn request_head_in_origin_form_with_host_and_length() {
+    let req = http::Request::post("http://up:8000/v1/chat/completions?x=1")
+        .header("content-type", "application/json")
+        .header("content-length", "999")
+        .header("transfer-encoding", "chunked")
+        .body(())
+        .expect("test");
+    let (parts, ()) = req.into_parts();
+    let mut out = Vec::new();
+    write_head(&mut out, &parts, &HeaderValue::from_static("up:8000"), 7);
+    assert_eq!(
+        String::from_utf8(out).expect("test"),
+        "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: up:8000\r\n\
+         content-type: application/json\r\ncontent-length: 7\r\n\r\n"
+    );
+    // A GET without a body has no length; a given Host is kept.
+    let req = http::Request::get("http://up/")
+        .header("host", "other")
+        .body(())
+        .expect("test");
+    let (parts, ()) = req.into_parts();
+    let mut out = Vec::new();
+    write_head(&mut out, &parts, &HeaderValue::from_static("up"), 0);
+    assert_eq!(
+        String::from_utf8(out).expect("test"),
+        "GET / HTTP/1.1\r\nhost: other\r\n\r\n"
+    );
+}
+
+#[test]
+fn response_head_parsed_and_taken_out_of_the_buffer() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+           HTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\nabcHTTP"[..],
+    );
+    let h = parse_head(&mut buf, &Method::POST)
+        .expect("test")
+        .expect("test");
+    assert_eq!(h.response.status(), 201);
+    let a: Vec<_> = h.response.headers().get_all("x-a").iter().collect();
+    assert_eq!(a, ["1", "2"]);
+    assert_eq!(h.framing, Framing::Sized(3));
+    assert!(h.keep_alive);
+    assert_eq!(&buf[..], b"abcHTTP");
+    // Not all here yet: nothing taken.
+    let mut part = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+    assert!(
+        parse_head(&mut part, &Method::POST)
+            .expect("test")
+            .is_none()
+    );
+    assert_eq!(part.len(), 27);
+}
+
+#[test]
+fn bad_heads_are_refused() {
+    for bad in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        "SMTP ready\r\n\r\n",
+    ] {
+        assert!(head_of(bad, &Method::POST).is_err(), "{bad:?}");
+    }
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+    assert!(head_of(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), &Method::POST).is_err());
+    let long = format!("HTTP/1.1 200 OK\r\nx: {}", "v".repeat(MAX_HEAD));
+    assert!(head_of(&long, &Method::POST).is_err());
+    // Agreeing repeated lengths are one length.
+    let same = "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n";
+    assert_eq!(framing_of(same), (Framing::Sized(3), true));
+}
+
+#[test]
+fn framing_follows_rfc_9112() {
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+        (Framing::Chunked(Chunk::Size), true)
+    );
+    // Both: the coding wins and the connection is not reused.
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
+        (Framing::Chunked(Chunk::Size), false)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+        (Framing::Close, false)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\n\r\n"),
+        (Framing::Close, false)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
+        (Framing::Sized(0), true)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 304 Not Modified\r\n\r\n"),
+        (Framing::Sized(0), true)
+    );
+    let head = head_of(
+        "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+        &Method::HEAD,
+    )
+    .expect("test")
+    .expect("test");
+    assert_eq!(head.framing, Framing::Sized(0));
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 1\r\n\r\n"),
+        (Framing::Sized(1), false)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+        (Framing::Sized(1), false)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n"),
+        (Framing::Sized(1), true)
+    );
+}
+
+#[test]
+fn chunked_bodies_decode_at_every_read_boundary() {
+    let wire = b"5;ext=1\r\nhello\r\n1 \r\n,\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n";
+    for step in 1..=wire.len() {
+        let (data, clean) =
+            decode_in_steps(Framing::Chunked(Chunk::Size), wire, step).expect("test");
+        assert_eq!(data, b"hello,0123456789abcdef", "step {step}");
+        assert!(clean, "nothing left after the end, step {step}");
+    }
+}
+
+#[test]
+fn sized_and_close_bodies_decode() {
+    let (data, clean) = decode_in_steps(Framing::Sized(5), b"hellomore", 2).expect("test");
+    assert_eq!(data, b"hello");
+    assert!(!clean, "bytes after a sized body stay in the buffer");
+    let mut f = Framing::Close;
+    let mut buf = BytesMut::from(&b"all of it"[..]);
+    assert_eq!(f.decode(&mut buf), Ok(Step::Data("all of it".into())));
+    assert_eq!(f.decode(&mut buf), Ok(Step::More));
+    assert!(!f.ended());
+}
+
+#[test]
+fn the_end_is_seen_with_the_last_data() {
+    // The last chunk and the terminator arrive together: after the data,
+    // settling reaches the end without another read.
+    let mut f = Framing::Chunked(Chunk::Size);
+    let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\n"[..]);
+    assert_eq!(f.decode(&mut buf), Ok(Step::Data("abc".into())));
+    f.settle(&mut buf).expect("test");
+    assert!(f.ended());
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn bad_chunk_framing_is_refused() {
+    for bad in [
+        &b"x\r\n"[..],
+        b"5\r\nhelloXY",
+        b"5\nhello\r\n",
+        b"1234567890abcdef0\r\n",
+        b"5zz\r\n",
+        b"\r\n",
+    ] {
+        assert!(
+            decode_in_steps(Framing::Chunked(Chunk::Size), bad, bad.len()).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let long_ext = format!("5;{}\r\n", "e".repeat(MAX_SIZE_LINE));
+    assert!(decode_in_steps(Framing::Chunked(Chunk::Size), long_ext.as_bytes(), 64).is_err());
+    let trailers = format!("0\r\n{}", "x-t: v\r\n".repeat(MAX_TRAILERS / 8 + 1));
+    assert!(decode_in_steps(Framing::Chunked(Chunk::Size), trailers.as_bytes(), 100).is_err());
+}
