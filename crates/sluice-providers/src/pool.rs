@@ -35,11 +35,15 @@ const JOINED_BODY: usize = 16 * 1024;
 /// A read asks for room for at least this much.
 const READ_ROOM: usize = 8 * 1024;
 
+/// How often idle connections are checked for the upstream's close and
+/// for age, while there are any.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
 /// Idle connections of one upstream `host:port`.
 pub struct H1Pool {
     authority: Authority,
     host: HeaderValue,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<Stack>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -48,6 +52,13 @@ pub struct H1Pool {
 struct Idle {
     conn: Conn,
     since: Instant,
+}
+
+#[derive(Default)]
+struct Stack {
+    conns: VecDeque<Idle>,
+    /// Whether a task sweeps this stack (it ends when the stack is empty).
+    reaping: bool,
 }
 
 /// One upstream connection and the bytes read from it but not yet used.
@@ -79,7 +90,7 @@ impl H1Pool {
         Arc::new(Self {
             authority,
             host,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Stack::default()),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -93,7 +104,7 @@ impl H1Pool {
 
     /// Idle connections held now (for tests and metrics).
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |q| q.len())
+        self.idle.lock().map_or(0, |q| q.conns.len())
     }
 
     /// Sends `req` (absolute URI on this pool's authority) on an idle
@@ -158,7 +169,7 @@ impl H1Pool {
 
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop_back() {
+        while let Some(c) = idle.conns.pop_back() {
             if c.since.elapsed() < self.idle_timeout && c.conn.alive() {
                 return Some(c.conn);
             }
@@ -166,22 +177,30 @@ impl H1Pool {
         None
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(self: &Arc<Self>, conn: Conn) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
         let now = Instant::now();
-        while idle.len() >= self.max_idle
+        while idle.conns.len() >= self.max_idle
             || idle
+                .conns
                 .front()
                 .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
         {
-            if idle.pop_front().is_none() {
+            if idle.conns.pop_front().is_none() {
                 break;
             }
         }
-        if self.max_idle > 0 {
-            idle.push_back(Idle { conn, since: now });
+        if self.max_idle == 0 {
+            return;
+        }
+        idle.conns.push_back(Idle { conn, since: now });
+        if !idle.reaping
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            idle.reaping = true;
+            rt.spawn(reap(Arc::downgrade(self)));
         }
     }
 
@@ -220,6 +239,26 @@ impl H1Pool {
             io,
             buf: BytesMut::new(),
         })
+    }
+}
+
+/// Closes idle connections the upstream closed or that outlived the idle
+/// timeout, every [`REAP_EVERY`], until none is left or the pool is gone.
+async fn reap(pool: std::sync::Weak<H1Pool>) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let Ok(mut idle) = pool.idle.lock() else {
+            return;
+        };
+        idle.conns
+            .retain(|c| c.since.elapsed() < pool.idle_timeout && c.conn.alive());
+        if idle.conns.is_empty() {
+            idle.reaping = false;
+            return;
+        }
     }
 }
 

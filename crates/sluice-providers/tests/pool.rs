@@ -272,3 +272,17 @@ async fn a_body_cut_short_is_an_error_not_a_shorter_body() {
     assert!(err.to_string().contains("before the body's end"), "{err}");
     assert_eq!(client.idle_connections(), 0);
 }
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_let_go_without_another_request() {
+    let up = upstream(Mode::OneThenClose).await;
+    let client = transport::client_for(&provider(up.addr));
+    assert_eq!(call(&client, up.addr).await, "ok");
+    assert_eq!(client.idle_connections(), 1);
+    // The upstream closes it after 50 ms; the pool sweeps every second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while client.idle_connections() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
