@@ -76,65 +76,109 @@ pub(crate) struct Head {
 /// of `buf` (1xx heads before it too). `Ok(None)`: not all of it is here.
 pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, String> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(format!("response head over {MAX_HEAD} bytes"));
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(format!("malformed response head: {e}")),
+        // Room for a usual head first: the slots are zeroed on every parse.
+        let parsed = match parse_one::<FEW_HEADERS>(buf, method) {
+            Err(Refused::TooManyHeaders) => parse_one::<MAX_HEADERS>(buf, method),
+            other => other,
         };
-        let code = resp.code.unwrap_or(0);
-        if code == 101 {
-            return Err("the upstream switched protocols unasked".into());
+        match parsed {
+            Ok(Parsed::Final(head)) => return Ok(Some(head)),
+            Ok(Parsed::Interim) => continue,
+            Ok(Parsed::Partial) => return Ok(None),
+            Err(Refused::TooManyHeaders) => return Err(format!("over {MAX_HEADERS} headers")),
+            Err(Refused::Bad(why)) => return Err(why),
         }
-        if (100..200).contains(&code) {
-            let _ = buf.split_to(len);
-            continue;
-        }
-        let status = StatusCode::from_u16(code).map_err(|e| format!("status {code}: {e}"))?;
-        let version = if resp.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        // Where each header's name and value sit in `buf`, so the values
-        // can be slices of the head's bytes rather than copies.
-        let base = buf.as_ptr() as usize;
-        let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let n = resp.headers.len();
-        for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *slot = (name, name + h.name.len(), value, value + h.value.len());
-        }
-        let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(n);
-        for &(ns, ne, vs, ve) in &at[..n] {
-            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
-                format!(
-                    "bad header name {:?}",
-                    String::from_utf8_lossy(&head[ns..ne])
-                )
-            })?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| format!("bad value for header {name}"))?;
-            map.append(name, value);
-        }
-        let (framing, framed_apart) = framing(&map, method, status)?;
-        let keep_alive = !framed_apart && reusable(&map, version);
-        let mut response = http::Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.headers_mut() = map;
-        return Ok(Some(Head {
-            response,
-            framing,
-            keep_alive,
-        }));
     }
+}
+
+/// Headers a head is first parsed with room for.
+const FEW_HEADERS: usize = 24;
+
+enum Parsed {
+    Partial,
+    /// A 1xx head, taken out of the buffer.
+    Interim,
+    Final(Head),
+}
+
+enum Refused {
+    TooManyHeaders,
+    Bad(String),
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Self {
+        Refused::Bad(why)
+    }
+}
+
+fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Refused> {
+    let mut headers = [httparse::EMPTY_HEADER; N];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(format!("response head over {MAX_HEAD} bytes").into());
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooManyHeaders),
+        Err(e) => return Err(format!("malformed response head: {e}").into()),
+    };
+    let code = resp.code.unwrap_or(0);
+    if code == 101 {
+        return Err(String::from("the upstream switched protocols unasked").into());
+    }
+    if (100..200).contains(&code) {
+        let _ = buf.split_to(len);
+        return Ok(Parsed::Interim);
+    }
+    let status = StatusCode::from_u16(code).map_err(|e| format!("status {code}: {e}"))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each header's name and value sit in `buf` (a head is at most
+    // `MAX_HEAD` bytes), so the values can be slices of the head's bytes
+    // rather than copies.
+    let base = buf.as_ptr() as usize;
+    let mut at = [[0u32; 4]; N];
+    let n = resp.headers.len();
+    for (slot, h) in at.iter_mut().zip(resp.headers.iter()) {
+        let name = (h.name.as_ptr() as usize - base) as u32;
+        let value = (h.value.as_ptr() as usize - base) as u32;
+        *slot = [
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        ];
+    }
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(n);
+    for &[ns, ne, vs, ve] in &at[..n] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+            format!(
+                "bad header name {:?}",
+                String::from_utf8_lossy(&head[ns..ne])
+            )
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| format!("bad value for header {name}"))?;
+        map.append(name, value);
+    }
+    let (framing, framed_apart) = framing(&map, method, status)?;
+    let keep_alive = !framed_apart && reusable(&map, version);
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = map;
+    Ok(Parsed::Final(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
 }
 
 /// The body's framing, and whether it makes the connection unfit for reuse
@@ -192,6 +236,9 @@ fn digits(s: &[u8]) -> Option<u64> {
 }
 
 fn reusable(map: &HeaderMap, version: Version) -> bool {
+    if !map.contains_key(CONNECTION) {
+        return version == Version::HTTP_11;
+    }
     let has = |token: &str| {
         map.get_all(CONNECTION)
             .iter()

@@ -85,6 +85,15 @@ fn response_head_parsed_and_taken_out_of_the_buffer() {
     assert_eq!(h.framing, Framing::Sized(3));
     assert!(h.keep_alive);
     assert_eq!(&buf[..], b"abcHTTP");
+    // More headers than the first parse has room for.
+    let many: String = (0..MAX_HEADERS)
+        .map(|i| format!("x-{i}: {i}\r\n"))
+        .collect();
+    let h = head_of(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), &Method::POST)
+        .expect("test")
+        .expect("test");
+    assert_eq!(h.response.headers().len(), MAX_HEADERS);
+    assert_eq!(h.response.headers()["x-99"], "99");
     // Not all here yet: nothing taken.
     let mut part = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
     assert!(
