@@ -131,6 +131,9 @@ impl H1Pool {
             wire.extend_from_slice(&body);
         }
         let tail = if joined { &[][..] } else { &body[..] };
+        // Not held while the request waits for its answer.
+        let method = parts.method.clone();
+        drop(parts);
         // A reused connection the upstream closed as the request went out
         // never read it: send it again, once, on a new connection.
         let reused = match self.checkout() {
@@ -150,7 +153,7 @@ impl H1Pool {
             }
         };
         drop(wire);
-        let head = read_head(&mut conn, &parts.method).await?;
+        let head = read_head(&mut conn, &method).await?;
         let (head_parts, ()) = head.response.into_parts();
         let mut body = LeanBody {
             conn: Some(conn),
@@ -158,8 +161,8 @@ impl H1Pool {
             keep_alive: head.keep_alive,
             pool: self.clone(),
         };
-        // No body to read (204, `content-length: 0`), or all of it already
-        // here: settle now so the connection is reusable at once.
+        // No body to read (204, `content-length: 0`): the connection is
+        // reusable at once.
         body.settle();
         Ok(http::Response::from_parts(
             head_parts,
