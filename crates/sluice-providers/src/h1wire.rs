@@ -11,7 +11,7 @@
 //! one are skipped.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Version};
 
 /// Most headers a response head may carry (hyper's client default).
@@ -158,7 +158,7 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
     let mut map = HeaderMap::with_capacity(n);
     for &[ns, ne, vs, ve] in &at[..n] {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+        let name = crate::header_names::header_name(&head[ns..ne]).map_err(|_| {
             format!(
                 "bad header name {:?}",
                 String::from_utf8_lossy(&head[ns..ne])

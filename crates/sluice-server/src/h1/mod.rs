@@ -47,7 +47,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body::Frame;
 use http_body_util::channel::{Channel, Sender};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -232,7 +232,7 @@ fn parse(head: &Bytes) -> Option<Parsed> {
     let mut length = None;
     let mut close = false;
     for h in p.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let name = sluice_providers::header_names::header_name(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
         if name == CONTENT_LENGTH {
             if length.is_some() {
