@@ -34,6 +34,9 @@ use crate::h1wire::{self, Framing, Step};
 const JOINED_BODY: usize = 16 * 1024;
 /// A read asks for room for at least this much.
 const READ_ROOM: usize = 8 * 1024;
+/// A body of known length still to come is read this much at a time at
+/// most (fewer reads for large answers: images, embeddings).
+const MAX_READ: usize = 64 * 1024;
 
 /// How often idle connections are checked for the upstream's close and
 /// for age, while there are any.
@@ -359,8 +362,12 @@ impl LeanBody {
                     return Poll::Ready(Some(Err(format!("upstream body: {why}").into())));
                 }
             }
-            if conn.buf.capacity() - conn.buf.len() < READ_ROOM / 4 {
-                conn.buf.reserve(READ_ROOM);
+            let want = match self.framing {
+                Framing::Sized(rem) => usize::try_from(rem).map_or(MAX_READ, |r| r.min(MAX_READ)),
+                _ => READ_ROOM,
+            };
+            if conn.buf.capacity() - conn.buf.len() < want.min(READ_ROOM / 4) {
+                conn.buf.reserve(want);
             }
             let read = loop {
                 if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {

@@ -32,6 +32,8 @@ enum Mode {
     UntilClose,
     /// A length of 10 and 5 bytes, then the close.
     Truncated,
+    /// A 1 MiB body of known length.
+    Big,
 }
 
 struct Upstream {
@@ -115,6 +117,15 @@ async fn serve(mut sock: TcpStream, mode: Mode) {
                 continue;
             }
             Mode::UntilClose => "HTTP/1.1 200 OK\r\n\r\nuntil close".to_owned(),
+            Mode::Big => {
+                let body: String = (0..1 << 20)
+                    .map(|i| char::from(b'a' + (i % 26) as u8))
+                    .collect();
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            }
             Mode::Truncated => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.".to_owned(),
             _ => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned(),
         };
@@ -285,4 +296,20 @@ async fn an_idle_connection_the_upstream_closed_is_let_go_without_another_reques
         assert!(tokio::time::Instant::now() < deadline, "still held");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_large_body_of_known_length_comes_whole_and_keeps_the_connection() {
+    let up = upstream(Mode::Big).await;
+    let client = transport::client_for(&provider(up.addr));
+    for _ in 0..2 {
+        let body = call(&client, up.addr).await;
+        assert_eq!(body.len(), 1 << 20);
+        assert!(
+            body.iter()
+                .enumerate()
+                .all(|(i, &b)| b == b'a' + (i % 26) as u8)
+        );
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
 }
