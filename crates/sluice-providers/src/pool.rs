@@ -32,10 +32,14 @@ use crate::h1wire::{self, Framing, Step};
 
 /// Bodies up to this size go out in the same write as the head.
 const JOINED_BODY: usize = 16 * 1024;
-/// A read asks for room for at least this much.
+/// Room a read of an answer's head asks for (a chat answer's head and
+/// body usually fit; it is held by every request waiting for its answer).
+const HEAD_ROOM: usize = 4 * 1024;
+/// Room a body's read asks for at first; it doubles (up to [`MAX_READ`])
+/// while reads fill it.
 const READ_ROOM: usize = 8 * 1024;
-/// A body of known length still to come is read this much at a time at
-/// most (fewer reads for large answers: images, embeddings).
+/// Most room a body's read asks for (fewer reads for large answers:
+/// images, embeddings).
 const MAX_READ: usize = 64 * 1024;
 
 /// How often idle connections are checked for the upstream's close and
@@ -163,6 +167,7 @@ impl H1Pool {
             framing: head.framing,
             keep_alive: head.keep_alive,
             pool: self.clone(),
+            read_size: READ_ROOM,
         };
         // No body to read (204, `content-length: 0`): the connection is
         // reusable at once.
@@ -297,7 +302,7 @@ async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Hea
                 ));
             }
         }
-        conn.buf.reserve(READ_ROOM);
+        conn.buf.reserve(HEAD_ROOM);
         match conn.io.read_buf(&mut conn.buf).await {
             Ok(0) => {
                 return Err(unreachable_by(
@@ -325,6 +330,8 @@ struct LeanBody {
     framing: Framing,
     keep_alive: bool,
     pool: Arc<H1Pool>,
+    /// Room the next read of a chunked or to-close body asks for.
+    read_size: usize,
 }
 
 impl LeanBody {
@@ -364,11 +371,12 @@ impl LeanBody {
             }
             let want = match self.framing {
                 Framing::Sized(rem) => usize::try_from(rem).map_or(MAX_READ, |r| r.min(MAX_READ)),
-                _ => READ_ROOM,
+                _ => self.read_size,
             };
             if conn.buf.capacity() - conn.buf.len() < want.min(READ_ROOM / 4) {
                 conn.buf.reserve(want);
             }
+            let room = conn.buf.capacity() - conn.buf.len();
             let read = loop {
                 if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {
                     break Err(e);
@@ -388,6 +396,8 @@ impl LeanBody {
                     let why = "upstream closed the connection before the body's end";
                     return Poll::Ready(Some(Err(why.into())));
                 }
+                // A read that filled its room: the next asks for more.
+                Ok(n) if n == room => self.read_size = (self.read_size * 2).min(MAX_READ),
                 Ok(_) => {}
                 Err(e) => {
                     self.conn = None;
