@@ -213,7 +213,7 @@ fn framing(
     let mut length: Option<u64> = None;
     for v in map.get_all(CONTENT_LENGTH) {
         for part in v.as_bytes().split(|&b| b == b',') {
-            let n = digits(part.trim_ascii()).ok_or("invalid content-length")?;
+            let n = content_length(part.trim_ascii()).ok_or("invalid content-length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("content-lengths that disagree".into());
             }
@@ -226,8 +226,11 @@ fn framing(
     })
 }
 
-fn digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+/// A `content-length` value: one or more ASCII digits and nothing else
+/// (`str::parse` would take `+5`, which hyper refuses), within `u64`. The
+/// lean server loop and the upstream client both judge lengths with it.
+pub fn content_length(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
     s.iter().try_fold(0u64, |n, &d| {

@@ -230,3 +230,25 @@ fn bad_chunk_framing_is_refused() {
     let trailers = format!("0\r\n{}", "x-t: v\r\n".repeat(MAX_TRAILERS / 8 + 1));
     assert!(decode_in_steps(Framing::Chunked(Chunk::Size), trailers.as_bytes(), 100).is_err());
 }
+
+#[test]
+fn content_lengths_are_digits_within_u64() {
+    assert_eq!(content_length(b"0"), Some(0));
+    assert_eq!(content_length(b"007"), Some(7));
+    assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+    for bad in [
+        &b""[..],
+        b"18446744073709551616",
+        b"+5",
+        b"-1",
+        b"5 ",
+        b"0x5",
+    ] {
+        assert_eq!(
+            content_length(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}

@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod fields;
 pub mod gemini;
 mod h1wire;
+pub use h1wire::content_length;
 pub mod header_names;
 pub mod mock;
 mod mock_media;

@@ -184,6 +184,21 @@ async fn sequential_requests_share_one_connection() {
 }
 
 #[tokio::test]
+async fn a_reader_that_stops_at_the_end_of_stream_still_returns_the_connection() {
+    let up = upstream(Mode::KeepAlive).await;
+    let client = transport::client_for(&provider(up.addr));
+    let resp = transport::send(&client, request(up.addr))
+        .await
+        .expect("pool test");
+    let mut body = resp.into_body();
+    let frame = body.frame().await.expect("pool test").expect("pool test");
+    assert_eq!(frame.into_data().expect("pool test"), "ok");
+    // Not polled for its end: the last byte was enough.
+    assert!(http_body::Body::is_end_stream(&body));
+    assert_eq!(client.idle_connections(), 1);
+}
+
+#[tokio::test]
 async fn concurrent_requests_open_connections_and_keep_them() {
     let up = upstream(Mode::KeepAlive).await;
     let client = transport::client_for(&provider(up.addr));

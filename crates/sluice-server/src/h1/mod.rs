@@ -275,10 +275,7 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 /// A `content-length` value: digits only, as hyper reads it (`parse`
 /// alone would take "+5").
 fn length_of(v: &[u8]) -> Option<usize> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    sluice_providers::content_length(v).and_then(|n| usize::try_from(n).ok())
 }
 
 /// Hands the connection to hyper with the unserved request put back.
