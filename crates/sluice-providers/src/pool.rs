@@ -206,6 +206,12 @@ impl H1Pool {
         if self.max_idle == 0 {
             return;
         }
+        // An idle connection holds no read buffer (what is left of the
+        // last answer's room, shared with its frames until they are sent).
+        let conn = Conn {
+            io: conn.io,
+            buf: BytesMut::new(),
+        };
         idle.conns.push_back(Idle { conn, since: now });
         if !idle.reaping
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -302,8 +308,25 @@ async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Hea
                 ));
             }
         }
-        conn.buf.reserve(HEAD_ROOM);
-        match conn.io.read_buf(&mut conn.buf).await {
+        // Room is taken once the answer is there: a request waiting on a
+        // slow upstream (a model thinking for seconds) holds no buffer.
+        let read = if conn.buf.is_empty() {
+            match conn.io.readable().await {
+                Ok(()) => {
+                    conn.buf.reserve(HEAD_ROOM);
+                    conn.io.try_read_buf(&mut conn.buf)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            // Part of a head is in: wait for the rest with the room it has.
+            conn.buf.reserve(HEAD_ROOM);
+            conn.io.read_buf(&mut conn.buf).await
+        };
+        match read {
+            // Readiness an earlier read left behind (rare: the probe at
+            // checkout clears it): wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Ok(0) => {
                 return Err(unreachable_by(
                     "upstream connection failed: closed before the response head".into(),

@@ -40,6 +40,7 @@ use tower_http::compression::Compression;
 use tower_http::compression::predicate::Predicate;
 
 use crate::app::App;
+use crate::proxy::InboundBody;
 
 /// The proxied routes with one handler each: path and operation.
 pub const PROXIED: [(&str, Operation); 5] = [
@@ -100,16 +101,16 @@ fn instructed_agent(path: &str) -> Option<&str> {
 /// Serves a request [`route`] let through; its response compressed as the
 /// layered router would (`crate::layers`) when `compress` (the client
 /// accepts an encoding).
-pub fn serve(app: &Arc<App>, to: Direct, req: Request<Body>, compress: bool) -> Served {
+pub fn serve(app: &Arc<App>, to: Direct, req: Request<InboundBody>, compress: bool) -> Served {
     let accepts = compress
         .then(|| req.headers().get(ACCEPT_ENCODING).cloned())
         .flatten();
     let served = match to {
-        Direct::Proxy(route, op) => crate::proxy::handle(app.clone(), op, route, req),
+        Direct::Proxy(route, op) => crate::proxy::handle_inbound(app.clone(), op, route, req),
         Direct::Instruct(agent) => Box::pin(crate::hub_routes::instruct_directly(
             app.clone(),
             agent,
-            req,
+            req.map(InboundBody::into_body),
         )),
     };
     match accepts {

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::conn::{Activity, ConnMetrics, Limits, TrackedBody, Waiting};
+use crate::proxy::InboundBody;
 
 /// How long a full listener waits for a place before evicting a silent
 /// connection.
@@ -276,6 +277,20 @@ impl Conn {
             }
             return;
         };
+        // Boxed: inline, the handshake's and the TLS stream's state (~5 KB)
+        // would size every plaintext connection's task too.
+        Box::pin(self.run_tls(stream, peer, acceptor, evicted, deadline, shutdown)).await;
+    }
+
+    async fn run_tls(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: tokio_rustls::TlsAcceptor,
+        mut evicted: tokio::sync::oneshot::Receiver<()>,
+        deadline: Instant,
+        shutdown: watch::Receiver<bool>,
+    ) {
         // The handshake is bounded like a request head: a slow handshake is
         // a slowloris. ALPN says which protocol follows.
         let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
@@ -351,7 +366,7 @@ impl Conn {
                 && let Some(app) = &direct
                 && let Some(to) = crate::direct::route(app, &req)
             {
-                let req = req.map(axum::body::Body::new);
+                let req = req.map(|b| InboundBody::Http(axum::body::Body::new(b)));
                 let served = crate::direct::serve(app, to, req, asks == Asks::Compression);
                 return Either::Left(Either::Right(served.map(Ok)));
             }

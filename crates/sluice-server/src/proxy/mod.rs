@@ -58,6 +58,16 @@ pub enum InboundBody {
     Read(Bytes),
 }
 
+impl InboundBody {
+    /// The body as an HTTP body, for handlers that read it themselves.
+    pub fn into_body(self) -> Body {
+        match self {
+            Self::Http(b) => b,
+            Self::Read(b) => Body::from(b),
+        }
+    }
+}
+
 /// Serves an HTTP request.
 ///
 /// The request's whole state machine is large (kilobytes): it is put on
@@ -70,6 +80,17 @@ pub fn handle(
     route: &'static str,
     req: Request<Body>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
+    handle_inbound(app, op, route, req.map(InboundBody::Http))
+}
+
+/// [`handle`] for a request whose body may already be in hand (the lean
+/// HTTP/1.1 loop's, when it arrived with the head): it is not read again.
+pub fn handle_inbound(
+    app: Arc<App>,
+    op: Operation,
+    route: &'static str,
+    req: Request<InboundBody>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
     let (parts, body) = req.into_parts();
     Box::pin(serve(
         app,
@@ -77,7 +98,7 @@ pub fn handle(
             op,
             route,
             headers: parts.headers,
-            body: InboundBody::Http(body),
+            body,
             client: None,
         },
     ))
