@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +102,35 @@ def ticks(pid):
 def hwm_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+
+
+class AnonPeak:
+    """Peak anonymous memory (RssAnon, KiB) of `pid` while in use, sampled
+    every 50 ms. VmHWM also counts the executable's file-backed pages, which
+    differ between copies of one binary with what the page cache holds, so
+    this is the figure that compares what builds allocate."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.on = pid, 0, True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.on = False
+        self.thread.join()
+
+    def sample(self):
+        while self.on:
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    kib = int(re.search(r"RssAnon:\s+(\d+)", f.read()).group(1))
+            except (OSError, AttributeError):
+                return
+            self.peak = max(self.peak, kib)
+            time.sleep(0.05)
 
 
 def core_busy():
@@ -385,13 +415,18 @@ def section_c2000(args, procs, work, up, up_pid, results, rss):
     direct = Target("direct", f"http://127.0.0.1:{up}", up_pid)
     ng, ngm = start_nginx(procs, work, up, "nginx2k")
     bare, bp = start_sluice(procs, work, up, "sluice-2k")
+    anon = {}
     for rnd in range(args.rounds):
         print(f"c=2000 round {rnd + 1}", flush=True)
         for t in (direct, ng, bare):
-            run_case(results, f"slow {t.name} c=2000", t, up_pid, 2000, max(args.duration, 8),
-                     "slow", timeout=10)
+            with AnonPeak(t.pid) as a:
+                run_case(results, f"slow {t.name} c=2000", t, up_pid, 2000, max(args.duration, 8),
+                         "slow", timeout=10)
+            anon[t.name] = max(anon.get(t.name, 0), a.peak)
     rss["nginx c=2000"] = hwm_kib(ng.pid) / 1024
     rss["sluice-bare c=2000"] = hwm_kib(bare.pid) / 1024
+    rss["nginx c=2000 anon"] = anon["nginx"] / 1024
+    rss["sluice-bare c=2000 anon"] = anon[bare.name] / 1024
     procs.stop(ngm)
     procs.stop(bp)
 
@@ -423,7 +458,8 @@ def table(results, rss):
             f"| {r['cpu_us']:.2f} | {vs_cpu} | {vs_rps} | {r['proxy_share']:.0%} / "
             f"{r['upstream_share']:.0%} / {r['wrk_share']:.0%} |{check(k, r, saturate and name != 'direct')} |")
     lines.append("")
-    lines.append("peak RSS (VmHWM, MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in rss.items()))
+    lines.append("peak RSS (VmHWM, MiB; 'anon': peak RssAnon, sampled): "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in rss.items()))
     return "\n".join(lines), med
 
 
