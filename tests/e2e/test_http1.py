@@ -233,6 +233,30 @@ def test_bodies_slow_large_or_missing_get_the_limits_answers(tmp_path):
         g.stop()
 
 
+def test_a_body_that_came_with_its_head_is_held_to_the_limit(tmp_path):
+    """A small body that arrives in the same read as its head is handed to
+    the handler as it is (not read again): it is still held to
+    max_body_bytes, and the connection stays in step afterwards."""
+    g = Gateway("[server]\nmax_body_bytes = 512\n" + MOCK_MODEL, tmp_path=tmp_path)
+    try:
+        c = Conn(g)
+        over = json.dumps({"model": "mock-1", "messages": MSGS, "pad": "x" * 700}).encode()
+        assert 512 < len(over) < 1024
+        c.send(post("/v1/chat/completions", over))
+        status, _, body, _ = c.response()
+        assert status == 413, body
+        assert json.loads(body)["error"]["code"] == "request_too_large", body
+        # Exactly at the limit: served, on the same connection.
+        at = json.dumps({"model": "mock-1", "messages": MSGS, "pad": ""}).encode()
+        at = at.replace(b'"pad": ""', b'"pad": "' + b"y" * (512 - len(at)) + b'"')
+        assert len(at) == 512
+        c.send(post("/v1/chat/completions", at))
+        chat_ok(c.response())
+        c.close()
+    finally:
+        g.stop()
+
+
 def test_heads_over_the_limit_and_idle_connections(tmp_path):
     g = Gateway("[server]\nheader_read_timeout_ms = 1000\nmax_header_bytes = 1024\n" + MOCK_MODEL,
                 tmp_path=tmp_path)
