@@ -235,33 +235,37 @@ def test_an_open_keep_alive_connection_holds_little_memory(tmp_path):
     g = Gateway(MOCK_MODEL + "[server]\nheader_read_timeout_ms = 120000\n", tmp_path=tmp_path)
     body = json.dumps({"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]})
 
+    held = []
+
     def open_many(n):
-        conns = []
         for _ in range(n):
             c = http.client.HTTPConnection(*addr(g), timeout=30)
+            held.append(c)
             c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
             r = c.getresponse()
             assert r.status == 200, r.read()
             r.read()
-            conns.append(c)
-        return conns
+
+    def close_all():
+        while held:
+            held.pop().close()
 
     try:
         # Warmed up on a few (one-time set-up, metric series), not on as
         # many: memory freed by those would hide what the others take.
-        for c in open_many(20):
-            c.close()
+        open_many(20)
+        close_all()
         wait_for(lambda: g.series('sluice_connections_open{listener="api"}') == 0, what="closed")
         before = rss_anon_kib(g.proc.pid)
-        held = open_many(n)
+        open_many(n)
         wait_for(lambda: g.series('sluice_connections_open{listener="api"}') == n, what="open")
         per = (rss_anon_kib(g.proc.pid) - before) * 1024 / n
-        for c in held:
-            c.close()
         # ~5.1 KB in a debug build (its futures are larger than a release
         # build's); 8.7 KB when the TLS handshake's state sized every
         # plaintext connection's task too (6.4 KB of it in a release build).
         assert per < 7 * 1024, f"{per:.0f} bytes per open connection"
         g.assert_alive()
     finally:
+        close_all()
         g.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
