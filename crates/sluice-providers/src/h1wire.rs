@@ -10,7 +10,7 @@
 //! the body runs to the connection's close. 1xx answers before the final
 //! one are skipped.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Version};
 
@@ -129,7 +129,7 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
         return Err(String::from("the upstream switched protocols unasked").into());
     }
     if (100..200).contains(&code) {
-        let _ = buf.split_to(len);
+        buf.advance(len);
         return Ok(Parsed::Interim);
     }
     let status = StatusCode::from_u16(code).map_err(|e| format!("status {code}: {e}"))?;
@@ -332,14 +332,15 @@ impl Framing {
                     if &buf[..2] != b"\r\n" {
                         return Err("chunk data not followed by CRLF".into());
                     }
-                    let _ = buf.split_to(2);
+                    buf.advance(2);
                     *state = Chunk::Size;
                 }
                 Chunk::Size => {
-                    let Some(line) = take_line(buf, MAX_SIZE_LINE)? else {
+                    let Some(n) = line_len(buf, MAX_SIZE_LINE)? else {
                         return Ok(());
                     };
-                    let size = chunk_size(&line)?;
+                    let size = chunk_size(&buf[..n])?;
+                    buf.advance(n);
                     *state = if size == 0 {
                         Chunk::Trailers(0)
                     } else {
@@ -347,13 +348,14 @@ impl Framing {
                     };
                 }
                 Chunk::Trailers(seen) => {
-                    let Some(line) = take_line(buf, MAX_TRAILERS - seen)? else {
+                    let Some(n) = line_len(buf, MAX_TRAILERS - seen)? else {
                         return Ok(());
                     };
-                    *state = if line.len() == 2 {
+                    buf.advance(n);
+                    *state = if n == 2 {
                         Chunk::Done
                     } else {
-                        Chunk::Trailers(seen + line.len())
+                        Chunk::Trailers(seen + n)
                     };
                 }
             }
@@ -361,15 +363,15 @@ impl Framing {
     }
 }
 
-/// The next CRLF-ended line of `buf`, CRLF included; `None` until it has
-/// all arrived; an error past `max` bytes.
-fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, String> {
+/// The length of the next CRLF-ended line of `buf`, CRLF included; `None`
+/// until it has all arrived; an error past `max` bytes.
+fn line_len(buf: &[u8], max: usize) -> Result<Option<usize>, String> {
     match memchr::memchr(b'\n', buf) {
         Some(i) if i + 1 > max => Err("chunk framing line too long".into()),
         Some(i) if i == 0 || buf[i - 1] != b'\r' => {
             Err("chunk framing line not ended by CRLF".into())
         }
-        Some(i) => Ok(Some(buf.split_to(i + 1))),
+        Some(i) => Ok(Some(i + 1)),
         None if buf.len() >= max => Err("chunk framing line too long".into()),
         None => Ok(None),
     }

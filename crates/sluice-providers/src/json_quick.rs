@@ -1,0 +1,359 @@
+//! A quick, allocation-free test that a text is one JSON value, for the
+//! per-event check of a passed-through stream ([`crate::check`]).
+//!
+//! serde_json stays the judge: this only says "surely JSON" (RFC 8259) or
+//! "not sure", and "not sure" goes to serde_json for its verdict and its
+//! error message. So it must never accept what serde_json refuses; it may
+//! refuse what serde_json accepts (nesting deeper than [`MAX_DEPTH`]).
+//! Its worth is speed on what a token stream carries — ~220-byte objects of
+//! short strings: serde_json (`IgnoredAny`) took ~3,300 instructions per
+//! such event, this check ~2,200, strings eight bytes a step
+//! (`bench/instructions.py --stream --model burst`, callgrind).
+
+/// Deeper nesting is left to serde_json (whose own limit is 128).
+const MAX_DEPTH: u32 = 64;
+
+/// `true` when `text` is certainly one JSON value, whitespace around it
+/// allowed; `false` when it is not, or when this check does not know.
+pub fn surely_json(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    // Bit `d` set: the container open at depth `d` is an object.
+    let mut objects: u64 = 0;
+    let mut depth = 0;
+    'value: loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(&open @ (b'{' | b'[')) => {
+                if depth == MAX_DEPTH {
+                    return false;
+                }
+                let object = open == b'{';
+                objects = (objects & !(1 << depth)) | (u64::from(object) << depth);
+                depth += 1;
+                i = skip_ws(b, i + 1);
+                let close = if object { b'}' } else { b']' };
+                if b.get(i) == Some(&close) {
+                    depth -= 1;
+                    i += 1;
+                } else if object {
+                    match key(b, i) {
+                        Some(j) => i = j,
+                        None => return false,
+                    }
+                    continue 'value;
+                } else {
+                    continue 'value;
+                }
+            }
+            Some(b'"') => match string(b, i) {
+                Some(j) => i = j,
+                None => return false,
+            },
+            Some(b'-' | b'0'..=b'9') => match number(b, i) {
+                Some(j) => i = j,
+                None => return false,
+            },
+            Some(b't') if b[i..].starts_with(b"true") => i += 4,
+            Some(b'f') if b[i..].starts_with(b"false") => i += 5,
+            Some(b'n') if b[i..].starts_with(b"null") => i += 4,
+            _ => return false,
+        }
+        // After a value: close what it ends, or go on to the next one.
+        loop {
+            i = skip_ws(b, i);
+            if depth == 0 {
+                return i == b.len();
+            }
+            let object = (objects >> (depth - 1)) & 1 == 1;
+            match (b.get(i), object) {
+                (Some(b','), false) => {
+                    i += 1;
+                    continue 'value;
+                }
+                (Some(b','), true) => match key(b, skip_ws(b, i + 1)) {
+                    Some(j) => {
+                        i = j;
+                        continue 'value;
+                    }
+                    None => return false,
+                },
+                (Some(b']'), false) | (Some(b'}'), true) => {
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// A member's key and its colon, at `i`: the index after the colon.
+#[inline]
+fn key(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let i = skip_ws(b, string(b, i)?);
+    (b.get(i) == Some(&b':')).then_some(i + 1)
+}
+
+/// The string starting at `b[i] == '"'`: the index after its closing quote.
+/// The text is a `&str`, so only escapes and control characters need a look.
+#[inline]
+fn string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        i = plain_run(b, i);
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => match *b.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                // serde_json takes any four hex digits when it skips a value
+                // (a lone surrogate included).
+                b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                _ => return None,
+            },
+            0..=0x1F => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index of the first `"`, `\\` or control character at or after
+/// `i`, eight bytes a step (the length of `b` if there is none). Text is
+/// mostly such runs; a byte at a time they cost ~12 instructions a byte.
+#[inline]
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    // Bytes of `v` below `n`, as their high bit: exact up to the lowest
+    // one (higher ones may be false, from the borrow), which is all that
+    // is used.
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let special = below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+            | below(x, 0x20);
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b
+        .get(i)
+        .is_some_and(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+    {
+        i += 1;
+    }
+    i
+}
+
+/// The number starting at `i`: the index after it.
+fn number(b: &[u8], mut i: usize) -> Option<usize> {
+    if b[i] == b'-' {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(b, i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        i = some_digits(b, i + 1)?;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = some_digits(b, i)?;
+    }
+    Some(i)
+}
+
+fn digits(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// At least one digit at `i`: the index after the last.
+fn some_digits(b: &[u8], i: usize) -> Option<usize> {
+    let end = digits(b, i);
+    (end > i).then_some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn serde_ok(text: &str) -> bool {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    }
+
+    #[test]
+    fn a_token_chunk_is_surely_json() {
+        let chunk = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"content":"tok \"q\" \u00e9\n"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"completion_tokens":-0.5e+3}}"#;
+        assert!(surely_json(chunk));
+        for t in [
+            "0", "-0", "1.5E-7", "\"\"", " [ ] ", "{}", "[[],{}]", "true", "false", "null",
+        ] {
+            assert!(surely_json(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn what_serde_json_refuses_is_not_surely_json() {
+        for t in [
+            "",
+            " ",
+            "{",
+            "}",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\"}",
+            "{a:1}",
+            "[1 2]",
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "+1",
+            "tru",
+            "nul",
+            "truex",
+            "\"\\x\"",
+            "\"\\u12g4\"",
+            "\"\u{1}\"",
+            "\"open",
+            "[1]]",
+            "{}{}",
+            "1 2",
+            "[\"a\":1]",
+            "{\"a\":1]",
+            "NaN",
+        ] {
+            assert!(!surely_json(t), "{t:?}");
+            assert!(!serde_ok(t), "serde_json takes {t:?}");
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_left_to_serde_json() {
+        let deep = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(surely_json(&deep(MAX_DEPTH as usize)));
+        assert!(!surely_json(&deep(MAX_DEPTH as usize + 1)));
+        assert!(serde_ok(&deep(MAX_DEPTH as usize + 1)));
+    }
+
+    /// Texts made of JSON's own pieces, so most are near misses.
+    fn pieces() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("{"),
+            Just("}"),
+            Just("["),
+            Just("]"),
+            Just(":"),
+            Just(","),
+            Just(" "),
+            Just("\"k\""),
+            Just("\"\\n\\u00e9\\/\""),
+            Just("\"\\u12\""),
+            Just("\"\\q\""),
+            Just("\"é\u{1f}\""),
+            Just("0"),
+            Just("-12"),
+            Just("3.25e-4"),
+            Just("01"),
+            Just("1."),
+            Just("-"),
+            Just("true"),
+            Just("fals"),
+            Just("null"),
+            Just("\""),
+        ];
+        proptest::collection::vec(piece, 0..16).prop_map(|v| v.concat())
+    }
+
+    fn values() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(".{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        // Cheap cases: many of them, so near misses like `[0,]` come up.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn never_takes_what_serde_json_refuses(text in pieces()) {
+            prop_assert!(!surely_json(&text) || serde_ok(&text), "{:?}", text);
+        }
+
+        #[test]
+        fn takes_what_serde_json_writes(v in values(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&v).unwrap()
+            } else {
+                serde_json::to_string(&v).unwrap()
+            };
+            prop_assert!(surely_json(&text), "{}", text);
+        }
+
+        #[test]
+        fn plain_runs_end_where_a_byte_at_a_time_scan_ends(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), Just(0x1F), Just(b' ')], 0..40),
+            from in 0usize..40,
+        ) {
+            let from = from.min(bytes.len());
+            let naive = bytes[from..]
+                .iter()
+                .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+                .map_or(bytes.len(), |p| from + p);
+            prop_assert_eq!(plain_run(&bytes, from), naive);
+        }
+
+        #[test]
+        fn a_changed_byte_is_judged_as_serde_json_judges_it(
+            v in values(), at in any::<prop::sample::Index>(), with in 0usize..12,
+            replace in any::<bool>(),
+        ) {
+            let mut text = serde_json::to_string(&v).unwrap().into_bytes();
+            let at = at.index(text.len());
+            let b = b"{}[]:,\"\\0e-x"[with];
+            if replace { text[at] = b } else { text.insert(at, b) }
+            if let Ok(text) = String::from_utf8(text) {
+                prop_assert!(!surely_json(&text) || serde_ok(&text), "{:?}", text);
+            }
+        }
+    }
+}
