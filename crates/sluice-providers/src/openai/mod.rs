@@ -175,6 +175,19 @@ impl UsageTail {
 
     /// The last non-null `usage` object seen, if any.
     pub fn usage(&self) -> Option<Usage> {
+        // Looked for near the end first: the last `NEAR` bytes of the tail
+        // joined to the last frame (a stream's last frame is mostly its
+        // `[DONE]`, the usage chunk just before it), not the whole tail
+        // (~16 KiB copied per stream). A suffix holds the same keys with
+        // the same text after them, so what it finds is what the whole
+        // would; only when it finds nothing is the whole searched.
+        const NEAR: usize = 2048;
+        if self.buf.len() > NEAR {
+            let near = join(&self.buf[self.buf.len() - NEAR..], &self.last);
+            if let Some(u) = find_usage(&near) {
+                return Some(u);
+            }
+        }
         self.with_bytes(find_usage)
     }
 
@@ -213,11 +226,15 @@ impl UsageTail {
         if self.buf.is_empty() {
             return f(&self.last);
         }
-        let mut joined = Vec::with_capacity(self.buf.len() + self.last.len());
-        joined.extend_from_slice(&self.buf);
-        joined.extend_from_slice(&self.last);
-        f(&joined)
+        f(&join(&self.buf, &self.last))
     }
+}
+
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(a.len() + b.len());
+    joined.extend_from_slice(a);
+    joined.extend_from_slice(b);
+    joined
 }
 
 /// The string value after the last occurrence of `key` that has one.
@@ -380,6 +397,29 @@ mod tests {
                 "split {split}"
             );
         }
+    }
+
+    #[test]
+    fn usage_far_from_the_end_is_still_found() {
+        // A usage chunk, then more than the near window of chunks without
+        // one: found in the whole tail; a later one near the end wins.
+        let null = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n";
+        let usage = |n: u64| {
+            format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":{n}}}}}\n\n"
+            )
+        };
+        let mut t = UsageTail::default();
+        t.observe(&Bytes::from(usage(7)));
+        for _ in 0..100 {
+            t.observe(&Bytes::from_static(null.as_bytes()));
+        }
+        t.observe(&Bytes::from_static(b"data: [DONE]\n\n"));
+        assert!(t.buf.len() > 4096);
+        assert_eq!(t.usage().map(|u| u.completion_tokens), Some(7));
+        t.observe(&Bytes::from(usage(9)));
+        t.observe(&Bytes::from_static(b"data: [DONE]\n\n"));
+        assert_eq!(t.usage().map(|u| u.completion_tokens), Some(9));
     }
 
     #[test]
