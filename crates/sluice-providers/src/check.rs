@@ -79,6 +79,53 @@ impl StreamCheck {
         if self.done {
             return Ok(()); // after [DONE] nothing more is read by clients
         }
+        let bytes = if self.sse.is_idle() {
+            self.whole_events(bytes)?
+        } else {
+            bytes
+        };
+        self.feed_decoder(bytes)
+    }
+
+    /// Checks the one-line `data:` events that `bytes` starts with where
+    /// they lie (the decoder holding nothing): a token stream's frames are
+    /// such events, and decoding copied each into a `String` first (~1/3
+    /// of the check's cost). Returns the rest, from the first line that is
+    /// anything else (a comment, `event:`, an unfinished event, invalid
+    /// UTF-8, the end of the stream), for the decoder: what it is given
+    /// is judged exactly as before. (One message can differ: a frame with
+    /// a bad event and then an unfinished one past the event limit is
+    /// refused for the bad event here, for the length by the decoder.)
+    fn whole_events<'a>(&mut self, mut bytes: &'a [u8]) -> Result<&'a [u8], String> {
+        while !self.done {
+            let Some(rest) = bytes.strip_prefix(b"data:") else {
+                break;
+            };
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                break;
+            };
+            let after = &rest[nl + 1..];
+            let blank = match after {
+                [b'\n', ..] => 1,
+                [b'\r', b'\n', ..] => 2,
+                _ => break,
+            };
+            let value = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            // A token chunk: UTF-8 and JSON in one pass. Anything else is
+            // judged as the decoder would judge its text.
+            if !crate::json_quick::surely_json_bytes(value) {
+                let Ok(data) = std::str::from_utf8(value) else {
+                    break;
+                };
+                self.done = ends_stream(data)?;
+            }
+            bytes = &after[blank..];
+        }
+        Ok(bytes)
+    }
+
+    fn feed_decoder(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.sse
             .feed(bytes)
             .map_err(|TooLarge(n)| format!("an upstream SSE event exceeded {n} bytes"))?;
@@ -112,13 +159,19 @@ impl StreamCheck {
             if self.done {
                 break;
             }
-            match ev.data.as_str() {
-                "" => {} // a named event with no data, or keep-alive
-                "[DONE]" => self.done = true,
-                d => json_data(d)?,
-            }
+            self.done = ends_stream(&ev.data)?;
         }
         Ok(())
+    }
+}
+
+/// Whether an event's `data` is the closing `[DONE]`; `Err` unless it is
+/// that, JSON, or empty (a named event with no data, or keep-alive).
+fn ends_stream(data: &str) -> Result<bool, String> {
+    match data {
+        "" => Ok(false),
+        "[DONE]" => Ok(true),
+        d => json_data(d).map(|()| false),
     }
 }
 
@@ -141,6 +194,69 @@ pub fn json_data(data: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    impl StreamCheck {
+        /// `feed` without the in-place path: every byte through the decoder.
+        fn feed_decoded(&mut self, bytes: &[u8]) -> Result<(), String> {
+            if self.done {
+                return Ok(());
+            }
+            self.feed_decoder(bytes)
+        }
+    }
+
+    /// Streams made of what upstreams send, well and badly, cut anywhere.
+    fn streams() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
+        const PIECES: [&[u8]; 16] = [
+            b"data: {\"a\":1}\n\n",
+            b"data:{\"b\":[2]}\r\n\r\n",
+            b"data: [DONE]\n\n",
+            b"data: [DONE]\r\n\r\n",
+            b": ping\n\n",
+            b"event: e\n",
+            b"id: 3\n",
+            b"data: not json\n\n",
+            b"data: {\"a\":\n",
+            b"data: 1\n",
+            b"data:\n\n",
+            b"\n",
+            b"\r\n",
+            b"data: \"\xff\"\n\n",
+            b"data: \"\xc3\xa9\"\r\n\n",
+            b"\xef\xbb\xbfdata: {}\n\n",
+        ];
+        let piece = proptest::sample::select(&PIECES[..]);
+        proptest::collection::vec(piece, 0..12).prop_flat_map(|pieces| {
+            let text = pieces.concat();
+            let cuts = proptest::collection::vec(0..=text.len(), 0..6);
+            (Just(text), cuts)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// The in-place path judges every stream, cut anywhere, exactly as
+        /// the decoder alone does: each frame's verdict, `[DONE]`, the end.
+        #[test]
+        fn events_checked_in_place_are_judged_as_decoded((text, mut cuts) in streams()) {
+            cuts.push(0);
+            cuts.push(text.len());
+            cuts.sort_unstable();
+            let (mut quick, mut decoded) = (StreamCheck::default(), StreamCheck::default());
+            for w in cuts.windows(2) {
+                let frame = &text[w[0]..w[1]];
+                let (a, b) = (quick.feed(frame), decoded.feed_decoded(frame));
+                prop_assert_eq!(&a, &b, "{:?}", String::from_utf8_lossy(frame));
+                prop_assert_eq!(quick.is_done(), decoded.is_done());
+                if a.is_err() {
+                    return Ok(());
+                }
+            }
+            prop_assert_eq!(quick.finish(), decoded.finish());
+        }
+    }
 
     #[test]
     fn starts_are_judged_by_what_was_asked() {

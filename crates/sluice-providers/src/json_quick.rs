@@ -16,7 +16,13 @@ const MAX_DEPTH: u32 = 64;
 /// `true` when `text` is certainly one JSON value, whitespace around it
 /// allowed; `false` when it is not, or when this check does not know.
 pub fn surely_json(text: &str) -> bool {
-    let b = text.as_bytes();
+    surely_json_bytes(text.as_bytes())
+}
+
+/// `true` when `b` is certainly UTF-8 and one JSON value (no separate
+/// UTF-8 pass: outside strings JSON is ASCII, and a string's non-ASCII
+/// sequences are checked where they are met).
+pub fn surely_json_bytes(b: &[u8]) -> bool {
     let mut i = 0;
     // Bit `d` set: the container open at depth `d` is an object.
     let mut objects: u64 = 0;
@@ -107,7 +113,7 @@ fn key(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The string starting at `b[i] == '"'`: the index after its closing quote.
-/// The text is a `&str`, so only escapes and control characters need a look.
+/// Escapes, control characters and non-ASCII (UTF-8) sequences need a look.
 #[inline]
 fn string(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
@@ -123,12 +129,22 @@ fn string(b: &[u8], mut i: usize) -> Option<usize> {
                 _ => return None,
             },
             0..=0x1F => return None,
+            lead @ 0x80..=0xFF => {
+                let n = match lead {
+                    0xC2..=0xDF => 2,
+                    0xE0..=0xEF => 3,
+                    0xF0..=0xF4 => 4,
+                    _ => return None,
+                };
+                std::str::from_utf8(b.get(i..i + n)?).ok()?;
+                i += n;
+            }
             _ => i += 1,
         }
     }
 }
 
-/// The index of the first `"`, `\\` or control character at or after
+/// The index of the first `"`, `\\`, control or non-ASCII byte at or after
 /// `i`, eight bytes a step (the length of `b` if there is none). Text is
 /// mostly such runs; a byte at a time they cost ~12 instructions a byte.
 #[inline]
@@ -145,7 +161,8 @@ fn plain_run(b: &[u8], mut i: usize) -> usize {
         let x = u64::from_le_bytes(word);
         let special = below(x ^ (ONES * u64::from(b'"')), 1)
             | below(x ^ (ONES * u64::from(b'\\')), 1)
-            | below(x, 0x20);
+            | below(x, 0x20)
+            | (x & HIGH);
         if special != 0 {
             return i + (special.trailing_zeros() / 8) as usize;
         }
@@ -153,7 +170,7 @@ fn plain_run(b: &[u8], mut i: usize) -> usize {
     }
     while b
         .get(i)
-        .is_some_and(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+        .is_some_and(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\')
     {
         i += 1;
     }
@@ -255,6 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_surely_json_only_as_utf_8() {
+        for ok in [
+            &b"\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\""[..],
+            b"[\"a\xc2\xa0b\"]",
+        ] {
+            assert!(surely_json_bytes(ok), "{ok:?}");
+        }
+        // Invalid, overlong, a surrogate, cut short, a stray continuation,
+        // and non-ASCII outside a string.
+        for bad in [
+            &b"\"\xff\""[..],
+            b"\"\xc0\xaf\"",
+            b"\"\xed\xa0\x80\"",
+            b"\"\xe4\xb8\"",
+            b"\"\x80\"",
+            b"\"\xf4\x90\x80\x80\"",
+            b"\xc3\xa9",
+            b"[1]\xc2\xa0",
+        ] {
+            assert!(!surely_json_bytes(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn nesting_past_the_limit_is_left_to_serde_json() {
         let deep = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert!(surely_json(&deep(MAX_DEPTH as usize)));
@@ -337,9 +378,23 @@ mod tests {
             let from = from.min(bytes.len());
             let naive = bytes[from..]
                 .iter()
-                .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+                .position(|&c| !(0x20..0x80).contains(&c) || c == b'"' || c == b'\\')
                 .map_or(bytes.len(), |p| from + p);
             prop_assert_eq!(plain_run(&bytes, from), naive);
+        }
+
+        #[test]
+        fn bytes_taken_are_utf_8_and_json(
+            v in values(), at in any::<prop::sample::Index>(),
+            with in prop_oneof![0x80u8..=0xFF, Just(b'"'), Just(0xC3)], replace in any::<bool>(),
+        ) {
+            let mut text = serde_json::to_string(&v).unwrap().into_bytes();
+            let at = at.index(text.len());
+            if replace { text[at] = with } else { text.insert(at, with) }
+            if surely_json_bytes(&text) {
+                let s = std::str::from_utf8(&text);
+                prop_assert!(s.is_ok_and(serde_ok), "{:?}", text);
+            }
         }
 
         #[test]

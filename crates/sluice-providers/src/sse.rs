@@ -98,6 +98,13 @@ impl Decoder {
         &self.pool[..self.ready]
     }
 
+    /// Whether nothing is held: no unfinished line, no event begun, none
+    /// completed and not yet cleared.
+    pub fn is_idle(&self) -> bool {
+        let current = &self.pool[self.ready];
+        self.ready == 0 && self.buf.is_empty() && !self.has_data && current.event.is_none()
+    }
+
     /// Forgets the completed events, keeping their storage.
     pub fn clear(&mut self) {
         // The event in progress moves to the front; the rest are reused.
