@@ -430,17 +430,18 @@ def test_two_replicas_through_redis(tmp_path, redis_server):
         b.stop()
 
 
-def test_keys_limited_to_agent_groups(tmp_path):
-    cfg = HUB + f"""
-[[keys]]
-name = "ops"
-sha256 = "{key_hash("sk-ops")}"
+def scoped_keys(*groups):
+    """`[[keys]]`: `ops` (sk-ops, every agent), and per group `fleet-x` a key
+    `sk-x` limited to it."""
+    text = f'[[keys]]\nname = "ops"\nsha256 = "{key_hash("sk-ops")}"\n'
+    for g in groups:
+        text += (f'\n[[keys]]\nname = "fleet-{g}"\nsha256 = "{key_hash("sk-" + g)}"\n'
+                 f'agent_groups = ["fleet-{g}"]\n')
+    return text
 
-[[keys]]
-name = "fleet-a"
-sha256 = "{key_hash("sk-a")}"
-agent_groups = ["fleet-a"]
-"""
+
+def test_keys_limited_to_agent_groups(tmp_path):
+    cfg = HUB + scoped_keys("a")
     g = Gateway(cfg, tmp_path=tmp_path)
     ops = {"Authorization": "Bearer sk-ops"}
     a = {"Authorization": "Bearer sk-a"}
@@ -554,3 +555,71 @@ def test_instructions_past_the_router_answer_as_through_it(hub):
         await plain.close()
         await slashed.close()
     run(go())
+
+
+def test_events_of_instructions_sent_across_replicas_carry_the_agents_groups(tmp_path, redis_server):
+    """Posted on b for an agent on a (one Redis call finds it and publishes):
+    b's record follows the statuses that come back, and b's event stream
+    shows them with the agent's groups, so a key limited to that group sees
+    them and one limited to another group does not."""
+    cfg = HUB.replace("[agents]", f'[redis]\nurl = "{redis_server.url}"\n\n[agents]')
+    cfg += scoped_keys("a", "b")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(cfg, tmp_path=tmp_path / "a")
+    b = Gateway(cfg, tmp_path=tmp_path / "b")
+    ops, mine, other = ({"Authorization": f"Bearer {k}"} for k in ("sk-ops", "sk-a", "sk-b"))
+    try:
+        async def go():
+            ws = await connect(a, "far-1", ["fleet-a"], headers=ops)
+            async with httpx.AsyncClient(base_url=b.base_url) as c:
+                for _ in range(100):  # presence is written in the background
+                    if (await c.get("/agents/far-1", headers=ops)).status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+
+                async def answer():
+                    m = await next_of(ws, "instruction")
+                    await ws.send(json.dumps({"type": "ack", "id": m["id"]}))
+                    await ws.send(json.dumps({"type": "result", "id": m["id"], "payload": {"n": 1}}))
+                    return m
+
+                async def events_of(lines, id_, want):
+                    seen = []
+                    async for line in lines:
+                        if line.startswith("data: "):
+                            e = json.loads(line[6:])
+                            if e.get("id") == id_:
+                                seen.append(e)
+                                if e["type"] == want:
+                                    return seen
+
+                async with c.stream("GET", "/agents/events", headers=mine, timeout=10) as ev, \
+                        c.stream("GET", "/agents/events", headers=other, timeout=10) as other_ev:
+                    lines, other_lines = ev.aiter_lines(), other_ev.aiter_lines()
+                    assert (await anext(lines)).startswith(": connected")
+                    assert (await anext(other_lines)).startswith(": connected")
+                    t = asyncio.create_task(answer())
+                    r = await c.post("/agents/far-1/instructions", headers=mine,
+                                     json={"payload": {"from": "b"}, "wait_result_ms": 5000})
+                    m = await t
+                    assert r.status_code == 200, r.text
+                    assert r.json()["status"] == "completed" and r.json()["result"] == {"n": 1}
+                    seen = await asyncio.wait_for(events_of(lines, m["id"], "instruction.completed"), 5)
+                    assert [e["type"] for e in seen] == ["instruction.acked", "instruction.completed"], seen
+                    assert all(e["groups"] == ["fleet-a"] and e["agent_id"] == "far-1" for e in seen), seen
+                    assert seen[-1]["result"] == {"n": 1}
+                    rec = await c.get(f"/agents/instructions/{m['id']}", headers=mine)
+                    assert rec.status_code == 200 and rec.json()["status"] == "completed"
+                    # Another group's key sees neither the events nor the record.
+                    assert (await c.get(f"/agents/instructions/{m['id']}", headers=other)).status_code == 404
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(events_of(other_lines, m["id"], "instruction.completed"), 0.5)
+                # Not connected anywhere: 404, and no record is left behind.
+                r = await c.post("/agents/nobody/instructions", headers=ops, json={"payload": 1})
+                assert r.status_code == 404
+            await ws.close()
+        run(go())
+    finally:
+        a.stop()
+        b.stop()

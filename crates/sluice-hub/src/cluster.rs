@@ -34,6 +34,9 @@ use tokio::sync::mpsc;
 
 use super::{AgentHandle, Hub, SendError, Status};
 
+mod scripts;
+use scripts::{LOOKUP, ROUTE, WITHDRAW};
+
 pub struct Cluster {
     conn: ConnectionManager,
     replica: String,
@@ -47,6 +50,7 @@ pub struct Cluster {
     /// of the replica it came from (shared: a status update allocates none).
     origins: Mutex<HashMap<Arc<str>, Arc<str>>>,
     lookup: redis::Script,
+    route: redis::Script,
     /// Status updates for other replicas (channel, message), sent by
     /// [`publisher`].
     statuses: mpsc::Sender<(Arc<str>, String)>,
@@ -90,27 +94,6 @@ struct StatusMessage<'a> {
     result: Option<&'a Value>,
 }
 
-/// Deletes a presence key only if it is still this session's.
-const WITHDRAW: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and cjson.decode(v)['session_key'] == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  for i = 2, #ARGV do redis.call('SREM', ARGV[i], cjson.decode(v)['agent_id']) end
-  return 1
-end
-return 0
-";
-
-/// An agent's presence, if its replica is alive: one round trip.
-const LOOKUP: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local ok, p = pcall(cjson.decode, v)
-if not ok or type(p['replica']) ~= 'string' then return false end
-if redis.call('EXISTS', ARGV[1] .. p['replica']) == 1 then return v end
-return false
-";
-
 fn presence_key(id: &str) -> String {
     format!("sluice:agent:{id}")
 }
@@ -128,8 +111,11 @@ fn group_key(g: &str) -> String {
     format!("sluice:group:{g}")
 }
 
+/// The channels' common start: a replica's is this and its name.
+const CHANNEL_PREFIX: &str = "sluice:hub:";
+
 fn channel(replica: &str) -> String {
-    format!("sluice:hub:{replica}")
+    format!("{CHANNEL_PREFIX}{replica}")
 }
 
 impl Cluster {
@@ -147,6 +133,7 @@ impl Cluster {
             hub: Arc::downgrade(hub),
             origins: Mutex::new(HashMap::new()),
             lookup: redis::Script::new(LOOKUP),
+            route: redis::Script::new(ROUTE),
             statuses,
             dropped: AtomicU64::new(0),
         });
@@ -370,7 +357,9 @@ impl Cluster {
     /// Sends an instruction to the replica `agent_id` is connected to; the
     /// record stays here and follows the status updates that come back.
     /// Returns that replica's name. Sending the same id again (the agent
-    /// moved) starts its record over.
+    /// moved) starts its record over. One Redis round trip ([`ROUTE`]
+    /// finds the agent and publishes), so the record is made first, its
+    /// events held until the presence names the agent's groups.
     pub async fn route(
         &self,
         hub: &Hub,
@@ -378,19 +367,6 @@ impl Cluster {
         id: Arc<str>,
         payload: &Value,
     ) -> Result<String, SendError> {
-        let presence = self.lookup(agent_id).await.ok_or(SendError::NotConnected)?;
-        let replica = presence
-            .get("replica")
-            .and_then(Value::as_str)
-            .filter(|r| *r != self.replica)
-            .ok_or(SendError::NotConnected)?
-            .to_owned();
-        let groups = presence
-            .get("groups")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(Arc::from).collect())
-            .unwrap_or_default();
-        hub.create_record(&id, Arc::from(agent_id), groups);
         #[derive(Serialize)]
         struct Deliver<'a> {
             op: &'static str,
@@ -407,19 +383,35 @@ impl Cluster {
             origin: &self.replica,
         })
         .unwrap_or_default();
+        let replaced = hub.create_record_pending(&id, Arc::from(agent_id));
+        let mut inv = self.route.key(presence_key(agent_id));
+        inv.arg(REPLICA_PREFIX)
+            .arg(&self.replica)
+            .arg(CHANNEL_PREFIX)
+            .arg(msg);
         let mut conn = self.conn.clone();
-        let publish = redis::cmd("PUBLISH")
-            .arg(channel(&replica))
-            .arg(msg)
-            .to_owned();
-        match tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn)).await {
-            Ok(Ok(n)) if n > 0 => Ok(replica),
-            // Nobody listens there (the replica is gone and its presence
-            // keys not expired yet): the agent is not connected, and the
-            // record never existed — a caller waiting for the agent to
-            // come back retries with a fresh one, so no junk accumulates.
+        let sent: Result<Result<Option<(String, i64)>, _>, _> =
+            tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
+        let presence = match sent {
+            Ok(Ok(Some((presence, n)))) if n > 0 => serde_json::from_str::<Value>(&presence).ok(),
+            _ => None,
+        };
+        let replica = presence
+            .as_ref()
+            .and_then(|p| p.get("replica")?.as_str())
+            .map(str::to_owned);
+        match (presence, replica) {
+            (Some(p), Some(replica)) => {
+                hub.set_groups(&id, presence_groups(&p));
+                Ok(replica)
+            }
+            // Not present, or nobody listens on its replica's channel (the
+            // replica is gone and its presence keys not expired yet): the
+            // agent is not connected, and the record never existed (or is
+            // as it was before this try) — a caller waiting for the agent
+            // to come back tries again, so no junk accumulates.
             _ => {
-                hub.forget(&id);
+                hub.unsent(&id, replaced);
                 Err(SendError::NotConnected)
             }
         }
@@ -592,4 +584,12 @@ async fn refresh(c: Arc<Cluster>) {
             let _ = c.run(pipe).await;
         }
     }
+}
+
+/// The groups a presence names.
+pub fn presence_groups(p: &Value) -> Vec<Arc<str>> {
+    p.get("groups")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(Arc::from).collect())
+        .unwrap_or_default()
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_core::config::AgentsConfig;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// What the hub needs from the gateway it runs in.
 pub trait Gateway: Send + Sync + 'static {
@@ -471,161 +471,16 @@ impl Hub {
         };
     }
 
-    pub fn create_record(&self, id: &Arc<str>, agent_id: Arc<str>, groups: Vec<Arc<str>>) {
-        let now = unix_ms();
-        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        r.by_id.insert(
-            id.clone(),
-            Record {
-                agent_id,
-                groups,
-                status: Status::Queued,
-                result: None,
-                size: 0,
-                created_unix_ms: now,
-                updated_unix_ms: now,
-                changed: Arc::new(Notify::new()),
-            },
-        );
-        r.order.push_back(id.clone());
-        r.evict(self.cfg.max_instructions, self.cfg.max_result_bytes);
-    }
-
-    fn forget(&self, id: &str) {
-        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rec) = r.by_id.remove(id) {
-            r.bytes -= rec.size;
-        }
-        if r.order.back().is_some_and(|b| &**b == id) {
-            r.order.pop_back();
-        }
-    }
-
-    /// Moves an instruction forward (never back); publishes the change.
-    pub fn set_status(&self, id: &str, status: Status, result: Option<Value>) -> bool {
-        let (agent_id, groups, notify) = {
-            let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(rec) = r.by_id.get_mut(id) else {
-                return false;
-            };
-            if rec.status.is_final() || rec.status >= status {
-                return false;
-            }
-            rec.status = status;
-            rec.updated_unix_ms = unix_ms();
-            let mut resized = None;
-            if let Some(v) = &result {
-                let size = v.to_string().len();
-                resized = Some((std::mem::replace(&mut rec.size, size), size));
-                rec.result = Some(v.clone());
-            }
-            let out = (
-                rec.agent_id.clone(),
-                rec.groups.clone(),
-                rec.changed.clone(),
-            );
-            if let Some((old, new)) = resized {
-                r.bytes = r.bytes + new - old;
-                r.evict(self.cfg.max_instructions, self.cfg.max_result_bytes);
-            }
-            out
-        };
-        notify.notify_waiters();
-        if let Some(c) = self.cluster.get() {
-            c.status_changed(id, status, result.as_ref());
-        }
-        if status != Status::Delivered {
-            self.count(status.name());
-            if self.events.receiver_count() == 0 {
-                return true;
-            }
-            let mut e = json!({
-                "type": format!("instruction.{}", status.name()),
-                "id": id,
-                "agent_id": &*agent_id,
-                "groups": names(&groups),
-            });
-            if let Some(r) = result {
-                e["result"] = r;
-            }
-            self.event(e);
-        }
-        true
-    }
-
-    /// The agent acknowledged or finished an instruction it was sent.
-    pub fn agent_reply(
-        &self,
-        agent: &AgentHandle,
-        id: &str,
-        status: Status,
-        result: Option<Value>,
-    ) -> bool {
-        let known = {
-            let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            r.by_id.get(id).is_some_and(|rec| rec.agent_id == agent.id)
-        };
-        if !known {
-            return false;
-        }
-        if status >= Status::Acked {
-            agent
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
-        }
-        self.set_status(id, status, result)
-    }
-
-    /// A record's agent groups, for checking a scoped key against it.
-    pub fn record_groups(&self, id: &str) -> Option<Vec<Arc<str>>> {
-        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        r.by_id.get(id).map(|rec| rec.groups.clone())
-    }
-
-    pub fn record_view(&self, id: &str) -> Option<Value> {
-        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        r.by_id.get(id).map(|rec| rec.view(id))
-    }
-
-    /// Waits until the instruction reaches `want` (or a final status), up
-    /// to `max`. Returns its status then, `None` if it is unknown.
-    pub async fn wait(&self, id: &str, want: Status, max: Duration) -> Option<Status> {
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            let notify = {
-                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-                let rec = r.by_id.get(id)?;
-                if rec.status >= want || rec.status.is_final() {
-                    return Some(rec.status);
-                }
-                rec.changed.clone()
-            };
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Re-check: a change between the look and `enable` is not lost.
-            {
-                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-                let rec = r.by_id.get(id)?;
-                if rec.status >= want || rec.status.is_final() {
-                    return Some(rec.status);
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-                return r.by_id.get(id).map(|rec| rec.status);
-            }
-        }
-    }
-
-    pub fn event(&self, e: Value) {
+    pub fn event(&self, mut e: Value) {
         if self.events.receiver_count() > 0 {
-            let mut e = e;
-            e["ts"] = Value::String(sluice_core::config::time::format_rfc3339_millis(unix_ms()));
-            let _ = self.events.send(Arc::from(e.to_string()));
+            stamp(&mut e);
+            self.emit(e);
         }
+    }
+
+    /// Sends event `e` (stamped) to the subscribers.
+    fn emit(&self, e: Value) {
+        let _ = self.events.send(Arc::from(e.to_string()));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
@@ -657,6 +512,11 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Marks event `e` with the time it happened.
+fn stamp(e: &mut Value) {
+    e["ts"] = Value::String(sluice_core::config::time::format_rfc3339_millis(unix_ms()));
 }
 
 fn names(groups: &[Arc<str>]) -> Vec<&str> {

@@ -2,12 +2,15 @@
 //! polling and waiting, bounded by count and bytes (oldest dropped first).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use foldhash::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+
+use super::{AgentHandle, Hub, names, stamp, unix_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
@@ -47,6 +50,9 @@ pub struct Record {
     pub updated_unix_ms: u64,
     /// Woken on every status change.
     pub changed: Arc<Notify>,
+    /// Status events made while the agent's groups were unknown, held
+    /// until they are ([`Hub::set_groups`]); `None` once known.
+    pub(crate) held: Option<Vec<Value>>,
 }
 
 impl Record {
@@ -82,6 +88,248 @@ impl Records {
             };
             if let Some(rec) = self.by_id.remove(&old) {
                 self.bytes -= rec.size;
+            }
+        }
+    }
+}
+
+/// The instruction records of a [`Hub`]: made, moved on, waited for.
+impl Hub {
+    pub fn create_record(&self, id: &Arc<str>, agent_id: Arc<str>, groups: Vec<Arc<str>>) {
+        let _ = self.insert_record(id, agent_id, groups, None);
+    }
+
+    /// A record whose agent's groups are not known yet (an instruction
+    /// routed to another replica in the same Redis call that finds the
+    /// agent): its status events are held until [`Hub::set_groups`], so a
+    /// status that comes back first is not published without its groups.
+    /// Returns the record it replaces (the same id sent again), for
+    /// [`Hub::unsent`].
+    pub(crate) fn create_record_pending(
+        &self,
+        id: &Arc<str>,
+        agent_id: Arc<str>,
+    ) -> Option<Record> {
+        self.insert_record(id, agent_id, Vec::new(), Some(Vec::new()))
+    }
+
+    /// A [`Hub::create_record_pending`] record that was not sent after
+    /// all: dropped, and the record it replaced, if any, put back.
+    pub(crate) fn unsent(&self, id: &Arc<str>, replaced: Option<Record>) {
+        self.forget(id);
+        if let Some(rec) = replaced {
+            let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            r.by_id.insert(id.clone(), rec);
+            if !r.order.contains(id) {
+                r.order.push_back(id.clone());
+            }
+        }
+    }
+
+    fn insert_record(
+        &self,
+        id: &Arc<str>,
+        agent_id: Arc<str>,
+        groups: Vec<Arc<str>>,
+        held: Option<Vec<Value>>,
+    ) -> Option<Record> {
+        let now = unix_ms();
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let replaced = r.by_id.insert(
+            id.clone(),
+            Record {
+                agent_id,
+                groups,
+                status: Status::Queued,
+                result: None,
+                size: 0,
+                created_unix_ms: now,
+                updated_unix_ms: now,
+                changed: Arc::new(Notify::new()),
+                held,
+            },
+        );
+        r.order.push_back(id.clone());
+        r.evict(self.cfg.max_instructions, self.cfg.max_result_bytes);
+        replaced
+    }
+
+    /// The groups of a [`Hub::create_record_pending`] record, now known:
+    /// the events held meanwhile go out with them.
+    pub(crate) fn set_groups(&self, id: &str, groups: Vec<Arc<str>>) {
+        let held = {
+            let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(rec) = r.by_id.get_mut(id) else {
+                return;
+            };
+            rec.groups = groups;
+            match rec.held.take() {
+                Some(held) if !held.is_empty() => (held, rec.groups.clone()),
+                _ => return,
+            }
+        };
+        for mut e in held.0 {
+            e["groups"] = json!(names(&held.1));
+            self.emit(e);
+        }
+    }
+
+    /// Holds status event `e` if its record's groups are still unknown;
+    /// else gives it back with them.
+    fn hold(&self, id: &str, mut e: Value) -> Option<Value> {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = r.by_id.get_mut(id)?;
+        match &mut rec.held {
+            Some(held) => {
+                held.push(e);
+                None
+            }
+            None => {
+                e["groups"] = json!(names(&rec.groups));
+                Some(e)
+            }
+        }
+    }
+
+    /// Drops a record that was never sent. Its place in the order goes
+    /// too, wherever other records made since put it: a left-over place
+    /// would count against `max_instructions` and evict a live record
+    /// early (a caller waiting for an agent in transit tries every 50 ms).
+    pub(crate) fn forget(&self, id: &str) {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = r.by_id.remove(id) else {
+            return;
+        };
+        r.bytes -= rec.size;
+        if let Some(at) = r.order.iter().rposition(|x| &**x == id) {
+            r.order.remove(at);
+        }
+    }
+
+    /// Moves an instruction forward (never back); publishes the change.
+    pub fn set_status(&self, id: &str, status: Status, result: Option<Value>) -> bool {
+        let (agent_id, groups, notify, holding) = {
+            let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(rec) = r.by_id.get_mut(id) else {
+                return false;
+            };
+            if rec.status.is_final() || rec.status >= status {
+                return false;
+            }
+            rec.status = status;
+            rec.updated_unix_ms = unix_ms();
+            let mut resized = None;
+            if let Some(v) = &result {
+                let size = v.to_string().len();
+                resized = Some((std::mem::replace(&mut rec.size, size), size));
+                rec.result = Some(v.clone());
+            }
+            let out = (
+                rec.agent_id.clone(),
+                rec.groups.clone(),
+                rec.changed.clone(),
+                rec.held.is_some(),
+            );
+            if let Some((old, new)) = resized {
+                r.bytes = r.bytes + new - old;
+                r.evict(self.cfg.max_instructions, self.cfg.max_result_bytes);
+            }
+            out
+        };
+        notify.notify_waiters();
+        if let Some(c) = self.cluster.get() {
+            c.status_changed(id, status, result.as_ref());
+        }
+        if status != Status::Delivered {
+            self.count(status.name());
+            if self.events.receiver_count() == 0 {
+                return true;
+            }
+            let mut e = json!({
+                "type": format!("instruction.{}", status.name()),
+                "id": id,
+                "agent_id": &*agent_id,
+                "groups": names(&groups),
+            });
+            if let Some(r) = result {
+                e["result"] = r;
+            }
+            stamp(&mut e);
+            if holding {
+                match self.hold(id, e) {
+                    Some(e) => self.emit(e),
+                    None => return true,
+                }
+            } else {
+                self.emit(e);
+            }
+        }
+        true
+    }
+
+    /// The agent acknowledged or finished an instruction it was sent.
+    pub fn agent_reply(
+        &self,
+        agent: &AgentHandle,
+        id: &str,
+        status: Status,
+        result: Option<Value>,
+    ) -> bool {
+        let known = {
+            let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            r.by_id.get(id).is_some_and(|rec| rec.agent_id == agent.id)
+        };
+        if !known {
+            return false;
+        }
+        if status >= Status::Acked {
+            agent
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        }
+        self.set_status(id, status, result)
+    }
+
+    /// A record's agent groups, for checking a scoped key against it.
+    pub fn record_groups(&self, id: &str) -> Option<Vec<Arc<str>>> {
+        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.get(id).map(|rec| rec.groups.clone())
+    }
+
+    pub fn record_view(&self, id: &str) -> Option<Value> {
+        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.by_id.get(id).map(|rec| rec.view(id))
+    }
+
+    /// Waits until the instruction reaches `want` (or a final status), up
+    /// to `max`. Returns its status then, `None` if it is unknown.
+    pub async fn wait(&self, id: &str, want: Status, max: Duration) -> Option<Status> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notify = {
+                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                let rec = r.by_id.get(id)?;
+                if rec.status >= want || rec.status.is_final() {
+                    return Some(rec.status);
+                }
+                rec.changed.clone()
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check: a change between the look and `enable` is not lost.
+            {
+                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                let rec = r.by_id.get(id)?;
+                if rec.status >= want || rec.status.is_final() {
+                    return Some(rec.status);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+                return r.by_id.get(id).map(|rec| rec.status);
             }
         }
     }

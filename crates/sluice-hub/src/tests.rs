@@ -191,3 +191,84 @@ async fn membership_changes_when_agents_come_and_go_not_with_instructions() {
     h.unregister(&a, "test", false);
     assert!(members.has_changed().unwrap(), "leaving is a change");
 }
+
+/// An instruction routed to another replica: its record is made before the
+/// agent's groups are known, and a status that comes back first is held,
+/// then published with the groups, in order, once they are known.
+#[tokio::test]
+async fn statuses_before_the_groups_are_known_are_held_then_published_with_them() {
+    let h = hub();
+    let mut events = h.subscribe();
+    let id = h.new_instruction_id();
+    h.create_record_pending(&id, Arc::from("far"));
+    assert!(h.set_status(&id, Status::Delivered, None));
+    assert!(h.set_status(&id, Status::Acked, None));
+    assert_eq!(
+        h.wait(&id, Status::Acked, Duration::ZERO).await,
+        Some(Status::Acked)
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "held until the groups are known"
+    );
+    h.set_groups(&id, vec![Arc::from("g1"), Arc::from("g2")]);
+    let e: Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
+    assert_eq!(e["type"], "instruction.acked");
+    assert_eq!(e["agent_id"], "far");
+    assert_eq!(e["groups"], json!(["g1", "g2"]));
+    assert!(e["ts"].is_string());
+    assert!(events.try_recv().is_err(), "delivered is not an event");
+    // Known now: the next status goes out at once, with its groups.
+    assert!(h.set_status(&id, Status::Completed, Some(json!({"ok": true}))));
+    let e: Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
+    assert_eq!(e["type"], "instruction.completed");
+    assert_eq!(e["groups"], json!(["g1", "g2"]));
+    assert_eq!(e["result"], json!({"ok": true}));
+    assert_eq!(h.record_groups(&id).unwrap().len(), 2);
+    // Nothing held: setting the groups publishes nothing.
+    let id2 = h.new_instruction_id();
+    h.create_record_pending(&id2, Arc::from("far"));
+    h.set_groups(&id2, vec![]);
+    assert!(events.try_recv().is_err());
+    assert!(h.set_status(&id2, Status::Acked, None));
+    let e: Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
+    assert_eq!(e["groups"], json!([]));
+    // A record dropped before its groups came (not routed): nothing leaks.
+    let id3 = h.new_instruction_id();
+    h.create_record_pending(&id3, Arc::from("far"));
+    h.forget(&id3);
+    h.set_groups(&id3, vec![Arc::from("g1")]);
+    assert!(h.record_view(&id3).is_none());
+}
+
+/// Records dropped unsent (routing found no agent) leave no place behind in
+/// the order, even with records made after them: else they would count
+/// against `max_instructions` and evict live records early.
+#[tokio::test]
+async fn forgotten_records_leave_no_place_behind() {
+    let h = hub_with("[agents]\nmax_instructions = 3\n");
+    let (a, _rx, _kick) = h.register(Arc::from("a"), vec![], (vec![], vec![]));
+    let live = h.new_instruction_id();
+    h.send_local(&a, live.clone(), &json!(1)).unwrap();
+    for _ in 0..10 {
+        let gone = h.new_instruction_id();
+        h.create_record_pending(&gone, Arc::from("far"));
+        let later = h.new_instruction_id();
+        h.create_record(&later, Arc::from("x"), vec![]);
+        h.forget(&gone);
+        h.forget(&later);
+    }
+    assert!(
+        h.record_view(&live).is_some(),
+        "evicted by left-over places"
+    );
+    assert_eq!(h.records.lock().unwrap().order.len(), 1);
+    // Sent again (its agent moved) and not placed: the record is as it was.
+    assert!(h.set_status(&live, Status::Delivered, None));
+    let replaced = h.create_record_pending(&live, Arc::from("a"));
+    assert!(replaced.is_some());
+    assert_eq!(h.record_view(&live).unwrap()["status"], "queued");
+    h.unsent(&live, replaced);
+    assert_eq!(h.record_view(&live).unwrap()["status"], "delivered");
+    assert_eq!(h.records.lock().unwrap().order.len(), 1);
+}

@@ -18,6 +18,7 @@ use sluice_providers::translate::Wire;
 
 use crate::app::App;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use sluice_hub::cluster::presence_groups;
 use sluice_hub::{Hub, Scope, SendError, Status, in_scope};
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -311,13 +312,6 @@ async fn follow(
             }
         }
     }
-}
-
-fn presence_groups(p: &Value) -> Vec<Arc<str>> {
-    p.get("groups")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(Arc::from).collect())
-        .unwrap_or_default()
 }
 
 fn send_error(agent_id: &str, e: SendError) -> Response {
