@@ -383,7 +383,7 @@ impl Cluster {
             origin: &self.replica,
         })
         .unwrap_or_default();
-        let replaced = hub.create_record_pending(&id, Arc::from(agent_id));
+        let pending = hub.create_record_pending(&id, Arc::from(agent_id));
         let mut inv = self.route.key(presence_key(agent_id));
         inv.arg(REPLICA_PREFIX)
             .arg(&self.replica)
@@ -402,7 +402,7 @@ impl Cluster {
             .map(str::to_owned);
         match (presence, replica) {
             (Some(p), Some(replica)) => {
-                hub.set_groups(&id, presence_groups(&p));
+                pending.placed(presence_groups(&p));
                 Ok(replica)
             }
             // Not present, or nobody listens on its replica's channel (the
@@ -411,7 +411,7 @@ impl Cluster {
             // as it was before this try) — a caller waiting for the agent
             // to come back tries again, so no junk accumulates.
             _ => {
-                hub.unsent(&id, replaced);
+                pending.unsent();
                 Err(SendError::NotConnected)
             }
         }

@@ -101,28 +101,16 @@ impl Hub {
 
     /// A record whose agent's groups are not known yet (an instruction
     /// routed to another replica in the same Redis call that finds the
-    /// agent): its status events are held until [`Hub::set_groups`], so a
-    /// status that comes back first is not published without its groups.
-    /// Returns the record it replaces (the same id sent again), for
-    /// [`Hub::unsent`].
-    pub(crate) fn create_record_pending(
-        &self,
-        id: &Arc<str>,
-        agent_id: Arc<str>,
-    ) -> Option<Record> {
-        self.insert_record(id, agent_id, Vec::new(), Some(Vec::new()))
-    }
-
-    /// A [`Hub::create_record_pending`] record that was not sent after
-    /// all: dropped, and the record it replaced, if any, put back.
-    pub(crate) fn unsent(&self, id: &Arc<str>, replaced: Option<Record>) {
-        self.forget(id);
-        if let Some(rec) = replaced {
-            let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            r.by_id.insert(id.clone(), rec);
-            if !r.order.contains(id) {
-                r.order.push_back(id.clone());
-            }
+    /// agent): its status events are held until [`Pending::placed`] names
+    /// them, so a status that comes back first is not published without
+    /// its groups.
+    pub(crate) fn create_record_pending(&self, id: &Arc<str>, agent_id: Arc<str>) -> Pending<'_> {
+        let replaced = self.insert_record(id, agent_id, Vec::new(), Some(Vec::new()));
+        Pending {
+            hub: self,
+            id: id.clone(),
+            replaced,
+            done: false,
         }
     }
 
@@ -156,7 +144,7 @@ impl Hub {
 
     /// The groups of a [`Hub::create_record_pending`] record, now known:
     /// the events held meanwhile go out with them.
-    pub(crate) fn set_groups(&self, id: &str, groups: Vec<Arc<str>>) {
+    fn set_groups(&self, id: &str, groups: Vec<Arc<str>>) {
         let held = {
             let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
             let Some(rec) = r.by_id.get_mut(id) else {
@@ -331,6 +319,51 @@ impl Hub {
                 let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
                 return r.by_id.get(id).map(|rec| rec.status);
             }
+        }
+    }
+}
+
+/// A record made before its instruction is routed
+/// ([`Hub::create_record_pending`]), until [`Pending::placed`] or
+/// [`Pending::unsent`] says how that went. Dropped before either (the
+/// caller went away while Redis answered), its held events go out without
+/// groups — seen by unscoped subscribers only — rather than never.
+pub(crate) struct Pending<'h> {
+    hub: &'h Hub,
+    id: Arc<str>,
+    /// The record of the same id this one replaced (sent again).
+    replaced: Option<Record>,
+    done: bool,
+}
+
+impl Pending<'_> {
+    /// Sent: the agent's groups, from its presence.
+    pub(crate) fn placed(mut self, groups: Vec<Arc<str>>) {
+        self.done = true;
+        self.hub.set_groups(&self.id, groups);
+    }
+
+    /// Not sent after all: the record is dropped, and the one it replaced,
+    /// if any, put back.
+    pub(crate) fn unsent(mut self) {
+        self.done = true;
+        let replaced = self.replaced.take();
+        let (hub, id) = (self.hub, &self.id);
+        hub.forget(id);
+        if let Some(rec) = replaced {
+            let mut r = hub.records.lock().unwrap_or_else(|p| p.into_inner());
+            r.by_id.insert(id.clone(), rec);
+            if !r.order.contains(id) {
+                r.order.push_back(id.clone());
+            }
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.hub.set_groups(&self.id, Vec::new());
         }
     }
 }

@@ -199,20 +199,21 @@ async fn membership_changes_when_agents_come_and_go_not_with_instructions() {
 async fn statuses_before_the_groups_are_known_are_held_then_published_with_them() {
     let h = hub();
     let mut events = h.subscribe();
+    let next = |events: &mut broadcast::Receiver<Arc<str>>| -> Value {
+        serde_json::from_str(&events.try_recv().unwrap()).unwrap()
+    };
     let id = h.new_instruction_id();
-    h.create_record_pending(&id, Arc::from("far"));
+    let pending = h.create_record_pending(&id, Arc::from("far"));
     assert!(h.set_status(&id, Status::Delivered, None));
     assert!(h.set_status(&id, Status::Acked, None));
-    assert_eq!(
-        h.wait(&id, Status::Acked, Duration::ZERO).await,
-        Some(Status::Acked)
-    );
+    let acked = h.wait(&id, Status::Acked, Duration::ZERO).await;
+    assert_eq!(acked, Some(Status::Acked));
     assert!(
         events.try_recv().is_err(),
         "held until the groups are known"
     );
-    h.set_groups(&id, vec![Arc::from("g1"), Arc::from("g2")]);
-    let e: Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
+    pending.placed(vec![Arc::from("g1"), Arc::from("g2")]);
+    let e = next(&mut events);
     assert_eq!(e["type"], "instruction.acked");
     assert_eq!(e["agent_id"], "far");
     assert_eq!(e["groups"], json!(["g1", "g2"]));
@@ -220,25 +221,34 @@ async fn statuses_before_the_groups_are_known_are_held_then_published_with_them(
     assert!(events.try_recv().is_err(), "delivered is not an event");
     // Known now: the next status goes out at once, with its groups.
     assert!(h.set_status(&id, Status::Completed, Some(json!({"ok": true}))));
-    let e: Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
+    let e = next(&mut events);
     assert_eq!(e["type"], "instruction.completed");
     assert_eq!(e["groups"], json!(["g1", "g2"]));
     assert_eq!(e["result"], json!({"ok": true}));
     assert_eq!(h.record_groups(&id).unwrap().len(), 2);
-    // Nothing held: setting the groups publishes nothing.
+    // Nothing held: placing it publishes nothing.
     let id2 = h.new_instruction_id();
-    h.create_record_pending(&id2, Arc::from("far"));
-    h.set_groups(&id2, vec![]);
+    h.create_record_pending(&id2, Arc::from("far"))
+        .placed(vec![]);
     assert!(events.try_recv().is_err());
     assert!(h.set_status(&id2, Status::Acked, None));
-    let e: Value = serde_json::from_str(&events.try_recv().unwrap()).unwrap();
-    assert_eq!(e["groups"], json!([]));
-    // A record dropped before its groups came (not routed): nothing leaks.
+    assert_eq!(next(&mut events)["groups"], json!([]));
+    // Not routed: the record is gone, and nothing it held comes out.
     let id3 = h.new_instruction_id();
-    h.create_record_pending(&id3, Arc::from("far"));
-    h.forget(&id3);
-    h.set_groups(&id3, vec![Arc::from("g1")]);
+    let pending = h.create_record_pending(&id3, Arc::from("far"));
+    assert!(h.set_status(&id3, Status::Undelivered, None));
+    pending.unsent();
     assert!(h.record_view(&id3).is_none());
+    assert!(events.try_recv().is_err());
+    // Given up half-way (the caller left while Redis answered): what it
+    // held goes out without groups rather than never.
+    let id4 = h.new_instruction_id();
+    let pending = h.create_record_pending(&id4, Arc::from("far"));
+    assert!(h.set_status(&id4, Status::Acked, None));
+    assert!(events.try_recv().is_err());
+    drop(pending);
+    let e = next(&mut events);
+    assert_eq!((&e["id"], &e["groups"]), (&json!(&*id4), &json!([])));
 }
 
 /// Records dropped unsent (routing found no agent) leave no place behind in
@@ -252,10 +262,10 @@ async fn forgotten_records_leave_no_place_behind() {
     h.send_local(&a, live.clone(), &json!(1)).unwrap();
     for _ in 0..10 {
         let gone = h.new_instruction_id();
-        h.create_record_pending(&gone, Arc::from("far"));
+        let pending = h.create_record_pending(&gone, Arc::from("far"));
         let later = h.new_instruction_id();
         h.create_record(&later, Arc::from("x"), vec![]);
-        h.forget(&gone);
+        pending.unsent();
         h.forget(&later);
     }
     assert!(
@@ -265,10 +275,9 @@ async fn forgotten_records_leave_no_place_behind() {
     assert_eq!(h.records.lock().unwrap().order.len(), 1);
     // Sent again (its agent moved) and not placed: the record is as it was.
     assert!(h.set_status(&live, Status::Delivered, None));
-    let replaced = h.create_record_pending(&live, Arc::from("a"));
-    assert!(replaced.is_some());
+    let pending = h.create_record_pending(&live, Arc::from("a"));
     assert_eq!(h.record_view(&live).unwrap()["status"], "queued");
-    h.unsent(&live, replaced);
+    pending.unsent();
     assert_eq!(h.record_view(&live).unwrap()["status"], "delivered");
     assert_eq!(h.records.lock().unwrap().order.len(), 1);
 }
