@@ -615,6 +615,25 @@ def test_events_of_instructions_sent_across_replicas_carry_the_agents_groups(tmp
                     assert (await c.get(f"/agents/instructions/{m['id']}", headers=other)).status_code == 404
                     with pytest.raises(asyncio.TimeoutError):
                         await asyncio.wait_for(events_of(other_lines, m["id"], "instruction.completed"), 0.5)
+                # An agent that does not ack at once: b's record still comes to
+                # show `delivered` (held back briefly in case the ack follows).
+                r = await c.post("/agents/far-1/instructions", headers=ops, json={"payload": 2})
+                assert r.status_code == 202, r.text
+                m = await next_of(ws, "instruction")
+                rec_url = f"/agents/instructions/{m['id']}"
+                for _ in range(200):
+                    status = (await c.get(rec_url, headers=ops)).json()["status"]
+                    if status != "queued":
+                        break
+                    await asyncio.sleep(0.01)
+                assert status == "delivered"
+                await ws.send(json.dumps({"type": "ack", "id": m["id"]}))
+                for _ in range(200):
+                    status = (await c.get(rec_url, headers=ops)).json()["status"]
+                    if status == "acked":
+                        break
+                    await asyncio.sleep(0.01)
+                assert status == "acked"
                 # Not connected anywhere: 404, and no record is left behind.
                 r = await c.post("/agents/nobody/instructions", headers=ops, json={"payload": 1})
                 assert r.status_code == 404

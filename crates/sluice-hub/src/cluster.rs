@@ -16,7 +16,8 @@
 //! - channel `sluice:hub:{replica}` — each replica listens on its own:
 //!   `deliver` (an instruction for one of its agents) and `status` (an
 //!   instruction it sent elsewhere moved on: delivered, acked, completed,
-//!   undelivered).
+//!   undelivered; a `delivered` that an ack follows within
+//!   `outbox::HOLD` is left out, see `outbox.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -34,7 +35,9 @@ use tokio::sync::mpsc;
 
 use super::{AgentHandle, Hub, SendError, Status};
 
+mod outbox;
 mod scripts;
+use outbox::{Update, publisher};
 use scripts::{LOOKUP, ROUTE, WITHDRAW};
 
 pub struct Cluster {
@@ -53,7 +56,7 @@ pub struct Cluster {
     route: redis::Script,
     /// Status updates for other replicas (channel, message), sent by
     /// [`publisher`].
-    statuses: mpsc::Sender<(Arc<str>, String)>,
+    statuses: mpsc::Sender<Update>,
     /// Status updates dropped because [`STATUS_QUEUE`] was full.
     dropped: AtomicU64,
 }
@@ -422,12 +425,14 @@ impl Cluster {
         let origin = {
             let mut o = self.origins.lock().unwrap_or_else(|p| p.into_inner());
             if status.is_final() {
-                o.remove(id)
+                o.remove_entry(id)
             } else {
-                o.get(id).cloned()
+                o.get_key_value(id).map(|(id, c)| (id.clone(), c.clone()))
             }
         };
-        let Some(origin) = origin else { return };
+        let Some((id_arc, channel)) = origin else {
+            return;
+        };
         let msg = StatusMessage {
             op: "status",
             id,
@@ -435,7 +440,13 @@ impl Cluster {
             result,
         };
         let msg = serde_json::to_string(&msg).unwrap_or_default();
-        if self.statuses.try_send((origin, msg)).is_err() {
+        let update = Update {
+            channel,
+            id: id_arc,
+            delivered: status == Status::Delivered,
+            msg,
+        };
+        if self.statuses.try_send(update).is_err() {
             // Logged at the 1st, 2nd, 4th, 8th… drop: Redis down under
             // load must not flood the log.
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -489,27 +500,6 @@ impl Cluster {
                 hub.set_status(&m.id, status, m.result);
             }
             _ => {}
-        }
-    }
-}
-
-/// Sends status updates in the order they were made, one pipeline for
-/// whatever queued while the last was on its way (no task per update).
-async fn publisher(
-    mut conn: ConnectionManager,
-    timeout: Duration,
-    mut queued: mpsc::Receiver<(Arc<str>, String)>,
-) {
-    let mut batch = Vec::with_capacity(64);
-    while queued.recv_many(&mut batch, 256).await > 0 {
-        let mut pipe = redis::pipe();
-        for (channel, msg) in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(&*channel).arg(msg).ignore();
-        }
-        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "agent hub: redis error"),
-            Err(_) => tracing::warn!("agent hub: redis timed out"),
         }
     }
 }
