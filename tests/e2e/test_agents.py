@@ -634,7 +634,8 @@ def test_events_of_instructions_sent_across_replicas_carry_the_agents_groups(tmp
                         break
                     await asyncio.sleep(0.01)
                 assert status == "acked"
-                # Not connected anywhere: 404, and no record is left behind.
+                # Not connected anywhere: 404 (that no record stays behind is the unit
+                # test forgotten_records_leave_no_place_behind).
                 r = await c.post("/agents/nobody/instructions", headers=ops, json={"payload": 1})
                 assert r.status_code == 404
             await ws.close()
