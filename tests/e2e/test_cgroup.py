@@ -33,8 +33,12 @@ def v2_files(d, current):
         "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
         "memory.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
     }
+    # Each file replaced whole, as the kernel's are read: a reader never
+    # sees one truncated half-way (an empty memory.current reads as no use).
     for name, text in files.items():
-        (d / name).write_text(text)
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, d / name)
 
 
 class Growing:
