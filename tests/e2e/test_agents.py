@@ -615,11 +615,20 @@ def test_events_of_instructions_sent_across_replicas_carry_the_agents_groups(tmp
                     assert (await c.get(f"/agents/instructions/{m['id']}", headers=other)).status_code == 404
                     with pytest.raises(asyncio.TimeoutError):
                         await asyncio.wait_for(events_of(other_lines, m["id"], "instruction.completed"), 0.5)
+                    # Nor may it send to the agent: refused by the Redis call
+                    # that would have published it (checked below: the next
+                    # instruction the agent gets is the one after).
+                    for wait in ({}, {"wait_ack_ms": 2000}):
+                        r = await c.post("/agents/far-1/instructions", headers=other,
+                                         json={"payload": "not yours", **wait})
+                        assert r.status_code == 403, r.text
+                        assert r.json()["error"]["code"] == "agent_not_allowed"
                 # An agent that does not ack at once: b's record still comes to
                 # show `delivered` (held back briefly in case the ack follows).
                 r = await c.post("/agents/far-1/instructions", headers=ops, json={"payload": 2})
                 assert r.status_code == 202, r.text
                 m = await next_of(ws, "instruction")
+                assert m["payload"] == 2, m
                 rec_url = f"/agents/instructions/{m['id']}"
                 for _ in range(200):
                     status = (await c.get(rec_url, headers=ops)).json()["status"]

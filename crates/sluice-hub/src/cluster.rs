@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use sluice_core::config::RedisConfig;
 use tokio::sync::mpsc;
 
-use super::{AgentHandle, Hub, SendError, Status};
+use super::{AgentHandle, Hub, Scope, SendError, Status};
 
 mod outbox;
 mod scripts;
@@ -361,14 +361,16 @@ impl Cluster {
     /// record stays here and follows the status updates that come back.
     /// Returns that replica's name. Sending the same id again (the agent
     /// moved) starts its record over. One Redis round trip ([`ROUTE`]
-    /// finds the agent and publishes), so the record is made first, its
-    /// events held until the presence names the agent's groups.
+    /// finds the agent, checks `scope` against its groups and publishes),
+    /// so the record is made first, its events held until the presence
+    /// names the agent's groups.
     pub async fn route(
         &self,
         hub: &Hub,
         agent_id: &str,
         id: Arc<str>,
         payload: &Value,
+        scope: &Scope,
     ) -> Result<String, SendError> {
         #[derive(Serialize)]
         struct Deliver<'a> {
@@ -392,11 +394,21 @@ impl Cluster {
             .arg(&self.replica)
             .arg(CHANNEL_PREFIX)
             .arg(msg);
+        if let Some(groups) = scope {
+            inv.arg("1");
+            for g in groups {
+                inv.arg(&**g);
+            }
+        }
         let mut conn = self.conn.clone();
         let sent: Result<Result<Option<(String, i64)>, _>, _> =
             tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
         let presence = match sent {
             Ok(Ok(Some((presence, n)))) if n > 0 => serde_json::from_str::<Value>(&presence).ok(),
+            Ok(Ok(Some((_, -1)))) => {
+                pending.unsent();
+                return Err(SendError::NotAllowed);
+            }
             _ => None,
         };
         let replica = presence

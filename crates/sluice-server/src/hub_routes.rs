@@ -208,17 +208,8 @@ async fn place(
     let Some(c) = hub.cluster.get() else {
         return Err(SendError::NotConnected);
     };
-    if scope.is_some() {
-        let groups = c.presence(agent_id).await.map(|p| presence_groups(&p));
-        if !groups.as_ref().is_some_and(|g| in_scope(scope, g)) {
-            return Err(if groups.is_none() {
-                SendError::NotConnected
-            } else {
-                SendError::NotAllowed
-            });
-        }
-    }
-    c.route(hub, agent_id, id, payload).await.map(Some)
+    // A scoped key's groups are checked by the same round trip that sends.
+    c.route(hub, agent_id, id, payload, scope).await.map(Some)
 }
 
 /// [`place`], but an agent that is not connected anywhere yet (between
