@@ -22,6 +22,7 @@ use regex_automata::meta::Regex;
 
 mod kind;
 mod request;
+mod window;
 pub use kind::{Kind, china_id_valid, iban_valid, luhn_valid};
 pub use request::{
     Members, Pass, Redacted, Seen, redact_request, redact_request_json, redact_request_json_keeping,
@@ -45,6 +46,8 @@ pub struct Redactor {
     /// Only built-in kinds: every one of them needs an ASCII digit, `@` or
     /// `:` (or a fullwidth form of one), so text without any is clean.
     builtin_only: bool,
+    /// No tag holds a character JSON must escape (a custom name could).
+    tags_plain: bool,
 }
 
 /// A user pattern that does not compile.
@@ -84,11 +87,21 @@ impl Redactor {
         }
         let re = compile("(combined)", &patterns)?;
         let builtin_only = custom.is_empty();
+        let tags_plain = rules.iter().all(|r| match r {
+            Rule::Builtin(_) => true,
+            Rule::Custom { tag } => !tag.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+        });
         Ok(Self {
             re,
             rules,
             builtin_only,
+            tags_plain,
         })
+    }
+
+    /// Whether every tag can go into a JSON string as it is.
+    pub(crate) fn tags_plain(&self) -> bool {
+        self.tags_plain
     }
 
     /// Whether `text` could hold a finding at all: a byte scan that spares
@@ -129,10 +142,31 @@ impl Redactor {
     }
 
     /// Calls `found(start, end, tag)` for each verified finding, in order.
-    fn scan(&self, text: &str, mut found: impl FnMut(usize, usize, &str)) {
+    fn scan(&self, text: &str, found: impl FnMut(usize, usize, &str)) {
+        self.scan_in(text, self.builtin_only, found);
+    }
+
+    /// [`scan`](Self::scan), the automaton reading only the part of `text`
+    /// where a match can lie when `windowed` (see `window.rs`).
+    fn scan_in(&self, text: &str, windowed: bool, mut found: impl FnMut(usize, usize, &str)) {
+        let bytes = text.as_bytes();
+        let reach = if windowed {
+            window::reach(bytes)
+        } else {
+            Some(text.len())
+        };
+        let Some(reach) = reach else { return };
         let mut at = 0;
-        while at <= text.len() {
-            let Some(m) = self.re.search(&Input::new(text).range(at..)) else {
+        while at <= reach {
+            let from = if windowed {
+                match window::start(bytes, at) {
+                    Some(from) => from,
+                    None => break,
+                }
+            } else {
+                at
+            };
+            let Some(m) = self.re.search(&Input::new(text).range(from..reach)) else {
                 break;
             };
             let start = m.start();
@@ -326,6 +360,21 @@ mod tests {
             let mut got = Vec::new();
             red.scan(&text, |s, e, tag| got.push((s, e, tag.to_owned())));
             proptest::prop_assert_eq!(got, findings_by_alternation(&text, custom));
+        }
+
+        #[test]
+        fn the_window_changes_no_finding(
+            text in proptest::prop_oneof![
+                "[0-9 \t\n+\\-().:@a-zA-Z_XxDEGBé中文]{0,80}",
+                // Tokens the kinds are made of, IBAN groups among them.
+                r"(GB96 WEST 1234 5698 ABCD|GB13 1234 5678 ABCD EFGH|GB82|DE89|WEST|1234|AB|CDEF|X| |  |\t|\n|a@b|x\.y@c|\.io|\+44|\+1|\(415\)|555-2671|192\.168\.1\.2|::|fe80:|1[0-9]{3}|[0-9]{1,4}|[ .\-]|中|é){0,24}",
+            ],
+        ) {
+            let red = Redactor::builtin();
+            let (mut windowed, mut whole) = (Vec::new(), Vec::new());
+            red.scan_in(&text, true, |s, e, tag| windowed.push((s, e, tag.to_owned())));
+            red.scan_in(&text, false, |s, e, tag| whole.push((s, e, tag.to_owned())));
+            proptest::prop_assert_eq!(windowed, whole);
         }
     }
 
