@@ -42,6 +42,26 @@ impl<'b> Object<'b> {
         serde_json::to_writer(out, v).expect("writing JSON to a Vec cannot fail");
     }
 
+    /// A string member (see [`write_str`]).
+    fn text(&mut self, key: &str, v: &str) {
+        write_str(self.key(key), v);
+    }
+
+    /// A string member, `null` when `None`.
+    fn text_or_null(&mut self, key: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.text(key, v),
+            None => self.key(key).extend_from_slice(b"null"),
+        }
+    }
+
+    /// A string member left out when it is `None`.
+    fn some_text(&mut self, key: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.text(key, v);
+        }
+    }
+
     /// A member left out when it is `None` (`skip_serializing_if`).
     fn some(&mut self, key: &str, v: Option<&(impl Serialize + ?Sized)>) {
         if let Some(v) = v {
@@ -66,14 +86,14 @@ impl Event<'_> {
     /// The event's JSON line (without its newline), appended to `out`.
     pub(crate) fn write_line(&self, out: &mut Vec<u8>) {
         let mut o = Object::new(out);
-        o.value("id", &self.id);
-        o.value("ts", &self.ts);
-        o.some("request_id", self.request_id);
-        o.some("client_request_id", self.client_request_id);
-        o.value("key", &self.key);
-        o.value("route", self.route);
-        o.value("model", &self.model);
-        o.value("provider", &self.provider);
+        o.text("id", &self.id);
+        o.text("ts", &self.ts);
+        o.some_text("request_id", self.request_id);
+        o.some_text("client_request_id", self.client_request_id);
+        o.text_or_null("key", self.key);
+        o.text("route", self.route);
+        o.text_or_null("model", self.model);
+        o.text_or_null("provider", self.provider);
         o.value("status", &self.status);
         o.value("latency_ms", &self.latency_ms);
         o.value("stream", &self.stream);
@@ -81,7 +101,7 @@ impl Event<'_> {
         o.value("cancelled", &self.cancelled);
         o.value("input_tokens", &self.input_tokens);
         o.value("output_tokens", &self.output_tokens);
-        o.some("error", self.error);
+        o.some_text("error", self.error);
         if let Some(f) = self.fields {
             f.write_json(o.key("fields"));
         }
@@ -96,6 +116,25 @@ impl Event<'_> {
             o.value("arguments", &t.arguments);
         }
         o.end();
+    }
+}
+
+/// `s` as a JSON string: copied between quotes when it holds nothing JSON
+/// escapes (the gateway's ids, times and names, nearly always), else by
+/// serde_json. The test is a pass over whole bytes that vectorizes, where
+/// serde_json looks each byte up in a table: ~1,400 instructions per event
+/// of the production-shaped bench went to its string writer.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let escapes = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if escapes {
+        serde_json::to_writer(out, s).expect("writing JSON to a Vec cannot fail");
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     }
 }
 
