@@ -2,6 +2,8 @@
 //! its JSON as recorded (encrypted or redacted), written out verbatim —
 //! no `Value` tree built per field and walked again by the serializer.
 
+use std::sync::Arc;
+
 use serde::ser::{Error, Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
@@ -9,24 +11,24 @@ use serde_json::value::RawValue;
 /// construction (a slice the parser read, or written by the gateway), so
 /// it is kept as text: the event line takes it as it is.
 #[derive(Debug, Default)]
-pub struct Fields(Vec<(String, Box<str>)>);
+pub struct Fields(Vec<(Arc<str>, Box<str>)>);
 
 impl Fields {
-    pub(crate) fn push(&mut self, path: String, json: Box<str>) {
+    pub(crate) fn push(&mut self, path: Arc<str>, json: Box<str>) {
         self.0.push((path, json));
     }
 
     /// The recorded JSON text of `path`, when the request had it.
     pub fn get(&self, path: &str) -> Option<&str> {
-        self.0.iter().find(|(p, _)| p == path).map(|(_, v)| &**v)
+        self.0.iter().find(|(p, _)| &**p == path).map(|(_, v)| &**v)
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(p, _)| p.as_str())
+        self.0.iter().map(|(p, _)| &**p)
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(p, v)| (p.as_str(), &**v))
+        self.0.iter().map(|(p, v)| (&**p, &**v))
     }
 }
 
@@ -36,7 +38,7 @@ impl Serialize for Fields {
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for (path, json) in &self.0 {
             let raw: &RawValue = serde_json::from_str(json).map_err(S::Error::custom)?;
-            m.serialize_entry(path, raw)?;
+            m.serialize_entry(&**path, raw)?;
         }
         m.end()
     }

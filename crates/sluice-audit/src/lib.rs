@@ -96,7 +96,8 @@ pub struct ToolCall<'a> {
 
 /// One recorded field: its path, split, and whether it is encrypted.
 struct Field {
-    path: String,
+    /// Shared with every event that records it (no copy per request).
+    path: Arc<str>,
     parts: Vec<String>,
     encrypt: bool,
 }
@@ -143,7 +144,7 @@ impl Auditor {
             .fields
             .iter()
             .map(|f| Field {
-                path: f.clone(),
+                path: Arc::from(f.as_str()),
                 parts: f.split('.').map(str::to_owned).collect(),
                 encrypt: cfg.encrypt_fields.contains(f),
             })

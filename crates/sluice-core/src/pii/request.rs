@@ -304,8 +304,18 @@ impl<'a> Edits<'a> {
             return None;
         }
         self.edits.sort_by_key(|(span, _)| span.start);
-        let grow: usize = self.edits.iter().map(|(_, e)| e.len()).sum();
-        let mut out = Vec::with_capacity(self.base.len() + grow);
+        // The exact size (spans reached twice counted once, as below): a
+        // body whose length is its capacity becomes `Bytes` without a
+        // second allocation.
+        let mut len = self.base.len();
+        let mut at = 0;
+        for (span, text) in &self.edits {
+            if span.start >= at {
+                len = len - span.len() + text.len();
+                at = span.end;
+            }
+        }
+        let mut out = Vec::with_capacity(len);
         let mut moves = Vec::with_capacity(self.edits.len());
         let mut at = 0;
         for (span, text) in &self.edits {
@@ -318,6 +328,7 @@ impl<'a> Edits<'a> {
             moves.push((at, out.len() as isize - at as isize));
         }
         out.extend_from_slice(&self.base.as_bytes()[at..]);
+        debug_assert_eq!(out.len(), out.capacity());
         Some(Redacted { body: out, moves })
     }
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
 use sluice_core::limits;
 use sluice_core::{ErrorKind, GatewayError};
 
@@ -297,6 +297,27 @@ pub(crate) struct RateInfo {
     retry_after: Option<f64>,
 }
 
+/// A limit's header value. A key's limits are the same on every answer,
+/// so each is made once per thread (a deployment has a handful) and
+/// shared after, instead of allocated on every answer.
+fn limit_value(n: u64) -> HeaderValue {
+    thread_local! {
+        static MADE: std::cell::RefCell<Vec<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    MADE.with_borrow_mut(|made| {
+        if let Some((_, v)) = made.iter().find(|(m, _)| *m == n) {
+            return v.clone();
+        }
+        let v = sluice_providers::template::number(n);
+        if made.len() >= 16 {
+            made.remove(0);
+        }
+        made.push((n, v.clone()));
+        v
+    })
+}
+
 impl RateInfo {
     pub(crate) fn write(&self, h: &mut HeaderMap) {
         // Names made at compile time (`from_static` checks them at run
@@ -307,12 +328,13 @@ impl RateInfo {
             HeaderName::from_static("x-ratelimit-limit-tokens"),
             HeaderName::from_static("x-ratelimit-remaining-tokens"),
         ];
+        // (value, whether it is a limit: the same on every answer).
         let values = self.snapshot.map(|s| {
             [
-                s.requests.map(|r| r.0),
-                s.requests.map(|r| r.1),
-                s.tokens.map(|t| t.0),
-                s.tokens.map(|t| t.1),
+                s.requests.map(|r| (r.0, true)),
+                s.requests.map(|r| (r.1, false)),
+                s.tokens.map(|t| (t.0, true)),
+                s.tokens.map(|t| (t.1, false)),
             ]
         });
         // Room for them all at once: inserted one by one into a map sized
@@ -324,8 +346,13 @@ impl RateInfo {
         }
         h.reserve(n);
         for (name, v) in NAMES.into_iter().zip(values.into_iter().flatten()) {
-            if let Some(v) = v {
-                h.insert(name, sluice_providers::template::number(v));
+            if let Some((v, limit)) = v {
+                let value = if limit {
+                    limit_value(v)
+                } else {
+                    sluice_providers::template::number(v)
+                };
+                h.insert(name, value);
             }
         }
         if let Some(secs) = self.retry_after {
@@ -335,5 +362,31 @@ impl RateInfo {
                 sluice_providers::template::number(secs.ceil().max(1.0) as u64),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_values_are_the_numbers_made_once_or_again() {
+        for round in 0..2 {
+            for n in [0, 7, 60, 100_000_000, u64::MAX] {
+                assert_eq!(
+                    limit_value(n).to_str().unwrap(),
+                    n.to_string(),
+                    "round {round}"
+                );
+            }
+        }
+        // More distinct limits than kept: the oldest are made again.
+        for n in 0..40u64 {
+            assert_eq!(
+                limit_value(n * 1000).to_str().unwrap(),
+                (n * 1000).to_string()
+            );
+        }
+        assert_eq!(limit_value(7).to_str().unwrap(), "7");
     }
 }
