@@ -78,6 +78,32 @@ fn main() {
         redact_request(&mut v, &redactor);
         black_box(serde_json::to_vec(&v).expect("serializes"));
     });
+    // The prompt and `user` field of bench/proxy.lua (an address near the
+    // start, a build number mid-way): scanned with the built-in kinds (the
+    // automaton reads only where a finding can lie, `pii/window.rs`) and
+    // with one custom pattern more that never matches (no window: the
+    // automaton reads all of it).
+    let whole = Redactor::new(
+        &sluice_core::pii::Kind::ALL,
+        &[("never".to_owned(), r"\x00never\x00".to_owned())],
+    )
+    .expect("compiles");
+    let chat = [
+        "Summarise yesterday's incident for bench-user@example.com: the gateway's p99 rose after the \
+         deploy of build 4812, retries doubled on the EU pool, and the on-call paged twice before the \
+         rollback finished. List the three follow-ups we agreed on and who owns each one.",
+        "bench-user@example.com",
+    ];
+    let windowed = time(N, |_| {
+        for t in chat {
+            black_box(redactor.redact(black_box(t)));
+        }
+    });
+    let unwindowed = time(N, |_| {
+        for t in chat {
+            black_box(whole.redact(black_box(t)));
+        }
+    });
     let total = auth + limit + redact;
     println!("body: {} bytes", body.len());
     println!("baseline (parse the body once): {base:8.0} ns");
@@ -89,6 +115,10 @@ fn main() {
         total / base
     );
     println!("SM4-GCM encrypt one field:      {encrypt:8.0} ns");
+    println!(
+        "redact proxy.lua's prompt + user: {windowed:6.0} ns windowed, {unwindowed:6.0} ns whole ({:.2}x)",
+        windowed / unwindowed
+    );
     println!(
         "prompt redaction (parse, redact, serialize): {prompts:8.0} ns ({:.2}x baseline)",
         prompts / base

@@ -3,9 +3,9 @@
 //! email's Unicode local part keeps its lazy DFA busy over every word),
 //! and a prompt's data sits in a few places of it. The bench's prompt
 //! and `user` field (an address near the start, a build number mid-way):
-//! 652 → 470 ns for the two (a throwaway timing loop, release build), for
-//! ~900 more instructions: the scans below run several bytes a cycle, the
-//! automaton about one every nine cycles.
+//! ~500 ns for the two against ~705 ns without a window (`security-bench`,
+//! bench/micro), for ~900 more instructions: the scans below run several
+//! bytes a cycle, the automaton about one every nine cycles.
 //!
 //! Two facts about the built-in patterns (`kind.rs`) make the window exact:
 //! - every match holds a data byte (an ASCII digit, `@` or `:`), and one
