@@ -74,6 +74,46 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def test_payload_reaches_the_agent_as_written_and_the_record_answers_whole(hub):
+    """The payload goes to the agent as the client wrote it (checked, not
+    rebuilt): an integer past 64 bits stays exact, escapes and nesting
+    survive. A waited-for answer and a poll carry the whole record."""
+    async def go():
+        ws = await connect(hub, "exact-1", ["gx"])
+        async with httpx.AsyncClient(base_url=hub.base_url) as c:
+            body = ('{ "payload" : {"big": %d, "s": "\\u00e9 \\"q\\" \\u2028",\n'
+                    '  "deep": [[{"a": [1, 2.5e-3, null, true]}]]},\n "wait_ack_ms": 3000 }') % (2**70)
+            want = json.loads(body)["payload"]
+            assert want["big"] == 2**70
+            t = asyncio.create_task(c.post("/agents/exact-1/instructions", content=body,
+                                           headers={"content-type": "application/json"}))
+            m = await next_of(ws, "instruction")
+            assert m["payload"] == want and isinstance(m["payload"]["big"], int)
+            await ws.send(json.dumps({"type": "ack", "id": m["id"]}))
+            r = await t
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "application/json"
+            rec = r.json()
+            assert rec["id"] == m["id"] and rec["agent_id"] == "exact-1" and rec["status"] == "acked"
+            assert rec["created_at"].endswith("Z") and rec["updated_at"] >= rec["created_at"]
+            assert "result" not in rec
+            await ws.send(json.dumps({"type": "result", "id": m["id"], "payload": {"k": [1, "é"]}}))
+            for _ in range(100):
+                got = await c.get(f"/agents/instructions/{m['id']}")
+                if got.json()["status"] == "completed":
+                    break
+                await asyncio.sleep(0.02)
+            assert got.headers["content-type"] == "application/json"
+            assert got.json() == {**rec, "status": "completed", "result": {"k": [1, "é"]},
+                                  "updated_at": got.json()["updated_at"]}
+            # A payload that is not JSON is refused before anything is sent.
+            bad = await c.post("/agents/exact-1/instructions", content='{"payload": {"a": }}',
+                               headers={"content-type": "application/json"})
+            assert bad.status_code == 400, bad.text
+        await ws.close()
+    run(go())
+
+
 def test_instruction_ack_result_and_poll(hub):
     async def go():
         ws = await connect(hub, "worker-1", ["g1"])

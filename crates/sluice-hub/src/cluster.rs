@@ -364,20 +364,20 @@ impl Cluster {
     /// finds the agent, checks `scope` against its groups and publishes),
     /// so the record is made first, its events held until the presence
     /// names the agent's groups.
-    pub async fn route(
+    pub async fn route<P: Serialize + Sync + ?Sized>(
         &self,
         hub: &Hub,
         agent_id: &str,
         id: Arc<str>,
-        payload: &Value,
+        payload: &P,
         scope: &Scope,
     ) -> Result<String, SendError> {
         #[derive(Serialize)]
-        struct Deliver<'a> {
+        struct Deliver<'a, P: ?Sized> {
             op: &'static str,
             id: &'a str,
             agent_id: &'a str,
-            payload: &'a Value,
+            payload: &'a P,
             origin: &'a str,
         }
         let msg = serde_json::to_string(&Deliver {

@@ -55,19 +55,36 @@ pub struct Record {
     pub(crate) held: Option<Vec<Value>>,
 }
 
+/// A record as the API shows it, borrowed from the record: written
+/// straight to JSON text ([`Hub::record_json`]) without a `Value` tree.
+/// Fields in the order `serde_json::Map` keeps them (sorted), so both
+/// ways read the same.
+#[derive(serde::Serialize)]
+struct View<'a> {
+    agent_id: &'a str,
+    created_at: String,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    status: &'static str,
+    updated_at: String,
+}
+
 impl Record {
-    pub fn view(&self, id: &str) -> Value {
-        let mut v = json!({
-            "id": id,
-            "agent_id": &*self.agent_id,
-            "status": self.status.name(),
-            "created_at": sluice_core::config::time::format_rfc3339_millis(self.created_unix_ms),
-            "updated_at": sluice_core::config::time::format_rfc3339_millis(self.updated_unix_ms),
-        });
-        if let Some(r) = &self.result {
-            v["result"] = r.clone();
+    fn view_of<'a>(&'a self, id: &'a str) -> View<'a> {
+        use sluice_core::config::time::format_rfc3339_millis as at;
+        View {
+            agent_id: &self.agent_id,
+            created_at: at(self.created_unix_ms),
+            id,
+            result: self.result.as_ref(),
+            status: self.status.name(),
+            updated_at: at(self.updated_unix_ms),
         }
-        v
+    }
+
+    pub fn view(&self, id: &str) -> Value {
+        serde_json::to_value(self.view_of(id)).unwrap_or(Value::Null)
     }
 }
 
@@ -289,6 +306,17 @@ impl Hub {
     pub fn record_view(&self, id: &str) -> Option<Value> {
         let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
         r.by_id.get(id).map(|rec| rec.view(id))
+    }
+
+    /// [`Hub::record_view`] as JSON text, written from the record itself
+    /// (an answer to a waiting `POST`: no `Value` tree built and dropped).
+    pub fn record_json(&self, id: &str) -> Option<Vec<u8>> {
+        let r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = r.by_id.get(id)?;
+        let size = 160 + id.len() + rec.agent_id.len() + rec.size;
+        let mut out = Vec::with_capacity(size);
+        serde_json::to_writer(&mut out, &rec.view_of(id)).ok()?;
+        Some(out)
     }
 
     /// Waits until the instruction reaches `want` (or a final status), up

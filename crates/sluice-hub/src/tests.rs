@@ -36,6 +36,19 @@ async fn statuses_only_move_forward_and_wake_waiters() {
         "final stays final"
     );
     assert_eq!(h.record_view(&id).unwrap()["result"], 7);
+    // The text written straight from the record reads as the view does,
+    // with a result and without one.
+    for (i, result) in [(&id, Some(7)), (&id2_probe(&h, &a), None)] {
+        let v = h.record_view(i).unwrap();
+        let text = h.record_json(i).unwrap();
+        assert_eq!(text, serde_json::to_vec(&v).unwrap());
+        assert_eq!(v["id"], **i);
+        assert_eq!(v["agent_id"], "a1");
+        assert_eq!(v.get("result").map(|r| r.as_i64()), result.map(Some));
+        assert!(v["created_at"].as_str().unwrap().ends_with('Z'));
+        assert!(v["updated_at"].as_str().is_some());
+        assert!(v["status"].as_str().is_some());
+    }
     // Another agent cannot answer for it.
     let (b, _rxb, _) = h.register(Arc::from("b1"), vec![], (vec![], vec![]));
     let id2 = h.new_instruction_id();
@@ -295,4 +308,11 @@ fn instruction_ids_are_the_seed_and_the_count_in_hex() {
     let h = hub();
     let (a, b) = (h.new_instruction_id(), h.new_instruction_id());
     assert!(a.starts_with("ins_") && a.len() == 28 && a != b, "{a} {b}");
+}
+
+/// A fresh queued instruction for `a` (no result yet).
+fn id2_probe(h: &Arc<Hub>, a: &Arc<crate::AgentHandle>) -> Arc<str> {
+    let id = h.new_instruction_id();
+    h.send_local(a, id.clone(), &json!({"y": 2})).unwrap();
+    id
 }

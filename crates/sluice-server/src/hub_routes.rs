@@ -12,6 +12,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Request, StatusCode};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::translate::Wire;
@@ -138,7 +139,9 @@ fn paced(hub: &Hub, wait: Duration) -> Response {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstructionBody {
-    payload: Value,
+    /// Kept as the client wrote it (checked JSON): it goes out in the
+    /// agent's frame without being built into a tree and written again.
+    payload: Box<RawValue>,
     /// Wait for the agent's ack (milliseconds).
     wait_ack_ms: Option<u64>,
     /// Wait for the agent's result (milliseconds).
@@ -173,13 +176,17 @@ fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
     })
 }
 
+/// An instruction's payload: a `Value`, or the client's own JSON text.
+pub(crate) trait Payload: serde::Serialize + Sync {}
+impl<P: serde::Serialize + Sync + ?Sized> Payload for P {}
+
 /// Queues one instruction for `agent_id`, here or (with Redis) on the
 /// replica it is connected to.
-pub(crate) async fn queue(
+pub(crate) async fn queue<P: Payload + ?Sized>(
     hub: &Arc<Hub>,
     scope: &Scope,
     agent_id: &str,
-    payload: &Value,
+    payload: &P,
 ) -> Result<Arc<str>, SendError> {
     let id = hub.new_instruction_id();
     place(hub, scope, agent_id, id.clone(), payload).await?;
@@ -191,12 +198,12 @@ type Placed = Option<String>;
 
 /// Queues instruction `id` for `agent_id` here or where it is connected
 /// (the same id again starts its record over: the agent moved).
-async fn place(
+async fn place<P: Payload + ?Sized>(
     hub: &Arc<Hub>,
     scope: &Scope,
     agent_id: &str,
     id: Arc<str>,
-    payload: &Value,
+    payload: &P,
 ) -> Result<Placed, SendError> {
     if let Some(agent) = hub.get(agent_id) {
         if !in_scope(scope, &agent.groups) {
@@ -230,7 +237,7 @@ async fn queue_in_transit(
     // caught by the 50 ms poll.
     let mut events = None;
     loop {
-        match place(hub, scope, agent_id, id.clone(), &b.payload).await {
+        match place(hub, scope, agent_id, id.clone(), &*b.payload).await {
             Err(SendError::NotConnected) => {}
             other => return other.map(|p| (id, p)),
         }
@@ -266,7 +273,7 @@ async fn follow(
     hub: &Arc<Hub>,
     scope: &Scope,
     agent_id: &str,
-    payload: &Value,
+    payload: &RawValue,
     (id, mut placed): (&Arc<str>, Placed),
     want: Status,
     deadline: tokio::time::Instant,
@@ -368,15 +375,26 @@ async fn instructed(app: &App, agent_id: String, headers: &HeaderMap, body: &Byt
     let deadline = started + wait;
     let sent = (&id, placed);
     let status = follow(&hub, &scope, &agent_id, &b.payload, sent, want, deadline).await;
-    let view = hub
-        .record_view(&id)
-        .unwrap_or_else(|| json!({"id": &*id, "status": "unknown"}));
     let code = match status {
         Some(Status::Undelivered) => StatusCode::SERVICE_UNAVAILABLE,
         Some(s) if s >= want => StatusCode::OK,
         _ => StatusCode::GATEWAY_TIMEOUT,
     };
-    (code, Json(view)).into_response()
+    match hub.record_json(&id) {
+        Some(view) => json_text(code, view),
+        None => (code, Json(json!({"id": &*id, "status": "unknown"}))).into_response(),
+    }
+}
+
+/// A JSON answer already written as text.
+fn json_text(code: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 pub async fn broadcast(
@@ -411,7 +429,7 @@ pub async fn broadcast(
     }
     let mut sent = Vec::with_capacity(members.len());
     for agent_id in &members {
-        let (id, status) = match queue(&hub, &scope, agent_id, &b.payload).await {
+        let (id, status) = match queue(&hub, &scope, agent_id, &*b.payload).await {
             Ok(id) => (Some(id), "queued"),
             Err(SendError::QueueFull { .. }) => (None, "queue_full"),
             Err(SendError::NotConnected) => (None, "not_connected"),
@@ -448,8 +466,8 @@ pub async fn instruction(
         Err(r) => return *r,
     };
     let visible = scope.is_none() || hub.record_groups(&id).is_some_and(|g| in_scope(&scope, &g));
-    match hub.record_view(&id).filter(|_| visible) {
-        Some(v) => Json(v).into_response(),
+    match hub.record_json(&id).filter(|_| visible) {
+        Some(v) => json_text(StatusCode::OK, v),
         None => error(
             ErrorKind::InstructionNotFound,
             format!(
