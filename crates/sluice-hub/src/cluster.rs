@@ -87,6 +87,16 @@ struct Message<'a> {
     result: Option<Value>,
 }
 
+/// What the sender of an instruction reads of its agent's presence (the
+/// rest of it, tools and all, is skipped, not built).
+#[derive(Deserialize)]
+struct Whereabouts<'a> {
+    #[serde(default)]
+    replica: Option<String>,
+    #[serde(default, borrow)]
+    groups: Vec<Cow<'a, str>>,
+}
+
 /// A status update for the replica an instruction came from.
 #[derive(Serialize)]
 struct StatusMessage<'a> {
@@ -404,20 +414,22 @@ impl Cluster {
         let sent: Result<Result<Option<(String, i64)>, _>, _> =
             tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
         let presence = match sent {
-            Ok(Ok(Some((presence, n)))) if n > 0 => serde_json::from_str::<Value>(&presence).ok(),
+            Ok(Ok(Some((presence, n)))) if n > 0 => Some(presence),
             Ok(Ok(Some((_, -1)))) => {
                 pending.unsent();
                 return Err(SendError::NotAllowed);
             }
             _ => None,
         };
-        let replica = presence
-            .as_ref()
-            .and_then(|p| p.get("replica")?.as_str())
-            .map(str::to_owned);
-        match (presence, replica) {
-            (Some(p), Some(replica)) => {
-                pending.placed(presence_groups(&p));
+        let found = presence
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Whereabouts>(p).ok());
+        match found {
+            Some(Whereabouts {
+                replica: Some(replica),
+                groups,
+            }) => {
+                pending.placed(groups.iter().map(|g| Arc::from(&**g)).collect());
                 Ok(replica)
             }
             // Not present, or nobody listens on its replica's channel (the
@@ -526,8 +538,9 @@ async fn listen(c: Arc<Cluster>, client: redis::Client) {
                     backoff = Duration::from_millis(100);
                     let mut stream = ps.on_message();
                     while let Some(msg) = stream.next().await {
-                        if let Ok(text) = msg.get_payload::<String>() {
-                            c.on_message(&text);
+                        // Read in place (no copy of the message).
+                        if let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) {
+                            c.on_message(text);
                         }
                     }
                 }
