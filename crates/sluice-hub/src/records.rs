@@ -48,7 +48,7 @@ pub struct Record {
     pub(crate) size: usize,
     pub created_unix_ms: u64,
     pub updated_unix_ms: u64,
-    /// Woken on every status change.
+    /// Woken on every status change past `delivered`.
     pub changed: Arc<Notify>,
     /// Status events made while the agent's groups were unknown, held
     /// until they are ([`Hub::set_groups`]); `None` once known.
@@ -241,7 +241,12 @@ impl Hub {
             }
             out
         };
-        notify.notify_waiters();
+        // Nobody waits for `delivered` ([`Hub::wait`] takes `acked` or
+        // later), so it wakes nobody: a caller waiting for the ack is not
+        // woken once more per instruction only to wait again.
+        if status != Status::Delivered {
+            notify.notify_waiters();
+        }
         if let Some(c) = self.cluster.get() {
             c.status_changed(id, status, result.as_ref());
         }
@@ -320,8 +325,10 @@ impl Hub {
     }
 
     /// Waits until the instruction reaches `want` (or a final status), up
-    /// to `max`. Returns its status then, `None` if it is unknown.
+    /// to `max`. Returns its status then, `None` if it is unknown. `want`
+    /// is `acked` or later: `delivered` wakes no waiter.
     pub async fn wait(&self, id: &str, want: Status, max: Duration) -> Option<Status> {
+        debug_assert!(want >= Status::Acked, "nobody is woken for {want:?}");
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let notify = {

@@ -316,3 +316,37 @@ fn id2_probe(h: &Arc<Hub>, a: &Arc<crate::AgentHandle>) -> Arc<str> {
     h.send_local(a, id.clone(), &json!({"y": 2})).unwrap();
     id
 }
+
+#[tokio::test]
+async fn a_delivered_wakes_no_waiter_an_ack_does() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    struct Wakes(AtomicUsize);
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(w: &Arc<Self>) {
+            w.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let h = hub();
+    let (a, _rx, _kick) = h.register(Arc::from("w"), vec![], (vec![], vec![]));
+    let id = h.new_instruction_id();
+    h.send_local(&a, id.clone(), &json!(1)).unwrap();
+    let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+    let waker = futures_util::task::waker(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let waiting = h.wait(&id, Status::Acked, Duration::from_secs(5));
+    tokio::pin!(waiting);
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    assert!(h.set_status(&id, Status::Delivered, None));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "delivered wakes nobody");
+    assert!(h.agent_reply(&a, &id, Status::Acked, None));
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "the ack wakes the waiter"
+    );
+    assert_eq!(
+        waiting.as_mut().poll(&mut cx),
+        Poll::Ready(Some(Status::Acked))
+    );
+}
