@@ -250,6 +250,10 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
             if cross else None,
             "rate": per_rate * replicas,
             "net_cpu_us_agents_replica": net,
+            # The agents' replica's CPU per push, heartbeats included, and
+            # the kernel's part of that.
+            "cpu_us_agents_replica": [o["push_gateway_cpu_us_each"] for o in outs],
+            "sys_cpu_us_agents_replica": [o["push_gateway_sys_us_each"] for o in outs],
             "cpu_share": {
                 "sluice": [round(share[p], 2) for p in c.pids],
                 "load": [round(share[p.pid], 2) for p, _ in loads],
@@ -318,8 +322,8 @@ def main():
         r = rows[name]()
         results.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
-    print("\n| setup | connect s (per replica) | in-replica round trip p99 ms | cross-replica round trip p50 / p99 / max ms | errors | CPU share sluice / load / redis | run-queue wait ms/s sluice / load / redis | steal |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| setup | connect s (per replica) | in-replica round trip p99 ms | cross-replica round trip p50 / p99 / max ms | errors | CPU µs per push, agents' replica: all (of it kernel) / net of heartbeats | CPU share sluice / load / redis | run-queue wait ms/s sluice / load / redis | steal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if r["row"] == "kill":
             continue
@@ -327,6 +331,8 @@ def main():
         cs, rq = r["cpu_share"], r["runq_ms_per_s"]
         print(f"| {r['row']} ({r['agents']} agents, {r['rate']}/s) | {', '.join(map(str, r['connect_seconds']))}"
               f" | {r['local_p99_ms']:.1f} | {cross} | {r['errors']} lost agents {r['lost']}"
+              f" | {r['cpu_us_agents_replica']} ({r['sys_cpu_us_agents_replica']})"
+              f" / {r['net_cpu_us_agents_replica']}"
               f" | {cs['sluice']} / {cs['load']} / {cs['redis']}"
               f" | {rq['sluice']} / {rq['load']} / {rq['redis']} | {r['steal']:.0%} |")
     for r in results:

@@ -30,7 +30,9 @@
 //!   process's monotonic clock: the POST carries its send time);
 //! - agents lost on the way (should be 0);
 //! - the gateway's CPU per pushed instruction, also net of the heartbeat
-//!   share measured while idle (`push_gateway_cpu_us_net`).
+//!   share measured while idle (`push_gateway_cpu_us_net`), and the
+//!   kernel's part of it (`push_gateway_sys_us_each`: system calls, the
+//!   TCP stack, wake-ups).
 //!
 //! Prints one JSON object on stdout.
 
@@ -149,15 +151,21 @@ fn rss_kib(pid: Option<u32>) -> u64 {
 }
 
 fn cpu_ticks(pid: Option<u32>) -> u64 {
-    let Some(pid) = pid else { return 0 };
+    let (user, sys) = cpu_split(pid);
+    user + sys
+}
+
+/// A process's user and system CPU so far, in clock ticks.
+fn cpu_split(pid: Option<u32>) -> (u64, u64) {
+    let Some(pid) = pid else { return (0, 0) };
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let after = s.rsplit_once(')')?.1;
             let f: Vec<&str> = after.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
 }
 
 struct Shared {
@@ -397,7 +405,8 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let p0 = cpu_ticks(a.pid);
+    let (p0_user, p0_sys) = cpu_split(a.pid);
+    let p0 = p0_user + p0_sys;
     let q0 = cpu_ticks(a.push_pid);
     let pt = Instant::now();
     let kill = a.kill_pid.map(|pid| {
@@ -405,7 +414,10 @@ async fn main() {
         tokio::spawn(kill_and_watch(pid, after, shared.clone()))
     });
     let push = push(&a, connected, &shared).await;
-    let push_cpu_s = cpu_ticks(a.pid).saturating_sub(p0) as f64 / hz;
+    let (p1_user, p1_sys) = cpu_split(a.pid);
+    let push_cpu_s = (p1_user + p1_sys).saturating_sub(p0) as f64 / hz;
+    // The kernel's part (system calls, the TCP stack, wake-ups) of it.
+    let push_sys_s = p1_sys.saturating_sub(p0_sys) as f64 / hz;
     let push_replica_cpu_s = cpu_ticks(a.push_pid).saturating_sub(q0) as f64 / hz;
     let push_wall = pt.elapsed().as_secs_f64();
     let reconnect_seconds = match kill {
@@ -458,6 +470,7 @@ async fn main() {
         "ack_round_trip_us_max": a.wait_ack_ms.map(|_| rtt.last().copied().unwrap_or(0)),
         "push_gateway_cpu_us_each": (push_cpu_s * 1e6 / a.pushes.max(1) as f64).round(),
         "push_gateway_cpu_us_net": (push_net_s * 1e6 / a.pushes.max(1) as f64).round(),
+        "push_gateway_sys_us_each": (push_sys_s * 1e6 / a.pushes.max(1) as f64).round(),
         "push_replica_cpu_us_each": a.push_pid.map(|_| (push_replica_cpu_s * 1e6 / a.pushes.max(1) as f64).round()),
         "agents_dropped": shared.dropped.load(Ordering::Relaxed),
         "agents_reconnected": shared.reconnected.load(Ordering::Relaxed),
