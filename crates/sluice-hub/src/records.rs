@@ -8,6 +8,7 @@ use foldhash::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use sluice_core::config::time::Rfc3339Millis;
 use tokio::sync::Notify;
 
 use super::{AgentHandle, Hub, names, stamp, unix_ms};
@@ -62,17 +63,17 @@ pub struct Record {
 #[derive(serde::Serialize)]
 struct View<'a> {
     agent_id: &'a str,
-    created_at: String,
+    created_at: Rfc3339Millis,
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<&'a Value>,
     status: &'static str,
-    updated_at: String,
+    updated_at: Rfc3339Millis,
 }
 
 impl Record {
     fn view_of<'a>(&'a self, id: &'a str) -> View<'a> {
-        use sluice_core::config::time::format_rfc3339_millis as at;
+        use sluice_core::config::time::rfc3339_millis as at;
         View {
             agent_id: &self.agent_id,
             created_at: at(self.created_unix_ms),

@@ -19,6 +19,35 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what events and
 /// records report).
 pub fn format_rfc3339_millis(unix_ms: u64) -> String {
+    rfc3339_millis(unix_ms).as_str().to_owned()
+}
+
+/// [`format_rfc3339_millis`] without an allocation: the text on the
+/// stack, to be written where it goes (it serializes as the string).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339Millis([u8; 24]);
+
+impl Rfc3339Millis {
+    pub fn as_str(&self) -> &str {
+        // Always ASCII digits and separators: never the empty fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Rfc3339Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Unix milliseconds as [`Rfc3339Millis`].
+pub fn rfc3339_millis(unix_ms: u64) -> Rfc3339Millis {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days);
@@ -37,7 +66,7 @@ pub fn format_rfc3339_millis(unix_ms: u64) -> String {
     put(14, 2, rem % 3600 / 60);
     put(17, 2, rem % 60);
     put(20, 3, unix_ms % 1000);
-    out.iter().map(|&b| char::from(b)).collect()
+    Rfc3339Millis(out)
 }
 
 /// Unix seconds for `YYYY-MM-DDTHH:MM:SSZ`, or `None` if malformed.
@@ -106,6 +135,13 @@ mod tests {
         assert_eq!(
             format_rfc3339_millis(t * 1000 + 7),
             "2026-11-27T10:30:59.007Z"
+        );
+        // The same text without an allocation, and as JSON.
+        let stamp = rfc3339_millis(951_782_400_123);
+        assert_eq!(stamp.as_str(), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            serde_json::to_string(&stamp).unwrap(),
+            "\"2000-02-29T00:00:00.123Z\""
         );
     }
 
