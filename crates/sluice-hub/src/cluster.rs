@@ -19,7 +19,6 @@
 //!   undelivered; a `delivered` that an ack follows within
 //!   `outbox::HOLD` is left out, see `outbox.rs`).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,16 +26,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_core::config::RedisConfig;
 use tokio::sync::mpsc;
 
 use super::{AgentHandle, Hub, Scope, SendError, Status};
 
+mod messages;
 mod outbox;
 mod scripts;
+use messages::{Message, StatusMessage, Whereabouts};
 use outbox::{Update, publisher};
 use scripts::{LOOKUP, ROUTE, WITHDRAW};
 
@@ -64,48 +64,6 @@ pub struct Cluster {
 /// Status updates waiting for Redis; past it they are dropped (with a
 /// warning), as they were lost when Redis timed out.
 const STATUS_QUEUE: usize = 1024;
-
-/// A message on a replica's channel (`on_message`), read in place.
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    op: Cow<'a, str>,
-    #[serde(default, borrow)]
-    id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    agent_id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    origin: Cow<'a, str>,
-    #[serde(default, borrow)]
-    session_key: Cow<'a, str>,
-    #[serde(default, borrow)]
-    status: Cow<'a, str>,
-    /// Passed on to the agent as it came (no tree built for it).
-    #[serde(default, borrow)]
-    payload: Option<&'a RawValue>,
-    #[serde(default)]
-    result: Option<Value>,
-}
-
-/// What the sender of an instruction reads of its agent's presence (the
-/// rest of it, tools and all, is skipped, not built).
-#[derive(Deserialize)]
-struct Whereabouts<'a> {
-    #[serde(default)]
-    replica: Option<String>,
-    #[serde(default, borrow)]
-    groups: Vec<Cow<'a, str>>,
-}
-
-/// A status update for the replica an instruction came from.
-#[derive(Serialize)]
-struct StatusMessage<'a> {
-    op: &'static str,
-    id: &'a str,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a Value>,
-}
 
 fn presence_key(id: &str) -> String {
     format!("sluice:agent:{id}")

@@ -16,6 +16,7 @@ mod h1;
 pub mod keys_file;
 mod layers;
 pub use sluice_hub as hub;
+mod hub_events;
 mod hub_routes;
 pub use hub_routes::gateway as hub_gateway;
 pub mod listener;

@@ -55,7 +55,7 @@ pub fn api(app: Arc<App>) -> Router {
     .route("/v1/models/{*id}", get(model))
     .route("/v1/agents", get(crate::hub_routes::list))
     .route("/v1/agents/connect", get(crate::hub_routes::connect))
-    .route("/v1/agents/events", get(crate::hub_routes::events))
+    .route("/v1/agents/events", get(crate::hub_events::events))
     .route(
         "/v1/agents/instructions/{id}",
         get(crate::hub_routes::instruction),
