@@ -129,11 +129,11 @@ pub(crate) fn with_tls<R>(
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match ca {
         Some(ca) => builder.with_tls_config(tls_with_ca(ca)),
-        None => match builder.with_native_roots() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system CA certificates; using the bundled web PKI roots");
-                hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+        None => match system_tls() {
+            Some(tls) => builder.with_tls_config(tls.clone()),
+            None => {
+                tracing::warn!("no system CA certificates; using the bundled web PKI roots");
+                builder.with_webpki_roots()
             }
         },
     };
@@ -143,15 +143,46 @@ pub(crate) fn with_tls<R>(
         .wrap_connector(http)
 }
 
+/// The system's CA roots, read once per process and shared by every
+/// client: reading and parsing the bundle took ~18M instructions, a few
+/// milliseconds of start-up and its own copy of the store, per client.
+fn system_roots() -> &'static Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::LazyLock<Arc<rustls::RootCertStore>> =
+        std::sync::LazyLock::new(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            Arc::new(roots)
+        });
+    &ROOTS
+}
+
+/// The client TLS configuration trusting [`system_roots`]; `None` when the
+/// system has none.
+fn system_tls() -> Option<&'static rustls::ClientConfig> {
+    static TLS: std::sync::LazyLock<Option<rustls::ClientConfig>> =
+        std::sync::LazyLock::new(|| {
+            let roots = system_roots();
+            (!roots.is_empty()).then(|| tls_trusting(roots.clone()))
+        });
+    TLS.as_ref()
+}
+
+/// A client TLS configuration (ring, the safe default versions) trusting
+/// `roots`.
+fn tls_trusting(roots: impl Into<Arc<rustls::RootCertStore>>) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// A client TLS configuration trusting the system roots plus the
 /// certificates in `ca` (PEM), for upstreams behind a private CA.
 fn tls_with_ca(ca: &std::path::Path) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
+    let mut roots = rustls::RootCertStore::clone(system_roots());
     let added = std::fs::read(ca)
         .ok()
         .map(|pem| {
@@ -164,13 +195,7 @@ fn tls_with_ca(ca: &std::path::Path) -> rustls::ClientConfig {
     if added == 0 {
         tracing::warn!(ca = %ca.display(), "ca_file holds no usable certificate");
     }
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth()
+    tls_trusting(roots)
 }
 
 /// Sends `req` and waits for the response head; the caller bounds the wait.
