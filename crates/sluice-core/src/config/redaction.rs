@@ -9,13 +9,15 @@ use crate::pii::{Kind, Redactor};
 /// PII redaction for what is logged and audited, and optionally prompts.
 #[derive(Debug, Clone)]
 pub struct RedactionConfig {
-    /// `None` = redaction off.
+    /// `None` = redaction off, or nothing to redact (no `prompts`, no
+    /// `[audit]`).
     pub redactor: Option<Arc<Redactor>>,
     /// Redact message text before it goes upstream.
     pub prompts: bool,
 }
 
-pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction) -> RedactionConfig {
+/// `audit`: an `[audit]` section is configured (its fields are redacted).
+pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction, audit: bool) -> RedactionConfig {
     let prompts = r.prompts.unwrap_or(false);
     if r.enabled == Some(false) {
         return RedactionConfig {
@@ -56,6 +58,11 @@ pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction) -> RedactionCon
         }
         custom.push((name.clone(), p.pattern.get_ref().clone()));
     }
-    let redactor = Redactor::new(&kinds, &custom).ok().map(Arc::new);
+    // Built only when something redacts (prompts, or the audit's fields):
+    // compiling the patterns costs ~11M instructions, ~0.5 MiB and the
+    // regex compiler's code pages, for nothing in a gateway without either.
+    let redactor = (prompts || audit)
+        .then(|| Redactor::new(&kinds, &custom).ok().map(Arc::new))
+        .flatten();
     RedactionConfig { redactor, prompts }
 }

@@ -294,7 +294,21 @@ key_env = "AUDIT_KEY"
     let c = parse("", "t.toml", &env).unwrap();
     assert!(c.audit.is_none());
     assert_eq!(c.limits.backend, LimitsBackend::Local);
+    assert!(
+        c.redaction.redactor.is_none(),
+        "nothing redacts without prompts or [audit]: no patterns compiled"
+    );
+    let c = parse("[audit]\npath = \"a.jsonl\"\n", "t.toml", &env).unwrap();
     assert!(c.redaction.redactor.is_some(), "redaction is on by default");
+    let c = parse("[redaction]\nprompts = true\n", "t.toml", &env).unwrap();
+    assert!(c.redaction.redactor.is_some());
+    let c = parse(
+        "[redaction]\nenabled = false\nprompts = true\n[audit]\npath = \"a.jsonl\"\n",
+        "t.toml",
+        &env,
+    )
+    .unwrap();
+    assert!(c.redaction.redactor.is_none(), "off stays off");
 }
 
 #[test]

@@ -154,7 +154,7 @@ pub(super) fn validate(
     });
     let redis = super::shared::redis(&mut c, &raw.redis, env);
     let limits = super::shared::limits(&mut c, &raw.limits, redis.is_some());
-    let redaction = super::redaction::redaction(&mut c, &raw.redaction);
+    let redaction = super::redaction::redaction(&mut c, &raw.redaction, raw.audit.is_some());
     let audit = super::audit::audit(&mut c, &raw, redis.is_some(), env);
     let agents = agents(&mut c, raw.agents.as_ref().unwrap_or(&Default::default()));
     // A file that serves nothing is a mistake (an empty file, a typo'd
