@@ -38,7 +38,7 @@ async fn statuses_only_move_forward_and_wake_waiters() {
     assert_eq!(h.record_view(&id).unwrap()["result"], 7);
     // The text written straight from the record reads as the view does,
     // with a result and without one.
-    for (i, result) in [(&id, Some(7)), (&id2_probe(&h, &a), None)] {
+    for (i, result) in [(&id, Some(7)), (&queued_instruction(&h, &a), None)] {
         let v = h.record_view(i).unwrap();
         let text = h.record_json(i).unwrap();
         assert_eq!(text, serde_json::to_vec(&v).unwrap());
@@ -311,7 +311,7 @@ fn instruction_ids_are_the_seed_and_the_count_in_hex() {
 }
 
 /// A fresh queued instruction for `a` (no result yet).
-fn id2_probe(h: &Arc<Hub>, a: &Arc<crate::AgentHandle>) -> Arc<str> {
+fn queued_instruction(h: &Arc<Hub>, a: &Arc<crate::AgentHandle>) -> Arc<str> {
     let id = h.new_instruction_id();
     h.send_local(a, id.clone(), &json!({"y": 2})).unwrap();
     id

@@ -175,13 +175,10 @@ fn parse_body(body: &Bytes) -> Result<InstructionBody, Box<Response>> {
     })
 }
 
-/// An instruction's payload: a `Value`, or the client's own JSON text.
-pub(crate) trait Payload: serde::Serialize + Sync {}
-impl<P: serde::Serialize + Sync + ?Sized> Payload for P {}
-
 /// Queues one instruction for `agent_id`, here or (with Redis) on the
 /// replica it is connected to.
-pub(crate) async fn queue<P: Payload + ?Sized>(
+/// `payload` is a `Value`, or the client's own JSON text (`RawValue`).
+pub(crate) async fn queue<P: serde::Serialize + Sync + ?Sized>(
     hub: &Arc<Hub>,
     scope: &Scope,
     agent_id: &str,
@@ -197,7 +194,7 @@ type Placed = Option<String>;
 
 /// Queues instruction `id` for `agent_id` here or where it is connected
 /// (the same id again starts its record over: the agent moved).
-async fn place<P: Payload + ?Sized>(
+async fn place<P: serde::Serialize + Sync + ?Sized>(
     hub: &Arc<Hub>,
     scope: &Scope,
     agent_id: &str,
