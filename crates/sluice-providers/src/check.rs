@@ -62,6 +62,8 @@ fn preview(b: &[u8]) -> String {
 pub struct StreamCheck {
     sse: Decoder,
     done: bool,
+    /// The last token chunk, so the next one is read from where it differs.
+    memo: crate::json_quick::Memo,
 }
 
 impl Default for StreamCheck {
@@ -69,6 +71,7 @@ impl Default for StreamCheck {
         Self {
             sse: Decoder::new(MAX_EVENT),
             done: false,
+            memo: Default::default(),
         }
     }
 }
@@ -114,7 +117,7 @@ impl StreamCheck {
             let value = value.strip_prefix(b" ").unwrap_or(value);
             // A token chunk: UTF-8 and JSON in one pass. Anything else is
             // judged as the decoder would judge its text.
-            if !crate::json_quick::surely_json_bytes(value) {
+            if !self.memo.surely_json_bytes(value) {
                 let Ok(data) = std::str::from_utf8(value) else {
                     break;
                 };

@@ -8,7 +8,8 @@
 //! Its worth is speed on what a token stream carries — ~220-byte objects of
 //! short strings: serde_json (`IgnoredAny`) took ~3,300 instructions per
 //! such event, this check ~2,200, strings eight bytes a step
-//! (`bench/instructions.py --stream --model burst`, callgrind).
+//! (`bench/instructions.py --stream --model burst`, callgrind), and with a
+//! [`Memo`] (only what differs from the chunk before is read) ~850.
 
 /// Deeper nesting is left to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 64;
@@ -23,11 +24,125 @@ pub fn surely_json(text: &str) -> bool {
 /// UTF-8 pass: outside strings JSON is ASCII, and a string's non-ASCII
 /// sequences are checked where they are met).
 pub fn surely_json_bytes(b: &[u8]) -> bool {
+    check(b, State::default(), &mut ())
+}
+
+/// Where the check stands when it is about to read a value: what it has
+/// read before `at` is all that made it so (and the byte at `at`, which it
+/// may have looked at to tell a value from a closing bracket).
+#[derive(Clone, Copy, Debug, Default)]
+struct State {
+    at: usize,
+    depth: u32,
+    /// Bit `d` set: the container open at depth `d` is an object.
+    objects: u64,
+}
+
+/// Where [`check`] leaves the states it passes through.
+trait Marks {
+    fn mark(&mut self, s: State);
+}
+
+impl Marks for () {
+    #[inline(always)]
+    fn mark(&mut self, _: State) {}
+}
+
+impl Marks for Vec<State> {
+    #[inline]
+    fn mark(&mut self, s: State) {
+        if self.len() < MEMO_MARKS {
+            self.push(s);
+        }
+    }
+}
+
+/// [`surely_json_bytes`] for a run of texts that mostly repeat the one
+/// before (a token stream's chunks: id, model and the path to `content`
+/// are the same in every one, ~3/4 of each): each text is checked from the
+/// last value start that lies in the part it shares with the previous one
+/// surely-JSON text, as the check of that text stood there. What the check
+/// does from a value start depends only on the bytes before it (and the
+/// one at it), so the verdict is the same as checking from the start.
+#[derive(Debug, Default)]
+pub struct Memo {
+    /// The last text found surely JSON (empty when none, or too long).
+    prev: Vec<u8>,
+    /// The states at its value starts, in order.
+    marks: Vec<State>,
+}
+
+/// Longer texts are checked whole and not kept (a token chunk is ~220 bytes).
+const MEMO_MAX: usize = 4096;
+/// Value starts kept per text (a token chunk has ~15).
+const MEMO_MARKS: usize = 64;
+
+impl Memo {
+    /// [`surely_json_bytes`] of `b`.
+    pub fn surely_json_bytes(&mut self, b: &[u8]) -> bool {
+        let from = self.resume(b);
+        let ok = check(b, from, &mut self.marks);
+        self.prev.clear();
+        if ok && b.len() <= MEMO_MAX {
+            self.prev.extend_from_slice(b);
+        } else {
+            self.marks.clear();
+        }
+        ok
+    }
+}
+
+impl Memo {
+    /// Where the check of `b` can start: the last value start of the
+    /// previous text before the first byte `b` does not share with it
+    /// (whose mark [`check`] will leave again, so it is dropped here).
+    fn resume(&mut self, b: &[u8]) -> State {
+        let same = common_prefix(&self.prev, b);
+        let k = self.marks.partition_point(|m| m.at < same);
+        let from = k
+            .checked_sub(1)
+            .map_or_else(State::default, |k| self.marks[k]);
+        self.marks.truncate(k.saturating_sub(1));
+        from
+    }
+}
+
+/// How many leading bytes `a` and `b` share, eight a step.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
     let mut i = 0;
-    // Bit `d` set: the container open at depth `d` is an object.
-    let mut objects: u64 = 0;
-    let mut depth = 0;
+    while let (Some(x), Some(y)) = (a.get(i..i + 8), b.get(i..i + 8)) {
+        let word = |s: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(s);
+            u64::from_le_bytes(w)
+        };
+        let diff = word(x) ^ word(y);
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+/// The check from `from` (a value start), each value start it passes
+/// through left in `marks`.
+fn check(b: &[u8], from: State, marks: &mut impl Marks) -> bool {
+    let State {
+        at: mut i,
+        mut depth,
+        mut objects,
+    } = from;
     'value: loop {
+        marks.mark(State {
+            at: i,
+            depth,
+            objects,
+        });
         i = skip_ws(b, i);
         match b.get(i) {
             Some(&open @ (b'{' | b'[')) => {
@@ -296,6 +411,50 @@ mod tests {
     }
 
     #[test]
+    fn a_memo_checks_a_token_chunk_from_where_it_differs() {
+        let chunk = |t: &str| {
+            format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":null}}]}}"#
+            )
+        };
+        let mut memo = Memo::default();
+        assert!(memo.surely_json_bytes(chunk("Hello").as_bytes()));
+        let next = chunk(" world");
+        let from = memo.resume(next.as_bytes());
+        // The content string's start: everything before it is not read again.
+        assert_eq!(&next[from.at..from.at + 3], "\" w");
+        assert_eq!(from.depth, 4);
+        let mut memo = Memo::default();
+        for t in ["a", "bc", r"d\u00e9", r#"e\""#, ""] {
+            assert!(memo.surely_json_bytes(chunk(t).as_bytes()), "{t}");
+        }
+        // A chunk cut short, or broken after the shared part, is refused.
+        assert!(!memo.surely_json_bytes(&chunk("x").as_bytes()[..120]));
+        assert!(memo.surely_json_bytes(chunk("x").as_bytes()));
+        assert!(!memo.surely_json_bytes(chunk(r"x\u12").as_bytes()));
+        assert!(!memo.surely_json_bytes(chunk("x").replace("null}", "nul}").as_bytes()));
+        // Too long to keep: checked whole each time, and still judged.
+        let long = chunk(&"y".repeat(MEMO_MAX));
+        assert!(memo.surely_json_bytes(long.as_bytes()));
+        assert!(memo.prev.is_empty() && memo.marks.is_empty());
+        assert!(memo.surely_json_bytes(long.as_bytes()));
+    }
+
+    #[test]
+    fn common_prefixes_are_counted_to_the_byte() {
+        let a = b"0123456789abcdefghij";
+        for n in 0..=a.len() {
+            let mut b = a.to_vec();
+            if n < b.len() {
+                b[n] ^= 1;
+            }
+            assert_eq!(common_prefix(a, &b), n);
+            assert_eq!(common_prefix(&a[..n], a), n);
+            assert_eq!(common_prefix(a, &a[..n]), n);
+        }
+    }
+
+    #[test]
     fn nesting_past_the_limit_is_left_to_serde_json() {
         let deep = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert!(surely_json(&deep(MAX_DEPTH as usize)));
@@ -367,6 +526,40 @@ mod tests {
                 serde_json::to_string(&v).unwrap()
             };
             prop_assert!(surely_json(&text), "{}", text);
+        }
+
+        /// Texts that share starts with the one before (whole, cut and
+        /// continued, one letter changed): the memo's verdict on each is
+        /// the check's from the start.
+        #[test]
+        fn a_memo_judges_each_text_as_the_whole_check_does(
+            steps in proptest::collection::vec(
+                (0u8..4, values(), any::<prop::sample::Index>(), pieces()), 1..8),
+        ) {
+            let mut memo = Memo::default();
+            let mut prev = String::new();
+            for (how, v, at, tail) in steps {
+                let mut at = at.index(prev.len() + 1);
+                while !prev.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let text = match how {
+                    0 => serde_json::to_string(&v).unwrap(),
+                    1 => format!("{}{tail}", &prev[..at]),
+                    2 => format!("{}{tail}{}", &prev[..at], &prev[at..]),
+                    _ => {
+                        let mut t = prev.clone().into_bytes();
+                        if let Some(c) = t.get_mut(at).filter(|c| c.is_ascii_alphanumeric()) {
+                            *c = if *c == b'x' { b'y' } else { b'x' };
+                        }
+                        String::from_utf8(t).unwrap()
+                    }
+                };
+                let fresh = surely_json_bytes(text.as_bytes());
+                prop_assert_eq!(memo.surely_json_bytes(text.as_bytes()), fresh,
+                    "{:?} after {:?}", text, prev);
+                prev = text;
+            }
         }
 
         #[test]
