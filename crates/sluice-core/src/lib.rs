@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod json;
+pub mod json_quick;
 pub mod limits;
 pub mod media;
 pub mod pii;

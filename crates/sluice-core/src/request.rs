@@ -99,6 +99,11 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
         };
         return Err(GatewayError::new(ErrorKind::InvalidJson, msg));
     }
+    // One quick pass over the body (which checks it is UTF-8 too) settles
+    // most requests; serde reads the rest and words every refusal.
+    if let Some(peek) = members::quick_peek(body, op) {
+        return Ok(peek);
+    }
     // JSON is UTF-8 (RFC 8259). serde skips the strings it ignores without
     // checking them, so check once here rather than forward bad bytes; and
     // parsed as text, serde does not check again each string it reads.
@@ -111,10 +116,16 @@ pub fn peek(body: &[u8], op: Operation) -> Result<RequestPeek<'_>, GatewayError>
             ),
         )
     })?;
+    peek_serde(text, op)
+}
+
+/// [`peek`] of a UTF-8 body, read with serde only: the reference the
+/// quick pass is held to (tests) and measured against (`peek-bench`).
+pub fn peek_serde(text: &str, op: Operation) -> Result<RequestPeek<'_>, GatewayError> {
     let raw: Raw<'_> = serde_json::from_str(text).map_err(json_error)?;
     let model = raw.model.ok_or_else(|| missing("model"))?.get();
-    // The raw value borrows from `body`, so its address lies inside it.
-    raw.peek(model, model.as_ptr() as usize - body.as_ptr() as usize, op)
+    // The raw value borrows from `text`, so its address lies inside it.
+    raw.peek(model, model.as_ptr() as usize - text.as_ptr() as usize, op)
 }
 
 impl Raw<'_> {

@@ -13,7 +13,7 @@ pub mod gemini;
 mod h1wire;
 pub use h1wire::content_length;
 pub mod header_names;
-mod json_quick;
+use sluice_core::json_quick;
 pub mod mock;
 mod mock_media;
 mod mock_shape;
