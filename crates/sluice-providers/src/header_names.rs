@@ -5,6 +5,8 @@
 //! static, so reading them allocates nothing and dropping them frees
 //! nothing.
 
+use std::sync::LazyLock;
+
 use http::header::{HeaderName, InvalidHeaderName};
 
 macro_rules! names {
@@ -75,27 +77,40 @@ static OTHER: [HeaderName; 9] = names![
 /// The header name `src` (any case), without allocating when it is one of
 /// the names above; otherwise as `HeaderName::from_bytes` makes it.
 pub fn header_name(src: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-    let starts = |prefix: &[u8]| {
-        src.len() > prefix.len() && src[..prefix.len()].eq_ignore_ascii_case(prefix)
-    };
-    // Names the http crate knows (content-type, accept, …) are told apart
-    // by their first byte where they can be, and made by it.
-    let known: &[HeaderName] = match src.first().map(u8::to_ascii_lowercase) {
-        Some(b'x') if starts(b"x-stainless-") => &STAINLESS,
-        Some(b'x') if starts(b"x-ratelimit-") => &RATELIMIT,
-        Some(b'o') if starts(b"openai-") => &OPENAI,
-        Some(b'a') if starts(b"anthropic-") => &ANTHROPIC,
-        Some(b'x' | b'r' | b't' | b'c') => &OTHER,
-        _ => return HeaderName::from_bytes(src),
-    };
+    let known = &BY_SHAPE[shape(src)];
     match known
         .iter()
         .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(src))
     {
-        Some(n) => Ok(n.clone()),
+        Some(n) => Ok((*n).clone()),
         None => HeaderName::from_bytes(src),
     }
 }
+
+/// Buckets of [`BY_SHAPE`].
+const BUCKETS: usize = 256;
+
+/// Where a name of this length, middle and last two bytes (any case) is
+/// looked for: a few instructions instead of a scan of a table (~200 per
+/// name of the OpenAI SDK's, which sends eleven on every request).
+fn shape(src: &[u8]) -> usize {
+    let at = |i: usize| src.get(i).map_or(0, u8::to_ascii_lowercase) as usize;
+    let len = src.len();
+    let (mid, last) = (at(len / 2), at(len.wrapping_sub(1)));
+    (len.wrapping_mul(31) ^ mid.wrapping_mul(7) ^ last.wrapping_mul(3) ^ at(len.wrapping_sub(2)))
+        % BUCKETS
+}
+
+/// Every name above in the bucket of its [`shape`] (most hold none or one).
+static BY_SHAPE: LazyLock<Vec<Vec<&'static HeaderName>>> = LazyLock::new(|| {
+    let mut buckets = vec![Vec::new(); BUCKETS];
+    for table in [&STAINLESS[..], &RATELIMIT, &OPENAI, &ANTHROPIC, &OTHER] {
+        for n in table {
+            buckets[shape(n.as_str().as_bytes())].push(n);
+        }
+    }
+    buckets
+});
 
 #[cfg(test)]
 mod tests {
@@ -117,6 +132,14 @@ mod tests {
     }
 
     #[test]
+    fn the_buckets_hold_few_names() {
+        let most = BY_SHAPE.iter().map(Vec::len).max().unwrap_or(0);
+        let names: usize = BY_SHAPE.iter().map(Vec::len).sum();
+        assert_eq!(names, 12 + 6 + 5 + 12 + 9);
+        assert!(most <= 2, "a bucket holds {most} names");
+    }
+
+    #[test]
     fn other_names_are_made_as_usual() {
         for src in [
             &b"Content-Type"[..],
@@ -124,6 +147,10 @@ mod tests {
             b"openai-",
             b"x-custom",
             b"X-Ratelimit-Limit-Requests-Extra",
+            // The shape of a known name (length, middle and last byte).
+            b"x-stainless-lanX",
+            b"x-stainless-laNg-",
+            b"x-stainlesz-lang",
         ] {
             assert_eq!(header_name(src).ok(), HeaderName::from_bytes(src).ok());
             assert!(header_name(src).is_ok());
