@@ -23,9 +23,9 @@ pub const PEEKED: [&str; 10] = [
 ];
 
 /// [`super::peek`] of `body`, from the top-level members of `original`
-/// read already: every one [`PEEKED`] names (`members`, in body order,
-/// repeated keys included; others are passed over) and what `messages`
-/// was. `body` is `original`, or it with strings outside these members
+/// read already: every one [`PEEKED`] names (`members`, key and value
+/// text, in body order, repeated keys included; others are passed over)
+/// and what `messages` was. `body` is `original`, or it with strings outside these members
 /// rewritten and `moved` mapping an offset of `original` to `body`.
 ///
 /// `None` where the members leave a doubt (a repeated key, a value of
@@ -34,7 +34,7 @@ pub const PEEKED: [&str; 10] = [
 pub fn peek_members<'b, 'm>(
     body: &'b [u8],
     original: &[u8],
-    members: impl IntoIterator<Item = (&'m str, &'m str)>,
+    members: impl IntoIterator<Item = (&'m [u8], &'m [u8])>,
     messages: Seen,
     moved: impl Fn(usize) -> usize,
     op: Operation,
@@ -52,7 +52,7 @@ pub fn peek_members<'b, 'm>(
     let mut model = None;
     let mut seen = 0u16;
     for (k, v) in members {
-        let Some(i) = PEEKED.iter().position(|p| *p == k) else {
+        let Some(i) = PEEKED.iter().position(|p| p.as_bytes() == k) else {
             continue;
         };
         if seen & (1 << i) != 0 {
@@ -60,30 +60,31 @@ pub fn peek_members<'b, 'm>(
         }
         seen |= 1 << i;
         let text = v;
-        // As serde reads an `Option`: `null` is absent.
-        let present = (text != "null").then_some(IgnoredAny);
+        // As serde reads an `Option`: `null` is absent. (Only that is read
+        // of these; an embedding's input can be most of the body.)
+        let present = (text != b"null").then_some(IgnoredAny);
         match PEEKED[i] {
             "model" => model = present.map(|_| v),
             "input" => raw.input = present,
             "prompt" => raw.prompt = present,
             "query" => raw.query = present,
             "documents" => raw.documents = present,
-            "max_tokens" => raw.max_tokens = serde_json::from_str(text).ok()?,
+            "max_tokens" => raw.max_tokens = serde_json::from_slice(text).ok()?,
             "max_completion_tokens" => {
-                raw.max_completion_tokens = serde_json::from_str(text).ok()?
+                raw.max_completion_tokens = serde_json::from_slice(text).ok()?
             }
-            "max_output_tokens" => raw.max_output_tokens = serde_json::from_str(text).ok()?,
-            "stream" => raw.stream = serde_json::from_str(text).ok()?,
-            _ => raw.stream_options = serde_json::from_str(text).ok()?,
+            "max_output_tokens" => raw.max_output_tokens = serde_json::from_slice(text).ok()?,
+            "stream" => raw.stream = serde_json::from_slice(text).ok()?,
+            _ => raw.stream_options = serde_json::from_slice(text).ok()?,
         }
     }
     let token = model?;
     let start = moved(token.as_ptr() as usize - original.as_ptr() as usize);
-    let text = std::str::from_utf8(body.get(start..start + token.len())?).ok()?;
-    if text != token {
+    let at = body.get(start..start + token.len())?;
+    if at != token {
         return None; // not where `moved` says: read the body
     }
-    raw.peek(text, start, op).ok()
+    raw.peek(std::str::from_utf8(at).ok()?, start, op).ok()
 }
 
 /// [`super::peek`] of `body` from one quick pass ([`json_quick`], which
@@ -95,8 +96,8 @@ pub fn peek_members<'b, 'm>(
 pub(super) fn quick_peek(body: &[u8], op: Operation) -> Option<RequestPeek<'_>> {
     // The members peeked (a repeated one twice: refused below, as serde
     // refuses it); more than this many leaves it to serde.
-    let mut kept = [("", ""); PEEKED.len() + 2];
-    let (mut n, mut messages, mut sure) = (0, Seen::Absent, true);
+    let mut kept: [(&[u8], &[u8]); PEEKED.len() + 2] = [(b"", b""); PEEKED.len() + 2];
+    let (mut n, mut messages) = (0, Seen::Absent);
     let whole = crate::json_quick::object_members(body, |k, v, len| {
         if k == b"messages" {
             messages = match (messages, v[0]) {
@@ -104,25 +105,14 @@ pub(super) fn quick_peek(body: &[u8], op: Operation) -> Option<RequestPeek<'_>> 
                 (Seen::Absent, b'n') => Seen::Null,
                 _ => Seen::Other,
             };
-            return;
+        } else if PEEKED.iter().any(|p| p.as_bytes() == k) {
+            if let Some(slot) = kept.get_mut(n) {
+                *slot = (k, v);
+            }
+            n += 1;
         }
-        let Some(&k) = PEEKED.iter().find(|p| p.as_bytes() == k) else {
-            return;
-        };
-        // Only whether these are `null` matters to the peek: their text (an
-        // embedding's input can be most of the body) is not read again.
-        let v = match (k, v) {
-            ("input" | "prompt" | "query" | "documents", b"null") => Ok("null"),
-            ("input" | "prompt" | "query" | "documents", _) => Ok("0"),
-            _ => std::str::from_utf8(v),
-        };
-        match (kept.get_mut(n), v) {
-            (Some(slot), Ok(v)) => *slot = (k, v),
-            _ => sure = false,
-        }
-        n += 1;
     });
-    if !whole || !sure {
+    if !whole || n > kept.len() {
         return None;
     }
     peek_members(body, body, kept[..n].iter().copied(), messages, |at| at, op)
@@ -184,6 +174,29 @@ mod tests {
                 quick_peek(text.as_bytes(), Operation::Chat).is_none(),
                 "{text}"
             );
+        }
+        // `null` is absent, as serde reads an `Option`: a required field
+        // that is `null` is left to serde (which refuses it); one that is
+        // there is settled.
+        let (emb, comp) = (Operation::Embeddings, Operation::Completions);
+        let (chat, msgs) = (Operation::Chat, Operation::Messages);
+        for (body, op, settled) in [
+            (r#"{"model":"m","input":null}"#, emb, false),
+            (r#"{"model":"m","input":["a"]}"#, emb, true),
+            (r#"{"model":"m","prompt":null}"#, comp, false),
+            (r#"{"model":"m","prompt":"p"}"#, comp, true),
+            (r#"{"model":"m","messages":null}"#, chat, false),
+            (
+                r#"{"model":"m","messages":[1],"max_tokens":null}"#,
+                msgs,
+                false,
+            ),
+            (r#"{"model":"m","messages":[1],"max_tokens":9}"#, msgs, true),
+            (r#"{"model":null,"messages":[1]}"#, chat, false),
+        ] {
+            let (quick, slow) = both(body.as_bytes(), op);
+            assert_eq!(slow.is_ok(), settled, "{body}");
+            assert_eq!(quick.is_some(), settled, "{body}");
         }
         // Not UTF-8, in a string and outside one.
         for body in [

@@ -127,7 +127,7 @@ pub(super) fn peek_from_pass(
     op: Operation,
 ) -> Option<request::RequestPeek<'static>> {
     let moved = |at| pass.redacted.as_ref().map_or(at, |d| d.moved(at));
-    let kept = kept.iter().map(|(k, v)| (&**k, v.get()));
+    let kept = kept.iter().map(|(k, v)| (k.as_bytes(), v.get().as_bytes()));
     request::peek_members(body, original, kept, pass.messages, moved, op)
         .map(request::RequestPeek::into_owned)
 }
