@@ -15,7 +15,7 @@ passes it to lld for the `sluice` binary.
 This script runs BIN (`valgrind --tool=callgrind --demangle=no`, whole run)
 with bench/proxy.py's bare and production-shaped configurations against its
 static nginx upstream: chat, the openai SDK's headers, streams (burst and
-frames), a refused request, /metrics and health, then shuts it down and
+frames), Anthropic-format requests (translated), a refused request, /metrics and health, then shuts it down and
 writes every executed function of BIN, by instructions spent in it. Names the
 next build no longer has are skipped by the linker (and new code simply goes
 after the listed functions), so a stale file costs locality, never
@@ -51,6 +51,14 @@ def exercise(port, admin, n):
     for model, stream in (("bench", False), ("burst", True), ("frames", True)):
         ins.burst(port, n, ins.body(model, stream))
     ins.burst(port, n, ins.body("bench", False), ins.SDK_HEADERS)
+    # Anthropic-format clients, translated to the OpenAI-format upstream.
+    for model, stream in (("bench", False), ("burst", True)):
+        msg = json.dumps({"model": model, "max_tokens": 256, "stream": stream,
+                          "system": ins.SYSTEM, "messages": [{"role": "user", "content": ins.USER}]})
+        for _ in range(n):
+            status = get(port, "/v1/messages", "POST", msg,
+                         {**ins.HEADERS, "anthropic-version": "2023-06-01"})
+            assert status == 200, status
     bad = get(port, "/v1/chat/completions", "POST", b"{not json", ins.HEADERS)
     assert bad == 400, bad
     for path in ("/metrics", "/healthz", "/readyz"):

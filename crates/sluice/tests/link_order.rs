@@ -16,7 +16,9 @@ fn the_link_order_lists_mangled_functions_once_each() {
         assert!(name.chars().all(symbol), "not a symbol name: {name:?}");
         assert!(seen.insert(name), "listed twice: {name}");
     }
-    let rust = names.iter().filter(|n| n.starts_with("_ZN") || n.starts_with("_R"));
+    let rust = names
+        .iter()
+        .filter(|n| n.starts_with("_ZN") || n.starts_with("_R"));
     assert!(rust.count() * 10 > names.len() * 9, "mostly Rust functions");
     // The gateway's own hot paths are in it (names only change when a
     // function is renamed or moved: then regenerate the list).
