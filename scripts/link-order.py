@@ -15,11 +15,16 @@ passes it to lld for the `sluice` binary.
 This script runs BIN (`valgrind --tool=callgrind --demangle=no`, whole run)
 with bench/proxy.py's bare and production-shaped configurations against its
 static nginx upstream: chat, the openai SDK's headers, streams (burst and
-frames), Anthropic-format requests (translated), a refused request, /metrics and health, then shuts it down and
-writes every executed function of BIN, by instructions spent in it. Names the
-next build no longer has are skipped by the linker (and new code simply goes
-after the listed functions), so a stale file costs locality, never
-correctness; regenerate it when the hot paths change a lot.
+frames), Anthropic-format requests (translated), a refused request, /metrics
+and health, then shuts it down and writes every executed function of BIN, by
+instructions spent in it. Names the next build no longer has are skipped by
+the linker (and new code simply goes after the listed functions), so a stale
+list costs locality, never correctness. The names carry a hash of the crate's
+build metadata, which cargo derives from the rustc version and every
+dependency's version and features: a toolchain or Cargo.lock change renames
+nearly all of them, and the list then does nothing until it is regenerated.
+`--check` tells: the share of listed names BIN defines, and BIN's code
+resident after start (exit 1 under half).
 """
 import argparse
 import collections
@@ -111,11 +116,42 @@ def defined(binary):
             if len(line.split()) == 3 and line.split()[1] in "tTwW"}
 
 
+def check(binary):
+    """How much of the list BIN defines, and BIN's code resident after start."""
+    listed = OUT.read_text().split()
+    mine = defined(binary)
+    found = sum(1 for f in listed if f in mine)
+    work = Path(proxy.tempfile.mkdtemp(prefix="sluice-order-"))
+    procs = proxy.Procs(work)
+    code, mapping, path = 0, None, str(Path(binary).resolve())
+    try:
+        up, _ = proxy.start_upstream(procs, work)
+        t, _ = proxy.start_sluice(procs, work, up, "bare", binary=binary)
+        proxy.time.sleep(0.5)  # tasks started after the listener is bound
+        for line in open(f"/proc/{t.pid}/smaps"):
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                mapping = line.split()
+            elif line.startswith("Rss:") and mapping and "x" in mapping[1] and mapping[-1] == path:
+                code += int(line.split()[1])
+    finally:
+        procs.stop_all()
+        proxy.shutil.rmtree(work, ignore_errors=True)
+    share = found / max(len(listed), 1)
+    print(json.dumps({"listed": len(listed), "defined_by_bin": found, "share": round(share, 3),
+                      "code_resident_after_start_kib": code}))
+    if share < 0.5:
+        sys.exit("most listed names are not in BIN: regenerate the list with this toolchain")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "sluice"))
     ap.add_argument("--n", type=int, default=40, help="requests per connection and kind")
+    ap.add_argument("--check", action="store_true",
+                    help="only report how much of the list BIN has, and its code resident after start")
     args = ap.parse_args()
+    if args.check:
+        return check(args.bin)
     work = Path(proxy.tempfile.mkdtemp(prefix="sluice-order-"))
     procs = proxy.Procs(work)
     costs = collections.Counter()

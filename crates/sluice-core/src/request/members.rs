@@ -25,8 +25,9 @@ pub const PEEKED: [&str; 10] = [
 /// [`super::peek`] of `body`, from the top-level members of `original`
 /// read already: every one [`PEEKED`] names (`members`, key and value
 /// text, in body order, repeated keys included; others are passed over)
-/// and what `messages` was. `body` is `original`, or it with strings outside these members
-/// rewritten and `moved` mapping an offset of `original` to `body`.
+/// and what `messages` was. `body` is `original`, or it with strings
+/// outside these members rewritten and `moved` mapping an offset of
+/// `original` to `body`.
 ///
 /// `None` where the members leave a doubt (a repeated key, a value of
 /// the wrong type, anything refused): [`super::peek`] of `body` then
@@ -59,23 +60,22 @@ pub fn peek_members<'b, 'm>(
             return None; // serde refuses a repeated field
         }
         seen |= 1 << i;
-        let text = v;
         // As serde reads an `Option`: `null` is absent. (Only that is read
         // of these; an embedding's input can be most of the body.)
-        let present = (text != b"null").then_some(IgnoredAny);
+        let present = (v != b"null").then_some(IgnoredAny);
         match PEEKED[i] {
             "model" => model = present.map(|_| v),
             "input" => raw.input = present,
             "prompt" => raw.prompt = present,
             "query" => raw.query = present,
             "documents" => raw.documents = present,
-            "max_tokens" => raw.max_tokens = serde_json::from_slice(text).ok()?,
+            "max_tokens" => raw.max_tokens = serde_json::from_slice(v).ok()?,
             "max_completion_tokens" => {
-                raw.max_completion_tokens = serde_json::from_slice(text).ok()?
+                raw.max_completion_tokens = serde_json::from_slice(v).ok()?
             }
-            "max_output_tokens" => raw.max_output_tokens = serde_json::from_slice(text).ok()?,
-            "stream" => raw.stream = serde_json::from_slice(text).ok()?,
-            _ => raw.stream_options = serde_json::from_slice(text).ok()?,
+            "max_output_tokens" => raw.max_output_tokens = serde_json::from_slice(v).ok()?,
+            "stream" => raw.stream = serde_json::from_slice(v).ok()?,
+            _ => raw.stream_options = serde_json::from_slice(v).ok()?,
         }
     }
     let token = model?;
