@@ -155,7 +155,8 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
         ];
     }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(n);
+    // With room for what a gateway adds before relaying the answer.
+    let mut map = HeaderMap::with_capacity(n + crate::ADDED_HEADERS);
     for &[ns, ne, vs, ve] in &at[..n] {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = crate::header_names::header_name(&head[ns..ne]).map_err(|_| {

@@ -15,6 +15,10 @@ use sluice_core::{ErrorKind, GatewayError};
 pub const UA: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Headers each request adds to the template's: the length, the request id
+/// and `Host` (added by the HTTP/1.1 pool).
+const PER_REQUEST: usize = 3;
+
 /// The "provider 'x': … is not valid" error for a bad configuration value.
 pub fn invalid(p: &ProviderConfig, what: &str) -> GatewayError {
     GatewayError::new(
@@ -31,7 +35,8 @@ pub fn headers(
     auth: Option<(HeaderName, String)>,
     extra: &[(HeaderName, HeaderValue)],
 ) -> Result<HeaderMap, GatewayError> {
-    let mut h = HeaderMap::with_capacity(5 + extra.len() + p.headers.len());
+    // Room for what each request adds (its clone keeps the table's size).
+    let mut h = HeaderMap::with_capacity(5 + extra.len() + p.headers.len() + PER_REQUEST);
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(
         ACCEPT,
@@ -72,12 +77,9 @@ pub fn request(
     body: Bytes,
     request_id: Option<&HeaderValue>,
 ) -> http::Request<Full<Bytes>> {
-    // Room for the length, the request id and `Host` (added by the HTTP/1.1
-    // pool): a seventh header past a capacity of six regrows the map.
-    let mut headers = HeaderMap::with_capacity(template.len() + 3);
-    for (k, v) in template {
-        headers.insert(k.clone(), v.clone());
-    }
+    // A clone, not the template's headers inserted one by one (each hashed
+    // and placed again); its table has room for [`PER_REQUEST`] more.
+    let mut headers = template.clone();
     headers.insert(CONTENT_LENGTH, number(body.len() as u64));
     if let Some(id) = request_id {
         headers.insert(REQUEST_ID.clone(), id.clone());
@@ -92,6 +94,42 @@ pub fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_adds_its_headers_without_regrowing_the_template() {
+        let extra = [(
+            HeaderName::from_static("x-extra"),
+            HeaderValue::from_static("e"),
+        )];
+        // The bare template (a map of six) and one with the provider's own
+        // headers and a format's extra header.
+        for (headers, extra) in [
+            ("", &extra[..0]),
+            ("\nheaders={\"x-org\"=\"o\"}", &extra[..]),
+        ] {
+            let c = sluice_core::config::parse(
+                &format!("[[providers]]\nname=\"p\"\nkind=\"openai\"{headers}\n"),
+                "t",
+                &|_| None,
+            )
+            .unwrap();
+            let auth = Some((http::header::AUTHORIZATION, "Bearer k".to_owned()));
+            let t = super::headers(&c.providers[0], auth, extra).unwrap();
+            let id = HeaderValue::from_static("req-1");
+            let uri = Uri::from_static("http://u/v1/chat/completions");
+            let mut req = request(&t, uri, Bytes::from_static(b"{}"), Some(&id));
+            let h = req.headers_mut();
+            assert_eq!(h.len(), t.len() + 2);
+            assert_eq!(h[CONTENT_LENGTH], "2");
+            assert_eq!(h[&REQUEST_ID], "req-1");
+            for (k, v) in &t {
+                assert_eq!(h.get(k), Some(v), "{k}");
+            }
+            let cap = h.capacity();
+            h.insert(http::header::HOST, HeaderValue::from_static("u"));
+            assert_eq!(h.capacity(), cap, "Host regrew the map of {}", t.len());
+        }
+    }
 
     #[test]
     fn a_number_header_is_what_http_makes_of_it() {

@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, BodyStream, Full, StreamBody as FrameStream};
 use hyper::body::Frame;
 use sluice_core::route::Admitted;
 use sluice_core::{ErrorKind, GatewayError};
-use sluice_providers::BoxBody;
 use sluice_providers::translate::{self, Delivery, StreamBody, UsageCell, Wire};
+use sluice_providers::{ADDED_HEADERS, BoxBody};
 use tokio::time::timeout_at;
 
 use super::call::{Call, deadline_error};
@@ -24,10 +24,6 @@ use super::watch::{ObservedBody, Watch};
 
 /// Largest non-streamed response converted between formats in memory.
 const CONVERT_LIMIT: usize = 32 << 20;
-
-/// The headers the gateway may add to an upstream's answer: request id,
-/// content type, four `x-ratelimit-*`, `Retry-After`, `x-sluice-attempts`.
-const ADDED_HEADERS: usize = 8;
 
 /// Hands a committed response to the client in the client's format.
 #[allow(clippy::too_many_arguments)]
@@ -42,11 +38,11 @@ pub(crate) async fn deliver(
     adm: Admitted,
 ) -> Response<Body> {
     let status = head.status;
-    // Room for what the gateway adds: sized for the upstream's headers
-    // alone, the map was rebuilt once per answer when the rate-limit
-    // headers were reserved (`HeaderMap::try_grow`, ~2,500 instructions).
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + ADDED_HEADERS);
-    copy_response_headers(&head.headers, &mut headers);
+    // The upstream's map, kept: the lean HTTP/1.1 pool makes it with room
+    // for what the gateway adds, so nothing is copied or rebuilt (sized for
+    // the upstream's headers alone, it was rebuilt once per answer when the
+    // rate-limit headers went in: `HeaderMap::try_grow`, ~2,500 instructions).
+    let mut headers = relayed_headers(head.headers, ADDED_HEADERS);
     let stream = call.peek.stream && status.is_success();
     let delivery = match call.op {
         // Media answers (audio, transcripts, images) go as they come.
@@ -229,27 +225,130 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Relays the upstream's headers except hop-by-hop ones, the length (the body
-/// states its own) and cookies (the upstream's session is not the client's).
-pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+/// Whether an upstream's header stays behind: hop-by-hop ones, the length
+/// (the body states its own) and cookies (the upstream's session is not
+/// the client's).
+fn not_relayed(name: &http::HeaderName) -> bool {
     use http::header::{
         CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
         UPGRADE,
     };
+    name == CONNECTION
+        || name == CONTENT_LENGTH
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == SET_COOKIE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+/// Relays the upstream's headers except those [`not_relayed`] keeps back.
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     to.reserve(from.len());
     for (name, value) in from {
-        let skip = name == CONNECTION
-            || name == CONTENT_LENGTH
-            || name == TRANSFER_ENCODING
-            || name == TE
-            || name == TRAILER
-            || name == UPGRADE
-            || name == PROXY_AUTHENTICATE
-            || name == SET_COOKIE
-            || name == "keep-alive"
-            || name == "proxy-connection";
-        if !skip {
+        if !not_relayed(name) {
             to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The upstream's headers as [`copy_response_headers`] relays them, in the
+/// upstream's own map, with room for `room` more. (A removal moves the
+/// map's last header into its place; headers of different names carry no
+/// order, and the values of one name keep theirs.)
+pub(crate) fn relayed_headers(mut map: HeaderMap, room: usize) -> HeaderMap {
+    // Names are looked for first: most answers have two or three to drop,
+    // and each removal is a lookup of its own.
+    let mut drop: [Option<http::HeaderName>; 4] = Default::default();
+    for (n, name) in map.keys().filter(|k| not_relayed(k)).enumerate() {
+        let Some(slot) = drop.get_mut(n) else {
+            // Unusually many: the plain copy.
+            let mut out = HeaderMap::with_capacity(map.len() + room);
+            copy_response_headers(&map, &mut out);
+            return out;
+        };
+        *slot = Some(name.clone());
+    }
+    // From the last: names found near the end (as `connection` and
+    // `content-length` usually are) move nothing.
+    for name in drop.into_iter().rev().flatten() {
+        map.remove(name);
+    }
+    map.reserve(room);
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    /// Each name with its values in order, names sorted: what a client
+    /// sees of a header map.
+    fn seen(map: &HeaderMap) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = map
+            .keys()
+            .map(|k| {
+                let values = map.get_all(k).iter();
+                let values = values.map(|v| v.to_str().unwrap().to_owned()).collect();
+                (k.as_str().to_owned(), values)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn relayed_headers_are_the_copy_with_room_to_add() {
+        let heads: [&[(&str, &str)]; 4] = [
+            &[
+                ("server", "nginx"),
+                ("date", "Sat, 05 Dec 2026 12:00:00 GMT"),
+                ("content-type", "application/json"),
+                ("content-length", "300"),
+                ("connection", "keep-alive"),
+            ],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("x-request-id", "a"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("x-many", "1"),
+                ("keep-alive", "timeout=5"),
+                ("x-many", "2"),
+                ("openai-processing-ms", "12"),
+            ],
+            // More names to drop than looked for at once: the plain copy.
+            &[
+                ("te", "trailers"),
+                ("trailer", "x"),
+                ("upgrade", "h2c"),
+                ("proxy-connection", "close"),
+                ("proxy-authenticate", "Basic"),
+                ("x-kept", "yes"),
+                ("connection", "close"),
+            ],
+            &[],
+        ];
+        for head in heads {
+            let mut map = HeaderMap::new();
+            for (k, v) in head {
+                map.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            let mut copied = HeaderMap::new();
+            copy_response_headers(&map, &mut copied);
+            let relayed = relayed_headers(map, ADDED_HEADERS);
+            assert_eq!(seen(&relayed), seen(&copied), "{head:?}");
+            assert!(relayed.keys().all(|k| !not_relayed(k)));
+            // What the gateway adds goes in without the map regrowing.
+            let cap = relayed.capacity();
+            assert!(
+                cap >= relayed.len() + ADDED_HEADERS,
+                "{head:?}: room for {cap}"
+            );
         }
     }
 }
