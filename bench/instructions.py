@@ -83,6 +83,7 @@ def measure(procs, work, up, i, binary, args, payload):
     conf = work / f"ir{i}.toml"
     conf.write_text(proxy.sluice_conf(work, port, admin, up, prod=args.prod))
     out = Path(args.keep or work) / f"cg.{i}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     p = procs.start(f"ir{i}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                "--instr-atstart=no", binary, "serve", "--config", str(conf)],
                     "0", {**os.environ, "SLUICE_LOG": "warn", "SLUICE_AUDIT_KEY": proxy.AUDIT_KEY})

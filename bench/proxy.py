@@ -93,10 +93,14 @@ def wait_port(port, proc):
     sys.exit(f"port {port} never opened")
 
 
-def ticks(pid):
+def user_sys_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def ticks(pid):
+    return sum(user_sys_ticks(pid))
 
 
 def hwm_kib(pid):
@@ -287,18 +291,23 @@ class Target:
 def measure(t, up_pid, conns, dur, env, per=1, timeout=5):
     """One wrk run at `conns` against target `t`: rates, latency, CPU."""
     wrk(t.url + env.get("_PATH", t.path), conns, 1, env, timeout)  # warm-up
-    c0, u0, b0 = ticks(t.pid), ticks(up_pid), core_busy()
+    c0, u0, b0 = user_sys_ticks(t.pid), ticks(up_pid), core_busy()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     s = wrk(t.url + env.get("_PATH", t.path), conns, dur, env, timeout)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    c1, u1, b1 = ticks(t.pid), ticks(up_pid), core_busy()
+    c1, u1, b1 = user_sys_ticks(t.pid), ticks(up_pid), core_busy()
     secs = s["duration_us"] / 1e6
-    gw = (c1 - c0) / HZ
+    user, system = ((c1[i] - c0[i]) / HZ for i in (0, 1))
+    gw = user + system
+    each = 1e6 / max(s["requests"] * per, 1)
     return {
         "rps": s["requests"] / secs,
         "p50_ms": s["p50_us"] / 1e3, "p95_ms": s["p95_us"] / 1e3, "p99_ms": s["p99_us"] / 1e3,
         "errors": s["socket_errors"] + s["non2xx"],
-        "cpu_us": gw * 1e6 / max(s["requests"] * per, 1),
+        "cpu_us": gw * each,
+        # Where the CPU goes: the proxy's own code, or the kernel (system
+        # calls, TCP), which costs nginx and Sluice alike.
+        "user_us": user * each, "sys_us": system * each,
         "proxy_share": gw / secs,
         "upstream_share": (u1 - u0) / HZ / secs,
         "wrk_share": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / secs,
@@ -377,8 +386,9 @@ def run_case(results, key, t, up_pid, conns, dur, model, stream=False, timeout=5
     row = measure(t, up_pid, conns, dur, env, TOKENS if stream else 1, timeout)
     results.setdefault(key, []).append(row)
     print(f"  {key}: {row['rps']:.0f}/s p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} ms, "
-          f"{row['cpu_us']:.2f} µs CPU each, proxy {row['proxy_share']:.0%} "
-          f"upstream {row['upstream_share']:.0%} wrk {row['wrk_share']:.0%}", flush=True)
+          f"{row['cpu_us']:.2f} µs CPU each ({row['user_us']:.1f} user), "
+          f"proxy {row['proxy_share']:.0%} upstream {row['upstream_share']:.0%} "
+          f"wrk {row['wrk_share']:.0%}", flush=True)
 
 
 def section_chat(args, procs, work, up, up_pid, results, rss):
@@ -442,11 +452,17 @@ def section_cores(args, procs, work, up, up_pid, results):
     procs.stop(p2)
 
 
+def split(row):
+    """User / system µs of a row (rows measured before the split have none)."""
+    return f"{row['user_us']:.1f} / {row['sys_us']:.1f}" if "user_us" in row else ""
+
+
 def table(results, rss):
     med = {k: median_row(v) for k, v in results.items()}
     lines = ["| case | req/s | p50 ms | p95 ms | p99 ms | CPU µs/req (per token for streams) "
-             "| × nginx CPU | × nginx req/s | proxy / upstream / wrk CPU share | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| of it user / system | × nginx CPU | × nginx req/s | proxy / upstream / wrk CPU share "
+             "| note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in med.items():
         kind, name, conns = k.split(" ", 2) if k.count(" ") == 2 else (k, "", "")
         base = med.get(f"{kind} nginx {conns}") if not k.startswith("cores") else None
@@ -455,7 +471,7 @@ def table(results, rss):
         saturate = not (k.startswith("slow") or k.startswith("stream-frames") or k.startswith("cores"))
         lines.append(
             f"| {k} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r['cpu_us']:.2f} | {vs_cpu} | {vs_rps} | {r['proxy_share']:.0%} / "
+            f"| {r['cpu_us']:.2f} | {split(r)} | {vs_cpu} | {vs_rps} | {r['proxy_share']:.0%} / "
             f"{r['upstream_share']:.0%} / {r['wrk_share']:.0%} |{check(k, r, saturate and name != 'direct')} |")
     lines.append("")
     lines.append("peak RSS (VmHWM, MiB; 'anon': peak RssAnon, sampled): "
