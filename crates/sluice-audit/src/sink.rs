@@ -471,6 +471,44 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// Events that keep coming over several lingers (each batch written at
+    /// its linger's end or when full, the next one begun) are all written,
+    /// in order.
+    #[tokio::test]
+    async fn events_arriving_while_a_batch_lingers_are_all_written_in_order() {
+        let d = tmp("linger");
+        let p = d.join("a.jsonl");
+        let spill = Arc::new(Spill::new(d.join("buf.jsonl")));
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(run(
+            rx,
+            file_sink(&p, 1 << 20),
+            spill,
+            Duration::from_millis(20),
+            Counts::default(),
+        ));
+        let started = std::time::Instant::now();
+        for i in 0..1200 {
+            tx.send(Msg::Event(format!("{{\"i\":{i}}}"))).await.unwrap();
+            if i % 100 == 99 {
+                // Several lingers' worth of time, events arriving in each.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let (a, done) = oneshot::channel();
+        tx.send(Msg::Flush(a)).await.unwrap();
+        done.await.unwrap();
+        let got = std::fs::read_to_string(&p).unwrap();
+        let want: String = (0..1200).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+        assert_eq!(got, want);
+        assert!(
+            started.elapsed() >= 2 * LINGER,
+            "the sends took at least two lingers"
+        );
+        drop(tx);
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn outage_buffers_then_replays_in_order() {
         let d = tmp("outage");

@@ -124,7 +124,7 @@ impl H1Pool {
     ) -> Result<http::Response<UpstreamBody>, GatewayError> {
         let (parts, body) = req.into_parts();
         let body = whole(body);
-        let mut wire = Vec::with_capacity(
+        let mut wire = spare::take(
             512 + parts.headers.len() * 64
                 + if body.len() <= JOINED_BODY {
                     body.len()
@@ -159,7 +159,7 @@ impl H1Pool {
                 c
             }
         };
-        drop(wire);
+        spare::give(wire);
         let head = read_head(&mut conn, &method).await?;
         let (head_parts, ()) = head.response.into_parts();
         let mut body = LeanBody {
@@ -285,6 +285,58 @@ fn whole(mut body: Full<Bytes>) -> Bytes {
     match Pin::new(&mut body).poll_frame(&mut cx) {
         Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         _ => Bytes::new(),
+    }
+}
+
+/// The buffer a request's head (and a small body) is written into, kept
+/// by the thread between requests: a chat request's ~2 KiB is past the
+/// allocator's per-thread cache, so a fresh one cost a trip through its
+/// bins (and their consolidation under load) and a free, every request.
+mod spare {
+    use std::cell::Cell;
+
+    /// A larger buffer is not kept (a request with a big body joined).
+    const KEEP: usize = 64 * 1024;
+
+    thread_local! {
+        static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for `cap` bytes: the thread's spare one
+    /// when it has it (another request may hold it across its write).
+    pub(super) fn take(cap: usize) -> Vec<u8> {
+        let mut v = SPARE.with(Cell::take);
+        v.clear();
+        v.reserve(cap);
+        v
+    }
+
+    /// Hands `v` back for the thread's next request.
+    pub(super) fn give(v: Vec<u8>) {
+        if v.capacity() <= KEEP {
+            SPARE.with(|s| s.set(v));
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_spare_is_reused_empty_and_a_big_one_is_not_kept() {
+            let mut v = super::take(2048);
+            v.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let at = v.as_ptr();
+            super::give(v);
+            let again = super::take(100);
+            assert!(again.is_empty() && again.capacity() >= 2048);
+            assert_eq!(again.as_ptr(), at, "the spare was not reused");
+            // Taken: another request meanwhile gets its own.
+            let other = super::take(10);
+            assert_ne!(other.as_ptr(), at);
+            super::give(again);
+            super::give(Vec::with_capacity(super::KEEP + 1));
+            let kept = super::take(1);
+            assert_eq!(kept.as_ptr(), at, "a big buffer replaced the spare");
+        }
     }
 }
 
