@@ -16,6 +16,10 @@ virtual key); `--keep DIR` keeps the callgrind files there for
 `openai` SDK sends (with `Accept-Encoding: gzip, deflate`). The count repeats to a fraction of a
 percent whatever else the machine does, so it shows changes smaller than the
 wall-clock noise of bench/proxy.py. Kernel time is not counted.
+
+The word `nginx` in place of a binary measures bench/proxy.py's nginx
+`proxy_pass` (one process: `master_process off`) the same way, bare
+configuration only: the baseline the gateway's user-space work compares to.
 """
 import argparse
 import glob
@@ -59,18 +63,18 @@ SDK_HEADERS = {**HEADERS, "accept-encoding": "gzip, deflate", "accept": "applica
                "x-stainless-retry-count": "0", "x-stainless-read-timeout": "600"}
 
 
-def load(port, n, payload, headers):
+def load(port, n, payload, headers, path):
     c = http.client.HTTPConnection("127.0.0.1", port)
     for _ in range(n):
-        c.request("POST", "/v1/chat/completions", payload, headers)
+        c.request("POST", path, payload, headers)
         r = c.getresponse()
         r.read()
         if r.status != 200:
             raise SystemExit(f"status {r.status}")
 
 
-def burst(port, n, payload, headers=HEADERS):
-    threads = [threading.Thread(target=load, args=(port, n, payload, headers))
+def burst(port, n, payload, headers=HEADERS, path="/v1/chat/completions"):
+    threads = [threading.Thread(target=load, args=(port, n, payload, headers, path))
                for _ in range(CONNECTIONS)]
     for t in threads:
         t.start()
@@ -80,12 +84,21 @@ def burst(port, n, payload, headers=HEADERS):
 
 def measure(procs, work, up, i, binary, args, payload):
     port, admin = proxy.free_port(), proxy.free_port()
-    conf = work / f"ir{i}.toml"
-    conf.write_text(proxy.sluice_conf(work, port, admin, up, prod=args.prod))
+    if binary == "nginx":
+        if args.prod:
+            sys.exit("nginx has no production-shaped configuration")
+        conf = work / f"ir{i}.conf"
+        conf.write_text(proxy.nginx_proxy_conf(work, port, up, f"ir{i}")
+                        .replace("master_process on;", "master_process off;"))
+        served = ["nginx", "-c", str(conf)]
+    else:
+        conf = work / f"ir{i}.toml"
+        conf.write_text(proxy.sluice_conf(work, port, admin, up, prod=args.prod))
+        served = [binary, "serve", "--config", str(conf)]
     out = Path(args.keep or work) / f"cg.{i}"
     out.parent.mkdir(parents=True, exist_ok=True)
     p = procs.start(f"ir{i}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                               "--instr-atstart=no", binary, "serve", "--config", str(conf)],
+                               "--instr-atstart=no", *served],
                     "0", {**os.environ, "SLUICE_LOG": "warn", "SLUICE_AUDIT_KEY": proxy.AUDIT_KEY})
     for _ in range(600):
         try:
@@ -94,9 +107,12 @@ def measure(procs, work, up, i, binary, args, payload):
         except OSError:
             time.sleep(0.1)
     headers = SDK_HEADERS if args.sdk else HEADERS
-    burst(port, 30, payload, headers)
+    # nginx forwards the path as it is; Sluice routes by the body's model.
+    path = proxy.path_for(proxy.Target("nginx" if binary == "nginx" else "sluice", "", 0),
+                          args.model)
+    burst(port, 30, payload, headers, path)
     subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
-    burst(port, args.n, payload, headers)
+    burst(port, args.n, payload, headers, path)
     subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
     time.sleep(1)
     procs.stop(p)
