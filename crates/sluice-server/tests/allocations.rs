@@ -1,0 +1,141 @@
+//! Allocations per proxied request, counted by a counting global allocator:
+//! the path `bench/proxy.py` measures (a keep-alive HTTP/1.1 client, the
+//! gateway's own listener, its HTTP/1.1 upstream pool) against a static
+//! upstream, all in this process. The client and the upstream are plain
+//! threads that reuse their buffers and allocate nothing per request, so
+//! what is counted is the gateway's. A budget a little over today's count
+//! catches a change that adds allocations to every request; raise it only
+//! with a reason.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// The body the upstream answers every request with.
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1767225600,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
+
+/// Allocations a proxied chat request may make (measured: 18.0 on
+/// 2026-12-05 at `91aad30`, in the test profile CI builds).
+const BUDGET: f64 = 21.0;
+
+/// Where `needle` starts in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of one HTTP/1.1 message at the start of `buf` (head and a
+/// `content-length` body), once all of it is there.
+fn message_len(buf: &[u8]) -> Option<usize> {
+    let head = find(buf, b"\r\n\r\n")? + 4;
+    let at = find(&buf[..head], b"content-length: ")? + 16;
+    let digits = buf[at..head].iter().take_while(|b| b.is_ascii_digit());
+    let body = digits.fold(0, |n, d| n * 10 + usize::from(d - b'0'));
+    (buf.len() >= head + body).then_some(head + body)
+}
+
+/// Reads one message into `buf` (fixed size, reused) and drops it.
+fn read_message(s: &mut TcpStream, buf: &mut [u8], have: &mut usize) -> bool {
+    loop {
+        if let Some(n) = message_len(&buf[..*have]) {
+            buf.copy_within(n..*have, 0);
+            *have -= n;
+            return true;
+        }
+        match s.read(&mut buf[*have..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => *have += n,
+        }
+    }
+}
+
+/// A static upstream; also how many connections it has taken (the gateway
+/// should keep one: a connection per request would count the upstream's
+/// own allocations).
+fn static_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = l.local_addr().expect("an address");
+    let answer: Arc<[u8]> = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}",
+        ANSWER.len()
+    )
+    .into_bytes()
+    .into();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let taken = conns.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            taken.fetch_add(1, Ordering::Relaxed);
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let (mut s, mut buf, mut have) = (s, vec![0u8; 64 * 1024], 0);
+                while read_message(&mut s, &mut buf, &mut have) {
+                    if s.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[test]
+fn a_proxied_chat_request_stays_within_its_allocation_budget() {
+    let (up, upstream_conns) = static_upstream();
+    let config = format!(
+        "[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"http://{up}/v1\"\n\
+         api_key = \"sk-up\"\n[[models]]\nname = \"m\"\n\
+         targets = [{{ provider = \"up\", model = \"m\" }}]\n"
+    );
+    let gw = sluice_server::embed::Gateway::new(Some(&config)).expect("a gateway");
+    let (api, _) = gw.serve("127.0.0.1:0", None).expect("serving");
+    let body = br#"{"model":"m","messages":[{"role":"user","content":"Summarise the incident in two lines."}],"max_tokens":64}"#;
+    let mut request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {api}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let mut client = TcpStream::connect(api).expect("connected");
+    client.set_nodelay(true).expect("nodelay");
+    let (mut buf, mut have) = (vec![0u8; 64 * 1024], 0);
+    let mut exchange = |n: usize| {
+        for _ in 0..n {
+            client.write_all(&request).expect("sent");
+            assert!(read_message(&mut client, &mut buf, &mut have), "an answer");
+            assert!(buf.starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..40]);
+        }
+    };
+    // Warm: the upstream connection pooled, lazy tables built.
+    exchange(200);
+    let n = 1000;
+    let region = Region::new(GLOBAL);
+    exchange(n);
+    let stats = region.change();
+    assert_eq!(
+        upstream_conns.load(Ordering::Relaxed),
+        1,
+        "the upstream connection was not kept"
+    );
+    let per = stats.allocations as f64 / n as f64;
+    let bytes = stats.bytes_allocated as f64 / n as f64;
+    let re = stats.reallocations as f64 / n as f64;
+    println!("{per:.1} allocations ({bytes:.0} bytes), {re:.1} reallocations per request");
+    assert!(
+        per <= BUDGET,
+        "{per:.1} allocations per request, over the budget of {BUDGET}"
+    );
+    // Every request allocates: the count is real, not a miss of the hook.
+    assert!(
+        per >= 5.0,
+        "{per:.1} allocations per request: the counter missed them"
+    );
+    gw.stop();
+}
