@@ -207,7 +207,10 @@ impl H1Pool {
             return;
         }
         // An idle connection holds no read buffer (what is left of the
-        // last answer's room, shared with its frames until they are sent).
+        // last answer's room, shared with its frames until they are sent):
+        // the thread keeps the last one, for a next answer to take back
+        // once those frames are gone.
+        spare::give_read(conn.buf);
         let conn = Conn {
             io: conn.io,
             buf: BytesMut::new(),
@@ -295,6 +298,8 @@ fn whole(mut body: Full<Bytes>) -> Bytes {
 mod spare {
     use std::cell::Cell;
 
+    use bytes::BytesMut;
+
     /// A larger buffer is not kept (a request with a big body joined).
     const KEEP: usize = 64 * 1024;
 
@@ -318,8 +323,37 @@ mod spare {
         }
     }
 
+    thread_local! {
+        static READ: Cell<BytesMut> = Cell::new(BytesMut::new());
+    }
+
+    /// An empty read buffer with room for `room` bytes: the last one a
+    /// connection of this thread gave back, when nothing else shares its
+    /// storage any more (its answer's frames are sent) and it is that large;
+    /// otherwise a new one. A 4 KiB allocation and its free per answer
+    /// otherwise (past the allocator's per-thread cache).
+    pub(super) fn take_read(room: usize) -> BytesMut {
+        let mut b = READ.with(Cell::take);
+        if b.is_empty() && b.try_reclaim(room) {
+            return b;
+        }
+        BytesMut::with_capacity(room)
+    }
+
+    /// Keeps `b` (a pooled connection's read buffer, maybe still shared
+    /// with frames on their way to a client) for [`take_read`]; the one
+    /// kept before is let go. (Its storage is at most what a body's reads
+    /// grow to, `MAX_READ` and change.)
+    pub(super) fn give_read(b: BytesMut) {
+        if b.is_empty() {
+            READ.with(|s| s.set(b));
+        }
+    }
+
     #[cfg(test)]
     mod tests {
+        use bytes::{Bytes, BytesMut};
+
         #[test]
         fn the_spare_is_reused_empty_and_a_big_one_is_not_kept() {
             let mut v = super::take(2048);
@@ -336,6 +370,40 @@ mod spare {
             super::give(Vec::with_capacity(super::KEEP + 1));
             let kept = super::take(1);
             assert_eq!(kept.as_ptr(), at, "a big buffer replaced the spare");
+        }
+
+        /// An answer's buffer, with `frame` still sharing it.
+        fn answered() -> (BytesMut, Bytes, *const u8) {
+            let mut b = BytesMut::with_capacity(4096);
+            b.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            let at = b.as_ptr();
+            let frame = b.split().freeze();
+            (b, frame, at)
+        }
+
+        #[test]
+        fn a_read_buffer_is_taken_back_once_its_frames_are_gone() {
+            let (b, frame, at) = answered();
+            super::give_read(b);
+            drop(frame);
+            let back = super::take_read(4096);
+            assert_eq!(back.as_ptr(), at, "not taken back");
+            assert!(back.is_empty() && back.capacity() >= 4096);
+            // Still shared: a new one (and the shared one let go).
+            let (b, frame, at) = answered();
+            super::give_read(b);
+            let new = super::take_read(4096);
+            assert_ne!(new.as_ptr(), at);
+            assert!(new.capacity() >= 4096);
+            assert_eq!(
+                &frame[..],
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            );
+            // Too small to take back: a new one of the size asked.
+            let (b, frame, _) = answered();
+            super::give_read(b);
+            drop(frame);
+            assert!(super::take_read(8192).capacity() >= 8192);
         }
     }
 }
@@ -365,7 +433,9 @@ async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Hea
         let read = if conn.buf.is_empty() {
             match conn.io.readable().await {
                 Ok(()) => {
-                    conn.buf.reserve(HEAD_ROOM);
+                    if conn.buf.capacity() < HEAD_ROOM {
+                        conn.buf = spare::take_read(HEAD_ROOM);
+                    }
                     conn.io.try_read_buf(&mut conn.buf)
                 }
                 Err(e) => Err(e),

@@ -20,9 +20,10 @@ static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 /// The body the upstream answers every request with.
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1767225600,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
 
-/// Allocations a proxied chat request may make (measured: 18.0 on
-/// 2026-12-05 at `91aad30`, in the test profile CI builds).
-const BUDGET: f64 = 21.0;
+/// Allocations a proxied chat request may make (measured in the test
+/// profile CI builds, 2026-12-05: 18.0 at `a18a3e3`, 16.0 once the pool
+/// took its read buffers back).
+const BUDGET: f64 = 19.0;
 
 /// Where `needle` starts in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
