@@ -157,6 +157,7 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
     let head = buf.split_to(len).freeze();
     // With room for what a gateway adds before relaying the answer.
     let mut map = HeaderMap::with_capacity(n + crate::ADDED_HEADERS);
+    let mut noted = Noted::default();
     for &[ns, ne, vs, ve] in &at[..n] {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = crate::header_names::header_name(&head[ns..ne]).map_err(|_| {
@@ -167,10 +168,11 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
         })?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| format!("bad value for header {name}"))?;
+        noted.note(&name, &value);
         map.append(name, value);
     }
-    let (framing, framed_apart) = framing(&map, method, status)?;
-    let keep_alive = !framed_apart && reusable(&map, version);
+    let (framing, framed_apart) = framing(&map, method, status, &noted)?;
+    let keep_alive = !framed_apart && reusable(version, &noted);
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -182,12 +184,70 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
     }))
 }
 
+/// What an answer's framing and reuse depend on, noted as its headers are
+/// read, so that the common answer (one length, perhaps `connection:
+/// keep-alive`) is judged without looking names up in the map again.
+#[derive(Default)]
+struct Noted {
+    transfer_encoding: bool,
+    connection: bool,
+    /// A `connection` value (of visible ASCII) has this token.
+    close: bool,
+    keep_alive: bool,
+    length_given: bool,
+    /// The length every `content-length` agrees on so far.
+    length: Option<u64>,
+    /// The first thing wrong with the lengths, in header order.
+    bad_length: Option<&'static str>,
+}
+
+impl Noted {
+    fn note(&mut self, name: &http::HeaderName, value: &HeaderValue) {
+        if name == CONTENT_LENGTH {
+            self.length_given = true;
+            if self.bad_length.is_none() {
+                self.bad_length = self.add_length(value.as_bytes()).err();
+            }
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == CONNECTION {
+            self.connection = true;
+            // Tokens compared as bytes (`str` splitting and Unicode
+            // trimming cost ~470 instructions for one `keep-alive`); a
+            // value that is not visible ASCII is passed over, as it was
+            // when values were read as `str`.
+            if value.to_str().is_ok() {
+                for token in value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                {
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+        }
+    }
+
+    fn add_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        for part in value.split(|&b| b == b',') {
+            let n = content_length(part.trim_ascii()).ok_or("invalid content-length")?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err("content-lengths that disagree");
+            }
+            self.length = Some(n);
+        }
+        Ok(())
+    }
+}
+
 /// The body's framing, and whether it makes the connection unfit for reuse
 /// (a body that ends at the close, or both a transfer coding and a length).
 fn framing(
     map: &HeaderMap,
     method: &Method,
     status: StatusCode,
+    noted: &Noted,
 ) -> Result<(Framing, bool), String> {
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -195,7 +255,7 @@ fn framing(
     {
         return Ok((Framing::Sized(0), false));
     }
-    if map.contains_key(TRANSFER_ENCODING) {
+    if noted.transfer_encoding {
         let last = map
             .get_all(TRANSFER_ENCODING)
             .iter()
@@ -204,24 +264,16 @@ fn framing(
             .map(str::trim)
             .rfind(|t| !t.is_empty());
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        let also_length = map.contains_key(CONTENT_LENGTH);
         return Ok(if chunked {
-            (Framing::Chunked(Chunk::Size), also_length)
+            (Framing::Chunked(Chunk::Size), noted.length_given)
         } else {
             (Framing::Close, true)
         });
     }
-    let mut length: Option<u64> = None;
-    for v in map.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = content_length(part.trim_ascii()).ok_or("invalid content-length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("content-lengths that disagree".into());
-            }
-            length = Some(n);
-        }
+    if let Some(why) = noted.bad_length {
+        return Err(why.into());
     }
-    Ok(match length {
+    Ok(match noted.length {
         Some(n) => (Framing::Sized(n), false),
         None => (Framing::Close, true),
     })
@@ -239,21 +291,14 @@ pub fn content_length(s: &[u8]) -> Option<u64> {
     })
 }
 
-fn reusable(map: &HeaderMap, version: Version) -> bool {
-    if !map.contains_key(CONNECTION) {
+fn reusable(version: Version, noted: &Noted) -> bool {
+    if !noted.connection {
         return version == Version::HTTP_11;
     }
-    let has = |token: &str| {
-        map.get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     if version == Version::HTTP_10 {
-        has("keep-alive") && !has("close")
+        noted.keep_alive && !noted.close
     } else {
-        !has("close")
+        !noted.close
     }
 }
 

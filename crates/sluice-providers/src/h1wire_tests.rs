@@ -252,3 +252,111 @@ fn content_lengths_are_digits_within_u64() {
         );
     }
 }
+
+/// The framing and reuse rules as they were written before the headers
+/// were noted while read (each name looked up in the map afterwards): the
+/// reference the noted judgement is held to.
+fn judged_by_lookups(head: &Head, method: &Method) -> Result<(Framing, bool), String> {
+    let map = head.response.headers();
+    let status = head.response.status();
+    let tokens = |name, token: &str| {
+        map.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let reusable = if !map.contains_key(CONNECTION) {
+        head.response.version() == http::Version::HTTP_11
+    } else if head.response.version() == http::Version::HTTP_10 {
+        tokens(CONNECTION, "keep-alive") && !tokens(CONNECTION, "close")
+    } else {
+        !tokens(CONNECTION, "close")
+    };
+    let (framing, apart) = if method == Method::HEAD || status == 204 || status == 304 {
+        (Framing::Sized(0), false)
+    } else if map.contains_key(TRANSFER_ENCODING) {
+        let last = map
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            (
+                Framing::Chunked(Chunk::Size),
+                map.contains_key(CONTENT_LENGTH),
+            )
+        } else {
+            (Framing::Close, true)
+        }
+    } else {
+        let mut length: Option<u64> = None;
+        for v in map.get_all(CONTENT_LENGTH) {
+            for part in v.as_bytes().split(|&b| b == b',') {
+                let n = content_length(part.trim_ascii()).ok_or("invalid content-length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("content-lengths that disagree".into());
+                }
+                length = Some(n);
+            }
+        }
+        match length {
+            Some(n) => (Framing::Sized(n), false),
+            None => (Framing::Close, true),
+        }
+    };
+    Ok((framing, !apart && reusable))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+    /// Heads made of the headers that decide framing and reuse, in any
+    /// number and order, are judged as the map lookups judged them: the
+    /// framing, the reuse and the words of a refusal.
+    #[test]
+    fn noted_headers_judge_as_lookups_did(
+        version in proptest::sample::select(&["1.0", "1.1"][..]),
+        status in proptest::sample::select(&[200u16, 204, 304, 404][..]),
+        head_request in proptest::bool::ANY,
+        lines in proptest::collection::vec(proptest::sample::select(&[
+            "content-length: 5", "content-length: 7", "Content-Length: 5, 5",
+            "content-length: +5", "content-length: ", "transfer-encoding: chunked",
+            "Transfer-Encoding: gzip", "transfer-encoding: gzip, chunked", "connection: keep-alive",
+            "Connection: close", "connection: Keep-Alive, Upgrade", "connection: x, CLOSE ",
+            "connection: \t", "x-other: close", "server: nginx",
+        ][..]), 0..6),
+    ) {
+        let method = if head_request { Method::HEAD } else { Method::POST };
+        let text: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+        let text = format!("HTTP/{version} {status} X\r\n{text}\r\n");
+        let mut buf = BytesMut::from(text.as_bytes());
+        match parse_one::<FEW_HEADERS>(&mut buf, &method) {
+            Ok(Parsed::Final(head)) => proptest::prop_assert_eq!(
+                Ok((head.framing, head.keep_alive)),
+                judged_by_lookups(&head, &method),
+                "{}", text
+            ),
+            Err(Refused::Bad(why)) => {
+                // Refused: the lookups refuse it in the same words (the
+                // head is read again into a map without the judgement).
+                let mut map = HeaderMap::new();
+                for l in &lines {
+                    let (n, v) = l.split_once(':').expect("test lines have a colon");
+                    map.append(
+                        http::HeaderName::from_bytes(n.as_bytes()).expect("test name"),
+                        HeaderValue::from_str(v.trim()).expect("test value"),
+                    );
+                }
+                let mut response = http::Response::new(());
+                *response.status_mut() = StatusCode::from_u16(status).expect("test status");
+                *response.headers_mut() = map;
+                let head = Head { response, framing: Framing::Close, keep_alive: false };
+                proptest::prop_assert_eq!(Err(why), judged_by_lookups(&head, &method), "{}", text);
+            }
+            _ => proptest::prop_assert!(false, "not parsed whole: {}", text),
+        }
+    }
+}

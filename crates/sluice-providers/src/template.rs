@@ -15,8 +15,10 @@ use sluice_core::{ErrorKind, GatewayError};
 pub const UA: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Headers each request adds to the template's: the length, the request id
-/// and `Host` (added by the HTTP/1.1 pool).
+/// Room in the template's index table for headers a request may add to
+/// its own: `traceparent` and `tracestate` (the trace's) and `Host`. (Its
+/// entries are cloned at their exact length all the same: what is added
+/// on every request has a placeholder instead.)
 const PER_REQUEST: usize = 3;
 
 /// The "provider 'x': … is not valid" error for a bad configuration value.
@@ -35,8 +37,7 @@ pub fn headers(
     auth: Option<(HeaderName, String)>,
     extra: &[(HeaderName, HeaderValue)],
 ) -> Result<HeaderMap, GatewayError> {
-    // Room for what each request adds (its clone keeps the table's size).
-    let mut h = HeaderMap::with_capacity(5 + extra.len() + p.headers.len() + PER_REQUEST);
+    let mut h = HeaderMap::with_capacity(7 + extra.len() + p.headers.len() + PER_REQUEST);
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(
         ACCEPT,
@@ -59,6 +60,9 @@ pub fn headers(
         v.set_sensitive(true);
         h.insert(n, v);
     }
+    // Placeholders each request's own values replace (see [`request`]).
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    h.insert(REQUEST_ID.clone(), HeaderValue::from_static(""));
     Ok(h)
 }
 
@@ -78,12 +82,15 @@ pub fn request(
     request_id: Option<&HeaderValue>,
 ) -> http::Request<Full<Bytes>> {
     // A clone, not the template's headers inserted one by one (each hashed
-    // and placed again); its table has room for [`PER_REQUEST`] more.
+    // and placed again). A map's clone has its entries at their exact
+    // length, so the length and the id replace the template's placeholders
+    // in place: a header added would regrow the entries on every request.
     let mut headers = template.clone();
     headers.insert(CONTENT_LENGTH, number(body.len() as u64));
-    if let Some(id) = request_id {
-        headers.insert(REQUEST_ID.clone(), id.clone());
-    }
+    match request_id {
+        Some(id) => headers.insert(REQUEST_ID.clone(), id.clone()),
+        None => headers.remove(&REQUEST_ID),
+    };
     let mut req = http::Request::new(Full::new(body));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
@@ -96,13 +103,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_adds_its_headers_without_regrowing_the_template() {
+    fn a_request_fills_the_templates_placeholders() {
         let extra = [(
             HeaderName::from_static("x-extra"),
             HeaderValue::from_static("e"),
         )];
-        // The bare template (a map of six) and one with the provider's own
-        // headers and a format's extra header.
+        // The bare template and one with the provider's own headers and a
+        // format's extra header.
         for (headers, extra) in [
             ("", &extra[..0]),
             ("\nheaders={\"x-org\"=\"o\"}", &extra[..]),
@@ -117,17 +124,30 @@ mod tests {
             let t = super::headers(&c.providers[0], auth, extra).unwrap();
             let id = HeaderValue::from_static("req-1");
             let uri = Uri::from_static("http://u/v1/chat/completions");
-            let mut req = request(&t, uri, Bytes::from_static(b"{}"), Some(&id));
-            let h = req.headers_mut();
-            assert_eq!(h.len(), t.len() + 2);
+            let req = request(&t, uri.clone(), Bytes::from_static(b"{}"), Some(&id));
+            let h = req.headers();
+            // Every header once: the placeholders replaced, not added to.
+            assert_eq!(h.len(), t.len());
+            assert_eq!(h.keys_len(), h.len());
             assert_eq!(h[CONTENT_LENGTH], "2");
             assert_eq!(h[&REQUEST_ID], "req-1");
             for (k, v) in &t {
-                assert_eq!(h.get(k), Some(v), "{k}");
+                if k != CONTENT_LENGTH && k != REQUEST_ID {
+                    assert_eq!(h.get(k), Some(v), "{k}");
+                }
             }
+            // Without an id the placeholder goes: no empty header is sent.
+            let req = request(&t, uri, Bytes::new(), None);
+            assert_eq!(req.headers().len(), t.len() - 1);
+            assert!(!req.headers().contains_key(&REQUEST_ID));
+            assert_eq!(req.headers()[CONTENT_LENGTH], "0");
+            // Room in the index table for the trace's headers and `Host`.
+            let mut h = req.headers().clone();
             let cap = h.capacity();
             h.insert(http::header::HOST, HeaderValue::from_static("u"));
-            assert_eq!(h.capacity(), cap, "Host regrew the map of {}", t.len());
+            h.insert("traceparent", HeaderValue::from_static("00-1-2-01"));
+            h.insert("tracestate", HeaderValue::from_static("a=b"));
+            assert_eq!(h.capacity(), cap, "the index table of {} regrew", t.len());
         }
     }
 

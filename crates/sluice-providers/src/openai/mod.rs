@@ -196,10 +196,9 @@ impl UsageTail {
     /// once each), from the tail: what a trace reports as
     /// `gen_ai.response.model` and `gen_ai.response.finish_reasons`.
     pub fn response_meta(&self) -> (Option<String>, Vec<String>) {
-        use memchr::memmem::{Finder, FinderRev};
+        use memchr::memmem::Finder;
         use std::sync::LazyLock;
         // Built once: a finder costs more to make than to run on a tail.
-        static MODEL: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"model\""));
         static REASONS: LazyLock<[Finder<'static>; 2]> = LazyLock::new(|| {
             [
                 Finder::new(b"\"finish_reason\""),
@@ -207,7 +206,7 @@ impl UsageTail {
             ]
         });
         self.with_bytes(|b| {
-            let model = rfind_string(b, &MODEL);
+            let model = rfind_string(b, b"\"model\"");
             let mut reasons: Vec<String> = Vec::new();
             for key in REASONS.iter() {
                 for i in key.find_iter(b) {
@@ -237,11 +236,28 @@ fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     joined
 }
 
+/// Where the last `key` (a quoted JSON key, two bytes or more) in `hay`
+/// starts: `memrchr` to each earlier byte like the key's second, then a
+/// compare. The keys looked for sit near the end of a tail, so this costs
+/// a few dozen instructions where `memmem::FinderRev` (a two-way search, a
+/// byte at a time backwards) cost ~500.
+fn rfind(hay: &[u8], key: &[u8]) -> Option<usize> {
+    let mut end = hay.len();
+    while let Some(j) = memchr::memrchr(key[1], &hay[..end]) {
+        let i = j.checked_sub(1)?;
+        if hay[i..].starts_with(key) {
+            return Some(i);
+        }
+        end = j;
+    }
+    None
+}
+
 /// The string value after the last occurrence of `key` that has one.
-fn rfind_string(bytes: &[u8], finder: &memchr::memmem::FinderRev<'_>) -> Option<String> {
+fn rfind_string(bytes: &[u8], key: &[u8]) -> Option<String> {
     let mut end = bytes.len();
-    while let Some(i) = finder.rfind(&bytes[..end]) {
-        if let Some(s) = string_at(&bytes[i + finder.needle().len()..]) {
+    while let Some(i) = rfind(&bytes[..end], key) {
+        if let Some(s) = string_at(&bytes[i + key.len()..]) {
             return Some(s);
         }
         end = i;
@@ -262,10 +278,8 @@ fn string_at(after_key: &[u8]) -> Option<String> {
 }
 
 fn find_usage(bytes: &[u8]) -> Option<Usage> {
-    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"usage\""));
     let mut end = bytes.len();
-    while let Some(i) = FINDER.rfind(&bytes[..end]) {
+    while let Some(i) = rfind(&bytes[..end], b"\"usage\"") {
         if let Some(u) = parse_usage_at(&bytes[i + 7..]) {
             return Some(u);
         }
@@ -288,6 +302,21 @@ fn parse_usage_at(after_key: &[u8]) -> Option<Usage> {
 mod tests {
     use super::*;
     use http::Method;
+
+    const RFIND_KEYS: &[&[u8]] = &[b"\"usage\"", b"\"u", b"ee", b"\"\""];
+
+    proptest::proptest! {
+        /// `rfind` finds what a reverse `memmem` search finds, in text
+        /// made of the key's own bytes (overlaps, near misses, a key cut
+        /// at either end).
+        #[test]
+        fn rfind_is_a_reverse_search(
+            hay in proptest::collection::vec(proptest::sample::select(&b"\"usage:{}"[..]), 0..64),
+            key in proptest::sample::select(RFIND_KEYS),
+        ) {
+            proptest::prop_assert_eq!(rfind(&hay, key), memchr::memmem::rfind(&hay, key));
+        }
+    }
 
     #[test]
     fn response_meta_from_the_tail() {
