@@ -477,7 +477,9 @@ async fn read_intake(
 /// The responses whose output items an `item_reference` input names
 /// (item ids carry their response's id: `msg_<hex>`, `fc_<hex>_N`).
 fn referenced_responses(body: &[u8]) -> Vec<String> {
-    if memchr::memmem::find(body, b"item_reference").is_none() {
+    static REFERENCE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"item_reference"));
+    if REFERENCE.find(body).is_none() {
         return Vec::new();
     }
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();

@@ -169,11 +169,9 @@ impl Recorder {
                 span.float("gen_ai.server.time_to_first_token", at.as_secs_f64());
             }
             if !self.provider.is_empty() {
-                self.app.metrics.record_first_byte(
-                    &self.model,
-                    &self.provider,
-                    self.start.elapsed(),
-                );
+                self.app
+                    .metrics
+                    .record_first_byte(&self.model, &self.provider, at);
             }
         }
     }
@@ -231,14 +229,18 @@ impl RecordState {
         }
         self.accounting
             .settle(self.usage, self.finished && self.status == 200);
-        let elapsed = self.start.elapsed();
+        // One clock read for both spans.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         sluice_core::probes::request_end(
             self.route,
             &self.model,
             self.status,
             elapsed.as_micros() as u64,
         );
-        let upstream = self.upstream_started.map(|t| t.elapsed());
+        let upstream = self
+            .upstream_started
+            .map(|t| now.saturating_duration_since(t));
         m.record_finished(&crate::metrics::GenAi {
             route: self.route,
             model: &self.model,

@@ -85,7 +85,7 @@ impl ObservedBody {
             rec.app().metrics.active_streams.inc();
             rec.app().clone()
         });
-        let mut this = Self {
+        Self {
             inner,
             rec: Some(rec),
             tail,
@@ -103,11 +103,7 @@ impl ObservedBody {
             meta_tail,
             check,
             end_error: None,
-        };
-        if let Some(at) = this.next_wake() {
-            this.timer = Some(Box::pin(tokio::time::sleep_until(at)));
         }
-        this
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -223,19 +219,24 @@ impl ObservedBody {
 
 impl ObservedBody {
     /// Whether the idle or deadline timer has run out; a timer that fired
-    /// early (frames came since it was set) is moved to the next wake.
+    /// early (frames came since it was set) is moved to the next wake. The
+    /// timer is made the first time the upstream keeps the body waiting:
+    /// an answer that is all there when it is sent never needs one.
     fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            let wake = self.next_wake();
-            let Some(timer) = &mut self.timer else {
+            let Some(wake) = self.next_wake() else {
                 return false;
             };
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
             if timer.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            match wake {
-                Some(at) if at > timer.deadline() => timer.as_mut().reset(at),
-                _ => return true,
+            if wake > timer.deadline() {
+                timer.as_mut().reset(wake);
+            } else {
+                return true;
             }
         }
     }
