@@ -96,6 +96,29 @@ fn a_memo_checks_a_token_chunk_from_where_it_differs() {
     for t in ["a", "bc", r"d\u00e9", r#"e\""#, ""] {
         assert!(memo.surely_json_bytes(chunk(t).as_bytes()), "{t}");
     }
+    // A chunk whose content alone changed is judged from the string: the
+    // memo moves to it with its later value starts shifted.
+    let mut memo = Memo::default();
+    assert!(memo.surely_json_bytes(chunk("Hello").as_bytes()));
+    let next = chunk(" world, and more");
+    assert!(memo.one_string_changed(next.as_bytes()));
+    let mut whole = Memo::default();
+    assert!(whole.surely_json_bytes(next.as_bytes()));
+    assert_eq!((&memo.prev, &memo.marks), (&whole.prev, &whole.marks));
+    // The next chunk is judged from the same string, found without a look
+    // for where it differs.
+    let open = memo.changed.expect("the content string").open;
+    assert_eq!(&next[open..open + 3], "\" w");
+    assert!(memo.one_string_changed(chunk("!").as_bytes()));
+    // Not when the string no longer closes where it did, or more changed.
+    for other in [
+        chunk(r#"a"b"#),
+        chunk("a\\"),
+        chunk("x").replace("null}", "nul}"),
+        chunk(r"\u12"),
+    ] {
+        assert!(!memo.one_string_changed(other.as_bytes()), "{other}");
+    }
     // A chunk cut short, or broken after the shared part, is refused.
     assert!(!memo.surely_json_bytes(&chunk("x").as_bytes()[..120]));
     assert!(memo.surely_json_bytes(chunk("x").as_bytes()));
@@ -226,6 +249,12 @@ proptest! {
             let fresh = surely_json_bytes(text.as_bytes());
             prop_assert_eq!(memo.surely_json_bytes(text.as_bytes()), fresh,
                 "{:?} after {:?}", text, prev);
+            // What the memo keeps for the next text is what a check of
+            // this one from the start leaves, whichever way it was judged.
+            let mut whole = Memo::default();
+            whole.surely_json_bytes(text.as_bytes());
+            prop_assert_eq!(&memo.prev, &whole.prev, "{:?} after {:?}", text, prev);
+            prop_assert_eq!(&memo.marks, &whole.marks, "{:?} after {:?}", text, prev);
             prev = text;
         }
     }
