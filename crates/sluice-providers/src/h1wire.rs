@@ -212,16 +212,10 @@ impl Noted {
             self.transfer_encoding = true;
         } else if name == CONNECTION {
             self.connection = true;
-            // Tokens compared as bytes (`str` splitting and Unicode
-            // trimming cost ~470 instructions for one `keep-alive`); a
-            // value that is not visible ASCII is passed over, as it was
+            // A value that is not visible ASCII is passed over, as it was
             // when values were read as `str`.
             if value.to_str().is_ok() {
-                for token in value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                {
+                for token in tokens(value.as_bytes()) {
                     self.close |= token.eq_ignore_ascii_case(b"close");
                     self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
@@ -277,6 +271,14 @@ fn framing(
         Some(n) => (Framing::Sized(n), false),
         None => (Framing::Close, true),
     })
+}
+
+/// The comma-separated tokens of a header value (`connection`), ASCII
+/// whitespace trimmed, compared as bytes: `str` splitting with Unicode
+/// trimming cost ~470 instructions for one `keep-alive`. The lean server
+/// loop and the upstream client both read `connection` with it.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// A `content-length` value: one or more ASCII digits and nothing else

@@ -238,9 +238,10 @@ fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
 
 /// Where the last `key` (a quoted JSON key, two bytes or more) in `hay`
 /// starts: `memrchr` to each earlier byte like the key's second, then a
-/// compare. The keys looked for sit near the end of a tail, so this costs
-/// a few dozen instructions where `memmem::FinderRev` (a two-way search, a
-/// byte at a time backwards) cost ~500.
+/// compare. The keys looked for sit near the end of a tail: with
+/// `memmem::FinderRev` (a two-way search, a byte at a time backwards) the
+/// search alone cost ~550 instructions on the bench's answer, and
+/// `find_usage` went from ~2,130 to ~1,690 with this (callgrind).
 fn rfind(hay: &[u8], key: &[u8]) -> Option<usize> {
     let mut end = hay.len();
     while let Some(j) = memchr::memrchr(key[1], &hay[..end]) {
