@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sluice_core::config::{AuditConfig, AuditDurability, RedisConfig};
 use sluice_core::json;
 use sluice_core::pii::Redactor;
@@ -188,6 +187,7 @@ impl Auditor {
             return None;
         }
         let root = json::object(std::str::from_utf8(body).ok()?).ok()?;
+        let root: Vec<_> = root.into_iter().map(|(k, v)| (k, v.get())).collect();
         Some(self.fields_in(&root))
     }
 
@@ -201,14 +201,14 @@ impl Auditor {
     /// named by [`Auditor::field_heads`]) were read already, e.g. by
     /// `sluice_core::pii::redact_request_json_keeping`: the body is not
     /// parsed again.
-    pub fn fields_in(&self, members: &[(Cow<'_, str>, &RawValue)]) -> Fields {
+    pub fn fields_in(&self, members: &[(Cow<'_, str>, &str)]) -> Fields {
         let mut out = Fields::default();
         let found = self.fields.iter().map(|f| pick::find(members, &f.parts));
         for (f, raw) in self.fields.iter().zip(found) {
             let Some(raw) = raw else { continue };
             let recorded = match (&self.cipher, f.encrypt) {
                 // The picked slice is valid JSON (the parser read it).
-                (Some(c), true) => c.encrypt_raw(&f.path, raw.get()),
+                (Some(c), true) => c.encrypt_raw(&f.path, raw),
                 _ => match self.redacted_raw(raw) {
                     Some(r) => r,
                     None => continue,
@@ -221,18 +221,18 @@ impl Auditor {
 
     /// A recorded field's JSON with PII redacted from every string in it: a
     /// string with nothing found is kept as the client wrote it.
-    fn redacted_raw(&self, raw: &RawValue) -> Option<Box<str>> {
+    fn redacted_raw(&self, raw: &str) -> Option<Box<str>> {
         let Some(r) = &self.redactor else {
-            return Some(raw.get().into());
+            return Some(raw.into());
         };
-        if json::kind(raw) == json::Kind::String {
-            let text = json::text(raw).ok()??;
+        if json::kind_of(raw) == json::Kind::String {
+            let text = json::text_of(raw).ok()??;
             return match r.redact(&text) {
-                Cow::Borrowed(_) => Some(raw.get().into()),
+                Cow::Borrowed(_) => Some(raw.into()),
                 Cow::Owned(o) => serde_json::to_string(&o).ok().map(String::into_boxed_str),
             };
         }
-        let v = serde_json::from_str::<Value>(raw.get()).ok()?;
+        let v = serde_json::from_str::<Value>(raw).ok()?;
         serde_json::to_string(&self.redacted(&v))
             .ok()
             .map(String::into_boxed_str)

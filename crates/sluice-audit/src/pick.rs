@@ -4,21 +4,17 @@
 
 use std::borrow::Cow;
 
-use serde_json::value::RawValue;
 use sluice_core::json;
 
 /// The value at `path` below an object's members (a repeated key: its
 /// last value, as a parser building the object would keep).
-pub(crate) fn find<'a>(
-    members: &[(Cow<'a, str>, &'a RawValue)],
-    path: &[String],
-) -> Option<&'a RawValue> {
+pub(crate) fn find<'a>(members: &[(Cow<'a, str>, &'a str)], path: &[String]) -> Option<&'a str> {
     let (first, rest) = path.split_first()?;
     let (_, v) = members.iter().rev().find(|(k, _)| k == first)?;
     if rest.is_empty() {
         return Some(v);
     }
-    find(&json::entries(v).ok()?, rest)
+    find(&json::entries_of(v).ok()?, rest)
 }
 
 #[cfg(test)]
@@ -34,11 +30,15 @@ mod tests {
     /// For each path, the raw value there (`None` for all when the body
     /// is not a JSON object).
     fn pick(body: &str, p: &[&str]) -> Option<Vec<Option<String>>> {
-        let root = json::object(body).ok()?;
+        let root: Vec<_> = json::object(body)
+            .ok()?
+            .into_iter()
+            .map(|(k, v)| (k, v.get()))
+            .collect();
         Some(
             paths(p)
                 .iter()
-                .map(|path| find(&root, path).map(|r| r.get().to_owned()))
+                .map(|path| find(&root, path).map(str::to_owned))
                 .collect(),
         )
     }

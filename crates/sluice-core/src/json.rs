@@ -64,7 +64,12 @@ pub enum Kind {
 }
 
 pub fn kind(v: &RawValue) -> Kind {
-    match v.get().trim_ascii_start().as_bytes().first() {
+    kind_of(v.get())
+}
+
+/// [`kind`] of a value's JSON text.
+pub fn kind_of(raw: &str) -> Kind {
+    match raw.trim_ascii_start().as_bytes().first() {
         Some(b'{') => Kind::Object,
         Some(b'[') => Kind::Array,
         Some(b'"') => Kind::String,
@@ -86,6 +91,34 @@ pub fn object(text: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &RawValue)>> 
     Ok(serde_json::from_str::<Entries<'_>>(text)?.0)
 }
 
+/// [`entries`] of a value's JSON text, each value as its text.
+pub fn entries_of(raw: &str) -> serde_json::Result<Vec<(Cow<'_, str>, &str)>> {
+    if kind_of(raw) != Kind::Object {
+        return Ok(Vec::new());
+    }
+    if let Some(quick) = quick_entries(raw) {
+        return Ok(quick);
+    }
+    Ok(object(raw)?
+        .into_iter()
+        .map(|(k, v)| (k, v.get()))
+        .collect())
+}
+
+/// [`entries_of`] read by a `json_quick` cursor, when it is sure of `raw`
+/// (no escaped key): no serde visitor per member.
+fn quick_entries(raw: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let mut out = Vec::new();
+    let mut c = crate::json_quick::cursor::Cursor::new(raw);
+    c.object(|c, k| {
+        let start = c.start();
+        c.skip()?;
+        out.push((Cow::Borrowed(k), c.since(start)?));
+        Some(())
+    })?;
+    c.at_end().then_some(out)
+}
+
 /// The elements of an array (none when `v` is something else).
 pub fn elements(v: &RawValue) -> serde_json::Result<Vec<&RawValue>> {
     if kind(v) != Kind::Array {
@@ -94,11 +127,37 @@ pub fn elements(v: &RawValue) -> serde_json::Result<Vec<&RawValue>> {
     serde_json::from_str(v.get())
 }
 
+/// [`elements`] of a value's JSON text, each as its text.
+pub fn elements_of(raw: &str) -> serde_json::Result<Vec<&str>> {
+    if kind_of(raw) != Kind::Array {
+        return Ok(Vec::new());
+    }
+    let mut quick = Vec::new();
+    let mut c = crate::json_quick::cursor::Cursor::new(raw);
+    let sure = c.array(|c| {
+        let start = c.start();
+        c.skip()?;
+        quick.push(c.since(start)?);
+        Some(())
+    });
+    if sure.is_some() && c.at_end() {
+        return Ok(quick);
+    }
+    let els: Vec<&RawValue> = serde_json::from_str(raw)?;
+    Ok(els.into_iter().map(RawValue::get).collect())
+}
+
 /// The text of a string value, borrowed unless it has escapes (`None` when
 /// `v` is something else).
 pub fn text(v: &RawValue) -> serde_json::Result<Option<Cow<'_, str>>> {
-    let raw = v.get().trim_ascii();
-    if kind(v) != Kind::String {
+    text_of(v.get())
+}
+
+/// [`text`] of a value's JSON text (which must be JSON: an unescaped
+/// string is taken as it is).
+pub fn text_of(raw: &str) -> serde_json::Result<Option<Cow<'_, str>>> {
+    let raw = raw.trim_ascii();
+    if kind_of(raw) != Kind::String {
         return Ok(None);
     }
     let inner = &raw[1..raw.len() - 1];
@@ -137,5 +196,46 @@ mod tests {
         );
         assert_eq!(text(els[0]).unwrap(), None);
         assert!(entries(els[0]).unwrap().is_empty() && elements(v).unwrap().is_empty());
+    }
+
+    /// The texts' members and elements as serde_json reads them, whether
+    /// the cursor is sure of them (plain keys) or serde reads them (an
+    /// escaped key); what is not JSON is an error either way.
+    #[test]
+    fn members_and_elements_of_texts_are_serdes() {
+        for t in [
+            r#"{"a":1,"b":[true,"x\n"],"a":{"c":null}}"#,
+            r#" { "a" : [ 1 , 2 ] , "b" : "x" } "#,
+            r#"{"a":1,"b\u0021":[true,"x"]}"#,
+            r#"{}"#,
+        ] {
+            let want: Vec<(Cow<'_, str>, &str)> = object(t)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v.get()))
+                .collect();
+            assert_eq!(entries_of(t).unwrap(), want, "{t}");
+            for (_, v) in want {
+                let els: Vec<&str> = match kind_of(v) {
+                    Kind::Array => serde_json::from_str::<Vec<&RawValue>>(v)
+                        .unwrap()
+                        .into_iter()
+                        .map(RawValue::get)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                assert_eq!(elements_of(v).unwrap(), els, "{v}");
+            }
+        }
+        assert!(matches!(
+            entries_of(r#"{"a":1}"#).unwrap()[0].0,
+            Cow::Borrowed(_)
+        ));
+        for bad in [r#"{"a":1,}"#, r#"{"a\q":1}"#, "[1,]", "[1 2]"] {
+            assert!(
+                entries_of(bad).is_err() || elements_of(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

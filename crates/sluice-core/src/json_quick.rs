@@ -520,5 +520,10 @@ fn some_digits(b: &[u8], i: usize) -> Option<usize> {
     (end > i).then_some(end)
 }
 
+pub mod cursor;
+
+#[cfg(test)]
+pub(crate) mod spoiled;
+
 #[cfg(test)]
 mod tests;

@@ -254,7 +254,7 @@ proptest! {
             Operation::Media(sluice_core::media::Media::Rerank),
         ] {
             let want = request::peek(sent, op);
-            let kept = kept.iter().map(|(k, v)| (k.as_bytes(), v.get().as_bytes()));
+            let kept = kept.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
             let got = request::peek_members(sent, &body, kept, pass.messages, moved, op);
             match (want, got) {
                 (Ok(w), Some(g)) => {

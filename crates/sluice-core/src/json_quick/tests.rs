@@ -25,6 +25,8 @@ fn what_serde_json_refuses_is_not_surely_json() {
         "}",
         "[1,]",
         "{\"a\":1,}",
+        "{\"a\":1 , }",
+        "[[1],[2,],3]",
         "{\"a\"}",
         "{a:1}",
         "[1 2]",
@@ -50,6 +52,7 @@ fn what_serde_json_refuses_is_not_surely_json() {
         "NaN",
     ] {
         assert!(!surely_json(t), "{t:?}");
+        assert!(rebuilt(t).is_none(), "a cursor walk takes {t:?}");
         assert!(!serde_ok(t), "serde_json takes {t:?}");
     }
 }
@@ -182,6 +185,47 @@ fn pieces() -> impl Strategy<Value = String> {
     proptest::collection::vec(piece, 0..16).prop_map(|v| v.concat())
 }
 
+/// The value of `text` as a cursor walk reads it: each container
+/// descended into, strings and scalars as the texts it hands back.
+fn rebuilt(text: &str) -> Option<serde_json::Value> {
+    fn value(c: &mut cursor::Cursor<'_>) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        match c.peek()? {
+            b'{' => {
+                let mut m = serde_json::Map::new();
+                c.object(|c, k| {
+                    m.insert(k.to_owned(), value(c)?);
+                    Some(())
+                })?;
+                Some(Value::Object(m))
+            }
+            b'[' => {
+                let mut a = Vec::new();
+                c.array(|c| value(c).map(|v| a.push(v)))?;
+                Some(Value::Array(a))
+            }
+            b'"' => serde_json::from_str(c.string()?).ok(),
+            _ => {
+                let start = c.start();
+                c.skip()?;
+                serde_json::from_str(c.since(start)?).ok()
+            }
+        }
+    }
+    let mut c = cursor::Cursor::new(text);
+    let v = value(&mut c)?;
+    c.at_end().then_some(v)
+}
+
+/// `v` as serde_json writes it, compact or pretty.
+fn written(v: &serde_json::Value, pretty: bool) -> String {
+    if pretty {
+        serde_json::to_string_pretty(v).unwrap()
+    } else {
+        serde_json::to_string(v).unwrap()
+    }
+}
+
 fn values() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;
     let leaf = prop_oneof![
@@ -211,12 +255,30 @@ proptest! {
 
     #[test]
     fn takes_what_serde_json_writes(v in values(), pretty in any::<bool>()) {
-        let text = if pretty {
-            serde_json::to_string_pretty(&v).unwrap()
-        } else {
-            serde_json::to_string(&v).unwrap()
-        };
+        let text = written(&v, pretty);
         prop_assert!(surely_json(&text), "{}", text);
+    }
+
+    /// On JSON serde_json wrote, a cursor that descends into every
+    /// container reads the value serde_json reads (keys with escapes: not
+    /// sure), and one that skips it whole is sure of it.
+    #[test]
+    fn a_cursor_walk_reads_what_serde_json_reads(v in values(), pretty in any::<bool>()) {
+        let text = written(&v, pretty);
+        // As serde_json reads the text (floats need not round-trip).
+        let want: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match rebuilt(&text) {
+            Some(got) => prop_assert_eq!(got, want, "{}", text),
+            None => prop_assert!(text.contains('\\'), "not sure of {}", text),
+        }
+        let mut c = cursor::Cursor::new(&text);
+        prop_assert!(c.skip().is_some() && c.at_end(), "{}", text);
+    }
+
+    /// Whatever a cursor walk is sure of, serde_json takes.
+    #[test]
+    fn a_cursor_walk_never_takes_what_serde_json_refuses(text in pieces()) {
+        prop_assert!(rebuilt(&text).is_none() || serde_ok(&text), "{:?}", text);
     }
 
     /// Texts that share starts with the one before (whole, cut and

@@ -122,12 +122,12 @@ pub(super) fn redact_prompt<'a>(
 pub(super) fn peek_from_pass(
     body: &[u8],
     original: &[u8],
-    kept: &[(std::borrow::Cow<'_, str>, &serde_json::value::RawValue)],
+    kept: &[(std::borrow::Cow<'_, str>, &str)],
     pass: &sluice_core::pii::Pass,
     op: Operation,
 ) -> Option<request::RequestPeek<'static>> {
     let moved = |at| pass.redacted.as_ref().map_or(at, |d| d.moved(at));
-    let kept = kept.iter().map(|(k, v)| (k.as_bytes(), v.get().as_bytes()));
+    let kept = kept.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
     request::peek_members(body, original, kept, pass.messages, moved, op)
         .map(request::RequestPeek::into_owned)
 }

@@ -1,4 +1,6 @@
-//! The single pass of [`super::redact_request_json`]: serde visitors for
+//! The serde pass of [`super::redact_request_json`] (run when the quick
+//! pass, `quick.rs`, is not sure of a body, and the reference it is tested
+//! against): serde visitors for
 //! the request object, its `messages` array and each message, which take
 //! the members on the prompt's paths as raw slices (to [`Edits`]) and skip
 //! everything else as the parser reads it. Reading the body once, instead
@@ -77,8 +79,9 @@ macro_rules! any_value_seed {
 any_value_seed!(Messages, Seen);
 any_value_seed!(Message, ());
 
-fn raw<'a, A: MapAccess<'a>>(map: &mut A) -> Result<&'a RawValue, A::Error> {
-    map.next_value()
+/// The next value's JSON text.
+fn raw<'a, A: MapAccess<'a>>(map: &mut A) -> Result<&'a str, A::Error> {
+    map.next_value::<&'a RawValue>().map(RawValue::get)
 }
 
 fn walked<T, E: de::Error>(r: serde_json::Result<T>) -> Result<T, E> {
@@ -110,7 +113,7 @@ impl<'a, K: Fn(&str) -> bool> Visitor<'a> for Top<'_, 'a, '_, K> {
                 }
                 "messages" => {
                     let v = raw(&mut map)?;
-                    let mut de = serde_json::Deserializer::from_str(v.get());
+                    let mut de = serde_json::Deserializer::from_str(v);
                     let seen = walked(Messages(&mut *self.edits).deserialize(&mut de))?;
                     self.messages.see(seen);
                     v
@@ -141,7 +144,7 @@ impl<'a, K: Fn(&str) -> bool> Visitor<'a> for Top<'_, 'a, '_, K> {
 
 impl Seen {
     /// One more `messages` member: a second one is [`Seen::Other`].
-    fn see(&mut self, seen: Seen) {
+    pub(super) fn see(&mut self, seen: Seen) {
         *self = match self {
             Seen::Absent => seen,
             _ => Seen::Other,
