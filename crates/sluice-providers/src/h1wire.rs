@@ -22,6 +22,11 @@ pub(crate) const MAX_HEAD: usize = 8192 + 4096 * 100;
 const MAX_SIZE_LINE: usize = 4096;
 /// Most bytes of trailers after the last chunk (they are read and dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Chunks smaller than this that are in the read buffer together are
+/// handed on as one frame (see [`Framing::decode_joined`]).
+const JOIN_BELOW: usize = 4 * 1024;
+/// The most bytes joined into one frame.
+const JOIN_MAX: usize = 64 * 1024;
 
 /// Writes `method target HTTP/1.1`, the headers (`host` when missing, the
 /// body's own `content-length` in place of any given length or transfer
@@ -357,6 +362,54 @@ impl Framing {
         }
         // `n` is at most `buf.len()`, a usize.
         Ok(Step::Data(buf.split_to(n as usize).freeze()))
+    }
+
+    /// [`Framing::decode`], with the data of the small chunks that are in
+    /// `buf` together joined into one frame (copied once, up to
+    /// [`JOIN_MAX`] bytes). An upstream writes each SSE event of a stream as
+    /// its own chunk, and a read of a fast one brings dozens: handed on one
+    /// by one, each paid the whole per-frame path (the stream's checks, its
+    /// timers, a buffer split shared by an atomic count, its own write to
+    /// the client). A lone chunk, or a large one, is still handed on as it
+    /// lies in the buffer, without a copy, and so is a chunk not yet read
+    /// whole. The framing after the data is read past (settled) before
+    /// this returns; framing that is wrong there is refused by the next
+    /// call, after the data before it.
+    pub(crate) fn decode_joined(&mut self, buf: &mut BytesMut) -> Result<Step, String> {
+        let first = match self.decode(buf)? {
+            Step::Data(d) => d,
+            other => return Ok(other),
+        };
+        let mut joined = BytesMut::new();
+        // Settled after the data in any case (the caller need not), an
+        // error left for the next call.
+        while self.settle(buf).is_ok() && first.len() < JOIN_BELOW {
+            let Framing::Chunked(Chunk::Data(rem)) = self else {
+                break;
+            };
+            // Whole chunks only: an upstream's chunk is often one SSE
+            // event, and a frame that ends inside one sends the stream's
+            // check down its slower path for the frames after it.
+            let n = *rem as usize;
+            if *rem >= JOIN_BELOW as u64
+                || n > buf.len()
+                || first.len() + joined.len() + n > JOIN_MAX
+            {
+                break;
+            }
+            if joined.is_empty() {
+                joined.reserve(first.len() + buf.len().min(JOIN_MAX));
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&buf[..n]);
+            buf.advance(n);
+            *self = Framing::Chunked(Chunk::DataEnd);
+        }
+        Ok(Step::Data(if joined.is_empty() {
+            first
+        } else {
+            joined.freeze()
+        }))
     }
 
     /// Whether the whole body has been taken.

@@ -16,17 +16,36 @@ fn framing_of(text: &str) -> (Framing, bool) {
 }
 
 /// Decodes `wire` fed to the decoder `step` bytes at a time; the data, and
-/// whether the end was seen.
+/// whether the end was seen. Both decoders ([`Framing::decode`] and
+/// [`Framing::decode_joined`]) must agree.
 fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, bool), String> {
+    let plain = decode_with(framing, wire, step, false);
+    let joined = decode_with(framing, wire, step, true);
+    assert_eq!(plain, joined, "the joining decoder differs, step {step}");
+    plain
+}
+
+fn decode_with(
+    framing: Framing,
+    wire: &[u8],
+    step: usize,
+    joined: bool,
+) -> Result<(Vec<u8>, bool), String> {
     let mut f = framing;
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     for piece in wire.chunks(step.max(1)) {
         buf.extend_from_slice(piece);
         loop {
-            match f.decode(&mut buf)? {
+            let next = if joined {
+                f.decode_joined(&mut buf)?
+            } else {
+                f.decode(&mut buf)?
+            };
+            match next {
                 Step::Data(d) => {
                     assert!(!d.is_empty(), "no empty data frames");
+                    assert!(d.len() <= JOIN_MAX.max(step), "a frame past the join limit");
                     out.extend_from_slice(&d);
                 }
                 Step::More => break,
@@ -38,6 +57,82 @@ fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8
         }
     }
     Ok((out, false))
+}
+
+/// `payloads` as a chunked body's wire, with its terminator.
+fn chunked(payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for p in payloads.iter().filter(|p| !p.is_empty()) {
+        wire.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        wire.extend_from_slice(p);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire
+}
+
+#[test]
+fn small_chunks_read_together_go_on_as_one_frame() {
+    let mut f = Framing::Chunked(Chunk::Size);
+    let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\n5\r\nfg"[..]);
+    // Whole chunks only: the one not read whole goes on by itself.
+    assert_eq!(f.decode_joined(&mut buf), Ok(Step::Data("abcde".into())));
+    assert_eq!(f.decode_joined(&mut buf), Ok(Step::Data("fg".into())));
+    assert_eq!(f.decode_joined(&mut buf), Ok(Step::More));
+    buf.extend_from_slice(b"hij\r\n1\r\nk\r\n0\r\n\r\n");
+    assert_eq!(f.decode_joined(&mut buf), Ok(Step::Data("hijk".into())));
+    // The framing after the data is settled: the end is seen.
+    assert!(f.ended() && buf.is_empty());
+    // Bad framing after joined data: the data first, then the refusal.
+    let mut f = Framing::Chunked(Chunk::Size);
+    let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\ndeXY"[..]);
+    assert_eq!(f.decode_joined(&mut buf), Ok(Step::Data("abcde".into())));
+    assert!(f.decode_joined(&mut buf).is_err());
+}
+
+#[test]
+fn a_lone_or_large_chunk_goes_on_without_a_copy() {
+    let large = vec![b'L'; JOIN_BELOW];
+    let wire = chunked(&[b"abc".to_vec(), large.clone(), b"xy".to_vec()]);
+    let mut buf = BytesMut::from(&wire[..]);
+    let at = |b: &BytesMut, i: usize| b.as_ptr() as usize + i;
+    let mut f = Framing::Chunked(Chunk::Size);
+    // "abc" is followed by a large chunk, which is not joined to it.
+    let start = at(&buf, 0);
+    let Ok(Step::Data(d)) = f.decode_joined(&mut buf) else {
+        panic!("data")
+    };
+    assert_eq!((&d[..], d.as_ptr() as usize), (&b"abc"[..], start + 3));
+    // Its framing was read past already, looking for a chunk to join.
+    let head = at(&buf, 0);
+    let Ok(Step::Data(d)) = f.decode_joined(&mut buf) else {
+        panic!("data")
+    };
+    assert_eq!((d.len(), d.as_ptr() as usize), (JOIN_BELOW, head));
+    assert_eq!(f.decode_joined(&mut buf), Ok(Step::Data("xy".into())));
+}
+
+proptest::proptest! {
+    /// Whatever the chunks' sizes and however the reads cut the wire, the
+    /// joining decoder hands on the body the plain one does, in frames
+    /// within the join limit.
+    #[test]
+    fn joined_chunks_are_the_body(
+        sizes in proptest::collection::vec(
+            proptest::prop_oneof![0usize..64, 64usize..600, 3000usize..5000, 30_000usize..40_000],
+            0..40),
+        step in proptest::prop_oneof![1usize..40, 40usize..3000, 3000usize..70_000],
+    ) {
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![b'a' + (i % 26) as u8; n])
+            .collect();
+        let (data, clean) = decode_in_steps(Framing::Chunked(Chunk::Size), &chunked(&payloads), step)
+            .map_err(proptest::test_runner::TestCaseError::fail)?;
+        proptest::prop_assert_eq!(data, payloads.concat());
+        proptest::prop_assert!(clean);
+    }
 }
 
 #[test]

@@ -370,7 +370,15 @@ impl LeanBody {
     fn settle(&mut self) {
         if let Some(conn) = self.conn.as_mut()
             && self.framing.settle(&mut conn.buf).is_ok()
-            && self.framing.ended()
+        {
+            self.release_if_ended();
+        }
+    }
+
+    /// At the end (framing already settled), the connection goes back to
+    /// the pool when it may carry another request.
+    fn release_if_ended(&mut self) {
+        if self.framing.ended()
             && let Some(conn) = self.conn.take()
             && self.keep_alive
             && conn.buf.is_empty()
@@ -384,9 +392,10 @@ impl LeanBody {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.framing.decode(&mut conn.buf) {
+            match self.framing.decode_joined(&mut conn.buf) {
                 Ok(Step::Data(data)) => {
-                    self.settle();
+                    // `decode_joined` settled what follows the data.
+                    self.release_if_ended();
                     return Poll::Ready(Some(Ok(data)));
                 }
                 Ok(Step::End) => {
