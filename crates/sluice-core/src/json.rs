@@ -111,9 +111,18 @@ fn quick_entries(raw: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     let mut out = Vec::new();
     let mut c = crate::json_quick::cursor::Cursor::new(raw);
     c.object(|c, k| {
-        let start = c.start();
-        c.skip()?;
-        out.push((Cow::Borrowed(k), c.since(start)?));
+        out.push((Cow::Borrowed(k), c.take()?));
+        Some(())
+    })?;
+    c.at_end().then_some(out)
+}
+
+/// [`elements_of`] read by a `json_quick` cursor, when it is sure of `raw`.
+fn quick_elements(raw: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut c = crate::json_quick::cursor::Cursor::new(raw);
+    c.array(|c| {
+        out.push(c.take()?);
         Some(())
     })?;
     c.at_end().then_some(out)
@@ -132,15 +141,7 @@ pub fn elements_of(raw: &str) -> serde_json::Result<Vec<&str>> {
     if kind_of(raw) != Kind::Array {
         return Ok(Vec::new());
     }
-    let mut quick = Vec::new();
-    let mut c = crate::json_quick::cursor::Cursor::new(raw);
-    let sure = c.array(|c| {
-        let start = c.start();
-        c.skip()?;
-        quick.push(c.since(start)?);
-        Some(())
-    });
-    if sure.is_some() && c.at_end() {
+    if let Some(quick) = quick_elements(raw) {
         return Ok(quick);
     }
     let els: Vec<&RawValue> = serde_json::from_str(raw)?;

@@ -61,6 +61,13 @@ impl<'a> Cursor<'a> {
         self.t.get(start..self.i).map(str::trim_ascii_end)
     }
 
+    /// Passes over the next value, checking it; its text.
+    pub fn take(&mut self) -> Option<&'a str> {
+        let start = self.start();
+        self.skip()?;
+        self.since(start)
+    }
+
     /// Passes over the next value, checking it.
     pub fn skip(&mut self) -> Option<()> {
         let (end, _) = value::<true>(self.b, self.i)?;

@@ -205,11 +205,7 @@ fn rebuilt(text: &str) -> Option<serde_json::Value> {
                 Some(Value::Array(a))
             }
             b'"' => serde_json::from_str(c.string()?).ok(),
-            _ => {
-                let start = c.start();
-                c.skip()?;
-                serde_json::from_str(c.since(start)?).ok()
-            }
+            _ => serde_json::from_str(c.take()?).ok(),
         }
     }
     let mut c = cursor::Cursor::new(text);
