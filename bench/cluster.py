@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import foreign
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 SLUICE = Path(os.environ.get("SLUICE_BIN", TARGET / "sluice"))
@@ -199,9 +201,10 @@ def wait_connected(err, proc, timeout=300):
     raise SystemExit("agents did not connect in time")
 
 
-def row(name, replicas, redis, agents, rate, seconds, at_once=False):
+def row(name, replicas, redis, agents, rate, seconds, at_once=False, bystander_fds=0):
     settle_time_wait()
     work = Path(tempfile.mkdtemp(prefix="sluice-cluster-"))
+    bystander = foreign.Bystander(bystander_fds) if bystander_fds else None
     c = Cluster(work, replicas, redis)
     try:
         start = work / "start"
@@ -221,12 +224,16 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
             wait_connected(err, p)
         time.sleep(2.5)  # every process past its idle window
         procs = c.pids + [p.pid for p, _ in loads] + ([c.redis.pid] if c.redis else [])
+        ours = set(procs) | {os.getpid()} | set(bystander.pids() if bystander else [])
+        before, bursts = foreign.snapshot(), foreign.Bursts(1).start()
         t0, cpu0 = time.monotonic(), {pid: ticks(pid) for pid in procs}
         rq0, st0 = {pid: runq_ns(pid) for pid in procs}, steal_ticks()
         start.touch()
         # Each prints its JSON, then lingers: CPU is read before they exit.
         outs = [json.loads(p.stdout.readline()) for p, _ in loads]
         wall = time.monotonic() - t0
+        bursts.stop()
+        busy_outside = foreign.outside(before, foreign.snapshot(), ours)
         share = {pid: (ticks(pid) - cpu0[pid]) / HZ / wall for pid in procs}
         # Run-queue wait per second of the row: a process that had work
         # but no CPU — time that lands in the push latencies.
@@ -238,6 +245,14 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
         samples = [json.loads((work / f"samples{k}.json").read_text()) for k in range(replicas)]
         local = samples[0]["round_trip_us"]
         cross = [x for s in samples[1:] for x in s["round_trip_us"]]
+        # The same pushes without those in flight while the machine's init
+        # (PID 1) ran: see bench/foreign.py.
+        windows = bursts.windows()
+        timed = [[((s["base_unix_us"] + t) / 1e6, r / 1e6) for t, r in s["sent_at_and_round_trip_us"]]
+                 for s in samples]
+        kept = [foreign.clear(x, windows) for x in timed]
+        local_clear = [r * 1e6 for _, r in kept[0]]
+        cross_clear = [r * 1e6 for k in kept[1:] for _, r in k]
         net = [o["push_gateway_cpu_us_net"] for o in outs]
         return {
             "row": name,
@@ -248,6 +263,14 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
             "local_p99_ms": pct(local, 0.99) / 1000,
             "cross_ms": [pct(cross, 0.5) / 1000, pct(cross, 0.99) / 1000, max(cross, default=0) / 1000]
             if cross else None,
+            "pid1_cpu_ms": round(bursts.ticks * 1000 / HZ),
+            "pid1_bursts": len(windows),
+            "outside_cpu_ms": [[n, pid, round(ms)] for n, pid, ms in busy_outside],
+            "clear_share": round(sum(map(len, kept)) / max(1, sum(map(len, timed))), 3),
+            "local_p99_clear_ms": pct(local_clear, 0.99) / 1000,
+            "cross_clear_ms": [pct(cross_clear, 0.5) / 1000, pct(cross_clear, 0.99) / 1000,
+                               max(cross_clear, default=0) / 1000] if cross else None,
+            "bystander_fds": bystander_fds,
             "rate": per_rate * replicas,
             "net_cpu_us_agents_replica": net,
             # The agents' replica's CPU per push, heartbeats included, and
@@ -268,6 +291,8 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False):
         }
     finally:
         c.stop()
+        if bystander:
+            bystander.stop()
 
 
 def kill_row(agents, rate):
@@ -299,7 +324,7 @@ def main():
     ap.add_argument("--agents", type=int, default=19000, help="agents per replica")
     ap.add_argument("--rate", type=int, default=1000, help="instructions/s over the cluster")
     ap.add_argument("--seconds", type=int, default=5, help="seconds of pushes per row")
-    ap.add_argument("--only", default="single,single-redis,three-idle,three,five,kill")
+    ap.add_argument("--only", default="single,single-redis,three-idle,three-fds,three,five,kill")
     ap.add_argument("--heartbeat-ms", type=int, default=5000, help="[agents] heartbeat_ms")
     a = ap.parse_args()
     global HEARTBEAT_MS
@@ -311,6 +336,9 @@ def main():
         "single": lambda: row("one replica, no [redis]", 1, False, a.agents, a.rate, a.seconds),
         "single-redis": lambda: row("one replica, [redis]", 1, True, a.agents, a.rate, a.seconds),
         "three-idle": lambda: row("three replicas + Redis, 100 agents", 3, True, 34, a.rate, a.seconds),
+        "three-fds": lambda: row(f"three replicas + Redis, 100 agents, a bystander holding "
+                                 f"{6 * a.agents} descriptors", 3, True, 34, a.rate, a.seconds,
+                                 bystander_fds=6 * a.agents),
         "three": lambda: row(f"three replicas + Redis, {3 * a.agents} agents (one replica after another)",
                              3, True, a.agents, a.rate, a.seconds),
         "five": lambda: row(f"five replicas + Redis, {5 * a.agents} agents (at once)",
@@ -335,6 +363,18 @@ def main():
               f" / {r['net_cpu_us_agents_replica']}"
               f" | {cs['sluice']} / {cs['load']} / {cs['redis']}"
               f" | {rq['sluice']} / {rq['load']} / {rq['redis']} | {r['steal']:.0%} |")
+    print("\nThe same pushes without those in flight while the machine's init (PID 1) ran"
+          " (bench/foreign.py):\n")
+    print("| setup | PID 1 CPU ms (bursts) | busiest outside the test (ms) | pushes kept"
+          " | in-replica p99 ms | cross-replica p50 / p99 / max ms |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        if r["row"] == "kill" or "clear_share" not in r:
+            continue
+        cross = " / ".join(f"{x:.1f}" for x in r["cross_clear_ms"]) if r["cross_clear_ms"] else "–"
+        busy = ", ".join(f"{n} {ms}" for n, _, ms in r["outside_cpu_ms"]) or "–"
+        print(f"| {r['row']} | {r['pid1_cpu_ms']} ({r['pid1_bursts']}) | {busy} | {r['clear_share']:.1%}"
+              f" | {r['local_p99_clear_ms']:.1f} | {cross} |")
     for r in results:
         if r["row"] == "kill":
             print(f"\nreplica killed with {r['agents']} agents: {r['dropped']} dropped, {r['reconnected']} back"

@@ -18,7 +18,8 @@
 //! `[--start-file F]` (pushes wait until F exists: processes side by side
 //! push at the same time), `[--linger-secs S]` (agents stay S s after the
 //! pushes), `[--samples-out F]` (each push's latencies as JSON lines, for
-//! merging several processes' percentiles) — see `bench/cluster.py`
+//! merging several processes' percentiles; send times are µs after
+//! `base_unix_us`) — see `bench/cluster.py`
 //!
 //! Connects N idle agents (spread over several 127.0.0.x source addresses,
 //! past the ephemeral-port limit of one), then reports:
@@ -170,6 +171,9 @@ fn cpu_split(pid: Option<u32>) -> (u64, u64) {
 
 struct Shared {
     base: Instant,
+    /// `base` on the wall clock (µs since the Unix epoch): lets
+    /// `--samples-out` times be lined up with other processes' clocks.
+    base_unix_us: u64,
     connected: AtomicUsize,
     closed: AtomicUsize,
     received: AtomicUsize,
@@ -348,6 +352,9 @@ async fn main() {
     let a = args();
     let shared = Arc::new(Shared {
         base: Instant::now(),
+        base_unix_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
         connected: AtomicUsize::new(0),
         closed: AtomicUsize::new(0),
         received: AtomicUsize::new(0),
@@ -437,7 +444,8 @@ async fn main() {
     rtt.sort_unstable();
     if let Some(f) = &a.samples_out {
         let lines = json!({"one_way_us": lat, "round_trip_us": rtt,
-                           "sent_at_and_round_trip_us": push.round_trips_us})
+                           "sent_at_and_round_trip_us": push.round_trips_us,
+                           "base_unix_us": shared.base_unix_us})
         .to_string();
         std::fs::write(f, lines).expect("write --samples-out");
     }
