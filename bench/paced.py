@@ -153,12 +153,14 @@ def main():
     finally:
         procs.stop_all()
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
-    print("\n| rate | nginx chat µs | Sluice chat µs | × nginx | Sluice push µs (net) | × nginx |")
+    print("\nCPU µs per request or push (of it system), medians:\n")
+    print("| rate | nginx chat | Sluice chat | × nginx | Sluice push (net) | × nginx |")
     print("|---|---|---|---|---|---|")
     for rate in (int(r) for r in args.rates.split(",")):
-        n, c, p = (med[f"{k} {rate}/s"]["cpu_us"] for k in ("nginx chat", "sluice chat",
-                                                             "sluice push"))
-        print(f"| {rate}/s | {n:.1f} | {c:.1f} | {c / n:.2f} | {p:.1f} | {p / n:.2f} |")
+        n, c, p = (med[f"{k} {rate}/s"] for k in ("nginx chat", "sluice chat", "sluice push"))
+        print(f"| {rate}/s | {n['cpu_us']:.1f} ({n['sys_us']:.1f}) | {c['cpu_us']:.1f} ({c['sys_us']:.1f})"
+              f" | {c['cpu_us'] / n['cpu_us']:.2f} | {p['cpu_us']:.1f} ({p['sys_us']:.1f})"
+              f" | {p['cpu_us'] / n['cpu_us']:.2f} |")
     out = P.ROOT / "bench" / "results" / "paced.json"
     out.write_text(json.dumps({"medians": med, "runs": runs, "seconds": args.seconds,
                                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
