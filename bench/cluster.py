@@ -3,7 +3,7 @@
 (`bench/agents`, each under the 20,000 open-files limit), one table.
 
     [SLUICE_BIN=…] python3 bench/cluster.py [--agents 19000] [--rate 1000] [--seconds 5]
-                             [--only single,single-redis,three-idle,three,five,kill]
+                             [--only single,single-redis,three-idle,three-fds,three,five,kill]
 
 Every replica gets the same configuration (`[redis]` when the row has it;
 `[agents] heartbeat_ms = 5000`). Replica i is pinned to core i % 2 and load
@@ -46,7 +46,7 @@ import foreign
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 SLUICE = Path(os.environ.get("SLUICE_BIN", TARGET / "sluice"))
-HZ = os.sysconf("SC_CLK_TCK")
+HZ = foreign.HZ
 HEARTBEAT_MS = 5000
 # Each load process connects from its own 127.X.0.0/24, X fresh per process
 # and row (starting at random): a source port that an earlier run left in
@@ -62,14 +62,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def ticks(pid):
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(f[11]) + int(f[12])
-    except (OSError, IndexError):
-        return 0
 
 
 def runq_ns(pid):
@@ -226,7 +218,7 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False, bystander_f
         procs = c.pids + [p.pid for p, _ in loads] + ([c.redis.pid] if c.redis else [])
         ours = set(procs) | {os.getpid()} | set(bystander.pids() if bystander else [])
         before, bursts = foreign.snapshot(), foreign.Bursts(1).start()
-        t0, cpu0 = time.monotonic(), {pid: ticks(pid) for pid in procs}
+        t0, cpu0 = time.monotonic(), {pid: foreign.cpu_ticks(pid) for pid in procs}
         rq0, st0 = {pid: runq_ns(pid) for pid in procs}, steal_ticks()
         start.touch()
         # Each prints its JSON, then lingers: CPU is read before they exit.
@@ -234,7 +226,7 @@ def row(name, replicas, redis, agents, rate, seconds, at_once=False, bystander_f
         wall = time.monotonic() - t0
         bursts.stop()
         busy_outside = foreign.outside(before, foreign.snapshot(), ours)
-        share = {pid: (ticks(pid) - cpu0[pid]) / HZ / wall for pid in procs}
+        share = {pid: (foreign.cpu_ticks(pid) - cpu0[pid]) / HZ / wall for pid in procs}
         # Run-queue wait per second of the row: a process that had work
         # but no CPU — time that lands in the push latencies.
         runq = {pid: (runq_ns(pid) - rq0[pid]) / 1e6 / wall for pid in procs}
