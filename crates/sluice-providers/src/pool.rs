@@ -11,7 +11,8 @@
 //! read; a body dropped before that closes its connection.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -31,6 +32,8 @@ use crate::BodyError;
 use crate::h1wire::{self, Framing, Step};
 
 mod spare;
+#[cfg(test)]
+mod tests;
 
 /// Bodies up to this size go out in the same write as the head.
 const JOINED_BODY: usize = 16 * 1024;
@@ -47,6 +50,13 @@ const MAX_READ: usize = 64 * 1024;
 /// How often idle connections are checked for the upstream's close and
 /// for age, while there are any.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+/// An idle connection back in the pool for less than this is not probed
+/// with a read at checkout when no readiness event came for it (see
+/// [`Conn::alive`]). Upstreams close idle connections after their
+/// keep-alive timeout, seconds at least (uvicorn and Node 5 s, nginx
+/// 75 s); a longer idle connection is probed, in case the close came
+/// while the runtime was too busy to poll for events.
+const UNPROBED_IDLE: Duration = Duration::from_secs(1);
 
 /// Idle connections of one upstream `host:port`.
 pub struct H1Pool {
@@ -77,13 +87,31 @@ struct Conn {
 }
 
 impl Conn {
-    /// Whether an idle connection can take a request: nothing arrived on it
-    /// while idle, neither data nor the upstream's close.
-    fn alive(&self) -> bool {
+    /// Whether an idle connection, idle for `idle`, can take a request:
+    /// nothing arrived on it while idle, neither data nor the upstream's
+    /// close. A connection idle for less than [`UNPROBED_IDLE`] with no
+    /// readiness event since its last read drained it is taken as it is;
+    /// any other is probed with a read (a system call that, on a busy
+    /// pool, every request paid).
+    fn alive(&self, idle: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        if idle < UNPROBED_IDLE && self.quiet() {
+            return true;
+        }
         let mut probe = [0u8; 1];
-        self.buf.is_empty()
-            && matches!(self.io.try_read(&mut probe),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(self.io.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// No readiness event for reading since the last read drained the
+    /// socket: tokio clears the readiness on a read that blocks or that
+    /// fills less than its room, and an upstream's data or close sets it
+    /// again when the runtime next polls for events.
+    fn quiet(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.io.poll_read_ready(&mut cx).is_pending()
     }
 }
 
@@ -183,7 +211,8 @@ impl H1Pool {
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.conns.pop_back() {
-            if c.since.elapsed() < self.idle_timeout && c.conn.alive() {
+            let age = c.since.elapsed();
+            if age < self.idle_timeout && c.conn.alive(age) {
                 return Some(c.conn);
             }
         }
@@ -275,8 +304,10 @@ async fn reap(pool: std::sync::Weak<H1Pool>) {
         let Ok(mut idle) = pool.idle.lock() else {
             return;
         };
-        idle.conns
-            .retain(|c| c.since.elapsed() < pool.idle_timeout && c.conn.alive());
+        idle.conns.retain(|c| {
+            let age = c.since.elapsed();
+            age < pool.idle_timeout && c.conn.alive(age)
+        });
         if idle.conns.is_empty() {
             idle.reaping = false;
             return;
@@ -321,7 +352,10 @@ async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Hea
                     if conn.buf.capacity() < HEAD_ROOM {
                         conn.buf = spare::take_read(HEAD_ROOM);
                     }
-                    conn.io.try_read_buf(&mut conn.buf)
+                    // Through `poll_read`, which clears the readiness after
+                    // a short read: the body's next read then waits for
+                    // the next event instead of a read that would block.
+                    conn.io.read_buf(&mut conn.buf).await
                 }
                 Err(e) => Err(e),
             }
@@ -331,9 +365,6 @@ async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Hea
             conn.io.read_buf(&mut conn.buf).await
         };
         match read {
-            // Readiness an earlier read left behind (rare: the probe at
-            // checkout clears it): wait again.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Ok(0) => {
                 return Err(unreachable_by(
                     "upstream connection failed: closed before the response head".into(),
@@ -416,15 +447,12 @@ impl LeanBody {
                 conn.buf.reserve(want);
             }
             let room = conn.buf.capacity() - conn.buf.len();
-            let read = loop {
-                if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {
-                    break Err(e);
-                }
-                match conn.io.try_read_buf(&mut conn.buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    other => break other,
-                }
-            };
+            // `poll_read` clears the socket's readiness after a read that
+            // fills less than its room (the socket is drained), so the next
+            // call waits for the next event. Readiness polled and then
+            // `try_read`, one event at a time as a stream's events come,
+            // cost a read that would block after every event.
+            let read = ready!(pin!(conn.io.read_buf(&mut conn.buf)).poll(cx));
             match read {
                 Ok(0) if self.framing == Framing::Close => {
                     self.conn = None;

@@ -1,0 +1,112 @@
+//! Reads that leave no readiness behind: an event read whole clears the
+//! socket's readiness, so the next read waits for the next event instead
+//! of making a system call that would block, and a connection that got
+//! nothing since is taken back without a probing read.
+
+use super::*;
+use tokio::net::TcpListener;
+
+/// A connected pair: the pool's side as a [`Conn`], the upstream's side.
+async fn pair() -> (Conn, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("pool test");
+    let addr = listener.local_addr().expect("pool test");
+    let (io, up) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let conn = Conn {
+        io: io.expect("pool test"),
+        buf: BytesMut::new(),
+    };
+    (conn, up.expect("pool test").0)
+}
+
+/// Waits (up to a second) for the upstream's data or close to reach the
+/// runtime as a readiness event.
+async fn until_loud(conn: &Conn) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while conn.quiet() {
+        assert!(Instant::now() < deadline, "no readiness event came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_head_read_whole_leaves_no_readiness_and_skips_the_probe() {
+    let (mut conn, mut up) = pair().await;
+    up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await
+        .expect("pool test");
+    until_loud(&conn).await;
+    let head = read_head(&mut conn, &http::Method::POST)
+        .await
+        .expect("pool test");
+    assert_eq!(head.response.status(), 200);
+    assert!(conn.quiet(), "a short read cleared the readiness");
+    conn.buf.clear();
+    // Recently idle and quiet: alive without a probe. Long idle: probed,
+    // and still alive (nothing came).
+    assert!(conn.alive(Duration::ZERO));
+    assert!(conn.alive(UNPROBED_IDLE));
+    // The upstream's close is an event: the probe then sees it.
+    drop(up);
+    until_loud(&conn).await;
+    assert!(!conn.alive(Duration::ZERO), "a closed connection is let go");
+}
+
+#[tokio::test]
+async fn data_that_arrived_while_idle_is_seen_without_waiting_for_age() {
+    let (conn, mut up) = pair().await;
+    up.write_all(b"x").await.expect("pool test");
+    until_loud(&conn).await;
+    assert!(!conn.alive(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("pool test");
+    let addr = listener.local_addr().expect("pool test");
+    tokio::spawn(async move {
+        let (mut up, _) = listener.accept().await.expect("pool test");
+        let mut req = [0u8; 1024];
+        let _ = up.read(&mut req).await;
+        let _ = up
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let event = format!("data: {i}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            let _ = up.write_all(chunk.as_bytes()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = up.write_all(b"0\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let pool = H1Pool::new(
+        addr.to_string().parse().expect("pool test"),
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    let req = http::Request::post(format!("http://{addr}/v1/x"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("pool test");
+    let resp = pool.send(req).await.expect("pool test");
+    let mut body = resp.into_body();
+    let Inner::Lean(lean) = &mut body.0 else {
+        panic!("a plain upstream's body comes from the lean pool");
+    };
+    for i in 0..3 {
+        let data = std::future::poll_fn(|cx| lean.poll_frame(cx))
+            .await
+            .expect("pool test")
+            .expect("pool test");
+        assert_eq!(data, format!("data: {i}\n\n"));
+        let conn = lean.conn.as_ref().expect("pool test");
+        assert!(conn.quiet(), "event {i} left readiness behind");
+    }
+    assert!(
+        std::future::poll_fn(|cx| lean.poll_frame(cx))
+            .await
+            .is_none()
+    );
+    assert_eq!(pool.idle_count(), 1);
+}
