@@ -18,7 +18,10 @@ SM4-GCM-encrypted field, metrics, OTLP tracing sampled at 0.1, prompts
 redacted before they go upstream), at 16 and 64 connections; the same chat
 request with the headers the official openai SDK sends (`sdk`, c=16: its
 `Accept-Encoding` among them); streams (CPU per token); 2,000 connections against the 150 ms upstream (fresh processes, peak
-RSS); Sluice with 1 and 2 worker threads.
+RSS); Sluice with 1 and 2 worker threads. With `perf` on the PATH, each case
+also counts the proxy's system calls per request (and the failed ones, such
+as reads that would block) in a separate 1 s run: a figure the machine's
+noise does not move.
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -300,7 +304,9 @@ def measure(t, up_pid, conns, dur, env, per=1, timeout=5):
     user, system = ((c1[i] - c0[i]) / HZ for i in (0, 1))
     gw = user + system
     each = 1e6 / max(s["requests"] * per, 1)
+    calls, failed = syscalls(t, conns, env, per, timeout)
     return {
+        "syscalls": calls, "failed_syscalls": failed,
         "rps": s["requests"] / secs,
         "p50_ms": s["p50_us"] / 1e3, "p95_ms": s["p95_us"] / 1e3, "p99_ms": s["p99_us"] / 1e3,
         "errors": s["socket_errors"] + s["non2xx"],
@@ -316,8 +322,37 @@ def measure(t, up_pid, conns, dur, env, per=1, timeout=5):
     }
 
 
+def syscalls(t, conns, env, per, timeout):
+    """System calls the proxy makes per request (per token for streams),
+    and how many of them failed (a read that would block, most often),
+    counted by `perf stat` on the raw_syscalls tracepoints over a 1 s run
+    of its own: counting costs the proxy a little on every call, so not
+    during the run whose CPU is measured. (None, None) without perf."""
+    if not shutil.which("perf"):
+        return None, None
+    out = Path(tempfile.mkstemp(prefix="sluice-syscalls-")[1])
+    p = subprocess.Popen(["perf", "stat", "-x,", "-o", str(out), "-e", "raw_syscalls:sys_enter",
+                          "-e", "raw_syscalls:sys_exit", "--filter", "ret < 0", "-p", str(t.pid)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.2)
+    s = wrk(t.url + env.get("_PATH", t.path), conns, 1, env, timeout)
+    p.send_signal(signal.SIGINT)
+    p.wait()
+    counts = {}
+    for line in out.read_text().splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit():
+            counts[f[2]] = int(f[0])
+    out.unlink()
+    n = max(s["requests"] * per, 1)
+    if "raw_syscalls:sys_enter" not in counts:
+        return None, None
+    return counts["raw_syscalls:sys_enter"] / n, counts.get("raw_syscalls:sys_exit", 0) / n
+
+
 def median_row(runs):
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {k: statistics.median(r[k] for r in runs) if None not in (r[k] for r in runs) else None
+            for k in runs[0]}
 
 
 def check(name, row, saturate=True):
@@ -388,7 +423,7 @@ def run_case(results, key, t, up_pid, conns, dur, model, stream=False, timeout=5
     print(f"  {key}: {row['rps']:.0f}/s p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} ms, "
           f"{row['cpu_us']:.2f} µs CPU each ({row['user_us']:.1f} user), "
           f"proxy {row['proxy_share']:.0%} upstream {row['upstream_share']:.0%} "
-          f"wrk {row['wrk_share']:.0%}", flush=True)
+          f"wrk {row['wrk_share']:.0%}, system calls {calls(row) or '-'}", flush=True)
 
 
 def section_chat(args, procs, work, up, up_pid, results, rss):
@@ -457,12 +492,19 @@ def split(row):
     return f"{row['user_us']:.1f} / {row['sys_us']:.1f}" if "user_us" in row else ""
 
 
+def calls(row):
+    """System calls per request, and failed ones (rows without perf: none)."""
+    if row.get("syscalls") is None:
+        return ""
+    return f"{row['syscalls']:.2f} ({row['failed_syscalls']:.2f})"
+
+
 def table(results, rss):
     med = {k: median_row(v) for k, v in results.items()}
     lines = ["| case | req/s | p50 ms | p95 ms | p99 ms | CPU µs/req (per token for streams) "
              "| of it user / system | × nginx CPU | × nginx req/s | proxy / upstream / wrk CPU share "
-             "| note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| system calls (failed) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in med.items():
         kind, name, conns = k.split(" ", 2) if k.count(" ") == 2 else (k, "", "")
         base = med.get(f"{kind} nginx {conns}") if not k.startswith("cores") else None
@@ -472,7 +514,8 @@ def table(results, rss):
         lines.append(
             f"| {k} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
             f"| {r['cpu_us']:.2f} | {split(r)} | {vs_cpu} | {vs_rps} | {r['proxy_share']:.0%} / "
-            f"{r['upstream_share']:.0%} / {r['wrk_share']:.0%} |{check(k, r, saturate and name != 'direct')} |")
+            f"{r['upstream_share']:.0%} / {r['wrk_share']:.0%} | {calls(r)} "
+            f"|{check(k, r, saturate and name != 'direct')} |")
     lines.append("")
     lines.append("peak RSS (VmHWM, MiB; 'anon': peak RssAnon, sampled): "
                  + ", ".join(f"{k} {v:.1f}" for k, v in rss.items()))
