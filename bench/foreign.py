@@ -18,13 +18,13 @@ import threading
 import time
 from pathlib import Path
 
-HZ = os.sysconf("SC_CLK_TCK")
+from proxy import HZ, stat_ticks
 
 
 def cpu_ticks(pid):
+    """User + system ticks of `pid` so far; 0 once it is gone."""
     try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(f[11]) + int(f[12])
+        return sum(stat_ticks(Path(f"/proc/{pid}/stat").read_text()))
     except (OSError, IndexError):
         return 0
 
@@ -88,8 +88,7 @@ def snapshot():
             try:
                 raw = Path(f"/proc/{d}/stat").read_text()
                 name = raw[raw.index("(") + 1:raw.rindex(")")]
-                f = raw.rsplit(")", 1)[1].split()
-                out[int(d)] = (name, int(f[11]) + int(f[12]))
+                out[int(d)] = (name, sum(stat_ticks(raw)))
             except (OSError, ValueError, IndexError):
                 pass
     return out

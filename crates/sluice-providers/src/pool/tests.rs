@@ -63,6 +63,9 @@ async fn data_that_arrived_while_idle_is_seen_without_waiting_for_age() {
 async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("pool test");
     let addr = listener.local_addr().expect("pool test");
+    // The upstream writes its next piece only when the test asks for it:
+    // each event then comes in a read of its own, however slow the run.
+    let (next, mut asked) = tokio::sync::mpsc::unbounded_channel::<()>();
     tokio::spawn(async move {
         let (mut up, _) = listener.accept().await.expect("pool test");
         let mut req = [0u8; 1024];
@@ -71,14 +74,18 @@ async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
             .await;
         for i in 0..3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if asked.recv().await.is_none() {
+                return;
+            }
             let event = format!("data: {i}\n\n");
             let chunk = format!("{:x}\r\n{event}\r\n", event.len());
             let _ = up.write_all(chunk.as_bytes()).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let _ = up.write_all(b"0\r\n\r\n").await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if asked.recv().await.is_some() {
+            let _ = up.write_all(b"0\r\n\r\n").await;
+        }
+        // Held open: the pool, not the close, ends the exchange.
+        let _ = up.read(&mut req).await;
     });
     let pool = H1Pool::new(
         addr.to_string().parse().expect("pool test"),
@@ -95,6 +102,7 @@ async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
         panic!("a plain upstream's body comes from the lean pool");
     };
     for i in 0..3 {
+        next.send(()).expect("pool test");
         let data = std::future::poll_fn(|cx| lean.poll_frame(cx))
             .await
             .expect("pool test")
@@ -103,6 +111,7 @@ async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
         let conn = lean.conn.as_ref().expect("pool test");
         assert!(conn.quiet(), "event {i} left readiness behind");
     }
+    next.send(()).expect("pool test");
     assert!(
         std::future::poll_fn(|cx| lean.poll_frame(cx))
             .await
