@@ -218,8 +218,9 @@ async fn send<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> Result<()
 
 /// Appends the body's frames that are ready to `w`; `Ready(Ok(true))`
 /// once the body has ended (its end written), `Ready(Ok(false))` when
-/// the batch should go out first.
-fn batch<I: AsyncRead + Unpin>(
+/// the batch should go out first (the rest of it, when a body that waits
+/// found the client's socket full: see [`write_now`]).
+fn batch<I: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     body: &mut Body,
     w: &mut Framed<'_>,
@@ -247,18 +248,67 @@ fn batch<I: AsyncRead + Unpin>(
                     Some(_) => Err(Cut::Body),
                 });
             }
-            Poll::Pending if !w.out.is_empty() => return Poll::Ready(Ok(false)),
+            // The body waits with a batch in hand: it goes out in this
+            // turn, and the body is then waited on without polling it
+            // again (its waker is set, and nothing it waits on can have
+            // changed in between: readiness and timers move only when the
+            // runtime turns, and a wake meanwhile polls the task again).
+            // A stream paced an event per read saves one poll of its whole
+            // body stack per event. A full socket leaves the rest to `send`.
+            Poll::Pending if !w.out.is_empty() => {
+                return match write_now(cx, io, w.out) {
+                    Ok(true) => watch_client(cx, io, pending, watching),
+                    Ok(false) => Poll::Ready(Ok(false)),
+                    Err(cut) => Poll::Ready(Err(cut)),
+                };
+            }
+            Poll::Pending => return watch_client(cx, io, pending, watching),
+        }
+    }
+}
+
+/// Waiting on the body: a client that closes its side meanwhile cuts the
+/// response (what it sends is kept in `pending`).
+fn watch_client<I: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    pending: &mut BytesMut,
+    watching: &mut bool,
+) -> Poll<Result<bool, Cut>> {
+    if *watching {
+        match client_left(cx, io, pending) {
+            Poll::Ready(true) => return Poll::Ready(Err(Cut::Client)),
+            Poll::Ready(false) => *watching = false,
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
+/// Writes and flushes `out` without waiting: `Ok(true)` when all of it
+/// went (`out` is emptied), `Ok(false)` when the client's socket is full
+/// (what went is taken off `out`, the rest is for [`send`]).
+fn write_now<I: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    out: &mut Vec<u8>,
+) -> Result<bool, Cut> {
+    let mut done = 0;
+    while done < out.len() {
+        match Pin::new(&mut *io).poll_write(cx, &out[done..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Cut::Client),
+            Poll::Ready(Ok(n)) => done += n,
             Poll::Pending => {
-                if *watching {
-                    match client_left(cx, io, pending) {
-                        Poll::Ready(true) => return Poll::Ready(Err(Cut::Client)),
-                        Poll::Ready(false) => *watching = false,
-                        Poll::Pending => {}
-                    }
-                }
-                return Poll::Pending;
+                out.drain(..done);
+                return Ok(false);
             }
         }
+    }
+    out.clear();
+    match Pin::new(io).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(_)) => Err(Cut::Client),
+        Poll::Pending => Ok(false),
     }
 }
 
@@ -396,5 +446,88 @@ mod tests {
         let large = format!("{:x}\r\n{}\r\n", LARGE + 1, "L".repeat(LARGE + 1));
         let want = format!("HEAD2\r\nab\r\n{large}2\r\ncd\r\n0\r\n\r\n");
         assert_eq!(String::from_utf8(got).unwrap(), want);
+    }
+
+    /// A body whose frames come one at a time, counting its polls.
+    struct Paced {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+        polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl http_body::Body for Paced {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            self.polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.rx
+                .poll_recv(cx)
+                .map(|f| f.map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paced_body_is_polled_once_for_its_frame_and_once_to_wait() {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let paced = Body::new(Paced {
+            rx,
+            polls: polls.clone(),
+        });
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            let (mut out, mut pending) = (Vec::new(), BytesMut::new());
+            let sent = body(&mut a, &mut out, Framing::Chunked, paced, &mut pending);
+            sent.await.is_ok()
+        });
+        for event in ["data: one\n\n", "data: two\n\n", "data: three\n\n"] {
+            let before = polls.load(Relaxed);
+            tx.send(Bytes::from_static(event.as_bytes())).await.unwrap();
+            let want = format!("{:x}\r\n{event}\r\n", event.len());
+            let mut got = vec![0; want.len()];
+            b.read_exact(&mut got).await.unwrap();
+            assert_eq!(String::from_utf8(got).unwrap(), want);
+            // The writer's turn wrote the event and went back to waiting
+            // before the reader could run: one poll took the frame, one
+            // found the body waiting (not a third after the write).
+            assert_eq!(polls.load(Relaxed) - before, 2, "polls for {event:?}");
+        }
+        drop(tx);
+        assert!(writer.await.unwrap());
+        let mut end = Vec::new();
+        b.read_to_end(&mut end).await.unwrap();
+        assert_eq!(end, b"0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_batch_a_full_socket_takes_in_part_goes_out_whole() {
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let paced = Body::new(Paced { rx, polls });
+        // Room for 7 bytes: every batch below is written in parts.
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let writer = tokio::spawn(async move {
+            let (mut out, mut pending) = (b"HEAD".to_vec(), BytesMut::new());
+            let sent = body(&mut a, &mut out, Framing::Chunked, paced, &mut pending);
+            sent.await.is_ok()
+        });
+        let events = ["data: first event\n\n", "data: the second one\n\n"];
+        let mut want = String::from("HEAD");
+        for event in events {
+            tx.send(Bytes::from_static(event.as_bytes())).await.unwrap();
+            want += &format!("{:x}\r\n{event}\r\n", event.len());
+        }
+        drop(tx);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert!(writer.await.unwrap());
+        assert_eq!(String::from_utf8(got).unwrap(), want + "0\r\n\r\n");
     }
 }
