@@ -13,6 +13,15 @@
 //! stops spinning: its body is read in the request's own task (the lean
 //! upstream pool decodes every chunk a read brought before it says
 //! `Pending`), or its upstream is paced, and turns cannot find more.
+//!
+//! Gathering still polls the body once more after each frame, to find it
+//! waiting. After [`GIVE_UP`] frames in a row that went out alone that way,
+//! a frame goes out as soon as it comes, and only every [`PROBE`]th is
+//! gathered again (a burst found that way turns gathering back on): a
+//! paced stream then pays one poll of its body stack per event, not two.
+//! The writers gather what is ready anyway (the HTTP/1.1 loop writes every
+//! frame a turn brings in one write); what a burst loses until the next
+//! probe is only that its events go as separate frames (chunks).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,8 +34,11 @@ const MAX_BATCH: usize = 16 << 10;
 /// Empty turns yielded before what is gathered goes out.
 const SPINS: u8 = 2;
 /// Spin rounds in a row that found nothing, after which frames go out as
-/// soon as none is ready.
+/// soon as none is ready; and frames in a row gathered alone, after which
+/// they go out ungathered.
 const GIVE_UP: u8 = 3;
+/// Ungathered, every this many frames one is gathered again.
+const PROBE: u8 = 16;
 
 pub struct Coalesce<B: Body> {
     inner: B,
@@ -38,6 +50,10 @@ pub struct Coalesce<B: Body> {
     spins: u8,
     /// Spin rounds in a row that ended with nothing new.
     empty_rounds: u8,
+    /// Gatherings in a row that found no second frame.
+    alone: u8,
+    /// Frames sent ungathered since the last gathering.
+    ungathered: u8,
     /// What ended the gathering (a trailer, an error, the end), sent next.
     after: Option<Option<Result<Frame<Bytes>, B::Error>>>,
 }
@@ -50,6 +66,8 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
             held: None,
             spins: 0,
             empty_rounds: 0,
+            alone: 0,
+            ungathered: 0,
             after: None,
         }
     }
@@ -69,6 +87,31 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
             }
         }
         self.spins = 0;
+    }
+
+    /// Whether the one frame in hand goes out without looking for more:
+    /// gatherings keep finding none, and this is not a probe.
+    fn ungathered(&mut self) -> bool {
+        let lone = self.buf.is_empty() && self.held.is_some();
+        if !lone || self.alone < GIVE_UP || self.empty_rounds < GIVE_UP {
+            return false;
+        }
+        self.ungathered += 1;
+        if self.ungathered < PROBE {
+            return true;
+        }
+        self.ungathered = 0;
+        false
+    }
+
+    /// A gathering ended because nothing more was ready.
+    fn ended_waiting(&mut self) {
+        let lone = self.buf.is_empty() && self.held.is_some();
+        self.alone = if lone {
+            self.alone.saturating_add(1)
+        } else {
+            0
+        };
     }
 
     fn gathered(&self) -> usize {
@@ -106,7 +149,10 @@ where
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         this.add(data);
-                        if this.gathered() >= MAX_BATCH || this.inner.is_end_stream() {
+                        if this.gathered() >= MAX_BATCH
+                            || this.inner.is_end_stream()
+                            || this.ungathered()
+                        {
                             return Poll::Ready(this.take().map(Ok));
                         }
                     }
@@ -125,6 +171,7 @@ where
                     if this.spins == SPINS {
                         this.empty_rounds += 1;
                     }
+                    this.ended_waiting();
                     return Poll::Ready(this.take().map(Ok));
                 }
             }
@@ -230,30 +277,79 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_stream_whose_turns_find_nothing_stops_spinning() {
-        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
-        let inner = Counted(StreamBody::new(tokio_stream_from(rx)), polls.clone());
-        let mut body = Coalesce::new(inner);
+    /// `n` paced frames ("e", each sent once the one before is out): the
+    /// body's polls per frame.
+    async fn paced(
+        body: &mut Coalesce<Counted<impl Body<Data = Bytes, Error = std::io::Error> + Unpin>>,
+        tx: &tokio::sync::mpsc::Sender<Item>,
+        n: usize,
+    ) -> Vec<usize> {
         let mut per_frame = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..n {
             tx.send(Ok(Frame::data(Bytes::from_static(b"e"))))
                 .await
                 .unwrap();
-            let before = polls.load(std::sync::atomic::Ordering::SeqCst);
+            let before = body.inner.1.load(std::sync::atomic::Ordering::SeqCst);
             assert_eq!(
                 body.frame().await.unwrap().unwrap().into_data().unwrap(),
                 "e"
             );
-            per_frame.push(polls.load(std::sync::atomic::Ordering::SeqCst) - before);
+            per_frame.push(body.inner.1.load(std::sync::atomic::Ordering::SeqCst) - before);
         }
-        // The frame, then a `Pending` per spin and one more; after
-        // `GIVE_UP` empty rounds, the frame and one `Pending`.
-        let spun = 2 + usize::from(SPINS);
+        per_frame
+    }
+
+    /// A coalescing body over a channel of room `n`, its polls counted.
+    fn counted(
+        n: usize,
+    ) -> (
+        tokio::sync::mpsc::Sender<Item>,
+        Coalesce<Counted<impl Body<Data = Bytes, Error = std::io::Error> + Unpin>>,
+    ) {
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(n);
+        let inner = Counted(StreamBody::new(tokio_stream_from(rx)), polls);
+        (tx, Coalesce::new(inner))
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_turns_find_nothing_stops_spinning_then_gathering() {
+        let (tx, mut body) = counted(4);
         let g = usize::from(GIVE_UP);
-        assert_eq!(per_frame[..g], vec![spun; g], "{per_frame:?}");
-        assert_eq!(per_frame[g..], vec![2; 6 - g], "{per_frame:?}");
+        let probe = usize::from(PROBE);
+        let per_frame = paced(&mut body, &tx, g + probe + 1).await;
+        // The frame, then a `Pending` per spin and one more; after
+        // `GIVE_UP` such rounds, the frame alone, but for every `PROBE`th
+        // (the frame and one `Pending`).
+        let spun = 2 + usize::from(SPINS);
+        let mut want = vec![spun; g];
+        want.extend(vec![1; probe - 1]);
+        want.extend([2, 1]);
+        assert_eq!(per_frame, want);
+    }
+
+    #[tokio::test]
+    async fn a_burst_after_paced_frames_is_gathered_again_and_nothing_is_lost() {
+        let (tx, mut body) = counted(64);
+        paced(&mut body, &tx, usize::from(GIVE_UP) + 1).await;
+        let events: Vec<String> = (0..40).map(|i| format!("<{i}>")).collect();
+        for e in &events {
+            let e = Bytes::from(e.clone());
+            tx.send(Ok(Frame::data(e))).await.unwrap();
+        }
+        drop(tx);
+        let mut sizes = Vec::new();
+        let mut got = String::new();
+        while let Some(f) = body.frame().await {
+            let data = f.unwrap().into_data().unwrap();
+            sizes.push(data.len());
+            got.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        assert_eq!(got, events.concat());
+        // Ungathered until a probe finds the rest ready: then one frame.
+        let ungathered = usize::from(PROBE) - 2;
+        assert!(sizes[..ungathered].iter().all(|&n| n <= 4), "{sizes:?}");
+        assert_eq!(sizes.len(), ungathered + 1, "{sizes:?}");
     }
 
     #[tokio::test]
