@@ -91,7 +91,7 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
 
     /// Whether the one frame in hand goes out without looking for more:
     /// gatherings keep finding none, and this is not a probe.
-    fn ungathered(&mut self) -> bool {
+    fn goes_alone(&mut self) -> bool {
         let lone = self.buf.is_empty() && self.held.is_some();
         if !lone || self.alone < GIVE_UP || self.empty_rounds < GIVE_UP {
             return false;
@@ -151,7 +151,7 @@ where
                         this.add(data);
                         if this.gathered() >= MAX_BATCH
                             || this.inner.is_end_stream()
-                            || this.ungathered()
+                            || this.goes_alone()
                         {
                             return Poll::Ready(this.take().map(Ok));
                         }
@@ -346,7 +346,8 @@ mod tests {
             got.push_str(std::str::from_utf8(&data).unwrap());
         }
         assert_eq!(got, events.concat());
-        // Ungathered until a probe finds the rest ready: then one frame.
+        // Ungathered until a probe finds the rest ready, then one frame
+        // (the last paced frame was the first to go ungathered).
         let ungathered = usize::from(PROBE) - 2;
         assert!(sizes[..ungathered].iter().all(|&n| n <= 4), "{sizes:?}");
         assert_eq!(sizes.len(), ungathered + 1, "{sizes:?}");
