@@ -209,11 +209,18 @@ impl Framed<'_> {
     }
 }
 
+/// Writes and flushes `out`, waiting on the client's socket as it needs
+/// ([`write_now`] until it has all gone); `out` is empty after.
 async fn send<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> Result<(), Cut> {
-    let written = io.write_all(out).await;
+    let sent = poll_fn(|cx| match write_now(cx, io, out) {
+        Ok(true) => Poll::Ready(Ok(())),
+        // Its write or flush waits: the socket wakes the task.
+        Ok(false) => Poll::Pending,
+        Err(cut) => Poll::Ready(Err(cut)),
+    })
+    .await;
     out.clear();
-    written.map_err(|_| Cut::Client)?;
-    io.flush().await.map_err(|_| Cut::Client)
+    sent
 }
 
 /// Appends the body's frames that are ready to `w`; `Ready(Ok(true))`

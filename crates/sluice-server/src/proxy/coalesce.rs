@@ -92,8 +92,7 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
     /// Whether the one frame in hand goes out without looking for more:
     /// gatherings keep finding none, and this is not a probe.
     fn goes_alone(&mut self) -> bool {
-        let lone = self.buf.is_empty() && self.held.is_some();
-        if !lone || self.alone < GIVE_UP || self.empty_rounds < GIVE_UP {
+        if !self.one_frame() || self.alone < GIVE_UP || self.empty_rounds < GIVE_UP {
             return false;
         }
         self.ungathered += 1;
@@ -106,12 +105,16 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
 
     /// A gathering ended because nothing more was ready.
     fn ended_waiting(&mut self) {
-        let lone = self.buf.is_empty() && self.held.is_some();
-        self.alone = if lone {
+        self.alone = if self.one_frame() {
             self.alone.saturating_add(1)
         } else {
             0
         };
+    }
+
+    /// Exactly one frame is in hand (a second moves both into `buf`).
+    fn one_frame(&self) -> bool {
+        self.buf.is_empty() && self.held.is_some()
     }
 
     fn gathered(&self) -> usize {
