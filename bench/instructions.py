@@ -15,7 +15,9 @@ virtual key); `--keep DIR` keeps the callgrind files there for
 `callgrind_annotate --inclusive=yes`; `--sdk` sends the headers the official
 `openai` SDK sends (with `Accept-Encoding: gzip, deflate`). The count repeats to a fraction of a
 percent whatever else the machine does, so it shows changes smaller than the
-wall-clock noise of bench/proxy.py. Kernel time is not counted.
+wall-clock noise of bench/proxy.py. Kernel time is not counted. Each line
+also counts the clock reads per request: a read of the time-stamp counter
+is a few instructions here but ~30-44 ns of wall time on this machine.
 
 The word `nginx` in place of a binary measures bench/proxy.py's nginx
 `proxy_pass` (one process: `master_process off`) the same way, bare
@@ -116,9 +118,41 @@ def measure(procs, work, up, i, binary, args, payload):
     subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, stdout=subprocess.DEVNULL)
     time.sleep(1)
     procs.stop(p)
-    total = sum(int(line.split()[1]) for f in glob.glob(f"{out}*") for line in open(f)
+    files = glob.glob(f"{out}*")
+    total = sum(int(line.split()[1]) for f in files for line in open(f)
                 if line.startswith("summary:"))
-    return total / (args.n * CONNECTIONS)
+    n = args.n * CONNECTIONS
+    return total / n, [c / n for c in clock_reads(files)]
+
+
+def clock_reads(files):
+    """Calls to glibc's `clock_gettime` and `gettimeofday` in the callgrind
+    files: those made through std's `Instant::now` and `SystemTime::now` (a
+    read of the time-stamp counter: ~30-44 ns each on the bench machine,
+    counted as a few instructions), and the others (Sluice's coarse clocks
+    in `sluice-sys`, ~7 ns; nginx's own reads, once per event-loop turn)."""
+    fine = other = 0
+    for f in files:
+        names, caller, callee = {}, "", None
+        for line in open(f, errors="replace"):
+            if line.startswith(("fn=", "cfn=")):
+                key, _, rest = line.partition("=")
+                ident, _, name = rest.strip().partition(" ")
+                if name:
+                    names[ident] = name
+                if key == "fn":
+                    caller = names.get(ident, "")
+                else:
+                    callee = names.get(ident, "")
+            elif line.startswith("calls=") and callee is not None:
+                if callee.startswith(("clock_gettime", "gettimeofday", "__gettimeofday")):
+                    calls = int(line[len("calls="):].split()[0])
+                    if "Timespec" in caller:
+                        fine += calls
+                    else:
+                        other += calls
+                callee = None
+    return fine, other
 
 
 def main():
@@ -141,8 +175,9 @@ def main():
     try:
         up, _ = proxy.start_upstream(procs, work)
         for i, b in enumerate(args.binaries):
-            per = measure(procs, work, up, i, b, args, payload)
-            print(f"{b}: {per:,.0f} instructions per request", flush=True)
+            per, (fine, other) = measure(procs, work, up, i, b, args, payload)
+            print(f"{b}: {per:,.0f} instructions per request; clock reads: {fine:.2f} "
+                  f"through std, {other:.2f} others", flush=True)
     finally:
         procs.stop_all()
         proxy.shutil.rmtree(work, ignore_errors=True)

@@ -55,7 +55,7 @@ fn main() {
         black_box(
             keys.check(
                 black_box(Some("sk-live-0123456789abcdef0123456789abcdef")),
-                0,
+                || 0,
             )
             .expect("known key"),
         );

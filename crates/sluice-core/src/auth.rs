@@ -33,8 +33,13 @@ impl KeyTable {
         self.by_hash.is_empty()
     }
 
-    /// The key for `token` if it exists and has not expired at `now_unix`.
-    pub fn check(&self, token: Option<&str>, now_unix: u64) -> Result<&KeyConfig, GatewayError> {
+    /// The key for `token` if it exists and has not expired at `now_unix()`
+    /// (the clock read only for a key with an expiry).
+    pub fn check(
+        &self,
+        token: Option<&str>,
+        now_unix: impl FnOnce() -> u64,
+    ) -> Result<&KeyConfig, GatewayError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Err(GatewayError::new(
                 ErrorKind::Unauthorized,
@@ -48,7 +53,7 @@ impl KeyTable {
                 "invalid API key",
             ));
         };
-        if key.expires_at.is_some_and(|t| now_unix >= t) {
+        if key.expires_at.is_some_and(|t| now_unix() >= t) {
             return Err(GatewayError::new(
                 ErrorKind::Unauthorized,
                 format!("API key '{}' has expired", key.name),
@@ -160,17 +165,17 @@ mod tests {
         let t = table();
         let now = 1_800_000_000;
         assert_eq!(
-            t.check(None, now).unwrap_err().kind,
+            t.check(None, || now).unwrap_err().kind,
             ErrorKind::Unauthorized
         );
         assert_eq!(
-            t.check(Some("nope"), now).unwrap_err().kind,
+            t.check(Some("nope"), || now).unwrap_err().kind,
             ErrorKind::Unauthorized
         );
-        let e = t.check(Some("sk-old"), now).unwrap_err();
+        let e = t.check(Some("sk-old"), || now).unwrap_err();
         assert!(e.message.contains("expired"), "{}", e.message);
-        assert!(t.check(Some("sk-old"), 1_500_000_000).is_ok());
-        let k = t.check(Some("sk-team"), now).unwrap();
+        assert!(t.check(Some("sk-old"), || 1_500_000_000).is_ok());
+        let k = t.check(Some("sk-team"), || now).unwrap();
         assert!(k.allows("a") && !k.allows("b"));
     }
 }

@@ -86,7 +86,7 @@ pub fn authenticate<'a>(
     }
     access
         .keys
-        .check(api_token(headers), crate::clock::now_unix())
+        .check(api_token(headers), crate::clock::now_unix)
         .map(Some)
 }
 

@@ -5,6 +5,7 @@
 
 use super::*;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 /// A connected pair: the pool's side as a [`Conn`], the upstream's side.
 async fn pair() -> (Conn, TcpStream) {

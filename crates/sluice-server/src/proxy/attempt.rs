@@ -15,7 +15,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Frame;
 use sluice_core::request::Usage;
-use sluice_core::resilience::{Outcome, Transition, now_nanos};
+use sluice_core::resilience::{Outcome, Transition, nanos_at, now_nanos};
 use sluice_core::route::{Admitted, ModelRoute, TargetSet, backoff};
 use sluice_core::{ErrorKind, GatewayError};
 use sluice_providers::adapter::{Outgoing, Prepared};
@@ -85,12 +85,15 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             if attempts >= max_attempts {
                 break 'models;
             }
-            let remaining = call.deadline.saturating_duration_since(Instant::now());
+            // One clock read for the deadline, the admission and the
+            // attempt's start, unless a pause comes between them.
+            let mut started = Instant::now();
+            let remaining = call.deadline.saturating_duration_since(started);
             if remaining.is_zero() {
                 last = Some(Failure::Error(deadline_error(call.budget)));
                 break 'models;
             }
-            let Some(mut adm) = model.admit(now_nanos(), &mut tried) else {
+            let Some(mut adm) = model.admit(nanos_at(started.into_std()), &mut tried) else {
                 match comeback.take() {
                     Some((index, wait)) if wait <= routing.max_retry_after && wait < remaining => {
                         tokio::time::sleep(wait).await;
@@ -111,6 +114,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                 .min(remaining);
                 tokio::time::sleep(pause).await;
                 rec.excluded += pause;
+                started = Instant::now();
             }
             attempts += 1;
             rec.attempts = attempts;
@@ -118,10 +122,9 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
             let provider = &call.snap.config.providers[target.provider];
             rec.model = model.name.clone();
             rec.provider = provider.name.clone();
-            let started = Instant::now();
             let (mut span, traceparent) =
                 attempt_span(call, &rec, provider, &target.model, attempts);
-            match attempt(call, model, adm.index, traceparent).await {
+            match attempt(call, model, adm.index, traceparent, started).await {
                 Attempt::Commit(c) => {
                     let answered = Answered {
                         started,
@@ -136,7 +139,7 @@ pub async fn run(call: &Call<'_>, route: &ModelRoute, mut rec: Recorder) -> Resp
                         s.fail(e.kind.code(), &e.message);
                         s.end();
                     }
-                    note(&rec, &mut adm, Outcome::Neutral);
+                    note(&rec, &mut adm, Outcome::Neutral, now_nanos());
                     return rec.reply_error(&e);
                 }
                 Attempt::Retry {
@@ -180,10 +183,12 @@ async fn commit(
     c: Committed,
     a: Answered,
 ) -> Response<Body> {
-    note(&rec, &mut adm, c.outcome);
+    // One clock read for the breaker and the time to first byte.
+    let now = Instant::now();
+    note(&rec, &mut adm, c.outcome, nanos_at(now.into_std()));
     if c.outcome == Outcome::Success {
         adm.state
-            .observe_ttfb(a.started.elapsed().as_secs_f64() * 1e6);
+            .observe_ttfb(now.saturating_duration_since(a.started).as_secs_f64() * 1e6);
     }
     if let Some(u) = c.usage {
         rec.set_usage(u);
@@ -307,7 +312,7 @@ fn failed(
         s.fail(kind, &msg);
         s.end();
     }
-    note(rec, adm, Outcome::Failure);
+    note(rec, adm, Outcome::Failure, now_nanos());
     if let Failure::Error(e) = failure {
         rec.app()
             .metrics
@@ -316,8 +321,9 @@ fn failed(
 }
 
 /// Records the outcome on the target and in the attempt metrics.
-fn note(rec: &Recorder, adm: &mut Admitted, outcome: Outcome) {
-    let transition = adm.record(outcome, now_nanos());
+/// `at` is [`now_nanos`], or the same read a caller made already.
+fn note(rec: &Recorder, adm: &mut Admitted, outcome: Outcome, at: u64) {
+    let transition = adm.record(outcome, at);
     let m = &rec.app().metrics;
     m.record_attempt(&rec.model, &rec.provider, outcome);
     let code = match outcome {
@@ -343,17 +349,20 @@ async fn attempt(
     index: usize,
     // `traceparent` and the client's `tracestate`, to pass on.
     traceparent: Option<(HeaderValue, Option<HeaderValue>)>,
+    // When it started: its deadlines count from then.
+    started: Instant,
 ) -> Attempt {
     let target = &model.targets[index];
     let provider = &call.snap.config.providers[target.provider];
     let upstream = &call.snap.upstreams[target.provider];
     let whole;
-    let body = match Box::pin(super::upload::before_attempt(call, upstream)).await {
+    let (body, started) = match Box::pin(super::upload::before_attempt(call, upstream)).await {
+        // Reading the upload was the client's time.
         Ok(Some(b)) => {
             whole = b;
-            &whole
+            (&whole, Instant::now())
         }
-        Ok(None) => call.body,
+        Ok(None) => (call.body, started),
         Err(e) => return Attempt::Reject(e),
     };
     let outgoing = Outgoing {
@@ -400,7 +409,6 @@ async fn attempt(
             h.insert(http::HeaderName::from_static("tracestate"), state);
         }
     }
-    let started = Instant::now();
     let head_deadline = (started + provider.timeout).min(call.deadline);
     let send = async {
         match call.upload {
@@ -606,7 +614,7 @@ mod sizes {
     fn ret3<A, B, C, R>(_: &impl FnOnce(A, B, C) -> R) -> usize {
         size_of::<R>()
     }
-    fn ret4<A, B, C, D, R>(_: &impl FnOnce(A, B, C, D) -> R) -> usize {
+    fn ret5<A, B, C, D, E, R>(_: &impl FnOnce(A, B, C, D, E) -> R) -> usize {
         size_of::<R>()
     }
 
@@ -617,7 +625,7 @@ mod sizes {
     fn request_state_machines_stay_bounded() {
         let serve = ret2(&super::super::serve);
         let run = ret3(&super::run);
-        let attempt = ret4(&super::attempt);
+        let attempt = ret5(&super::attempt);
         let recorder = size_of::<super::Recorder>();
         eprintln!("bytes: serve {serve}, run {run}, attempt {attempt}, recorder {recorder}");
         // 11,040 bytes in a debug build while the recorder (768 bytes) was

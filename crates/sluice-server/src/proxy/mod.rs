@@ -108,7 +108,7 @@ pub fn handle_inbound(
 /// format, its body streamed and accounted for to its end.
 pub async fn serve(app: Arc<App>, inbound: Inbound) -> Response<Body> {
     let started = Instant::now();
-    let mut rec = Recorder::start(&app, inbound.route);
+    let mut rec = Recorder::start_at(&app, inbound.route, started);
     let request_id = intake::request_id(&inbound.headers);
     rec.request_id = Some(request_id.clone());
     // The client's own id, kept apart in the audit event (it may be forged
@@ -188,6 +188,8 @@ async fn proxy(
         Ok(t) => t,
         Err(e) => return rec.reply_error(&e),
     };
+    // A body in hand was read with the head: the client took no time on it.
+    let in_hand = matches!(body, InboundBody::Read(_));
     let intake = read_intake(
         &headers,
         body,
@@ -200,7 +202,9 @@ async fn proxy(
         Err(e) => return rec.reply_error(&e),
     };
     // Reading the client's body is the client's time, not the gateway's.
-    rec.excluded = started.elapsed();
+    if !in_hand {
+        rec.excluded = started.elapsed();
+    }
     // OpenAI makes the moderation model optional.
     let body = match op {
         Operation::Media(Media::Moderation) => request::with_model(body, DEFAULT_MODERATION_MODEL),

@@ -24,14 +24,14 @@ pub struct Accounting {
 impl Accounting {
     /// Settles every reservation with the real usage; unknown usage (a
     /// request cut short) keeps what was reserved charged. Releases the
-    /// stream permit.
-    pub fn settle(&mut self, usage: Option<Usage>, answered: bool) {
+    /// stream permit. `now` is when the request ended.
+    pub fn settle(&mut self, usage: Option<Usage>, answered: bool, now: tokio::time::Instant) {
         if let Some(t) = self.turn.take().filter(|_| answered) {
             t.keep();
         }
         let total = usage.map(|u| (u.prompt_tokens + u.completion_tokens) as f64);
         if !self.reservations.is_empty() {
-            let now = crate::clock::now_secs();
+            let now = crate::clock::secs_at(now);
             for r in &self.reservations {
                 r.settle(total.unwrap_or(r.tokens), now);
             }

@@ -54,8 +54,10 @@ pub struct ObservedBody {
     timer: Option<Pin<Box<Sleep>>>,
     idle: Option<Duration>,
     /// When the last frame came: the idle timer is moved only when it
-    /// fires (not reset per frame, a timer-wheel update each).
-    last_frame: Instant,
+    /// fires (not reset per frame, a timer-wheel update each). Before the
+    /// first frame, when the body first waited: set then, not when the
+    /// body was made, as most bodies never wait (a clock read saved).
+    last_frame: Option<Instant>,
     deadline: Option<Instant>,
     sse: bool,
     wire: Wire,
@@ -91,7 +93,7 @@ impl ObservedBody {
             tail,
             timer: None,
             idle: w.idle,
-            last_frame: Instant::now(),
+            last_frame: None,
             deadline: w.deadline,
             sse: w.sse,
             wire: w.wire,
@@ -106,8 +108,10 @@ impl ObservedBody {
         }
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        let idle = self.idle.map(|d| self.last_frame + d);
+    fn next_wake(&mut self) -> Option<Instant> {
+        let idle = self
+            .idle
+            .map(|d| *self.last_frame.get_or_insert_with(Instant::now) + d);
         match (idle, self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -198,7 +202,7 @@ impl ObservedBody {
             self.done = true;
             self.settle();
         } else if self.idle.is_some() {
-            self.last_frame = Instant::now();
+            self.last_frame = Some(Instant::now());
         }
     }
 
