@@ -356,7 +356,13 @@ async fn attempt(
     let provider = &call.snap.config.providers[target.provider];
     let upstream = &call.snap.upstreams[target.provider];
     let whole;
-    let (body, started) = match Box::pin(super::upload::before_attempt(call, upstream)).await {
+    // Boxed (it is large, and rarely more than a check), and made in its
+    // box rather than copied in.
+    let before = Box::write(
+        Box::new_uninit(),
+        super::upload::before_attempt(call, upstream),
+    );
+    let (body, started) = match Box::into_pin(before).await {
         // Reading the upload was the client's time.
         Ok(Some(b)) => {
             whole = b;

@@ -92,16 +92,23 @@ pub fn handle_inbound(
     req: Request<InboundBody>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
     let (parts, body) = req.into_parts();
-    Box::pin(serve(
-        app,
-        Inbound {
-            op,
-            route,
-            headers: parts.headers,
-            body,
-            client: None,
-        },
-    ))
+    // The box first, then the future made in it: `Box::pin(serve(…))`
+    // made the whole state machine (KiBs, most of it not in use yet) on
+    // the stack and copied it into the box, on every request.
+    let made = Box::write(
+        Box::new_uninit(),
+        serve(
+            app,
+            Inbound {
+                op,
+                route,
+                headers: parts.headers,
+                body,
+                client: None,
+            },
+        ),
+    );
+    Box::into_pin(made)
 }
 
 /// Runs a request through the whole path; the response is in the client's
