@@ -213,7 +213,7 @@ impl H1Pool {
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.conns.pop_back() {
-            let age = idle_for(c.since);
+            let age = age(c.since, sluice_sys::coarse_nanos());
             if age < self.idle_timeout && c.conn.alive(age) {
                 return Some(c.conn);
             }
@@ -227,9 +227,10 @@ impl H1Pool {
         };
         let now = sluice_sys::coarse_nanos();
         while idle.conns.len() >= self.max_idle
-            || idle.conns.front().is_some_and(|c| {
-                Duration::from_nanos(now.saturating_sub(c.since)) >= self.idle_timeout
-            })
+            || idle
+                .conns
+                .front()
+                .is_some_and(|c| age(c.since, now) >= self.idle_timeout)
         {
             if idle.conns.pop_front().is_none() {
                 break;
@@ -294,9 +295,10 @@ impl H1Pool {
     }
 }
 
-/// How long a connection idle since `since` (coarse nanoseconds) has been.
-fn idle_for(since: u64) -> Duration {
-    Duration::from_nanos(sluice_sys::coarse_nanos().saturating_sub(since))
+/// How long a connection idle since `since` has been at `now` (both on the
+/// coarse clock, in nanoseconds).
+fn age(since: u64, now: u64) -> Duration {
+    Duration::from_nanos(now.saturating_sub(since))
 }
 
 /// Closes idle connections the upstream closed or that outlived the idle
@@ -311,7 +313,7 @@ async fn reap(pool: std::sync::Weak<H1Pool>) {
             return;
         };
         idle.conns.retain(|c| {
-            let age = idle_for(c.since);
+            let age = age(c.since, sluice_sys::coarse_nanos());
             age < pool.idle_timeout && c.conn.alive(age)
         });
         if idle.conns.is_empty() {
