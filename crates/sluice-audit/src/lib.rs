@@ -40,8 +40,8 @@ const EVENT_CAPACITY: usize = 768;
 pub struct Event<'a> {
     /// Made by the gateway, unique per event (and the same on a duplicate
     /// delivery): what identifies an event.
-    pub id: String,
-    pub ts: String,
+    pub id: &'a str,
+    pub ts: &'a str,
     /// The request's id: the client's `x-request-id` when it sent a sane
     /// one, else the gateway's.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +91,23 @@ pub struct ToolCall<'a> {
     /// Redacted, with `encrypt_fields` under `arguments.` encrypted
     /// (see [`Auditor::arguments`]).
     pub arguments: Value,
+}
+
+/// An event's id (see [`Auditor::new_id`]): 28 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EventId([u8; 28]);
+
+impl EventId {
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: never the empty fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One recorded field: its path, split, and whether it is encrypted.
@@ -206,36 +223,38 @@ impl Auditor {
         let found = self.fields.iter().map(|f| pick::find(members, &f.parts));
         for (f, raw) in self.fields.iter().zip(found) {
             let Some(raw) = raw else { continue };
-            let recorded = match (&self.cipher, f.encrypt) {
+            match (&self.cipher, f.encrypt) {
                 // The picked slice is valid JSON (the parser read it).
-                (Some(c), true) => c.encrypt_raw(&f.path, raw),
-                _ => match self.redacted_raw(raw) {
-                    Some(r) => r,
-                    None => continue,
-                },
-            };
-            out.push(f.path.clone(), recorded);
+                (Some(c), true) => {
+                    out.push_with(f.path.clone(), |t| c.encrypt_into(&f.path, raw, t));
+                }
+                _ => {
+                    if let Some(r) = self.redacted_raw(raw) {
+                        out.push(f.path.clone(), &r);
+                    }
+                }
+            }
         }
         out
     }
 
     /// A recorded field's JSON with PII redacted from every string in it: a
     /// string with nothing found is kept as the client wrote it.
-    fn redacted_raw(&self, raw: &str) -> Option<Box<str>> {
+    fn redacted_raw<'r>(&self, raw: &'r str) -> Option<Cow<'r, str>> {
         let Some(r) = &self.redactor else {
-            return Some(raw.into());
+            return Some(Cow::Borrowed(raw));
         };
         if json::kind_of(raw) == json::Kind::String {
             let text = json::text_of(raw).ok()??;
             return match r.redact(&text) {
-                Cow::Borrowed(_) => Some(raw.into()),
-                Cow::Owned(o) => serde_json::to_string(&o).ok().map(String::into_boxed_str),
+                Cow::Borrowed(_) => Some(Cow::Borrowed(raw)),
+                Cow::Owned(o) => serde_json::to_string(&o).ok().map(Cow::Owned),
             };
         }
         let v = serde_json::from_str::<Value>(raw).ok()?;
         serde_json::to_string(&self.redacted(&v))
             .ok()
-            .map(String::into_boxed_str)
+            .map(Cow::Owned)
     }
 
     /// A tool call's arguments as recorded: PII redacted from every
@@ -321,22 +340,23 @@ impl Auditor {
 
     /// A new event id: 64 random bits for this process and a counter, so
     /// ids are unique across replicas and restarts.
-    pub fn new_id() -> String {
+    pub fn new_id() -> EventId {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
         let p = *PROCESS.get_or_init(rand::random::<u64>);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // Written digit by digit (through `format!` this was ~1,500
-        // instructions of the production-shaped request's ~128,000).
+        // instructions of the production-shaped request's ~128,000), on
+        // the stack: the event line copies it.
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(28);
-        for (v, digits) in [(p, 16), (n, 12)] {
-            for i in (0..digits).rev() {
-                id.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
-            }
+        let mut id = [0u8; 28];
+        let digits = (0..16).rev().map(|i| (p >> (i * 4)) & 0xf);
+        let digits = digits.chain((0..12).rev().map(|i| (n >> (i * 4)) & 0xf));
+        for (d, v) in id.iter_mut().zip(digits) {
+            *d = HEX[v as usize];
         }
-        id
+        EventId(id)
     }
 
     /// Waits (up to `max`) until every event handed over so far is written
@@ -422,7 +442,8 @@ mod tests {
     #[test]
     fn event_ids_are_this_process_then_a_counter_in_hex() {
         let (a, b) = (Auditor::new_id(), Auditor::new_id());
-        for id in [&a, &b] {
+        let (a, b) = (a.as_str(), b.as_str());
+        for id in [a, b] {
             assert_eq!(id.len(), 28, "{id}");
             assert!(
                 id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
@@ -432,9 +453,9 @@ mod tests {
         assert_eq!(a[..16], b[..16], "one process part");
         let n = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
         // Other tests may take ids meanwhile: later, not necessarily next.
-        assert!(n(&b) > n(&a), "{a} then {b}");
+        assert!(n(b) > n(a), "{a} then {b}");
         let p = u64::from_str_radix(&a[..16], 16).unwrap();
-        assert_eq!(format!("{p:016x}{:012x}", n(&a)), a, "as format! wrote it");
+        assert_eq!(format!("{p:016x}{:012x}", n(a)), a, "as format! wrote it");
     }
 
     #[tokio::test]
@@ -468,8 +489,8 @@ mod tests {
             "the value as written (spacing, escapes) decrypts to the same value"
         );
         // The same fields from the members the redaction pass kept.
-        let mut kept = Vec::new();
         let r = Redactor::builtin();
+        let mut kept = sluice_core::pii::Members::new();
         sluice_core::pii::redact_request_json_keeping(
             body,
             &r,

@@ -86,8 +86,8 @@ impl Event<'_> {
     /// The event's JSON line (without its newline), appended to `out`.
     pub(crate) fn write_line(&self, out: &mut Vec<u8>) {
         let mut o = Object::new(out);
-        o.text("id", &self.id);
-        o.text("ts", &self.ts);
+        o.text("id", self.id);
+        o.text("ts", self.ts);
         o.some_text("request_id", self.request_id);
         o.some_text("client_request_id", self.client_request_id);
         o.text_or_null("key", self.key);
@@ -166,12 +166,12 @@ mod tests {
     #[test]
     fn the_line_is_what_serde_writes() {
         let mut fields = Fields::default();
-        fields.push("metadata.team".into(), r#""caf\u00e9""#.into());
-        fields.push("path \"q\"\n".into(), r#"{"a": [1, 2.50]}"#.into());
+        fields.push("metadata.team".into(), r#""caf\u00e9""#);
+        fields.push("path \"q\"\n".into(), r#"{"a": [1, 2.50]}"#);
         let conversions = json!([{"part": "image", "by": "ocr", "ok": true}]);
         let mut e = Event {
-            id: "0123456789abcdef000000000001".into(),
-            ts: "2026-12-04T06:30:00.123Z".into(),
+            id: "0123456789abcdef000000000001",
+            ts: "2026-12-04T06:30:00.123Z",
             request_id: Some("req-\"1\"\u{2028}é"),
             client_request_id: None,
             key: None,

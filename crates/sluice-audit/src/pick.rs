@@ -4,17 +4,37 @@
 
 use std::borrow::Cow;
 
-use sluice_core::json;
+use sluice_core::{json, json_quick};
 
 /// The value at `path` below an object's members (a repeated key: its
 /// last value, as a parser building the object would keep).
 pub(crate) fn find<'a>(members: &[(Cow<'a, str>, &'a str)], path: &[String]) -> Option<&'a str> {
     let (first, rest) = path.split_first()?;
     let (_, v) = members.iter().rev().find(|(k, _)| k == first)?;
-    if rest.is_empty() {
+    below(v, rest)
+}
+
+/// The value at `path` below the JSON text `v` (`v` itself for an empty
+/// path). An object whose keys have no escape is walked in place
+/// (`json_quick`, no list of its members made: that was an allocation on
+/// every request recording a nested field); any other is read by serde.
+fn below<'a>(v: &'a str, path: &[String]) -> Option<&'a str> {
+    let Some((first, rest)) = path.split_first() else {
         return Some(v);
+    };
+    let mut found = None;
+    let sure = json_quick::object_members(v.as_bytes(), |k, x, _| {
+        if k == first.as_bytes() {
+            found = Some(x);
+        }
+    });
+    if !sure {
+        return find(&json::entries_of(v).ok()?, path);
     }
-    find(&json::entries_of(v).ok()?, rest)
+    // A slice of `v`, between JSON's ASCII delimiters.
+    let x = found?;
+    let at = x.as_ptr() as usize - v.as_ptr() as usize;
+    below(v.get(at..at + x.len())?, rest)
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ proptest! {
 
     #[test]
     fn the_peek_from_the_redaction_pass_is_the_peek_of_the_body((_v, body) in request_body_with_options()) {
-        let mut kept = Vec::new();
+        let mut kept = sluice_core::pii::Members::new();
         let keep = |k: &str| request::PEEKED.contains(&k);
         let Ok(pass) = redact_request_json_keeping(&body, redactor(), keep, &mut kept) else {
             return Err(TestCaseError::fail("a JSON object"));

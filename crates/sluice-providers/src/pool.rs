@@ -342,7 +342,13 @@ async fn write(io: &mut TcpStream, wire: &[u8], tail: &[u8]) -> std::io::Result<
 
 async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Head, GatewayError> {
     loop {
-        match h1wire::parse_head(&mut conn.buf, method) {
+        // Nothing to parse before the first read (its header slots zeroed
+        // for nothing, on every request).
+        let parsed = match conn.buf.is_empty() {
+            true => Ok(None),
+            false => h1wire::parse_head(&mut conn.buf, method),
+        };
+        match parsed {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(why) => {

@@ -114,8 +114,27 @@ impl Redactor {
     /// forms (`１３８…`, `＠`, as CJK input methods type them) are read as
     /// their ASCII twins, so they are found too.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = String::new();
+        if self.redact_into(text, &mut out) {
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+
+    /// [`redact`](Self::redact), the redacted text appended to `out`: true
+    /// when anything was found, else `out` is left as it was. A caller
+    /// redacting several texts keeps them in one buffer.
+    pub fn redact_into(&self, text: &str, out: &mut String) -> bool {
+        self.redact_reserving(text, out, text.len())
+    }
+
+    /// [`redact_into`](Self::redact_into), `out` given room for `room`
+    /// more bytes at the first finding (a caller that knows how much text
+    /// may follow grows `out` once).
+    pub(crate) fn redact_reserving(&self, text: &str, out: &mut String, room: usize) -> bool {
         if !self.may_match(text) {
-            return Cow::Borrowed(text);
+            return false;
         }
         let folded = fold_fullwidth(text);
         let (scanned, map) = match &folded {
@@ -123,22 +142,21 @@ impl Redactor {
             None => (text, None),
         };
         let at = |i: usize| map.map_or(i, |m| m[i]);
-        let mut out: Option<String> = None;
-        let mut last = 0;
+        let (mut found, mut last) = (false, 0);
         self.scan(scanned, |start, end, tag| {
             let (start, end) = (at(start), at(end));
-            let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
-            o.push_str(&text[last..start]);
-            o.push_str(tag);
+            if !found {
+                found = true;
+                out.reserve(room);
+            }
+            out.push_str(&text[last..start]);
+            out.push_str(tag);
             last = end;
         });
-        match out {
-            None => Cow::Borrowed(text),
-            Some(mut o) => {
-                o.push_str(&text[last..]);
-                Cow::Owned(o)
-            }
+        if found {
+            out.push_str(&text[last..]);
         }
+        found
     }
 
     /// Calls `found(start, end, tag)` for each verified finding, in order.

@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use smallvec::SmallVec;
+
 use super::Redactor;
 use crate::json::{self, Kind};
 
@@ -101,13 +103,14 @@ enum Shape {
 /// is never built into a `Value`: only the members on the prompt's paths
 /// are looked into. An error when `body` is not a JSON object.
 pub fn redact_request_json(body: &[u8], r: &Redactor) -> serde_json::Result<Option<Vec<u8>>> {
-    let pass = redact_request_json_keeping(body, r, |_| false, &mut Vec::new())?;
+    let pass = redact_request_json_keeping(body, r, |_| false, &mut Members::new())?;
     Ok(pass.redacted.map(|d| d.body))
 }
 
 /// The top-level members of a request (key, the value's JSON text), in
-/// body order.
-pub type Members<'a> = Vec<(Cow<'a, str>, &'a str)>;
+/// body order. Inline: a request keeps a few (the peek's and the audit's),
+/// and a list on the heap was one more allocation per request.
+pub type Members<'a> = SmallVec<[(Cow<'a, str>, &'a str); 8]>;
 
 /// What [`redact_request_json_keeping`] read of a request.
 #[derive(Debug)]
@@ -135,8 +138,8 @@ pub enum Seen {
 pub struct Redacted {
     pub body: Vec<u8>,
     /// For each rewritten span: its end in the original body and how far
-    /// the bytes after it moved.
-    moves: Vec<(usize, isize)>,
+    /// the bytes after it moved (inline: a prompt has a few).
+    moves: SmallVec<[(usize, isize); 4]>,
 }
 
 impl Redacted {
@@ -173,11 +176,7 @@ fn pass<'a>(
     quick: bool,
 ) -> serde_json::Result<Pass> {
     let text = std::str::from_utf8(body).map_err(serde::de::Error::custom)?;
-    let mut e = Edits {
-        base: text,
-        r,
-        edits: Vec::new(),
-    };
+    let mut e = Edits::new(text, r);
     let mut messages = Seen::Absent;
     let had = kept.len();
     if quick && quick::walk(text, &mut e, &keep, kept, &mut messages).is_some() {
@@ -186,7 +185,7 @@ fn pass<'a>(
             messages,
         });
     }
-    e.edits.clear();
+    e = Edits::new(text, r);
     kept.truncate(had);
     messages = Seen::Absent;
     // One pass: the members on the prompt's paths are taken as raw slices
@@ -207,21 +206,27 @@ fn pass<'a>(
 }
 
 /// The rewrites found so far: a span of `base` and its new JSON text.
+/// Inline, and the redacted texts in one buffer: a prompt's edits cost
+/// one allocation, where a list and a string per edit made three for a
+/// prompt with two.
 struct Edits<'a> {
     base: &'a str,
     r: &'a Redactor,
-    edits: Vec<(Range<usize>, Edit)>,
+    edits: SmallVec<[(Range<usize>, Edit); 4]>,
+    /// The text of every [`Edit::Plain`].
+    plain: String,
 }
 
 /// A string's new JSON text.
 enum Edit {
     /// Written by the serializer.
     Json(Vec<u8>),
-    /// Text with nothing to escape, to go between quotes as it is: what a
-    /// string the client wrote without escapes becomes once its findings
-    /// are tags. Serializing it again cost ~1,250 instructions per prompt
-    /// of the production-shaped bench, and a second copy.
-    Plain(String),
+    /// Text with nothing to escape (this span of [`Edits::plain`]), to go
+    /// between quotes as it is: what a string the client wrote without
+    /// escapes becomes once its findings are tags. Serializing it again
+    /// cost ~1,250 instructions per prompt of the production-shaped bench,
+    /// and a second copy.
+    Plain(Range<usize>),
 }
 
 impl Edit {
@@ -232,12 +237,12 @@ impl Edit {
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    fn write(&self, plain: &str, out: &mut Vec<u8>) {
         match self {
             Edit::Json(j) => out.extend_from_slice(j),
             Edit::Plain(t) => {
                 out.push(b'"');
-                out.extend_from_slice(t.as_bytes());
+                out.extend_from_slice(&plain.as_bytes()[t.clone()]);
                 out.push(b'"');
             }
         }
@@ -245,6 +250,15 @@ impl Edit {
 }
 
 impl<'a> Edits<'a> {
+    fn new(base: &'a str, r: &'a Redactor) -> Self {
+        Self {
+            base,
+            r,
+            edits: SmallVec::new(),
+            plain: String::new(),
+        }
+    }
+
     /// A message's `content`: text, and Anthropic's tool calls
     /// (`{"type":"tool_use","input":{…}}`).
     fn content(&mut self, v: &'a str) -> serde_json::Result<()> {
@@ -303,18 +317,25 @@ impl<'a> Edits<'a> {
         // Borrowed: the client's text had no escape, so neither quote,
         // backslash nor control character (JSON allows none unescaped).
         let unescaped = matches!(text, Cow::Borrowed(_));
-        if let Cow::Owned(redacted) = self.r.redact(&text) {
-            // `raw` is a slice of `base`: its offset is the distance between
-            // their starts.
-            let start = raw.as_ptr() as usize - self.base.as_ptr() as usize;
+        let mark = self.plain.len();
+        // `raw` is a slice of `base`: its offset is the distance between
+        // their starts.
+        let start = raw.as_ptr() as usize - self.base.as_ptr() as usize;
+        // Room for the rest of the body (every string still to come) and
+        // a few tags longer than what they replace: the buffer is grown
+        // once per request, at its first finding.
+        let room = self.base.len() - start + 64;
+        if self.r.redact_reserving(&text, &mut self.plain, room) {
             let edit = if unescaped && self.r.tags_plain() {
-                Edit::Plain(redacted)
+                Edit::Plain(mark..self.plain.len())
             } else {
+                let redacted = &self.plain[mark..];
                 // Sized for the text, its quotes and a few escapes: grown
                 // from empty, a prompt's worth of JSON was reallocated
                 // several times.
                 let mut json = Vec::with_capacity(redacted.len() + redacted.len() / 8 + 8);
-                serde_json::to_writer(&mut json, &*redacted)?;
+                serde_json::to_writer(&mut json, redacted)?;
+                self.plain.truncate(mark);
                 Edit::Json(json)
             };
             self.edits.push((start..start + raw.len(), edit));
@@ -339,14 +360,14 @@ impl<'a> Edits<'a> {
             }
         }
         let mut out = Vec::with_capacity(len);
-        let mut moves = Vec::with_capacity(self.edits.len());
+        let mut moves = SmallVec::with_capacity(self.edits.len());
         let mut at = 0;
         for (span, text) in &self.edits {
             if span.start < at {
                 continue; // the same string reached twice: rewritten once
             }
             out.extend_from_slice(&self.base.as_bytes()[at..span.start]);
-            text.write(&mut out);
+            text.write(&self.plain, &mut out);
             at = span.end;
             moves.push((at, out.len() as isize - at as isize));
         }
@@ -374,7 +395,7 @@ mod tests {
             &["nope"],
             &[],
         ] {
-            let mut kept = Vec::new();
+            let mut kept = Members::new();
             let pass =
                 redact_request_json_keeping(body, &r, |k| keep.contains(&k), &mut kept).unwrap();
             let out = pass.redacted.map(|d| d.body);
@@ -392,7 +413,7 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "keeping {keep:?}");
         }
-        let mut kept = Vec::new();
+        let mut kept = Members::new();
         assert!(redact_request_json_keeping(b"[1]", &r, |_| true, &mut kept).is_err());
     }
 
@@ -436,7 +457,7 @@ mod tests {
         let r = Redactor::builtin();
         let body = br#"{"a":"m","user":"a@b.io","model":"m","metadata":{"x":"+44 20 7946 0958"},
             "b":"z","messages":null}"#;
-        let pass = redact_request_json_keeping(body, &r, |_| false, &mut Vec::new()).unwrap();
+        let pass = redact_request_json_keeping(body, &r, |_| false, &mut Members::new()).unwrap();
         assert_eq!(pass.messages, Seen::Null);
         let d = pass.redacted.unwrap();
         for token in [&br#""a":"m""#[..], br#""model":"m""#, br#""b":"z""#] {
@@ -451,7 +472,8 @@ mod tests {
             ("[],\"messages\":[]", Seen::Other),
         ] {
             let body = format!(r#"{{"model":"m","messages":{messages}}}"#);
-            let pass = redact_request_json_keeping(body.as_bytes(), &r, |_| false, &mut Vec::new());
+            let pass =
+                redact_request_json_keeping(body.as_bytes(), &r, |_| false, &mut Members::new());
             assert_eq!(pass.unwrap().messages, seen, "{body}");
         }
     }

@@ -208,9 +208,13 @@ impl Drop for Record {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let ms = elapsed.as_secs_f64() * 1000.0;
+        let (id, ts) = (
+            crate::audit::Auditor::new_id(),
+            sluice_core::config::time::rfc3339_millis(now_ms),
+        );
         auditor.record(&crate::audit::Event {
-            id: crate::audit::Auditor::new_id(),
-            ts: sluice_core::config::time::format_rfc3339_millis(now_ms),
+            id: id.as_str(),
+            ts: ts.as_str(),
             request_id: None,
             client_request_id: None,
             key: self.key.as_deref(),

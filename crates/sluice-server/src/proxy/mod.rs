@@ -223,8 +223,8 @@ async fn proxy(
     let audit = app.audit.as_ref().filter(|a| a.wants_fields());
     let heads = audit.map_or(&[][..], |a| a.field_heads());
     let keep = |k: &str| request::PEEKED.contains(&k) || heads.iter().any(|h| h == k);
-    let mut kept = Vec::new();
     let original = body;
+    let mut kept = sluice_core::pii::Members::new();
     let form = content_type.as_ref();
     let redacted = intake::redact_prompt(&snap, &original, op, form, keep, &mut kept);
     if let Some(a) = audit {
@@ -248,8 +248,16 @@ async fn proxy(
             drop(kept);
             (new.unwrap_or(original), peeked)
         }
-        Ok(intake::Redacted::Form(b)) => (b.unwrap_or(original), None),
-        Ok(intake::Redacted::Off) => (original, None),
+        // `kept` (inline, so dropped only at the end of its scope unless
+        // dropped here) borrows `original`.
+        Ok(intake::Redacted::Form(b)) => {
+            drop(kept);
+            (b.unwrap_or(original), None)
+        }
+        Ok(intake::Redacted::Off) => {
+            drop(kept);
+            (original, None)
+        }
         Err(e) => return rec.reply_error(&e),
     };
     // Token streams are always streams, and end with the usage.

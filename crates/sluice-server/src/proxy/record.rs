@@ -312,17 +312,22 @@ impl RecordState {
         fn nonempty(s: &Arc<str>) -> Option<&str> {
             (!s.is_empty()).then_some(&**s)
         }
-        let durable = auditor.record(&crate::audit::Event {
-            id: crate::audit::Auditor::new_id(),
-            client_request_id: self
-                .client_request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok()),
-            ts: sluice_core::config::time::format_rfc3339_millis(
+        // Both on the stack: the event line copies them.
+        let (id, ts) = (
+            crate::audit::Auditor::new_id(),
+            sluice_core::config::time::rfc3339_millis(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
             ),
+        );
+        let durable = auditor.record(&crate::audit::Event {
+            id: id.as_str(),
+            client_request_id: self
+                .client_request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok()),
+            ts: ts.as_str(),
             request_id: self.request_id.as_ref().and_then(|v| v.to_str().ok()),
             key: self.key.as_deref(),
             route: self.route,

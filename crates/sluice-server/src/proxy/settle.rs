@@ -9,8 +9,9 @@ use crate::shared_limits::{BudgetCharge, SharedReservation};
 /// The limits a request holds until it settles.
 #[derive(Default)]
 pub struct Accounting {
-    /// Token reservations in this process's rate limiters.
-    pub reservations: Vec<Reservation>,
+    /// Token reservations in this process's rate limiters: the key's and
+    /// the model's at most, inline.
+    pub reservations: smallvec::SmallVec<[Reservation; 2]>,
     /// The key's token and cost budgets, charged with the usage.
     pub budget: Option<BudgetCharge>,
     /// Tokens reserved in the shared (Redis) limiter.

@@ -176,16 +176,12 @@ mod tests {
     ) -> (Option<Outcome<'a>>, serde_json::Result<Outcome<'a>>) {
         let keep = |k: &str| matches!(k, "user" | "metadata" | "model" | "messages");
         let quick = std::str::from_utf8(body).ok().and_then(|text| {
-            let mut e = Edits {
-                base: text,
-                r,
-                edits: Vec::new(),
-            };
-            let (mut kept, mut seen) = (Vec::new(), Seen::Absent);
+            let mut e = Edits::new(text, r);
+            let (mut kept, mut seen) = (super::Members::new(), Seen::Absent);
             walk(text, &mut e, &keep, &mut kept, &mut seen)?;
             Some((e.apply().map(|d| d.body), kept, seen))
         });
-        let mut kept = Vec::new();
+        let mut kept = super::Members::new();
         let slow = pass(body, r, keep, &mut kept, false)
             .map(|p| (p.redacted.map(|d| d.body), kept, p.messages));
         (quick, slow)
