@@ -1,7 +1,9 @@
 //! Virtual keys: clients present a token, the configuration holds only its
 //! SHA-256. A lookup hashes the token once and finds the key in a map.
 
-use std::collections::HashMap;
+// Looked up on every request with a key (by the token's SHA-256):
+// foldhash, not std's SipHash.
+use foldhash::HashMap;
 
 use sha2::{Digest, Sha256};
 

@@ -6,7 +6,10 @@
 //! that turns out shorter gives its unused tokens back. Time is passed in
 //! (seconds as f64 on a monotonic clock) so tests turn the clock.
 
-use std::collections::HashMap;
+// Looked up on every request by key and model name: foldhash, not std's
+// SipHash (~150 instructions a lookup). The maps hold configured names
+// only, so a chosen name cannot grow them.
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 

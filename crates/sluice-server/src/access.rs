@@ -3,7 +3,7 @@
 //! one when keys change. Counters of a key that stays are carried over, so
 //! adding or removing one key does not refill everyone's buckets.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use sluice_core::GatewayError;

@@ -6,7 +6,9 @@
 //! open breaker; then the model's strategy chooses. Everything is lock-free:
 //! the only shared write on a pick is one counter increment.
 
-use std::collections::HashMap;
+// A model's route is looked up on every request: foldhash, not std's
+// SipHash. The map holds configured names only.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
