@@ -204,9 +204,7 @@ impl Drop for Record {
         let Some(auditor) = &self.app.audit else {
             return;
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = sluice_hub::unix_ms();
         let ms = elapsed.as_secs_f64() * 1000.0;
         let (id, ts) = (
             crate::audit::Auditor::new_id(),

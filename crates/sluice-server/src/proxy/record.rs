@@ -315,11 +315,7 @@ impl RecordState {
         // Both on the stack: the event line copies them.
         let (id, ts) = (
             crate::audit::Auditor::new_id(),
-            sluice_core::config::time::rfc3339_millis(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            ),
+            sluice_core::config::time::rfc3339_millis(sluice_hub::unix_ms()),
         );
         let durable = auditor.record(&crate::audit::Event {
             id: id.as_str(),
