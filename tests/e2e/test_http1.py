@@ -266,6 +266,14 @@ def test_heads_over_the_limit_and_idle_connections(tmp_path):
         status, _, body, _ = c.response()
         assert status == 431 and json.loads(body)["error"], body
         c.close()
+        # Headers the handlers never read (an SDK's telemetry, user-agent)
+        # still count toward the limit.
+        c = Conn(g)
+        c.send(post("/v1/chat/completions", CHAT,
+                    "user-agent: " + "u" * 700, "x-stainless-lang: " + "p" * 700))
+        status, _, body, _ = c.response()
+        assert status == 431 and json.loads(body)["error"], body
+        c.close()
         # After an answer, a silent connection is closed after the head timeout.
         c = Conn(g)
         c.send(post("/v1/chat/completions", CHAT))

@@ -458,12 +458,14 @@ pub(crate) fn trim_trailing_slash<B>(req: &mut http::Request<B>) {
 /// The size of a request head as sent in HTTP/1.1: the request line and
 /// each header line.
 pub(crate) fn head_size<B>(req: &http::Request<B>) -> usize {
-    let line = req.method().as_str().len()
-        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + 12;
-    req.headers()
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+    req.headers().iter().fold(line_size(req), |n, (k, v)| {
+        n + k.as_str().len() + v.len() + 4
+    })
+}
+
+/// The request line's part of [`head_size`].
+pub(crate) fn line_size<B>(req: &http::Request<B>) -> usize {
+    req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12
 }
 
 fn head_too_large(path: &str, max: usize) -> axum::response::Response {

@@ -34,20 +34,21 @@
 //! client that closes its side while its request is served is gone: the
 //! request is dropped (its upstream call cancelled), as hyper does.
 
+mod head;
 mod prefixed;
 mod write;
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::HeaderValue;
+use http::header::CONNECTION;
 use http_body::Frame;
 use http_body_util::channel::{Channel, Sender};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -56,14 +57,14 @@ use tokio::time::Instant;
 
 pub use prefixed::Prefixed;
 
+use head::{Parsed, head_end, length_of, parse};
+
 use crate::app::App;
 use crate::layers::Asks;
 use crate::proxy::InboundBody;
 
 /// Room made in the read buffer before each read.
 const READ_AHEAD: usize = 2048;
-/// Headers a request may have here; more go to hyper (which allows 100).
-const MAX_HEADERS: usize = 48;
 
 /// How the API listener's connections are served before hyper.
 pub struct Lean {
@@ -87,13 +88,6 @@ pub enum Ended {
     Closed,
     /// hyper serves it from here, reading these bytes first.
     ToHyper(Bytes),
-}
-
-/// One request parsed and accepted here.
-struct Parsed {
-    req: Request<()>,
-    length: usize,
-    close: bool,
 }
 
 impl Lean {
@@ -208,7 +202,7 @@ impl Lean {
     fn accept(&self, head: &Bytes) -> Option<(Parsed, crate::direct::Direct, bool)> {
         let mut parsed = parse(head)?;
         crate::listener::trim_trailing_slash(&mut parsed.req);
-        if crate::listener::head_size(&parsed.req) > self.max_head {
+        if crate::listener::line_size(&parsed.req) + parsed.fields > self.max_head {
             return None;
         }
         let asks = match self.layered {
@@ -221,83 +215,6 @@ impl Lean {
         let to = crate::direct::route(&self.app, &parsed.req)?;
         Some((parsed, to, asks == Asks::Compression))
     }
-}
-
-/// Whether a `connection` value asks to close; `None` for anything but
-/// `keep-alive` and `close` (or a value that is not visible ASCII). Kept
-/// out of [`parse`]: with it inside, the loop grew past what LLVM inlines
-/// `HeaderValue::from_maybe_shared` into (~40 instructions more a header).
-#[inline(never)]
-fn closes(value: &HeaderValue) -> Option<bool> {
-    value.to_str().ok()?;
-    let mut close = false;
-    for token in sluice_providers::tokens(value.as_bytes()) {
-        if token.eq_ignore_ascii_case(b"close") {
-            close = true;
-        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-            return None;
-        }
-    }
-    Some(close)
-}
-
-/// The request head in `head` as an `http::Request`, if it is one this
-/// loop serves: an HTTP/1.1 POST in origin form with one valid
-/// `content-length`, no `transfer-encoding`, `expect` or `upgrade`, and a
-/// `connection` header (if any) of `keep-alive` or `close`.
-fn parse(head: &Bytes) -> Option<Parsed> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut p = httparse::Request::new(&mut slots);
-    match p.parse(head) {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        _ => return None,
-    }
-    let path = p.path?;
-    if p.method? != "POST" || p.version? != 1 || !path.starts_with('/') {
-        return None;
-    }
-    let mut headers = HeaderMap::with_capacity(p.headers.len());
-    let mut length = None;
-    let mut close = false;
-    for h in p.headers.iter() {
-        let name = sluice_providers::header_names::header_name(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
-        if name == CONTENT_LENGTH {
-            if length.is_some() {
-                return None;
-            }
-            length = Some(length_of(h.value)?);
-        } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
-            return None;
-        } else if name == CONNECTION {
-            close |= closes(&value)?;
-        }
-        headers.append(name, value);
-    }
-    let mut req = Request::new(());
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
-    *req.headers_mut() = headers;
-    Some(Parsed {
-        req,
-        length: length?,
-        close,
-    })
-}
-
-/// The length of the head at the start of `buf`, if it has all arrived;
-/// its end is searched for from `from` on.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    static END: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
-    let rest = buf.get(from..).filter(|r| !r.is_empty())?;
-    END.find(rest).map(|at| from + at + 4)
-}
-
-/// A `content-length` value: digits only, as hyper reads it (`parse`
-/// alone would take "+5").
-fn length_of(v: &[u8]) -> Option<usize> {
-    sluice_providers::content_length(v).and_then(|n| usize::try_from(n).ok())
 }
 
 /// Hands the connection to hyper with the unserved request put back.
@@ -438,80 +355,6 @@ fn client_left<I: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn head(text: &str) -> Bytes {
-        Bytes::copy_from_slice(text.as_bytes())
-    }
-
-    #[test]
-    fn plain_posts_with_a_length_are_served_here() {
-        let p = parse(&head(
-            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\
-             X-Custom: v\r\nConnection: keep-alive, Close\r\n\r\n",
-        ))
-        .unwrap();
-        assert_eq!(p.length, 12);
-        assert!(p.close);
-        assert_eq!(p.req.uri().path(), "/v1/chat/completions");
-        assert_eq!(p.req.uri().query(), Some("x=1"));
-        assert_eq!(p.req.headers()["x-custom"], "v");
-        assert_eq!(p.req.headers().len(), 4);
-
-        let kept = parse(&head("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n")).unwrap();
-        assert!(!kept.close);
-    }
-
-    #[test]
-    fn anything_else_goes_to_hyper() {
-        for other in [
-            "GET /v1/models HTTP/1.1\r\n\r\n",
-            "POST /v1/chat/completions HTTP/1.0\r\nContent-Length: 2\r\n\r\n",
-            "POST http://a/v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
-            "POST / HTTP/1.1\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -2\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\nUpgrade: websocket\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: upgrade\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\nBad Name: x\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 2\r\n",
-        ] {
-            assert!(parse(&head(other)).is_none(), "{other:?}");
-        }
-        let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
-        let text = format!("POST / HTTP/1.1\r\nContent-Length: 2\r\n{many}\r\n");
-        assert!(parse(&head(&text)).is_none());
-    }
-
-    #[test]
-    fn a_heads_end_is_found_across_the_reads_that_brought_it() {
-        let head = b"POST / HTTP/1.1\r\nA: b\r\n\r\nbody";
-        let end = head.len() - 4;
-        // A search from 3 bytes before where the last one (which found
-        // nothing) ended finds what a search from the start finds, at every
-        // pair of read boundaries.
-        for before in 0..head.len() {
-            if head_end(&head[..before], 0).is_some() {
-                continue;
-            }
-            for now in before..=head.len() {
-                let from = before.saturating_sub(3);
-                assert_eq!(
-                    head_end(&head[..now], from),
-                    head_end(&head[..now], 0),
-                    "{before} {now}"
-                );
-            }
-        }
-        assert_eq!(head_end(head, 21), Some(end));
-        assert_eq!(head_end(b"", 0), None);
-        assert_eq!(head_end(b"\r\n\r\n", 0), Some(4));
-    }
 
     #[tokio::test]
     async fn a_body_still_arriving_is_fed_to_the_handler_as_it_comes() {
