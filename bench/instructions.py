@@ -159,7 +159,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("binaries", nargs="+")
     ap.add_argument("--n", type=int, default=250, help="requests per connection")
-    ap.add_argument("--model", default="bench", help="bench (chat JSON) or burst/frames (streams)")
+    ap.add_argument("--model", default="bench", help="bench (chat JSON), headers (the same with a hosted provider's headers) "
+                         "or burst/frames (streams)")
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--prod", action="store_true", help="the production-shaped configuration")
     ap.add_argument("--keep", help="a directory to keep the callgrind files in")

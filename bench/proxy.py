@@ -210,10 +210,38 @@ error_log {work}/{name}.err warn;
 """
 
 
+# The headers a hosted provider answers a chat completion with (OpenAI's,
+# behind Cloudflare; values made up), for `bench/instructions.py --model
+# headers`: the bench's static answer carries nginx's five, a real one ~24,
+# and every proxy relays each.
+PROVIDER_HEADERS = [
+    ("access-control-expose-headers", "X-Request-ID"),
+    ("openai-organization", "user-bench"),
+    ("openai-processing-ms", "412"),
+    ("openai-project", "proj_bench"),
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-remaining-tokens", "29999950"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-reset-tokens", "0s"),
+    ("x-request-id", "req_0123456789abcdef0123456789abcdef"),
+    ("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
+    ("cf-cache-status", "DYNAMIC"),
+    ("set-cookie", "__cf_bm=bench; path=/; HttpOnly; Secure; SameSite=None"),
+    ("set-cookie", "_cfuvid=bench; path=/; HttpOnly; Secure; SameSite=None"),
+    ("x-content-type-options", "nosniff"),
+    ("cf-ray", "8f1a2b3c4d5e6f70-AMS"),
+    ("alt-svc", 'h3=":443"; ma=86400'),
+]
+
+
 def upstream_conf(work, port):
     events = sse_events()
     frames = "\n".join(f"      echo -n {ngx_quote(e)}; echo_flush; echo_sleep 0.001;" for e in events)
     burst = "\n".join(f"      echo -n {ngx_quote(e)};" for e in events)
+    provider_headers = "\n".join(f"      add_header {k} {ngx_quote(v)};" for k, v in PROVIDER_HEADERS)
     return (f"load_module {ECHO_MODULE};\nworker_processes 1;\n"
             + NGINX_COMMON.format(work=work, name="upstream") + f"""
 http {{
@@ -231,6 +259,11 @@ http {{
     location = /frames/v1/chat/completions {{
       default_type text/event-stream;
 {frames}
+    }}
+    location = /headers/v1/chat/completions {{
+      default_type application/json;
+{provider_headers}
+      return 200 {ngx_quote(chat_json())};
     }}
     location = /slow/v1/chat/completions {{ default_type application/json; echo_sleep 0.15; echo -n {ngx_quote(chat_json())}; }}
     location = /v1/traces {{ default_type application/x-protobuf; return 200 ''; }}
@@ -266,7 +299,8 @@ def sluice_conf(work, port, admin, up, prod=False, workers=None):
         server += f"workers = {workers}\n"
     providers = ""
     models = ""
-    for name, prefix in (("bench", ""), ("burst", "/burst"), ("frames", "/frames"), ("slow", "/slow")):
+    for name, prefix in (("bench", ""), ("burst", "/burst"), ("frames", "/frames"), ("slow", "/slow"),
+                         ("headers", "/headers")):
         providers += (f'[[providers]]\nname = "{name}"\nkind = "openai"\n'
                       f'base_url = "http://127.0.0.1:{up}{prefix}/v1"\napi_key = "sk-bench"\n')
         models += f'[[models]]\nname = "{name}"\ntargets = [{{ provider = "{name}", model = "bench-model" }}]\n'
