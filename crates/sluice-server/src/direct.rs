@@ -125,10 +125,11 @@ pub fn serve(app: &Arc<App>, to: Direct, req: Request<InboundBody>, compress: bo
 async fn compressed(served: Served, accepts: HeaderValue) -> Response<Body> {
     let res = served.await;
     let when = crate::layers::compress_when();
-    let h = res.headers();
-    if h.contains_key(CONTENT_ENCODING)
-        || h.contains_key(CONTENT_RANGE)
-        || !when.should_compress(&res)
+    // The size first: most answers are too small, known from the body
+    // without a lookup.
+    if !when.should_compress(&res)
+        || res.headers().contains_key(CONTENT_ENCODING)
+        || res.headers().contains_key(CONTENT_RANGE)
     {
         return res;
     }
