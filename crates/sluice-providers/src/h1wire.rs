@@ -191,13 +191,12 @@ fn parse_one<const N: usize>(buf: &mut BytesMut, method: &Method) -> Result<Pars
     }))
 }
 
-/// Whether `name` is about the hop alone (RFC 9110 §7.6.1): `connection`,
-/// `keep-alive`, `proxy-connection`. The pool reads them into [`Noted`]
-/// and leaves them out of the answer's map (each cost an insert, then a
-/// removal when the answer was relayed: ~450 instructions, and nearly
-/// every upstream sends `connection: keep-alive`); the relay keeps them
-/// back from whatever other client made the map.
-pub fn hop_only(name: &http::HeaderName) -> bool {
+/// Headers about the hop to the upstream alone (RFC 9110 §7.6.1): read
+/// into [`Noted`] and left out of the answer's map. Nothing relays them,
+/// and each cost an insert, then a removal when the answer was relayed
+/// (~450 instructions; nearly every upstream sends `connection:
+/// keep-alive`).
+fn hop_only(name: &http::HeaderName) -> bool {
     // Names against names: a name against a `&str` is a case-blind byte
     // compare for every header (~30 instructions each, ~730 for an
     // answer with a hosted provider's 24 headers).

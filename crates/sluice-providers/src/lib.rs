@@ -11,7 +11,7 @@ pub mod fetch;
 pub mod fields;
 pub mod gemini;
 mod h1wire;
-pub use h1wire::{content_length, hop_only, tokens};
+pub use h1wire::{content_length, tokens};
 pub mod header_names;
 use sluice_core::json_quick;
 pub mod mock;
