@@ -7,11 +7,11 @@
 //! Memory pressure is the process's, so its state is too (statics): the
 //! server binary runs one gateway; an embedding host runs no watcher.
 //!
-//! glibc keeps freed memory (a burst's buffers) charged to the cgroup: use
-//! near the threshold that stopped growing is handed back with
-//! `malloc_trim` (`sluice_sys`), and use that stays flat past the threshold
-//! stops shedding after a second, so kept memory never refuses work for
-//! ever.
+//! The allocator keeps freed memory (a burst's buffers) charged to the
+//! cgroup: use near the threshold that stopped growing is handed back
+//! (`sluice_sys::release_free_memory`: mimalloc's and glibc's), and use
+//! that stays flat past the threshold stops shedding after a second, so
+//! kept memory never refuses work for ever.
 
 use std::path::PathBuf;
 use std::sync::Arc;
