@@ -9,7 +9,8 @@
 //!
 //! The allocator keeps freed memory (a burst's buffers) charged to the
 //! cgroup: use near the threshold that stopped growing is handed back
-//! (`sluice_sys::release_free_memory`: mimalloc's and glibc's), and use
+//! (`sluice_sys::release_free_memory`, glibc's; mimalloc, the binary's
+//! allocator, hands its freed spans back by itself), and use
 //! that stays flat past the threshold stops shedding after a second, so
 //! kept memory never refuses work for ever.
 

@@ -1,32 +1,19 @@
 //! The gateway's calls into the C library, behind safe functions.
 //!
-//! An allocator keeps memory the process freed (a burst's connection
+//! glibc's allocator keeps memory the process freed (a burst's connection
 //! buffers, say) and reuses it, but the cgroup keeps charging it: to the
 //! kernel and to the memory-pressure watch the process still looks full.
-//! [`release_free_memory`] hands the free pages back: glibc's, and with the
-//! `mimalloc` feature (the `sluice` binary allocates with mimalloc) that
-//! allocator's too.
+//! [`release_free_memory`] hands the free pages back.
 //!
 //! [`coarse_nanos`] and [`coarse_unix_secs`] read the kernel's coarse
 //! clocks, for ages measured in seconds (an idle upstream connection's)
 //! and for the `Date` of an answer.
 
-/// Returns free heap memory to the operating system: glibc's
-/// (`malloc_trim(0)`: every arena, free pages in the middle of the heap
-/// too), what C libraries and, without mimalloc, the process allocate;
-/// with the `mimalloc` feature, mimalloc's too (`mi_collect(true)`: the
-/// calling thread's heap, abandoned ones, and every freed span mimalloc
-/// would otherwise hand back after its purge delay). True when glibc
-/// released memory (mimalloc does not say). Walks the heap: call it from a
-/// blocking thread, not on an async worker.
+/// Returns free heap memory to the operating system (glibc `malloc_trim(0)`:
+/// every arena, free pages in the middle of the heap too). True when memory
+/// was released. Walks the heap: call it from a blocking thread, not on an
+/// async worker. A no-op elsewhere than glibc.
 pub fn release_free_memory() -> bool {
-    #[cfg(feature = "mimalloc")]
-    // SAFETY: mi_collect takes a plain flag, touches no caller memory and
-    // is thread-safe (it works on the calling thread's heap and on shared
-    // state under mimalloc's own locks and atomics).
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim takes a plain integer (the padding to keep at
@@ -118,14 +105,6 @@ mod tests {
         );
     }
 
-    /// Resident pages of this process.
-    fn rss() -> u64 {
-        std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap_or(0)
-    }
-
     #[test]
     fn freed_memory_goes_back() {
         // Many small blocks, most freed, one kept at the end so the top of
@@ -133,6 +112,12 @@ mod tests {
         let blocks: Vec<Vec<u8>> = (0..20_000).map(|i| vec![i as u8; 1000]).collect();
         let keep = vec![1u8; 1000];
         drop(blocks);
+        let rss = || {
+            std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let before = rss();
         let released = super::release_free_memory();
         if cfg!(all(target_os = "linux", target_env = "gnu")) {
@@ -140,39 +125,5 @@ mod tests {
             assert!(rss() < before, "{} pages before, {} after", before, rss());
         }
         assert_eq!(keep[0], 1);
-    }
-
-    /// mimalloc's free memory goes back too (allocated here through its
-    /// own calls: this test binary's allocator is the system's).
-    #[cfg(feature = "mimalloc")]
-    #[test]
-    fn memory_mimalloc_freed_goes_back() {
-        use libmimalloc_sys::{mi_free, mi_malloc};
-        let start = rss();
-        let blocks: Vec<*mut u8> = (0..20_000)
-            .map(|_| {
-                // SAFETY: mi_malloc takes a size and returns a block of at
-                // least that size, or null (checked below).
-                let p = unsafe { mi_malloc(1000) }.cast::<u8>();
-                assert!(!p.is_null());
-                // SAFETY: `p` is a fresh block of 1000 bytes.
-                unsafe { std::ptr::write_bytes(p, 7, 1000) };
-                p
-            })
-            .collect();
-        let touched = rss();
-        assert!(touched > start + 2_000, "{start} pages, then {touched}");
-        for &p in &blocks[1..] {
-            // SAFETY: each block came from mi_malloc and is freed once.
-            unsafe { mi_free(p.cast()) };
-        }
-        super::release_free_memory();
-        let after = rss();
-        assert!(
-            after + 2_000 < touched,
-            "{touched} pages with the blocks, {after} after release"
-        );
-        // SAFETY: the first block is still live, freed once here.
-        unsafe { mi_free(blocks[0].cast()) };
     }
 }

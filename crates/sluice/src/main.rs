@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice_core::config;
 
+/// mimalloc 2, built without transparent huge pages (the `mimalloc`
+/// feature, on by default): ~4.5 % fewer instructions per proxied request
+/// than glibc's allocator (`bench/README.md`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
