@@ -15,6 +15,7 @@ mod line;
 mod nats;
 mod pick;
 mod sink;
+pub mod sm4_table;
 
 use std::borrow::Cow;
 use std::sync::Arc;
