@@ -25,6 +25,12 @@ dependency's version and features: a toolchain or Cargo.lock change renames
 nearly all of them, and the list then does nothing until it is regenerated.
 `--check` tells: the share of listed names BIN defines, and BIN's code
 resident after start (exit 1 under half).
+
+BIN itself was linked with the previous list, so the new one takes effect
+only in the next build: measure wall-clock figures on a build made after
+the list was written. (2026-12-06: the build a list came from had every
+listed name and 6,348 KiB of code resident after start; the same commit
+rebuilt with that list, 3,352 KiB.)
 """
 import argparse
 import collections
