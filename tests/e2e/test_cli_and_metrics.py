@@ -52,9 +52,9 @@ def test_the_binary_allocates_with_mimalloc_without_huge_pages(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("sluice ")
     assert "mimalloc: v2." in r.stderr, r.stderr[:500]
-    # Built `no_thp`: it does not ask for transparent huge pages. Asked (the
-    # kernel's `madvise` mode, Debian's default), its arenas got 14 MiB of
-    # them at start and the idle gateway 32 MiB peak RSS instead of 12.
+    # Built `no_thp`: it does not ask for transparent huge pages. mimalloc 3,
+    # which asks (granted in the kernel's `madvise` mode, Debian's default),
+    # got 14 MiB of them at start: an idle gateway peaked at 32 MiB, not 12.
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not thp.exists() or "[madvise]" not in thp.read_text():
         pytest.skip("transparent huge pages are not in madvise mode here")

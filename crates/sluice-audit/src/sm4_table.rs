@@ -8,11 +8,12 @@
 //! the largest single function, ~0.8 µs of ~25 per request. Here
 //! `L(S(b) << 24)` is one 1 KiB table, the other byte positions its
 //! rotations (`L` commutes with rotation): a round is four lookups, three
-//! rotations and the XORs, ~170 ns a block, latency-bound. The counter
+//! rotations and the XORs, still one round after another. The counter
 //! mode hands over four blocks at a time when a field has them, and those
 //! go through the rounds together, so that their independent chains
-//! overlap: ~80–110 ns a block. SM4-GCM seals a 24-byte field in 0.71–0.80
-//! of the time, a 64-byte one in 0.40–0.59 (`security-bench`, bench/micro).
+//! overlap. SM4-GCM seals a 24-byte field in 0.71–0.80 of the crate's
+//! time (three blocks one after another), a 64-byte one in 0.40–0.59
+//! (`security-bench`, bench/micro).
 //!
 //! The `sm4` crate stays the reference this is tested against. The table
 //! is the same kind of secret-indexed lookup as the crate's S-box, four
