@@ -9,10 +9,11 @@
 //!
 //! The allocator keeps freed memory (a burst's buffers) charged to the
 //! cgroup: use near the threshold that stopped growing is handed back with
-//! `sluice_sys::release_free_memory` (glibc's `malloc_trim`; it does not
-//! reach mimalloc, the binary's allocator, which keeps what a burst freed:
-//! docs/cgroup.md), and use that stays flat past the threshold stops
-//! shedding after a second, so kept memory never refuses work for ever.
+//! `sluice_sys::release_free_memory` (glibc's `malloc_trim`; mimalloc, the
+//! binary's allocator, is not reached by it and hands a burst back through
+//! `sluice-alloc`'s worker park hook: docs/cgroup.md), and use that stays
+//! flat past the threshold stops shedding after a second, so kept memory
+//! never refuses work for ever.
 
 use std::path::PathBuf;
 use std::sync::Arc;

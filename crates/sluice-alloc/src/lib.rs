@@ -1,0 +1,115 @@
+//! The `sluice` binary's allocator, and handing a burst's memory back.
+//!
+//! mimalloc 2 (built without transparent huge pages) serves every block
+//! under a megabyte: ~4.5 % fewer instructions per proxied request than
+//! glibc's allocator (`bench/README.md`). It keeps what a thread freed
+//! until that thread calls into it again after a purge delay, though, so a
+//! worker that goes idle right after a burst would keep the burst's memory
+//! resident (`bench/burst_memory.py`: 66–93 MiB after a burst of 32 × 3 MiB
+//! requests, against 11 idle). Two things hand it back:
+//!
+//! - [`MapLarge`]: blocks of [`LARGE`] bytes and more (a large body, its
+//!   parsed copy) are their own anonymous mappings, unmapped when freed by
+//!   whichever thread frees them, as glibc does;
+//! - [`on_worker_park`], the runtime's park hook: a worker about to sleep
+//!   asks its mimalloc heap to hand back every free page, once it has
+//!   allocated [`BURST`] bytes in blocks of 24 KiB and more since it last
+//!   did (a burst of large requests), and otherwise at most once a second.
+
+mod map;
+
+pub use map::{LARGE, MapLarge, thread_allocated};
+
+use std::cell::Cell;
+
+/// The binary's global allocator: mimalloc behind [`MapLarge`].
+pub type Allocator = MapLarge<mimalloc::MiMalloc>;
+
+/// The binary's global allocator (`#[global_allocator] static A:
+/// sluice_alloc::Allocator = sluice_alloc::allocator();`).
+pub const fn allocator() -> Allocator {
+    MapLarge::new(mimalloc::MiMalloc)
+}
+
+/// A worker that allocated this many bytes in blocks of 24 KiB and more
+/// since its last purge purges when it next parks.
+pub const BURST: usize = 1 << 20;
+
+/// Purges after a burst at most this often per worker (nanoseconds): a
+/// stream of large requests costs a page walk per ~1 MiB, not per park.
+const BURST_SPACING: u64 = 10_000_000;
+
+/// A worker purges at least this rarely while it works (nanoseconds).
+const INTERVAL: u64 = 1_000_000_000;
+
+thread_local! {
+    /// When this worker last purged (`sluice_sys::coarse_nanos`).
+    static LAST: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The runtime's park hook (`tokio::runtime::Builder::on_thread_park`):
+/// when a worker runs out of work, hand what its heap holds free back to
+/// the operating system if it allocated [`BURST`] bytes in large blocks
+/// since it last did so (and 10 ms have passed), or a second has passed.
+/// An idle gateway's own timers wake a worker several times a second, so a
+/// burst's leftovers go within about a second; a worker that is not woken
+/// keeps what it freed after its last purge. Costs one coarse clock read
+/// per park, and a walk of the heap's pages when it purges.
+pub fn on_worker_park() {
+    let now = sluice_sys::coarse_nanos();
+    let since = now.saturating_sub(LAST.with(Cell::get));
+    let due = since >= INTERVAL || (since >= BURST_SPACING && thread_allocated() >= BURST);
+    if due {
+        LAST.with(|last| last.set(now));
+        release_thread_memory();
+    }
+}
+
+/// Hands every page the calling thread's mimalloc heap holds free back to
+/// the operating system now (`mi_collect(true)`), with the shared arenas'
+/// free ranges, and restarts [`thread_allocated`]'s count. Walks the
+/// thread's pages: tens of microseconds for a busy heap.
+pub fn release_thread_memory() {
+    // SAFETY: mi_collect takes a plain flag and touches no caller memory.
+    // It works on the calling thread's own heap and on shared state under
+    // mimalloc's locks and atomics, so any thread may call it at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    map::reset_thread_allocated();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout};
+
+    #[test]
+    fn a_purge_restarts_the_count() {
+        let a = super::allocator();
+        let layout = Layout::from_size_align(64 << 10, 8).expect("layout");
+        // SAFETY: a non-zero size; freed below with the same layout.
+        let p = unsafe { a.alloc(layout) };
+        assert!(!p.is_null());
+        assert!(super::thread_allocated() >= 64 << 10);
+        // SAFETY: allocated above by `a` with `layout`.
+        unsafe { a.dealloc(p, layout) };
+        super::release_thread_memory();
+        assert_eq!(super::thread_allocated(), 0);
+    }
+
+    #[test]
+    fn a_burst_makes_the_next_park_purge() {
+        let a = super::allocator();
+        let layout = Layout::from_size_align(256 << 10, 8).expect("layout");
+        // Past the first park's purge (the clock starts at zero) and the
+        // spacing after it.
+        super::on_worker_park();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        super::on_worker_park();
+        for _ in 0..(super::BURST / (256 << 10)) {
+            // SAFETY: a non-zero size, freed at once with the same layout.
+            unsafe { a.dealloc(a.alloc(layout), layout) };
+        }
+        assert!(super::thread_allocated() >= super::BURST);
+        super::on_worker_park();
+        assert_eq!(super::thread_allocated(), 0, "the park purged");
+    }
+}
