@@ -175,8 +175,9 @@ impl UsageTail {
         }
         if self.buf.capacity() == 0 {
             // A stream's frames are ~100-300 bytes: growing from the first
-            // one's size took ~7 reallocations for a 12 KB stream, ~80
-            // instructions an event (`bench/instructions.py --stream`).
+            // one's size took ~7 reallocations for a 12 KB stream; 4 KiB
+            // first takes ~2,700 instructions off a 64-event stream
+            // (`bench/instructions.py --stream --model frames`).
             self.buf.reserve(FIRST.max(prev.len()));
         }
         self.buf.extend_from_slice(&prev);
