@@ -10,42 +10,64 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Blocks this large or larger are mapped on their own: a large request
 /// body or its parsed copy, never a per-request header or buffer.
 pub const LARGE: usize = 1 << 20;
 
 /// Blocks this large or larger that go to the inner allocator are counted
-/// per thread ([`thread_allocated`]): a large body's buffers as they grow,
-/// not a 16 KiB buffer every stream of ~10 KB has (its usage tail).
-/// Counting from 64 KiB left ~12 MiB more after a burst
-/// (`bench/burst_memory.py`).
+/// per thread ([`thread_turnover`]) when allocated and when freed: a large
+/// body's buffers as they grow, not a 16 KiB buffer every stream of ~10 KB
+/// has (its usage tail). Counting from 64 KiB left ~12 MiB more after a
+/// burst (`bench/burst_memory.py`).
 const COUNTED: usize = 24 << 10;
 
 const PAGE: usize = 4096;
 
 thread_local! {
     /// Bytes in blocks of `COUNTED` and more this thread had the inner
-    /// allocator give out since the last reset. A const-initialised `Cell`
-    /// with no destructor: no allocation and no registration on first use,
-    /// so the allocator itself may touch it.
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+    /// allocator give out or take back since the last reset. A
+    /// const-initialised `Cell` with no destructor: no allocation and no
+    /// registration on first use, so the allocator itself may touch it.
+    static TURNOVER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Bytes the calling thread allocated through a [`MapLarge`] in blocks of
-/// 24 KiB up to [`LARGE`] since its last [`crate::release_thread_memory`]:
-/// what its inner allocator may keep after a burst.
-pub fn thread_allocated() -> usize {
-    ALLOCATED.with(Cell::get)
+/// Bytes the calling thread allocated or freed through a [`MapLarge`] in
+/// blocks of 24 KiB up to [`LARGE`] since its last
+/// [`crate::release_thread_memory`]: what its inner allocator may keep
+/// after a burst. Frees count too: a request's blocks allocated before a
+/// purge and freed after it are what that purge could not hand back.
+pub fn thread_turnover() -> usize {
+    TURNOVER.with(Cell::get)
 }
 
-pub(crate) fn reset_thread_allocated() {
-    ALLOCATED.with(|a| a.set(0));
+pub(crate) fn reset_thread_turnover() {
+    TURNOVER.with(|a| a.set(0));
 }
 
 #[inline]
 fn count(size: usize) {
-    ALLOCATED.with(|a| a.set(a.get().saturating_add(size)));
+    TURNOVER.with(|a| a.set(a.get().saturating_add(size)));
+    note_large();
+}
+
+/// Set when any thread allocated or freed a block of 24 KiB or more (a
+/// mapped one included); taken by [`take_large_seen`].
+static LARGE_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// Marks [`LARGE_SEEN`], writing the shared line only when it changes.
+#[inline]
+fn note_large() {
+    if !LARGE_SEEN.load(Ordering::Relaxed) {
+        LARGE_SEEN.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether any thread allocated or freed a block of 24 KiB or more since
+/// the last call.
+pub(crate) fn take_large_seen() -> bool {
+    LARGE_SEEN.load(Ordering::Relaxed) && LARGE_SEEN.swap(false, Ordering::Relaxed)
 }
 
 /// A global allocator that maps blocks of [`LARGE`] bytes and more itself
@@ -98,13 +120,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MapLarge<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if mapped(layout) {
-            unmap(ptr, layout.size());
-        } else {
-            // SAFETY: `ptr` came from the inner allocator with this layout
-            // (blocks of this layout are never mapped).
-            unsafe { self.0.dealloc(ptr, layout) }
+        if layout.size() >= COUNTED {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { self.dealloc_large(ptr, layout) };
         }
+        // SAFETY: `ptr` came from the inner allocator with this layout
+        // (blocks this small are never mapped).
+        unsafe { self.0.dealloc(ptr, layout) }
     }
 
     #[inline]
@@ -129,6 +151,7 @@ impl<A: GlobalAlloc> MapLarge<A> {
     #[inline(never)]
     unsafe fn alloc_large(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         if mapped(layout) {
+            note_large();
             return map(layout.size()); // anonymous mappings read as zeros
         }
         count(layout.size());
@@ -140,6 +163,24 @@ impl<A: GlobalAlloc> MapLarge<A> {
                 self.0.alloc(layout)
             }
         }
+    }
+
+    /// `dealloc` for a block of `COUNTED` bytes or more.
+    ///
+    /// # Safety
+    /// `GlobalAlloc::dealloc`'s contract.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
+        if mapped(layout) {
+            note_large();
+            unmap(ptr, layout.size());
+            return;
+        }
+        count(layout.size());
+        // SAFETY: `ptr` came from the inner allocator with this layout
+        // (blocks of this layout are never mapped).
+        unsafe { self.0.dealloc(ptr, layout) }
     }
 
     /// `realloc` where either size is `COUNTED` bytes or more.
@@ -154,13 +195,21 @@ impl<A: GlobalAlloc> MapLarge<A> {
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (mapped(layout), mapped(new)) {
             (false, false) => {
+                // The old block is handed back (or resized in place), a
+                // larger one taken.
+                if layout.size() >= COUNTED {
+                    count(layout.size());
+                }
                 if new_size >= COUNTED && new_size > layout.size() {
                     count(new_size);
                 }
                 // SAFETY: an inner block, staying one: the caller's contract.
                 unsafe { self.0.realloc(ptr, layout, new_size) }
             }
-            (true, true) => remap(ptr, layout.size(), new_size),
+            (true, true) => {
+                note_large();
+                remap(ptr, layout.size(), new_size)
+            }
             _ => {
                 // SAFETY: `new` has a non-zero size (the caller's contract).
                 let p = unsafe { self.alloc(new) };
@@ -243,7 +292,7 @@ fn remap(_: *mut u8, _: usize, _: usize) -> *mut u8 {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::{LARGE, MapLarge, thread_allocated};
+    use super::{LARGE, MapLarge, thread_turnover};
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -410,9 +459,9 @@ mod tests {
     }
 
     #[test]
-    fn blocks_from_24_kib_under_the_threshold_are_counted_per_thread() {
+    fn blocks_from_24_kib_under_the_threshold_are_counted_per_thread_when_allocated_and_freed() {
         let a = new();
-        let start = thread_allocated();
+        let start = thread_turnover();
         let sizes = [100, 16 << 10, 24 << 10, 300 << 10, LARGE];
         for n in sizes {
             let l = layout(n, 8);
@@ -423,7 +472,8 @@ mod tests {
                 a.dealloc(p, l);
             }
         }
-        assert_eq!(thread_allocated() - start, (24 << 10) + (300 << 10));
+        // Each counted twice: allocated, then freed.
+        assert_eq!(thread_turnover() - start, 2 * ((24 << 10) + (300 << 10)));
         let l = layout(8 << 10, 8);
         // SAFETY: a non-zero size; grown twice, then freed with the last
         // layout.
@@ -434,8 +484,12 @@ mod tests {
             assert!(!p.is_null());
             a.dealloc(p, layout(128 << 10, 8));
         }
-        assert_eq!(thread_allocated() - start, (24 << 10) + (428 << 10));
-        let other = std::thread::spawn(thread_allocated).join().expect("thread");
+        // 16 KiB is not counted; 128 KiB is, grown into and freed.
+        assert_eq!(
+            thread_turnover() - start,
+            2 * ((24 << 10) + (300 << 10)) + 2 * (128 << 10)
+        );
+        let other = std::thread::spawn(thread_turnover).join().expect("thread");
         assert_eq!(other, 0, "another thread's count is its own");
     }
 }

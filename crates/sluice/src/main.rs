@@ -254,6 +254,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            #[cfg(feature = "mimalloc")]
+            if workers > 1 {
+                runtime.spawn(sweep_after_bursts(workers));
+            }
             match runtime.block_on(sluice_server::run(
                 cfg,
                 log_control,
@@ -270,6 +274,27 @@ fn main() -> ExitCode {
                     eprintln!("sluice: {e:#}");
                     ExitCode::from(1)
                 }
+            }
+        }
+    }
+}
+
+/// Once a second, when blocks of 24 KiB or more came and went (a burst of
+/// large requests, most often): every worker purges at its next park, and
+/// the parked ones are woken to park again. A worker no timer wakes would
+/// otherwise keep its share of a burst (what it freed after its last
+/// purge, and its blocks other workers freed) until its next work. Tasks spawned on a worker past the first wake a parked worker to
+/// take them (which wakes the next when it finds some): a few empty ones
+/// reach the parked workers.
+#[cfg(feature = "mimalloc")]
+async fn sweep_after_bursts(workers: usize) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if sluice_alloc::sweep_after_burst() {
+            for _ in 0..=workers {
+                tokio::spawn(async {});
             }
         }
     }
