@@ -66,10 +66,10 @@ static SWEEP: AtomicU32 = AtomicU32::new(0);
 /// the operating system if it allocated or freed [`BURST`] bytes in large
 /// blocks since it last did so (and 10 ms have passed), or a second has
 /// passed.
-/// An idle gateway's own timers wake a worker several times a second, so a
-/// burst's leftovers go within about a second; a worker that is not woken
-/// keeps what it freed after its last purge. Costs one coarse clock read
-/// per park, and a walk of the heap's pages when it purges.
+/// A purge is also due once after every bump of the sweep
+/// ([`sweep_after_burst`]), which wakes the workers no timer wakes. Costs
+/// one coarse clock read and one relaxed atomic load per park, and a walk
+/// of the heap's pages when it purges.
 pub fn on_worker_park() {
     let now = sluice_sys::coarse_nanos();
     let since = now.saturating_sub(LAST.with(Cell::get));
