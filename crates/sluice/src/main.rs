@@ -283,9 +283,10 @@ fn main() -> ExitCode {
 /// large requests, most often): every worker purges at its next park, and
 /// the parked ones are woken to park again. A worker no timer wakes would
 /// otherwise keep its share of a burst (what it freed after its last
-/// purge, and its blocks other workers freed) until its next work. Tasks spawned on a worker past the first wake a parked worker to
-/// take them (which wakes the next when it finds some): a few empty ones
-/// reach the parked workers.
+/// purge, and its blocks other workers freed) until its next work. Tasks
+/// spawned on a worker past the first wake a parked worker to take them
+/// (which wakes the next when it finds some): a few empty ones reach the
+/// parked workers.
 #[cfg(feature = "mimalloc")]
 async fn sweep_after_bursts(workers: usize) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
