@@ -2,7 +2,7 @@
 """Instructions per proxied chat request (user space), under callgrind.
 
     python3 bench/instructions.py BIN [BIN ...] [--n 250] [--model bench] [--stream]
-                                  [--prod] [--sdk] [--keep DIR]
+                                  [--prod] [--sdk] [--turns N] [--unique] [--keep DIR]
 
 Each binary serves bench/proxy.py's static nginx upstream with its bare
 configuration under `valgrind --tool=callgrind --instr-atstart=no`. After 30
@@ -13,7 +13,11 @@ total divided by the request count. `--prod` serves bench/proxy.py's
 production-shaped configuration instead of the bare one (the client sends its
 virtual key); `--keep DIR` keeps the callgrind files there for
 `callgrind_annotate --inclusive=yes`; `--sdk` sends the headers the official
-`openai` SDK sends (with `Accept-Encoding: gzip, deflate`). The count repeats to a fraction of a
+`openai` SDK sends (with `Accept-Encoding: gzip, deflate`); `--turns N` puts N
+earlier exchanges (~270 bytes each, with the numbers, times, an address and a
+phone number such conversations hold) before the user message, as an agent
+resends its conversation, and `--unique` makes every request's user message a
+new one (the rest repeats, as in a conversation). The count repeats to a fraction of a
 percent whatever else the machine does, so it shows changes smaller than the
 wall-clock noise of bench/proxy.py. Kernel time is not counted. Each line
 also counts the clock reads per request: a read of the time-stamp counter
@@ -25,6 +29,7 @@ configuration only: the baseline the gateway's user-space work compares to.
 """
 import argparse
 import glob
+import itertools
 import http.client
 import json
 import os
@@ -44,9 +49,32 @@ USER = ("Summarise yesterday's incident for bench-user@example.com: the gateway'
         "rollback finished. List the three follow-ups we agreed on and who owns each one.")
 
 
-def body(model, stream):
-    b = {"model": model, "messages": [{"role": "system", "content": SYSTEM},
-                                      {"role": "user", "content": USER}],
+# An agent's earlier turns, resent with every request of its conversation:
+# ticket numbers, times, an address and a phone number among the prose, as
+# support and operations agents see them.
+TURNS = [
+    ("Ticket 88213: the EU pool answered 502 from 09:14 to 09:31 UTC. Who was paged?",
+     "The on-call, Ana (ana.silva@example.com), was paged at 09:16 and acked at 09:18."),
+    ("Pull the retry counts for build 4812 and compare them with build 4799.",
+     "Build 4812 retried 2.1 times per failed call on average, build 4799 1.0 times; "
+     "the difference is the new jitter of 250 ms."),
+    ("Draft the customer note for account 3310-7781; their contact is +44 20 7946 0958.",
+     "Draft: between 09:14 and 09:31 UTC on 2026-11-30 some requests failed with 502. "
+     "Retries are now capped at 2 and we alert at a retry ratio of 1.5."),
+]
+
+
+def body(model, stream, turns=0, n=None):
+    """The bench request; `turns` earlier exchanges before its user message,
+    which holds the number `n` when given (a conversation's new turn)."""
+    history = []
+    for i in range(turns):
+        q, a = TURNS[i % len(TURNS)]
+        history += [{"role": "user", "content": f"{q} (turn {i})"},
+                    {"role": "assistant", "content": a}]
+    user = USER if n is None else f"{USER} Request {n}."
+    b = {"model": model, "messages": [{"role": "system", "content": SYSTEM}, *history,
+                                      {"role": "user", "content": user}],
          "temperature": 0.2, "max_tokens": 256, "user": "bench-user@example.com",
          "metadata": {"team": "bench"}}
     if stream:
@@ -68,7 +96,7 @@ SDK_HEADERS = {**HEADERS, "accept-encoding": "gzip, deflate", "accept": "applica
 def load(port, n, payload, headers, path):
     c = http.client.HTTPConnection("127.0.0.1", port)
     for _ in range(n):
-        c.request("POST", path, payload, headers)
+        c.request("POST", path, payload() if callable(payload) else payload, headers)
         r = c.getresponse()
         r.read()
         if r.status != 200:
@@ -166,11 +194,19 @@ def main():
     ap.add_argument("--keep", help="a directory to keep the callgrind files in")
     ap.add_argument("--sdk", action="store_true",
                     help="send the headers the official openai SDK sends (Accept-Encoding among them)")
+    ap.add_argument("--turns", type=int, default=0,
+                    help="earlier exchanges (user and assistant) sent before the user message, "
+                         "as an agent resends its conversation")
+    ap.add_argument("--unique", action="store_true",
+                    help="a different user message in every request (the rest as before)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).stdout:
             raise SystemExit(f"needs {tool} (Debian: valgrind, nginx, libnginx-mod-http-echo)")
-    payload = body(args.model, args.stream)
+    payload = body(args.model, args.stream, args.turns)
+    if args.unique:
+        count = itertools.count()
+        payload = lambda: body(args.model, args.stream, args.turns, next(count))  # noqa: E731
     work = Path(proxy.tempfile.mkdtemp(prefix="sluice-instr-"))
     procs = proxy.Procs(work)
     try:

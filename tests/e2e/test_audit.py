@@ -159,8 +159,10 @@ encrypt_fields = ["user"]
     assert not (tmp_path / "audit-buffer.jsonl").exists() or (tmp_path / "audit-buffer.jsonl").stat().st_size == 0
 
 
-def test_prompt_redaction_before_upstream(tmp_path, upstream):
-    cfg = f"""
+def redacting_config(upstream, redaction):
+    """Two models on the mock upstream (`alias` renamed on the way), prompts
+    redacted, `redaction` added to the `[redaction]` table."""
+    return f"""
 [[providers]]
 name = "up"
 kind = "openai"
@@ -176,8 +178,12 @@ targets = [{{ provider = "up", model = "upstream-model-with-a-longer-name" }}]
 
 [redaction]
 prompts = true
-custom = [{{ name = "mrn", pattern = "MRN-[0-9]{{6}}" }}]
+{redaction}
 """
+
+
+def test_prompt_redaction_before_upstream(tmp_path, upstream):
+    cfg = redacting_config(upstream, 'custom = [{ name = "mrn", pattern = "MRN-[0-9]{6}" }]')
     g = Gateway(cfg, tmp_path=tmp_path)
     try:
         client = openai.OpenAI(base_url=g.base_url, api_key="unused")
@@ -207,5 +213,44 @@ custom = [{{ name = "mrn", pattern = "MRN-[0-9]{{6}}" }}]
             assert sent["model"] == "upstream-model-with-a-longer-name"
             assert sent["messages"][0]["content"] == "mail [EMAIL], [MRN] \u00e9"
             assert sent["stream"] is stream and sent["max_tokens"] == 7
+    finally:
+        g.stop()
+
+
+# An agent resends its conversation with every turn, and the redaction keeps
+# what each text came to (`cache_bytes`, 0: off): every turn's body upstream
+# must be what a first scan gives, the earlier turns' findings included, with
+# texts seen once, twice and many times.
+@pytest.mark.parametrize("cache", ["", "cache_bytes = 0"], ids=["cached", "uncached"])
+def test_prompt_redaction_of_a_resent_conversation(tmp_path, upstream, cache):
+    g = Gateway(redacting_config(upstream, cache), tmp_path=tmp_path)
+    try:
+        client = openai.OpenAI(base_url=g.base_url, api_key="unused")
+        system = "You help the on-call team. Escalations go to oncall@example.com, never to customers."
+        messages = [{"role": "system", "content": system}]
+        clean = "Thanks, that is all for the retry counts of the EU pool; summarise the rest briefly."
+        for turn in range(6):
+            messages.append({"role": "user", "content":
+                             f"Turn {turn}: customer {turn}.doe@example.com called from +44 20 7946 09{turn:02} "
+                             f"about card 4111 1111 1111 1111 and ticket 8821{turn}."})
+            if turn % 2:
+                messages.append({"role": "user", "content": clean})
+            for _ in range(2):
+                r = client.chat.completions.create(model="gpt-test", messages=messages)
+                assert r.choices[0].message.content is not None
+                sent = json.loads(upstream.last()["body"])["messages"]
+                assert len(sent) == len(messages)
+                assert sent[0]["content"] == system.replace("oncall@example.com", "[EMAIL]")
+                for i, m in enumerate(sent[1:], 1):
+                    text = messages[i]["content"]
+                    if messages[i]["role"] == "assistant":
+                        continue
+                    if text == clean:
+                        assert m["content"] == clean
+                        continue
+                    t = text.split(":")[0]
+                    assert m["content"] == (f"{t}: customer [EMAIL] called from [PHONE] about card [CARD] "
+                                            f"and ticket {text.split('ticket ')[1]}"), m
+            messages.append({"role": "assistant", "content": r.choices[0].message.content})
     finally:
         g.stop()

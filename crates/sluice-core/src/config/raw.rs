@@ -107,6 +107,7 @@ pub struct RawRedaction {
     #[serde(default)]
     pub custom: Vec<Spanned<RawPattern>>,
     pub prompts: Option<bool>,
+    pub cache_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

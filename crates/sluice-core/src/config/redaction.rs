@@ -16,6 +16,12 @@ pub struct RedactionConfig {
     pub prompts: bool,
 }
 
+/// `cache_bytes`'s default: what texts already scanned came to (see
+/// `Redactor::with_cache`).
+pub const CACHE_BYTES: u64 = 4 << 20;
+/// Its largest value.
+const CACHE_BYTES_MAX: u64 = 1 << 32;
+
 /// `audit`: an `[audit]` section is configured (its fields are redacted).
 pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction, audit: bool) -> RedactionConfig {
     let prompts = r.prompts.unwrap_or(false);
@@ -41,6 +47,17 @@ pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction, audit: bool) ->
             })
             .collect(),
     };
+    let cache_bytes = match &r.cache_bytes {
+        Some(v) if *v.get_ref() > CACHE_BYTES_MAX => {
+            c.at(
+                v.span(),
+                format!("cache_bytes must be between 0 (no cache) and {CACHE_BYTES_MAX}"),
+            );
+            CACHE_BYTES
+        }
+        Some(v) => *v.get_ref(),
+        None => CACHE_BYTES,
+    };
     let mut custom = Vec::new();
     for p in &r.custom {
         let p = p.get_ref();
@@ -62,7 +79,10 @@ pub(super) fn redaction(c: &mut Collector<'_>, r: &RawRedaction, audit: bool) ->
     // compiling the patterns costs ~11M instructions, ~0.4 MiB and the
     // regex compiler's code pages, for nothing in a gateway without either.
     let redactor = (prompts || audit)
-        .then(|| Redactor::new(&kinds, &custom).ok().map(Arc::new))
+        .then(|| {
+            let r = Redactor::new(&kinds, &custom).ok()?;
+            Some(Arc::new(r.with_cache(cache_bytes as usize)))
+        })
         .flatten();
     RedactionConfig { redactor, prompts }
 }

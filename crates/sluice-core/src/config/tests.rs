@@ -576,3 +576,25 @@ fn nats_audit_sink_defaults_and_mistakes() {
         "{e:?}"
     );
 }
+
+#[test]
+fn the_redaction_cache_is_sized_or_turned_off() {
+    let env = |_: &str| None;
+    let c = parse("[redaction]\nprompts = true\n", "t.toml", &env).unwrap();
+    let r = format!("{:?}", c.redaction.redactor.unwrap());
+    assert!(r.contains("bytes: 4194304"), "{r}");
+    let c = parse(
+        "[redaction]\nprompts = true\ncache_bytes = 0\n",
+        "t.toml",
+        &env,
+    )
+    .unwrap();
+    let r = format!("{:?}", c.redaction.redactor.unwrap());
+    assert!(r.contains("cache: None"), "{r}");
+    let errs = errors("[redaction]\nprompts = true\ncache_bytes = 8589934592\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("t.toml:3:15: cache_bytes must be between 0"),
+        "{errs:?}"
+    );
+}
