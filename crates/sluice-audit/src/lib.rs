@@ -14,6 +14,7 @@ mod fields;
 mod line;
 mod nats;
 mod pick;
+mod seal;
 mod sink;
 pub mod sm4_table;
 

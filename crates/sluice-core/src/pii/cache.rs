@@ -25,7 +25,7 @@ const SHARDS: usize = 8;
 
 /// Texts shorter than this are scanned every time: a short text's scan
 /// costs about what a lookup does.
-pub(super) const MIN_LEN: usize = 64;
+pub(super) const MIN_LEN: usize = 16;
 
 /// Bookkeeping per kept text besides its bytes (map slot, boxes).
 const ENTRY_OVERHEAD: usize = 64;

@@ -104,7 +104,7 @@ impl Redactor {
         })
     }
 
-    /// This redactor, keeping what texts of 64 bytes or more came to in
+    /// This redactor, keeping what texts of 16 bytes or more came to in
     /// about `bytes` of memory (up to twice that while it turns over), so a
     /// text sent again — an agent's conversation is resent with every
     /// turn — is not scanned again. 0: no cache.
