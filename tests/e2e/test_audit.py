@@ -252,5 +252,16 @@ def test_prompt_redaction_of_a_resent_conversation(tmp_path, upstream, cache):
                     assert m["content"] == (f"{t}: customer [EMAIL] called from [PHONE] about card [CARD] "
                                             f"and ticket {text.split('ticket ')[1]}"), m
             messages.append({"role": "assistant", "content": r.choices[0].message.content})
+        hits = g.metric("sluice_redaction_cache_hits_total")
+        misses = g.metric("sluice_redaction_cache_misses_total")
+        kept = g.metric("sluice_redaction_cache_bytes")
+        if cache:  # cache_bytes = 0: no cache, nothing counted
+            assert (hits, misses, kept) == (0, 0, 0)
+        else:
+            # Each text is scanned on its first two sightings, then found:
+            # the system prompt, and every earlier turn, twice per turn.
+            assert misses > 0 and hits > misses, (hits, misses)
+            assert kept > len(system)
+            assert g.metric("sluice_redaction_cache_hits_total") == hits, "a scrape counts once"
     finally:
         g.stop()

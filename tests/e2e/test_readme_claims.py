@@ -103,6 +103,8 @@ path = "{audit}"
         "sluice_active_streams", "sluice_gateway_overhead_seconds_bucket", "sluice_audit_events_total",
         "sluice_rate_limited_total", "sluice_rate_limit_backend_errors_total", "sluice_agents_connected",
         "sluice_agent_queue_depth", "sluice_connections_open",
+        "sluice_redaction_cache_hits_total", "sluice_redaction_cache_misses_total",
+        "sluice_redaction_cache_bytes",
         "gen_ai_client_token_usage_bucket", "gen_ai_client_operation_duration_seconds_bucket",
         "gen_ai_server_request_duration_seconds_bucket", "gen_ai_server_time_to_first_token_seconds_bucket",
         "gen_ai_server_time_per_output_token_seconds_bucket",

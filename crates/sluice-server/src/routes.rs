@@ -293,6 +293,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics
         .refresh_targets(&snap.routes, &snap.config.providers);
     app.metrics.refresh_process();
+    app.metrics
+        .redaction
+        .refresh(snap.config.redaction.redactor.as_ref());
     for (name, p) in &app.predictors.load().by_name {
         let labels = crate::metrics::predict::ModelLabels {
             model: name.clone(),

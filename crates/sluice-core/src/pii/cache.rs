@@ -77,6 +77,23 @@ struct Shard {
     older: ByHash<Entry>,
     /// Bytes kept in `newer`.
     bytes: usize,
+    /// Bytes kept in `older`.
+    older_bytes: usize,
+    /// Lookups that found their text, and those that did not.
+    hits: u64,
+    misses: u64,
+}
+
+/// What a redactor's cache did since it was made ([`Redactor::cache_stats`](super::Redactor::cache_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Texts found kept: not scanned.
+    pub hits: u64,
+    /// Texts looked up and not found: scanned.
+    pub misses: u64,
+    /// What the kept texts and their redacted forms take now, bookkeeping
+    /// included.
+    pub bytes: u64,
 }
 
 struct Entry {
@@ -125,15 +142,23 @@ impl Cache {
         let s = &mut *s;
         if s.newer.get(&hash).is_none_or(|e| *e.text != *text) {
             match s.older.remove(&hash) {
-                Some(e) if *e.text == *text => s.put(hash, e, self.share),
+                Some(e) if *e.text == *text => {
+                    s.older_bytes -= e.size();
+                    s.put(hash, e, self.share);
+                }
                 Some(e) => {
                     // Another text with the same hash: left where it was.
                     s.older.insert(hash, e);
+                    s.misses += 1;
                     return Found::Miss(hash);
                 }
-                None => return Found::Miss(hash),
+                None => {
+                    s.misses += 1;
+                    return Found::Miss(hash);
+                }
             }
         }
+        s.hits += 1;
         match s.newer.get(&hash).and_then(|e| e.redacted.as_deref()) {
             None => Found::Clean,
             Some(r) => {
@@ -169,6 +194,19 @@ impl Cache {
     }
 }
 
+impl Cache {
+    pub(super) fn stats(&self) -> CacheStats {
+        let mut out = CacheStats::default();
+        for s in &self.shards {
+            let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            out.hits += s.hits;
+            out.misses += s.misses;
+            out.bytes += (s.bytes + s.older_bytes) as u64;
+        }
+        out
+    }
+}
+
 impl Shard {
     fn put(&mut self, hash: u64, entry: Entry, share: usize) {
         let size = entry.size();
@@ -180,7 +218,7 @@ impl Shard {
             // The newer generation is full: it becomes the older, and what
             // the older held (not used since) goes.
             self.older = std::mem::take(&mut self.newer);
-            self.bytes = 0;
+            self.older_bytes = std::mem::take(&mut self.bytes);
         }
     }
 }
@@ -260,6 +298,11 @@ mod tests {
             assert!(s.seen.len() <= c.share / ENTRY_OVERHEAD + 1);
         }
         assert!(kept <= 2 * budget + SHARDS * 512, "{kept}");
+        let stats = c.stats();
+        assert_eq!(stats.bytes as usize, kept);
+        // Each `t` missed twice, then `hot` hit all but its first two.
+        assert_eq!(stats.hits + stats.misses, 15_000);
+        assert!(stats.hits >= 4_990, "{stats:?}");
         assert!(kept > budget / 2, "{kept}: the cache holds something");
         // The text used all along is still a hit.
         assert!(matches!(look(&c, &hot).0, Found::Clean));

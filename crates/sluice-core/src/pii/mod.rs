@@ -23,6 +23,7 @@ use regex_automata::meta::Regex;
 
 mod cache;
 mod kind;
+pub use cache::CacheStats;
 mod request;
 mod window;
 pub use kind::{Kind, china_id_valid, iban_valid, luhn_valid};
@@ -111,6 +112,11 @@ impl Redactor {
     pub fn with_cache(mut self, bytes: usize) -> Self {
         self.cache = cache::Cache::new(bytes).map(Arc::new);
         self
+    }
+
+    /// What its cache did, and holds; `None` without one.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
     }
 
     /// Whether every tag can go into a JSON string as it is.

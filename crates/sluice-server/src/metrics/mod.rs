@@ -100,6 +100,7 @@ pub mod mcp;
 pub mod modality;
 pub mod plugins;
 pub mod predict;
+pub mod redaction;
 pub mod reload;
 mod series;
 
@@ -177,6 +178,8 @@ pub struct Metrics {
     pub reload: reload::ReloadMetrics,
     /// `sluice_cgroup_*`, and the shedding flag requests read.
     pub cgroup: cgroup::CgroupMetrics,
+    /// `sluice_redaction_cache_*`, read at scrape time.
+    pub redaction: redaction::RedactionMetrics,
     /// Local inference (`/v1/predict`, `/v2/models/…/infer`).
     pub predict: std::sync::Arc<predict::PredictMetrics>,
     /// The MCP gateway (`/mcp`).
@@ -239,6 +242,7 @@ impl Metrics {
         connections.precreate();
         let reload = reload::ReloadMetrics::default();
         let cgroup = cgroup::CgroupMetrics::default();
+        let redaction = redaction::RedactionMetrics::default();
         let predict = std::sync::Arc::new(predict::PredictMetrics::default());
         let mcp = mcp::McpMetrics::default();
         let plugins = std::sync::Arc::new(plugins::PluginMetrics::default());
@@ -297,6 +301,7 @@ impl Metrics {
         connections.register(registry);
         reload.register(registry);
         cgroup.register(registry);
+        redaction.register(registry);
         predict.register(registry);
         mcp.register(registry);
         plugins.register(registry);
@@ -466,6 +471,7 @@ impl Metrics {
             connections,
             reload,
             cgroup,
+            redaction,
             predict,
             mcp,
             plugins,
