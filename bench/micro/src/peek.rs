@@ -33,6 +33,31 @@ fn body(prompt: &str) -> String {
     .to_string()
 }
 
+/// An agent's 10-turn conversation (as `bench/instructions.py --turns 10`
+/// sends): many strings of a few hundred bytes, the shape agents resend.
+fn conversation() -> String {
+    let turns = [
+        (
+            "Ticket 88213: the EU pool answered 502 from 09:14 to 09:31 UTC. Who was paged?",
+            "The on-call, Ana (ana.silva@example.com), was paged at 09:16 and acked at 09:18.",
+        ),
+        (
+            "Pull the retry counts for build 4812 and compare them with build 4799.",
+            "Build 4812 retried 2.1 times per failed call on average, build 4799 1.0 times; \
+             the difference is the new jitter of 250 ms.",
+        ),
+    ];
+    let mut messages =
+        vec![serde_json::json!({"role": "system", "content": "You help the on-call team."})];
+    for i in 0..10 {
+        let (q, a) = turns[i % turns.len()];
+        messages.push(serde_json::json!({"role": "user", "content": format!("{q} (turn {i})")}));
+        messages.push(serde_json::json!({"role": "assistant", "content": a}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": "Summarise the incident."}));
+    serde_json::json!({"model": "bench", "messages": messages, "max_tokens": 256}).to_string()
+}
+
 fn main() {
     let user = "Summarise yesterday's incident for bench-user@example.com: the gateway's p99 rose \
                 after the deploy of build 4812, retries doubled on the EU pool.";
@@ -46,12 +71,12 @@ fn main() {
     // The same length of plain prose (ASCII, no escapes).
     let plain = "Then the next attempt went through and the pool recovered quietly. "
         .repeat(64 * 1024 / 68);
-    for (name, prompt, n) in [
-        ("chat", user.to_owned(), 200_000),
-        ("long", long, 2_000),
-        ("long-plain", plain, 2_000),
+    for (name, b, n) in [
+        ("chat", body(user), 200_000),
+        ("conversation", conversation(), 50_000),
+        ("long", body(&long), 2_000),
+        ("long-plain", body(&plain), 2_000),
     ] {
-        let b = body(&prompt);
         let serde = time(n, |_| {
             black_box(serde_json::from_str::<IgnoredAny>(black_box(&b)).is_ok());
         });
