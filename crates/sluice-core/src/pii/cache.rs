@@ -106,6 +106,19 @@ impl Entry {
     fn size(&self) -> usize {
         self.text.len() + self.redacted.as_ref().map_or(0, |r| r.len()) + ENTRY_OVERHEAD
     }
+
+    /// Its verdict; its redacted form appended to `out` (given `room` more
+    /// bytes first, as a scan would) when it has one.
+    fn answer(&self, out: &mut String, room: usize) -> Found {
+        match &self.redacted {
+            None => Found::Clean,
+            Some(r) => {
+                out.reserve(room);
+                out.push_str(r);
+                Found::Redacted
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -140,31 +153,27 @@ impl Cache {
         let hash = self.hasher.hash_one(text);
         let mut s = self.shard(hash);
         let s = &mut *s;
-        if s.newer.get(&hash).is_none_or(|e| *e.text != *text) {
-            match s.older.remove(&hash) {
-                Some(e) if *e.text == *text => {
-                    s.older_bytes -= e.size();
-                    s.put(hash, e, self.share);
-                }
-                Some(e) => {
-                    // Another text with the same hash: left where it was.
-                    s.older.insert(hash, e);
-                    s.misses += 1;
-                    return Found::Miss(hash);
-                }
-                None => {
-                    s.misses += 1;
-                    return Found::Miss(hash);
-                }
-            }
+        if let Some(e) = s.newer.get(&hash).filter(|e| *e.text == *text) {
+            s.hits += 1;
+            return e.answer(out, room);
         }
-        s.hits += 1;
-        match s.newer.get(&hash).and_then(|e| e.redacted.as_deref()) {
-            None => Found::Clean,
-            Some(r) => {
-                out.reserve(room);
-                out.push_str(r);
-                Found::Redacted
+        match s.older.remove(&hash) {
+            Some(e) if *e.text == *text => {
+                s.hits += 1;
+                s.older_bytes -= e.size();
+                // Answered before it moves: moving it to the newer
+                // generation may turn that over, into the older again.
+                let found = e.answer(out, room);
+                s.put(hash, e, self.share);
+                found
+            }
+            other => {
+                // Another text with the same hash stays where it was.
+                if let Some(e) = other {
+                    s.older.insert(hash, e);
+                }
+                s.misses += 1;
+                Found::Miss(hash)
             }
         }
     }
@@ -255,6 +264,31 @@ mod tests {
         let (found, out) = look(&c, &clean);
         assert!(matches!(found, Found::Clean) && out.is_empty());
         assert!(Cache::new(0).is_none());
+    }
+
+    #[test]
+    fn a_text_moved_up_answers_when_the_move_turns_the_generation_over() {
+        let c = Cache::new(8 * 1024).unwrap();
+        let t = "x".repeat(100);
+        let h = c.hasher.hash_one(t.as_str());
+        {
+            let mut s = c.shard(h);
+            let e = Entry {
+                text: t.as_str().into(),
+                redacted: Some("[EMAIL]".into()),
+            };
+            s.older_bytes = e.size();
+            s.older.insert(h, e);
+            // The newer generation full: the move turns it over.
+            s.bytes = c.share;
+        }
+        let (found, out) = look(&c, &t);
+        assert!(matches!(found, Found::Redacted), "not reported clean");
+        assert_eq!(out, "[EMAIL]");
+        assert!(
+            c.shard(h).older.contains_key(&h),
+            "turned over with the rest"
+        );
     }
 
     #[test]

@@ -356,3 +356,43 @@ fn a_cached_redactor_answers_as_an_uncached_one_every_time() {
         );
     }
 }
+
+#[test]
+fn a_small_cache_shared_by_threads_answers_as_no_cache() {
+    // Small enough that generations turn over all the time while four
+    // threads look up, scan and keep overlapping texts.
+    let cached = std::sync::Arc::new(Redactor::builtin().with_cache(16 * 1024));
+    let plain = Redactor::builtin();
+    let texts: Vec<String> = (0..300)
+        .map(|i| match i % 3 {
+            0 => format!("turn {i}: write to user{i}@example.com about ticket {i}"),
+            1 => format!(
+                "turn {i}: nothing personal in ticket {i}, just {} words",
+                i * 7
+            ),
+            _ => format!(
+                "call +44 20 7946 {:04} or card 4111 1111 1111 1111 ({i})",
+                i % 10_000
+            ),
+        })
+        .collect();
+    let want: Vec<String> = texts.iter().map(|t| plain.redact(t).into_owned()).collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (cached, texts, want) = (&cached, &texts, &want);
+            s.spawn(move || {
+                for round in 0..20 {
+                    for k in 0..texts.len() {
+                        // Each thread its own order, hot texts among cold.
+                        let k = (k * (2 * t + 1) + round) % texts.len();
+                        let k = if k % 4 == 0 { k % 8 } else { k };
+                        assert_eq!(cached.redact(&texts[k]), want[k], "thread {t}");
+                    }
+                }
+            });
+        }
+    });
+    let stats = cached.cache_stats().unwrap();
+    assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
+    assert!(stats.bytes <= 2 * 16 * 1024 + 8 * 512, "{stats:?}");
+}
