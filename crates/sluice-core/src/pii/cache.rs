@@ -30,6 +30,12 @@ pub(super) const MIN_LEN: usize = 16;
 /// Bookkeeping per kept text besides its bytes (map slot, boxes).
 const ENTRY_OVERHEAD: usize = 64;
 
+/// Bytes of the budget per first sighting remembered: a set slot takes ~18,
+/// so the set stays near a fourteenth of the budget (it is cleared when
+/// full: a text must come back within the last share / 256 first
+/// sightings of its shard to be kept).
+const PER_SEEN: usize = 256;
+
 /// What a lookup found.
 pub(super) enum Found {
     /// Seen before: nothing to redact.
@@ -189,7 +195,7 @@ impl Cache {
         let mut s = self.shard(hash);
         if s.seen.insert(hash) {
             // First time. The set of hashes is bounded like the texts.
-            if s.seen.len() > self.share / ENTRY_OVERHEAD {
+            if s.seen.len() > self.share / PER_SEEN {
                 s.seen.clear();
                 s.seen.insert(hash);
             }
@@ -329,7 +335,7 @@ mod tests {
             assert_eq!(sum, s.bytes);
             assert!(s.bytes <= c.share, "{} > {}", s.bytes, c.share);
             kept += sum + s.older.values().map(Entry::size).sum::<usize>();
-            assert!(s.seen.len() <= c.share / ENTRY_OVERHEAD + 1);
+            assert!(s.seen.len() <= c.share / PER_SEEN + 1);
         }
         assert!(kept <= 2 * budget + SHARDS * 512, "{kept}");
         let stats = c.stats();
