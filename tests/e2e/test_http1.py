@@ -326,3 +326,50 @@ def test_a_client_that_leaves_cancels_its_upstream_call(tmp_path, upstream):
         wait_for(lambda: upstream.stats()["cancelled"] > before, timeout=5, what="upstream cancel")
     finally:
         g.stop()
+
+
+def test_bodies_of_every_size_reach_the_upstream_byte_for_byte(tmp_path, upstream):
+    """Bodies from under a read to past the MiB the loop reads at once,
+    whole, in pieces, and pipelined behind a large one, on one connection:
+    each reaches the upstream as it was sent (model aside) and the
+    connection stays in step. The mock answers with the body it got."""
+    g = Gateway(proxy_config(upstream.url), tmp_path=tmp_path,
+                env={"SLUICE_TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+
+    def body(n, tag):
+        turns = [{"role": "user" if i % 2 == 0 else "assistant",
+                  "content": f"{tag} turn {i}: " + "lorem ipsum ünïcode 0123 " * 8}
+                 for i in range(max(1, n // 230))]
+        return {"model": "gpt-test", "messages": turns}
+
+    def got_upstream():
+        sent = json.loads(upstream.last()["body"])
+        assert sent["model"] == "upstream-model", sent["model"]
+        return sent["messages"]
+
+    c = Conn(g)
+    try:
+        for n in (500, 3_000, 7_000, 20_000, 300_000, 1_500_000):
+            want = body(n, f"whole {n}")
+            c.send(post("/v1/chat/completions", json.dumps(want).encode()))
+            chat_ok(c.response())
+            assert got_upstream() == want["messages"], n
+        # The head and part of the body, a pause, the rest.
+        for n in (7_000, 300_000):
+            want = body(n, f"split {n}")
+            raw = post("/v1/chat/completions", json.dumps(want).encode())
+            c.send(raw[:len(raw) // 3])
+            time.sleep(0.2)
+            c.send(raw[len(raw) // 3:])
+            chat_ok(c.response())
+            assert got_upstream() == want["messages"], n
+        # A large body with two more requests right behind it, in one write.
+        bodies = [body(n, f"pipelined {n}") for n in (40_000, 2_000, 5_000)]
+        c.send(b"".join(post("/v1/chat/completions", json.dumps(b).encode()) for b in bodies))
+        for _ in bodies:
+            chat_ok(c.response())
+        assert got_upstream() == bodies[-1]["messages"]
+        assert c.buf == b""
+    finally:
+        c.close()
+        g.stop()

@@ -12,11 +12,14 @@
 //!
 //! The loop reads the head and body into one buffer, parses the head with
 //! httparse (as hyper does), serves the request through `crate::direct`
-//! and writes the answer. A body that is all there with its head (nearly
-//! every one) is handed over as a slice of that buffer; the rest of a
-//! longer or slower one is fed to the handler as it arrives, and the
-//! handler applies `server.max_body_bytes` and `server.body_read_timeout_ms`
-//! as it does behind hyper.
+//! and writes the answer. A body that has arrived by the time its head is
+//! read (nearly every one; up to 1 MiB past the first read) is read into
+//! the same buffer without waiting and handed over as a slice of it; the
+//! rest of a longer or slower one is fed to the handler as it arrives, and
+//! the handler applies `server.max_body_bytes` and
+//! `server.body_read_timeout_ms` as it does behind hyper. (A 3.6 KB body
+//! fed through the channel cost a read that would block and ~6,300 more
+//! instructions: `bench/instructions.py --turns 10`.)
 //!
 //! It serves only what it can serve as hyper would: an HTTP/1.1 POST with
 //! a `content-length` body, no `transfer-encoding`, `expect` or `upgrade`,
@@ -66,6 +69,15 @@ use crate::proxy::InboundBody;
 /// Room made in the read buffer before each read.
 const READ_AHEAD: usize = 2048;
 
+/// The most of a body, past what came with its head, read into the head's
+/// buffer when it has already arrived, at most [`INLINE_STEP`] more room
+/// at a time (a client that stalls holds no more than that unused). A
+/// connection keeps a buffer that grew past [`KEEP_BUF`] only while it is
+/// in use.
+const INLINE_REST: usize = 1024 * 1024;
+const INLINE_STEP: usize = 16 * 1024;
+const KEEP_BUF: usize = 8 * 1024;
+
 /// How the API listener's connections are served before hyper.
 pub struct Lean {
     pub app: Arc<App>,
@@ -106,8 +118,12 @@ impl Lean {
         // timer made and dropped per request registers in the wheel and
         // leaves it each time, a later deadline only moves it.
         let mut timer = pin!(tokio::time::sleep_until(Instant::now() + self.head));
+        // Room for the next request's first read: the size of the last
+        // one (an agent resends a conversation that only grows), so that
+        // a request of a few KiB takes one read, within `KEEP_BUF`.
+        let mut ahead = READ_AHEAD;
         loop {
-            let read = self.read_head(io, &mut buf, shutdown, &mut drain_by, timer.as_mut());
+            let read = self.read_head(io, &mut buf, ahead, shutdown, &mut drain_by, timer.as_mut());
             let Some(head_len) = read.await else {
                 return Ended::Closed;
             };
@@ -116,6 +132,10 @@ impl Lean {
                 return to_hyper(head, buf);
             };
             drop(head);
+            let rest = parsed.length.saturating_sub(buf.len());
+            if rest > 0 && rest <= INLINE_REST {
+                read_arrived(io, &mut buf, parsed.length).await;
+            }
             let (body, mut feed) = Feed::body(&mut buf, parsed.length);
             let served = crate::direct::serve(&self.app, to, parsed.req.map(|()| body), compress);
             let Some(mut res) = until_done(io, &mut buf, served, &mut feed).await else {
@@ -141,6 +161,10 @@ impl Lean {
             if out.capacity() > 64 * 1024 {
                 out = Vec::new();
             }
+            if parsed.length > KEEP_BUF && buf.is_empty() {
+                buf = BytesMut::new();
+            }
+            ahead = (head_len + parsed.length + 256).clamp(READ_AHEAD, KEEP_BUF);
             if written.is_err() {
                 return Ended::Closed;
             }
@@ -160,6 +184,7 @@ impl Lean {
         &self,
         io: &mut I,
         buf: &mut BytesMut,
+        ahead: usize,
         shutdown: &mut watch::Receiver<bool>,
         drain_by: &mut Option<Instant>,
         mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
@@ -180,7 +205,7 @@ impl Lean {
                 Some(d) if buf.is_empty() => deadline.min(*d),
                 _ => deadline,
             };
-            buf.reserve(READ_AHEAD);
+            buf.reserve(ahead);
             if timer.deadline() != until {
                 timer.as_mut().reset(until);
             }
@@ -214,6 +239,25 @@ impl Lean {
         }
         let to = crate::direct::route(&self.app, &parsed.req)?;
         Some((parsed, to, asks == Asks::Compression))
+    }
+}
+
+/// Reads into `buf` what has already arrived of a request whose head and
+/// body take `length` bytes of it, without waiting for more: a body sent
+/// with its head but longer than the first read is then handed over whole
+/// (no channel, no copy when the handler reads it). The read asks for more
+/// than the body, so a short read tells the runtime the socket is drained
+/// and watching for the client leaving costs no read that would block.
+async fn read_arrived<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, length: usize) {
+    while buf.len() < length {
+        buf.reserve((length - buf.len()).min(INLINE_STEP) + READ_AHEAD);
+        let read = poll_fn(|cx| Poll::Ready(pin!(io.read_buf(&mut *buf)).poll(cx))).await;
+        match read {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            // Not arrived yet, or the client left: the body is fed (or
+            // its end found) as it would be without this read.
+            _ => return,
+        }
     }
 }
 
@@ -385,6 +429,41 @@ mod tests {
         assert!(feed.is_none());
         assert!(matches!(&body, InboundBody::Read(b) if &b[..] == b"0123456789"));
         assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_has_arrived_is_read_whole_and_one_still_coming_is_not_waited_for() {
+        // Arrived, with the next request's first bytes behind it.
+        let (mut a, mut b) = tokio::io::duplex(64 * 1024);
+        let body: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut buf = BytesMut::from(&body[..100]);
+        b.write_all(&body[100..]).await.unwrap();
+        b.write_all(b"POST /next").await.unwrap();
+        read_arrived(&mut a, &mut buf, body.len()).await;
+        let (got, feed) = Feed::body(&mut buf, body.len());
+        assert!(feed.is_none());
+        assert!(matches!(&got, InboundBody::Read(g) if g[..] == body[..]));
+        assert_eq!(&buf[..], b"POST /next");
+
+        // Half there: what came is read, and the rest is fed as it comes.
+        let mut buf = BytesMut::from(&body[..100]);
+        b.write_all(&body[100..2000]).await.unwrap();
+        let read = read_arrived(&mut a, &mut buf, body.len());
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap();
+        assert_eq!(&buf[..], &body[..2000]);
+        let (got, mut feed) = Feed::body(&mut buf, body.len());
+        assert_eq!(feed.as_ref().unwrap().left, 3000);
+        let rest = body[2000..].to_vec();
+        let writer = tokio::spawn(async move { b.write_all(&rest).await.map(|()| b) });
+        let read = async {
+            use http_body_util::BodyExt;
+            got.into_body().collect().await.unwrap().to_bytes()
+        };
+        let got = until_done(&mut a, &mut buf, read, &mut feed).await.unwrap();
+        assert_eq!(&got[..], &body[..]);
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]
