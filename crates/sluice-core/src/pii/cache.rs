@@ -2,10 +2,10 @@
 //! not scanned again. An agent resends its whole conversation with every
 //! turn: with prompts redacted, each request's scan grew with the
 //! conversation, where only the newest message is new. A 10-turn, 3.7 KB
-//! one cost 167,982 instructions per request production-shaped against
-//! 80,427 for the one-turn request (bare: 68,612 against 43,900), and
-//! 126,858 with this cache (`bench/instructions.py --prod --turns 10
-//! --unique`).
+//! one cost 167,471 instructions per request production-shaped against
+//! 81,047 for the one-turn request (bare: 68,802 against 44,443), and
+//! 124,275 with this cache (`bench/instructions.py --prod --turns 10
+//! --unique`; `bench/README.md`).
 //!
 //! A text is kept the second time it is seen (the first time only its hash
 //! is noted), so a stream of texts that never come back costs a hash and a
@@ -23,8 +23,10 @@ use std::sync::{Mutex, PoisonError};
 /// rarely meet.
 const SHARDS: usize = 8;
 
-/// Texts shorter than this are scanned every time: a short text's scan
-/// costs about what a lookup does.
+/// Texts shorter than this are scanned every time. From 16 bytes, the
+/// bench request's 22-byte `user` field is answered by the cache (with 64
+/// it was scanned each request: ~0.3 µs of automaton in `perf`); how a
+/// lookup and a scan compare below it was not measured.
 pub(super) const MIN_LEN: usize = 16;
 
 /// Bookkeeping per kept text besides its bytes (map slot, boxes).
@@ -108,9 +110,14 @@ struct Entry {
     redacted: Option<Box<str>>,
 }
 
+/// What a kept text takes of the budget.
+fn entry_size(text: &str, redacted: Option<&str>) -> usize {
+    text.len() + redacted.map_or(0, str::len) + ENTRY_OVERHEAD
+}
+
 impl Entry {
     fn size(&self) -> usize {
-        self.text.len() + self.redacted.as_ref().map_or(0, |r| r.len()) + ENTRY_OVERHEAD
+        entry_size(&self.text, self.redacted.as_deref())
     }
 
     /// Its verdict; its redacted form appended to `out` (given `room` more
@@ -144,6 +151,13 @@ impl Cache {
             shards: Default::default(),
             share: bytes.div_ceil(SHARDS),
         })
+    }
+
+    /// Whether a text of `len` bytes could be kept: a larger one is
+    /// scanned without a lookup (it would take most of its shard, not
+    /// worth the churn).
+    pub(super) fn fits(&self, len: usize) -> bool {
+        entry_size("", None) + len <= self.share / 4
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -187,9 +201,8 @@ impl Cache {
     /// Notes what scanning `text` (its hash from [`Cache::look`]) found:
     /// kept from its second time on.
     pub(super) fn keep(&self, hash: u64, text: &str, redacted: Option<&str>) {
-        let entry_size = text.len() + redacted.map_or(0, str::len) + ENTRY_OVERHEAD;
-        // A text that would take most of its shard is not worth the churn.
-        if entry_size > self.share / 4 {
+        // Its redacted form can be longer than the text.
+        if entry_size(text, redacted) > self.share / 4 {
             return;
         }
         let mut s = self.shard(hash);
@@ -207,9 +220,7 @@ impl Cache {
         };
         s.put(hash, entry, self.share);
     }
-}
 
-impl Cache {
     pub(super) fn stats(&self) -> CacheStats {
         let mut out = CacheStats::default();
         for s in &self.shards {

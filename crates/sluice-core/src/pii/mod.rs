@@ -159,7 +159,7 @@ impl Redactor {
         let cache = self
             .cache
             .as_deref()
-            .filter(|_| text.len() >= cache::MIN_LEN);
+            .filter(|c| text.len() >= cache::MIN_LEN && c.fits(text.len()));
         let Some(cache) = cache else {
             return self.scan_into(text, out, room);
         };

@@ -396,3 +396,22 @@ fn a_small_cache_shared_by_threads_answers_as_no_cache() {
     assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
     assert!(stats.bytes <= 2 * 16 * 1024 + 8 * 512, "{stats:?}");
 }
+
+#[test]
+fn a_text_too_large_to_keep_is_scanned_without_a_lookup() {
+    // 8 KiB in 8 shards: a text past a quarter of a shard is never kept.
+    let cached = Redactor::builtin().with_cache(8 * 1024);
+    let plain = Redactor::builtin();
+    let big = format!("{} write to jane.doe@example.com", "prose ".repeat(60));
+    let small = "write to jane.doe@example.com today";
+    for _ in 0..3 {
+        assert_eq!(cached.redact(&big), plain.redact(&big));
+        assert!(cached.redact(&big).contains("[EMAIL]"));
+    }
+    assert_eq!(cached.cache_stats().unwrap(), Default::default());
+    for _ in 0..3 {
+        assert_eq!(cached.redact(small), plain.redact(small));
+    }
+    let stats = cached.cache_stats().unwrap();
+    assert_eq!((stats.hits, stats.misses), (1, 2), "{stats:?}");
+}
