@@ -44,10 +44,42 @@ HZ = os.sysconf("SC_CLK_TCK")
 LUA = ROOT / "bench" / "proxy.lua"
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 TOKENS = 64
+# ANSWER_BYTES=N: the chat answer's content grown so the answer is ~N bytes
+# (a long completion), served from a file (nginx's `return` takes < 4 KiB).
+ANSWER_BYTES = int(os.environ.get("ANSWER_BYTES") or 0)
+
+
+def short_json():
+    """The bench's chat answer (~500 bytes)."""
+    return json.dumps(chat_answer(), separators=(",", ":"))
 
 
 def chat_json():
-    return json.dumps({
+    """The `chat` rows' answer: the bench's, or grown to ANSWER_BYTES."""
+    text = short_json()
+    if len(text) >= ANSWER_BYTES:
+        return text
+    answer = chat_answer()
+    line = answer["choices"][0]["message"]["content"]
+    answer["choices"][0]["message"]["content"] = (line + " ") * ((ANSWER_BYTES - len(text)) // len(line) + 1)
+    return json.dumps(answer, separators=(",", ":"))
+
+
+def chat_location(work):
+    """The upstream's plain chat answer: `return` it, or (ANSWER_BYTES) a
+    file, its POST turned into the file's GET."""
+    if not ANSWER_BYTES:
+        return f"location = /v1/chat/completions {{ default_type application/json; return 200 {ngx_quote(chat_json())}; }}"
+    (work / "www" / "v1" / "chat").mkdir(parents=True, exist_ok=True)
+    (work / "www" / "v1" / "chat" / "completions").write_text(chat_json())
+    os.chmod(work, 0o755)  # nginx's workers read it as another user
+    return (f"location = /v1/chat/completions {{ default_type application/json; root {work}/www; "
+            "open_file_cache max=16 inactive=3600s; open_file_cache_valid 3600s; "
+            "error_page 405 =200 $uri; }")
+
+
+def chat_answer():
+    return ({
         "id": "chatcmpl-bench", "object": "chat.completion", "created": 1767225600,
         "model": "bench-model", "system_fingerprint": "fp_bench",
         "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None, "message": {
@@ -56,7 +88,7 @@ def chat_json():
                        "follow-ups: cap retries (Ana), alert on retry ratio (Bo), "
                        "canary the next build (Chen)."}}],
         "usage": {"prompt_tokens": 212, "completion_tokens": 38, "total_tokens": 250},
-    }, separators=(",", ":"))
+    })
 
 
 def sse_events():
@@ -251,7 +283,7 @@ http {{
   client_body_temp_path {work}/up-body;
   server {{
     listen 127.0.0.1:{port} backlog=8192;
-    location = /v1/chat/completions {{ default_type application/json; return 200 {ngx_quote(chat_json())}; }}
+    {chat_location(work)}
     location = /burst/v1/chat/completions {{
       default_type text/event-stream;
 {burst}
@@ -263,9 +295,9 @@ http {{
     location = /headers/v1/chat/completions {{
       default_type application/json;
 {provider_headers}
-      return 200 {ngx_quote(chat_json())};
+      return 200 {ngx_quote(short_json())};
     }}
-    location = /slow/v1/chat/completions {{ default_type application/json; echo_sleep 0.15; echo -n {ngx_quote(chat_json())}; }}
+    location = /slow/v1/chat/completions {{ default_type application/json; echo_sleep 0.15; echo -n {ngx_quote(short_json())}; }}
     location = /v1/traces {{ default_type application/x-protobuf; return 200 ''; }}
   }}
 }}

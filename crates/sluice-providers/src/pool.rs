@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -65,6 +66,11 @@ pub struct H1Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Room the first read of an answer asks for: the size of the last
+    /// sized answer (head and body), within [`HEAD_ROOM`]..=[`MAX_READ`],
+    /// so an answer of a few KiB (a long completion, an embedding) takes
+    /// one read, not a head-sized one and then the rest.
+    answer_room: AtomicUsize,
 }
 
 struct Idle {
@@ -133,6 +139,7 @@ impl H1Pool {
             max_idle,
             idle_timeout,
             connect_timeout,
+            answer_room: AtomicUsize::new(HEAD_ROOM),
         })
     }
 
@@ -192,7 +199,15 @@ impl H1Pool {
             }
         };
         spare::give(wire);
-        let head = read_head(&mut conn, &method).await?;
+        let room = self.answer_room.load(Ordering::Relaxed);
+        let (head, head_len) = read_head(&mut conn, &method, room).await?;
+        if let Framing::Sized(n) = head.framing {
+            let answer = usize::try_from(n).map_or(MAX_READ, |n| n.saturating_add(head_len));
+            let next = answer.saturating_add(256).clamp(HEAD_ROOM, MAX_READ);
+            if next != room {
+                self.answer_room.store(next, Ordering::Relaxed);
+            }
+        }
         let (head_parts, ()) = head.response.into_parts();
         let mut body = LeanBody {
             conn: Some(conn),
@@ -340,16 +355,22 @@ async fn write(io: &mut TcpStream, wire: &[u8], tail: &[u8]) -> std::io::Result<
     Ok(())
 }
 
-async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Head, GatewayError> {
+/// The answer's head and its length, its first read asking for `room`.
+async fn read_head(
+    conn: &mut Conn,
+    method: &http::Method,
+    room: usize,
+) -> Result<(h1wire::Head, usize), GatewayError> {
     loop {
         // Nothing to parse before the first read (its header slots zeroed
         // for nothing, on every request).
-        let parsed = match conn.buf.is_empty() {
-            true => Ok(None),
-            false => h1wire::parse_head(&mut conn.buf, method),
+        let had = conn.buf.len();
+        let parsed = match had {
+            0 => Ok(None),
+            _ => h1wire::parse_head(&mut conn.buf, method),
         };
         match parsed {
-            Ok(Some(head)) => return Ok(head),
+            Ok(Some(head)) => return Ok((head, had - conn.buf.len())),
             Ok(None) => {}
             Err(why) => {
                 return Err(GatewayError::new(
@@ -363,8 +384,8 @@ async fn read_head(conn: &mut Conn, method: &http::Method) -> Result<h1wire::Hea
         let read = if conn.buf.is_empty() {
             match conn.io.readable().await {
                 Ok(()) => {
-                    if conn.buf.capacity() < HEAD_ROOM {
-                        conn.buf = spare::take_read(HEAD_ROOM);
+                    if conn.buf.capacity() < room {
+                        conn.buf = spare::take_read(room);
                     }
                     // Through `poll_read`, which clears the readiness after
                     // a short read: the body's next read then waits for

@@ -36,9 +36,10 @@ async fn a_head_read_whole_leaves_no_readiness_and_skips_the_probe() {
         .await
         .expect("pool test");
     until_loud(&conn).await;
-    let head = read_head(&mut conn, &http::Method::POST)
+    let (head, len) = read_head(&mut conn, &http::Method::POST, HEAD_ROOM)
         .await
         .expect("pool test");
+    assert_eq!(len, 38);
     assert_eq!(head.response.status(), 200);
     assert!(conn.quiet(), "a short read cleared the readiness");
     conn.buf.clear();
@@ -119,4 +120,59 @@ async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
             .is_none()
     );
     assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_the_size_of_the_last_one_is_read_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("pool test");
+    let addr = listener.local_addr().expect("pool test");
+    // Answers of 20,000, 20,000 and 100 bytes on one connection, each
+    // written whole once the request is in.
+    tokio::spawn(async move {
+        let (mut up, _) = listener.accept().await.expect("pool test");
+        for size in [20_000usize, 20_000, 100] {
+            let mut req = [0u8; 1024];
+            let _ = up.read(&mut req).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            let mut answer = head.into_bytes();
+            answer.resize(answer.len() + size, b'a');
+            let _ = up.write_all(&answer).await;
+        }
+        let mut req = [0u8; 1024];
+        let _ = up.read(&mut req).await;
+    });
+    let pool = H1Pool::new(
+        addr.to_string().parse().expect("pool test"),
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    let mut in_first_read = Vec::new();
+    // Held, as frames on their way to a client are: their storage is not
+    // reused for the next answer's read.
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        let req = http::Request::post(format!("http://{addr}/v1/x"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("pool test");
+        let resp = pool.send(req).await.expect("pool test");
+        let mut body = resp.into_body();
+        let Inner::Lean(lean) = &mut body.0 else {
+            panic!("a plain upstream's body comes from the lean pool");
+        };
+        in_first_read.push(lean.conn.as_ref().map_or(0, |c| c.buf.len()));
+        let mut got = 0;
+        while let Some(data) = std::future::poll_fn(|cx| lean.poll_frame(cx)).await {
+            let data = data.expect("pool test");
+            got += data.len();
+            frames.push(data);
+        }
+        assert!(got == 20_000 || got == 100, "{got}");
+    }
+    // The first answer's read asked for a head's room; the second for
+    // the first's size, and got all of it.
+    assert!(in_first_read[0] < 20_000, "{in_first_read:?}");
+    assert_eq!(in_first_read[1], 20_000, "{in_first_read:?}");
+    // A small answer after it: room back down to a head's.
+    assert_eq!(pool.answer_room.load(Ordering::Relaxed), HEAD_ROOM);
 }
