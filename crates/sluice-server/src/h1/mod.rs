@@ -250,7 +250,8 @@ impl Lean {
 /// and watching for the client leaving costs no read that would block.
 async fn read_arrived<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, length: usize) {
     while buf.len() < length {
-        buf.reserve((length - buf.len()).min(INLINE_STEP) + READ_AHEAD);
+        let need = (length - buf.len()).min(INLINE_STEP) + READ_AHEAD;
+        make_room(buf, need, length + READ_AHEAD);
         let read = poll_fn(|cx| Poll::Ready(pin!(io.read_buf(&mut *buf)).poll(cx))).await;
         match read {
             Poll::Ready(Ok(n)) if n > 0 => {}
@@ -259,6 +260,22 @@ async fn read_arrived<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, leng
             _ => return,
         }
     }
+}
+
+/// Room for `need` more bytes in `buf`, grown as `BytesMut` grows
+/// (doubling: a body read in many steps is copied about once in all) but
+/// never past `limit` bytes: the buffer of a body read in steps ends the
+/// body's size, where doubling alone left up to twice it allocated for
+/// the whole request.
+fn make_room(buf: &mut BytesMut, need: usize, limit: usize) {
+    if buf.capacity() - buf.len() >= need {
+        return;
+    }
+    let least = buf.len() + need;
+    let cap = (buf.capacity() * 2).clamp(least, limit.max(least));
+    let mut bigger = BytesMut::with_capacity(cap);
+    bigger.extend_from_slice(buf);
+    *buf = bigger;
 }
 
 /// Hands the connection to hyper with the unserved request put back.
@@ -464,6 +481,18 @@ mod tests {
         let got = until_done(&mut a, &mut buf, read, &mut feed).await.unwrap();
         assert_eq!(&got[..], &body[..]);
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_body_read_in_steps_ends_in_a_buffer_of_its_size() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        b.write_all(&body[100..]).await.unwrap();
+        let mut buf = BytesMut::from(&body[..100]);
+        read_arrived(&mut a, &mut buf, body.len()).await;
+        assert_eq!(&buf[..], &body[..]);
+        let most = body.len() + READ_AHEAD;
+        assert!(buf.capacity() <= most, "{} > {most}", buf.capacity());
     }
 
     #[tokio::test]
