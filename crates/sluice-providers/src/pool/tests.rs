@@ -19,6 +19,24 @@ async fn pair() -> (Conn, TcpStream) {
     (conn, up.expect("pool test").0)
 }
 
+/// A pool for the upstream at `addr`.
+fn pool_for(addr: std::net::SocketAddr) -> Arc<H1Pool> {
+    H1Pool::new(
+        addr.to_string().parse().expect("pool test"),
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+}
+
+/// A small POST through `pool`: its answer's body.
+async fn post(pool: &Arc<H1Pool>, addr: std::net::SocketAddr) -> UpstreamBody {
+    let req = http::Request::post(format!("http://{addr}/v1/x"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("pool test");
+    pool.send(req).await.expect("pool test").into_body()
+}
+
 /// Waits (up to a second) for the upstream's data or close to reach the
 /// runtime as a readiness event.
 async fn until_loud(conn: &Conn) {
@@ -89,17 +107,8 @@ async fn each_streamed_event_is_read_once_and_leaves_no_readiness() {
         // Held open: the pool, not the close, ends the exchange.
         let _ = up.read(&mut req).await;
     });
-    let pool = H1Pool::new(
-        addr.to_string().parse().expect("pool test"),
-        4,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    );
-    let req = http::Request::post(format!("http://{addr}/v1/x"))
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .expect("pool test");
-    let resp = pool.send(req).await.expect("pool test");
-    let mut body = resp.into_body();
+    let pool = pool_for(addr);
+    let mut body = post(&pool, addr).await;
     let Inner::Lean(lean) = &mut body.0 else {
         panic!("a plain upstream's body comes from the lean pool");
     };
@@ -141,22 +150,13 @@ async fn an_answer_the_size_of_the_last_one_is_read_at_once() {
         let mut req = [0u8; 1024];
         let _ = up.read(&mut req).await;
     });
-    let pool = H1Pool::new(
-        addr.to_string().parse().expect("pool test"),
-        4,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    );
+    let pool = pool_for(addr);
     let mut in_first_read = Vec::new();
     // Held, as frames on their way to a client are: their storage is not
     // reused for the next answer's read.
     let mut frames = Vec::new();
     for _ in 0..3 {
-        let req = http::Request::post(format!("http://{addr}/v1/x"))
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .expect("pool test");
-        let resp = pool.send(req).await.expect("pool test");
-        let mut body = resp.into_body();
+        let mut body = post(&pool, addr).await;
         let Inner::Lean(lean) = &mut body.0 else {
             panic!("a plain upstream's body comes from the lean pool");
         };

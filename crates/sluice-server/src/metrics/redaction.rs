@@ -1,7 +1,7 @@
 //! `sluice_redaction_cache_*`: what the redactor's cache of texts already
 //! scanned (`[redaction] cache_bytes`) saves and holds, read at scrape time.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,8 +14,10 @@ pub struct RedactionMetrics {
     misses: Counter,
     bytes: Gauge,
     /// The redactor last read and its counts then: a reload makes a new
-    /// redactor whose counts start again at zero.
-    last: Mutex<(usize, CacheStats)>,
+    /// redactor whose counts start again at zero. Held weakly: its memory
+    /// stays allocated, so a new redactor cannot take its address and be
+    /// taken for it.
+    last: Mutex<(Weak<Redactor>, CacheStats)>,
 }
 
 impl RedactionMetrics {
@@ -44,13 +46,13 @@ impl RedactionMetrics {
             self.bytes.set(0);
             return;
         };
-        let id = Arc::as_ptr(r) as usize;
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last_id, before) = *last;
+        let same = Weak::ptr_eq(&last.0, &Arc::downgrade(r));
+        let before = last.1;
         // Counted since the last scrape; all of it for a redactor not seen
         // before (its counts started at zero).
         let since = |now: u64, before: u64| {
-            if id == last_id && now >= before {
+            if same && now >= before {
                 now - before
             } else {
                 now
@@ -59,7 +61,7 @@ impl RedactionMetrics {
         self.hits.inc_by(since(now.hits, before.hits));
         self.misses.inc_by(since(now.misses, before.misses));
         self.bytes.set(i64::try_from(now.bytes).unwrap_or(i64::MAX));
-        *last = (id, now);
+        *last = (Arc::downgrade(r), now);
     }
 }
 
@@ -84,6 +86,15 @@ mod tests {
         b.redact(text);
         m.refresh(Some(&b));
         assert_eq!((m.hits.get(), m.misses.get()), (2, 3));
+        // Another reload, the old redactor gone first: the new one may be
+        // made where it was, and is still counted from zero.
+        drop(b);
+        let c = Arc::new(Redactor::builtin().with_cache(1 << 20));
+        for _ in 0..4 {
+            c.redact(text);
+        }
+        m.refresh(Some(&c));
+        assert_eq!((m.hits.get(), m.misses.get()), (4, 5));
         m.refresh(None);
         assert_eq!(m.bytes.get(), 0);
     }
