@@ -24,19 +24,21 @@
 //!   last purge, and its blocks other workers freed) until its next work.
 
 mod map;
+mod mi;
 
 pub use map::{LARGE, MapLarge, thread_turnover};
+pub use mi::Mi;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The binary's global allocator: mimalloc behind [`MapLarge`].
-pub type Allocator = MapLarge<mimalloc::MiMalloc>;
+/// The binary's global allocator: mimalloc ([`Mi`]) behind [`MapLarge`].
+pub type Allocator = MapLarge<Mi>;
 
 /// The binary's global allocator (`#[global_allocator] static A:
 /// sluice_alloc::Allocator = sluice_alloc::allocator();`).
 pub const fn allocator() -> Allocator {
-    MapLarge::new(mimalloc::MiMalloc)
+    MapLarge::new(Mi)
 }
 
 /// A worker that allocated or freed this many bytes in blocks of 24 KiB
