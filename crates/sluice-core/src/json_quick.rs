@@ -241,6 +241,13 @@ fn value<const U: bool>(b: &[u8], i: usize) -> Option<(usize, usize)> {
     run::<U>(b, from, &mut n).map(|end| (end, n.0))
 }
 
+/// The index past the JSON value at `i` (whitespace before it allowed)
+/// and the whitespace after it, when `b` surely holds one there (as
+/// [`surely_json_bytes`] judges a value); `None` when not sure.
+pub fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    value::<false>(b, i).map(|(end, _)| end)
+}
+
 /// The members of the JSON object in `b`, each key with its value's text
 /// and how many values that directly holds (an array's length), in body
 /// order, when `b` is surely UTF-8 and one JSON object (as

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use crate::error::{ErrorKind, GatewayError};
 
 mod members;
+mod usage;
 pub use members::{PEEKED, peek_members};
 
 /// Which endpoint a body was sent to: decides which fields are required.

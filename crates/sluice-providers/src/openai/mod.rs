@@ -305,8 +305,7 @@ fn parse_usage_at(after_key: &[u8]) -> Option<Usage> {
     if !rest.starts_with(b"{") {
         return None;
     }
-    let mut de = serde_json::Deserializer::from_slice(rest);
-    serde::Deserialize::deserialize(&mut de).ok()
+    Usage::read_prefix(rest)
 }
 
 #[cfg(test)]
