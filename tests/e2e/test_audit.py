@@ -221,9 +221,10 @@ def test_prompt_redaction_before_upstream(tmp_path, upstream):
 # what each text came to (`cache_bytes`, 0: off): every turn's body upstream
 # must be what a first scan gives, the earlier turns' findings included, with
 # texts seen once, twice and many times.
-@pytest.mark.parametrize("cache", ["", "cache_bytes = 0"], ids=["cached", "uncached"])
-def test_prompt_redaction_of_a_resent_conversation(tmp_path, upstream, cache):
-    g = Gateway(redacting_config(upstream, cache), tmp_path=tmp_path)
+@pytest.mark.parametrize("setting, cached", [("", True), ("cache_bytes = 0", False)],
+                         ids=["cached", "uncached"])
+def test_prompt_redaction_of_a_resent_conversation(tmp_path, upstream, setting, cached):
+    g = Gateway(redacting_config(upstream, setting), tmp_path=tmp_path)
     try:
         client = openai.OpenAI(base_url=g.base_url, api_key="unused")
         system = "You help the on-call team. Escalations go to oncall@example.com, never to customers."
@@ -255,13 +256,13 @@ def test_prompt_redaction_of_a_resent_conversation(tmp_path, upstream, cache):
         hits = g.metric("sluice_redaction_cache_hits_total")
         misses = g.metric("sluice_redaction_cache_misses_total")
         kept = g.metric("sluice_redaction_cache_bytes")
-        if cache:  # cache_bytes = 0: no cache, nothing counted
-            assert (hits, misses, kept) == (0, 0, 0)
-        else:
+        if cached:
             # Each text is scanned on its first two sightings, then found:
             # the system prompt, and every earlier turn, twice per turn.
             assert misses > 0 and hits > misses, (hits, misses)
             assert kept > len(system)
             assert g.metric("sluice_redaction_cache_hits_total") == hits, "a scrape counts once"
+        else:  # cache_bytes = 0: no cache, nothing counted
+            assert (hits, misses, kept) == (0, 0, 0)
     finally:
         g.stop()
