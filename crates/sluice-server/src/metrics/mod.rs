@@ -15,7 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_core::request::Usage;
-use sluice_core::resilience::Outcome;
 
 /// The request-path label sets hash their fields with foldhash into one
 /// word: prometheus-client's families key a std `HashMap` (SipHash), whose
@@ -103,6 +102,7 @@ pub mod predict;
 pub mod redaction;
 pub mod reload;
 mod series;
+mod target;
 
 pub use sluice_telemetry::OutcomeLabels;
 
@@ -160,6 +160,8 @@ pub struct Metrics {
     overhead: HistogramFamily<GenAiLabels>,
     /// The handles of the series above, by a finished request's labels.
     series: series::SeriesCache,
+    /// The handles of `first_byte` and `attempts`, by (model, provider).
+    targets: target::TargetCache,
     pub active_requests: Gauge,
     pub active_streams: Gauge,
     /// Audit events by outcome (written, buffered, lost).
@@ -461,6 +463,7 @@ impl Metrics {
             time_per_output_token,
             overhead,
             series: series::SeriesCache::default(),
+            targets: target::TargetCache::default(),
             active_requests,
             active_streams,
             audit_events,
@@ -487,16 +490,6 @@ impl Metrics {
         }
     }
 
-    pub fn record_first_byte(&self, model: &Arc<str>, provider: &Arc<str>, elapsed: Duration) {
-        let labels = TargetLabels {
-            model: model.clone(),
-            provider: provider.clone(),
-        };
-        self.first_byte
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-    }
-
     pub fn record_upstream_error(&self, provider: &Arc<str>, code: &'static str) {
         let labels = ErrorLabels {
             provider: provider.clone(),
@@ -511,19 +504,6 @@ impl Metrics {
             provider: provider.clone(),
         };
         self.cancelled.get_or_create(&labels).inc();
-    }
-
-    pub fn record_attempt(&self, model: &Arc<str>, provider: &Arc<str>, outcome: Outcome) {
-        let labels = AttemptLabels {
-            model: model.clone(),
-            provider: provider.clone(),
-            outcome: match outcome {
-                Outcome::Success => "success",
-                Outcome::Failure => "failure",
-                Outcome::Neutral => "neutral",
-            },
-        };
-        self.attempts.get_or_create(&labels).inc();
     }
 
     /// Process and runtime gauges, read at scrape time.
