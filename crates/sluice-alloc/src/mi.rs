@@ -5,7 +5,8 @@
 //! block. With the alignment of almost every Rust layout (at most 16, no
 //! more than the size) that is `mi_malloc`'s work after a few more
 //! branches, and for blocks over 1 KiB it takes the aligned allocator's
-//! generic path (~210 instructions against `mi_malloc`'s ~60). [`Mi`]
+//! generic path (~210 instructions a call, three a bare proxied request,
+//! callgrind). [`Mi`]
 //! calls `mi_malloc` whenever mimalloc guarantees its block the layout's
 //! alignment (`mi_malloc_is_naturally_aligned` in `alloc-aligned.c`: the
 //! alignment is at most `MI_MAX_ALIGN_SIZE`, 16, and at most the size),

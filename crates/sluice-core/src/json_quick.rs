@@ -374,8 +374,10 @@ fn run<const U: bool>(b: &[u8], from: State, marks: &mut impl Marks) -> Option<u
     }
 }
 
+/// The index of the first byte at or after `i` that is not JSON
+/// whitespace.
 #[inline]
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
         i += 1;
     }

@@ -47,7 +47,7 @@ impl RedactionMetrics {
             return;
         };
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let same = Weak::ptr_eq(&last.0, &Arc::downgrade(r));
+        let same = std::ptr::eq(last.0.as_ptr(), Arc::as_ptr(r));
         let before = last.1;
         // Counted since the last scrape; all of it for a redactor not seen
         // before (its counts started at zero).
