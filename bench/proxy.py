@@ -575,21 +575,40 @@ def calls(row):
     return f"{row['syscalls']:.2f} ({row['failed_syscalls']:.2f})"
 
 
+def paired(results, k, against):
+    """CPU per request of row `k` over row `against`, taken round by round
+    (the two ran minutes apart in the same round, so the machine's slow
+    drifts cancel): the median, and the lowest and highest round."""
+    a, b = results.get(k, []), results.get(against, [])
+    if not a or len(a) != len(b):
+        return ""
+    r = sorted(x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b))
+    if len(r) == 1:
+        return f"{r[0]:.2f}"
+    return f"{statistics.median(r):.2f} ({r[0]:.2f}–{r[-1]:.2f})"
+
+
 def table(results, rss):
     med = {k: median_row(v) for k, v in results.items()}
     lines = ["| case | req/s | p50 ms | p95 ms | p99 ms | CPU µs/req (per token for streams) "
-             "| of it user / system | × nginx CPU | × nginx req/s | proxy / upstream / wrk CPU share "
+             "| of it user / system | × nginx CPU | × nginx CPU per round (lowest–highest) "
+             "| × bare CPU per round | × nginx req/s | proxy / upstream / wrk CPU share "
              "| system calls (failed) | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in med.items():
         kind, name, conns = k.split(" ", 2) if k.count(" ") == 2 else (k, "", "")
         base = med.get(f"{kind} nginx {conns}") if not k.startswith("cores") else None
         vs_cpu = f"{r['cpu_us'] / base['cpu_us']:.2f}" if base and name != "nginx" else ""
+        per_round = paired(results, k, f"{kind} nginx {conns}") if base and name != "nginx" else ""
+        # The production-shaped rows against the bare one of the same build.
+        bare = {"sluice-prod": "sluice-bare", "sluice-base-prod": "sluice-base"}.get(name)
+        vs_bare = paired(results, k, f"{kind} {bare} {conns}") if bare else ""
         vs_rps = f"{r['rps'] / base['rps']:.2f}" if base and name != "nginx" else ""
         saturate = not (k.startswith("slow") or k.startswith("stream-frames") or k.startswith("cores"))
         lines.append(
             f"| {k} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r['cpu_us']:.2f} | {split(r)} | {vs_cpu} | {vs_rps} | {r['proxy_share']:.0%} / "
+            f"| {r['cpu_us']:.2f} | {split(r)} | {vs_cpu} | {per_round} | {vs_bare} | {vs_rps} "
+            f"| {r['proxy_share']:.0%} / "
             f"{r['upstream_share']:.0%} / {r['wrk_share']:.0%} | {calls(r)} "
             f"|{check(k, r, saturate and name != 'direct')} |")
     lines.append("")
