@@ -95,6 +95,7 @@ pub struct TokenTypeLabels {
 }
 
 pub mod cgroup;
+mod handles;
 pub mod mcp;
 pub mod modality;
 pub mod plugins;

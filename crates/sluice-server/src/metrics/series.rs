@@ -4,14 +4,12 @@
 //! `sluice_request_duration_seconds`, `sluice_tokens` ×2 and the GenAI
 //! histograms), and a family lookup hashes, locks and compares the label
 //! set each time: ~3,000 instructions a request. The handles of a label
-//! set's series (prometheus-client's metrics are shared handles: a clone
-//! records into the family's series) are kept here under the request's
-//! labels, each made the first time it is needed — so `/metrics` shows the
-//! same series it did, no series before its first value. The families
-//! never drop a series, so a kept handle never points at a dropped one.
+//! set's series are kept under the request's labels
+//! ([`super::handles::Handles`]), each made the first time it is needed —
+//! so `/metrics` shows the same series it did, no series before its first
+//! value.
 
-use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::OnceLock;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -21,11 +19,10 @@ use super::{GenAi, GenAiLabels, Metrics, RequestLabels, TokenLabels, TokenTypeLa
 /// The kinds of token counts, in the order of [`Series`]' pairs.
 const KINDS: [&str; 2] = ["input", "output"];
 
-#[derive(Default)]
-pub(super) struct SeriesCache(RwLock<HashMap<RequestLabels, Series, foldhash::fast::RandomState>>);
+pub(super) type SeriesCache = super::handles::Handles<RequestLabels, Series>;
 
 /// One label set's handles.
-struct Series {
+pub(super) struct Series {
     requests: Counter,
     duration: Histogram,
     tokens: OnceLock<[Counter; 2]>,
@@ -47,16 +44,9 @@ impl Metrics {
             provider: g.provider.clone(),
             status: g.status,
         };
-        {
-            let cache = self.series.0.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = cache.get(&labels) {
-                return self.record_into(s, &labels, g);
-            }
-        }
-        let mut cache = self.series.0.write().unwrap_or_else(|p| p.into_inner());
-        let s = cache.entry(labels.clone()).or_insert_with(|| Series {
-            requests: self.requests.get_or_create(&labels).clone(),
-            duration: self.duration.get_or_create(&labels).clone(),
+        let make = |labels: &RequestLabels| Series {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
             tokens: OnceLock::new(),
             server: OnceLock::new(),
             operation: OnceLock::new(),
@@ -64,8 +54,9 @@ impl Metrics {
             ttft: OnceLock::new(),
             per_token: OnceLock::new(),
             usage: OnceLock::new(),
-        });
-        self.record_into(s, &labels, g);
+        };
+        self.series
+            .with(labels, make, |s, labels| self.record_into(s, labels, g));
     }
 
     fn record_into(&self, s: &Series, l: &RequestLabels, g: &GenAi<'_>) {

@@ -1,15 +1,14 @@
 //! A target's per-attempt metrics, found with one lookup: its time to
 //! first byte and its attempts by outcome.
 //!
-//! Each was a family lookup (`get_or_create`: a lock, a SipHash of the
-//! label set's one-word hash, a compare and a mapped guard), ~420–460
-//! instructions apiece on every proxied request (`bench/instructions.py`).
-//! As in [`super::series`], the handles of a (model, provider) pair's series
-//! are kept under it, each made the first time it is needed, so `/metrics`
-//! shows the same series it did and none before its first value.
+//! Each was a family lookup on every proxied request
+//! (`bench/instructions.py`). As for [`super::series`], the handles of a
+//! (model, provider) pair's series are kept under it
+//! ([`super::handles::Handles`]), each made the first time it is needed,
+//! so `/metrics` shows the same series it did and none before its first
+//! value.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -18,12 +17,11 @@ use sluice_core::resilience::Outcome;
 
 use super::{AttemptLabels, Metrics, TargetLabels};
 
-#[derive(Default)]
-pub(super) struct TargetCache(RwLock<HashMap<TargetLabels, Target, foldhash::fast::RandomState>>);
+pub(super) type TargetCache = super::handles::Handles<TargetLabels, Target>;
 
 /// One (model, provider) pair's handles.
 #[derive(Default)]
-struct Target {
+pub(super) struct Target {
     first_byte: OnceLock<Histogram>,
     /// By outcome: success, failure, neutral.
     attempts: [OnceLock<Counter>; 3],
@@ -69,15 +67,7 @@ impl Metrics {
             model: model.clone(),
             provider: provider.clone(),
         };
-        {
-            let cache = self.targets.0.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = cache.get(&labels) {
-                return f(t, &labels);
-            }
-        }
-        let mut cache = self.targets.0.write().unwrap_or_else(|p| p.into_inner());
-        let t = cache.entry(labels.clone()).or_default();
-        f(t, &labels)
+        self.targets.with(labels, |_| Target::default(), f)
     }
 }
 
