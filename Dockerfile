@@ -9,12 +9,17 @@
 #
 # Without a mounted config the embedded default serves the mock model.
 
-ARG RUST_VERSION=1.95
+# The exact toolchain: crates/sluice/pgo.profdata names functions by symbols
+# that carry a hash of the rustc version.
+ARG RUST_VERSION=1.95.0
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
+# Profile-guided: the counts of a served bench load (scripts/pgo.py). A
+# function changed since the profile was taken is built as without one.
+ENV RUSTFLAGS="-Cprofile-use=/src/crates/sluice/pgo.profdata -Cllvm-args=-no-pgo-warn-mismatch"
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p sluice --bin sluice \

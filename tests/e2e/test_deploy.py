@@ -88,6 +88,19 @@ def test_dockerfile_lints_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_build_stage_builds_with_the_committed_profile():
+    """The image's binary is the profile-guided one: RUSTFLAGS in the build
+    stage name the profile the repository holds, at its path under /src.
+    (Whether this toolchain reads it: crates/sluice/tests/pgo_profile.rs.)"""
+    build = dockerfile().split("AS build", 1)[1].split("FROM ", 1)[0]
+    workdir = re.search(r"^WORKDIR (\S+)$", build, re.M).group(1)
+    flags = re.search(r'^ENV RUSTFLAGS="([^"]*)"$', build, re.M).group(1).split()
+    use = [f.split("=", 1)[1] for f in flags if f.startswith("-Cprofile-use=")]
+    assert len(use) == 1, flags
+    assert use[0].startswith(workdir + "/")
+    assert (ROOT / use[0][len(workdir) + 1:]).is_file(), use[0]
+
+
 def test_the_build_stage_commands_keep_a_working_binary_with_its_probes(tmp_path):
     """The build stage's RUN, run here on the binary the test command built
     (the cargo step itself is that build, in the dev profile): the stripped
