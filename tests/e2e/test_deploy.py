@@ -116,8 +116,13 @@ def test_the_build_stage_commands_keep_a_working_binary_with_its_probes(tmp_path
     assert out.stat().st_size < SLUICE.stat().st_size
     r = subprocess.run([str(out), "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "sluice" in r.stdout
-    notes = subprocess.run(["readelf", "-n", str(out)], capture_output=True, text=True).stdout
-    assert notes.count("Provider: sluice") == 6, "strip kept the USDT notes"
+    def probes(binary):
+        notes = subprocess.run(["readelf", "-n", str(binary)], capture_output=True, text=True).stdout
+        return notes.count("Provider: sluice")
+    # Six probes; a build that copies a probe's call site (the profile-guided
+    # one inlines some into several callers) has a note per copy.
+    assert probes(SLUICE) >= 6
+    assert probes(out) == probes(SLUICE), "strip kept the USDT notes"
     sections = subprocess.run(["readelf", "-S", str(out)], capture_output=True, text=True).stdout
     assert ".gnu_debuglink" in sections
 
