@@ -47,21 +47,18 @@ link_order = __import__("link-order")  # noqa: E402
 PROFILE = ROOT / "crates" / "sluice" / "pgo.profdata"
 
 
-def llvm_major():
-    out = subprocess.run(["rustc", "-vV"], check=True, capture_output=True, text=True).stdout
-    return int(re.search(r"LLVM version: (\d+)", out).group(1))
-
-
 def profdata():
-    """An llvm-profdata of rustc's LLVM major version."""
-    sysroot = subprocess.run(["rustc", "--print", "sysroot"], check=True, capture_output=True,
-                             text=True).stdout.strip()
-    host = re.search(r"host: (\S+)", subprocess.run(["rustc", "-vV"], check=True,
-                                                     capture_output=True, text=True).stdout).group(1)
+    """An llvm-profdata of rustc's LLVM major version: the toolchain's own
+    (`llvm-tools`), else Debian's."""
+    def rustc(*args):
+        return subprocess.run(["rustc", *args], check=True, capture_output=True,
+                              text=True).stdout
+    version, sysroot = rustc("-vV"), rustc("--print", "sysroot").strip()
+    host = re.search(r"host: (\S+)", version).group(1)
     own = Path(sysroot) / "lib" / "rustlib" / host / "bin" / "llvm-profdata"
     if own.exists():
         return str(own)
-    major = llvm_major()
+    major = re.search(r"LLVM version: (\d+)", version).group(1)
     name = f"llvm-profdata-{major}"
     if not shutil.which(name):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
